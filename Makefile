@@ -1,0 +1,37 @@
+# Two commands set up and run everything: `make demo` and `make test`.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+PYTEST_WORKERS ?= 2
+
+.PHONY: demo test install lint bench clean
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(STAMP): $(BIN)/python pyproject.toml constraints.txt
+	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/pip install --quiet -e tests/plugin_backend
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/fedsilo simulate examples/hospitals_horizontal/federation.toml --backend ckks
+
+lint: $(STAMP)
+	$(BIN)/lint-imports
+
+# pytest exits 5 when it collects nothing: that is not a code failure, every other status is.
+test: $(STAMP) lint
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --timeout=900; s=$$?; \
+	if [ $$s -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$s
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/crypto_backends.py
+	$(BIN)/python benchmarks/horizontal_round.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache .hypothesis build *.egg-info

@@ -1,0 +1,151 @@
+"""``fedsilo simulate`` and ``fedsilo stats``: run a federation config and report."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from fedsilo.cli import cli_errors
+
+__all__ = ["register"]
+
+ConfigArg = Annotated[Path, typer.Argument(help="Federation TOML file (see docs/config.md).")]
+BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="Crypto backend: plain | paillier | ckks | a plugin's name.")]
+SilosOpt = Annotated[Optional[int], typer.Option("--silos", min=1, help="Number of silos (built-in data only).")]
+RoundsOpt = Annotated[Optional[int], typer.Option("--rounds", min=1, help="Training rounds (vertical: epochs).")]
+EpsilonOpt = Annotated[Optional[float], typer.Option("--epsilon", min=0.0, help="Per-silo target epsilon; 0 turns DP off.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for data splits, models and test-only noise.")]
+JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write the results contract as JSON to this file.")]
+LedgerOpt = Annotated[
+    Optional[Path],
+    typer.Option("--ledger-dir", help="Ledger directory; reuse one to enforce budgets across runs (default: a new runs/<job>-<time>/ledgers)."),
+]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")]
+
+
+def _load(config: Path, **overrides: Any):
+    from fedsilo.silos.config import apply_overrides, load_config
+
+    cfg = load_config(config)
+    if any(v is not None for v in overrides.values()):
+        cfg = apply_overrides(cfg, **overrides)
+    return cfg
+
+
+def _print_results(results: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    final = results.get("final") or {}
+    table = Table(title=f"{results['task']} job on backend {results['backend']}")
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for k, v in final.items():
+        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+    if results.get("psi"):
+        table.add_row("PSI intersection", str(results["psi"].get("intersection")))
+    console.print(table)
+    eps = results.get("epsilon") or {}
+    if eps:
+        et = Table(title="privacy spent per silo" + (f" (accountant: {results['dp'].get('accountant', 'rdp')})" if results.get("dp") else ""))
+        et.add_column("silo")
+        et.add_column("epsilon", justify="right")
+        et.add_column("delta", justify="right")
+        for silo, e in eps.items():
+            et.add_row(silo, f"{e['epsilon']:.4f}", f"{e['delta']:g}")
+        console.print(et)
+    sent = results.get("bytes_sent") or {}
+    if sent:
+        console.print("bytes sent: " + ", ".join(f"{p} {n / 1e6:.2f} MB" for p, n in sent.items()))
+    for note in results.get("notes", []):
+        console.print(f"[yellow]note:[/] {note}")
+
+
+def _progress_printer(quiet: bool):
+    if quiet:
+        return None
+    from rich.console import Console
+
+    console = Console()
+
+    def show(event: dict[str, Any]) -> None:
+        parts = [f"round {event.get('round')}"]
+        for k in ("loss", "accuracy", "auc", "ks", "silos"):
+            v = event.get(k)
+            if v is None:
+                continue
+            parts.append(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}")
+        eps = event.get("epsilon")
+        if eps:
+            parts.append("ε " + " ".join(f"{s}={e:.3f}" for s, e in eps.items()))
+        console.print("  ".join(parts))
+
+    return show
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("simulate")
+    @cli_errors
+    def simulate(
+        config: ConfigArg,
+        backend: BackendOpt = None,
+        silos: SilosOpt = None,
+        rounds: RoundsOpt = None,
+        epsilon: EpsilonOpt = None,
+        seed: SeedOpt = None,
+        json_out: JsonOpt = None,
+        ledger_dir: LedgerOpt = None,
+        quiet: QuietOpt = False,
+    ) -> None:
+        """Run every silo of a federation on this machine and print per-round metrics and epsilon."""
+        from fedsilo.silos.simulate import run_job
+
+        cfg = _load(config, backend=backend, silos=silos, rounds=rounds, epsilon=epsilon, seed=seed)
+        results = run_job(cfg, ledger_dir=ledger_dir, progress=_progress_printer(quiet))
+        _print_results(results)
+        if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(results, indent=2, default=float))
+
+    @app.command("stats")
+    @cli_errors
+    def stats(
+        config: ConfigArg,
+        epsilon: EpsilonOpt = None,
+        seed: SeedOpt = None,
+        json_out: JsonOpt = None,
+        ledger_dir: LedgerOpt = None,
+    ) -> None:
+        """Federated statistics (sums, counts, means, histograms) of a statistics config."""
+        from fedsilo.errors import ConfigError
+        from fedsilo.silos.simulate import run_job
+
+        cfg = _load(config, epsilon=epsilon, seed=seed)
+        if cfg.federation.task != "statistics":
+            raise ConfigError(f"{config}: federation.task is {cfg.federation.task!r}; `fedsilo stats` needs 'statistics'")
+        results = run_job(cfg, ledger_dir=ledger_dir, progress=None)
+        _print_stats(results)
+        if json_out is not None:
+            json_out.write_text(json.dumps(results, indent=2, default=float))
+
+
+def _print_stats(results: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    console = Console()
+    table = Table(title="federated statistics (DP noise added under encryption before decryption)" if results.get("dp") else "federated statistics")
+    table.add_column("column")
+    table.add_column("query")
+    table.add_column("value", justify="right")
+    for col, queries in (results.get("statistics") or {}).items():
+        for q, v in queries.items():
+            shown = ", ".join(f"{x:.3g}" for x in v) if isinstance(v, list) else f"{v:.6g}"
+            table.add_row(col, q, shown)
+    console.print(table)
+    eps = results.get("epsilon") or {}
+    if eps:
+        console.print("epsilon spent: " + ", ".join(f"{s} {e['epsilon']:.3f}" for s, e in eps.items()))

@@ -1,0 +1,321 @@
+"""The crypto backend interface: the primitive layer a protocol researcher implements.
+
+A backend is a small object holding validated parameters. Keys come in two distinct types:
+
+* :class:`PublicContext` is what peers receive. It can encrypt and compute on ciphertexts but
+  never decrypt; ``serialize()`` carries no secret.
+* :class:`SecretKey` can decrypt; ``public()`` returns a *new* public context object. Exporting
+  a secret key is a separately named method (``export_secret``) so it never travels by accident.
+
+Ciphertexts remember the fingerprint of the key they are under (a SHA-256 of the public
+parameters); mixing keys raises :class:`~fedsilo.errors.KeyMismatchError` instead of producing
+garbage, and bytes that do not parse raise :class:`~fedsilo.errors.CiphertextFormatError`.
+
+Vectors are 1-D float64 numpy arrays. ``matmul_plain(ct, M)`` computes ``v @ M`` for an
+encrypted ``v`` of length n and a plaintext (n, m) matrix: the ``X^T d`` of vertical logistic
+regression.
+"""
+from __future__ import annotations
+
+import abc
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import reduce
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fedsilo.errors import CiphertextFormatError, ConfigError, KeyMismatchError
+
+__all__ = [
+    "BackendInfo",
+    "Ciphertext",
+    "CryptoBackend",
+    "PublicContext",
+    "SecretKey",
+    "FingerprintOnly",
+    "as_matrix",
+    "as_vector",
+    "broadcast_vector",
+    "check_lengths",
+    "fingerprint_of",
+]
+
+#: Prefix of every serialized fedsilo crypto object: a magic and a format version, so bytes from
+#: another program or an incompatible fedsilo version fail with a clear error.
+WIRE_MAGIC = b"FSC1"
+
+
+def fingerprint_of(*parts: bytes | str) -> str:
+    """Short hex SHA-256 over the public parameters that identify a key or context."""
+    h = hashlib.sha256()
+    for part in parts:
+        data = part.encode() if isinstance(part, str) else part
+        h.update(len(data).to_bytes(8, "big"))
+        h.update(data)
+    return h.hexdigest()[:32]
+
+
+def as_vector(values: Any, *, what: str = "values") -> np.ndarray:
+    """Validate and convert input to a finite 1-D float64 vector (clear error otherwise)."""
+    try:
+        arr = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{what} must be numeric, got {type(values).__name__}") from exc
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise ConfigError(f"{what} must be a 1-D vector, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise ConfigError(f"{what} contains NaN or infinite values")
+    return arr
+
+
+def check_lengths(a: int, b: int) -> None:
+    if a != b:
+        raise ConfigError(f"vector lengths differ: {a} vs {b}")
+
+
+def broadcast_vector(values: Any, length: int) -> np.ndarray:
+    """A plaintext operand as a vector of ``length`` (a scalar is broadcast)."""
+    v = as_vector(values, what="plaintext operand")
+    if v.shape[0] == 1 and length != 1:
+        return np.full(length, v[0])
+    check_lengths(length, v.shape[0])
+    return v
+
+
+def as_matrix(matrix: Any, rows: int) -> np.ndarray:
+    """A finite float64 matrix with ``rows`` rows, for ``matmul_plain``."""
+    try:
+        m = np.asarray(matrix, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError("plaintext matrix must be numeric") from exc
+    if m.ndim != 2 or m.shape[0] != rows:
+        raise ConfigError(f"plaintext matrix must have shape ({rows}, m), got {m.shape}")
+    if not np.all(np.isfinite(m)):
+        raise ConfigError("plaintext matrix contains NaN or infinite values")
+    return m
+
+
+@dataclass(frozen=True, slots=True)
+class FingerprintOnly:
+    """Stands in for a key in ``_check_same_key`` when only a parsed fingerprint is at hand."""
+
+    fingerprint: str
+
+
+@dataclass(frozen=True, slots=True)
+class BackendInfo:
+    """What ``fedsilo backends`` shows, and what a protocol may rely on."""
+
+    name: str
+    exact: bool  #: decrypt(sum) equals the fixed-point sum exactly (Paillier) vs approximately (CKKS)
+    secure: bool  #: False only for ``plain`` (no encryption)
+    values_per_ciphertext: int
+    bytes_per_value: float  #: wire bytes per value of a full fresh ciphertext
+    error_bound: float  #: documented absolute error per value of a fresh ciphertext or a sum of a few
+    supports: tuple[str, ...]  #: operations: add, add_plain, mul_scalar, mul_vector, matmul
+    description: str
+
+
+class PublicContext(abc.ABC):
+    """Public parameters and encryption key: safe to send to any peer."""
+
+    backend: ClassVar[str]
+
+    @property
+    @abc.abstractmethod
+    def fingerprint(self) -> str:
+        """Identifies the key pair; equal on both sides of a federation."""
+
+    @abc.abstractmethod
+    def serialize(self) -> bytes:
+        """Bytes for a peer; never contains secret material."""
+
+    def is_private(self) -> bool:
+        return False
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} backend={self.backend} fingerprint={self.fingerprint}>"
+
+
+class SecretKey(abc.ABC):
+    """Decryption key. Its repr and any log line show only the fingerprint."""
+
+    backend: ClassVar[str]
+
+    @abc.abstractmethod
+    def public(self) -> PublicContext:
+        """A new public context for this key pair (never this object made public in place)."""
+
+    @abc.abstractmethod
+    def export_secret(self) -> bytes:
+        """Serialized secret key: callers must ask for it by name (e.g. to write a 0600 key file)."""
+
+    @property
+    def fingerprint(self) -> str:
+        return self.public().fingerprint
+
+    def is_private(self) -> bool:
+        return True
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} backend={self.backend} fingerprint={self.fingerprint} (secret hidden)>"
+
+
+class Ciphertext(abc.ABC):
+    """An encrypted vector. ``fingerprint`` names the key; ``length`` the number of values."""
+
+    backend: ClassVar[str]
+    fingerprint: str
+    length: int
+
+    # Operators delegate once, here, to the backend's named methods.
+    _ops: "CryptoBackend"
+
+    def __add__(self, other: Any) -> "Ciphertext":
+        if isinstance(other, Ciphertext):
+            return self._ops.add(self, other)
+        return self._ops.add_plain(self, other)
+
+    __radd__ = __add__
+
+    def __mul__(self, other: Any) -> "Ciphertext":
+        return self._ops.mul_plain(self, other)
+
+    __rmul__ = __mul__
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} length={self.length} key={self.fingerprint[:8]}>"
+
+
+class CryptoBackend(abc.ABC):
+    """One homomorphic encryption scheme behind one small interface.
+
+    Subclasses set ``name``, ``exact``, ``secure`` and implement the abstract methods. Parameters
+    are validated in ``__init__`` (raise :class:`~fedsilo.errors.ConfigError` naming the bad
+    parameter). Register a third-party backend with the ``fedsilo.crypto_backends`` entry-point
+    group; see :mod:`fedsilo.crypto.registry`.
+    """
+
+    name: ClassVar[str]
+    exact: ClassVar[bool]
+    secure: ClassVar[bool] = True
+
+    # --- keys -------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def keygen(self) -> SecretKey:
+        """A fresh key pair; ``keygen().public()`` is what peers receive."""
+
+    @abc.abstractmethod
+    def load_public(self, data: bytes) -> PublicContext:
+        """Inverse of ``PublicContext.serialize``; CiphertextFormatError on bad bytes."""
+
+    @abc.abstractmethod
+    def load_secret(self, data: bytes) -> SecretKey:
+        """Inverse of ``SecretKey.export_secret``; CiphertextFormatError on bad bytes."""
+
+    # --- encryption ---------------------------------------------------------------------------
+    @abc.abstractmethod
+    def encrypt(self, public: PublicContext, values: Any) -> Ciphertext:
+        """Encrypt a 1-D float vector."""
+
+    @abc.abstractmethod
+    def decrypt(self, secret: SecretKey, ct: Ciphertext) -> np.ndarray:
+        """Decrypt to a float64 vector of ``ct.length`` values."""
+
+    # --- homomorphic operations ---------------------------------------------------------------
+    @abc.abstractmethod
+    def add(self, a: Ciphertext, b: Ciphertext) -> Ciphertext:
+        """Enc(a) + Enc(b) elementwise; KeyMismatchError if keys differ."""
+
+    @abc.abstractmethod
+    def add_plain(self, a: Ciphertext, values: Any) -> Ciphertext:
+        """Enc(a) + plaintext vector (or scalar broadcast)."""
+
+    @abc.abstractmethod
+    def mul_plain(self, a: Ciphertext, factor: Any) -> Ciphertext:
+        """Enc(a) * plaintext scalar or elementwise vector."""
+
+    @abc.abstractmethod
+    def matmul_plain(self, a: Ciphertext, matrix: Any) -> Ciphertext:
+        """Enc(v) @ M for plaintext M of shape (len(v), m): an encrypted vector of length m."""
+
+    def sum(self, cts: Sequence[Ciphertext]) -> Ciphertext:
+        """Sum of many ciphertexts (backends may override with something faster)."""
+        if not cts:
+            raise ConfigError("sum() needs at least one ciphertext")
+        return reduce(self.add, cts)
+
+    # --- wire ---------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def serialize(self, ct: Ciphertext) -> bytes:
+        """Bytes for the wire (magic + version + key fingerprint + payload)."""
+
+    @abc.abstractmethod
+    def deserialize(self, public: PublicContext, data: bytes) -> Ciphertext:
+        """Inverse of serialize under ``public``; KeyMismatchError if the bytes carry another
+        key's fingerprint, CiphertextFormatError if they do not parse."""
+
+    def wire_size(self, ct: Ciphertext) -> int:
+        """Bytes ``ct`` costs on the wire."""
+        return len(self.serialize(ct))
+
+    # --- description --------------------------------------------------------------------------
+    @abc.abstractmethod
+    def info(self) -> BackendInfo:
+        """Properties shown by ``fedsilo backends``."""
+
+    def params(self) -> dict[str, Any]:
+        """The validated parameters this backend was built with (JSON-safe)."""
+        return {}
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())
+        return f"{type(self).__name__}({args})"
+
+    # --- shared checks for implementations ------------------------------------------------------
+    def _check_same_key(self, *objs: Any) -> None:
+        prints = {o.fingerprint for o in objs}
+        if len(prints) > 1:
+            raise KeyMismatchError(
+                f"{self.name}: operands are under different keys ({', '.join(sorted(p[:8] for p in prints))}); "
+                "ciphertexts from another key pair or context cannot be combined"
+            )
+
+    def _check_kind(self, obj: Any, kind: type, what: str) -> None:
+        if not isinstance(obj, kind):
+            raise KeyMismatchError(
+                f"{self.name}: expected a {kind.__name__} for {what}, got {type(obj).__name__} "
+                "(an object from another backend?)"
+            )
+
+    @staticmethod
+    def _split_header(data: bytes, *, kind: bytes, backend: str) -> tuple[str, bytes]:
+        """Parse ``WIRE_MAGIC | kind(4) | fingerprint(32 ascii) | payload``."""
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise CiphertextFormatError(f"{backend}: expected bytes, got {type(data).__name__}")
+        data = bytes(data)
+        if len(data) < 40 or data[:4] != WIRE_MAGIC:
+            raise CiphertextFormatError(
+                f"{backend}: not a fedsilo {kind.decode()} object (bad magic or truncated, {len(data)} bytes)"
+            )
+        if data[4:8] != kind:
+            raise CiphertextFormatError(
+                f"{backend}: expected a {kind.decode()!r} object, got {data[4:8]!r}"
+            )
+        try:
+            fp = data[8:40].decode("ascii")
+        except UnicodeDecodeError as exc:
+            raise CiphertextFormatError(f"{backend}: corrupt key fingerprint") from exc
+        return fp, data[40:]
+
+    @staticmethod
+    def _header(kind: bytes, fingerprint: str) -> bytes:
+        assert len(kind) == 4 and len(fingerprint) == 32
+        return WIRE_MAGIC + kind + fingerprint.encode("ascii")

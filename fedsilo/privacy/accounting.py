@@ -1,0 +1,286 @@
+"""ε for a composition of DP events, and the inverse (the noise a target ε needs).
+
+Pure, keyword-only functions; no state. The ledger and the CLI call these.
+
+Why dp-accounting does the arithmetic
+-------------------------------------
+RDP of the Poisson-subsampled Gaussian and privacy-loss-distribution (PLD) composition are
+numerically delicate (log-space series, discretization, FFT convolution). Google's
+``dp-accounting`` library is maintained, tested against high-precision oracles, and implements
+the tightest published conversions (RDP → (ε, δ): Canonne, Kamath & Steinke 2020, Prop. 12;
+Asoodeh et al. 2020). fedsilo re-derives none of it: its job is to wire every release to an
+event. The only arithmetic added here is
+
+* the Rényi divergence of binary randomized response, which bounds every pure ε-DP mechanism
+  (Kairouz, Oh & Viswanath, ICML 2015; by the data-processing inequality for Rényi divergence,
+  van Erven & Harremoës 2014): ``D_α = ε + [log1p(e^{(1-2α)ε}) − log1p(e^{−ε})] / (α − 1)``.
+  dp-accounting's RDP accountant does not support ``DiscreteLaplaceDpEvent``, so this curve is
+  added to the RDP vector that dp-accounting's ``RdpAccountant`` computes for the Gaussian
+  parts, and the total is converted with dp-accounting's own ``compute_epsilon``;
+* for compositions made only of pure-DP events, the result is capped at the basic-composition
+  bound ``Σ T·ε`` (Dwork & Roth 2014, Thm 3.16), which is valid for every δ.
+
+Accountants:
+
+* ``"rdp"`` — Rényi DP (Mironov 2017; subsampled Gaussian: Mironov, Talwar & Zhang 2019) with
+  dp-accounting's default orders. fedsilo's numbers equal dp-accounting's ``RdpAccountant``.
+  Opacus' RDP accountant uses a different order grid and differs by up to ~0.4 % for q < 1;
+  fedsilo follows dp-accounting.
+* ``"pld"`` — privacy loss distributions (Koskela et al. 2020; Doroshenko et al. 2022) with
+  dp-accounting's ``PLDAccountant`` (pessimistic discretization, interval 1e-4). Typically
+  6–12 % tighter than RDP, and slower (tenths of a second per evaluation).
+
+Identical events are grouped before composing (composition is order-independent for both
+accountants), so a ledger of thousands of equal rounds costs one self-composition.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from collections.abc import Iterator
+
+import numpy as np
+from dp_accounting import pld as _pld
+from dp_accounting import rdp as _rdp
+from dp_accounting.rdp import rdp_privacy_accountant as _rdp_mod
+
+from fedsilo.errors import PrivacyError, PrivacyParameterError
+from fedsilo.privacy.events import ComposedEvent, DpEvent, GaussianEvent, LaplaceEvent
+
+__all__ = [
+    "ACCOUNTANTS",
+    "MAX_NOISE_MULTIPLIER",
+    "MIN_NOISE_MULTIPLIER",
+    "NOISE_MULTIPLIER_RTOL",
+    "epsilon",
+    "noise_multiplier",
+    "normalize",
+    "pure_dp_rdp",
+]
+
+#: Accountant names accepted everywhere (config, ledger, CLI).
+ACCOUNTANTS: tuple[str, ...] = ("rdp", "pld")
+
+#: Largest noise multiplier :func:`noise_multiplier` will consider. A target ε that needs more
+#: noise than this is refused as "budget too small" (Opacus' ``get_noise_multiplier`` has a
+#: similar cap).
+MAX_NOISE_MULTIPLIER: float = 1.0e4
+
+#: Smallest noise multiplier :func:`noise_multiplier` returns; a very large target ε is met by it.
+MIN_NOISE_MULTIPLIER: float = 1.0e-2
+
+#: Relative width of the final bracket in :func:`noise_multiplier` (0.5 %, inside the 1 % promise).
+NOISE_MULTIPLIER_RTOL: float = 5.0e-3
+
+# PLD discretization interval (dp-accounting's default).
+_PLD_INTERVAL = 1.0e-4
+
+
+def _check_delta(delta: float) -> float:
+    if isinstance(delta, bool) or not isinstance(delta, (int, float)):
+        raise PrivacyParameterError(f"delta must be a number in (0, 1), got {delta!r}")
+    d = float(delta)
+    if not (0.0 < d < 1.0):
+        raise PrivacyParameterError(f"delta must be in (0, 1), got {delta!r}")
+    return d
+
+
+def _check_accountant(accountant: str) -> str:
+    if accountant not in ACCOUNTANTS:
+        raise PrivacyParameterError(
+            f"unknown accountant {accountant!r}; expected one of {', '.join(ACCOUNTANTS)}"
+        )
+    return accountant
+
+
+def _leaves(event: DpEvent, depth: int = 0) -> Iterator[GaussianEvent | LaplaceEvent]:
+    if depth > 64:
+        raise PrivacyError("DP event nested too deeply")
+    if isinstance(event, ComposedEvent):
+        for e in event.events:
+            yield from _leaves(e, depth + 1)
+    elif isinstance(event, (GaussianEvent, LaplaceEvent)):
+        yield event
+    else:
+        # Refuse, never guess: an unknown event has no known privacy cost.
+        raise PrivacyError(f"unsupported DP event {event!r}")
+
+
+def normalize(event: DpEvent) -> tuple[GaussianEvent | LaplaceEvent, ...]:
+    """Flatten ``event`` and merge leaves with equal parameters, summing their steps.
+
+    The result has the same privacy cost under RDP and PLD (composition does not depend on
+    order), sorted deterministically. Raises :class:`PrivacyError` on unsupported events.
+    """
+    if not isinstance(event, DpEvent):
+        raise PrivacyError(f"not a fedsilo DP event: {event!r}")
+    gauss: Counter[tuple[float, float]] = Counter()
+    lap: Counter[float] = Counter()
+    for leaf in _leaves(event):
+        if isinstance(leaf, GaussianEvent):
+            gauss[(leaf.noise_multiplier, leaf.sample_rate)] += leaf.steps
+        else:
+            lap[leaf.epsilon] += leaf.steps
+    out: list[GaussianEvent | LaplaceEvent] = [
+        GaussianEvent(z, q, t) for (z, q), t in sorted(gauss.items())
+    ]
+    out.extend(LaplaceEvent(e, t) for e, t in sorted(lap.items()))
+    return tuple(out)
+
+
+def pure_dp_rdp(*, epsilon: float, orders: np.ndarray) -> np.ndarray:
+    """Rényi divergence of binary randomized response with privacy loss ±ε, per order α > 1.
+
+    ``D_α = ε + [log1p(exp((1-2α)ε)) − log1p(exp(−ε))] / (α − 1)``: the largest Rényi
+    divergence any pure ε-DP mechanism can have (every ε-DP pair is a post-processing of this
+    one: Kairouz, Oh & Viswanath, ICML 2015). Bounded by ε; → ε as α → ∞.
+    """
+    a = np.asarray(orders, dtype=np.float64)
+    if np.any(a <= 1.0):
+        raise PrivacyError("RDP orders must be > 1")
+    e = float(epsilon)
+    return e + (np.log1p(np.exp((1.0 - 2.0 * a) * e)) - math.log1p(math.exp(-e))) / (a - 1.0)
+
+
+def _epsilon_rdp(
+    groups: tuple[GaussianEvent | LaplaceEvent, ...], delta: float
+) -> tuple[float, bool]:
+    """RDP ε and whether the optimum sat at the largest order of the grid."""
+    acc = _rdp.RdpAccountant()  # dp-accounting's default orders
+    orders = acc.orders
+    extra = np.zeros_like(orders, dtype=np.float64)
+    for g in groups:
+        if isinstance(g, GaussianEvent):
+            acc.compose(g.to_dp_accounting())
+        else:
+            extra += g.steps * pure_dp_rdp(epsilon=g.epsilon, orders=orders)
+    if not np.any(extra):
+        eps, order = acc.get_epsilon_and_optimal_order(delta)
+    else:
+        eps, order = _rdp_mod.compute_epsilon(orders, acc.rdp + extra, delta)
+    eps = float(eps)
+    return eps, bool(math.isfinite(eps) and eps > 0 and order == orders[-1])
+
+
+def _epsilon_pld(groups: tuple[GaussianEvent | LaplaceEvent, ...], delta: float) -> float:
+    acc = _pld.PLDAccountant(value_discretization_interval=_PLD_INTERVAL)
+    for g in groups:
+        acc.compose(g.to_dp_accounting())
+    return float(acc.get_epsilon(delta))
+
+
+def epsilon(event: DpEvent, *, delta: float, accountant: str = "rdp") -> float:
+    """ε of ``event`` (a single release or a whole composition) at ``delta``.
+
+    Args:
+        event: a :class:`~fedsilo.privacy.events.DpEvent`.
+        delta: target δ in (0, 1).
+        accountant: ``"rdp"`` or ``"pld"`` (see the module docstring).
+
+    Returns:
+        ε ≥ 0 such that the composition is (ε, δ)-DP; ``inf`` if no finite bound exists.
+
+    Raises:
+        PrivacyParameterError: delta outside (0, 1) or unknown accountant.
+        PrivacyError: unsupported event.
+    """
+    d = _check_delta(delta)
+    acc = _check_accountant(accountant)
+    groups = normalize(event)
+    at_edge = False
+    if acc == "rdp":
+        eps, at_edge = _epsilon_rdp(groups, d)
+    else:
+        eps = _epsilon_pld(groups, d)
+    if all(isinstance(g, LaplaceEvent) for g in groups):
+        # Basic composition of pure-DP releases (Dwork & Roth 2014, Thm 3.16), valid for any δ.
+        basic = math.fsum(g.epsilon * g.steps for g in groups)
+        if basic <= eps:
+            eps, at_edge = basic, False
+    if at_edge:
+        warnings.warn(
+            f"RDP optimum at the largest order of the grid; epsilon={eps:.4g} may be loose "
+            "(accountant='pld' is tighter here)",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return max(0.0, eps)
+
+
+def noise_multiplier(
+    *,
+    target_epsilon: float,
+    delta: float,
+    sample_rate: float = 1.0,
+    steps: int = 1,
+    accountant: str = "rdp",
+) -> float:
+    """Smallest noise multiplier z (to within 1 %) with ``epsilon(GaussianEvent(z, q, T)) <= target``.
+
+    Geometric bisection on z through :func:`epsilon`: first a bracket ``[lo, hi]`` with
+    ``ε(lo) > target >= ε(hi)`` by doubling/halving, then halving its ratio until
+    ``hi / lo <= 1 + NOISE_MULTIPLIER_RTOL``. Returns ``hi``, the side that meets the target,
+    so the result is never above the target ε, and ``z · 0.99`` overshoots it.
+
+    Args:
+        target_epsilon: ε to meet, > 0.
+        delta: δ in (0, 1).
+        sample_rate: Poisson sampling rate q in (0, 1].
+        steps: number of rounds T >= 1.
+        accountant: ``"rdp"`` or ``"pld"``.
+
+    Returns:
+        z in ``[MIN_NOISE_MULTIPLIER, MAX_NOISE_MULTIPLIER]``. If even ``MIN_NOISE_MULTIPLIER``
+        meets the target (a huge ε), that floor is returned.
+
+    Raises:
+        PrivacyParameterError: bad arguments, or a target so small that even
+            ``MAX_NOISE_MULTIPLIER`` exceeds it (the message names the cap and the ε it gives).
+    """
+    if isinstance(target_epsilon, bool) or not isinstance(target_epsilon, (int, float)):
+        raise PrivacyParameterError(f"target epsilon must be a number > 0, got {target_epsilon!r}")
+    target = float(target_epsilon)
+    if not (math.isfinite(target) and target > 0.0):
+        raise PrivacyParameterError(f"target epsilon must be a finite number > 0, got {target_epsilon!r}")
+    d = _check_delta(delta)
+    acc = _check_accountant(accountant)
+    # Validates q and T once, before any search.
+    GaussianEvent(1.0, sample_rate, steps)
+
+    def eps_at(z: float) -> float:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            return epsilon(GaussianEvent(z, sample_rate, steps), delta=d, accountant=acc)
+
+    hi = 1.0
+    if eps_at(hi) <= target:
+        lo = hi / 2.0
+        while eps_at(lo) <= target:
+            hi = lo
+            if hi <= MIN_NOISE_MULTIPLIER:
+                return MIN_NOISE_MULTIPLIER
+            lo = max(hi / 2.0, MIN_NOISE_MULTIPLIER)
+    else:
+        lo = hi
+        hi = 2.0
+        while True:
+            e_hi = eps_at(hi)
+            if e_hi <= target:
+                break
+            if hi >= MAX_NOISE_MULTIPLIER:
+                raise PrivacyParameterError(
+                    f"target epsilon {target:g} is too small: even the largest noise multiplier "
+                    f"MAX_NOISE_MULTIPLIER={MAX_NOISE_MULTIPLIER:g} gives epsilon={e_hi:.4g} "
+                    f"(delta={d:g}, sample_rate={sample_rate:g}, steps={steps}, "
+                    f"accountant={acc!r})"
+                )
+            lo = hi
+            hi = min(hi * 2.0, MAX_NOISE_MULTIPLIER)
+    while hi / lo > 1.0 + NOISE_MULTIPLIER_RTOL:
+        mid = math.sqrt(lo * hi)
+        if eps_at(mid) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi

@@ -1,0 +1,259 @@
+"""DP events: immutable descriptions of what one release cost.
+
+Every noising step in fedsilo emits exactly one event, and the ledger stores it (as JSON)
+before the noised value is released. An event is the accounting contract between the code that
+adds noise and the code that adds up ε: it holds everything an accountant needs and nothing else.
+
+Compatibility contract (after dp-accounting's ``dp_event`` module docstring):
+
+* An event's meaning never changes. A new mechanism or a different privacy-loss profile gets a
+  **new** event class with a new ``kind``; a parameter is never removed or reinterpreted, and a
+  new parameter may only be added with a default that keeps old JSON valid.
+* Deserialization is a fixed table from ``kind`` to class; it never imports a module named in
+  the data. Unknown kinds, unknown keys, missing keys and out-of-range values are refused with
+  :class:`~fedsilo.errors.PrivacyError` — never guessed.
+* Each event converts to a ``dp_accounting`` event with :meth:`DpEvent.to_dp_accounting`; the
+  accounting module composes those.
+
+Neighbouring relation: add-or-remove-one unit, where the *unit* is the protection level recorded
+with the ledger entry (a whole silo's dataset, or one record). Sensitivities and noise
+multipliers are measured for that relation (an L2 clip norm ``C`` is the add/remove
+sensitivity of a sum of clipped contributions; replace-one would be ``2C``).
+
+Events:
+
+* :class:`GaussianEvent` ``(z, q, T)`` — ``T`` rounds of the Gaussian mechanism with noise
+  standard deviation ``z·Δ₂`` applied to a Poisson subsample taken with rate ``q`` (``q = 1``:
+  no subsampling, e.g. silo-level DP-FedAvg). Also valid for the discrete Gaussian with
+  ``q = 1``: its Rényi divergences are bounded by the continuous Gaussian's
+  (Canonne, Kamath & Steinke, NeurIPS 2020).
+* :class:`LaplaceEvent` ``(ε, T)`` — ``T`` releases, each pure ε-DP (Laplace-type noise of
+  scale ``Δ₁/ε``: continuous, snapped, or fedsilo's discrete Laplace on a fixed-point grid).
+  It is accounted with the *worst-case* privacy-loss profile of any ε-DP mechanism, i.e. binary
+  randomized response, which equals the discrete Laplace on integers with sensitivity 1
+  (``dp_accounting.DiscreteLaplaceDpEvent(ε, 1)``). Every ε-DP mechanism is a post-processing
+  of that pair (Kairouz, Oh & Viswanath, ICML 2015), so the accounting is never an
+  under-count, whatever ε-DP sampler produced the release.
+* :class:`ComposedEvent` — several events applied to the same dataset (possibly adaptively).
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import dp_accounting
+
+from fedsilo.errors import PrivacyError, PrivacyParameterError
+
+__all__ = [
+    "DpEvent",
+    "GaussianEvent",
+    "LaplaceEvent",
+    "ComposedEvent",
+    "event_from_json",
+    "EVENT_KINDS",
+]
+
+
+def _check_positive_finite(name: str, value: object, owner: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise PrivacyParameterError(f"{owner}: {name} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or v <= 0.0:
+        raise PrivacyParameterError(f"{owner}: {name} must be a finite number > 0, got {value!r}")
+    return v
+
+
+def _check_steps(value: object, owner: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise PrivacyParameterError(f"{owner}: steps must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+class DpEvent:
+    """Base of fedsilo's DP events (frozen dataclasses). Use :func:`event_from_json` to load one."""
+
+    __slots__ = ()
+    kind: ClassVar[str] = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict with a ``"kind"`` key; :meth:`from_json` inverts it exactly."""
+        raise NotImplementedError
+
+    def to_dp_accounting(self) -> dp_accounting.DpEvent:
+        """The equivalent ``dp_accounting`` event (see the module docstring for the mapping)."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> DpEvent:
+        """Load an event from :meth:`to_json`'s output; refuse unknown kinds and keys.
+
+        Called on a subclass, also checks that the loaded event is of that subclass.
+
+        Raises:
+            PrivacyError: unknown ``kind``, unknown or missing keys, wrong types or ranges.
+        """
+        event = event_from_json(data)
+        if not isinstance(event, cls):
+            raise PrivacyError(f"expected a {cls.__name__} event, got kind {event.kind!r}")
+        return event
+
+
+@dataclass(frozen=True, slots=True)
+class GaussianEvent(DpEvent):
+    """``steps`` rounds of a Poisson-subsampled Gaussian mechanism.
+
+    Args:
+        noise_multiplier: ``z = σ / Δ₂``, the noise standard deviation over the L2 sensitivity
+            (the clip norm). Must be > 0.
+        sample_rate: ``q`` in (0, 1], the Poisson sampling probability of each unit; 1.0 means
+            every unit takes part (no amplification by subsampling).
+        steps: ``T >= 1``, how many times the mechanism ran with these parameters.
+    """
+
+    kind: ClassVar[str] = "gaussian"
+    noise_multiplier: float
+    sample_rate: float = 1.0
+    steps: int = 1
+
+    def __post_init__(self) -> None:
+        z = _check_positive_finite("noise_multiplier", self.noise_multiplier, "GaussianEvent")
+        q = _check_positive_finite("sample_rate", self.sample_rate, "GaussianEvent")
+        if q > 1.0:
+            raise PrivacyParameterError(
+                f"GaussianEvent: sample_rate must be in (0, 1], got {self.sample_rate!r}"
+            )
+        t = _check_steps(self.steps, "GaussianEvent")
+        object.__setattr__(self, "noise_multiplier", z)
+        object.__setattr__(self, "sample_rate", q)
+        object.__setattr__(self, "steps", t)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "noise_multiplier": self.noise_multiplier,
+            "sample_rate": self.sample_rate,
+            "steps": self.steps,
+        }
+
+    def to_dp_accounting(self) -> dp_accounting.DpEvent:
+        one: dp_accounting.DpEvent = dp_accounting.GaussianDpEvent(self.noise_multiplier)
+        if self.sample_rate < 1.0:
+            one = dp_accounting.PoissonSampledDpEvent(self.sample_rate, one)
+        if self.steps == 1:
+            return one
+        return dp_accounting.SelfComposedDpEvent(one, self.steps)
+
+
+@dataclass(frozen=True, slots=True)
+class LaplaceEvent(DpEvent):
+    """``steps`` releases, each pure ``epsilon``-DP (Laplace-type noise of scale ``Δ₁/ε``).
+
+    Accounted as the worst case over all ε-DP mechanisms (binary randomized response; equal to
+    ``dp_accounting.DiscreteLaplaceDpEvent(noise_parameter=ε, sensitivity=1)``), which is exact
+    for the discrete Laplace (geometric) mechanism on counts and conservative for the
+    continuous Laplace mechanism.
+    """
+
+    kind: ClassVar[str] = "laplace"
+    epsilon: float
+    steps: int = 1
+
+    def __post_init__(self) -> None:
+        e = _check_positive_finite("epsilon", self.epsilon, "LaplaceEvent")
+        t = _check_steps(self.steps, "LaplaceEvent")
+        object.__setattr__(self, "epsilon", e)
+        object.__setattr__(self, "steps", t)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "epsilon": self.epsilon, "steps": self.steps}
+
+    def to_dp_accounting(self) -> dp_accounting.DpEvent:
+        one = dp_accounting.dp_event.DiscreteLaplaceDpEvent(
+            noise_parameter=self.epsilon, sensitivity=1
+        )
+        if self.steps == 1:
+            return one
+        return dp_accounting.SelfComposedDpEvent(one, self.steps)
+
+
+@dataclass(frozen=True, slots=True)
+class ComposedEvent(DpEvent):
+    """Sequential (possibly adaptive) composition of events on one dataset.
+
+    Args:
+        events: a non-empty tuple of events (a list is accepted and stored as a tuple).
+    """
+
+    kind: ClassVar[str] = "composed"
+    events: tuple[DpEvent, ...]
+
+    def __post_init__(self) -> None:
+        events = self.events
+        if isinstance(events, (str, bytes, Mapping)) or not isinstance(events, Iterable):
+            raise PrivacyError(f"ComposedEvent: events must be a sequence of events, got {events!r}")
+        events = tuple(events)
+        if not events:
+            raise PrivacyError("ComposedEvent: events must not be empty")
+        for e in events:
+            if not isinstance(e, DpEvent) or type(e) is DpEvent:
+                raise PrivacyError(f"ComposedEvent: not a fedsilo DP event: {e!r}")
+        object.__setattr__(self, "events", events)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "events": [e.to_json() for e in self.events]}
+
+    def to_dp_accounting(self) -> dp_accounting.DpEvent:
+        return dp_accounting.ComposedDpEvent([e.to_dp_accounting() for e in self.events])
+
+
+#: The fixed table JSON ``kind`` -> event class. Never derived from the data.
+EVENT_KINDS: Mapping[str, type[DpEvent]] = {
+    GaussianEvent.kind: GaussianEvent,
+    LaplaceEvent.kind: LaplaceEvent,
+    ComposedEvent.kind: ComposedEvent,
+}
+
+_FIELDS: Mapping[str, tuple[frozenset[str], frozenset[str]]] = {
+    # kind: (required keys, optional keys) besides "kind"
+    "gaussian": (frozenset({"noise_multiplier"}), frozenset({"sample_rate", "steps"})),
+    "laplace": (frozenset({"epsilon"}), frozenset({"steps"})),
+    "composed": (frozenset({"events"}), frozenset()),
+}
+
+_MAX_DEPTH = 32
+
+
+def event_from_json(data: Mapping[str, Any], *, _depth: int = 0) -> DpEvent:
+    """Rebuild an event from ``to_json()`` output.
+
+    Raises:
+        PrivacyError: not a mapping, unknown ``kind``, unknown or missing keys, nesting deeper
+            than 32, or parameters out of range.
+    """
+    if _depth > _MAX_DEPTH:
+        raise PrivacyError(f"DP event nested deeper than {_MAX_DEPTH} levels")
+    if not isinstance(data, Mapping):
+        raise PrivacyError(f"a DP event must be a JSON object, got {type(data).__name__}")
+    kind = data.get("kind")
+    if not isinstance(kind, str) or kind not in EVENT_KINDS:
+        raise PrivacyError(
+            f"unknown DP event kind {kind!r}; known kinds: {', '.join(sorted(EVENT_KINDS))}"
+        )
+    required, optional = _FIELDS[kind]
+    keys = set(data) - {"kind"}
+    missing = required - keys
+    if missing:
+        raise PrivacyError(f"DP event of kind {kind!r} lacks {', '.join(sorted(missing))}")
+    unknown = keys - required - optional
+    if unknown:
+        raise PrivacyError(f"DP event of kind {kind!r} has unknown keys {', '.join(sorted(unknown))}")
+    if kind == "composed":
+        items = data["events"]
+        if not isinstance(items, list):
+            raise PrivacyError("DP event of kind 'composed': 'events' must be a list")
+        return ComposedEvent(tuple(event_from_json(e, _depth=_depth + 1) for e in items))
+    kwargs = {k: data[k] for k in keys}
+    return EVENT_KINDS[kind](**kwargs)

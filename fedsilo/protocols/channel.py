@@ -1,0 +1,225 @@
+"""The channel abstraction every protocol is written against.
+
+A :class:`Channel` is one party's view of a job: typed, addressed messages to and from named
+peers. Every message carries job id, round and sender; a receiver only accepts the exact
+(sender, kind, round) it waits for, buffers early messages of later rounds, and drops stale
+ones, so replays and strays never reach protocol code. Payloads go through
+:mod:`fedsilo.protocols.codec` on every transport, so byte counts are honest and nothing is
+shared by reference between parties.
+
+:class:`InProcessHub` connects parties inside one process (threads) for unit tests; the silo
+agents provide the same interface over gRPC with mutual TLS.
+"""
+from __future__ import annotations
+
+import abc
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from fedsilo.errors import JobAbortedError, PeerRejectedError, PeerTimeoutError
+from fedsilo.protocols import codec
+
+__all__ = ["Channel", "Envelope", "InProcessHub", "run_parties"]
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    """One message as it travels: routing fields plus the encoded payload."""
+
+    job: str
+    round: int
+    sender: str
+    recipient: str
+    kind: str
+    body: bytes
+
+    @property
+    def size(self) -> int:
+        return len(self.body) + len(self.job) + len(self.sender) + len(self.recipient) + len(self.kind) + 8
+
+
+class Channel(abc.ABC):
+    """One party's endpoint. Subclasses implement ``_deliver`` and ``_next``."""
+
+    def __init__(self, *, party: str, job: str, peers: Iterable[str]) -> None:
+        self.party = party
+        self.job = job
+        self.peers = frozenset(peers) - {party}
+        self.bytes_sent = 0
+        self.messages_sent = 0
+        self._pending: dict[tuple[str, str, int], list[Any]] = defaultdict(list)
+
+    # -- transport hooks ----------------------------------------------------------------------
+    @abc.abstractmethod
+    def _deliver(self, envelope: Envelope) -> None:
+        """Hand an envelope to the transport (may block for back-pressure)."""
+
+    @abc.abstractmethod
+    def _next(self, deadline: float) -> Envelope | None:
+        """The next envelope addressed to this party, or None once ``deadline`` passed."""
+
+    # -- protocol API -----------------------------------------------------------------------------
+    def send(self, recipient: str, kind: str, payload: Any, *, round: int) -> int:
+        """Send ``payload`` to ``recipient``; returns bytes put on the wire."""
+        if recipient not in self.peers:
+            raise PeerRejectedError(
+                f"{self.party}: {recipient!r} is not a peer of job {self.job!r} "
+                f"(peers: {', '.join(sorted(self.peers))})"
+            )
+        env = Envelope(self.job, round, self.party, recipient, kind, codec.encode(payload))
+        self._deliver(env)
+        self.bytes_sent += env.size
+        self.messages_sent += 1
+        return env.size
+
+    def broadcast(self, recipients: Iterable[str], kind: str, payload: Any, *, round: int) -> int:
+        return sum(self.send(r, kind, payload, round=round) for r in recipients)
+
+    def recv(self, sender: str, kind: str, *, round: int, timeout: float) -> Any:
+        """The payload of the (sender, kind, round) message; PeerTimeoutError after ``timeout`` s."""
+        got = self.gather([sender], kind, round=round, timeout=timeout)
+        if sender not in got:
+            raise PeerTimeoutError(
+                f"{self.party}: no {kind!r} from {sender!r} for round {round} of job {self.job!r} "
+                f"within {timeout:g}s"
+            )
+        return got[sender]
+
+    def gather(
+        self, senders: Iterable[str], kind: str, *, round: int, timeout: float
+    ) -> dict[str, Any]:
+        """Payloads of ``kind`` for ``round`` from those ``senders`` whose message arrives before
+        the deadline (partial participation is the caller's decision, not an error here)."""
+        wanted = set(senders)
+        unknown = wanted - self.peers
+        if unknown:
+            raise PeerRejectedError(f"{self.party}: unknown peers {sorted(unknown)}")
+        out: dict[str, Any] = {}
+        for s in list(wanted):
+            queue = self._pending.get((s, kind, round))
+            if queue:
+                out[s] = queue.pop(0)
+                wanted.discard(s)
+        deadline = time.monotonic() + timeout
+        while wanted:
+            env = self._next(deadline)
+            if env is None:
+                break
+            if env.job != self.job or env.round < round:
+                continue  # stray from another job, or a stale/replayed message of a past round
+            payload = codec.decode(env.body)
+            if env.sender in wanted and env.kind == kind and env.round == round:
+                out[env.sender] = payload
+                wanted.discard(env.sender)
+            else:
+                self._pending[(env.sender, env.kind, env.round)].append(payload)
+        return out
+
+
+class InProcessHub:
+    """Mailboxes for parties running as threads in one process (unit tests only).
+
+    ``log`` keeps every delivered envelope so tests can inspect exactly what a party received.
+    ``abort`` wakes every waiting party with the failing party's error.
+    """
+
+    def __init__(self, job: str, parties: Iterable[str]) -> None:
+        self.job = job
+        self.parties = tuple(parties)
+        self.log: list[Envelope] = []
+        self._boxes: dict[str, list[Envelope]] = {p: [] for p in self.parties}
+        self._cond = threading.Condition()
+        self._aborted: str | None = None
+        self._channels: dict[str, _InProcessChannel] = {}
+
+    def channel(self, party: str) -> "_InProcessChannel":
+        if party not in self._boxes:
+            raise PeerRejectedError(f"{party!r} is not a party of job {self.job!r}")
+        if party not in self._channels:
+            self._channels[party] = _InProcessChannel(self, party)
+        return self._channels[party]
+
+    def received_by(self, party: str) -> list[Envelope]:
+        return [e for e in self.log if e.recipient == party]
+
+    def bytes_sent(self) -> dict[str, int]:
+        return {p: c.bytes_sent for p, c in self._channels.items()}
+
+    def abort(self, reason: str) -> None:
+        with self._cond:
+            if self._aborted is None:
+                self._aborted = reason
+            self._cond.notify_all()
+
+    def _put(self, env: Envelope) -> None:
+        with self._cond:
+            self._check_aborted()
+            self._boxes[env.recipient].append(env)
+            self.log.append(env)
+            self._cond.notify_all()
+
+    def _get(self, party: str, deadline: float) -> Envelope | None:
+        with self._cond:
+            while True:
+                self._check_aborted()
+                box = self._boxes[party]
+                if box:
+                    return box.pop(0)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self._cond.wait(left)
+
+    def _check_aborted(self) -> None:
+        if self._aborted is not None:
+            raise JobAbortedError(f"job {self.job!r} aborted: {self._aborted}")
+
+
+class _InProcessChannel(Channel):
+    def __init__(self, hub: InProcessHub, party: str) -> None:
+        super().__init__(party=party, job=hub.job, peers=hub.parties)
+        self._hub = hub
+
+    def _deliver(self, envelope: Envelope) -> None:
+        self._hub._put(envelope)
+
+    def _next(self, deadline: float) -> Envelope | None:
+        return self._hub._get(self.party, deadline)
+
+
+@dataclass
+class PartyOutcome:
+    results: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, BaseException] = field(default_factory=dict)
+
+
+def run_parties(hub: InProcessHub, parties: Mapping[str, Callable[[Channel], Any]]) -> dict[str, Any]:
+    """Run each party's function on its own thread; return their results by name.
+
+    If a party fails, the others are woken (they see :class:`JobAbortedError` naming the
+    failing party) and the *original* error is re-raised, never a secondary timeout.
+    """
+    outcome = PartyOutcome()
+
+    def run(name: str, fn: Callable[[Channel], Any]) -> None:
+        try:
+            outcome.results[name] = fn(hub.channel(name))
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller below
+            outcome.errors[name] = exc
+            if not isinstance(exc, JobAbortedError):
+                hub.abort(f"party {name!r} failed: {type(exc).__name__}: {exc}")
+
+    with ThreadPoolExecutor(max_workers=len(parties)) as pool:
+        for name, fn in parties.items():
+            pool.submit(run, name, fn)
+    primary = [e for e in outcome.errors.values() if not isinstance(e, JobAbortedError)]
+    if primary:
+        raise primary[0]
+    if outcome.errors:
+        raise next(iter(outcome.errors.values()))
+    return outcome.results

@@ -1,0 +1,270 @@
+"""The federation config (TOML): one file describes a job; ``fedsilo simulate`` runs it.
+
+Every key is documented in docs/config.md. Unknown keys are errors naming the file, the key
+and the nearest valid key, so a typo never silently changes a privacy setting. Paths are
+relative to the config file. Command-line flags override the matching keys through
+:func:`apply_overrides`, which re-validates the result.
+"""
+from __future__ import annotations
+
+import difflib
+import re
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from fedsilo.errors import ConfigError
+
+__all__ = [
+    "CryptoSection",
+    "DataSection",
+    "FederationSection",
+    "JobConfig",
+    "ModelSection",
+    "PrivacySection",
+    "SiloSection",
+    "StatisticsSection",
+    "TrainingSection",
+    "apply_overrides",
+    "load_config",
+    "parse_config",
+]
+
+_NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class FederationSection(_Section):
+    name: str = Field("federation", pattern=_NAME)
+    task: Literal["horizontal", "vertical", "statistics"]
+    seed: int = 0
+    min_silos: int = Field(2, ge=1)
+    round_timeout: float = Field(120.0, gt=0)
+
+
+class CryptoSection(_Section):
+    backend: str = "ckks"
+    params: dict[str, Any] = Field(default_factory=dict)
+    insecure: bool = False
+
+
+class PrivacySection(_Section):
+    epsilon: float = Field(gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+    clip: float = Field(1.0, gt=0)
+    accountant: Literal["rdp", "pld"] = "rdp"
+    level: Literal["silo", "record"] = "silo"
+
+
+class ModelSection(_Section):
+    kind: str = "logistic"
+    hidden: list[int] = Field(default_factory=lambda: [32])
+
+
+class TrainingSection(_Section):
+    rounds: int = Field(10, ge=1)
+    local_epochs: int = Field(1, ge=1)
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(0.1, gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    strategy: Literal["fedavg", "fedprox", "fedadam", "fedyogi"] = "fedavg"
+    strategy_params: dict[str, float] = Field(default_factory=dict)
+    l2: float = Field(0.0, ge=0)
+    early_stopping_tol: float | None = Field(None, gt=0)
+
+
+class PartitionSpec(_Section):
+    kind: Literal["iid", "label_skew"] = "iid"
+    silos: int = Field(3, ge=1, le=100)
+    alpha: float = Field(0.5, gt=0)
+
+
+class DataSection(_Section):
+    source: str | None = None
+    label: str | None = None
+    id_column: str | None = None
+    partition: PartitionSpec | None = None
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+
+
+class StatisticsSection(_Section):
+    columns: list[str] = Field(min_length=1)
+    queries: list[Literal["count", "sum", "mean", "histogram"]] = Field(
+        default_factory=lambda: ["count", "sum", "mean"]
+    )
+    bins: int = Field(10, ge=1, le=1000)
+    range: dict[str, tuple[float, float]] = Field(default_factory=dict)
+
+
+class Budget(_Section):
+    epsilon: float = Field(gt=0)
+    delta: float = Field(1e-5, gt=0, lt=1)
+
+
+class SiloSection(_Section):
+    name: str = Field(pattern=_NAME)
+    data: str | None = None
+    role: Literal["silo", "guest", "host", "arbiter"] = "silo"
+    budget: Budget | None = None
+
+
+class JobConfig(_Section):
+    federation: FederationSection
+    crypto: CryptoSection = Field(default_factory=CryptoSection)
+    privacy: PrivacySection | None = None
+    model: ModelSection = Field(default_factory=ModelSection)
+    training: TrainingSection = Field(default_factory=TrainingSection)
+    data: DataSection = Field(default_factory=DataSection)
+    statistics: StatisticsSection | None = None
+    silos: list[SiloSection] = Field(default_factory=list)
+    #: directory the config file lives in; data paths resolve against it
+    base_dir: Path = Field(default=Path("."), exclude=True)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "JobConfig":
+        names = [s.name for s in self.silos]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"silo names must be unique; repeated: {dup}")
+        task = self.federation.task
+        if self.data.source is None and not self.silos:
+            raise ValueError("no data: set [data] source (e.g. 'sklearn:breast_cancer') or add [[silos]] with data")
+        if self.data.source is not None and self.data.partition is None and task != "vertical":
+            raise ValueError("[data] source needs a partition = {kind, silos} to split it into silos")
+        if task == "statistics" and self.statistics is None:
+            raise ValueError("task 'statistics' needs a [statistics] section with columns")
+        if task in ("horizontal", "vertical") and not self.data.label:
+            raise ValueError(f"task {task!r} needs [data] label (the target column)")
+        if task == "vertical":
+            if not self.data.id_column:
+                raise ValueError("task 'vertical' needs [data] id_column (the column PSI aligns on)")
+            roles = [s.role for s in self.silos]
+            if roles.count("guest") != 1 or roles.count("host") < 1:
+                raise ValueError("task 'vertical' needs exactly one silo with role 'guest' and at least one 'host'")
+        return self
+
+    def silo_names(self) -> list[str]:
+        if self.silos:
+            return [s.name for s in self.silos]
+        assert self.data.partition is not None
+        return [f"site{i}" for i in range(self.data.partition.silos)]
+
+    def resolve(self, path: str) -> Path:
+        p = Path(path)
+        return p if p.is_absolute() else (self.base_dir / p)
+
+
+def _valid_keys(model: type[BaseModel]) -> list[str]:
+    return [k for k in model.model_fields if k != "base_dir"]
+
+
+def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The section model that owns the key at ``loc`` (for nearest-key hints)."""
+    model: Any = JobConfig
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        for cand in getattr(ann, "__args__", ()) + (ann,):
+            inner = getattr(cand, "__args__", None)
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                model = cand
+                break
+            if inner:
+                sub = [c for c in inner if isinstance(c, type) and issubclass(c, BaseModel)]
+                if sub:
+                    model = sub[0]
+                    break
+        else:
+            return None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before"):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        key = _format_loc(loc)
+        if err["type"] == "extra_forbidden":
+            model = _model_at(loc)
+            hint = ""
+            if model is not None:
+                near = difflib.get_close_matches(str(loc[-1]), _valid_keys(model), n=1, cutoff=0.5)
+                hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(_valid_keys(model))}"
+            lines.append(f"{source}: unknown key {key!r}{hint}")
+        elif err["type"] == "missing":
+            lines.append(f"{source}: missing required key {key!r}")
+        else:
+            msg = re.sub(r"^Value error, ", "", err["msg"])
+            got = err.get("input")
+            shown = f" (got {got!r})" if got is not None and not isinstance(got, dict) and len(repr(got)) < 80 else ""
+            where = f"key {key!r}: " if loc else ""
+            lines.append(f"{source}: {where}{msg}{shown}")
+    return "\n".join(lines)
+
+
+def parse_config(data: dict[str, Any], *, source: str = "<config>", base_dir: Path | None = None) -> JobConfig:
+    """Validate a config dict; ConfigError lists every problem with its key."""
+    try:
+        return JobConfig.model_validate({**data, "base_dir": base_dir or Path(".")})
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, source)) from None
+
+
+def load_config(path: str | Path) -> JobConfig:
+    """Read and validate a federation TOML file."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text file") from None
+    return parse_config(data, source=str(p), base_dir=p.resolve().parent)
+
+
+def apply_overrides(cfg: JobConfig, *, source: str = "<command line>", **overrides: Any) -> JobConfig:
+    """Command-line flags (--backend, --silos, --rounds, --epsilon, --seed) over the file's keys."""
+    data = cfg.model_dump(exclude={"base_dir"}, exclude_none=True)
+    if overrides.get("backend") is not None:
+        data["crypto"]["backend"] = overrides["backend"]
+        data["crypto"]["params"] = {} if overrides["backend"] != cfg.crypto.backend else data["crypto"]["params"]
+    if overrides.get("rounds") is not None:
+        data["training"]["rounds"] = overrides["rounds"]
+    if overrides.get("seed") is not None:
+        data["federation"]["seed"] = overrides["seed"]
+    if overrides.get("silos") is not None:
+        if cfg.data.partition is None:
+            raise ConfigError(f"{source}: --silos applies only to built-in data split by [data] partition")
+        data["data"]["partition"]["silos"] = overrides["silos"]
+    if overrides.get("epsilon") is not None:
+        if overrides["epsilon"] == 0:
+            data.pop("privacy", None)
+        elif "privacy" in data:
+            data["privacy"]["epsilon"] = overrides["epsilon"]
+        else:
+            data["privacy"] = {"epsilon": overrides["epsilon"]}
+    return parse_config(data, source=source, base_dir=cfg.base_dir)

@@ -1,0 +1,188 @@
+"""Loading and checking each silo's local data.
+
+A silo's table comes from a CSV/Parquet file or, for simulations, from a scikit-learn data set
+split into silos. Every check names the file and the column; nothing is silently dropped.
+
+Feature scaling uses *public* bounds (a data dictionary the federation agrees on): each value is
+clipped to [lo, hi] and mapped to [-1, 1]. Scaling with each silo's own mean and standard
+deviation would make the same feature mean different things in different silos when their
+populations differ (label skew costs ~10 accuracy points on breast_cancer), while pooled
+statistics would be a release that needs its own privacy budget. For scikit-learn's
+breast_cancer the bounds are the minimum and maximum published in the data set's description.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from fedsilo.errors import ConfigError, DataError
+
+__all__ = [
+    "BUILTIN_SOURCES",
+    "LocalTable",
+    "binary_labels",
+    "load_builtin",
+    "load_table",
+    "partition_frame",
+    "require_columns",
+    "require_numeric",
+    "scale_with_bounds",
+    "split_train_test",
+]
+
+BUILTIN_SOURCES = ("sklearn:breast_cancer", "sklearn:wine", "sklearn:diabetes")
+
+
+@dataclass(frozen=True)
+class LocalTable:
+    """One silo's table with where it came from (for error messages) and its public bounds."""
+
+    name: str
+    frame: pd.DataFrame
+    where: str
+    bounds: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+
+def _descr_bounds(descr: str, columns: list[str]) -> dict[str, tuple[float, float]]:
+    """Min/max per feature from a scikit-learn DESCR summary table (public metadata)."""
+    rows = {}
+    for m in re.finditer(r"^\s*([A-Za-z][A-Za-z ()/_-]*?):\s+(-?[\d.]+)\s+(-?[\d.]+)", descr, re.M):
+        rows[m.group(1).strip().lower()] = (float(m.group(2)), float(m.group(3)))
+    out = {}
+    for col in columns:
+        key = col.lower()
+        # breast_cancer names columns "mean radius" / "radius error" / "worst radius" while its
+        # description says "radius (mean)" / "radius (standard error)" / "radius (worst)".
+        cands = [key]
+        if key.startswith("mean "):
+            cands.append(f"{key[5:]} (mean)")
+        if key.endswith(" error"):
+            cands.append(f"{key[:-6]} (standard error)")
+        if key.startswith("worst "):
+            cands.append(f"{key[6:]} (worst)")
+        for c in cands:
+            if c in rows:
+                out[str(col)] = rows[c]
+                break
+    return out
+
+
+def load_builtin(source: str, *, label: str = "target") -> LocalTable:
+    """A scikit-learn data set as a table with a ``label`` column and its published bounds."""
+    from sklearn import datasets
+
+    loaders = {
+        "sklearn:breast_cancer": datasets.load_breast_cancer,
+        "sklearn:wine": datasets.load_wine,
+        "sklearn:diabetes": datasets.load_diabetes,
+    }
+    if source not in loaders:
+        raise ConfigError(f"unknown built-in data source {source!r} (available: {', '.join(BUILTIN_SOURCES)})")
+    bunch = loaders[source]()
+    frame = pd.DataFrame(bunch.data, columns=list(bunch.feature_names))
+    frame[label] = bunch.target
+    bounds = _descr_bounds(bunch.DESCR, list(bunch.feature_names))
+    return LocalTable(source.split(":", 1)[1], frame, where=source, bounds=bounds)
+
+
+def load_table(path: Path, *, name: str) -> LocalTable:
+    """Read a silo's CSV or Parquet file with clear errors."""
+    if not path.is_file():
+        raise DataError(f"silo {name!r}: data file not found: {path}")
+    try:
+        if path.suffix.lower() in (".parquet", ".pq"):
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_csv(path)
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError, ImportError) as exc:
+        raise DataError(f"silo {name!r}: cannot read {path}: {exc}") from None
+    if frame.empty:
+        raise DataError(f"silo {name!r}: {path} has no rows")
+    return LocalTable(name, frame, where=str(path))
+
+
+def require_columns(table: LocalTable, columns: list[str]) -> None:
+    missing = [c for c in columns if c not in table.frame.columns]
+    if missing:
+        raise DataError(
+            f"{table.where}: missing column(s) {missing}; the file has {list(table.frame.columns)[:20]}"
+        )
+
+
+def require_numeric(table: LocalTable, columns: list[str]) -> np.ndarray:
+    """The columns as a float matrix; DataError naming file, column and first bad row."""
+    require_columns(table, columns)
+    out = np.empty((len(table.frame), len(columns)))
+    for j, col in enumerate(columns):
+        series = table.frame[col]
+        values = pd.to_numeric(series, errors="coerce")
+        bad = values.isna() & series.notna()
+        if bad.any():
+            row = int(np.flatnonzero(bad.to_numpy())[0])
+            raise DataError(
+                f"{table.where}: column {col!r} is not numeric (row {row + 2} of the file has {series.iloc[row]!r})"
+            )
+        arr = values.to_numpy(dtype=np.float64)
+        nan = ~np.isfinite(arr)
+        if nan.any():
+            rows = np.flatnonzero(nan)
+            raise DataError(
+                f"{table.where}: column {col!r} has {len(rows)} missing/NaN/infinite value(s) "
+                f"(first at row {int(rows[0]) + 2} of the file); clean or impute them before federating"
+            )
+        out[:, j] = arr
+    return out
+
+
+def binary_labels(table: LocalTable, label: str) -> np.ndarray:
+    y = require_numeric(table, [label])[:, 0]
+    values = set(np.unique(y).tolist())
+    if not values <= {0.0, 1.0}:
+        raise DataError(
+            f"{table.where}: label column {label!r} must be binary 0/1 for this model, got values {sorted(values)[:10]}"
+        )
+    return y
+
+
+def partition_frame(
+    frame: pd.DataFrame, *, label: str, kind: str, silos: int, alpha: float, rng: np.random.Generator
+) -> list[pd.DataFrame]:
+    """Split a table into ``silos`` parts: IID, or label skew with per-class Dirichlet(alpha)
+    proportions (Hsu et al., 2019, arXiv:1909.06335). Every part gets at least 10 rows."""
+    n = len(frame)
+    if n < 10 * silos:
+        raise ConfigError(f"{n} rows cannot be split into {silos} silos of at least 10 rows")
+    for _ in range(100):
+        if kind == "iid":
+            parts = np.array_split(rng.permutation(n), silos)
+        else:
+            buckets: list[list[int]] = [[] for _ in range(silos)]
+            y = frame[label].to_numpy()
+            for c in np.unique(y):
+                idx = rng.permutation(np.flatnonzero(y == c))
+                cuts = (np.cumsum(rng.dirichlet([alpha] * silos)) * len(idx)).astype(int)[:-1]
+                for b, chunk in zip(buckets, np.split(idx, cuts)):
+                    b.extend(chunk.tolist())
+            parts = [np.array(sorted(b), dtype=int) for b in buckets]
+        if min(len(p) for p in parts) >= 10:
+            return [frame.iloc[p].reset_index(drop=True) for p in parts]
+    raise ConfigError(f"could not draw a label_skew partition with >= 10 rows per silo (alpha={alpha}); raise alpha")
+
+
+def split_train_test(
+    frame: pd.DataFrame, *, fraction: float, rng: np.random.Generator
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each silo holds out its own test rows (stratification is left to the caller's data)."""
+    idx = rng.permutation(len(frame))
+    k = max(1, int(round(len(frame) * fraction)))
+    return frame.iloc[idx[k:]].reset_index(drop=True), frame.iloc[idx[:k]].reset_index(drop=True)
+
+
+def scale_with_bounds(X: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
+    """Clip to the public box [lo, hi] and map it to [-1, 1]."""
+    span = np.where(hi > lo, hi - lo, 1.0)
+    return 2.0 * (np.clip(X, lo, hi) - lo) / span - 1.0

@@ -1,0 +1,140 @@
+"""Run a federation config as a simulation: every silo's data prepared as its agent would
+prepare it, then the task's protocol with one party per silo.
+
+The data preparation here (reading each silo's file, checking columns, scaling with public
+bounds, holding out test rows) is the same code an agent runs on its own host.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedsilo.errors import ConfigError, DataError
+from fedsilo.silos.config import JobConfig
+from fedsilo.silos.data import (
+    LocalTable,
+    binary_labels,
+    load_builtin,
+    load_table,
+    partition_frame,
+    require_columns,
+    require_numeric,
+    scale_with_bounds,
+    split_train_test,
+)
+
+__all__ = ["HorizontalData", "prepare_horizontal", "run_job", "silo_tables", "budgets_for"]
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class HorizontalData:
+    silos: dict[str, tuple[np.ndarray, np.ndarray]]
+    test: tuple[np.ndarray, np.ndarray]
+    features: list[str]
+    notes: list[str]
+
+
+def silo_tables(cfg: JobConfig) -> dict[str, LocalTable]:
+    """Each silo's raw table: its own file, or its share of a built-in data set."""
+    if cfg.silos and any(s.data for s in cfg.silos):
+        missing = [s.name for s in cfg.silos if not s.data and s.role != "arbiter"]
+        if missing:
+            raise ConfigError(f"silos {missing} have no data file (key 'silos[].data')")
+        return {s.name: load_table(cfg.resolve(s.data), name=s.name) for s in cfg.silos if s.data}
+    assert cfg.data.source is not None and cfg.data.partition is not None
+    label = cfg.data.label or "target"
+    full = load_builtin(cfg.data.source, label=label)
+    spec = cfg.data.partition
+    rng = np.random.default_rng(cfg.federation.seed)
+    parts = partition_frame(full.frame, label=label, kind=spec.kind, silos=spec.silos, alpha=spec.alpha, rng=rng)
+    names = cfg.silo_names()
+    return {
+        n: LocalTable(n, part, where=f"{cfg.data.source} (silo {n})", bounds=full.bounds)
+        for n, part in zip(names, parts)
+    }
+
+
+def prepare_horizontal(cfg: JobConfig) -> HorizontalData:
+    label = cfg.data.label
+    assert label is not None
+    tables = silo_tables(cfg)
+    first = next(iter(tables.values()))
+    require_columns(first, [label])
+    features = [c for c in first.frame.columns if c != label and c != cfg.data.id_column]
+    bounds = dict(first.bounds)
+    bounds.update({k: tuple(v) for k, v in cfg.data.bounds.items()})
+    notes: list[str] = []
+    unbounded = [f for f in features if f not in bounds]
+    if unbounded:
+        notes.append(
+            f"no public bounds for {len(unbounded)} feature(s) (e.g. {unbounded[0]!r}); each silo scales "
+            "them with its own min/max, which is weaker when silos differ: add [data] bounds"
+        )
+    rng = np.random.default_rng(cfg.federation.seed + 1)
+    silos: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    tests_X, tests_y = [], []
+    for name, table in tables.items():
+        X = require_numeric(table, features)
+        y = binary_labels(table, label)
+        lo = np.array([bounds.get(f, (np.nan, np.nan))[0] for f in features])
+        hi = np.array([bounds.get(f, (np.nan, np.nan))[1] for f in features])
+        own_lo, own_hi = X.min(axis=0), X.max(axis=0)
+        lo = np.where(np.isnan(lo), own_lo, lo)
+        hi = np.where(np.isnan(hi), own_hi, hi)
+        Xs = scale_with_bounds(X, lo, hi)
+        idx = rng.permutation(len(y))
+        k = max(1, int(round(len(y) * cfg.data.test_fraction)))
+        silos[name] = (Xs[idx[k:]], y[idx[k:]])
+        tests_X.append(Xs[idx[:k]])
+        tests_y.append(y[idx[:k]])
+    for name, table in tables.items():
+        extra = set(table.frame.columns) ^ set(first.frame.columns)
+        if extra:
+            raise DataError(
+                f"{table.where}: columns differ from {first.where}: {sorted(extra)} "
+                "(horizontal silos must share one feature space)"
+            )
+    return HorizontalData(silos, (np.vstack(tests_X), np.concatenate(tests_y)), features, notes)
+
+
+def budgets_for(cfg: JobConfig) -> dict[str, tuple[float, float]]:
+    """Each silo's ledger budget: its own ``budget`` or, by default, the job's target epsilon."""
+    default = (cfg.privacy.epsilon, cfg.privacy.delta) if cfg.privacy else (float("inf"), 1e-5)
+    out = {}
+    for name in cfg.silo_names():
+        silo = next((s for s in cfg.silos if s.name == name), None)
+        out[name] = (silo.budget.epsilon, silo.budget.delta) if silo and silo.budget else default
+    return out
+
+
+def run_job(cfg: JobConfig, *, ledger_dir: Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Run the job the config describes and return the results contract (see docs/results.md)."""
+    if ledger_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        ledger_dir = Path("runs") / f"{cfg.federation.name}-{stamp}" / "ledgers"
+    ledger_dir.mkdir(parents=True, exist_ok=True)
+    task = cfg.federation.task
+    if task == "horizontal":
+        return _run_horizontal(cfg, ledger_dir, progress)
+    if task == "statistics":
+        return _run_statistics(cfg, ledger_dir, progress)
+    return _run_vertical(cfg, ledger_dir, progress)
+
+
+def _run_horizontal(cfg: JobConfig, ledger_dir: Path, progress: Progress | None) -> dict[str, Any]:
+    raise NotImplementedError
+
+
+def _run_statistics(cfg: JobConfig, ledger_dir: Path, progress: Progress | None) -> dict[str, Any]:
+    raise NotImplementedError
+
+
+def _run_vertical(cfg: JobConfig, ledger_dir: Path, progress: Progress | None) -> dict[str, Any]:
+    raise NotImplementedError

@@ -1,0 +1,101 @@
+"""The channel contract, on the in-process transport."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedsilo.errors import JobAbortedError, PeerRejectedError, PeerTimeoutError, ProtocolError
+from fedsilo.protocols import codec
+from fedsilo.protocols.channel import Envelope, InProcessHub, run_parties
+
+payloads = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text() | st.binary(),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=20,
+)
+
+
+@given(payloads)
+@settings(max_examples=200)
+def test_codec_round_trip(obj) -> None:
+    assert codec.decode(codec.encode(obj)) == obj
+
+
+@given(st.lists(st.floats(allow_nan=False, width=32), max_size=50), st.sampled_from(["<f8", "<f4", "<i8"]))
+def test_codec_arrays(values, dtype) -> None:
+    arr = np.array(values, dtype=np.float64).astype(dtype) if dtype != "<i8" else np.arange(len(values))
+    out = codec.decode(codec.encode({"a": arr}))["a"]
+    assert out.dtype == arr.dtype and np.array_equal(out, arr, equal_nan=True)
+
+
+@given(st.binary(max_size=64))
+def test_codec_garbage_raises_protocol_error(data) -> None:
+    try:
+        codec.decode(data)
+    except ProtocolError:
+        pass
+
+
+def test_codec_refuses_objects() -> None:
+    with pytest.raises(ProtocolError, match="cannot send"):
+        codec.encode({"f": object()})
+    with pytest.raises(ProtocolError, match="cannot be sent"):
+        codec.encode(np.array([object()]))
+
+
+def test_messages_matched_by_sender_kind_round_and_buffered() -> None:
+    hub = InProcessHub("job1", ["a", "b"])
+
+    def a(ch):
+        ch.send("b", "late", 2, round=2)  # arrives first, asked for second
+        ch.send("b", "x", 1, round=1)
+        return None
+
+    def b(ch):
+        return ch.recv("a", "x", round=1, timeout=5), ch.recv("a", "late", round=2, timeout=5)
+
+    assert run_parties(hub, {"a": a, "b": b})["b"] == (1, 2)
+    assert hub.bytes_sent()["a"] == sum(e.size for e in hub.log)
+
+
+def test_stale_and_foreign_job_messages_are_dropped() -> None:
+    hub = InProcessHub("job1", ["a", "b"])
+    ch_b = hub.channel("b")
+    hub._put(Envelope("other-job", 1, "a", "b", "x", codec.encode("stray")))
+    hub._put(Envelope("job1", 0, "a", "b", "x", codec.encode("replayed")))
+    hub.channel("a").send("b", "x", "fresh", round=1)
+    assert ch_b.recv("a", "x", round=1, timeout=1) == "fresh"
+
+
+def test_unknown_peer_and_timeout() -> None:
+    hub = InProcessHub("j", ["a", "b"])
+    with pytest.raises(PeerRejectedError, match="'mallory' is not a peer"):
+        hub.channel("a").send("mallory", "x", 1, round=0)
+    with pytest.raises(PeerTimeoutError, match="no 'x' from 'b' for round 0"):
+        hub.channel("a").recv("b", "x", round=0, timeout=0.05)
+    with pytest.raises(PeerRejectedError):
+        hub.channel("eve")
+
+
+def test_gather_returns_partial_participation() -> None:
+    hub = InProcessHub("j", ["agg", "s1", "s2"])
+    hub.channel("s1").send("agg", "u", 1, round=0)
+    got = hub.channel("agg").gather(["s1", "s2"], "u", round=0, timeout=0.05)
+    assert got == {"s1": 1}
+
+
+def test_failing_party_aborts_others_with_its_error() -> None:
+    hub = InProcessHub("j", ["a", "b"])
+
+    def waits(ch):
+        return ch.recv("b", "never", round=0, timeout=30)
+
+    def fails(ch):
+        raise ValueError("disk on fire")
+
+    with pytest.raises(ValueError, match="disk on fire"):
+        run_parties(hub, {"a": waits, "b": fails})
+    with pytest.raises(JobAbortedError, match="party 'b' failed: ValueError: disk on fire"):
+        hub.channel("a").recv("b", "x", round=0, timeout=1)
