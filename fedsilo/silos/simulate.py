@@ -128,13 +128,86 @@ def run_job(cfg: JobConfig, *, ledger_dir: Path | None = None, progress: Progres
     return _run_vertical(cfg, ledger_dir, progress)
 
 
+def _job_id(cfg: JobConfig) -> str:
+    return f"{cfg.federation.name}-{int(time.time())}"
+
+
+def _privacy_dict(cfg: JobConfig) -> dict[str, Any] | None:
+    return cfg.privacy.model_dump() if cfg.privacy else None
+
+
 def _run_horizontal(cfg: JobConfig, ledger_dir: Path, progress: Progress | None) -> dict[str, Any]:
-    raise NotImplementedError
+    from fedsilo.protocols.horizontal import simulate_horizontal
+
+    data = prepare_horizontal(cfg)
+    results = simulate_horizontal(
+        silos=data.silos,
+        test=data.test,
+        backend=cfg.crypto.backend,
+        backend_params=dict(cfg.crypto.params),
+        model=cfg.model.model_dump(),
+        training=cfg.training.model_dump(),
+        privacy=_privacy_dict(cfg),
+        ledger_dir=ledger_dir,
+        budgets=budgets_for(cfg),
+        job=_job_id(cfg),
+        seed=cfg.federation.seed,
+        min_silos=min(cfg.federation.min_silos, len(data.silos)),
+        round_timeout=cfg.federation.round_timeout,
+        progress=progress,
+    )
+    results.setdefault("notes", []).extend(data.notes)
+    return results
 
 
 def _run_statistics(cfg: JobConfig, ledger_dir: Path, progress: Progress | None) -> dict[str, Any]:
-    raise NotImplementedError
+    from fedsilo.protocols.horizontal import simulate_statistics
+
+    assert cfg.statistics is not None
+    tables = silo_tables(cfg)
+    for table in tables.values():
+        require_numeric(table, cfg.statistics.columns)
+    return simulate_statistics(
+        silos={n: t.frame for n, t in tables.items()},
+        columns=list(cfg.statistics.columns),
+        queries=list(cfg.statistics.queries),
+        bins=cfg.statistics.bins,
+        ranges={k: tuple(v) for k, v in cfg.statistics.range.items()},
+        privacy=_privacy_dict(cfg),
+        ledger_dir=ledger_dir,
+        budgets=budgets_for(cfg),
+        job=_job_id(cfg),
+        seed=cfg.federation.seed,
+        backend_params=dict(cfg.crypto.params) if cfg.crypto.backend == "paillier" else {},
+    )
 
 
 def _run_vertical(cfg: JobConfig, ledger_dir: Path, progress: Progress | None) -> dict[str, Any]:
-    raise NotImplementedError
+    from fedsilo.protocols.vertical import simulate_vertical
+
+    tables = silo_tables(cfg)
+    roles = {s.name: s.role for s in cfg.silos}
+    assert cfg.data.label is not None and cfg.data.id_column is not None
+    for name, table in tables.items():
+        require_columns(table, [cfg.data.id_column])
+    guest = next(n for n, r in roles.items() if r == "guest")
+    require_columns(tables[guest], [cfg.data.label])
+    t = cfg.training
+    return simulate_vertical(
+        tables={n: tb.frame for n, tb in tables.items()},
+        roles=roles,
+        id_column=cfg.data.id_column,
+        label=cfg.data.label,
+        backend=cfg.crypto.backend,
+        backend_params=dict(cfg.crypto.params),
+        epochs=t.rounds,
+        batch_size=t.batch_size,
+        lr=t.lr,
+        l2=t.l2,
+        dp=_privacy_dict(cfg),
+        ledger_dir=ledger_dir,
+        budgets=budgets_for(cfg),
+        job=_job_id(cfg),
+        seed=cfg.federation.seed,
+        test_fraction=cfg.data.test_fraction,
+    )
