@@ -3,7 +3,34 @@
 The card's top-level folders (crypto, privacy, protocols, silos) live under this one import
 package so that ``import fedsilo.crypto`` never collides with unrelated PyPI packages.
 """
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
 from fedsilo.errors import FedsiloError
 
 __version__ = "0.1.0"
-__all__ = ["FedsiloError", "__version__"]
+__all__ = ["FedsiloError", "__version__", "simulate"]
+
+
+def simulate(
+    config: str | Path,
+    *,
+    ledger_dir: str | Path | None = None,
+    backend: str | None = None,
+    silos: int | None = None,
+    rounds: int | None = None,
+    epsilon: float | None = None,
+    seed: int | None = None,
+) -> dict[str, Any]:
+    """Run a federation config like ``fedsilo simulate`` and return the results contract
+    (docs/results.md). Keyword overrides match the command-line flags."""
+    from fedsilo.silos.config import apply_overrides, load_config
+    from fedsilo.silos.simulate import run_job
+
+    cfg = load_config(config)
+    overrides = dict(backend=backend, silos=silos, rounds=rounds, epsilon=epsilon, seed=seed)
+    if any(v is not None for v in overrides.values()):
+        cfg = apply_overrides(cfg, **overrides)
+    return run_job(cfg, ledger_dir=Path(ledger_dir) if ledger_dir is not None else None)

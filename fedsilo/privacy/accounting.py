@@ -35,6 +35,7 @@ accountants), so a ledger of thousands of equal rounds costs one self-compositio
 """
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections import Counter
@@ -143,24 +144,38 @@ def pure_dp_rdp(*, epsilon: float, orders: np.ndarray) -> np.ndarray:
     return e + (np.log1p(np.exp((1.0 - 2.0 * a) * e)) - math.log1p(math.exp(-e))) / (a - 1.0)
 
 
+@functools.lru_cache(maxsize=512)
+def _gaussian_rdp_curve(noise_multiplier: float, sample_rate: float) -> np.ndarray:
+    """dp-accounting's RDP vector (default orders) of one subsampled-Gaussian step; memoized."""
+    acc = _rdp.RdpAccountant()
+    acc.compose(GaussianEvent(noise_multiplier, sample_rate, 1).to_dp_accounting())
+    curve = acc.rdp
+    curve.setflags(write=False)
+    return curve
+
+
+_RDP_ORDERS: np.ndarray = np.asarray(_rdp.RdpAccountant().orders, dtype=np.float64)
+_RDP_ORDERS.setflags(write=False)
+
+
 def _epsilon_rdp(
     groups: tuple[GaussianEvent | LaplaceEvent, ...], delta: float
 ) -> tuple[float, bool]:
-    """RDP ε and whether the optimum sat at the largest order of the grid."""
-    acc = _rdp.RdpAccountant()  # dp-accounting's default orders
-    orders = acc.orders
-    extra = np.zeros_like(orders, dtype=np.float64)
+    """RDP ε and whether the optimum sat at the largest order of the grid.
+
+    The RDP vector is what dp-accounting's ``RdpAccountant`` accumulates (``count × curve``
+    per event), plus :func:`pure_dp_rdp` for pure-DP events; the conversion to (ε, δ) is
+    dp-accounting's ``compute_epsilon``.
+    """
+    total = np.zeros_like(_RDP_ORDERS)
     for g in groups:
         if isinstance(g, GaussianEvent):
-            acc.compose(g.to_dp_accounting())
+            total += g.steps * _gaussian_rdp_curve(g.noise_multiplier, g.sample_rate)
         else:
-            extra += g.steps * pure_dp_rdp(epsilon=g.epsilon, orders=orders)
-    if not np.any(extra):
-        eps, order = acc.get_epsilon_and_optimal_order(delta)
-    else:
-        eps, order = _rdp_mod.compute_epsilon(orders, acc.rdp + extra, delta)
+            total += g.steps * pure_dp_rdp(epsilon=g.epsilon, orders=_RDP_ORDERS)
+    eps, order = _rdp_mod.compute_epsilon(_RDP_ORDERS, total, delta)
     eps = float(eps)
-    return eps, bool(math.isfinite(eps) and eps > 0 and order == orders[-1])
+    return eps, bool(math.isfinite(eps) and eps > 0 and order == _RDP_ORDERS[-1])
 
 
 def _epsilon_pld(groups: tuple[GaussianEvent | LaplaceEvent, ...], delta: float) -> float:

@@ -1,0 +1,264 @@
+"""``fedsilo privacy``: ε for a noise level, noise for a target ε, ledger report and verification.
+
+A typer sub-app (``app``); the main CLI mounts it as ``fedsilo privacy``. Commands are thin:
+they parse flags, call one function of :mod:`fedsilo.privacy`, and print either a small table
+or, with ``--json``, one JSON object on stdout (the contracts are in docs/privacy.md).
+
+Exit codes: 0 success; 1 ledger integrity failure (``verify``/``report`` on a broken chain);
+2 bad arguments (out-of-range values, unknown accountant, missing ledger) — reported as one
+``error: ...`` line on stderr, no traceback. Heavy imports (dp-accounting, scipy, matplotlib)
+happen inside the commands so ``--help`` stays fast.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+
+from fedsilo.errors import FedsiloError, LedgerIntegrityError
+
+__all__ = ["app"]
+
+app = typer.Typer(
+    help="Differential privacy: epsilon for a noise level, noise for a target epsilon, "
+    "and the per-silo privacy ledger (report, verify).",
+    no_args_is_help=True,
+    add_completion=False,
+)
+
+EXIT_INTEGRITY = 1
+EXIT_USAGE = 2
+
+AccountantOpt = Annotated[
+    str, typer.Option("--accountant", help="Accountant: rdp (Renyi DP) or pld (privacy loss distributions).")
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+LedgerOpt = Annotated[
+    Path, typer.Option("--ledger", help="Path of the silo's ledger (SQLite file).", show_default=False)
+]
+
+
+def _fail(message: str, code: int) -> NoReturn:
+    typer.echo(f"error: {' '.join(str(message).split())}", err=True)
+    raise typer.Exit(code)
+
+
+def _finite_or_none(obj: Any) -> Any:
+    """JSON has no Infinity/NaN: such values (e.g. an unbounded epsilon) become null."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite_or_none(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_finite_or_none(v) for v in obj]
+    return obj
+
+
+def _emit_json(obj: dict[str, Any]) -> None:
+    typer.echo(json.dumps(_finite_or_none(obj), allow_nan=False))
+
+
+def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title)
+    for i, c in enumerate(columns):
+        table.add_column(c, no_wrap=i == 0)  # never wrap the key column (dataset names)
+    for r in rows:
+        table.add_row(*r)
+    Console().print(table)
+
+
+def _open_ledger(path: Path) -> Any:
+    from fedsilo.privacy.ledger import PrivacyLedger
+
+    return PrivacyLedger.open(path)
+
+
+@app.command("epsilon")
+def epsilon_cmd(
+    noise_multiplier: Annotated[
+        float, typer.Option("--noise-multiplier", help="Noise multiplier z = sigma / sensitivity (> 0).")
+    ],
+    delta: Annotated[float, typer.Option("--delta", help="Target delta in (0, 1).")],
+    sample_rate: Annotated[
+        float, typer.Option("--sample-rate", help="Poisson sampling rate q in (0, 1].")
+    ] = 1.0,
+    steps: Annotated[int, typer.Option("--steps", help="Number of rounds T (>= 1).")] = 1,
+    accountant: AccountantOpt = "rdp",
+    as_json: JsonOpt = False,
+) -> None:
+    """Epsilon of T rounds of the (subsampled) Gaussian mechanism at a given delta."""
+    try:
+        from fedsilo.privacy.accounting import epsilon
+        from fedsilo.privacy.events import GaussianEvent
+
+        event = GaussianEvent(noise_multiplier, sample_rate, steps)
+        eps = epsilon(event, delta=delta, accountant=accountant)
+    except FedsiloError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    if as_json:
+        _emit_json({"epsilon": eps, "delta": delta, "accountant": accountant})
+        return
+    _table(
+        "Gaussian mechanism",
+        ["noise multiplier", "sample rate", "steps", "delta", "accountant", "epsilon"],
+        [[f"{noise_multiplier:g}", f"{sample_rate:g}", str(steps), f"{delta:g}", accountant, f"{eps:.4f}"]],
+    )
+
+
+@app.command("noise")
+def noise_cmd(
+    target_epsilon: Annotated[float, typer.Option("--target-epsilon", help="Epsilon to meet (> 0).")],
+    delta: Annotated[float, typer.Option("--delta", help="Target delta in (0, 1).")],
+    sample_rate: Annotated[
+        float, typer.Option("--sample-rate", help="Poisson sampling rate q in (0, 1].")
+    ] = 1.0,
+    steps: Annotated[int, typer.Option("--steps", help="Number of rounds T (>= 1).")] = 1,
+    accountant: AccountantOpt = "rdp",
+    as_json: JsonOpt = False,
+) -> None:
+    """Smallest noise multiplier (to 1 %) whose epsilon does not exceed the target."""
+    try:
+        from fedsilo.privacy.accounting import epsilon, noise_multiplier
+        from fedsilo.privacy.events import GaussianEvent
+
+        z = noise_multiplier(
+            target_epsilon=target_epsilon,
+            delta=delta,
+            sample_rate=sample_rate,
+            steps=steps,
+            accountant=accountant,
+        )
+        eps = epsilon(GaussianEvent(z, sample_rate, steps), delta=delta, accountant=accountant)
+    except FedsiloError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    if as_json:
+        _emit_json({"noise_multiplier": z, "epsilon": eps, "delta": delta, "accountant": accountant})
+        return
+    _table(
+        "Noise calibration",
+        ["target epsilon", "sample rate", "steps", "delta", "accountant", "noise multiplier", "epsilon"],
+        [
+            [
+                f"{target_epsilon:g}",
+                f"{sample_rate:g}",
+                str(steps),
+                f"{delta:g}",
+                accountant,
+                f"{z:.4f}",
+                f"{eps:.4f}",
+            ]
+        ],
+    )
+
+
+def _plot(ledger: Any, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from datetime import datetime
+
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    try:
+        for rep in ledger.report():
+            entries = ledger.entries(rep.dataset)
+            if not entries:
+                continue
+            times = [datetime.fromisoformat(e.time) for e in entries]
+            eps = [e.epsilon_spent for e in entries]
+            (line,) = ax.step(times, eps, where="post", marker="o", markersize=3, label=rep.dataset)
+            ax.axhline(rep.epsilon_budget, color=line.get_color(), linestyle="--", linewidth=1)
+        ax.set_xlabel("time (UTC)")
+        ax.set_ylabel(f"epsilon spent ({ledger.accountant.upper()})")
+        ax.set_title(f"Privacy ledger of silo {ledger.silo!r} (dashed: budgets)")
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend()
+        fig.autofmt_xdate()
+        fig.tight_layout()
+        fig.savefig(out)
+    finally:
+        plt.close(fig)
+
+
+@app.command("report")
+def report_cmd(
+    ledger_path: LedgerOpt,
+    as_json: JsonOpt = False,
+    plot: Annotated[
+        Path | None,
+        typer.Option("--plot", help="Also write a plot of epsilon over time per dataset (PNG).", show_default=False),
+    ] = None,
+) -> None:
+    """Per dataset: budget, spent and remaining epsilon, releases. Verifies the chain first."""
+    try:
+        if plot is not None and not plot.parent.is_dir():
+            _fail(f"cannot write plot {plot}: directory {plot.parent} does not exist", EXIT_USAGE)
+        ledger = _open_ledger(ledger_path)
+    except FedsiloError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    try:
+        try:
+            ledger.verify()
+        except LedgerIntegrityError as exc:
+            _fail(f"{exc}; refusing to report from a broken ledger", EXIT_INTEGRITY)
+        reports = ledger.report()
+        if plot is not None:
+            _plot(ledger, plot)
+        if as_json:
+            _emit_json(
+                {
+                    "ledger": str(ledger_path),
+                    "silo": ledger.silo,
+                    "accountant": ledger.accountant,
+                    "datasets": [r.to_json() for r in reports],
+                }
+            )
+            return
+        _table(
+            f"Privacy ledger of silo {ledger.silo!r}: epsilon ({ledger.accountant.upper()} accountant)",
+            ["dataset", "level", "delta", "budget", "spent", "left", "releases"],
+            [
+                [
+                    r.dataset,
+                    r.level or "-",
+                    f"{r.delta:g}",
+                    f"{r.epsilon_budget:.4g}",
+                    f"{r.spent:.4f}",
+                    f"{r.remaining:.4f}",
+                    f"{r.releases}" + (f" ({r.pending} pending)" if r.pending else ""),
+                ]
+                for r in reports
+            ],
+        )
+    finally:
+        ledger.close()
+
+
+@app.command("verify")
+def verify_cmd(ledger_path: LedgerOpt, as_json: JsonOpt = False) -> None:
+    """Check the ledger's hash chain; exit 1 if a row was edited, deleted or inserted."""
+    try:
+        ledger = _open_ledger(ledger_path)
+    except FedsiloError as exc:
+        _fail(str(exc), EXIT_USAGE)
+    try:
+        try:
+            ledger.verify()
+        except LedgerIntegrityError as exc:
+            if as_json:
+                _emit_json({"ok": False, "ledger": str(ledger_path), "error": str(exc)})
+            _fail(str(exc), EXIT_INTEGRITY)
+        seq, head = ledger.head
+        if as_json:
+            _emit_json({"ok": True, "ledger": str(ledger_path), "entries": seq, "head": head})
+        else:
+            typer.echo(f"ledger OK: {ledger_path} ({seq} entries, head {head[:16]})")
+    finally:
+        ledger.close()

@@ -1,0 +1,818 @@
+"""The ``paillier`` backend: exact additive HE with python-paillier (phe) on gmpy2.
+
+Scheme: Paillier, "Public-Key Cryptosystems Based on Composite Degree Residuosity Classes",
+EUROCRYPT 1999, with ``g = n + 1`` (so ``g**m = 1 + m*n mod n**2``) and CRT decryption
+(phe's ``raw_decrypt``). fedsilo only uses phe's *raw* layer (``raw_encrypt`` / ``raw_decrypt``
+on integers); floats are turned into integers by :mod:`fedsilo.crypto.encoding` with one fixed
+scale per vector, never phe's per-value exponents (they leak each value's magnitude and cost a
+powmod per mismatched addition).
+
+Two modes, chosen by the ``packed`` parameter (part of the public context, so both sides agree):
+
+* ``packed=False``: one value per ciphertext. Every operation of the interface: add, add_plain,
+  multiply by a plaintext scalar / vector, ``matmul_plain`` and sum. A plaintext factor is
+  encoded at the fixed scale ``2**precision``; a product's scale is the sum of the scales, which
+  the ciphertext tracks; adding ciphertexts of different scales lifts the smaller one by
+  ``c**(2**d)`` (integer multiplication, no rounding). The ciphertext also tracks a public upper
+  bound on ``|plaintext integer|`` derived only from public parameters (``value_bound``, scales,
+  operation counts) and refuses any operation whose bound would reach ``n/3`` (phe's ``max_int``).
+* ``packed=True``: BatchCrypt packing (Zhang et al., USENIX ATC 2020): ``slots`` fixed-point
+  values per plaintext with headroom for ``max_summands`` summands. Supports add, add_plain, sum
+  and multiplication by a non-negative integer scalar; anything else raises
+  :class:`~fedsilo.errors.UnsupportedOperationError` telling you to use ``packed=False``. The
+  summand count travels with the ciphertext; exceeding ``max_summands`` raises
+  :class:`~fedsilo.errors.EncodingOverflowError` before anything is computed.
+
+Encryption (the ``r**n mod n**2`` obfuscator dominates), decryption, re-randomization and the
+exponentiations of ``mul_plain`` / ``matmul_plain`` run on a process pool of ``workers``
+processes (``workers=1``: in-process). Outbound ciphertexts are re-randomized on ``serialize``
+unless they come straight from ``encrypt`` (a result of ``add_plain`` would otherwise let anyone
+who knows the input ciphertext recover the added plaintext). On the wire a ciphertext is a
+fixed-width big-endian integer (``2 * key_bits / 8`` bytes), never a decimal string.
+"""
+from __future__ import annotations
+
+import atexit
+import math
+import multiprocessing
+import os
+import struct
+import warnings
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from itertools import chain
+from typing import Any, ClassVar
+
+import numpy as np
+
+try:
+    import gmpy2
+    from phe import paillier as _phe
+    from phe import util as _phe_util
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(f"fedsilo's paillier backend needs phe and gmpy2: {exc}") from exc
+
+if not _phe_util.HAVE_GMP:  # pragma: no cover - depends on the environment
+    # Without gmpy2, phe silently falls back to pure-Python powmod: ~30x slower encryption.
+    raise ImportError(
+        "fedsilo's paillier backend needs gmpy2 (phe.util.HAVE_GMP is False); "
+        "install it with `pip install gmpy2`"
+    )
+
+from fedsilo.crypto.base import (
+    BackendInfo,
+    Ciphertext,
+    CryptoBackend,
+    FingerprintOnly,
+    PublicContext,
+    SecretKey,
+    as_matrix,
+    as_vector,
+    broadcast_vector,
+    check_lengths,
+    fingerprint_of,
+)
+from fedsilo.crypto.encoding import (
+    SlotLayout,
+    decode_fixed,
+    encode_fixed,
+    fixed_point_bound,
+    pack,
+    slot_layout,
+    unpack,
+)
+from fedsilo.errors import (
+    CiphertextFormatError,
+    ConfigError,
+    CryptoError,
+    EncodingOverflowError,
+    KeyMismatchError,
+    UnsupportedOperationError,
+)
+
+__all__ = [
+    "InsecureParametersWarning",
+    "PaillierBackend",
+    "PaillierCiphertext",
+    "PaillierEncoding",
+    "PaillierPublic",
+    "PaillierSecret",
+]
+
+#: Key sizes accepted, with their approximate security level (NIST SP 800-57 part 1, table 2).
+KEY_BITS_SECURITY = {1024: 80, 2048: 112, 3072: 128, 4096: 152}
+_WIRE_VERSION = 1
+_PUB_STRUCT = struct.Struct(">BHHBId")  # version, key_bits, precision, packed, max_summands, value_bound
+_CT_STRUCT = struct.Struct(">BBHQQI")  # version, packed, scale_bits, length, summands, count
+_MAX_PRECISION = 64
+# Below this many items the pool's IPC costs more than it saves.
+_PARALLEL_MIN_ITEMS = 8
+
+
+class InsecureParametersWarning(UserWarning):
+    """Parameters that are fine for tests but too weak for real data (e.g. 1024-bit keys)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Keys and public parameters
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PaillierEncoding:
+    """Encoding parameters: part of the public context so every party encodes alike."""
+
+    precision: int
+    value_bound: float
+    packed: bool
+    max_summands: int
+
+    def describe(self) -> str:
+        return (
+            f"precision={self.precision};value_bound={self.value_bound!r};"
+            f"packed={int(self.packed)};max_summands={self.max_summands}"
+        )
+
+
+@dataclass(frozen=True, repr=False)
+class PaillierPublic(PublicContext):
+    """Public key ``n`` plus the encoding parameters; fingerprint covers both."""
+
+    n: int
+    encoding: PaillierEncoding
+    backend: ClassVar[str] = "paillier"
+    _fp: str = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_fp", fingerprint_of("paillier", _int_bytes(self.n), self.encoding.describe()))
+
+    @property
+    def fingerprint(self) -> str:
+        return self._fp
+
+    @property
+    def key_bits(self) -> int:
+        return self.n.bit_length()
+
+    @property
+    def nsquare(self) -> int:
+        return self.n * self.n
+
+    @property
+    def max_int(self) -> int:
+        """Largest encodable magnitude: phe's ``n // 3`` (the middle third detects overflow)."""
+        return self.n // 3
+
+    @property
+    def ciphertext_bytes(self) -> int:
+        return (self.nsquare.bit_length() + 7) // 8
+
+    def _payload(self) -> bytes:
+        e = self.encoding
+        return _PUB_STRUCT.pack(
+            _WIRE_VERSION, self.key_bits, e.precision, int(e.packed), e.max_summands, e.value_bound
+        ) + _int_bytes(self.n)
+
+    def serialize(self) -> bytes:
+        return CryptoBackend._header(b"PUBK", self.fingerprint) + self._payload()
+
+
+@dataclass(frozen=True, repr=False, eq=False)
+class PaillierSecret(SecretKey):
+    """The primes ``p, q``. ``repr`` shows only the fingerprint (see :class:`SecretKey`)."""
+
+    public_context: PaillierPublic
+    p: int
+    q: int
+    backend: ClassVar[str] = "paillier"
+
+    def public(self) -> PaillierPublic:
+        return PaillierPublic(self.public_context.n, self.public_context.encoding)
+
+    @property
+    def fingerprint(self) -> str:
+        return self.public_context.fingerprint
+
+    def export_secret(self) -> bytes:
+        body = self.public_context._payload()
+        for prime in (self.p, self.q):
+            raw = _int_bytes(prime)
+            body += len(raw).to_bytes(2, "big") + raw
+        return CryptoBackend._header(b"SECK", self.fingerprint) + body
+
+    def __reduce__(self) -> Any:
+        # Pickling a secret key (e.g. by accident into a log or cache) is refused; use
+        # export_secret() and a 0600 file (fedsilo.crypto.keys.save_secret_key).
+        raise TypeError("PaillierSecret cannot be pickled; use export_secret() explicitly")
+
+
+def _int_bytes(value: int) -> bytes:
+    return int(value).to_bytes((int(value).bit_length() + 7) // 8 or 1, "big")
+
+
+# --------------------------------------------------------------------------------------------
+# Ciphertexts
+# --------------------------------------------------------------------------------------------
+class PaillierCiphertext(Ciphertext):
+    """An encrypted vector: a list of Paillier ciphertexts (one value each, or ``slots`` packed).
+
+    ``scale_bits``: values are integers over ``2**scale_bits``. ``summands``: how many fresh
+    vectors were added (packed mode: the offset multiplier and the headroom check). ``bound``:
+    public upper bound on ``|plaintext integer|`` (unpacked mode). ``obfuscated``: straight
+    from ``encrypt`` (no need to re-randomize before sending).
+    """
+
+    backend: ClassVar[str] = "paillier"
+
+    def __init__(
+        self,
+        *,
+        values: list[Any],
+        length: int,
+        public: PaillierPublic,
+        scale_bits: int,
+        summands: int,
+        bound: int,
+        obfuscated: bool,
+        ops: "PaillierBackend",
+    ) -> None:
+        self.values = values
+        self.length = length
+        self.public = public
+        self.fingerprint = public.fingerprint
+        self.packed = public.encoding.packed
+        self.scale_bits = scale_bits
+        self.summands = summands
+        self.bound = bound
+        self.obfuscated = obfuscated
+        self._ops = ops
+
+
+# --------------------------------------------------------------------------------------------
+# Process-pool workers: module-level functions on plain ints so they pickle cheaply.
+# --------------------------------------------------------------------------------------------
+_WORKER_KEYS: dict[int, Any] = {}
+
+
+def _phe_public(n: int) -> Any:
+    key = _WORKER_KEYS.get(n)
+    if key is None:
+        key = _WORKER_KEYS[n] = _phe.PaillierPublicKey(n)
+    return key
+
+
+def _encrypt_batch(n: int, plaintexts: list[int]) -> list[int]:
+    """raw_encrypt: ``(1 + m n) * r**n mod n**2`` with ``r`` from the OS CSPRNG (phe)."""
+    key = _phe_public(n)
+    return [key.raw_encrypt(m) for m in plaintexts]
+
+
+def _obfuscate_batch(n: int, ciphertexts: list[int]) -> list[int]:
+    """Re-randomize: multiply by a fresh encryption of zero (``r**n``)."""
+    key = _phe_public(n)
+    nsq = gmpy2.mpz(key.nsquare)
+    return [int(gmpy2.mpz(c) * key.raw_encrypt(0) % nsq) for c in ciphertexts]
+
+
+def _decrypt_batch(n: int, p: int, q: int, ciphertexts: list[int]) -> list[int]:
+    """CRT decryption (phe's raw_decrypt). The private key object lives only for this call."""
+    key = _phe.PaillierPrivateKey(_phe_public(n), p, q)
+    return [key.raw_decrypt(int(c)) for c in ciphertexts]
+
+
+def _pow_batch(nsquare: int, pairs: list[tuple[int, int]]) -> list[int]:
+    """``c**k mod n**2`` for signed ``k`` (gmpy2 inverts for k < 0): Enc(m)**k = Enc(k m)."""
+    nsq = gmpy2.mpz(nsquare)
+    return [int(gmpy2.powmod(c, k, nsq)) for c, k in pairs]
+
+
+def _matmul_batch(nsquare: int, ciphertexts: list[int], columns: list[list[int]]) -> list[int]:
+    """``prod_i c_i**M_ij mod n**2`` per column j: Enc(sum_i x_i M_ij)."""
+    nsq = gmpy2.mpz(nsquare)
+    cts = [gmpy2.mpz(c) for c in ciphertexts]
+    out = []
+    for column in columns:
+        acc = gmpy2.mpz(1)
+        for c, k in zip(cts, column):
+            if k:
+                acc = acc * gmpy2.powmod(c, k, nsq) % nsq
+        out.append(int(acc))
+    return out
+
+
+_POOLS: dict[int, ProcessPoolExecutor] = {}
+
+
+def _get_pool(workers: int) -> ProcessPoolExecutor:
+    pool = _POOLS.get(workers)
+    if pool is None:
+        # fork, not spawn/forkserver: those re-run the caller's __main__ script in every worker,
+        # which breaks any script without an `if __name__ == "__main__"` guard. The children
+        # only run gmpy2/phe arithmetic; ProcessPoolExecutor forks all workers up front, before
+        # its manager thread starts (TenSEAL's idle pool threads, if any, hold no lock we use).
+        ctx = multiprocessing.get_context("fork")
+        pool = _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
+    return pool
+
+
+@atexit.register
+def _shutdown_pools() -> None:
+    for pool in _POOLS.values():
+        pool.shutdown(wait=False, cancel_futures=True)
+    _POOLS.clear()
+
+
+def _parallel_map(fn: Callable[..., list[Any]], common: tuple[Any, ...], items: list[Any], workers: int) -> list[Any]:
+    """``fn(*common, items)`` split over ``workers`` processes, order preserved."""
+    if workers <= 1 or len(items) < _PARALLEL_MIN_ITEMS:
+        return fn(*common, items)
+    # A few chunks per worker balance uneven progress without much pickling overhead.
+    n_chunks = min(len(items), workers * 4)
+    size = -(-len(items) // n_chunks)
+    try:
+        pool = _get_pool(workers)
+        futures = [pool.submit(fn, *common, items[i : i + size]) for i in range(0, len(items), size)]
+        return list(chain.from_iterable(f.result() for f in futures))
+    except BrokenProcessPool as exc:
+        _POOLS.pop(workers, None)
+        raise CryptoError(f"paillier: a worker process died ({exc}); retry or use workers=1") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# The backend
+# --------------------------------------------------------------------------------------------
+class PaillierBackend(CryptoBackend):
+    """Paillier with fixed-point encoding, optional BatchCrypt packing and a process pool.
+
+    Parameters (keyword-only, validated; a bad one raises ConfigError naming it):
+
+    key_bits
+        Modulus size: 2048 (default, ~112-bit security), 3072 (128-bit), 4096; 1024 only for
+        tests (~80-bit, warns with :class:`InsecureParametersWarning`).
+    precision
+        Fractional bits of the fixed-point encoding (scale ``2**precision``, default 32).
+        Rounding error per value <= ``2**-(precision+1)``; ``precision=0`` encodes integers.
+    value_bound
+        Inputs (and plaintext operands of add_plain / mul_plain / matmul_plain) must satisfy
+        ``|x| <= value_bound`` (default ``2**20``); larger values raise EncodingOverflowError.
+    packed
+        BatchCrypt packing (default False).
+    max_summands
+        K: packed slots have headroom for K summands (default 16); the K+1-th raises.
+    workers
+        Process-pool size for encryption/decryption (default ``os.cpu_count()``; 1 = in-process).
+    """
+
+    name: ClassVar[str] = "paillier"
+    exact: ClassVar[bool] = True
+
+    def __init__(
+        self,
+        *,
+        key_bits: int = 2048,
+        precision: int = 32,
+        value_bound: float = 2.0**20,
+        packed: bool = False,
+        max_summands: int = 16,
+        workers: int | None = None,
+    ) -> None:
+        if not _is_int(key_bits) or key_bits not in KEY_BITS_SECURITY:
+            raise ConfigError(f"paillier: key_bits must be one of {sorted(KEY_BITS_SECURITY)}, got {key_bits!r}")
+        if not _is_int(precision) or not 0 <= precision <= _MAX_PRECISION:
+            raise ConfigError(f"paillier: precision must be an integer in [0, {_MAX_PRECISION}] bits, got {precision!r}")
+        if isinstance(value_bound, bool) or not isinstance(value_bound, (int, float)) or not (
+            math.isfinite(value_bound) and value_bound > 0
+        ):
+            raise ConfigError(f"paillier: value_bound must be a positive finite number, got {value_bound!r}")
+        if not isinstance(packed, bool):
+            raise ConfigError(f"paillier: packed must be true or false, got {packed!r}")
+        if not _is_int(max_summands) or not 1 <= max_summands <= 2**32 - 1:
+            raise ConfigError(f"paillier: max_summands must be an integer >= 1, got {max_summands!r}")
+        if workers is None:
+            workers = os.cpu_count() or 1
+        if not _is_int(workers) or workers < 1:
+            raise ConfigError(f"paillier: workers must be an integer >= 1, got {workers!r}")
+        self.key_bits = int(key_bits)
+        self.encoding = PaillierEncoding(int(precision), float(value_bound), packed, int(max_summands))
+        self.workers = int(workers)
+        offset = fixed_point_bound(value_bound=float(value_bound), precision=int(precision))
+        self.layout: SlotLayout | None = None
+        if packed:
+            try:
+                self.layout = slot_layout(
+                    plaintext_bits=self.key_bits - 1,
+                    precision=int(precision),
+                    value_bound=float(value_bound),
+                    max_summands=int(max_summands),
+                )
+            except ConfigError as exc:
+                raise ConfigError(f"paillier: {exc}") from exc
+        elif offset.bit_length() > self.key_bits - 8:
+            raise ConfigError(
+                f"paillier: value_bound * 2**precision needs {offset.bit_length()} bits; "
+                f"a {self.key_bits}-bit key holds about {self.key_bits - 2}"
+            )
+        if self.key_bits < 2048:
+            warnings.warn(
+                f"paillier: {self.key_bits}-bit keys give ~{KEY_BITS_SECURITY[self.key_bits]}-bit security; "
+                "use them for tests only",
+                InsecureParametersWarning,
+                stacklevel=2,
+            )
+
+    # --- description ------------------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        e = self.encoding
+        return {
+            "key_bits": self.key_bits,
+            "precision": e.precision,
+            "value_bound": e.value_bound,
+            "packed": e.packed,
+            "max_summands": e.max_summands,
+            "workers": self.workers,
+        }
+
+    def info(self) -> BackendInfo:
+        e = self.encoding
+        ct_bytes = 2 * self.key_bits // 8
+        per_ct = self.layout.slots if self.layout else 1
+        if e.packed:
+            supports: tuple[str, ...] = ("add", "add_plain", "sum", "mul_int")
+            mode = f"packed {per_ct} x {self.layout.slot_bits}-bit slots, <= {e.max_summands} summands"  # type: ignore[union-attr]
+        else:
+            supports = ("add", "add_plain", "sum", "mul_scalar", "mul_vector", "matmul")
+            mode = "one value per ciphertext"
+        return BackendInfo(
+            name=self.name,
+            exact=True,
+            secure=True,
+            values_per_ciphertext=per_ct,
+            bytes_per_value=ct_bytes / per_ct,
+            # One rounding to the fixed-point grid per encoded operand (see docs/crypto.md).
+            error_bound=math.ldexp(1.0, -(e.precision + 1)),
+            supports=supports,
+            description=(
+                f"Paillier {self.key_bits}-bit (~{KEY_BITS_SECURITY[self.key_bits]}-bit security), "
+                f"fixed point 2^-{e.precision}, |x| <= {e.value_bound:g}, {mode}"
+            ),
+        )
+
+    # --- keys -------------------------------------------------------------------------------
+    def keygen(self) -> PaillierSecret:
+        pub, priv = _phe.generate_paillier_keypair(n_length=self.key_bits)
+        public = PaillierPublic(int(pub.n), self.encoding)
+        return PaillierSecret(public, int(priv.p), int(priv.q))
+
+    def _parse_public_payload(self, body: bytes, *, what: str) -> tuple[PaillierPublic, bytes]:
+        try:
+            version, key_bits, precision, packed, max_summands, value_bound = _PUB_STRUCT.unpack_from(body)
+        except struct.error as exc:
+            raise CiphertextFormatError(f"paillier: truncated {what}") from exc
+        if version != _WIRE_VERSION:
+            raise CiphertextFormatError(f"paillier: {what} has format version {version}, expected {_WIRE_VERSION}")
+        n_len = (key_bits + 7) // 8
+        start = _PUB_STRUCT.size
+        raw_n = body[start : start + n_len]
+        if len(raw_n) != n_len or packed not in (0, 1):
+            raise CiphertextFormatError(f"paillier: truncated or corrupt {what}")
+        n = int.from_bytes(raw_n, "big")
+        if n.bit_length() != key_bits or n % 2 == 0:
+            raise CiphertextFormatError(f"paillier: {what} holds an invalid modulus")
+        encoding = PaillierEncoding(precision, value_bound, bool(packed), max_summands)
+        if encoding != self.encoding or key_bits != self.key_bits:
+            raise ConfigError(
+                f"paillier: the {what} was made with key_bits={key_bits}, {encoding.describe()} but this "
+                f"backend has key_bits={self.key_bits}, {self.encoding.describe()}; use the federation's parameters"
+            )
+        return PaillierPublic(n, encoding), body[start + n_len :]
+
+    def load_public(self, data: bytes) -> PaillierPublic:
+        fp, body = self._split_header(data, kind=b"PUBK", backend=self.name)
+        public, rest = self._parse_public_payload(body, what="public context")
+        if rest or public.fingerprint != fp:
+            raise CiphertextFormatError("paillier: public context is corrupt (fingerprint does not match its body)")
+        return public
+
+    def load_secret(self, data: bytes) -> PaillierSecret:
+        fp, body = self._split_header(data, kind=b"SECK", backend=self.name)
+        public, rest = self._parse_public_payload(body, what="secret key")
+        primes = []
+        for _ in range(2):
+            if len(rest) < 2:
+                raise CiphertextFormatError("paillier: truncated secret key")
+            size = int.from_bytes(rest[:2], "big")
+            raw, rest = rest[2 : 2 + size], rest[2 + size :]
+            if len(raw) != size:
+                raise CiphertextFormatError("paillier: truncated secret key")
+            primes.append(int.from_bytes(raw, "big"))
+        p, q = primes
+        if rest or p * q != public.n or public.fingerprint != fp:
+            raise CiphertextFormatError("paillier: secret key is corrupt (primes do not match the modulus)")
+        return PaillierSecret(public, p, q)
+
+    # --- helpers ----------------------------------------------------------------------------
+    def _check_public(self, public: Any) -> PaillierPublic:
+        self._check_kind(public, PaillierPublic, "the public context")
+        if public.encoding != self.encoding:
+            raise ConfigError(
+                f"paillier: public context has {public.encoding.describe()} but this backend has "
+                f"{self.encoding.describe()}"
+            )
+        return public
+
+    def _check_ct(self, ct: Any, what: str = "the ciphertext") -> PaillierCiphertext:
+        self._check_kind(ct, PaillierCiphertext, what)
+        if ct.public.encoding != self.encoding:
+            raise KeyMismatchError(
+                f"paillier: {what} was made with {ct.public.encoding.describe()}, "
+                f"this backend has {self.encoding.describe()}"
+            )
+        return ct
+
+    def _unsupported_packed(self, op: str) -> UnsupportedOperationError:
+        return UnsupportedOperationError(
+            f"paillier: {op} is not supported on packed ciphertexts (BatchCrypt slots only add); "
+            "use get_backend('paillier', packed=False) for multiplications by plaintext floats"
+        )
+
+    def _wrap(self, ct: PaillierCiphertext, values: list[Any], **changes: Any) -> PaillierCiphertext:
+        fields = dict(
+            values=values,
+            length=ct.length,
+            public=ct.public,
+            scale_bits=ct.scale_bits,
+            summands=ct.summands,
+            bound=ct.bound,
+            obfuscated=False,  # any homomorphic result is re-randomized before it leaves
+            ops=self,
+        )
+        fields.update(changes)
+        return PaillierCiphertext(**fields)
+
+    def _check_summands(self, total: int) -> None:
+        if total > self.encoding.max_summands:
+            raise EncodingOverflowError(
+                f"paillier: the result would hold {total} summands but packed slots have headroom for "
+                f"max_summands={self.encoding.max_summands}; raise max_summands (fewer values per ciphertext)"
+            )
+
+    def _check_bound(self, public: PaillierPublic, bound: int, op: str) -> None:
+        if bound > public.max_int:
+            raise EncodingOverflowError(
+                f"paillier: {op} could exceed the plaintext space (|value| * 2**scale up to "
+                f"{bound.bit_length()} bits, limit {public.max_int.bit_length()} bits); lower precision or value_bound"
+            )
+
+    def _lift(self, ct: PaillierCiphertext, scale_bits: int) -> tuple[list[Any], int]:
+        """Ciphertext values and bound re-expressed at a larger scale: ``c**(2**d)``."""
+        d = scale_bits - ct.scale_bits
+        if d == 0:
+            return ct.values, ct.bound
+        nsq = gmpy2.mpz(ct.public.nsquare)
+        factor = gmpy2.mpz(1) << d
+        return [gmpy2.powmod(c, factor, nsq) for c in ct.values], ct.bound << d
+
+    # --- encryption -------------------------------------------------------------------------
+    def encrypt(self, public: PublicContext, values: Any) -> PaillierCiphertext:
+        pub = self._check_public(public)
+        vec = as_vector(values)
+        e = self.encoding
+        ints = encode_fixed(vec, precision=e.precision, value_bound=e.value_bound)
+        if self.layout is not None:
+            plaintexts = pack(ints, layout=self.layout)
+        else:
+            # Negative values become n - |m|; phe's raw_encrypt handles that range with an inverse.
+            plaintexts = [m % pub.n for m in ints]
+        cts = _parallel_map(_encrypt_batch, (pub.n,), plaintexts, self.workers)
+        return PaillierCiphertext(
+            values=[gmpy2.mpz(c) for c in cts],
+            length=int(vec.shape[0]),
+            public=pub,
+            scale_bits=e.precision,
+            summands=1,
+            bound=fixed_point_bound(value_bound=e.value_bound, precision=e.precision),
+            obfuscated=True,
+            ops=self,
+        )
+
+    def decrypt(self, secret: SecretKey, ct: Ciphertext) -> np.ndarray:
+        self._check_kind(secret, PaillierSecret, "the secret key")
+        c = self._check_ct(ct)
+        self._check_same_key(secret, c)
+        pub = c.public
+        plain = _parallel_map(_decrypt_batch, (pub.n, secret.p, secret.q), [int(v) for v in c.values], self.workers)
+        if c.packed:
+            assert self.layout is not None
+            ints = unpack(plain, layout=self.layout, length=c.length, summands=c.summands)
+        else:
+            ints = []
+            for m in plain:
+                if m <= pub.max_int:
+                    ints.append(m)
+                elif m >= pub.n - pub.max_int:
+                    ints.append(m - pub.n)
+                else:
+                    raise EncodingOverflowError(
+                        "paillier: a decrypted value lies outside the encodable range (overflow, or a "
+                        "ciphertext under another key)"
+                    )
+        return decode_fixed(ints, scale_bits=c.scale_bits)
+
+    # --- homomorphic operations -------------------------------------------------------------
+    def add(self, a: Ciphertext, b: Ciphertext) -> PaillierCiphertext:
+        return self.sum([a, b])
+
+    def sum(self, cts: Sequence[Ciphertext]) -> PaillierCiphertext:
+        """Product of ciphertexts position by position: Enc(a) * Enc(b) = Enc(a + b)."""
+        if not cts:
+            raise ConfigError("sum() needs at least one ciphertext")
+        checked = [self._check_ct(c, "an operand") for c in cts]
+        self._check_same_key(*checked)
+        first = checked[0]
+        for c in checked[1:]:
+            check_lengths(first.length, c.length)
+        if len(checked) == 1:
+            return first
+        total = sum(c.summands for c in checked)
+        nsq = gmpy2.mpz(first.public.nsquare)
+        if first.packed:
+            self._check_summands(total)
+            columns = [c.values for c in checked]
+            scale, bound = first.scale_bits, first.bound
+        else:
+            scale = max(c.scale_bits for c in checked)
+            lifted = [self._lift(c, scale) for c in checked]
+            bound = sum(b for _, b in lifted)
+            self._check_bound(first.public, bound, "this addition")
+            columns = [vals for vals, _ in lifted]
+        out = list(columns[0])
+        for vals in columns[1:]:
+            out = [x * y % nsq for x, y in zip(out, vals)]
+        return self._wrap(first, out, scale_bits=scale, summands=total, bound=bound)
+
+    def add_plain(self, a: Ciphertext, values: Any) -> PaillierCiphertext:
+        """Enc(x) * (1 + m n) = Enc(x + m): no randomness, hence re-randomized on serialize."""
+        c = self._check_ct(a)
+        vec = broadcast_vector(values, c.length)
+        e = self.encoding
+        pub = c.public
+        if c.packed:
+            assert self.layout is not None
+            self._check_summands(c.summands + 1)
+            ints = encode_fixed(vec, precision=e.precision, value_bound=e.value_bound, what="plaintext operand")
+            plaintexts = pack(ints, layout=self.layout)
+            bound = c.bound
+        else:
+            ints = encode_fixed(vec, precision=c.scale_bits, value_bound=e.value_bound, what="plaintext operand")
+            plaintexts = ints
+            bound = c.bound + fixed_point_bound(value_bound=e.value_bound, precision=c.scale_bits)
+            self._check_bound(pub, bound, "add_plain")
+        n, nsq = gmpy2.mpz(pub.n), gmpy2.mpz(pub.nsquare)
+        out = [x * ((1 + (m % n) * n) % nsq) % nsq for x, m in zip(c.values, plaintexts)]
+        return self._wrap(c, out, summands=c.summands + 1, bound=bound)
+
+    def mul_plain(self, a: Ciphertext, factor: Any) -> PaillierCiphertext:
+        """Enc(x)**k = Enc(k x). Unpacked: k = round(f * 2**precision), scale adds up.
+
+        Packed: only a non-negative integer scalar (it multiplies the summand count too).
+        """
+        c = self._check_ct(a)
+        vec = broadcast_vector(factor, c.length)
+        e = self.encoding
+        pub = c.public
+        if c.packed:
+            k = float(vec[0]) if vec.size else 0.0
+            if vec.size and (not np.all(vec == k) or k < 0 or k != int(k)):
+                raise self._unsupported_packed("multiplication by a plaintext float or vector")
+            self._check_summands(c.summands * int(k))
+            pairs = [(int(v), int(k)) for v in c.values]
+            out = _parallel_map(_pow_batch, (pub.nsquare,), pairs, self.workers)
+            return self._wrap(c, [gmpy2.mpz(v) for v in out], summands=c.summands * int(k))
+        ks = encode_fixed(vec, precision=e.precision, value_bound=e.value_bound, what="plaintext factor")
+        bound = c.bound * fixed_point_bound(value_bound=e.value_bound, precision=e.precision)
+        self._check_bound(pub, bound, "mul_plain")
+        pairs = [(int(v), k) for v, k in zip(c.values, ks)]
+        out = _parallel_map(_pow_batch, (pub.nsquare,), pairs, self.workers)
+        return self._wrap(c, [gmpy2.mpz(v) for v in out], scale_bits=c.scale_bits + e.precision, bound=bound)
+
+    def matmul_plain(self, a: Ciphertext, matrix: Any) -> PaillierCiphertext:
+        """Enc(v) @ M: column j is ``prod_i Enc(v_i)**round(M_ij 2**precision)``."""
+        c = self._check_ct(a)
+        if c.packed:
+            raise self._unsupported_packed("matmul_plain")
+        m = as_matrix(matrix, c.length)
+        e = self.encoding
+        pub = c.public
+        bound = c.bound * fixed_point_bound(value_bound=e.value_bound, precision=e.precision) * max(1, c.length)
+        self._check_bound(pub, bound, "matmul_plain")
+        columns = [
+            encode_fixed(m[:, j], precision=e.precision, value_bound=e.value_bound, what="matrix entry")
+            for j in range(m.shape[1])
+        ]
+        cts = [int(v) for v in c.values]
+        if self.workers > 1 and m.shape[1] > 1 and c.length * m.shape[1] >= _PARALLEL_MIN_ITEMS:
+            out = _parallel_map_columns(pub.nsquare, cts, columns, self.workers)
+        else:
+            out = _matmul_batch(pub.nsquare, cts, columns)
+        return PaillierCiphertext(
+            values=[gmpy2.mpz(v) for v in out],
+            length=int(m.shape[1]),
+            public=pub,
+            scale_bits=c.scale_bits + e.precision,
+            summands=c.summands,
+            bound=bound,
+            obfuscated=False,
+            ops=self,
+        )
+
+    # --- wire -------------------------------------------------------------------------------
+    def serialize(self, ct: Ciphertext) -> bytes:
+        c = self._check_ct(ct)
+        pub = c.public
+        values = [int(v) for v in c.values]
+        if not c.obfuscated:
+            values = _parallel_map(_obfuscate_batch, (pub.n,), values, self.workers)
+        width = pub.ciphertext_bytes
+        bound_raw = _int_bytes(c.bound)
+        head = _CT_STRUCT.pack(_WIRE_VERSION, int(c.packed), c.scale_bits, c.length, c.summands, len(values))
+        return b"".join(
+            [
+                self._header(b"CTXT", c.fingerprint),
+                head,
+                len(bound_raw).to_bytes(2, "big"),
+                bound_raw,
+                *(v.to_bytes(width, "big") for v in values),
+            ]
+        )
+
+    def deserialize(self, public: PublicContext, data: bytes) -> PaillierCiphertext:
+        pub = self._check_public(public)
+        fp, body = self._split_header(data, kind=b"CTXT", backend=self.name)
+        self._check_same_key(pub, FingerprintOnly(fp))
+        try:
+            version, packed, scale_bits, length, summands, count = _CT_STRUCT.unpack_from(body)
+            pos = _CT_STRUCT.size
+            bound_len = int.from_bytes(body[pos : pos + 2], "big")
+            pos += 2
+        except struct.error as exc:
+            raise CiphertextFormatError("paillier: truncated ciphertext header") from exc
+        if version != _WIRE_VERSION:
+            raise CiphertextFormatError(f"paillier: ciphertext format version {version}, expected {_WIRE_VERSION}")
+        e = self.encoding
+        expected = self.layout.plaintexts_for(length) if self.layout else length
+        if bool(packed) != e.packed or packed not in (0, 1) or count != expected:
+            raise CiphertextFormatError("paillier: ciphertext header does not match the context (packing or count)")
+        if scale_bits < e.precision or (e.packed and (scale_bits != e.precision or summands > e.max_summands)):
+            raise CiphertextFormatError("paillier: ciphertext header has an impossible scale or summand count")
+        bound_raw = body[pos : pos + bound_len]
+        pos += bound_len
+        width = pub.ciphertext_bytes
+        payload = body[pos:]
+        if len(bound_raw) != bound_len or len(payload) != count * width:
+            raise CiphertextFormatError(
+                f"paillier: ciphertext body has {len(payload)} bytes, expected {count} x {width}"
+            )
+        bound = int.from_bytes(bound_raw, "big")
+        if not e.packed and bound > pub.max_int:
+            raise CiphertextFormatError("paillier: ciphertext header has an impossible bound")
+        nsq = pub.nsquare
+        values = []
+        for i in range(count):
+            v = int.from_bytes(payload[i * width : (i + 1) * width], "big")
+            if not 0 < v < nsq:
+                raise CiphertextFormatError(f"paillier: ciphertext {i} is not in Z*_(n^2)")
+            values.append(gmpy2.mpz(v))
+        return PaillierCiphertext(
+            values=values,
+            length=length,
+            public=pub,
+            scale_bits=scale_bits,
+            summands=summands,
+            bound=bound,
+            obfuscated=False,  # we cannot know how the sender produced it: re-randomize if forwarded
+            ops=self,
+        )
+
+    def wire_size(self, ct: Ciphertext) -> int:
+        """Exact size of ``serialize(ct)`` without paying for re-randomization."""
+        c = self._check_ct(ct)
+        return 40 + _CT_STRUCT.size + 2 + len(_int_bytes(c.bound)) + len(c.values) * c.public.ciphertext_bytes
+
+
+def _parallel_map_columns(nsquare: int, cts: list[int], columns: list[list[int]], workers: int) -> list[int]:
+    """matmul over the pool: each task gets all ciphertexts and a block of columns."""
+    n_chunks = min(len(columns), workers * 2)
+    size = -(-len(columns) // n_chunks)
+    try:
+        pool = _get_pool(workers)
+        futures = [
+            pool.submit(_matmul_batch, nsquare, cts, columns[i : i + size]) for i in range(0, len(columns), size)
+        ]
+        return list(chain.from_iterable(f.result() for f in futures))
+    except BrokenProcessPool as exc:
+        _POOLS.pop(workers, None)
+        raise CryptoError(f"paillier: a worker process died ({exc}); retry or use workers=1") from exc
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)

@@ -1,0 +1,390 @@
+"""Secure aggregation recipes: key ceremony, encrypt → add ciphertexts → decrypt the noised sum.
+
+Roles
+-----
+* **Silos** hold data *and* the decryption key (CKKS default key model: one key pair shared by
+  the silos). Each silo encrypts its (clipped, noised) contribution under the shared public key.
+* The **aggregator** holds **no key**: it receives only ciphertexts (and content-free control
+  messages), adds them homomorphically and returns the encrypted sum.
+* Every silo, as a key holder, decrypts only that sum, which already carries the full DP noise.
+
+Key ceremony (round 0)
+----------------------
+The first silo in sorted order (the *leader*) generates the key pair, sends the exported
+secret key to every other silo over the channel, and sends the public context (no secret) to the
+aggregator. In production the channel is the silo agents' gRPC transport with mutual TLS, so the
+secret key only ever travels silo-to-silo, encrypted and authenticated by certificate; the
+aggregator never receives the secret key nor any plaintext update. A threshold scheme (no single
+party able to decrypt) is not available in the backends yet; see ``docs/horizontal.md`` for what
+the shared-key model does not protect against (a key holder colluding with the aggregator).
+
+One noised secure sum (the two-phase round)
+-------------------------------------------
+1. ``hello``: each silo that wants to take part announces itself (the payload holds no data).
+2. ``present``: the aggregator tells the announced silos how many (``n``) were announced by the
+   deadline; fewer than ``min_silos`` → ``abort`` (nothing is encrypted, nothing decrypted).
+3. ``update``: each silo charges its privacy ledger (*before* anything that contains its data
+   leaves it), draws a noise share sized for ``n`` present silos and sends the ciphertext of
+   contribution + share. A silo whose budget would be exceeded sends ``withdraw`` instead.
+4. ``topup``: if only ``k < n`` updates arrived, the aggregator asks the ``k`` contributors for
+   an extra, noise-only ciphertext so that the total noise is again at least the target
+   (``noise_share_topup_sigma``); if fewer than ``min_silos`` contributed, or a top-up is
+   missing, the round is aborted and nothing is decrypted.
+5. ``result``: the aggregator adds everything and sends the encrypted sum to every silo still in
+   the job (also those that sat this round out, so all key holders keep the same model).
+
+Noise shares are sized to tolerate ``colluders`` curious key holders that subtract their own
+shares (``noise_share_sigma(parties = n − colluders)``): any ``k − colluders`` shares of the
+``k`` in the sum already carry the target noise.
+"""
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, ContextManager, Literal
+
+import numpy as np
+
+from fedsilo.crypto.base import Ciphertext, CryptoBackend, PublicContext, SecretKey
+from fedsilo.errors import BudgetExceededError, ConfigError, ProtocolError
+from fedsilo.protocols.channel import Channel
+
+__all__ = [
+    "KIND_HELLO",
+    "KIND_UPDATE",
+    "KIND_TOPUP",
+    "KIND_CTL",
+    "KIND_KEY_SECRET",
+    "KIND_KEY_PUBLIC",
+    "DROP_PHASES",
+    "Contribution",
+    "SiloRoundOutcome",
+    "AggregatorRoundOutcome",
+    "key_leader",
+    "silo_key_ceremony",
+    "aggregator_key_ceremony",
+    "encrypt_vector",
+    "add_ciphertexts",
+    "decrypt_vector",
+    "share_parties",
+    "topup_parties",
+    "required_contributors",
+    "silo_secure_sum",
+    "aggregator_secure_sum",
+]
+
+KIND_KEY_SECRET = "key.secret"
+KIND_KEY_PUBLIC = "key.public"
+KIND_HELLO = "sum.hello"
+KIND_UPDATE = "sum.update"
+KIND_TOPUP = "sum.topup"
+KIND_CTL = "sum.ctl"
+
+#: Where a silo can be made to go silent (test hook): before announcing, after announcing but
+#: before sending its update, or before sending its top-up share.
+DROP_PHASES: tuple[str, ...] = ("hello", "update", "topup")
+
+
+# ---------------------------------------------------------------------------------------------
+# Key ceremony
+# ---------------------------------------------------------------------------------------------
+def key_leader(silos: Sequence[str]) -> str:
+    """The silo that generates the shared key pair: the first name in sorted order."""
+    if not silos:
+        raise ConfigError("a federation needs at least one silo")
+    return sorted(silos)[0]
+
+
+def silo_key_ceremony(
+    channel: Channel,
+    backend: CryptoBackend,
+    *,
+    silos: Sequence[str],
+    aggregator: str,
+    timeout: float,
+) -> SecretKey:
+    """Round 0: the leader makes the key pair and hands it out; every silo returns the secret key.
+
+    The secret goes only to peer silos (mTLS in production); the aggregator gets the public
+    context, which ``serialize()`` guarantees holds no secret.
+    """
+    leader = key_leader(silos)
+    if channel.party == leader:
+        secret = backend.keygen()
+        exported = secret.export_secret()
+        for peer in sorted(silos):
+            if peer != leader:
+                channel.send(peer, KIND_KEY_SECRET, {"secret": exported}, round=0)
+        channel.send(aggregator, KIND_KEY_PUBLIC, {"public": secret.public().serialize()}, round=0)
+        return secret
+    msg = channel.recv(leader, KIND_KEY_SECRET, round=0, timeout=timeout)
+    if not isinstance(msg, dict) or not isinstance(msg.get("secret"), bytes):
+        raise ProtocolError(f"{channel.party}: malformed key message from {leader!r}")
+    return backend.load_secret(msg["secret"])
+
+
+def aggregator_key_ceremony(
+    channel: Channel, backend: CryptoBackend, *, silos: Sequence[str], timeout: float
+) -> PublicContext:
+    """Round 0 on the aggregator: receive the public context (never a secret key)."""
+    leader = key_leader(silos)
+    msg = channel.recv(leader, KIND_KEY_PUBLIC, round=0, timeout=timeout)
+    if not isinstance(msg, dict) or not isinstance(msg.get("public"), bytes):
+        raise ProtocolError(f"{channel.party}: malformed public-key message from {leader!r}")
+    return backend.load_public(msg["public"])
+
+
+# ---------------------------------------------------------------------------------------------
+# Recipes over the backend primitives
+# ---------------------------------------------------------------------------------------------
+def encrypt_vector(backend: CryptoBackend, public: PublicContext, values: np.ndarray) -> bytes:
+    """Encrypt a float vector for aggregation and serialize it for the wire."""
+    return backend.serialize(backend.encrypt(public, np.asarray(values, dtype=np.float64)))
+
+
+def add_ciphertexts(backend: CryptoBackend, public: PublicContext, blobs: Sequence[bytes]) -> bytes:
+    """Deserialize (checking the key fingerprint), add, serialize: all the aggregator can do."""
+    cts: list[Ciphertext] = [backend.deserialize(public, b) for b in blobs]
+    lengths = {ct.length for ct in cts}
+    if len(lengths) != 1:
+        raise ProtocolError(f"ciphertexts to add have different lengths {sorted(lengths)}")
+    return backend.serialize(backend.sum(cts))
+
+
+def decrypt_vector(backend: CryptoBackend, secret: SecretKey, blob: bytes) -> np.ndarray:
+    """Decrypt an aggregate from the wire (key holders only)."""
+    return backend.decrypt(secret, backend.deserialize(secret.public(), blob))
+
+
+# ---------------------------------------------------------------------------------------------
+# Noise-share sizing (pure)
+# ---------------------------------------------------------------------------------------------
+def share_parties(*, present: int, colluders: int) -> int:
+    """``parties`` for :func:`~fedsilo.privacy.mechanisms.noise_share_sigma`: ``present − colluders``.
+
+    Each of ``present`` shares carries ``σ²/(present − colluders)``, so the shares of any
+    ``present − colluders`` silos already add up to the target ``σ²``.
+    """
+    if present - colluders < 1:
+        raise ConfigError(f"{present} silos cannot tolerate {colluders} colluding key holders")
+    return present - colluders
+
+
+def topup_parties(*, present: int, contributors: int, colluders: int) -> tuple[int, int]:
+    """``(parties, present)`` for :func:`~fedsilo.privacy.mechanisms.noise_share_topup_sigma`.
+
+    Shares were drawn for ``present`` silos but only ``contributors`` sent theirs: each
+    contributor's total must become ``σ²/(contributors − colluders)``.
+    """
+    return share_parties(present=present, colluders=colluders), share_parties(
+        present=contributors, colluders=colluders
+    )
+
+
+def required_contributors(*, min_silos: int, colluders: int) -> int:
+    """Fewest contributions a sum may be decrypted with: ``max(min_silos, colluders + 1)``."""
+    return max(int(min_silos), int(colluders) + 1)
+
+
+# ---------------------------------------------------------------------------------------------
+# One noised secure sum: silo side
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    """What a silo puts into one secure sum.
+
+    ``values(present)`` returns the silo's (clipped) data vector plus its noise share sized for
+    ``present`` announced silos; ``topup(present, contributors)`` the extra noise-only vector
+    when some announced silos did not send; ``charge()`` is the ledger charge (a context
+    manager raising :class:`~fedsilo.errors.BudgetExceededError`) entered before the ciphertext
+    leaves the silo, or ``None`` when the release is not a DP release (no DP configured).
+    """
+
+    values: Callable[[int], np.ndarray]
+    topup: Callable[[int, int], np.ndarray]
+    charge: Callable[[], ContextManager[Any]] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SiloRoundOutcome:
+    """How one secure sum ended for one silo."""
+
+    status: Literal["ok", "aborted", "withdrawn", "stopped"]
+    total: np.ndarray | None = None
+    contributors: tuple[str, ...] = ()
+    failures: tuple[str, ...] = ()
+    contributed: bool = False
+    charged: bool = False
+    reason: str = ""
+
+
+def silo_secure_sum(
+    channel: Channel,
+    *,
+    round: int,
+    aggregator: str,
+    backend: CryptoBackend,
+    secret: SecretKey,
+    public: PublicContext,
+    contribution: Contribution | None,
+    timeout: float,
+    drop: str | None = None,
+) -> SiloRoundOutcome:
+    """A silo's side of one secure sum. ``contribution=None``: sit this round out but stay in sync.
+
+    ``drop`` (test hook, one of :data:`DROP_PHASES`) makes the silo go silent at that phase: a
+    real missing message, as a crash or network loss would produce.
+    """
+    if drop is not None and drop not in DROP_PHASES:
+        raise ConfigError(f"drop phase must be one of {DROP_PHASES}, got {drop!r}")
+    participating = contribution is not None and drop != "hello"
+    if participating:
+        channel.send(aggregator, KIND_HELLO, {"status": "ready"}, round=round)
+    contributed = charged = False
+    while True:
+        msg = channel.recv(aggregator, KIND_CTL, round=round, timeout=timeout)
+        kind = msg.get("type") if isinstance(msg, dict) else None
+        if kind == "present":
+            if not participating or drop == "update":
+                continue
+            assert contribution is not None
+            try:
+                with contribution.charge() if contribution.charge is not None else contextlib.nullcontext():
+                    charged = contribution.charge is not None
+                    blob = encrypt_vector(backend, public, contribution.values(int(msg["n"])))
+                    channel.send(aggregator, KIND_UPDATE, {"status": "ok", "ct": blob}, round=round)
+                contributed = True
+            except BudgetExceededError as exc:
+                channel.send(aggregator, KIND_UPDATE, {"status": "withdraw"}, round=round)
+                return SiloRoundOutcome("withdrawn", reason=str(exc))
+        elif kind == "topup":
+            if not contributed or drop == "topup":
+                continue
+            assert contribution is not None
+            noise = contribution.topup(int(msg["present"]), int(msg["contributors"]))
+            channel.send(aggregator, KIND_TOPUP, {"ct": encrypt_vector(backend, public, noise)}, round=round)
+        elif kind == "abort":
+            return SiloRoundOutcome("aborted", contributed=contributed, charged=charged, reason=str(msg.get("reason", "")))
+        elif kind == "stop":
+            return SiloRoundOutcome("stopped", contributed=contributed, charged=charged, reason=str(msg.get("reason", "")))
+        elif kind == "result":
+            total = decrypt_vector(backend, secret, msg["ct"])
+            return SiloRoundOutcome(
+                "ok",
+                total=total,
+                contributors=tuple(msg["contributors"]),
+                failures=tuple(msg["failures"]),
+                contributed=contributed,
+                charged=charged,
+            )
+        else:
+            raise ProtocolError(f"{channel.party}: unexpected control message {kind!r} in round {round}")
+
+
+# ---------------------------------------------------------------------------------------------
+# One noised secure sum: aggregator side
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class AggregatorRoundOutcome:
+    """How one secure sum ended on the aggregator (which never learns a plaintext)."""
+
+    status: Literal["ok", "aborted"]
+    contributors: tuple[str, ...] = ()
+    failures: tuple[str, ...] = ()
+    withdrawn: tuple[str, ...] = ()
+    reason: str = ""
+    topup: bool = False
+
+
+def _ciphertext(payload: Any, key: str = "ct") -> bytes | None:
+    if isinstance(payload, dict) and isinstance(payload.get(key), bytes):
+        return payload[key]
+    return None
+
+
+def aggregator_secure_sum(
+    channel: Channel,
+    *,
+    round: int,
+    silos: Sequence[str],
+    backend: CryptoBackend,
+    public: PublicContext,
+    min_silos: int,
+    colluders: int,
+    timeout: float,
+) -> AggregatorRoundOutcome:
+    """The aggregator's side of one secure sum over the silos still in the job."""
+    active = sorted(silos)
+    need = required_contributors(min_silos=min_silos, colluders=colluders)
+
+    def finish_abort(reason: str, *, failures: Sequence[str] = (), withdrawn: Sequence[str] = ()) -> AggregatorRoundOutcome:
+        for s in active:
+            if s not in withdrawn:
+                channel.send(s, KIND_CTL, {"type": "abort", "reason": reason}, round=round)
+        return AggregatorRoundOutcome("aborted", failures=tuple(sorted(failures)), withdrawn=tuple(sorted(withdrawn)), reason=reason)
+
+    hellos = channel.gather(active, KIND_HELLO, round=round, timeout=timeout)
+    ready = sorted(s for s, m in hellos.items() if isinstance(m, dict) and m.get("status") == "ready")
+    missing = sorted(set(active) - set(ready))
+    if len(ready) < need:
+        return finish_abort(
+            f"round {round}: only {len(ready)} of {len(active)} silos announced themselves "
+            f"(need {need}); nothing was decrypted",
+            failures=missing,
+        )
+    n = len(ready)
+    for s in ready:
+        channel.send(s, KIND_CTL, {"type": "present", "n": n}, round=round)
+    updates = channel.gather(ready, KIND_UPDATE, round=round, timeout=timeout)
+    withdrawn = sorted(s for s, m in updates.items() if isinstance(m, dict) and m.get("status") == "withdraw")
+    blobs = {s: _ciphertext(m) for s, m in updates.items() if isinstance(m, dict) and m.get("status") == "ok"}
+    bad = sorted(s for s, b in blobs.items() if b is None)
+    if bad:
+        raise ProtocolError(f"round {round}: malformed update from {bad}")
+    contributors = sorted(blobs)
+    failures = sorted(set(active) - set(contributors))
+    if len(contributors) < need:
+        return finish_abort(
+            f"round {round}: only {len(contributors)} of {n} announced silos sent their update "
+            f"(need {need}); nothing was decrypted",
+            failures=failures,
+            withdrawn=withdrawn,
+        )
+    extra: list[bytes] = []
+    topup = len(contributors) < n
+    if topup:
+        for s in contributors:
+            channel.send(s, KIND_CTL, {"type": "topup", "present": n, "contributors": len(contributors)}, round=round)
+        tops = channel.gather(contributors, KIND_TOPUP, round=round, timeout=timeout)
+        got = {s: _ciphertext(m) for s, m in tops.items()}
+        if set(s for s, b in got.items() if b is not None) != set(contributors):
+            late = sorted(set(contributors) - set(s for s, b in got.items() if b is not None))
+            return finish_abort(
+                f"round {round}: top-up noise missing from {late}; the sum would carry too little "
+                "noise, so nothing was decrypted",
+                failures=sorted(set(failures) | set(late)),
+                withdrawn=withdrawn,
+            )
+        extra = [got[s] for s in contributors]  # type: ignore[misc]
+    total = add_ciphertexts(backend, public, [blobs[s] for s in contributors] + extra)  # type: ignore[misc]
+    for s in active:
+        if s not in withdrawn:
+            channel.send(
+                s,
+                KIND_CTL,
+                {"type": "result", "ct": total, "contributors": contributors, "failures": failures},
+                round=round,
+            )
+    return AggregatorRoundOutcome(
+        "ok", contributors=tuple(contributors), failures=tuple(failures), withdrawn=tuple(withdrawn), topup=topup
+    )
+
+
+def stop_silos(channel: Channel, *, silos: Sequence[str], round: int, reason: str) -> None:
+    """Tell every remaining silo the job is over (they return without decrypting anything)."""
+    for s in sorted(silos):
+        channel.send(s, KIND_CTL, {"type": "stop", "reason": reason}, round=round)
+
+
+__all__.append("stop_silos")

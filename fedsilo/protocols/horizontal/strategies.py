@@ -1,0 +1,255 @@
+"""Federated optimization strategies as small objects, with the maths in pure functions.
+
+After Flower's ``Strategy`` (one method per protocol phase, the round passed explicitly, results
+and failures kept apart) but shaped for *secure* aggregation: a strategy never sees one silo's
+update, only the decrypted (and, under DP, noised) **sum** of the updates and who contributed.
+
+Phases:
+
+* :meth:`Strategy.initialize` — the server state for the initial global parameters;
+* :meth:`Strategy.configure_fit` — what silos do locally this round (:class:`FitInstructions`);
+* :meth:`Strategy.prepare_update` — silo-side transform before encryption (identity here;
+  DP wrappers clip, see :mod:`fedsilo.protocols.horizontal.dp`);
+* :meth:`Strategy.aggregate_fit` — new :class:`ServerState` from an :class:`AggregateResult`.
+
+All state lives in the immutable :class:`ServerState` that the caller passes in and gets back:
+nothing is stashed on the strategy between phases, so one strategy object can serve any number
+of jobs, and every key holder that applies the same decrypted sum gets the same global model.
+
+Weighting is **uniform** over contributing silos (mean of updates). Weighting by sample counts
+would reveal each silo's row count (or, encrypted, their total) without DP, so it is not the
+default; see ``docs/horizontal.md``.
+
+Server optimizers follow Reddi et al., "Adaptive Federated Optimization", ICLR 2021, Alg. 2
+(FedAdam, FedYogi); FedProx follows Li et al., MLSys 2020.
+"""
+from __future__ import annotations
+
+import abc
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, ClassVar
+
+import numpy as np
+
+from fedsilo.errors import ConfigError, NotEnoughSilosError
+
+__all__ = [
+    "AggregateResult",
+    "FitInstructions",
+    "ServerState",
+    "Strategy",
+    "FedAvg",
+    "FedProx",
+    "FedAdam",
+    "FedYogi",
+    "STRATEGIES",
+    "make_strategy",
+    "uniform_mean",
+    "sgd_step",
+    "adam_second_moment",
+    "yogi_second_moment",
+    "first_moment",
+    "adaptive_step",
+]
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure maths
+# ---------------------------------------------------------------------------------------------
+def uniform_mean(*, total: np.ndarray, count: int) -> np.ndarray:
+    """Mean update ``total / count`` (uniform weighting; FedAvg with equal silo weights)."""
+    if count < 1:
+        raise NotEnoughSilosError("cannot average the updates of zero silos")
+    return np.asarray(total, dtype=np.float64) / float(count)
+
+
+def sgd_step(*, params: np.ndarray, delta: np.ndarray, lr: float) -> np.ndarray:
+    """``x + lr * delta`` (FedAvg / FedProx server step; McMahan et al. 2017 with lr = 1)."""
+    return params + lr * delta
+
+
+def first_moment(*, m: np.ndarray, delta: np.ndarray, beta1: float) -> np.ndarray:
+    """``m <- beta1 m + (1 - beta1) delta`` (Reddi et al. 2021, Alg. 2)."""
+    return beta1 * m + (1.0 - beta1) * delta
+
+
+def adam_second_moment(*, v: np.ndarray, delta: np.ndarray, beta2: float) -> np.ndarray:
+    """FedAdam: ``v <- beta2 v + (1 - beta2) delta^2``."""
+    return beta2 * v + (1.0 - beta2) * delta * delta
+
+
+def yogi_second_moment(*, v: np.ndarray, delta: np.ndarray, beta2: float) -> np.ndarray:
+    """FedYogi: ``v <- v - (1 - beta2) delta^2 sign(v - delta^2)`` (Zaheer et al. 2018)."""
+    d2 = delta * delta
+    return v - (1.0 - beta2) * d2 * np.sign(v - d2)
+
+
+def adaptive_step(*, params: np.ndarray, m: np.ndarray, v: np.ndarray, eta: float, tau: float) -> np.ndarray:
+    """``x + eta * m / (sqrt(v) + tau)`` (Reddi et al. 2021, Alg. 2; no bias correction)."""
+    return params + eta * m / (np.sqrt(np.maximum(v, 0.0)) + tau)
+
+
+# ---------------------------------------------------------------------------------------------
+# Typed phase inputs / outputs
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ServerState:
+    """The global model plus any server-optimizer moments, after ``round`` rounds."""
+
+    params: np.ndarray
+    round: int = 0
+    m: np.ndarray | None = None
+    v: np.ndarray | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FitInstructions:
+    """What each silo's local training does this round."""
+
+    proximal_mu: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class AggregateResult:
+    """The decrypted sum of contributed updates; the strategy never sees one silo's update.
+
+    ``contributors`` are the silos whose update is inside ``total``; ``failures`` the silos that
+    were expected this round but are not (dropped, timed out, withdrew).
+    """
+
+    total: np.ndarray
+    contributors: tuple[str, ...]
+    failures: tuple[str, ...] = field(default_factory=tuple)
+
+
+class Strategy(abc.ABC):
+    """A federated optimization strategy (see the module docstring for the phases)."""
+
+    name: ClassVar[str]
+
+    def initialize(self, params: np.ndarray) -> ServerState:
+        """Server state for the initial global parameters."""
+        return ServerState(params=np.asarray(params, dtype=np.float64).copy(), round=0)
+
+    def configure_fit(self, *, round: int, state: ServerState) -> FitInstructions:
+        """Local-training instructions for ``round``."""
+        return FitInstructions()
+
+    def prepare_update(self, update: np.ndarray, *, round: int) -> np.ndarray:
+        """Silo-side transform of a local update before encryption (identity by default)."""
+        return np.asarray(update, dtype=np.float64)
+
+    @abc.abstractmethod
+    def aggregate_fit(self, *, round: int, state: ServerState, result: AggregateResult) -> ServerState:
+        """The new server state after ``round`` from the decrypted aggregate."""
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-safe description (results files, logs)."""
+        return {"name": self.name}
+
+
+class FedAvg(Strategy):
+    """FedAvg (McMahan et al., AISTATS 2017) with uniform weights: ``x <- x + lr * mean(delta)``."""
+
+    name: ClassVar[str] = "fedavg"
+
+    def __init__(self, *, server_lr: float = 1.0) -> None:
+        if not (isinstance(server_lr, (int, float)) and math.isfinite(server_lr) and server_lr > 0):
+            raise ConfigError(f"server_lr must be a number > 0, got {server_lr!r}")
+        self.server_lr = float(server_lr)
+
+    def aggregate_fit(self, *, round: int, state: ServerState, result: AggregateResult) -> ServerState:
+        delta = uniform_mean(total=result.total, count=len(result.contributors))
+        return replace(state, params=sgd_step(params=state.params, delta=delta, lr=self.server_lr), round=round)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "server_lr": self.server_lr}
+
+
+class FedProx(FedAvg):
+    """FedProx (Li et al., MLSys 2020): FedAvg aggregation, proximal term ``mu`` in local training."""
+
+    name: ClassVar[str] = "fedprox"
+
+    def __init__(self, *, mu: float = 0.01, server_lr: float = 1.0) -> None:
+        super().__init__(server_lr=server_lr)
+        if not (isinstance(mu, (int, float)) and math.isfinite(mu) and mu >= 0):
+            raise ConfigError(f"fedprox mu must be a number >= 0, got {mu!r}")
+        self.mu = float(mu)
+
+    def configure_fit(self, *, round: int, state: ServerState) -> FitInstructions:
+        return FitInstructions(proximal_mu=self.mu)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "mu": self.mu, "server_lr": self.server_lr}
+
+
+class _Adaptive(Strategy):
+    """Shared body of FedAdam / FedYogi (Reddi et al. 2021, Alg. 2)."""
+
+    def __init__(self, *, eta: float = 0.1, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3) -> None:
+        for key, value, lo, hi in (("eta", eta, 0.0, math.inf), ("tau", tau, 0.0, math.inf)):
+            if not (isinstance(value, (int, float)) and lo < value < hi):
+                raise ConfigError(f"{self.name} {key} must be a number > 0, got {value!r}")
+        for key, value in (("beta1", beta1), ("beta2", beta2)):
+            if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+                raise ConfigError(f"{self.name} {key} must be in [0, 1), got {value!r}")
+        self.eta, self.beta1, self.beta2, self.tau = float(eta), float(beta1), float(beta2), float(tau)
+
+    @abc.abstractmethod
+    def _second_moment(self, v: np.ndarray, delta: np.ndarray) -> np.ndarray: ...
+
+    def initialize(self, params: np.ndarray) -> ServerState:
+        p = np.asarray(params, dtype=np.float64).copy()
+        # v0 = tau^2 as in Reddi et al.'s experiments (Sec. 5; Flower does the same).
+        return ServerState(params=p, round=0, m=np.zeros_like(p), v=np.full_like(p, self.tau**2))
+
+    def aggregate_fit(self, *, round: int, state: ServerState, result: AggregateResult) -> ServerState:
+        if state.m is None or state.v is None:
+            raise ConfigError(f"{self.name}: server state has no moments (was it initialized by this strategy?)")
+        delta = uniform_mean(total=result.total, count=len(result.contributors))
+        m = first_moment(m=state.m, delta=delta, beta1=self.beta1)
+        v = self._second_moment(state.v, delta)
+        params = adaptive_step(params=state.params, m=m, v=v, eta=self.eta, tau=self.tau)
+        return ServerState(params=params, round=round, m=m, v=v)
+
+    def describe(self) -> dict[str, Any]:
+        return {"name": self.name, "eta": self.eta, "beta1": self.beta1, "beta2": self.beta2, "tau": self.tau}
+
+
+class FedAdam(_Adaptive):
+    """FedAdam server optimizer (Reddi et al. 2021)."""
+
+    name: ClassVar[str] = "fedadam"
+
+    def _second_moment(self, v: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        return adam_second_moment(v=v, delta=delta, beta2=self.beta2)
+
+
+class FedYogi(_Adaptive):
+    """FedYogi server optimizer (Reddi et al. 2021)."""
+
+    name: ClassVar[str] = "fedyogi"
+
+    def _second_moment(self, v: np.ndarray, delta: np.ndarray) -> np.ndarray:
+        return yogi_second_moment(v=v, delta=delta, beta2=self.beta2)
+
+
+STRATEGIES: Mapping[str, type[Strategy]] = {
+    FedAvg.name: FedAvg,
+    FedProx.name: FedProx,
+    FedAdam.name: FedAdam,
+    FedYogi.name: FedYogi,
+}
+
+
+def make_strategy(name: str, params: Mapping[str, Any] | None = None) -> Strategy:
+    """Strategy by config name (``training.strategy``) with ``training.strategy_params``."""
+    if name not in STRATEGIES:
+        raise ConfigError(f"unknown strategy {name!r}; expected one of {', '.join(STRATEGIES)}")
+    try:
+        return STRATEGIES[name](**dict(params or {}))
+    except TypeError as exc:
+        raise ConfigError(f"strategy {name!r}: invalid strategy_params {sorted(params or {})}: {exc}") from exc

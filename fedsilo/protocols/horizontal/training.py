@@ -1,0 +1,245 @@
+"""Local training inside one silo: a few epochs of SGD/Adam from the current global model.
+
+Pure in the sense of the house rules: everything a run depends on comes in as arguments (data,
+starting parameters, a :class:`LocalConfig`, an optional :class:`RecordDP` plan and a seed),
+and the result is a small :class:`LocalResult`. Nothing is kept between rounds.
+
+* **FedProx** (Li et al., "Federated Optimization in Heterogeneous Networks", MLSys 2020): the
+  proximal term ``mu/2 ||w - w_global||^2`` is applied as a decoupled step
+  ``w <- w - lr * mu * (w - w_global)`` after every optimizer step. For SGD this equals adding
+  the term to the loss; for Adam it is the decoupled variant (as AdamW treats weight decay).
+  Being data-independent it is also pure post-processing under DP-SGD, which is why it is not
+  folded into the per-example gradients.
+* **Record-level DP-SGD** (Abadi et al., CCS 2016) with Opacus' ``PrivacyEngine.make_private``:
+  per-example gradients clipped to ``max_grad_norm``, Gaussian noise of
+  ``noise_multiplier * max_grad_norm``, Poisson sampling at rate ``q = 1/m`` where ``m`` is
+  the number of steps per epoch. :func:`record_dp_plan` picks ``z`` for the job's target ε
+  over all ``rounds * local_epochs * m`` steps with :func:`fedsilo.privacy.accounting.noise_multiplier`,
+  so each round costs exactly ``GaussianEvent(z, q, local_epochs * m)``.
+"""
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from fedsilo.errors import ConfigError, DataError
+from fedsilo.privacy.accounting import noise_multiplier as _noise_multiplier
+from fedsilo.privacy.events import GaussianEvent
+from fedsilo.protocols.horizontal.models import get_flat_params, loss_fn, set_flat_params
+
+__all__ = ["LocalConfig", "LocalResult", "RecordDP", "record_dp_plan", "train_local", "local_config_from", "OPTIMIZERS"]
+
+OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
+
+
+@dataclass(frozen=True, slots=True)
+class LocalConfig:
+    """What one silo does with the global model in one round."""
+
+    epochs: int = 1
+    batch_size: int = 64
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    proximal_mu: float = 0.0  #: FedProx mu (0 = plain FedAvg local training)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ConfigError(f"training.local_epochs must be an integer >= 1, got {self.epochs!r}")
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"training.batch_size must be an integer >= 1, got {self.batch_size!r}")
+        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
+            raise ConfigError(f"training.lr must be a number > 0, got {self.lr!r}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"training.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
+        if not (isinstance(self.proximal_mu, (int, float)) and self.proximal_mu >= 0):
+            raise ConfigError(f"FedProx mu must be a number >= 0, got {self.proximal_mu!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class RecordDP:
+    """Record-level DP-SGD parameters for one silo (see :func:`record_dp_plan`)."""
+
+    noise_multiplier: float
+    max_grad_norm: float
+    sample_rate: float  #: Poisson rate q = 1 / steps_per_epoch
+    steps_per_epoch: int
+
+    def event(self, *, epochs: int) -> GaussianEvent:
+        """The DP event of one round of local training (``epochs`` passes)."""
+        return GaussianEvent(self.noise_multiplier, self.sample_rate, epochs * self.steps_per_epoch)
+
+
+@dataclass(frozen=True, slots=True)
+class LocalResult:
+    """Outcome of one round of local training; only ``update`` ever leaves the silo (encrypted)."""
+
+    update: np.ndarray  #: local parameters minus the global parameters (float64)
+    num_examples: int
+    steps: int
+    loss: float  #: mean training loss over the last local epoch (stays local)
+
+
+def record_dp_plan(
+    *,
+    n_examples: int,
+    batch_size: int,
+    local_epochs: int,
+    rounds: int,
+    target_epsilon: float,
+    delta: float,
+    max_grad_norm: float,
+    accountant: str = "rdp",
+) -> RecordDP:
+    """Sampling rate and noise multiplier so ``rounds`` rounds of DP-SGD meet ``target_epsilon``.
+
+    ``m = max(1, round(n / batch_size))`` steps per epoch with Poisson rate ``q = 1/m`` (so the
+    expected batch is about ``batch_size``); ``z`` from the accountant for
+    ``T = rounds * local_epochs * m`` steps (Abadi et al. 2016; Mironov, Talwar & Zhang 2019).
+    Computed locally: a silo's row count never leaves it.
+    """
+    if n_examples < 1:
+        raise DataError("a silo with no rows cannot train")
+    if not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0):
+        raise ConfigError(f"privacy.clip must be > 0, got {max_grad_norm!r}")
+    m = max(1, int(round(n_examples / batch_size)))
+    q = 1.0 / m
+    z = _noise_multiplier(
+        target_epsilon=target_epsilon,
+        delta=delta,
+        sample_rate=q,
+        steps=rounds * local_epochs * m,
+        accountant=accountant,
+    )
+    return RecordDP(noise_multiplier=z, max_grad_norm=float(max_grad_norm), sample_rate=q, steps_per_epoch=m)
+
+
+def _targets(y: np.ndarray, n_classes: int) -> torch.Tensor:
+    if n_classes == 2:
+        return torch.as_tensor(np.asarray(y), dtype=torch.float32).reshape(-1, 1)
+    return torch.as_tensor(np.asarray(y), dtype=torch.int64).reshape(-1)
+
+
+def _optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr)
+    return torch.optim.Adam(params, lr=lr)
+
+
+def train_local(
+    model: nn.Module,
+    x: np.ndarray,
+    y: np.ndarray,
+    *,
+    global_params: np.ndarray,
+    config: LocalConfig,
+    n_classes: int,
+    seed: int,
+    record_dp: RecordDP | None = None,
+) -> LocalResult:
+    """Train ``model`` (loaded with ``global_params``) on ``(x, y)``; return the update.
+
+    ``seed`` drives batch order / Poisson sampling and, under DP-SGD, the noise (a fresh
+    ``torch.Generator`` per stream). In production pass a seed from OS entropy.
+
+    Raises:
+        DataError: ``x`` and ``y`` disagree in length, or the silo holds no rows.
+    """
+    torch.set_num_threads(1)
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or len(x) != len(y) or len(x) == 0:
+        raise DataError(f"training data must be a non-empty (n, d) array with n labels, got {x.shape} / {np.shape(y)}")
+    set_flat_params(model, global_params)
+    anchors = [p.detach().clone() for p in model.parameters() if p.requires_grad]
+    dataset = TensorDataset(torch.from_numpy(x), _targets(y, n_classes))
+    seeds = np.random.SeedSequence(int(seed)).generate_state(2, dtype=np.uint64)
+    g_data = torch.Generator().manual_seed(int(seeds[0] >> np.uint64(1)))
+    g_noise = torch.Generator().manual_seed(int(seeds[1] >> np.uint64(1)))
+    criterion = loss_fn(n_classes)
+    module: nn.Module = model
+    optimizer = _optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad], config.lr)
+    if record_dp is None:
+        loader: DataLoader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=g_data)
+    else:
+        from opacus import PrivacyEngine
+        from opacus.data_loader import DPDataLoader
+
+        loader = DPDataLoader(dataset, sample_rate=record_dp.sample_rate, generator=g_data)
+        with warnings.catch_warnings():
+            # "Secure RNG turned off": randomness comes from the seeded generators passed in.
+            warnings.simplefilter("ignore")
+            engine = PrivacyEngine(accountant="rdp")
+            module, optimizer, loader = engine.make_private(
+                module=model,
+                optimizer=optimizer,
+                data_loader=loader,
+                noise_multiplier=record_dp.noise_multiplier,
+                max_grad_norm=record_dp.max_grad_norm,
+                poisson_sampling=False,  # the loader above already Poisson-samples with our generator
+                noise_generator=g_noise,
+            )
+    module.train()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    with warnings.catch_warnings():
+        # Opacus' hooks warn that inputs need no gradient; harmless for per-example gradients.
+        warnings.filterwarnings("ignore", message="Full backward hook is firing")
+        steps, last_epoch_loss = _run_epochs(module, optimizer, loader, criterion, config, trainable, anchors)
+    if record_dp is not None:
+        # Detach Opacus' hooks so the model object is clean for the caller.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            if hasattr(module, "_close"):
+                module._close()
+    update = get_flat_params(model) - np.asarray(global_params, dtype=np.float64)
+    return LocalResult(update=update, num_examples=int(len(x)), steps=steps, loss=last_epoch_loss)
+
+
+def _run_epochs(
+    module: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    criterion: nn.Module,
+    config: LocalConfig,
+    trainable: list[torch.nn.Parameter],
+    anchors: list[torch.Tensor],
+) -> tuple[int, float]:
+    """The training loop; returns (optimizer steps, mean loss of the last epoch)."""
+    steps = 0
+    last_epoch_loss = float("nan")
+    mu = float(config.proximal_mu)
+    for _ in range(config.epochs):
+        total, count = 0.0, 0
+        for xb, yb in loader:
+            optimizer.zero_grad(set_to_none=True)
+            loss = criterion(module(xb), yb)
+            loss.backward()
+            optimizer.step()
+            steps += 1
+            if mu > 0:  # FedProx, decoupled (see the module docstring)
+                with torch.no_grad():
+                    for p, p0 in zip(trainable, anchors):
+                        p.sub_(config.lr * mu * (p - p0))
+            if len(xb):
+                total += float(loss.detach()) * len(xb)
+                count += len(xb)
+        last_epoch_loss = total / count if count else float("nan")
+    return steps, last_epoch_loss
+
+
+def local_config_from(training: Mapping[str, Any], *, proximal_mu: float = 0.0) -> LocalConfig:
+    """Build a :class:`LocalConfig` from the ``[training]`` table (unknown keys are the loader's job)."""
+    return LocalConfig(
+        epochs=int(training.get("local_epochs", 1)),
+        batch_size=int(training.get("batch_size", 64)),
+        lr=float(training.get("lr", 0.1)),
+        optimizer=str(training.get("optimizer", "sgd")),
+        proximal_mu=float(proximal_mu),
+    )
+

@@ -1,0 +1,49 @@
+"""Vertical federated learning: same customers, different columns, in different silos.
+
+* :mod:`.taylor` — the maths (Taylor-approximated logistic loss, DP calibration), pure.
+* :mod:`.data` — checking one party's table (IDs, labels, numeric features).
+* :mod:`.lr` — heterogeneous logistic regression, one function per party over a channel
+  (arbiter or two-party topology), and the joint prediction protocol.
+* :mod:`.job` — a whole job per party (PSI alignment, split, training, evaluation) and
+  :func:`simulate_vertical`, which runs every party on one machine.
+
+See docs/vertical.md for the protocol, who learns what, and the DP accounting.
+"""
+from fedsilo.protocols.vertical.data import PartyTable, prepare_table
+from fedsilo.protocols.vertical.job import VerticalSpec, simulate_vertical, vertical_parties, vertical_party
+from fedsilo.protocols.vertical.lr import (
+    DpConfig,
+    FitResult,
+    LocalModel,
+    Topology,
+    TrainingConfig,
+    arbiter_train,
+    evaluation_metrics,
+    guest_train,
+    host_train,
+    predict_guest,
+    serve_predictions,
+)
+from fedsilo.protocols.vertical.taylor import DpPlan, calibrate
+
+__all__ = [
+    "DpConfig",
+    "DpPlan",
+    "FitResult",
+    "LocalModel",
+    "PartyTable",
+    "Topology",
+    "TrainingConfig",
+    "VerticalSpec",
+    "arbiter_train",
+    "calibrate",
+    "evaluation_metrics",
+    "guest_train",
+    "host_train",
+    "predict_guest",
+    "prepare_table",
+    "serve_predictions",
+    "simulate_vertical",
+    "vertical_parties",
+    "vertical_party",
+]

@@ -1,0 +1,113 @@
+"""Checking and preparing one party's table for vertical learning (local, no communication)."""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from fedsilo.errors import DataError
+from fedsilo.protocols.psi import ids_from_column
+
+__all__ = ["PartyTable", "check_labels", "feature_matrix", "prepare_table"]
+
+
+@dataclass(frozen=True, slots=True)
+class PartyTable:
+    """One party's validated data: IDs as strings, numeric features, labels for the guest."""
+
+    source: str
+    ids: list[str]
+    columns: tuple[str, ...]
+    features: np.ndarray  #: (rows, len(columns)) float64, finite
+    labels: np.ndarray | None  #: 0/1 float64 for the guest, None for hosts
+
+
+def feature_matrix(frame: pd.DataFrame, columns: Sequence[str], *, source: str) -> np.ndarray:
+    """The ``columns`` of ``frame`` as a finite float64 matrix.
+
+    Raises:
+        DataError: a column is missing, holds non-numeric values (the first one is quoted), or
+            holds missing/infinite values.
+    """
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise DataError(f"{source}: missing feature columns {missing} (columns: {list(frame.columns)})")
+    out = np.empty((len(frame), len(columns)), dtype=np.float64)
+    for j, col in enumerate(columns):
+        series = frame[col]
+        if pd.api.types.is_bool_dtype(series.dtype):
+            out[:, j] = series.to_numpy(dtype=np.float64)
+            continue
+        numeric = pd.to_numeric(series, errors="coerce")
+        bad = numeric.isna() & series.notna()
+        if bad.any():
+            example = series[bad].iloc[0]
+            raise DataError(
+                f"{source}: column {col!r} is not numeric (e.g. {example!r} at row {int(np.flatnonzero(bad.to_numpy())[0])}); "
+                "encode categories as numbers before vertical training"
+            )
+        values = numeric.to_numpy(dtype=np.float64)
+        if not np.all(np.isfinite(values)):
+            n_bad = int((~np.isfinite(values)).sum())
+            raise DataError(f"{source}: column {col!r} has {n_bad} missing or infinite values; impute or drop them first")
+        out[:, j] = values
+    return out
+
+
+def check_labels(values: np.ndarray | pd.Series, *, source: str, column: str) -> np.ndarray:
+    """Binary labels as a 0/1 float vector.
+
+    Accepts 0/1, booleans, or exactly two distinct values (the larger, in sort order, is 1).
+
+    Raises:
+        DataError: missing labels, or not exactly two classes.
+    """
+    series = pd.Series(values)
+    if series.isna().any():
+        raise DataError(f"{source}: label column {column!r} has {int(series.isna().sum())} missing values")
+    classes = sorted(series.unique().tolist(), key=lambda v: (str(type(v)), v))
+    if len(classes) != 2:
+        raise DataError(
+            f"{source}: label column {column!r} must hold exactly two classes for logistic regression, "
+            f"found {len(classes)}: {classes[:5]}"
+        )
+    return (series == classes[1]).to_numpy(dtype=np.float64)
+
+
+def prepare_table(
+    frame: pd.DataFrame,
+    *,
+    source: str,
+    id_column: str,
+    label: str | None,
+    features: Sequence[str] | None = None,
+) -> PartyTable:
+    """Validate one party's table: ID column, optional label column, numeric features.
+
+    ``features`` defaults to every column except the ID and the label. A guest may hold only
+    labels (its model is then just the intercept); a host needs at least one feature.
+
+    Raises:
+        DataError: naming ``source`` and the column.
+    """
+    if not isinstance(frame, pd.DataFrame):
+        raise DataError(f"{source}: expected a table (pandas DataFrame), got {type(frame).__name__}")
+    if id_column not in frame.columns:
+        raise DataError(f"{source}: no ID column {id_column!r} (columns: {list(frame.columns)})")
+    if label is not None and label not in frame.columns:
+        raise DataError(f"{source}: no label column {label!r} (columns: {list(frame.columns)})")
+    if len(frame) == 0:
+        raise DataError(f"{source}: the table is empty")
+    ids = ids_from_column(frame[id_column], source=source, column=id_column)
+    cols = (
+        [c for c in frame.columns if c not in (id_column, label)]
+        if features is None
+        else list(features)
+    )
+    if not cols and label is None:
+        raise DataError(f"{source}: no feature columns besides the ID column {id_column!r}")
+    x = feature_matrix(frame, cols, source=source)
+    y = check_labels(frame[label], source=source, column=label) if label is not None else None
+    return PartyTable(source=source, ids=ids, columns=tuple(str(c) for c in cols), features=x, labels=y)

@@ -1,0 +1,351 @@
+"""A whole vertical job per party — align (PSI), split, train, evaluate — and its simulation.
+
+:func:`vertical_party` is what each silo runs (the silo agents call it over gRPC channels);
+:func:`simulate_vertical` runs every party on one machine through an
+:class:`~fedsilo.protocols.channel.InProcessHub`, with exactly the same per-party code.
+
+Rounds on the channel: 0 = PSI, 1 = train/test split, 2… = training (see :mod:`.lr`), then
+the final joint prediction on the evaluation rows.
+"""
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedsilo.crypto.registry import get_backend
+from fedsilo.errors import ConfigError, DataError, ProtocolError
+from fedsilo.privacy.ledger import PrivacyLedger
+from fedsilo.privacy.mechanisms import secure_rng
+from fedsilo.protocols.channel import Channel, InProcessHub, run_parties
+from fedsilo.protocols.psi import align_guest, align_host, psi_executor
+from fedsilo.protocols.vertical.data import prepare_table
+from fedsilo.protocols.vertical.lr import (
+    DpConfig,
+    FitResult,
+    Topology,
+    TrainingConfig,
+    arbiter_train,
+    guest_train,
+    host_train,
+    predict_guest,
+    serve_predictions,
+    evaluation_metrics,
+)
+
+__all__ = ["ROLES", "VerticalSpec", "simulate_vertical", "vertical_parties", "vertical_party"]
+
+ROLES = ("guest", "host", "arbiter")
+_DP_KEYS = {"epsilon", "delta", "clip", "logit_clip", "accountant", "level"}
+_SPLIT_ROUND = 1
+_TRAIN_ROUND = 2
+
+
+@dataclass(frozen=True, slots=True)
+class VerticalSpec:
+    """Everything the parties of one vertical job agree on (public configuration)."""
+
+    topology: Topology
+    id_column: str
+    label: str
+    backend: str = "ckks"
+    backend_params: Mapping[str, Any] = field(default_factory=dict)
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    dp: DpConfig | None = None
+    test_fraction: float = 0.2
+    psi_workers: int | None = 1
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.test_fraction, (int, float)) and 0.0 <= self.test_fraction < 1.0):
+            raise ConfigError(f"test_fraction must be in [0, 1), got {self.test_fraction!r}")
+
+
+def _split(rng: np.random.Generator, n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    n_test = int(round(fraction * n))
+    if fraction > 0 and n >= 2:
+        n_test = min(max(n_test, 1), n - 1)
+    perm = rng.permutation(n)
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+def vertical_party(
+    channel: Channel,
+    *,
+    spec: VerticalSpec,
+    table: pd.DataFrame | None,
+    rng: np.random.Generator,
+    ledger: PrivacyLedger | None = None,
+    dataset: str | None = None,
+    source: str | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run this party's role (from ``spec.topology``) in a whole vertical job.
+
+    Returns this party's report: its history and final metrics (guest), its DP spending, PSI
+    sizes, and its local model (never sent to anyone).
+    """
+    me = channel.party
+    top = spec.topology
+    src = source or me
+    backend = get_backend(spec.backend, **dict(spec.backend_params))
+    if me == top.arbiter:
+        fit = arbiter_train(channel, topology=top, backend=backend, config=spec.training, start_round=_TRAIN_ROUND)
+        return {"role": "arbiter", "epochs": fit.epochs_run}
+    if table is None:
+        raise DataError(f"{src}: party {me!r} ({'guest' if me == top.guest else 'host'}) has no table")
+    T = spec.training.timeout
+    common = dict(backend=backend, config=spec.training, dp=spec.dp, ledger=ledger, dataset=dataset, rng=rng,
+                  start_round=_TRAIN_ROUND)
+    if me == top.guest:
+        data = prepare_table(table, source=src, id_column=spec.id_column, label=spec.label)
+        with psi_executor(spec.psi_workers) as ex:
+            al = align_guest(channel, hosts=top.hosts, ids=data.ids, rng=rng, round=0, executor=ex, source=src)
+        train_rows, test_rows = _split(rng, al.size, spec.test_fraction)
+        channel.broadcast(top.hosts, "vlr/split", {"test": test_rows}, round=_SPLIT_ROUND)
+        assert data.labels is not None
+        x, y = data.features[al.positions], data.labels[al.positions]
+        fit = guest_train(channel, topology=top, x=x, y=y, train_rows=train_rows, eval_rows=test_rows,
+                          columns=data.columns, progress=progress, **common)
+        final: dict[str, float] = {}
+        if test_rows.size:
+            assert fit.model is not None
+            probs = predict_guest(channel, hosts=top.hosts, model=fit.model, x=x, rows=test_rows,
+                                  round=fit.next_round, timeout=T)
+            final = evaluation_metrics(y[test_rows], probs)
+        return _report("guest", fit, al.size, al.local_size, al.pairwise, train_rows.size, test_rows.size,
+                       final=final, test_ids=[al.ids[i] for i in test_rows.tolist()])
+    data = prepare_table(table, source=src, id_column=spec.id_column, label=None)
+    with psi_executor(spec.psi_workers) as ex:
+        al = align_host(channel, guest=top.guest, ids=data.ids, rng=rng, round=0, executor=ex, source=src)
+    msg = channel.recv(top.guest, "vlr/split", round=_SPLIT_ROUND, timeout=T)
+    test_rows = msg.get("test") if isinstance(msg, dict) else None
+    if not isinstance(test_rows, np.ndarray) or test_rows.dtype.kind != "i" or (
+        test_rows.size and (test_rows.min() < 0 or test_rows.max() >= al.size)
+    ):
+        raise ProtocolError(f"{me}: malformed train/test split from the guest")
+    train_rows = np.setdiff1d(np.arange(al.size), test_rows)
+    x = data.features[al.positions]
+    fit = host_train(channel, topology=top, x=x, train_rows=train_rows, eval_rows=test_rows, columns=data.columns, **common)
+    if test_rows.size:
+        assert fit.model is not None
+        serve_predictions(channel, guest=top.guest, model=fit.model, x=x, allowed=test_rows, round=fit.next_round, timeout=T)
+    return _report("host", fit, al.size, al.local_size, al.pairwise, train_rows.size, test_rows.size)
+
+
+def _report(role: str, fit: FitResult, aligned: int, local: int, pairwise: Mapping[str, int], n_train: int, n_test: int,
+            **extra: Any) -> dict[str, Any]:
+    return {
+        "role": role,
+        "history": fit.history,
+        "epochs": fit.epochs_run,
+        "stopped_early": fit.stopped_early,
+        "epsilon": fit.epsilon,
+        "dp": fit.dp,
+        "model": fit.model,
+        "psi": {"intersection": aligned, "local": local, "pairwise": dict(pairwise)},
+        "rows": {"train": n_train, "test": n_test},
+        **extra,
+    }
+
+
+def _party_rng(seed: int | None, index: int) -> np.random.Generator:
+    if seed is None:
+        return secure_rng()
+    return np.random.Generator(np.random.Philox(np.random.SeedSequence([int(seed), index])))
+
+
+def _parse_roles(roles: Mapping[str, str]) -> Topology:
+    bad = {p: r for p, r in roles.items() if r not in ROLES}
+    if bad:
+        raise ConfigError(f"unknown vertical roles {bad}; expected one of {', '.join(ROLES)}")
+    guests = [p for p, r in roles.items() if r == "guest"]
+    arbiters = [p for p, r in roles.items() if r == "arbiter"]
+    if len(guests) != 1:
+        raise ConfigError(f"a vertical job needs exactly one guest (the label holder), got {guests}")
+    if len(arbiters) > 1:
+        raise ConfigError(f"a vertical job has at most one arbiter, got {arbiters}")
+    return Topology(guest=guests[0], hosts=tuple(p for p, r in roles.items() if r == "host"),
+                    arbiter=arbiters[0] if arbiters else None)
+
+
+def _parse_dp(dp: Mapping[str, Any] | None) -> tuple[DpConfig | None, list[str]]:
+    """DpConfig from the ``[privacy]`` settings; ``level`` is accepted but vertical DP is always
+    record level (one customer's row), which the notes say when ``level = "silo"`` was asked."""
+    if dp is None:
+        return None, []
+    unknown = set(dp) - _DP_KEYS
+    if unknown:
+        raise ConfigError(f"unknown DP settings {sorted(unknown)}; expected some of {sorted(_DP_KEYS)}")
+    if "epsilon" not in dp:
+        raise ConfigError("DP settings need 'epsilon'")
+    settings = dict(dp)
+    level = settings.pop("level", "record")
+    if level not in ("silo", "record"):
+        raise ConfigError(f"privacy level must be 'silo' or 'record', got {level!r}")
+    notes = []
+    if level == "silo":
+        notes.append(
+            "vertical training protects records (one customer's row), not whole silos: every silo holds "
+            "every customer, so privacy.level = 'silo' is read as 'record'"
+        )
+    return DpConfig(**settings), notes
+
+
+def vertical_parties(
+    spec: VerticalSpec,
+    tables: Mapping[str, pd.DataFrame],
+    *,
+    seed: int | None = None,
+    ledgers: Mapping[str, PrivacyLedger] | None = None,
+    datasets: Mapping[str, str] | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Callable[[Channel], dict[str, Any]]]:
+    """One function per party, ready for :func:`~fedsilo.protocols.channel.run_parties`."""
+    top = spec.topology
+    names = [*top.data_parties, *([top.arbiter] if top.arbiter else [])]
+    ledgers = ledgers or {}
+    datasets = datasets or {}
+
+    def make(i: int, name: str) -> Callable[[Channel], dict[str, Any]]:
+        def fn(ch: Channel) -> dict[str, Any]:
+            return vertical_party(ch, spec=spec, table=tables.get(name), rng=_party_rng(seed, i),
+                                  ledger=ledgers.get(name), dataset=datasets.get(name, name), source=name,
+                                  progress=progress if name == top.guest else None)
+        return fn
+
+    return {name: make(i, name) for i, name in enumerate(names)}
+
+
+def simulate_vertical(
+    *,
+    tables: Mapping[str, pd.DataFrame],
+    roles: Mapping[str, str],
+    id_column: str,
+    label: str,
+    backend: str = "ckks",
+    backend_params: Mapping[str, Any] | None = None,
+    epochs: int = 10,
+    batch_size: int = 64,
+    lr: float = 0.3,
+    l2: float = 0.0,
+    tol: float | None = None,
+    dp: Mapping[str, Any] | None = None,
+    ledger_dir: str | Path | None = None,
+    budgets: Mapping[str, tuple[float, float]] | None = None,
+    datasets: Mapping[str, str] | None = None,
+    job: str = "vertical",
+    seed: int | None = 0,
+    test_fraction: float = 0.2,
+    psi_workers: int | None = 1,
+    timeout: float = 600.0,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run a vertical job (PSI alignment, hetero-LR training, joint evaluation) on one machine.
+
+    Args:
+        tables: one table per guest/host party (the arbiter has none).
+        roles: party -> ``"guest"`` | ``"host"`` | ``"arbiter"``; without an arbiter, exactly
+            one host (two-party topology, see :mod:`.lr`).
+        id_column: the column PSI aligns on (IDs compared as strings).
+        label: the guest's 0/1 label column.
+        backend, backend_params: crypto backend by name (``ckks`` default, ``paillier``,
+            ``plain`` for tests) and its parameters.
+        epochs, batch_size, lr, l2, tol: training (``lr / sqrt(epoch)`` schedule; ``tol``:
+            early stopping on the training loss, ignored under DP).
+        dp: ``None`` or ``{"epsilon", "delta"=1e-5, "clip"=1.0, "logit_clip"=2.0,
+            "accountant"="rdp"}`` — record-level, per data party, whole run.
+        ledger_dir: under DP, each data party charges ``LEDGER_DIR/<party>.sqlite`` before any
+            release; ``budgets`` (party -> (ε, δ)) registers each dataset's budget (default:
+            the DP target).
+        datasets: party -> dataset name in its ledger (default: the party name).
+        job, seed: job id; seed for splits, batches, masks and noise (``None``: OS entropy).
+        test_fraction: aligned rows held out for evaluation.
+        psi_workers: processes per party for PSI curve work (``None``: all cores).
+        timeout: seconds any party waits for one message.
+        progress: called by the guest after each epoch with that epoch's record (plus
+            ``epsilon``: party -> ε spent so far, under DP).
+
+    Returns:
+        The results contract: ``task``, ``backend``, ``topology``, ``rounds`` (per-epoch
+        ``round, loss, lr, auc, accuracy, ks, test_loss``), ``final`` (``accuracy, auc, ks,
+        test_loss``), ``epsilon`` (data party -> ``{epsilon, delta, accountant, ledger_spent}``; empty
+        without DP),
+        ``dp`` (``noise_multiplier, clip, logit_clip, rounds, sample_rate, delta, …``) or None,
+        ``bytes_sent`` (party -> bytes), ``psi`` (``intersection``, ``pairwise``),
+        ``rows``, ``epochs``, ``stopped_early``, ``seconds``, ``notes``.
+    """
+    top = _parse_roles(roles)
+    dp_cfg, notes = _parse_dp(dp)
+    training = TrainingConfig(epochs=epochs, batch_size=batch_size, lr=lr, l2=l2, tol=tol, timeout=timeout)
+    spec = VerticalSpec(topology=top, id_column=id_column, label=label, backend=backend,
+                        backend_params=dict(backend_params or {}), training=training, dp=dp_cfg,
+                        test_fraction=test_fraction, psi_workers=psi_workers)
+    for p in top.data_parties:
+        if p not in tables:
+            raise ConfigError(f"party {p!r} ({roles[p]}) has no table")
+    if top.arbiter is not None and tables.get(top.arbiter) is not None:
+        raise ConfigError(f"the arbiter {top.arbiter!r} holds no data; remove its table")
+    get_backend(backend, **dict(backend_params or {}))  # fail fast on a bad backend or parameters
+    datasets = dict(datasets or {})
+    ledgers: dict[str, PrivacyLedger] = {}
+    if dp_cfg is not None and ledger_dir is not None:
+        for p in top.data_parties:
+            led = PrivacyLedger(Path(ledger_dir) / f"{p}.sqlite", silo=p, accountant=dp_cfg.accountant)
+            eps_b, delta_b = (budgets or {}).get(p, (dp_cfg.epsilon, dp_cfg.delta))
+            led.register_dataset(datasets.get(p, p), epsilon=eps_b, delta=delta_b)
+            ledgers[p] = led
+    hub = InProcessHub(job, [*top.data_parties, *([top.arbiter] if top.arbiter else [])])
+    start = time.perf_counter()
+    try:
+        out = run_parties(hub, vertical_parties(spec, tables, seed=seed, ledgers=ledgers, datasets=datasets,
+                                                   progress=progress))
+    finally:
+        for led in ledgers.values():
+            led.close()
+    seconds = time.perf_counter() - start
+    guest = out[top.guest]
+    plan = guest["dp"]
+    eps: dict[str, dict[str, Any]] = {}
+    for p in top.data_parties if plan is not None else ():
+        rep = out[p]
+        entry: dict[str, Any] = {"epsilon": rep["epsilon"], "delta": plan.delta, "accountant": plan.accountant}
+        if p in ledgers:
+            with PrivacyLedger(Path(str(ledger_dir)) / f"{p}.sqlite", silo=p, accountant=plan.accountant) as led:
+                entry["ledger_spent"] = led.spent(datasets.get(p, p))
+        eps[p] = entry
+    dp_out = None
+    if plan is not None:
+        dp_out = {
+            "noise_multiplier": plan.noise_multiplier,
+            "event_noise_multiplier": plan.event_multiplier,
+            "clip": plan.clip,
+            "logit_clip": plan.logit_clip,
+            "rounds": plan.steps_per_epoch * guest["epochs"],
+            "sample_rate": plan.sample_rate,
+            "delta": plan.delta,
+            "target_epsilon": plan.epsilon,
+            "accountant": plan.accountant,
+            "level": "record",
+        }
+    return {
+        "task": "vertical",
+        "backend": backend,
+        "topology": {"guest": top.guest, "hosts": list(top.hosts), "arbiter": top.arbiter},
+        "rounds": guest["history"],
+        "final": guest.get("final", {}),
+        "epsilon": eps,
+        "dp": dp_out,
+        "bytes_sent": hub.bytes_sent(),
+        "psi": {"intersection": guest["psi"]["intersection"], "pairwise": guest["psi"]["pairwise"],
+                "sizes": {p: out[p]["psi"]["local"] for p in top.data_parties}},
+        "rows": guest["rows"],
+        "epochs": guest["epochs"],
+        "stopped_early": guest["stopped_early"],
+        "seconds": seconds,
+        "notes": notes,
+    }

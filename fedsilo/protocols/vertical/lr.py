@@ -1,0 +1,884 @@
+"""Heterogeneous (vertical) logistic regression: one function per party over a :class:`Channel`.
+
+The guest holds labels and some features, each host other features of the same (aligned)
+rows, and the key holder decrypts. Two topologies:
+
+* **arbiter** (Hardy et al., arXiv:1711.10677, §3; FATE's hetero-LR): a third party without
+  data generates the key pair and only ever decrypts masked values.
+* **two-party** (no arbiter, exactly one host): each of the two parties holds its *own* key
+  pair. One key is not enough: if the guest held the only key, every host value encrypted for
+  the guest's residual would be readable by the guest. The host's partial logits travel under
+  the host's key, the guest's residual part under the guest's key, and each party decrypts
+  only the other's *masked* gradient (cf. Yang et al., "Parallel distributed logistic
+  regression for vertical federated learning without third-party coordinator",
+  arXiv:1911.09824).
+
+One training step on a mini-batch (arbiter topology, key K of the arbiter; ``[[·]]`` is
+encryption under K)::
+
+    host h  : b_h = u_h/4 (u_h = X_h w_h, clipped to ±B under DP)   -- [[b_h]] -->  guest
+    guest   : [[d]] = Σ_h [[b_h]] + (u_g/4 − y'/2)                   -- [[d]]   -->  hosts
+    party p : [[d]] @ (X_p / n_b) + m_p     (mask m_p ~ U(−M, M), ciphertext × plaintext)
+              -- [[g_p + m_p]] --> arbiter
+    party q : (DP) noise shares [[n_qp]] ~ N(0, σ_p²/(P−1)) for every other data party p,
+              inside its ledger charge                               -- [[n_qp]] --> arbiter
+    arbiter : z_p = Dec([[g_p + m_p]] + Σ_q [[n_qp]])                -- z_p     -->  p
+    party p : g_p = z_p − m_p;  w_p ← w_p − lr_e (g_p + λ w_p)
+
+Who learns what:
+
+* hosts receive only ciphertexts under a key they do not hold, batch indices, and their own
+  gradient (noised, under DP, by the other parties) — never labels, residuals or another
+  party's features or weights;
+* the guest receives ciphertexts it cannot decrypt and its own (noised) gradient — never a
+  host's features, partial logits or weights;
+* the key holder decrypts only ``g_p + m_p (+ noise)``: the uniform mask hides ``g_p`` up to a
+  statistical distance of about ``|g_p| / M`` per coordinate (the masks are reals, not
+  uniform over the plaintext ring), and under DP the decrypted value is already noised;
+* without DP, the key holder also decrypts the training loss, one scalar per epoch (the mean
+  Taylor loss ``log 2 − 1/2 + 2·mean(d²)``, see :mod:`.taylor`); the guest receives it.
+  Under DP the training loss is not decrypted (it would be a further release), so early
+  stopping is off and the planned number of epochs — the one the budget was calibrated for —
+  runs.
+* the joint prediction protocol (:func:`predict_guest` / :func:`serve_predictions`) reveals
+  the hosts' partial scores ``X_h w_h`` of the requested rows (not training rows in
+  :func:`fedsilo.protocols.vertical.simulate_vertical`) to the guest, as in FATE.
+
+DP (record level, one customer's row) is described in :mod:`.taylor`: each released gradient
+``g_p`` carries Gaussian noise ``σ_p = z·S_p`` drawn as shares by the *other* data parties,
+so ``p`` cannot subtract it; each data party charges its ledger with
+``GaussianEvent(z/sqrt(P−1), q, steps)`` once per epoch **before** it contributes the noise
+shares that every decryption of that epoch waits for.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from typing import Any, ContextManager
+
+import numpy as np
+
+from fedsilo.crypto.base import Ciphertext, CryptoBackend, PublicContext, SecretKey
+from fedsilo.errors import ConfigError, DataError, PeerTimeoutError, ProtocolError
+from fedsilo.privacy.ledger import PrivacyLedger
+from fedsilo.privacy.mechanisms import clip_rows_l2, gaussian_noise
+from fedsilo.protocols.channel import Channel
+from fedsilo.protocols.metrics import accuracy, auc, ks_statistic, log_loss
+from fedsilo.protocols.vertical.taylor import (
+    DpPlan,
+    calibrate,
+    guest_residual_part,
+    host_residual_part,
+    learning_rate,
+    sigmoid,
+    standardize_apply,
+    standardize_fit,
+    taylor_loss,
+)
+
+__all__ = [
+    "DpConfig",
+    "FitResult",
+    "LocalModel",
+    "Topology",
+    "TrainingConfig",
+    "arbiter_train",
+    "evaluation_metrics",
+    "guest_train",
+    "host_train",
+    "predict_guest",
+    "serve_predictions",
+]
+
+PROTOCOL = "vertical_lr"
+
+
+# ------------------------------------------------------------------------------ configuration
+
+
+@dataclass(frozen=True, slots=True)
+class TrainingConfig:
+    """Hyper-parameters every party must agree on (the guest checks a digest of them).
+
+    Args:
+        epochs: passes over the training rows (the job's ``rounds``).
+        batch_size: rows per step (under DP: the expected size of a Poisson sample).
+        lr: base learning rate; ``lr_schedule`` ``"sqrt"`` uses ``lr / sqrt(epoch)``.
+        l2: L2 penalty ``λ/2 ‖w‖²`` on each party's weights (not the intercept).
+        tol: stop when the training loss improves by less than this (no DP only).
+        mask_scale: ``M``, masks are uniform in ``[−M, M]``; larger hides better, costs CKKS
+            precision (``M·2^-20`` absolute error at TenSEAL's 2^40 scale).
+        track_loss: compute the encrypted Taylor loss each epoch (no DP only).
+        timeout: seconds to wait for any one message.
+    """
+
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 0.3
+    lr_schedule: str = "sqrt"
+    l2: float = 0.0
+    tol: float | None = None
+    mask_scale: float = 1e4
+    track_loss: bool = True
+    timeout: float = 600.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
+            raise ConfigError(f"epochs must be an integer >= 1, got {self.epochs!r}")
+        if isinstance(self.batch_size, bool) or not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ConfigError(f"batch_size must be an integer >= 1, got {self.batch_size!r}")
+        for name in ("lr", "mask_scale", "timeout"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and math.isfinite(v) and v > 0):
+                raise ConfigError(f"{name} must be a number > 0, got {v!r}")
+        if not (isinstance(self.l2, (int, float)) and math.isfinite(self.l2) and self.l2 >= 0):
+            raise ConfigError(f"l2 must be a number >= 0, got {self.l2!r}")
+        if self.tol is not None and not (isinstance(self.tol, (int, float)) and self.tol > 0):
+            raise ConfigError(f"tol must be a number > 0 or None, got {self.tol!r}")
+        learning_rate(base=self.lr, epoch=1, schedule=self.lr_schedule)
+
+    def digest(self) -> str:
+        return _digest({k: getattr(self, k) for k in self.__slots__ if k != "timeout"})
+
+
+@dataclass(frozen=True, slots=True)
+class DpConfig:
+    """Record-level DP for vertical LR (see :mod:`.taylor`).
+
+    Args:
+        epsilon, delta: the target per data party for the whole training run.
+        clip: L2 bound ``C`` of each party's standardized feature row.
+        logit_clip: bound ``B`` on each party's partial logit during training.
+        accountant: ``"rdp"`` or ``"pld"``.
+    """
+
+    epsilon: float
+    delta: float = 1e-5
+    clip: float = 1.0
+    logit_clip: float = 2.0
+    accountant: str = "rdp"
+
+    def __post_init__(self) -> None:
+        for name in ("epsilon", "clip", "logit_clip"):
+            v = getattr(self, name)
+            if not (isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0):
+                raise ConfigError(f"dp.{name} must be a number > 0, got {v!r}")
+        if not (isinstance(self.delta, (int, float)) and 0 < self.delta < 1):
+            raise ConfigError(f"dp.delta must be in (0, 1), got {self.delta!r}")
+
+
+@dataclass(frozen=True, slots=True)
+class Topology:
+    """Who plays which role. ``arbiter=None`` is the two-party topology (exactly one host)."""
+
+    guest: str
+    hosts: tuple[str, ...]
+    arbiter: str | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hosts", tuple(self.hosts))
+        names = [self.guest, *self.hosts] + ([self.arbiter] if self.arbiter else [])
+        if len(set(names)) != len(names):
+            raise ConfigError(f"vertical roles must name distinct parties, got {names}")
+        if not self.hosts:
+            raise ConfigError("vertical learning needs at least one host")
+        if self.arbiter is None and len(self.hosts) != 1:
+            raise ConfigError(
+                f"without an arbiter exactly one host is supported (got {len(self.hosts)}); add an arbiter"
+            )
+
+    @property
+    def data_parties(self) -> tuple[str, ...]:
+        return (self.guest, *self.hosts)
+
+    def grad_key_holder(self, party: str) -> str:
+        """Who decrypts ``party``'s masked gradient."""
+        if self.arbiter is not None:
+            return self.arbiter
+        return self.hosts[0] if party == self.guest else self.guest
+
+
+# ------------------------------------------------------------------------------ models / results
+
+
+@dataclass(frozen=True, slots=True)
+class LocalModel:
+    """One party's share of the model: its own preprocessing and weights (never sent)."""
+
+    columns: tuple[str, ...]
+    mean: np.ndarray
+    scale: np.ndarray
+    clip: float | None
+    weights: np.ndarray  #: one per column, plus the intercept last for the guest
+    intercept: bool
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Standardize (train statistics), clip rows under DP, append the guest's constant 1."""
+        z = standardize_apply(x, mean=self.mean, scale=self.scale)
+        if self.clip is not None and z.shape[1]:
+            z = clip_rows_l2(z, max_norm=self.clip)
+        if self.intercept:
+            z = np.hstack([z, np.ones((z.shape[0], 1))])
+        return z
+
+    def partial_logits(self, x: np.ndarray) -> np.ndarray:
+        return self.transform(x) @ self.weights
+
+
+@dataclass
+class FitResult:
+    """What a party's training function returns."""
+
+    model: LocalModel | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    dp: DpPlan | None = None
+    epochs_run: int = 0
+    stopped_early: bool = False
+    next_round: int = 0
+    epsilon: float | None = None  #: ε this job spent for this party (computed from its events)
+
+
+# ------------------------------------------------------------------------------ crypto recipes
+
+
+class _Keys:
+    """The few recipes the protocol needs on top of the backend (serialize on every send)."""
+
+    def __init__(self, backend: CryptoBackend, public: PublicContext, secret: SecretKey | None = None) -> None:
+        self.backend = backend
+        self.public = public
+        self.secret = secret
+
+    def enc(self, values: np.ndarray) -> Ciphertext:
+        return self.backend.encrypt(self.public, np.asarray(values, dtype=np.float64))
+
+    def ser(self, ct: Ciphertext) -> bytes:
+        return self.backend.serialize(ct)
+
+    def de(self, data: Any, *, sender: str) -> Ciphertext:
+        if not isinstance(data, bytes):
+            raise ProtocolError(f"expected a ciphertext from {sender!r}, got {type(data).__name__}")
+        return self.backend.deserialize(self.public, data)
+
+    def dec(self, ct: Ciphertext) -> np.ndarray:
+        if self.secret is None:  # pragma: no cover - programming error
+            raise ProtocolError("this party holds no secret key")
+        return self.backend.decrypt(self.secret, ct)
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _dp_digest(dp: DpConfig | None) -> str:
+    return _digest(None if dp is None else {k: getattr(dp, k) for k in dp.__slots__})
+
+
+def _gather_all(ch: Channel, senders: Sequence[str], kind: str, *, round: int, timeout: float) -> dict[str, Any]:
+    got = ch.gather(senders, kind, round=round, timeout=timeout)
+    missing = sorted(set(senders) - set(got))
+    if missing:
+        raise PeerTimeoutError(
+            f"{ch.party}: no {kind!r} from {', '.join(map(repr, missing))} for round {round} within {timeout:g}s"
+        )
+    return got
+
+
+def _as_float_vector(value: Any, *, length: int, sender: str, what: str) -> np.ndarray:
+    if not isinstance(value, np.ndarray) or value.dtype != np.float64 or value.shape != (length,):
+        raise ProtocolError(f"malformed {what} from {sender!r} (expected {length} float64 values)")
+    return value
+
+
+def _batches(rng: np.random.Generator, *, rows: int, batch_size: int, poisson: bool) -> list[np.ndarray]:
+    """Mini-batches of one epoch: Poisson samples with rate b/n under DP, else a shuffled split."""
+    if poisson:
+        q = min(1.0, batch_size / rows)
+        return [np.flatnonzero(rng.random(rows) < q) for _ in range(math.ceil(rows / batch_size))]
+    perm = rng.permutation(rows)
+    return [perm[i : i + batch_size] for i in range(0, rows, batch_size)]
+
+
+def _fit_model(
+    x: np.ndarray, train_rows: np.ndarray, columns: Sequence[str] | None, *, dp: DpConfig | None, intercept: bool
+) -> LocalModel:
+    mean, scale = standardize_fit(x[train_rows]) if x.shape[1] else (np.zeros(0), np.ones(0))
+    cols = tuple(columns) if columns is not None else tuple(f"x{j}" for j in range(x.shape[1]))
+    dim = x.shape[1] + (1 if intercept else 0)
+    return LocalModel(cols, mean, scale, dp.clip if dp else None, np.zeros(dim), intercept)
+
+
+def _check_matrix(x: np.ndarray, *, who: str) -> np.ndarray:
+    arr = np.asarray(x, dtype=np.float64)
+    if arr.ndim != 2:
+        raise DataError(f"{who}: features must be a 2-D matrix, got shape {arr.shape}")
+    if not np.all(np.isfinite(arr)):
+        raise DataError(f"{who}: features contain NaN or infinite values")
+    return arr
+
+
+def _check_rows(rows: np.ndarray, n: int, *, who: str, what: str) -> np.ndarray:
+    r = np.asarray(rows, dtype=np.int64).ravel()
+    if r.size and (r.min() < 0 or r.max() >= n):
+        raise DataError(f"{who}: {what} rows outside 0..{n - 1}")
+    return r
+
+
+def _charge(
+    ledger: PrivacyLedger | None, dataset: str | None, plan: DpPlan | None, *, job: str, epoch: int, recipients: Sequence[str]
+) -> ContextManager[Any]:
+    if ledger is None or plan is None:
+        return nullcontext()
+    if dataset is None:
+        raise ConfigError("a ledger needs the dataset name to charge")
+    return ledger.charge(
+        dataset,
+        plan.epoch_event(),
+        job=job,
+        round=epoch,
+        protocol=PROTOCOL,
+        mechanism={
+            "name": "gaussian_noise_shares",
+            "released": "gradients of the other data parties",
+            "noise_multiplier": plan.noise_multiplier,
+            "event_multiplier": plan.event_multiplier,
+            "clip": plan.clip,
+            "logit_clip": plan.logit_clip,
+            "residual_bound": plan.residual_bound,
+            "sample_rate": plan.sample_rate,
+            "steps": plan.steps_per_epoch,
+            "shares": len(recipients),
+        },
+        recipient=",".join(sorted(recipients)),
+        level="record",
+    )
+
+
+def _noise_shares(
+    keys_for: Mapping[str, _Keys],
+    *,
+    plan: DpPlan,
+    me: str,
+    topology: Topology,
+    dims: Mapping[str, int],
+    norm: float,
+    rng: np.random.Generator,
+) -> dict[str, bytes]:
+    """This party's encrypted noise share for every other data party's gradient (mean scale)."""
+    out: dict[str, bytes] = {}
+    for p in topology.data_parties:
+        if p == me:
+            continue
+        sigma = plan.sigma(intercept=p == topology.guest) / norm / math.sqrt(plan.recipients)
+        noise = gaussian_noise(sigma=sigma, size=dims[p], rng=rng)
+        out[p] = keys_for[p].ser(keys_for[p].enc(noise))
+    return out
+
+
+def _update(model: LocalModel, grad: np.ndarray, *, lr: float, l2: float) -> LocalModel:
+    reg = l2 * model.weights
+    if model.intercept:
+        reg[-1] = 0.0
+    w = model.weights - lr * (grad + reg)
+    return LocalModel(model.columns, model.mean, model.scale, model.clip, w, model.intercept)
+
+
+def _plan(dp: DpConfig | None, *, rows: int, config: TrainingConfig, parties: int) -> DpPlan | None:
+    if dp is None:
+        return None
+    return calibrate(
+        epsilon=dp.epsilon,
+        delta=dp.delta,
+        rows=rows,
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        parties=parties,
+        clip=dp.clip,
+        logit_clip=dp.logit_clip,
+        accountant=dp.accountant,
+    )
+
+
+def _clip_logits(u: np.ndarray, plan: DpPlan | None) -> np.ndarray:
+    return u if plan is None else np.clip(u, -plan.logit_clip, plan.logit_clip)
+
+
+def _spent(plan: DpPlan | None, epochs: int) -> float | None:
+    if plan is None or epochs == 0:
+        return None
+    from fedsilo.privacy.accounting import epsilon
+
+    return epsilon(plan.job_event(epochs), delta=plan.delta, accountant=plan.accountant)
+
+
+# ------------------------------------------------------------------------------ key set-up
+
+
+def _setup_keys(ch: Channel, topology: Topology, backend: CryptoBackend, *, round: int, timeout: float) -> dict[str, Any]:
+    """Every data party's view of the keys: ``grad`` (keys for its own gradient's holder),
+    ``own`` (its secret keys, two-party only) and ``peer`` (the other's public, two-party)."""
+    me = ch.party
+    if topology.arbiter is not None:
+        msg = ch.recv(topology.arbiter, "vlr/key", round=round, timeout=timeout)
+        pub = backend.load_public(msg["public"] if isinstance(msg, dict) else b"")
+        k = _Keys(backend, pub)
+        return {"shared": k}
+    other = topology.hosts[0] if me == topology.guest else topology.guest
+    sk = backend.keygen()
+    own = _Keys(backend, sk.public(), sk)
+    ch.send(other, "vlr/key", {"public": own.public.serialize()}, round=round)
+    msg = ch.recv(other, "vlr/key", round=round, timeout=timeout)
+    peer = _Keys(backend, backend.load_public(msg["public"] if isinstance(msg, dict) else b""))
+    return {"own": own, "peer": peer}
+
+
+# ------------------------------------------------------------------------------ guest
+
+
+def guest_train(
+    channel: Channel,
+    *,
+    topology: Topology,
+    x: np.ndarray,
+    y: np.ndarray,
+    train_rows: np.ndarray,
+    eval_rows: np.ndarray,
+    backend: CryptoBackend,
+    config: TrainingConfig,
+    dp: DpConfig | None = None,
+    ledger: PrivacyLedger | None = None,
+    dataset: str | None = None,
+    columns: Sequence[str] | None = None,
+    rng: np.random.Generator,
+    start_round: int = 1,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """The guest's side of training: drives the epochs, samples batches, forms residuals.
+
+    ``x``/``y`` are the guest's aligned rows; ``train_rows`` and ``eval_rows`` index them (the
+    hosts get the same index sets). Per-epoch evaluation on ``eval_rows`` uses the joint
+    prediction protocol.
+
+    Raises:
+        DataError: a host's row counts differ from the guest's, labels are not 0/1.
+    """
+    me, hosts, arb = channel.party, topology.hosts, topology.arbiter
+    T, r = config.timeout, start_round
+    x = _check_matrix(x, who=me)
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if y.shape[0] != x.shape[0]:
+        raise DataError(f"{me}: {y.shape[0]} labels for {x.shape[0]} feature rows")
+    if not np.all((y == 0) | (y == 1)):
+        raise DataError(f"{me}: labels must be 0 or 1")
+    train_rows = _check_rows(train_rows, x.shape[0], who=me, what="training")
+    eval_rows = _check_rows(eval_rows, x.shape[0], who=me, what="evaluation")
+
+    # -- hello: row counts, dimensions, agreement on the configuration ------------------------
+    hellos = _gather_all(channel, hosts, "vlr/hello", round=r, timeout=T)
+    for h, msg in hellos.items():
+        if msg.get("rows") != x.shape[0] or msg.get("train") != train_rows.size or msg.get("eval") != eval_rows.size:
+            raise DataError(
+                f"host {h!r} has {msg.get('rows')} aligned rows ({msg.get('train')} for training, "
+                f"{msg.get('eval')} for evaluation); the guest {me!r} has {x.shape[0]} "
+                f"({train_rows.size}, {eval_rows.size}): the parties' tables are not aligned"
+            )
+        if msg.get("config") != config.digest() or msg.get("dp") != _dp_digest(dp):
+            raise ConfigError(f"host {h!r} was started with other training or DP settings than the guest {me!r}")
+    model = _fit_model(x, train_rows, columns, dp=dp, intercept=True)
+    dims = {me: model.weights.size, **{h: int(hellos[h]["dim"]) for h in hosts}}
+    plan = _plan(dp, rows=train_rows.size, config=config, parties=len(topology.data_parties))
+    setup = {"dims": dims, "plan": plan.to_json() if plan else None, "loss": bool(config.track_loss and plan is None)}
+    channel.broadcast([*hosts, *([arb] if arb else [])], "vlr/setup", setup, round=r)
+    keys = _setup_keys(channel, topology, backend, round=r, timeout=T)
+    r += 1
+
+    xt = model.transform(x[train_rows])
+    yt = y[train_rows]
+    x_all = model.transform(x)
+    history: list[dict[str, Any]] = []
+    track_loss = setup["loss"]
+    prev_loss: float | None = None
+    stopped = False
+    epochs_run = 0
+    for epoch in range(1, config.epochs + 1):
+        batches = _batches(rng, rows=train_rows.size, batch_size=config.batch_size, poisson=plan is not None)
+        channel.broadcast(hosts, "vlr/epoch", {"stop": False, "batches": batches}, round=r)
+        if arb:
+            channel.send(arb, "vlr/epoch", {"stop": False, "sizes": [int(b.size) for b in batches]}, round=r)
+        lr_e = learning_rate(base=config.lr, epoch=epoch, schedule=config.lr_schedule)
+        loss_ct: Ciphertext | None = None
+        loss_rows = 0
+        with _charge(ledger, dataset, plan, job=channel.job, epoch=epoch, recipients=hosts):
+            for s, idx in enumerate(batches):
+                step_round = r + 1 + s
+                if idx.size == 0:
+                    continue
+                norm = float(config.batch_size if plan else idx.size)
+                xb = xt[idx]
+                a = guest_residual_part(logits=_clip_logits(xb @ model.weights, plan), labels=yt[idx])
+                mask = rng.uniform(-config.mask_scale, config.mask_scale, size=model.weights.size)
+                if arb:
+                    k = keys["shared"]
+                    parts = _gather_all(channel, hosts, "vlr/partial", round=step_round, timeout=T)
+                    cts = [k.de(parts[h].get("ct"), sender=h) for h in hosts]
+                    b_sum = backend.sum(cts)
+                    d = backend.add_plain(b_sum, a)
+                    for j, h in enumerate(hosts):
+                        msg: dict[str, Any] = {"ct": k.ser(d)}
+                        if track_loss and j > 0:
+                            msg["prefix"] = k.ser(backend.sum(cts[:j]))
+                        channel.send(h, "vlr/residual", msg, round=step_round)
+                    g = backend.add_plain(backend.matmul_plain(d, xb / norm), mask)
+                    channel.send(arb, "vlr/grad", k.ser(g), round=step_round)
+                    if plan is not None:
+                        shares = _noise_shares(
+                            {p: k for p in hosts}, plan=plan, me=me, topology=topology, dims=dims, norm=norm, rng=rng
+                        )
+                        channel.send(arb, "vlr/noise", shares, round=step_round)
+                    if track_loss:
+                        term = _guest_loss_term(backend, b_sum, a)
+                        term = backend.sum([term] + [k.de(parts[h].get("sq"), sender=h) for h in hosts])
+                        if len(hosts) > 1:
+                            cross = _gather_all(channel, hosts[1:], "vlr/cross", round=step_round, timeout=T)
+                            term = backend.sum([term] + [k.de(cross[h], sender=h) for h in hosts[1:]])
+                        loss_ct = term if loss_ct is None else backend.add(loss_ct, term)
+                        loss_rows += idx.size
+                    z = channel.recv(arb, "vlr/plain", round=step_round, timeout=T)
+                else:
+                    (host,) = hosts
+                    own, peer = keys["own"], keys["peer"]
+                    channel.send(host, "vlr/residual", own.ser(own.enc(a)), round=step_round)
+                    part = channel.recv(host, "vlr/partial", round=step_round, timeout=T)
+                    b = peer.de(part.get("ct"), sender=host)
+                    d = backend.add_plain(b, a)
+                    g = backend.add_plain(backend.matmul_plain(d, xb / norm), mask)
+                    channel.send(host, "vlr/grad", peer.ser(g), round=step_round)
+                    if track_loss:
+                        term = backend.add(_guest_loss_term(backend, b, a), peer.de(part.get("sq"), sender=host))
+                        loss_ct = term if loss_ct is None else backend.add(loss_ct, term)
+                        loss_rows += idx.size
+                    _decrypt_for_peer(channel, own, peer=host, plan=plan, me=me, topology=topology,
+                                      dims=dims, norm=norm, rng=rng, round=step_round, timeout=T)
+                    z = channel.recv(host, "vlr/plain", round=step_round, timeout=T)
+                z = _as_float_vector(z, length=model.weights.size, sender=topology.grad_key_holder(me), what="gradient")
+                model = _update(model, z - mask, lr=lr_e, l2=config.l2)
+        end_round = r + 1 + len(batches)
+        epochs_run = epoch
+        record: dict[str, Any] = {"round": epoch, "lr": lr_e, "loss": None}
+        if track_loss:
+            holder = arb if arb else hosts[0]
+            send_ct = loss_ct if loss_ct is not None else None
+            channel.send(holder, "vlr/loss", keys["shared" if arb else "peer"].ser(send_ct) if send_ct else b"", round=end_round)
+            value = channel.recv(holder, "vlr/loss_value", round=end_round, timeout=T)
+            if loss_rows:
+                record["loss"] = taylor_loss(sum_squared_residuals=float(value["sum"]), rows=loss_rows)
+        if eval_rows.size:
+            probs = predict_guest(
+                channel, hosts=hosts, model=model, x=x, rows=eval_rows, round=end_round, timeout=T, transformed=x_all
+            )
+            record.update(evaluation_metrics(y[eval_rows], probs))
+        history.append(record)
+        if progress is not None:
+            spent = _spent(plan, epoch)
+            progress({**record, "epsilon": {p: spent for p in topology.data_parties} if spent is not None else None})
+        r = end_round + 1
+        loss = record["loss"]
+        if config.tol is not None and loss is not None and prev_loss is not None and abs(prev_loss - loss) < config.tol:
+            stopped = True
+            break
+        prev_loss = loss if loss is not None else prev_loss
+    channel.broadcast([*hosts, *([arb] if arb else [])], "vlr/epoch", {"stop": True}, round=r)
+    return FitResult(
+        model=model,
+        history=history,
+        dp=plan,
+        epochs_run=epochs_run,
+        stopped_early=stopped,
+        next_round=r + 1,
+        epsilon=_spent(plan, epochs_run),
+    )
+
+
+def _guest_loss_term(backend: CryptoBackend, b_sum: Ciphertext, a: np.ndarray) -> Ciphertext:
+    """``[[Σa² + 2 a·b]]`` (the part of ``Σ d² = Σ (a + b)²`` the guest can form)."""
+    cross = backend.matmul_plain(b_sum, (2.0 * a)[:, None])
+    return backend.add_plain(cross, np.array([float(a @ a)]))
+
+
+def _decrypt_for_peer(
+    ch: Channel,
+    own: _Keys,
+    *,
+    peer: str,
+    plan: DpPlan | None,
+    me: str,
+    topology: Topology,
+    dims: Mapping[str, int],
+    norm: float,
+    rng: np.random.Generator,
+    round: int,
+    timeout: float,
+) -> None:
+    """Two-party: decrypt the peer's masked gradient, adding this party's DP noise first."""
+    ct = own.de(ch.recv(peer, "vlr/grad", round=round, timeout=timeout), sender=peer)
+    if plan is not None:
+        sigma = plan.sigma(intercept=peer == topology.guest) / norm
+        ct = own.backend.add(ct, own.enc(gaussian_noise(sigma=sigma, size=dims[peer], rng=rng)))
+    ch.send(peer, "vlr/plain", own.dec(ct), round=round)
+
+
+def evaluation_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    return {
+        "auc": auc(labels=labels, scores=probs),
+        "accuracy": accuracy(labels=labels, scores=probs),
+        "ks": ks_statistic(labels=labels, scores=probs),
+        "test_loss": log_loss(labels=labels, probabilities=probs),
+    }
+
+
+# ------------------------------------------------------------------------------ host
+
+
+def host_train(
+    channel: Channel,
+    *,
+    topology: Topology,
+    x: np.ndarray,
+    train_rows: np.ndarray,
+    eval_rows: np.ndarray,
+    backend: CryptoBackend,
+    config: TrainingConfig,
+    dp: DpConfig | None = None,
+    ledger: PrivacyLedger | None = None,
+    dataset: str | None = None,
+    columns: Sequence[str] | None = None,
+    rng: np.random.Generator,
+    start_round: int = 1,
+) -> FitResult:
+    """A host's side of training: partial logits, its encrypted gradient, noise for others."""
+    me, guest, arb = channel.party, topology.guest, topology.arbiter
+    T, r = config.timeout, start_round
+    x = _check_matrix(x, who=me)
+    if x.shape[1] == 0:
+        raise DataError(f"{me}: a host needs at least one feature column")
+    train_rows = _check_rows(train_rows, x.shape[0], who=me, what="training")
+    eval_rows = _check_rows(eval_rows, x.shape[0], who=me, what="evaluation")
+    model = _fit_model(x, train_rows, columns, dp=dp, intercept=False)
+    channel.send(
+        guest,
+        "vlr/hello",
+        {
+            "rows": x.shape[0],
+            "train": train_rows.size,
+            "eval": eval_rows.size,
+            "dim": model.weights.size,
+            "config": config.digest(),
+            "dp": _dp_digest(dp),
+        },
+        round=r,
+    )
+    setup = channel.recv(guest, "vlr/setup", round=r, timeout=T)
+    plan = _plan(dp, rows=train_rows.size, config=config, parties=len(topology.data_parties))
+    if (plan.to_json() if plan else None) != setup.get("plan"):
+        raise ConfigError(f"{me}: the guest's DP plan differs from this host's; refusing to train")
+    dims = {str(k): int(v) for k, v in setup["dims"].items()}
+    if dims.get(me) != model.weights.size or set(dims) != set(topology.data_parties):
+        raise ProtocolError(f"{me}: the guest's setup names other dimensions or parties")
+    track_loss = bool(setup.get("loss"))
+    keys = _setup_keys(channel, topology, backend, round=r, timeout=T)
+    r += 1
+
+    xt = model.transform(x[train_rows])
+    x_all = model.transform(x)
+    others = [p for p in topology.data_parties if p != me]
+    j_me = topology.hosts.index(me)
+    epochs_run = 0
+    while True:
+        ep = channel.recv(guest, "vlr/epoch", round=r, timeout=T)
+        if ep.get("stop"):
+            break
+        epoch = epochs_run + 1
+        batches = ep["batches"]
+        if not isinstance(batches, list) or any(
+            not isinstance(b, np.ndarray) or b.dtype.kind != "i" or (b.size and (b.min() < 0 or b.max() >= train_rows.size))
+            for b in batches
+        ):
+            raise ProtocolError(f"{me}: malformed batches from the guest")
+        lr_e = learning_rate(base=config.lr, epoch=epoch, schedule=config.lr_schedule)
+        with _charge(ledger, dataset, plan, job=channel.job, epoch=epoch, recipients=others):
+            for s, idx in enumerate(batches):
+                step_round = r + 1 + s
+                if idx.size == 0:
+                    continue
+                norm = float(config.batch_size if plan else idx.size)
+                xb = xt[idx]
+                b = host_residual_part(logits=_clip_logits(xb @ model.weights, plan))
+                mask = rng.uniform(-config.mask_scale, config.mask_scale, size=model.weights.size)
+                if arb:
+                    k = keys["shared"]
+                    msg: dict[str, Any] = {"ct": k.ser(k.enc(b))}
+                    if track_loss:
+                        msg["sq"] = k.ser(k.enc(np.array([float(b @ b)])))
+                    channel.send(guest, "vlr/partial", msg, round=step_round)
+                    res = channel.recv(guest, "vlr/residual", round=step_round, timeout=T)
+                    d = k.de(res.get("ct"), sender=guest)
+                    g = backend.add_plain(backend.matmul_plain(d, xb / norm), mask)
+                    channel.send(arb, "vlr/grad", k.ser(g), round=step_round)
+                    if plan is not None:
+                        shares = _noise_shares(
+                            {p: k for p in others}, plan=plan, me=me, topology=topology, dims=dims, norm=norm, rng=rng
+                        )
+                        channel.send(arb, "vlr/noise", shares, round=step_round)
+                    if track_loss and j_me > 0:
+                        prefix = k.de(res.get("prefix"), sender=guest)
+                        channel.send(guest, "vlr/cross", k.ser(backend.matmul_plain(prefix, (2.0 * b)[:, None])), round=step_round)
+                    z = channel.recv(arb, "vlr/plain", round=step_round, timeout=T)
+                else:
+                    own, peer = keys["own"], keys["peer"]
+                    msg = {"ct": own.ser(own.enc(b))}
+                    if track_loss:
+                        msg["sq"] = own.ser(own.enc(np.array([float(b @ b)])))
+                    channel.send(guest, "vlr/partial", msg, round=step_round)
+                    a = peer.de(channel.recv(guest, "vlr/residual", round=step_round, timeout=T), sender=guest)
+                    d = backend.add_plain(a, b)
+                    g = backend.add_plain(backend.matmul_plain(d, xb / norm), mask)
+                    channel.send(guest, "vlr/grad", peer.ser(g), round=step_round)
+                    _decrypt_for_peer(channel, own, peer=guest, plan=plan, me=me, topology=topology,
+                                      dims=dims, norm=norm, rng=rng, round=step_round, timeout=T)
+                    z = channel.recv(guest, "vlr/plain", round=step_round, timeout=T)
+                z = _as_float_vector(z, length=model.weights.size, sender=topology.grad_key_holder(me), what="gradient")
+                model = _update(model, z - mask, lr=lr_e, l2=config.l2)
+        end_round = r + 1 + len(batches)
+        epochs_run = epoch
+        if track_loss and arb is None:
+            own = keys["own"]
+            blob = channel.recv(guest, "vlr/loss", round=end_round, timeout=T)
+            total = float(own.dec(own.de(blob, sender=guest))[0]) if blob else 0.0
+            channel.send(guest, "vlr/loss_value", {"sum": total}, round=end_round)
+        if eval_rows.size:
+            serve_predictions(channel, guest=guest, model=model, x=x, allowed=eval_rows, round=end_round, timeout=T, transformed=x_all)
+        r = end_round + 1
+    return FitResult(model=model, dp=plan, epochs_run=epochs_run, next_round=r + 1, epsilon=_spent(plan, epochs_run))
+
+
+# ------------------------------------------------------------------------------ arbiter
+
+
+def arbiter_train(
+    channel: Channel,
+    *,
+    topology: Topology,
+    backend: CryptoBackend,
+    config: TrainingConfig,
+    start_round: int = 1,
+) -> FitResult:
+    """The key holder's side: generate keys, decrypt masked (and, under DP, noised) gradients.
+
+    The arbiter holds no data and learns only masked gradients and, without DP, one loss value
+    per epoch.
+    """
+    me, guest = channel.party, topology.guest
+    T, r = config.timeout, start_round
+    parties = topology.data_parties
+    sk = backend.keygen()
+    keys = _Keys(backend, sk.public(), sk)
+    channel.broadcast(parties, "vlr/key", {"public": keys.public.serialize()}, round=r)
+    setup = channel.recv(guest, "vlr/setup", round=r, timeout=T)
+    dims = {str(k): int(v) for k, v in setup["dims"].items()}
+    dp_on = setup.get("plan") is not None
+    track_loss = bool(setup.get("loss"))
+    r += 1
+    epochs_run = 0
+    while True:
+        ep = channel.recv(guest, "vlr/epoch", round=r, timeout=T)
+        if ep.get("stop"):
+            break
+        sizes = ep["sizes"]
+        for s, size in enumerate(sizes):
+            step_round = r + 1 + s
+            if not size:
+                continue
+            grads = _gather_all(channel, parties, "vlr/grad", round=step_round, timeout=T)
+            noise = _gather_all(channel, parties, "vlr/noise", round=step_round, timeout=T) if dp_on else {}
+            for p in parties:
+                ct = keys.de(grads[p], sender=p)
+                if dp_on:
+                    shares = [keys.de(noise[q].get(p), sender=q) for q in parties if q != p]
+                    ct = backend.sum([ct, *shares])
+                z = keys.dec(ct)
+                if z.shape != (dims[p],):
+                    raise ProtocolError(f"{me}: {p!r} sent a gradient of {z.shape[0]} values, expected {dims[p]}")
+                channel.send(p, "vlr/plain", z, round=step_round)
+        end_round = r + 1 + len(sizes)
+        epochs_run += 1
+        if track_loss:
+            blob = channel.recv(guest, "vlr/loss", round=end_round, timeout=T)
+            total = float(keys.dec(keys.de(blob, sender=guest))[0]) if blob else 0.0
+            channel.send(guest, "vlr/loss_value", {"sum": total}, round=end_round)
+        r = end_round + 1
+    return FitResult(model=None, epochs_run=epochs_run, next_round=r + 1)
+
+
+# ------------------------------------------------------------------------------ prediction
+
+
+def predict_guest(
+    channel: Channel,
+    *,
+    hosts: Sequence[str],
+    model: LocalModel,
+    x: np.ndarray,
+    rows: np.ndarray,
+    round: int,
+    timeout: float = 600.0,
+    transformed: np.ndarray | None = None,
+) -> np.ndarray:
+    """Joint prediction, the guest's side: probabilities for ``rows`` of the aligned data.
+
+    The guest sends the row indices; each host answers with its partial scores ``X_h w_h`` for
+    those rows (plaintext, as in FATE's hetero-LR prediction); the guest adds its own and the
+    intercept and applies the sigmoid. Only the guest learns the scores.
+    """
+    rows = np.asarray(rows, dtype=np.int64)
+    xg = transformed if transformed is not None else model.transform(x)
+    channel.broadcast(hosts, "vlr/predict", {"rows": rows}, round=round)
+    got = _gather_all(channel, hosts, "vlr/score", round=round, timeout=timeout)
+    u = xg[rows] @ model.weights
+    for h in hosts:
+        u = u + _as_float_vector(got[h], length=rows.size, sender=h, what="partial scores")
+    return sigmoid(u)
+
+
+def serve_predictions(
+    channel: Channel,
+    *,
+    guest: str,
+    model: LocalModel,
+    x: np.ndarray,
+    round: int,
+    timeout: float = 600.0,
+    allowed: np.ndarray | None = None,
+    transformed: np.ndarray | None = None,
+) -> np.ndarray:
+    """Joint prediction, a host's side: answer one request with partial scores.
+
+    ``allowed`` restricts which rows the guest may ask about (e.g. only evaluation rows, never
+    training rows); a request outside it raises :class:`ProtocolError`.
+    """
+    msg = channel.recv(guest, "vlr/predict", round=round, timeout=timeout)
+    rows = msg.get("rows") if isinstance(msg, dict) else None
+    if not isinstance(rows, np.ndarray) or rows.ndim != 1 or rows.dtype.kind != "i":
+        raise ProtocolError(f"malformed prediction request from {guest!r}")
+    n = x.shape[0]
+    if rows.size and (rows.min() < 0 or rows.max() >= n):
+        raise ProtocolError(f"prediction request from {guest!r} names rows outside 0..{n - 1}")
+    if allowed is not None and not np.isin(rows, allowed).all():
+        raise ProtocolError(f"prediction request from {guest!r} names rows it may not score (training rows?)")
+    xh = transformed if transformed is not None else model.transform(x)
+    scores = xh[rows] @ model.weights
+    channel.send(guest, "vlr/score", scores, round=round)
+    return scores

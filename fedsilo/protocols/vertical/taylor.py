@@ -1,0 +1,226 @@
+"""The maths of heterogeneous (vertical) logistic regression: pure, keyword-only functions.
+
+Taylor-approximated logistic loss (Hardy et al., "Private federated learning on vertically
+partitioned data via entity resolution and additively homomorphic encryption",
+arXiv:1711.10677, 2017, §3.2, eq. 3–4). With labels ``y' ∈ {−1, +1}`` and logit
+``u = x·w``, the second-order expansion of ``log(1 + e^{−y'u})`` around ``u = 0`` is
+
+    ℓ(u) ≈ log 2 − y'u/2 + u²/8,   ∂ℓ/∂w = (u/4 − y'/2) x = d · x,
+
+so the gradient needs only the *residual* ``d = u/4 − y'/2``, which is linear in the parties'
+partial logits ``u = Σ_p u_p``: it can be formed under additively homomorphic encryption.
+Since ``2d² = u²/8 − y'u/2 + 1/2``, the loss is ``ℓ = log 2 − 1/2 + 2d²`` — the mean of
+``d²`` is all a key holder has to decrypt to report it.
+
+Differential privacy (record level: one customer's row). Every party clips its standardized
+feature rows to L2 norm ``C`` (:func:`fedsilo.privacy.clip_rows_l2`) and its partial logits to
+``|u_p| <= B``; then ``|d| <= D = P·B/4 + 1/2`` for ``P`` data parties and the contribution of
+one customer to party p's gradient sum ``Σ_i d_i x_{p,i}`` has L2 norm at most
+``S_p = C_p · D`` (``C_p = sqrt(C² + 1)`` for the guest's rows, which carry the intercept's
+constant 1). Removing a customer's row from any *other* party's table removes the customer
+from the aligned set, so ``S_p`` is the add/remove sensitivity of the gradient released to
+p. See :func:`residual_bound` and :func:`calibrate`.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from fedsilo.errors import ConfigError
+from fedsilo.privacy.accounting import noise_multiplier
+from fedsilo.privacy.events import GaussianEvent
+
+__all__ = [
+    "DpPlan",
+    "LOG2_MINUS_HALF",
+    "calibrate",
+    "guest_residual_part",
+    "host_residual_part",
+    "learning_rate",
+    "residual_bound",
+    "sigmoid",
+    "standardize_fit",
+    "standardize_apply",
+    "taylor_loss",
+]
+
+#: ``log 2 − 1/2``: the constant of the Taylor loss written in the residual.
+LOG2_MINUS_HALF = math.log(2.0) - 0.5
+
+
+def sigmoid(z: np.ndarray) -> np.ndarray:
+    """Numerically stable logistic function."""
+    z = np.asarray(z, dtype=np.float64)
+    out = np.empty_like(z)
+    pos = z >= 0
+    out[pos] = 1.0 / (1.0 + np.exp(-z[pos]))
+    ez = np.exp(z[~pos])
+    out[~pos] = ez / (1.0 + ez)
+    return out
+
+
+def guest_residual_part(*, logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The guest's share of the residual: ``u_g/4 − y'/2`` with ``y' = 2y − 1`` for 0/1 labels."""
+    y_pm = 2.0 * np.asarray(labels, dtype=np.float64) - 1.0
+    return 0.25 * np.asarray(logits, dtype=np.float64) - 0.5 * y_pm
+
+
+def host_residual_part(*, logits: np.ndarray) -> np.ndarray:
+    """A host's share of the residual: ``u_h/4`` (scaled in plaintext so the encrypted circuit
+    needs no multiplication before the gradient's ciphertext × plaintext product)."""
+    return 0.25 * np.asarray(logits, dtype=np.float64)
+
+
+def taylor_loss(*, sum_squared_residuals: float, rows: int) -> float:
+    """Mean Taylor loss ``log 2 − 1/2 + 2·mean(d²)`` from ``Σ d²`` over ``rows`` rows."""
+    if rows <= 0:
+        raise ConfigError("the loss needs at least one row")
+    return LOG2_MINUS_HALF + 2.0 * float(sum_squared_residuals) / rows
+
+
+def learning_rate(*, base: float, epoch: int, schedule: str) -> float:
+    """``base`` (``"constant"``) or ``base / sqrt(epoch)`` (``"sqrt"``, epochs counted from 1)."""
+    if epoch < 1:
+        raise ConfigError(f"epochs count from 1, got {epoch}")
+    if schedule == "constant":
+        return base
+    if schedule == "sqrt":
+        return base / math.sqrt(epoch)
+    raise ConfigError(f"unknown learning-rate schedule {schedule!r} (expected 'constant' or 'sqrt')")
+
+
+def standardize_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Column means and scales (population std; 1.0 for constant columns) of ``x``."""
+    x = np.asarray(x, dtype=np.float64)
+    mean = x.mean(axis=0)
+    scale = x.std(axis=0)
+    scale[~(scale > 0)] = 1.0
+    return mean, scale
+
+
+def standardize_apply(x: np.ndarray, *, mean: np.ndarray, scale: np.ndarray) -> np.ndarray:
+    """``(x − mean) / scale``."""
+    return (np.asarray(x, dtype=np.float64) - mean) / scale
+
+
+def residual_bound(*, parties: int, logit_clip: float) -> float:
+    """``D = P·B/4 + 1/2``: the largest ``|d|`` when every partial logit is clipped to ``±B``."""
+    if parties < 2:
+        raise ConfigError(f"vertical learning needs at least 2 data parties, got {parties}")
+    if not logit_clip > 0:
+        raise ConfigError(f"logit_clip must be > 0, got {logit_clip!r}")
+    return parties * logit_clip / 4.0 + 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class DpPlan:
+    """The DP calibration every party derives from the same public inputs.
+
+    ``noise_multiplier`` (``z``) sets the noise on each released gradient sum:
+    ``σ_p = z · S_p``. One customer's row reaches ``recipients`` released gradients per step
+    (every other data party's), so each party's privacy loss per step is that of one Gaussian
+    mechanism with multiplier ``z / sqrt(recipients)`` on the concatenation — the
+    ``event_multiplier`` charged to its ledger, with Poisson sampling rate ``sample_rate``
+    for ``steps_per_epoch`` steps per epoch.
+    """
+
+    epsilon: float
+    delta: float
+    clip: float
+    logit_clip: float
+    noise_multiplier: float
+    event_multiplier: float
+    sample_rate: float
+    steps_per_epoch: int
+    epochs: int
+    recipients: int
+    parties: int
+    accountant: str
+
+    @property
+    def residual_bound(self) -> float:
+        return residual_bound(parties=self.parties, logit_clip=self.logit_clip)
+
+    def sensitivity(self, *, intercept: bool) -> float:
+        """``S_p``: L2 bound of one row's contribution to party p's gradient sum."""
+        c = math.sqrt(self.clip**2 + 1.0) if intercept else self.clip
+        return c * self.residual_bound
+
+    def sigma(self, *, intercept: bool) -> float:
+        """Total noise standard deviation on party p's gradient *sum*."""
+        return self.noise_multiplier * self.sensitivity(intercept=intercept)
+
+    def epoch_event(self) -> GaussianEvent:
+        """What one epoch costs each data party (charged before its first decryption)."""
+        return GaussianEvent(self.event_multiplier, self.sample_rate, self.steps_per_epoch)
+
+    def job_event(self, epochs: int | None = None) -> GaussianEvent:
+        """What ``epochs`` (default: all planned) epochs cost each data party."""
+        e = self.epochs if epochs is None else epochs
+        return GaussianEvent(self.event_multiplier, self.sample_rate, self.steps_per_epoch * max(1, e))
+
+    def to_json(self) -> dict[str, float | int | str]:
+        return {
+            "epsilon": self.epsilon,
+            "delta": self.delta,
+            "clip": self.clip,
+            "logit_clip": self.logit_clip,
+            "noise_multiplier": self.noise_multiplier,
+            "event_multiplier": self.event_multiplier,
+            "sample_rate": self.sample_rate,
+            "steps_per_epoch": self.steps_per_epoch,
+            "rounds": self.epochs * self.steps_per_epoch,
+            "epochs": self.epochs,
+            "recipients": self.recipients,
+            "accountant": self.accountant,
+        }
+
+
+def calibrate(
+    *,
+    epsilon: float,
+    delta: float,
+    rows: int,
+    batch_size: int,
+    epochs: int,
+    parties: int,
+    clip: float,
+    logit_clip: float,
+    accountant: str = "rdp",
+) -> DpPlan:
+    """The noise for a target ``(ε, δ)`` per data party over the whole training run.
+
+    Poisson sampling with rate ``q = batch_size / rows`` and ``ceil(rows / batch_size)`` steps
+    per epoch (Abadi et al., CCS 2016; Mironov, Talwar & Zhang, arXiv:1908.10530, for the
+    sampled Gaussian's RDP), calibrated with :func:`fedsilo.privacy.noise_multiplier`.
+
+    Raises:
+        ConfigError: bad sizes; PrivacyParameterError: the budget is too small.
+    """
+    if rows < 1 or batch_size < 1 or epochs < 1:
+        raise ConfigError(f"rows, batch_size and epochs must be >= 1 (got {rows}, {batch_size}, {epochs})")
+    if not clip > 0:
+        raise ConfigError(f"clip must be > 0, got {clip!r}")
+    residual_bound(parties=parties, logit_clip=logit_clip)
+    q = min(1.0, batch_size / rows)
+    steps = math.ceil(rows / batch_size)
+    recipients = parties - 1
+    z_event = noise_multiplier(
+        target_epsilon=epsilon, delta=delta, sample_rate=q, steps=steps * epochs, accountant=accountant
+    )
+    return DpPlan(
+        epsilon=float(epsilon),
+        delta=float(delta),
+        clip=float(clip),
+        logit_clip=float(logit_clip),
+        noise_multiplier=z_event * math.sqrt(recipients),
+        event_multiplier=z_event,
+        sample_rate=q,
+        steps_per_epoch=steps,
+        epochs=epochs,
+        recipients=recipients,
+        parties=parties,
+        accountant=accountant,
+    )

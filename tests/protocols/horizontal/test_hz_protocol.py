@@ -1,0 +1,196 @@
+"""The horizontal protocol end to end: accuracy, what the aggregator sees, dropout, budgets."""
+from __future__ import annotations
+
+import io
+from typing import Any
+
+import numpy as np
+import pytest
+
+from fedsilo.crypto.base import WIRE_MAGIC
+from fedsilo.errors import NotEnoughSilosError
+from fedsilo.privacy.accounting import epsilon
+from fedsilo.privacy.events import GaussianEvent
+from fedsilo.privacy.ledger import PrivacyLedger
+from fedsilo.protocols import codec
+from fedsilo.protocols.channel import InProcessHub, run_parties
+from fedsilo.protocols.horizontal import simulate_horizontal
+from fedsilo.protocols.horizontal.dp import silo_noise_multiplier
+from fedsilo.protocols.horizontal.protocol import AGGREGATOR, HorizontalJob, aggregator, silo
+from hz_data import backend_available, base_kwargs, central_accuracy
+
+#: No-DP configuration used for the accuracy comparisons (converged on breast_cancer).
+TRAINING = {"rounds": 10, "local_epochs": 2, "batch_size": 32, "lr": 0.5, "optimizer": "sgd", "strategy": "fedavg"}
+SILO_DP = {"epsilon": 8.0, "delta": 1e-5, "clip": 0.5, "accountant": "rdp", "level": "silo"}
+
+CKKS = pytest.param("ckks", {}, id="ckks", marks=pytest.mark.skipif(not backend_available("ckks"), reason="ckks backend not installed"))
+PAILLIER = pytest.param(
+    "paillier",
+    {"packed": True},
+    id="paillier-packed",
+    marks=[pytest.mark.slow, pytest.mark.skipif(not backend_available("paillier", packed=True), reason="paillier backend not installed")],
+)
+
+
+def run_direct(data: Any, *, backend: str = "plain", backend_params: dict | None = None, training: dict = TRAINING,
+               privacy: dict | None = None, faults: dict | None = None, ledgers: dict | None = None,
+               min_silos: int = 2, round_timeout: float = 30.0) -> tuple[InProcessHub, dict[str, Any]]:
+    """Run the production party functions on an in-process hub we can inspect."""
+    names = list(data.silos)
+    job = HorizontalJob(
+        job="direct", backend=backend, backend_params=backend_params or {}, model={"kind": "logistic"},
+        training=training, privacy=privacy, n_features=data.silos[names[0]][0].shape[1], seed=7,
+        min_silos=min_silos, round_timeout=round_timeout,
+    )
+    hub = InProcessHub("direct", [*names, AGGREGATOR])
+    parties: dict[str, Any] = {AGGREGATOR: lambda ch: aggregator(ch, job=job, silos=names)}
+    for i, n in enumerate(names):
+        x, y = data.silos[n]
+        parties[n] = lambda ch, n=n, x=x, y=y, i=i: silo(
+            ch, job=job, silos=names, aggregator=AGGREGATOR, x=x, y=y,
+            ledger=(ledgers or {}).get(n), dataset=n, noise_seed=100 + i, drop_rounds=(faults or {}).get(n),
+        )
+    return hub, run_parties(hub, parties)
+
+
+# --------------------------------------------------------------------------------- accuracy
+@pytest.fixture(scope="module")
+def plain_run(bc3: Any) -> dict[str, Any]:
+    return simulate_horizontal(**base_kwargs(bc3, training=TRAINING))
+
+
+def test_plain_fedavg_close_to_central(bc3: Any, plain_run: dict[str, Any]) -> None:
+    central = central_accuracy(bc3, model={"kind": "logistic"}, training=TRAINING)
+    assert abs(plain_run["final"]["accuracy"] - central) <= 0.01, (plain_run["final"], central)
+    assert plain_run["final"]["accuracy"] > 0.94
+    assert [r["round"] for r in plain_run["rounds"]] == list(range(1, 11))
+    assert all(r["silos"] == sorted(bc3.silos) for r in plain_run["rounds"])
+    assert set(plain_run) >= {"task", "backend", "rounds", "final", "epsilon", "dp", "bytes_sent"}
+    assert plain_run["dp"] is None and plain_run["epsilon"]["site0"] == {"epsilon": None, "delta": None}
+
+
+@pytest.mark.parametrize("backend,params", [CKKS, PAILLIER])
+def test_encrypted_fedavg_matches_plain(bc3: Any, plain_run: dict[str, Any], backend: str, params: dict) -> None:
+    res = simulate_horizontal(**base_kwargs(bc3, training=TRAINING, backend=backend, backend_params=params))
+    assert abs(res["final"]["accuracy"] - plain_run["final"]["accuracy"]) <= 1e-3
+    assert abs(res["final"]["auc"] - plain_run["final"]["auc"]) <= 1e-3
+    assert res["bytes_sent"]["site0"] > plain_run["bytes_sent"]["site0"]
+
+
+@pytest.mark.parametrize("strategy,params", [("fedprox", {"mu": 0.01}), ("fedadam", {"eta": 0.3}), ("fedyogi", {"eta": 0.3})])
+def test_other_strategies_learn(bc3: Any, strategy: str, params: dict) -> None:
+    tr = {**TRAINING, "rounds": 5, "strategy": strategy, "strategy_params": params}
+    res = simulate_horizontal(**base_kwargs(bc3, training=tr))
+    assert res["final"]["accuracy"] > 0.9
+
+
+# --------------------------------------------------------------------------------- what the aggregator sees
+@pytest.mark.parametrize("backend,params", [pytest.param("plain", {}, id="plain"), CKKS, PAILLIER])
+def test_aggregator_only_receives_ciphertexts(bc3: Any, backend: str, params: dict) -> None:
+    tr = {**TRAINING, "rounds": 2}
+    hub, results = run_direct(bc3, backend=backend, backend_params=params, training=tr)
+    secrets_sent = [codec.decode(e.body)["secret"] for e in hub.log if e.kind == "key.secret"]
+    assert len(secrets_sent) == 2 and all(e.recipient != AGGREGATOR for e in hub.log if e.kind == "key.secret")
+    fingerprint = None
+    seen_ct = 0
+    for env in hub.received_by(AGGREGATOR):
+        for secret in secrets_sent:
+            assert secret not in env.body  # no key material
+        payload = codec.decode(env.body)
+        if env.kind == "key.public":
+            assert set(payload) == {"public"}
+            fingerprint = payload["public"][8:40]
+            continue
+        if env.kind == "sum.hello":
+            assert payload == {"status": "ready"}  # content-free announcement
+            continue
+        assert env.kind in ("sum.update", "sum.topup"), env.kind
+        assert set(payload) <= {"status", "ct"} and isinstance(payload["ct"], bytes)
+        ct = payload["ct"]
+        assert ct[:8] == WIRE_MAGIC + b"CTXT" and ct[8:40] == fingerprint
+        if backend != "plain":
+            with pytest.raises(Exception):
+                np.load(io.BytesIO(ct[40:]), allow_pickle=False)
+            assert len(ct) >= 8 * 31  # not shorter than the float64 update it carries
+        seen_ct += 1
+    assert seen_ct == 2 * 3
+
+
+# --------------------------------------------------------------------------------- dropout
+def test_dropout_after_announcing_gets_topup_noise(bc3: Any) -> None:
+    tr = {**TRAINING, "rounds": 3}
+    hub, results = run_direct(bc3, training=tr, privacy=None, faults={"site2": {2: "update"}}, round_timeout=3.0)
+    rounds = results[AGGREGATOR].rounds
+    assert [r["contributors"] for r in rounds] == [["site0", "site1", "site2"], ["site0", "site1"], ["site0", "site1", "site2"]]
+    assert rounds[1]["topup"] and rounds[1]["failures"] == ["site2"]
+    tops = [e for e in hub.log if e.kind == "sum.topup" and e.round == 2]
+    assert sorted(e.sender for e in tops) == ["site0", "site1"]
+    # every silo, including the one that dropped, ends with the same global model
+    np.testing.assert_array_equal(results["site0"].params, results["site2"].params)
+
+
+def test_dropout_with_dp_keeps_noise_and_ledger(bc3: Any, tmp_path: Any) -> None:
+    tr = {**TRAINING, "rounds": 3}
+    ledgers = {}
+    for n in bc3.silos:
+        ledgers[n] = PrivacyLedger(tmp_path / f"{n}.sqlite", silo=n)
+        ledgers[n].register_dataset(n, epsilon=8.0, delta=1e-5)
+    hub, results = run_direct(bc3, training=tr, privacy=SILO_DP, faults={"site1": {2: "hello"}, "site2": {3: "update"}},
+                              ledgers=ledgers, round_timeout=3.0)
+    rounds = results[AGGREGATOR].rounds
+    assert rounds[1]["contributors"] == ["site0", "site2"] and not rounds[1]["topup"]
+    assert rounds[2]["contributors"] == ["site0", "site1"] and rounds[2]["topup"]
+    # a silo is charged only for rounds whose ciphertext it actually released
+    assert results["site1"].rounds_contributed == (1, 3) and len(results["site1"].events) == 2
+    assert results["site2"].rounds_contributed == (1, 2) and len(results["site2"].events) == 2
+    assert [e.round for e in ledgers["site2"].entries("site2")] == [1, 2]
+    z = results["site0"].dp["noise_multiplier"]
+    assert ledgers["site1"].spent("site1") == pytest.approx(epsilon(GaussianEvent(z, 1.0, 2), delta=1e-5))
+
+
+def test_too_few_silos_skips_round_and_decrypts_nothing(bc3: Any) -> None:
+    tr = {**TRAINING, "rounds": 3}
+    res = simulate_horizontal(**base_kwargs(bc3, training=tr, round_timeout=3.0, faults={"site1": {2: "hello"}, "site2": {2: "hello"}}))
+    r = res["rounds"]
+    assert r[1]["silos"] == [] and r[1]["accuracy"] == r[0]["accuracy"] and r[1]["loss"] == r[0]["loss"]
+    assert r[2]["silos"] == ["site0", "site1", "site2"]
+    assert any("round 2 skipped" in n for n in res["notes"])
+
+
+# --------------------------------------------------------------------------------- DP and budgets
+def test_silo_dp_epsilon_is_the_accountants(bc3: Any) -> None:
+    tr = {**TRAINING, "rounds": 4}
+    res = simulate_horizontal(**base_kwargs(bc3, training=tr, privacy=SILO_DP))
+    z = silo_noise_multiplier(epsilon=8.0, delta=1e-5, rounds=4)
+    assert res["dp"] == {"level": "silo", "noise_multiplier": z, "clip": 0.5, "rounds": 4, "sample_rate": 1.0, "steps": 4, "delta": 1e-5}
+    want = epsilon(GaussianEvent(z, 1.0, 4), delta=1e-5, accountant="rdp")
+    for n in bc3.silos:
+        assert res["epsilon"][n] == {"epsilon": want, "delta": 1e-5}
+    assert want <= 8.0
+
+
+def test_exhausted_budget_withdraws_silo_and_job_goes_on(bc3: Any, tmp_path: Any) -> None:
+    tr = {**TRAINING, "rounds": 4}
+    z = silo_noise_multiplier(epsilon=8.0, delta=1e-5, rounds=4)
+    two_rounds = epsilon(GaussianEvent(z, 1.0, 2), delta=1e-5)
+    budgets = {"site0": (8.0, 1e-5), "site1": (8.0, 1e-5), "site2": (two_rounds * 1.001, 1e-5)}
+    res = simulate_horizontal(**base_kwargs(bc3, training=tr, privacy=SILO_DP, budgets=budgets, ledger_dir=tmp_path, round_timeout=5.0))
+    assert [r["silos"] for r in res["rounds"]] == [["site0", "site1", "site2"]] * 2 + [["site0", "site1"]] * 2
+    assert res["epsilon"]["site2"]["epsilon"] == pytest.approx(two_rounds)
+    assert any("site2" in n and "privacy budget exceeded" in n for n in res["notes"])
+    led = PrivacyLedger(tmp_path / "site2.sqlite", silo="site2")
+    assert led.spent("site2") <= budgets["site2"][0]
+    # a second job on the same ledgers: site2 can no longer take part at all, site0/1 run out too
+    with pytest.raises(NotEnoughSilosError, match="remain"):
+        simulate_horizontal(**base_kwargs(bc3, training=tr, privacy=SILO_DP, budgets=budgets, ledger_dir=tmp_path, round_timeout=5.0))
+
+
+def test_record_level_dp_accuracy(bc3: Any) -> None:
+    privacy = {"epsilon": 8.0, "delta": 1e-5, "clip": 1.0, "accountant": "rdp", "level": "record"}
+    res = simulate_horizontal(**base_kwargs(bc3, training=TRAINING, privacy=privacy))
+    central = central_accuracy(bc3, model={"kind": "logistic"}, training=TRAINING)
+    assert res["final"]["accuracy"] >= central - 0.05
+    assert res["dp"]["level"] == "record"
+    for n, info in res["dp"]["silos"].items():
+        want = epsilon(GaussianEvent(info["noise_multiplier"], info["sample_rate"], info["steps"]), delta=1e-5)
+        assert res["epsilon"][n]["epsilon"] == pytest.approx(want, rel=1e-9) and want <= 8.0
