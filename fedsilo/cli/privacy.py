@@ -29,6 +29,8 @@ app = typer.Typer(
     add_completion=False,
 )
 
+_LEGEND = "z: noise multiplier, q: sample rate, T: steps"
+
 EXIT_INTEGRITY = 1
 EXIT_USAGE = 2
 
@@ -61,16 +63,24 @@ def _emit_json(obj: dict[str, Any]) -> None:
     typer.echo(json.dumps(_finite_or_none(obj), allow_nan=False))
 
 
-def _table(title: str, columns: list[str], rows: list[list[str]]) -> None:
+def _table(title: str, columns: list[str], rows: list[list[str]], caption: str | None = None) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=title)
+    table = Table(title=title, caption=caption)
     for i, c in enumerate(columns):
         table.add_column(c, no_wrap=i == 0)  # never wrap the key column (dataset names)
     for r in rows:
         table.add_row(*r)
     Console().print(table)
+
+
+def _quiet_dp_accounting() -> None:
+    # dp-accounting logs through absl when it drops an RDP order it cannot evaluate (the bound
+    # stays valid, just from the remaining orders); keep the command's stderr to real errors.
+    import logging
+
+    logging.getLogger("absl").setLevel(logging.ERROR)
 
 
 def _open_ledger(path: Path) -> Any:
@@ -93,6 +103,7 @@ def epsilon_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Epsilon of T rounds of the (subsampled) Gaussian mechanism at a given delta."""
+    _quiet_dp_accounting()
     try:
         from fedsilo.privacy.accounting import epsilon
         from fedsilo.privacy.events import GaussianEvent
@@ -106,8 +117,9 @@ def epsilon_cmd(
         return
     _table(
         "Gaussian mechanism",
-        ["noise multiplier", "sample rate", "steps", "delta", "accountant", "epsilon"],
+        ["z", "q", "T", "delta", "accountant", "epsilon"],
         [[f"{noise_multiplier:g}", f"{sample_rate:g}", str(steps), f"{delta:g}", accountant, f"{eps:.4f}"]],
+        caption=_LEGEND,
     )
 
 
@@ -123,6 +135,7 @@ def noise_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Smallest noise multiplier (to 1 %) whose epsilon does not exceed the target."""
+    _quiet_dp_accounting()
     try:
         from fedsilo.privacy.accounting import epsilon, noise_multiplier
         from fedsilo.privacy.events import GaussianEvent
@@ -142,7 +155,7 @@ def noise_cmd(
         return
     _table(
         "Noise calibration",
-        ["target epsilon", "sample rate", "steps", "delta", "accountant", "noise multiplier", "epsilon"],
+        ["target epsilon", "q", "T", "delta", "accountant", "z", "epsilon"],
         [
             [
                 f"{target_epsilon:g}",
@@ -154,6 +167,7 @@ def noise_cmd(
                 f"{eps:.4f}",
             ]
         ],
+        caption=_LEGEND,
     )
 
 
@@ -197,6 +211,7 @@ def report_cmd(
     ] = None,
 ) -> None:
     """Per dataset: budget, spent and remaining epsilon, releases. Verifies the chain first."""
+    _quiet_dp_accounting()
     try:
         if plot is not None and not plot.parent.is_dir():
             _fail(f"cannot write plot {plot}: directory {plot.parent} does not exist", EXIT_USAGE)

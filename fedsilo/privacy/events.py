@@ -39,6 +39,7 @@ Events:
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -58,7 +59,7 @@ __all__ = [
 
 
 def _check_positive_finite(name: str, value: object, owner: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise PrivacyParameterError(f"{owner}: {name} must be a number, got {value!r}")
     v = float(value)
     if not math.isfinite(v) or v <= 0.0:
@@ -67,7 +68,7 @@ def _check_positive_finite(name: str, value: object, owner: str) -> float:
 
 
 def _check_steps(value: object, owner: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise PrivacyParameterError(f"{owner}: steps must be an integer >= 1, got {value!r}")
     return int(value)
 

@@ -39,6 +39,7 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
 import os
 import sqlite3
 import threading
@@ -293,7 +294,10 @@ class PrivacyLedger:
             )
         self._accountant = accountant
         self._path = Path(path)
-        self._path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self._path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the directory of ledger {self._path}: {exc}") from None
         self._lock = threading.RLock()
         self._verified: dict[int, tuple[Any, ...]] = {}
         self._event_cache: dict[str, DpEvent] = {}
@@ -571,11 +575,11 @@ class PrivacyLedger:
             PrivacyParameterError: ε not finite and > 0, or δ outside (0, 1).
         """
         _name("dataset", dataset)
-        if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not (
+        if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not (
             math.isfinite(epsilon) and epsilon > 0
         ):
             raise PrivacyParameterError(f"budget epsilon must be a finite number > 0, got {epsilon!r}")
-        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not (0 < delta < 1):
+        if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not (0 < delta < 1):
             raise PrivacyParameterError(f"budget delta must be in (0, 1), got {delta!r}")
         eps_f, delta_f = float(epsilon), float(delta)
         with self._lock, self._write():
@@ -670,7 +674,7 @@ class PrivacyLedger:
         _name("job", job)
         _name("protocol", protocol)
         _name("recipient", recipient)
-        if isinstance(round, bool) or not isinstance(round, int) or round < 0:
+        if isinstance(round, bool) or not isinstance(round, numbers.Integral) or round < 0:
             raise ConfigError(f"round must be an integer >= 0, got {round!r}")
         if level not in LEVELS:
             raise ConfigError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")

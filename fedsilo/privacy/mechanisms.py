@@ -31,6 +31,7 @@ outputs than PCG64, but not a vetted CSPRNG) seeded with 256 bits from the OS.
 from __future__ import annotations
 
 import math
+import numbers
 import secrets
 from typing import Final
 
@@ -63,7 +64,7 @@ _SEED_BITS: Final = 256
 
 
 def _positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise PrivacyParameterError(f"{name} must be a number, got {value!r}")
     v = float(value)
     if not (math.isfinite(v) and v > 0.0):
@@ -72,7 +73,7 @@ def _positive(name: str, value: object) -> float:
 
 
 def _delta(value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.floating)):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise PrivacyParameterError(f"delta must be a number in (0, 1), got {value!r}")
     d = float(value)
     if not (0.0 < d < 1.0):
@@ -122,7 +123,7 @@ def secure_rng(seed: int | None = None) -> np.random.Generator:
     if seed is None:
         seq = np.random.SeedSequence(secrets.randbits(_SEED_BITS))
     else:
-        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
             raise PrivacyParameterError(f"seed must be a non-negative integer or None, got {seed!r}")
         seq = np.random.SeedSequence(int(seed))
     return np.random.Generator(np.random.Philox(seq))
@@ -256,12 +257,12 @@ def clip_rows_l2(matrix: np.ndarray, *, max_norm: float) -> np.ndarray:
 
 
 def _parties(parties: object, present: object) -> tuple[int, int]:
-    if isinstance(parties, bool) or not isinstance(parties, (int, np.integer)) or parties < 1:
+    if isinstance(parties, bool) or not isinstance(parties, numbers.Integral) or parties < 1:
         raise PrivacyParameterError(f"parties must be an integer >= 1, got {parties!r}")
     n = int(parties)
     if present is None:
         return n, n
-    if isinstance(present, bool) or not isinstance(present, (int, np.integer)) or not (
+    if isinstance(present, bool) or not isinstance(present, numbers.Integral) or not (
         1 <= present <= n
     ):
         raise PrivacyParameterError(f"present must be an integer in [1, {n}], got {present!r}")

@@ -181,7 +181,7 @@ class TestRdp(AccountantContract):
 class TestPld(AccountantContract):
     accountant = "pld"
     rtol = 0.02  # same library; q = 1 takes GaussianDpEvent's exact path instead of sampling
-    cases = [(1.1, 1.0, 3), (0.8, 0.1, 100), (1.0, 0.01, 1000), (2.0, 0.001, 10000), (0.5, 1.0, 1), (4.0, 1.0, 100)]
+    cases = [(1.1, 1.0, 3), (0.5, 1.0, 1), (0.8, 0.1, 100), (1.0, 0.01, 1000)]  # q = 1 and small q
 
     def test_pld_is_tighter_than_rdp(self) -> None:
         for z, q, t in [(1.1, 1.0, 3), (1.0, 0.01, 1000)]:

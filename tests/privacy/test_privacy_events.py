@@ -124,3 +124,12 @@ def test_conversion_to_dp_accounting() -> None:
     )
     composed = ComposedEvent((GaussianEvent(1.0), LaplaceEvent(1.0))).to_dp_accounting()
     assert isinstance(composed, dp_accounting.ComposedDpEvent) and len(composed.events) == 2
+
+
+def test_numpy_scalars_are_accepted_and_stored_as_python_numbers() -> None:
+    import numpy as np
+
+    ev = GaussianEvent(np.float32(1.5), np.float64(0.25), np.int64(3))  # type: ignore[arg-type]
+    assert ev == GaussianEvent(1.5, 0.25, 3)
+    assert type(ev.noise_multiplier) is float and type(ev.steps) is int
+    assert json.loads(json.dumps(ev.to_json()))["steps"] == 3
