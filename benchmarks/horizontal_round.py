@@ -100,7 +100,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true", help="small grid, print only (no docs update)")
     args = ap.parse_args()
-    sizes = [1_000, 100_000, 1_000_000] if not args.quick else [1_000, 10_000]
+    sizes = [1_000, 10_000, 100_000, 1_000_000] if not args.quick else [1_000, 10_000]
     silo_counts = [3, 10]
     paillier_measured = [1_000, 10_000] if not args.quick else [1_000]
     rows: list[dict[str, Any]] = []

@@ -77,7 +77,10 @@ def _progress_printer(quiet: bool):
             v = event.get(k)
             if v is None:
                 continue
-            parts.append(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}")
+            if isinstance(v, list):
+                parts.append(f"{k} {len(v)}")
+            else:
+                parts.append(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}")
         eps = event.get("epsilon")
         if eps:
             parts.append("ε " + " ".join(f"{s}={e:.3f}" for s, e in eps.items()))

@@ -59,6 +59,7 @@ class PrivacySection(_Section):
     clip: float = Field(1.0, gt=0)
     accountant: Literal["rdp", "pld"] = "rdp"
     level: Literal["silo", "record"] = "silo"
+    colluders: int = Field(1, ge=0)
 
 
 class ModelSection(_Section):
@@ -137,6 +138,11 @@ class JobConfig(_Section):
             raise ValueError("no data: set [data] source (e.g. 'sklearn:breast_cancer') or add [[silos]] with data")
         if self.data.source is not None and self.data.partition is None and task != "vertical":
             raise ValueError("[data] source needs a partition = {kind, silos} to split it into silos")
+        if self.data.partition is not None and self.silos and len(self.silos) != self.data.partition.silos:
+            raise ValueError(
+                f"[data] partition splits the data into {self.data.partition.silos} silos "
+                f"but {len(self.silos)} [[silos]] are listed"
+            )
         if task == "statistics" and self.statistics is None:
             raise ValueError("task 'statistics' needs a [statistics] section with columns")
         if task in ("horizontal", "vertical") and not self.data.label:
@@ -259,7 +265,13 @@ def apply_overrides(cfg: JobConfig, *, source: str = "<command line>", **overrid
     if overrides.get("silos") is not None:
         if cfg.data.partition is None:
             raise ConfigError(f"{source}: --silos applies only to built-in data split by [data] partition")
-        data["data"]["partition"]["silos"] = overrides["silos"]
+        n = overrides["silos"]
+        data["data"]["partition"]["silos"] = n
+        named = data.get("silos") or []
+        if named:
+            # keep the first n named silos; extra ones are named siteK with the last one's budget
+            extra = [{**named[-1], "name": f"site{k}"} for k in range(len(named), n)]
+            data["silos"] = named[:n] + extra
     if overrides.get("epsilon") is not None:
         if overrides["epsilon"] == 0:
             data.pop("privacy", None)

@@ -178,7 +178,10 @@ def _run_statistics(cfg: JobConfig, ledger_dir: Path, progress: Progress | None)
         budgets=budgets_for(cfg),
         job=_job_id(cfg),
         seed=cfg.federation.seed,
-        backend_params=dict(cfg.crypto.params) if cfg.crypto.backend == "paillier" else {},
+        backend=cfg.crypto.backend,
+        backend_params=dict(cfg.crypto.params),
+        min_silos=min(cfg.federation.min_silos, len(tables)),
+        round_timeout=cfg.federation.round_timeout,
     )
 
 

@@ -22,12 +22,11 @@ job, the job stops and :func:`simulate_horizontal` raises
 from __future__ import annotations
 
 import contextlib
-import math
 import secrets
 import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -102,8 +101,8 @@ class HorizontalJob:
             raise ConfigError(f"round_timeout must be > 0, got {self.round_timeout}")
         if self.privacy is not None and self.level not in ("silo", "record"):
             raise ConfigError(f"privacy.level must be 'silo' or 'record', got {self.level!r}")
-        if self.privacy is not None:
-            required_contributors(min_silos=self.min_silos, colluders=self.colluders)
+        if self.privacy is not None and not (isinstance(self.colluders, int) and self.colluders >= 0):
+            raise ConfigError(f"privacy.colluders must be an integer >= 0, got {self.colluders!r}")
 
     @property
     def rounds(self) -> int:

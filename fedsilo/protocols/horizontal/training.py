@@ -35,6 +35,10 @@ from fedsilo.privacy.accounting import noise_multiplier as _noise_multiplier
 from fedsilo.privacy.events import GaussianEvent
 from fedsilo.protocols.horizontal.models import get_flat_params, loss_fn, set_flat_params
 
+# Opacus' per-example-gradient hooks make torch warn on every backward pass that the inputs need
+# no gradient; harmless here, and a thread-local suppression is impossible (filters are global).
+warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
+
 __all__ = ["LocalConfig", "LocalResult", "RecordDP", "record_dp_plan", "train_local", "local_config_from", "OPTIMIZERS"]
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
@@ -187,10 +191,7 @@ def train_local(
             )
     module.train()
     trainable = [p for p in model.parameters() if p.requires_grad]
-    with warnings.catch_warnings():
-        # Opacus' hooks warn that inputs need no gradient; harmless for per-example gradients.
-        warnings.filterwarnings("ignore", message="Full backward hook is firing")
-        steps, last_epoch_loss = _run_epochs(module, optimizer, loader, criterion, config, trainable, anchors)
+    steps, last_epoch_loss = _run_epochs(module, optimizer, loader, criterion, config, trainable, anchors)
     if record_dp is not None:
         # Detach Opacus' hooks so the model object is clean for the caller.
         with warnings.catch_warnings():

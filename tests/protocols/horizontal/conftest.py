@@ -15,3 +15,8 @@ torch.set_num_threads(1)
 def bc3() -> Any:
     """breast_cancer, 3 label-skewed silos (alpha 0.5), as `fedsilo simulate` prepares it."""
     return breast_cancer_silos(3, 0.5, 7)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Opacus' per-example hooks trigger this torch warning on every DP-SGD step (harmless).
+    config.addinivalue_line("filterwarnings", "ignore:Full backward hook is firing:UserWarning")

@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedsilo.errors import BudgetExceededError, ConfigError, NotEnoughSilosError
+from fedsilo.errors import ConfigError, NotEnoughSilosError
 from fedsilo.privacy.accounting import epsilon
 from fedsilo.privacy.events import GaussianEvent
 from fedsilo.privacy.ledger import PrivacyLedger
