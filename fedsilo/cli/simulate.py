@@ -48,7 +48,7 @@ def _print_results(results: dict[str, Any]) -> None:
     if results.get("psi"):
         table.add_row("PSI intersection", str(results["psi"].get("intersection")))
     console.print(table)
-    eps = results.get("epsilon") or {}
+    eps = {s: e for s, e in (results.get("epsilon") or {}).items() if e and e.get("epsilon") is not None}
     if eps:
         et = Table(title="privacy spent per silo" + (f" (accountant: {results['dp'].get('accountant', 'rdp')})" if results.get("dp") else ""))
         et.add_column("silo")
@@ -108,10 +108,10 @@ def register(app: typer.Typer) -> None:
 
         cfg = _load(config, backend=backend, silos=silos, rounds=rounds, epsilon=epsilon, seed=seed)
         results = run_job(cfg, ledger_dir=ledger_dir, progress=_progress_printer(quiet))
-        _print_results(results)
-        if json_out is not None:
+        if json_out is not None:  # written first: a display problem must never lose the results
             json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(json.dumps(results, indent=2, default=float))
+        _print_results(results)
 
     @app.command("stats")
     @cli_errors
@@ -130,9 +130,10 @@ def register(app: typer.Typer) -> None:
         if cfg.federation.task != "statistics":
             raise ConfigError(f"{config}: federation.task is {cfg.federation.task!r}; `fedsilo stats` needs 'statistics'")
         results = run_job(cfg, ledger_dir=ledger_dir, progress=None)
-        _print_stats(results)
         if json_out is not None:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
             json_out.write_text(json.dumps(results, indent=2, default=float))
+        _print_stats(results)
 
 
 def _print_stats(results: dict[str, Any]) -> None:
@@ -146,9 +147,12 @@ def _print_stats(results: dict[str, Any]) -> None:
     table.add_column("value", justify="right")
     for col, queries in (results.get("statistics") or {}).items():
         for q, v in queries.items():
-            shown = ", ".join(f"{x:.3g}" for x in v) if isinstance(v, list) else f"{v:.6g}"
+            if isinstance(v, dict):  # histogram: {edges, counts}
+                shown = " ".join(f"{c:.0f}" for c in v["counts"]) + f"  (edges {v['edges'][0]:g}..{v['edges'][-1]:g})"
+            else:
+                shown = f"{v:.6g}"
             table.add_row(col, q, shown)
     console.print(table)
-    eps = results.get("epsilon") or {}
+    eps = {s: e for s, e in (results.get("epsilon") or {}).items() if e and e.get("epsilon") is not None}
     if eps:
         console.print("epsilon spent: " + ", ".join(f"{s} {e['epsilon']:.3f}" for s, e in eps.items()))
