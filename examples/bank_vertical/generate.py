@@ -18,7 +18,11 @@ predictive power (a latent "card habits" factor shows mostly in the partner's co
 AUC with the bank's columns alone is clearly lower):
 
 * 2,400 bank customers, 2,300 partner customers, 2,000 shared (aligned by PSI);
-* a default rate of about 15 %.
+* a default rate of about 16 %;
+* published as a scorecard team would feed a linear model: income and spend in log scale,
+  counts of late payments and inquiries capped ("4 means 4 or more"). Heavy tails hurt the
+  Taylor-approximated logistic regression of vertical FL (a least-squares fit in disguise)
+  more than exact logistic regression.
 """
 from __future__ import annotations
 
@@ -54,9 +58,12 @@ def generate(seed: int = SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
     tenure_months = np.clip(rng.gamma(2.5, 18.0, size=n), 1, 300).round().astype(int)
     monthly_spend = np.exp(rng.normal(6.0 + 0.3 * np.log(income / 40_000), 0.5, size=n)).round(2)
 
+    # The label model is logistic in the published (log-scale, capped) columns.
+    late_30d, inquiries, late_90d = np.minimum(late_30d, 4), np.minimum(inquiries, 6), np.minimum(late_90d, 4)
+    log_income, log_spend = np.log(income), np.log(monthly_spend)
     logit = (
-        -2.2
-        - 0.55 * (np.log(income) - 10.6) / 0.45
+        -2.1
+        - 1.2 * (log_income - 10.6)
         + 1.6 * (debt_ratio - 0.3)
         + 0.35 * late_30d
         - 0.012 * (age - 42)
@@ -65,6 +72,7 @@ def generate(seed: int = SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
         + 0.3 * inquiries
         + 0.9 * late_90d
         - 0.006 * tenure_months
+        - 0.2 * (log_spend - 6.0)
     )
     default = (rng.random(n) < 1.0 / (1.0 + np.exp(-logit))).astype(int)
 
@@ -75,7 +83,7 @@ def generate(seed: int = SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
             "customer_id": customer_id,
             "default": default,
             "age": age.astype(int),
-            "income": income,
+            "log_income": log_income.round(4),
             "debt_ratio": debt_ratio,
             "credit_lines": credit_lines,
             "late_payments_30d": late_30d,
@@ -89,7 +97,7 @@ def generate(seed: int = SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
             "inquiries_6m": inquiries,
             "late_payments_90d": late_90d,
             "tenure_months": tenure_months,
-            "monthly_spend": monthly_spend,
+            "log_monthly_spend": log_spend.round(4),
         }
     ).iloc[rng.permutation(partner_rows)]
     return bank.reset_index(drop=True), partner.reset_index(drop=True)

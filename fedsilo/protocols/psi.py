@@ -31,23 +31,23 @@ number of tries of one's *own* IDs through local timing only. X25519 clamps scal
 multiples of the cofactor 8, so every masked value is in the prime-order subgroup; a peer that
 sends a low-order point makes X25519 fail, which is raised as :class:`ProtocolError`.
 
-Why not openmined-psi: measured on this 2-core machine, 20,000 × 20,000 IDs, one core:
-openmined-psi 2.0.6 (P-256, RAW) 5.4 s end to end and only its client learns the intersection;
-this module's curve work is 4 × 20,000 X25519 operations at ~30 µs (OpenSSL through
-``cryptography``, which fedsilo already depends on and which is maintained by PyCA) plus
-~3 µs of hashing per ID: about 2.5 s in total, symmetric output, and the work splits over a
-process pool (``workers``) — the X25519 call holds the GIL, so threads do not help. Wire: 32
-bytes per ID per message, 64 bytes per own ID in total (openmined-psi RAW: ~52 bytes per ID).
-pynacl is not a fedsilo dependency and has no ristretto255 bindings (see
-docs/vertical.md and benchmarks/psi.py for the numbers).
+Why not openmined-psi: measured on this 2-core machine (benchmarks/psi.py, docs/benchmarks.md),
+10^5 × 10^5 IDs: openmined-psi 2.0.6 (P-256, RAW set-up, one thread) 25 s, and only its client
+learns the intersection; this module 16 s with one process per party and 8.3 s with a process
+pool per party (``workers``; the X25519 call holds the GIL, so threads do not help), 89 s at
+10^6 × 10^6. It gives both sides the same intersection in the same order and needs only
+``cryptography`` (X25519 from OpenSSL, ~30 µs per scalar multiplication; maintained by PyCA),
+which fedsilo already depends on. Wire: 32 bytes per masked ID, i.e. 64 bytes per own ID (out
+and back; openmined-psi RAW: ~52). pynacl is not a fedsilo dependency and has no ristretto255
+bindings.
 """
 from __future__ import annotations
 
 import hashlib
 import math
-import time
 import multiprocessing
 import os
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import Executor, ProcessPoolExecutor
 from contextlib import contextmanager

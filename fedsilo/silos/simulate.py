@@ -207,10 +207,12 @@ def _run_vertical(cfg: JobConfig, ledger_dir: Path, progress: Progress | None) -
         batch_size=t.batch_size,
         lr=t.lr,
         l2=t.l2,
+        tol=t.early_stopping_tol,
         dp=_privacy_dict(cfg),
         ledger_dir=ledger_dir,
         budgets=budgets_for(cfg),
         job=_job_id(cfg),
         seed=cfg.federation.seed,
         test_fraction=cfg.data.test_fraction,
+        progress=progress,
     )

@@ -38,10 +38,10 @@ from fedsilo.protocols.vertical.lr import (
     evaluation_metrics,
 )
 
-__all__ = ["ROLES", "VerticalSpec", "simulate_vertical", "vertical_parties", "vertical_party"]
+__all__ = ["ROLES", "VerticalSpec", "backend_params_for", "simulate_vertical", "vertical_parties", "vertical_party"]
 
 ROLES = ("guest", "host", "arbiter")
-_DP_KEYS = {"epsilon", "delta", "clip", "logit_clip", "accountant", "level"}
+_DP_KEYS = {"epsilon", "delta", "clip", "logit_clip", "accountant", "level", "colluders"}
 _SPLIT_ROUND = 1
 _TRAIN_ROUND = 2
 
@@ -63,6 +63,15 @@ class VerticalSpec:
     def __post_init__(self) -> None:
         if not (isinstance(self.test_fraction, (int, float)) and 0.0 <= self.test_fraction < 1.0):
             raise ConfigError(f"test_fraction must be in [0, 1), got {self.test_fraction!r}")
+
+
+def backend_params_for(backend: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """The backend parameters vertical LR runs with: CKKS needs the depth-2 ``matmul`` profile
+    (with Galois keys) for ciphertext × matrix, so it is the default when no profile is given."""
+    out = dict(params)
+    if backend == "ckks" and "profile" not in out:
+        out["profile"] = "matmul"
+    return out
 
 
 def _split(rng: np.random.Generator, n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -92,7 +101,7 @@ def vertical_party(
     me = channel.party
     top = spec.topology
     src = source or me
-    backend = get_backend(spec.backend, **dict(spec.backend_params))
+    backend = get_backend(spec.backend, **backend_params_for(spec.backend, spec.backend_params))
     if me == top.arbiter:
         fit = arbiter_train(channel, topology=top, backend=backend, config=spec.training, start_round=_TRAIN_ROUND)
         return {"role": "arbiter", "epochs": fit.epochs_run}
@@ -128,6 +137,10 @@ def vertical_party(
         test_rows.size and (test_rows.min() < 0 or test_rows.max() >= al.size)
     ):
         raise ProtocolError(f"{me}: malformed train/test split from the guest")
+    expected = _split(np.random.default_rng(0), al.size, spec.test_fraction)[1].size
+    if test_rows.size != expected or np.unique(test_rows).size != test_rows.size:
+        # the host scores held-out rows for the guest: never more of them than the job agreed
+        raise ProtocolError(f"{me}: the guest held out {test_rows.size} rows, the job's test_fraction means {expected}")
     train_rows = np.setdiff1d(np.arange(al.size), test_rows)
     x = data.features[al.positions]
     fit = host_train(channel, topology=top, x=x, train_rows=train_rows, eval_rows=test_rows, columns=data.columns, **common)
@@ -254,11 +267,13 @@ def simulate_vertical(
         id_column: the column PSI aligns on (IDs compared as strings).
         label: the guest's 0/1 label column.
         backend, backend_params: crypto backend by name (``ckks`` default, ``paillier``,
-            ``plain`` for tests) and its parameters.
+            ``plain`` for tests) and its parameters (CKKS defaults to ``profile="matmul"``;
+            Paillier must be unpacked, the default).
         epochs, batch_size, lr, l2, tol: training (``lr / sqrt(epoch)`` schedule; ``tol``:
             early stopping on the training loss, ignored under DP).
         dp: ``None`` or ``{"epsilon", "delta"=1e-5, "clip"=1.0, "logit_clip"=2.0,
-            "accountant"="rdp"}`` — record-level, per data party, whole run.
+            "accountant"="rdp", "colluders"=0, "level"}`` — record-level, per data party,
+            whole run (``level`` is accepted; vertical DP is always record level).
         ledger_dir: under DP, each data party charges ``LEDGER_DIR/<party>.sqlite`` before any
             release; ``budgets`` (party -> (ε, δ)) registers each dataset's budget (default:
             the DP target).
@@ -290,7 +305,7 @@ def simulate_vertical(
             raise ConfigError(f"party {p!r} ({roles[p]}) has no table")
     if top.arbiter is not None and tables.get(top.arbiter) is not None:
         raise ConfigError(f"the arbiter {top.arbiter!r} holds no data; remove its table")
-    get_backend(backend, **dict(backend_params or {}))  # fail fast on a bad backend or parameters
+    get_backend(backend, **backend_params_for(backend, backend_params or {}))  # fail fast on bad parameters
     datasets = dict(datasets or {})
     ledgers: dict[str, PrivacyLedger] = {}
     if dp_cfg is not None and ledger_dir is not None:
@@ -330,6 +345,7 @@ def simulate_vertical(
             "delta": plan.delta,
             "target_epsilon": plan.epsilon,
             "accountant": plan.accountant,
+            "colluders": plan.colluders,
             "level": "record",
         }
     return {

@@ -35,8 +35,9 @@ Who learns what:
 * the key holder decrypts only ``g_p + m_p (+ noise)``: the uniform mask hides ``g_p`` up to a
   statistical distance of about ``|g_p| / M`` per coordinate (the masks are reals, not
   uniform over the plaintext ring), and under DP the decrypted value is already noised;
-* without DP, the key holder also decrypts the training loss, one scalar per epoch (the mean
-  Taylor loss ``log 2 − 1/2 + 2·mean(d²)``, see :mod:`.taylor`); the guest receives it.
+* without DP, the key holder also decrypts the training loss once per epoch (the mean Taylor
+  loss ``log 2 − 1/2 + 2·mean(d²)``, see :mod:`.taylor`; as one scalar, or a few partial sums
+  over groups of steps when CKKS's magnitude bound forbids one sum); the guest receives it.
   Under DP the training loss is not decrypted (it would be a further release), so early
   stopping is off and the planned number of epochs — the one the budget was calibrated for —
   runs.
@@ -63,7 +64,8 @@ from typing import Any, ContextManager
 import numpy as np
 
 from fedsilo.crypto.base import Ciphertext, CryptoBackend, PublicContext, SecretKey
-from fedsilo.errors import ConfigError, DataError, PeerTimeoutError, ProtocolError
+from fedsilo.errors import ConfigError, DataError, EncodingOverflowError, PeerTimeoutError, ProtocolError
+from fedsilo.privacy.accounting import epsilon
 from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.privacy.mechanisms import clip_rows_l2, gaussian_noise
 from fedsilo.protocols.channel import Channel
@@ -110,8 +112,8 @@ class TrainingConfig:
         lr: base learning rate; ``lr_schedule`` ``"sqrt"`` uses ``lr / sqrt(epoch)``.
         l2: L2 penalty ``λ/2 ‖w‖²`` on each party's weights (not the intercept).
         tol: stop when the training loss improves by less than this (no DP only).
-        mask_scale: ``M``, masks are uniform in ``[−M, M]``; larger hides better, costs CKKS
-            precision (``M·2^-20`` absolute error at TenSEAL's 2^40 scale).
+        mask_scale: ``M``, masks are uniform in ``[−M, M]``; larger hides better. Capped at
+            half the backend's ``value_bound`` (CKKS: 4096 by default, so ``M`` = 2048).
         track_loss: compute the encrypted Taylor loss each epoch (no DP only).
         timeout: seconds to wait for any one message.
     """
@@ -154,6 +156,8 @@ class DpConfig:
         clip: L2 bound ``C`` of each party's standardized feature row.
         logit_clip: bound ``B`` on each party's partial logit during training.
         accountant: ``"rdp"`` or ``"pld"``.
+        colluders: other data parties that may collude with a gradient's recipient and still
+            leave it the full noise (each noise share is scaled up accordingly).
     """
 
     epsilon: float
@@ -161,6 +165,7 @@ class DpConfig:
     clip: float = 1.0
     logit_clip: float = 2.0
     accountant: str = "rdp"
+    colluders: int = 0
 
     def __post_init__(self) -> None:
         for name in ("epsilon", "clip", "logit_clip"):
@@ -169,6 +174,8 @@ class DpConfig:
                 raise ConfigError(f"dp.{name} must be a number > 0, got {v!r}")
         if not (isinstance(self.delta, (int, float)) and 0 < self.delta < 1):
             raise ConfigError(f"dp.delta must be in (0, 1), got {self.delta!r}")
+        if isinstance(self.colluders, bool) or not isinstance(self.colluders, int) or self.colluders < 0:
+            raise ConfigError(f"dp.colluders must be an integer >= 0, got {self.colluders!r}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,6 +359,7 @@ def _charge(
             "sample_rate": plan.sample_rate,
             "steps": plan.steps_per_epoch,
             "shares": len(recipients),
+            "colluders": plan.colluders,
         },
         recipient=",".join(sorted(recipients)),
         level="record",
@@ -373,7 +381,7 @@ def _noise_shares(
     for p in topology.data_parties:
         if p == me:
             continue
-        sigma = plan.sigma(intercept=p == topology.guest) / norm / math.sqrt(plan.recipients)
+        sigma = plan.share_sigma(intercept=p == topology.guest) / norm
         noise = gaussian_noise(sigma=sigma, size=dims[p], rng=rng)
         out[p] = keys_for[p].ser(keys_for[p].enc(noise))
     return out
@@ -400,6 +408,7 @@ def _plan(dp: DpConfig | None, *, rows: int, config: TrainingConfig, parties: in
         clip=dp.clip,
         logit_clip=dp.logit_clip,
         accountant=dp.accountant,
+        colluders=dp.colluders,
     )
 
 
@@ -410,8 +419,6 @@ def _clip_logits(u: np.ndarray, plan: DpPlan | None) -> np.ndarray:
 def _spent(plan: DpPlan | None, epochs: int) -> float | None:
     if plan is None or epochs == 0:
         return None
-    from fedsilo.privacy.accounting import epsilon
-
     return epsilon(plan.job_event(epochs), delta=plan.delta, accountant=plan.accountant)
 
 
@@ -510,8 +517,9 @@ def guest_train(
         if arb:
             channel.send(arb, "vlr/epoch", {"stop": False, "sizes": [int(b.size) for b in batches]}, round=r)
         lr_e = learning_rate(base=config.lr, epoch=epoch, schedule=config.lr_schedule)
-        loss_ct: Ciphertext | None = None
-        loss_rows = 0
+        loss_cts: list[Ciphertext] = []
+        rows_e = max(1, sum(int(b.size) for b in batches))  # every party scales its loss terms by 1/rows_e
+        mask_scale = _mask_scale(backend, config)
         with _charge(ledger, dataset, plan, job=channel.job, epoch=epoch, recipients=hosts):
             for s, idx in enumerate(batches):
                 step_round = r + 1 + s
@@ -520,7 +528,7 @@ def guest_train(
                 norm = float(config.batch_size if plan else idx.size)
                 xb = xt[idx]
                 a = guest_residual_part(logits=_clip_logits(xb @ model.weights, plan), labels=yt[idx])
-                mask = rng.uniform(-config.mask_scale, config.mask_scale, size=model.weights.size)
+                mask = rng.uniform(-mask_scale, mask_scale, size=model.weights.size)
                 if arb:
                     k = keys["shared"]
                     parts = _gather_all(channel, hosts, "vlr/partial", round=step_round, timeout=T)
@@ -540,13 +548,12 @@ def guest_train(
                         )
                         channel.send(arb, "vlr/noise", shares, round=step_round)
                     if track_loss:
-                        term = _guest_loss_term(backend, b_sum, a)
+                        term = _guest_loss_term(backend, b_sum, a, rows=rows_e)
                         term = backend.sum([term] + [k.de(parts[h].get("sq"), sender=h) for h in hosts])
                         if len(hosts) > 1:
                             cross = _gather_all(channel, hosts[1:], "vlr/cross", round=step_round, timeout=T)
                             term = backend.sum([term] + [k.de(cross[h], sender=h) for h in hosts[1:]])
-                        loss_ct = term if loss_ct is None else backend.add(loss_ct, term)
-                        loss_rows += idx.size
+                        _accumulate(backend, loss_cts, term)
                     z = channel.recv(arb, "vlr/plain", round=step_round, timeout=T)
                 else:
                     (host,) = hosts
@@ -558,9 +565,8 @@ def guest_train(
                     g = backend.add_plain(backend.matmul_plain(d, xb / norm), mask)
                     channel.send(host, "vlr/grad", peer.ser(g), round=step_round)
                     if track_loss:
-                        term = backend.add(_guest_loss_term(backend, b, a), peer.de(part.get("sq"), sender=host))
-                        loss_ct = term if loss_ct is None else backend.add(loss_ct, term)
-                        loss_rows += idx.size
+                        term = backend.add(_guest_loss_term(backend, b, a, rows=rows_e), peer.de(part.get("sq"), sender=host))
+                        _accumulate(backend, loss_cts, term)
                     _decrypt_for_peer(channel, own, peer=host, plan=plan, me=me, topology=topology,
                                       dims=dims, norm=norm, rng=rng, round=step_round, timeout=T)
                     z = channel.recv(host, "vlr/plain", round=step_round, timeout=T)
@@ -571,11 +577,11 @@ def guest_train(
         record: dict[str, Any] = {"round": epoch, "lr": lr_e, "loss": None}
         if track_loss:
             holder = arb if arb else hosts[0]
-            send_ct = loss_ct if loss_ct is not None else None
-            channel.send(holder, "vlr/loss", keys["shared" if arb else "peer"].ser(send_ct) if send_ct else b"", round=end_round)
+            k_loss = keys["shared" if arb else "peer"]
+            channel.send(holder, "vlr/loss", [k_loss.ser(c) for c in loss_cts], round=end_round)
             value = channel.recv(holder, "vlr/loss_value", round=end_round, timeout=T)
-            if loss_rows:
-                record["loss"] = taylor_loss(sum_squared_residuals=float(value["sum"]), rows=loss_rows)
+            if loss_cts:
+                record["loss"] = taylor_loss(sum_squared_residuals=float(value["sum"]), rows=1)
         if eval_rows.size:
             probs = predict_guest(
                 channel, hosts=hosts, model=model, x=x, rows=eval_rows, round=end_round, timeout=T, transformed=x_all
@@ -603,10 +609,39 @@ def guest_train(
     )
 
 
-def _guest_loss_term(backend: CryptoBackend, b_sum: Ciphertext, a: np.ndarray) -> Ciphertext:
-    """``[[Σa² + 2 a·b]]`` (the part of ``Σ d² = Σ (a + b)²`` the guest can form)."""
-    cross = backend.matmul_plain(b_sum, (2.0 * a)[:, None])
-    return backend.add_plain(cross, np.array([float(a @ a)]))
+def _guest_loss_term(backend: CryptoBackend, b_sum: Ciphertext, a: np.ndarray, *, rows: int) -> Ciphertext:
+    """``[[(Σa² + 2 a·b) / R]]``: the guest's part of ``Σ d² / R = Σ (a + b)² / R`` over the
+    epoch's ``R`` rows (scaled in plaintext so the encrypted sum stays small)."""
+    cross = backend.matmul_plain(b_sum, (2.0 * a / rows)[:, None])
+    return backend.add_plain(cross, np.array([float(a @ a) / rows]))
+
+
+def _accumulate(backend: CryptoBackend, acc: list[Ciphertext], term: Ciphertext) -> None:
+    """Add ``term`` to the last running sum, or start a new one when the backend's (public,
+    conservative) magnitude bound would overflow — CKKS tracks ``value_bound`` per summand."""
+    if acc:
+        try:
+            acc[-1] = backend.add(acc[-1], term)
+            return
+        except EncodingOverflowError:
+            pass
+    acc.append(term)
+
+
+def _decrypt_loss(keys: _Keys, blobs: Any, *, sender: str) -> float:
+    """The key holder's side of the loss: decrypt the (few) partial sums, add them up."""
+    if not isinstance(blobs, list):
+        raise ProtocolError(f"malformed loss message from {sender!r}")
+    return float(sum(float(keys.dec(keys.de(b, sender=sender))[0]) for b in blobs))
+
+
+def _mask_scale(backend: CryptoBackend, config: TrainingConfig) -> float:
+    """``M``, capped at half the backend's ``value_bound`` (CKKS and Paillier refuse larger
+    plaintext operands)."""
+    bound = backend.params().get("value_bound")
+    if isinstance(bound, (int, float)) and bound > 0:
+        return min(config.mask_scale, 0.5 * float(bound))
+    return config.mask_scale
 
 
 def _decrypt_for_peer(
@@ -682,6 +717,8 @@ def host_train(
         round=r,
     )
     setup = channel.recv(guest, "vlr/setup", round=r, timeout=T)
+    if not isinstance(setup, dict) or not isinstance(setup.get("dims"), dict):
+        raise ProtocolError(f"{me}: malformed setup message from the guest")
     plan = _plan(dp, rows=train_rows.size, config=config, parties=len(topology.data_parties))
     if (plan.to_json() if plan else None) != setup.get("plan"):
         raise ConfigError(f"{me}: the guest's DP plan differs from this host's; refusing to train")
@@ -709,6 +746,8 @@ def host_train(
         ):
             raise ProtocolError(f"{me}: malformed batches from the guest")
         lr_e = learning_rate(base=config.lr, epoch=epoch, schedule=config.lr_schedule)
+        rows_e = max(1, sum(int(b.size) for b in batches))
+        mask_scale = _mask_scale(backend, config)
         with _charge(ledger, dataset, plan, job=channel.job, epoch=epoch, recipients=others):
             for s, idx in enumerate(batches):
                 step_round = r + 1 + s
@@ -717,12 +756,12 @@ def host_train(
                 norm = float(config.batch_size if plan else idx.size)
                 xb = xt[idx]
                 b = host_residual_part(logits=_clip_logits(xb @ model.weights, plan))
-                mask = rng.uniform(-config.mask_scale, config.mask_scale, size=model.weights.size)
+                mask = rng.uniform(-mask_scale, mask_scale, size=model.weights.size)
                 if arb:
                     k = keys["shared"]
                     msg: dict[str, Any] = {"ct": k.ser(k.enc(b))}
                     if track_loss:
-                        msg["sq"] = k.ser(k.enc(np.array([float(b @ b)])))
+                        msg["sq"] = k.ser(k.enc(np.array([float(b @ b) / rows_e])))
                     channel.send(guest, "vlr/partial", msg, round=step_round)
                     res = channel.recv(guest, "vlr/residual", round=step_round, timeout=T)
                     d = k.de(res.get("ct"), sender=guest)
@@ -735,13 +774,13 @@ def host_train(
                         channel.send(arb, "vlr/noise", shares, round=step_round)
                     if track_loss and j_me > 0:
                         prefix = k.de(res.get("prefix"), sender=guest)
-                        channel.send(guest, "vlr/cross", k.ser(backend.matmul_plain(prefix, (2.0 * b)[:, None])), round=step_round)
+                        channel.send(guest, "vlr/cross", k.ser(backend.matmul_plain(prefix, (2.0 * b / rows_e)[:, None])), round=step_round)
                     z = channel.recv(arb, "vlr/plain", round=step_round, timeout=T)
                 else:
                     own, peer = keys["own"], keys["peer"]
                     msg = {"ct": own.ser(own.enc(b))}
                     if track_loss:
-                        msg["sq"] = own.ser(own.enc(np.array([float(b @ b)])))
+                        msg["sq"] = own.ser(own.enc(np.array([float(b @ b) / rows_e])))
                     channel.send(guest, "vlr/partial", msg, round=step_round)
                     a = peer.de(channel.recv(guest, "vlr/residual", round=step_round, timeout=T), sender=guest)
                     d = backend.add_plain(a, b)
@@ -756,9 +795,8 @@ def host_train(
         epochs_run = epoch
         if track_loss and arb is None:
             own = keys["own"]
-            blob = channel.recv(guest, "vlr/loss", round=end_round, timeout=T)
-            total = float(own.dec(own.de(blob, sender=guest))[0]) if blob else 0.0
-            channel.send(guest, "vlr/loss_value", {"sum": total}, round=end_round)
+            blobs = channel.recv(guest, "vlr/loss", round=end_round, timeout=T)
+            channel.send(guest, "vlr/loss_value", {"sum": _decrypt_loss(own, blobs, sender=guest)}, round=end_round)
         if eval_rows.size:
             serve_predictions(channel, guest=guest, model=model, x=x, allowed=eval_rows, round=end_round, timeout=T, transformed=x_all)
         r = end_round + 1
@@ -788,6 +826,8 @@ def arbiter_train(
     keys = _Keys(backend, sk.public(), sk)
     channel.broadcast(parties, "vlr/key", {"public": keys.public.serialize()}, round=r)
     setup = channel.recv(guest, "vlr/setup", round=r, timeout=T)
+    if not isinstance(setup, dict) or not isinstance(setup.get("dims"), dict):
+        raise ProtocolError(f"{me}: malformed setup message from the guest")
     dims = {str(k): int(v) for k, v in setup["dims"].items()}
     dp_on = setup.get("plan") is not None
     track_loss = bool(setup.get("loss"))
@@ -816,9 +856,8 @@ def arbiter_train(
         end_round = r + 1 + len(sizes)
         epochs_run += 1
         if track_loss:
-            blob = channel.recv(guest, "vlr/loss", round=end_round, timeout=T)
-            total = float(keys.dec(keys.de(blob, sender=guest))[0]) if blob else 0.0
-            channel.send(guest, "vlr/loss_value", {"sum": total}, round=end_round)
+            blobs = channel.recv(guest, "vlr/loss", round=end_round, timeout=T)
+            channel.send(guest, "vlr/loss_value", {"sum": _decrypt_loss(keys, blobs, sender=guest)}, round=end_round)
         r = end_round + 1
     return FitResult(model=None, epochs_run=epochs_run, next_round=r + 1)
 

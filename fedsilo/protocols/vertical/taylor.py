@@ -31,6 +31,7 @@ import numpy as np
 from fedsilo.errors import ConfigError
 from fedsilo.privacy.accounting import noise_multiplier
 from fedsilo.privacy.events import GaussianEvent
+from fedsilo.privacy.mechanisms import noise_share_sigma
 
 __all__ = [
     "DpPlan",
@@ -138,6 +139,7 @@ class DpPlan:
     recipients: int
     parties: int
     accountant: str
+    colluders: int = 0
 
     @property
     def residual_bound(self) -> float:
@@ -151,6 +153,14 @@ class DpPlan:
     def sigma(self, *, intercept: bool) -> float:
         """Total noise standard deviation on party p's gradient *sum*."""
         return self.noise_multiplier * self.sensitivity(intercept=intercept)
+
+    def share_sigma(self, *, intercept: bool) -> float:
+        """One noise share of party p's gradient sum: each of the ``recipients`` other data
+        parties adds ``N(0, σ_p² / max(1, recipients − colluders))``, so ``colluders`` of them
+        together with p still leave at least ``σ_p²`` (:func:`fedsilo.privacy.noise_share_sigma`)."""
+        return noise_share_sigma(
+            sigma=self.sigma(intercept=intercept), parties=max(1, self.recipients - self.colluders)
+        )
 
     def epoch_event(self) -> GaussianEvent:
         """What one epoch costs each data party (charged before its first decryption)."""
@@ -174,6 +184,7 @@ class DpPlan:
             "rounds": self.epochs * self.steps_per_epoch,
             "epochs": self.epochs,
             "recipients": self.recipients,
+            "colluders": self.colluders,
             "accountant": self.accountant,
         }
 
@@ -189,12 +200,16 @@ def calibrate(
     clip: float,
     logit_clip: float,
     accountant: str = "rdp",
+    colluders: int = 0,
 ) -> DpPlan:
     """The noise for a target ``(ε, δ)`` per data party over the whole training run.
 
     Poisson sampling with rate ``q = batch_size / rows`` and ``ceil(rows / batch_size)`` steps
     per epoch (Abadi et al., CCS 2016; Mironov, Talwar & Zhang, arXiv:1908.10530, for the
     sampled Gaussian's RDP), calibrated with :func:`fedsilo.privacy.noise_multiplier`.
+
+    ``colluders``: how many other data parties may collude with a gradient's recipient and still
+    leave it the full noise (see :meth:`DpPlan.share_sigma`); it costs utility, not ε.
 
     Raises:
         ConfigError: bad sizes; PrivacyParameterError: the budget is too small.
@@ -203,6 +218,8 @@ def calibrate(
         raise ConfigError(f"rows, batch_size and epochs must be >= 1 (got {rows}, {batch_size}, {epochs})")
     if not clip > 0:
         raise ConfigError(f"clip must be > 0, got {clip!r}")
+    if isinstance(colluders, bool) or not isinstance(colluders, int) or colluders < 0:
+        raise ConfigError(f"colluders must be an integer >= 0, got {colluders!r}")
     residual_bound(parties=parties, logit_clip=logit_clip)
     q = min(1.0, batch_size / rows)
     steps = math.ceil(rows / batch_size)
@@ -223,4 +240,5 @@ def calibrate(
         recipients=recipients,
         parties=parties,
         accountant=accountant,
+        colluders=colluders,
     )
