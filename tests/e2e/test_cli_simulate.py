@@ -114,3 +114,20 @@ def test_stats_cli_on_example(tmp_path: Path) -> None:
     # 569 patients minus nothing: the DP count is within a few units of the truth
     assert abs(radius["count"] - 569) < 25
     assert 10.0 < radius["mean"] < 18.0
+
+
+HOSPITAL_VERTICAL = ROOT / "examples" / "hospital_vertical" / "federation.toml"
+
+
+def test_simulate_vertical_example_contract(tmp_path: Path) -> None:
+    out = tmp_path / "v.json"
+    res = run("simulate", HOSPITAL_VERTICAL, "--backend", "plain", "--rounds", "2", "--json", out,
+              "--ledger-dir", tmp_path / "l", "--quiet")
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["task"] == "vertical"
+    assert {"accuracy", "auc", "ks"} <= set(data["final"])
+    assert data["final"]["auc"] > 0.9
+    assert data["psi"]["intersection"] > 0
+    assert all(e["epsilon"] <= 8.0 + 1e-9 for e in data["epsilon"].values())
+    assert len(data["rounds"]) == 2
