@@ -72,6 +72,14 @@ def prepare_horizontal(cfg: JobConfig) -> HorizontalData:
     bounds.update({k: tuple(v) for k, v in cfg.data.bounds.items()})
     notes: list[str] = []
     unbounded = [f for f in features if f not in bounds]
+    if unbounded and cfg.privacy is not None:
+        # Scaling by the silo's own min/max makes every scaled row depend on the extreme
+        # records, so one patient could move all rows: the DP sensitivity bound would not hold.
+        raise ConfigError(
+            f"{len(unbounded)} feature(s) have no public bounds (e.g. {unbounded[:3]}); with [privacy] "
+            "every feature needs [data] bounds = {column = [lo, hi]} so one record cannot change how "
+            "the others are scaled"
+        )
     if unbounded:
         notes.append(
             f"no public bounds for {len(unbounded)} feature(s) (e.g. {unbounded[0]!r}); each silo scales "

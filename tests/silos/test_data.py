@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedsilo.errors import DataError
+from fedsilo.errors import ConfigError, DataError
 from fedsilo.silos.config import parse_config
 from fedsilo.silos.data import (
     binary_labels,
@@ -95,3 +95,21 @@ def test_prepare_horizontal_builtin_shapes() -> None:
     assert total == 569
     assert all(np.abs(X).max() <= 1.0 for X, _ in data.silos.values())
     assert not data.notes
+
+
+def test_dp_without_public_bounds_is_refused(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    pd.DataFrame({"f1": rng.normal(size=30), "y": rng.integers(0, 2, 30)}).to_csv(tmp_path / "a.csv", index=False)
+    pd.DataFrame({"f1": rng.normal(size=30), "y": rng.integers(0, 2, 30)}).to_csv(tmp_path / "b.csv", index=False)
+    base = {
+        "federation": {"task": "horizontal"},
+        "data": {"label": "y"},
+        "silos": [{"name": "a", "data": "a.csv"}, {"name": "b", "data": "b.csv"}],
+    }
+    with pytest.raises(ConfigError, match=r"no public bounds.*\[data\] bounds"):
+        prepare_horizontal(parse_config({**base, "privacy": {"epsilon": 1.0}}, base_dir=tmp_path))
+    ok = parse_config(
+        {**base, "privacy": {"epsilon": 1.0}, "data": {"label": "y", "bounds": {"f1": [-3.0, 3.0]}}}, base_dir=tmp_path
+    )
+    assert not prepare_horizontal(ok).notes
+    assert prepare_horizontal(parse_config(base, base_dir=tmp_path)).notes  # no DP: a note, not an error
