@@ -116,7 +116,9 @@ class BackendInfo:
     values_per_ciphertext: int
     bytes_per_value: float  #: wire bytes per value of a full fresh ciphertext
     error_bound: float  #: documented absolute error per value of a fresh ciphertext or a sum of a few
-    supports: tuple[str, ...]  #: operations: add, add_plain, mul_scalar, mul_vector, matmul
+    #: operations: add, add_plain, sum, mul_scalar, mul_vector, matmul; mul_int = multiplication
+    #: by a non-negative integer scalar only (packed Paillier)
+    supports: tuple[str, ...]
     description: str
 
 

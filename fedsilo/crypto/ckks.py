@@ -78,11 +78,12 @@ PROFILES: dict[str, dict[str, Any]] = {
     "matmul": {"poly_modulus_degree": 8192, "coeff_mod_bit_sizes": (60, 40, 40, 60), "scale_bits": 40},
 }
 
-#: Documented absolute error per fresh value (|x| <= 1) or sum of a few, by depth: measured
-#: maxima are ~1e-8 (depth 0) and ~3e-8 (depth >= 1), products ~1.3e-7 * |x f| because TenSEAL
-#: sets the scale back to 2^40 after rescaling by a prime that is only close to 2^40. The bounds
-#: below keep a >= 3x margin over measurements (benchmarks/crypto_backends.py, tests/crypto).
-_ERROR_BOUND = {0: 1e-7, 1: 1e-6, 2: 1e-6}
+#: Documented absolute error per fresh value (|x| <= 1) or sum of a few. Measured maxima
+#: (docs/crypto.md): fresh ~9e-9, sum of 10 ~3e-8, product ~1e-8 (with the rescale-prime
+#: correction below; 1.3e-7 * |x f| without it). The rotations of matmul_plain add up to ~2e-6
+#: absolute whatever the inputs, so contexts with Galois keys document 1e-5. Each bound keeps a
+#: >= 3x margin over the measured maxima.
+_ERROR_BOUND = {False: 1e-7, True: 1e-5}
 
 _WIRE_VERSION = 1
 _CT_STRUCT = struct.Struct(">BQBdI")  # version, length, depth_used, bound, n_chunks
@@ -216,6 +217,47 @@ def _validate_params(
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def seal_primes(*, poly_modulus_degree: int, coeff_mod_bit_sizes: Sequence[int]) -> list[int]:
+    """The primes SEAL's ``CoeffModulus::Create(N, bit_sizes)`` picks, in chain order.
+
+    For each bit size b: the largest primes below ``2**b`` that are ``1 mod 2N`` (so the NTT
+    exists), found downwards in steps of 2N; then, for each entry of ``bit_sizes`` in order, the
+    *smallest* remaining prime of that size (SEAL pops from the back of the descending list).
+    """
+    from collections import Counter
+
+    import gmpy2
+
+    step = 2 * poly_modulus_degree
+    table: dict[int, list[int]] = {}
+    for bits, count in Counter(coeff_mod_bit_sizes).items():
+        found, value, low = [], (1 << bits) - step + 1, 1 << (bits - 1)
+        while len(found) < count and value > low:
+            if gmpy2.is_prime(value):
+                found.append(value)
+            value -= step
+        table[bits] = found
+    return [table[bits].pop() for bits in coeff_mod_bit_sizes]
+
+
+def _primes_match_context(ctx: Any, data_primes: Sequence[int]) -> bool:
+    """Check derived primes against the context: TenSEAL exposes the low 64-bit limb of each
+    level's modulus product, which pins the primes down (each is < 2**64 and odd)."""
+    try:
+        level = ctx.seal_context().data.first_context_data()
+        k = len(data_primes)
+        while level is not None:
+            product = 1
+            for q in data_primes[:k]:
+                product *= q
+            if level.total_coeff_modulus() != product % 2**64:
+                return False
+            level, k = level.next_context_data(), k - 1
+        return k == 0
+    except Exception:
+        return False
 
 
 # --------------------------------------------------------------------------------------------
@@ -372,6 +414,7 @@ class CKKSBackend(CryptoBackend):
             galois=galois,
             value_bound=value_bound,
         )
+        self._rescale_ratios: tuple[float, ...] | None = None
 
     # --- description ------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:
@@ -407,7 +450,7 @@ class CKKSBackend(CryptoBackend):
             secure=True,
             values_per_ciphertext=p.slots,
             bytes_per_value=self._bytes_per_value(),
-            error_bound=_ERROR_BOUND[min(p.depth, 2)],
+            error_bound=_ERROR_BOUND[p.galois],
             supports=tuple(supports),
             description=(
                 f"CKKS (TenSEAL) profile {p.profile}: N={p.poly_modulus_degree}, primes "
@@ -552,6 +595,26 @@ class CKKSBackend(CryptoBackend):
         fields.update(changes)
         return CKKSCiphertext(**fields)
 
+    def _rescale_ratio(self, public: CKKSPublic, depth_used: int) -> float:
+        """``q / 2**scale_bits`` for the prime the next rescale drops.
+
+        TenSEAL divides by that prime but then *declares* the scale to be ``2**scale_bits``
+        again, so every product would come out multiplied by ``2**scale_bits / q`` (a relative
+        error of 1.3e-7 and 6.7e-7 for the two 40-bit primes of the ``matmul`` profile).
+        Multiplying the plaintext factor by this ratio cancels that. Falls back to 1.0 if the
+        primes derived from SEAL's rule do not match the context.
+        """
+        if self._rescale_ratios is None:
+            p = self.p
+            primes = seal_primes(poly_modulus_degree=p.poly_modulus_degree, coeff_mod_bit_sizes=p.coeff_mod_bit_sizes)
+            data = primes[:-1]  # the last prime is the special (key-switching) prime
+            if _primes_match_context(public.context, data):
+                # Rescales drop the data primes from the end of the chain.
+                self._rescale_ratios = tuple(q / 2.0**p.scale_bits for q in reversed(data[1:]))
+            else:  # pragma: no cover - only if SEAL changes its prime selection
+                self._rescale_ratios = tuple(1.0 for _ in data[1:])
+        return self._rescale_ratios[depth_used]
+
     @staticmethod
     def _call(op: str, fn: Any, *args: Any) -> Any:
         """Run a TenSEAL operation; its ValueError / RuntimeError become a CryptoError."""
@@ -631,11 +694,13 @@ class CKKSBackend(CryptoBackend):
         peak = float(np.max(np.abs(vec))) if vec.size else 0.0
         bound = c.bound * max(peak, 1.0)  # a factor < 1 still goes through a 2^scale encoding
         self._check_capacity(bound, "mul_plain")
+        ratio = self._rescale_ratio(c.public, c.depth_used)
         if vec.size and np.all(vec == vec[0]):
             # One scalar: TenSEAL encodes it once for all slots.
-            chunks = [self._call("mul_plain", ch.mul, float(vec[0])) for ch in c.chunks]
+            chunks = [self._call("mul_plain", ch.mul, float(vec[0]) * ratio) for ch in c.chunks]
         else:
-            chunks = [self._call("mul_plain", ch.mul, part) for ch, part in zip(c.chunks, self._padded_chunks(vec))]
+            parts = self._padded_chunks(vec * ratio)
+            chunks = [self._call("mul_plain", ch.mul, part) for ch, part in zip(c.chunks, parts)]
         return self._wrap(c, chunks, depth_used=c.depth_used + 1, bound=bound)
 
     def matmul_plain(self, a: Ciphertext, matrix: Any) -> CKKSCiphertext:
@@ -665,8 +730,10 @@ class CKKSBackend(CryptoBackend):
         if c.length == 0 or n_out == 0:
             zeros = self.encrypt(c.public, np.zeros(n_out))
             return self._wrap(zeros, zeros.chunks, depth_used=c.depth_used + 2, bound=bound)
+        # Scale corrections for the two rescales (see _rescale_ratio).
+        first, second = self._rescale_ratio(c.public, c.depth_used), self._rescale_ratio(c.public, c.depth_used + 1)
         padded = np.zeros((len(c.chunks) * s, n_out))
-        padded[: c.length] = m
+        padded[: c.length] = m * first
         out_chunks: list[Any] = [None] * (-(-n_out // s))
         for j in range(n_out):
             acc = None
@@ -683,7 +750,7 @@ class CKKSBackend(CryptoBackend):
                 continue  # an all-zero column: its slot stays 0
             total = self._call("matmul_plain", acc.sum)
             unit = np.zeros(s)
-            unit[j % s] = 1.0
+            unit[j % s] = second
             term = self._call("matmul_plain", total.mm, [unit.tolist()])
             slot = j // s
             if out_chunks[slot] is None:

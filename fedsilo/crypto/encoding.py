@@ -28,6 +28,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from fractions import Fraction
 
 import numpy as np
 
@@ -53,8 +54,9 @@ def fixed_point_bound(*, value_bound: float, precision: int) -> int:
         raise ConfigError(f"value_bound must be a positive finite number, got {value_bound!r}")
     if precision < 0:
         raise ConfigError(f"precision must be >= 0 fractional bits, got {precision}")
-    # ldexp is exact, so ceil() is the exact upper bound of every rounded encoding.
-    return max(1, math.ceil(math.ldexp(value_bound, precision)))
+    # Exact rational arithmetic (no float overflow for large bounds): ceil(vb * 2**precision).
+    num, den = float(value_bound).as_integer_ratio()
+    return max(1, -((-num << precision) // den))
 
 
 def encode_fixed(
@@ -72,9 +74,13 @@ def encode_fixed(
             f"{over.size} {what}(s) exceed value_bound={value_bound:g} (first at index {int(over[0])}); "
             "raise value_bound (packed Paillier: fewer values per ciphertext) or clip the input"
         )
+    bound = fixed_point_bound(value_bound=value_bound, precision=precision)
+    if bound.bit_length() > 1000:
+        # x * 2**precision may not fit a float64: exact rationals, rounded half to even.
+        return [round(Fraction(float(v)) * (1 << precision)) for v in arr]
     # ldexp by a power of two is exact; rint rounds half to even, like Python's round().
     scaled = np.rint(np.ldexp(arr, precision))
-    if fixed_point_bound(value_bound=value_bound, precision=precision) < _EXACT_INT:
+    if bound < _EXACT_INT:
         return scaled.astype(np.int64).tolist()
     return [int(v) for v in scaled]  # int(float) is exact for any integral float
 

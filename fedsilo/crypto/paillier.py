@@ -55,7 +55,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(f"fedsilo's paillier backend needs phe and gmpy2: {exc}") from exc
 
 if not _phe_util.HAVE_GMP:  # pragma: no cover - depends on the environment
-    # Without gmpy2, phe silently falls back to pure-Python powmod: ~30x slower encryption.
+    # Without gmpy2, phe silently falls back to pure-Python powmod: far slower encryption.
     raise ImportError(
         "fedsilo's paillier backend needs gmpy2 (phe.util.HAVE_GMP is False); "
         "install it with `pip install gmpy2`"
@@ -301,16 +301,23 @@ def _matmul_batch(nsquare: int, ciphertexts: list[int], columns: list[list[int]]
 
 
 _POOLS: dict[int, ProcessPoolExecutor] = {}
+_POOL_FAILED = (
+    "paillier: a worker process of the encryption pool died ({exc}). If this is a script, put its "
+    "code under `if __name__ == \"__main__\":` (worker processes re-import the main module); "
+    "otherwise pass workers=1"
+)
 
 
 def _get_pool(workers: int) -> ProcessPoolExecutor:
     pool = _POOLS.get(workers)
     if pool is None:
-        # fork, not spawn/forkserver: those re-run the caller's __main__ script in every worker,
-        # which breaks any script without an `if __name__ == "__main__"` guard. The children
-        # only run gmpy2/phe arithmetic; ProcessPoolExecutor forks all workers up front, before
-        # its manager thread starts (TenSEAL's idle pool threads, if any, hold no lock we use).
-        ctx = multiprocessing.get_context("fork")
+        # forkserver, not fork: silo agents run gRPC and TenSEAL threads, and forking a
+        # multi-threaded process can deadlock the child on a lock held at fork time. The
+        # forkserver preloads this module once, so each worker starts without re-importing it.
+        # Like spawn, it re-imports the caller's __main__: scripts need the usual
+        # `if __name__ == "__main__":` guard (or workers=1).
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload([__name__])
         pool = _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
     return pool
 
@@ -335,7 +342,7 @@ def _parallel_map(fn: Callable[..., list[Any]], common: tuple[Any, ...], items: 
         return list(chain.from_iterable(f.result() for f in futures))
     except BrokenProcessPool as exc:
         _POOLS.pop(workers, None)
-        raise CryptoError(f"paillier: a worker process died ({exc}); retry or use workers=1") from exc
+        raise CryptoError(_POOL_FAILED.format(exc=exc)) from exc
 
 
 # --------------------------------------------------------------------------------------------
@@ -513,19 +520,19 @@ class PaillierBackend(CryptoBackend):
     # --- helpers ----------------------------------------------------------------------------
     def _check_public(self, public: Any) -> PaillierPublic:
         self._check_kind(public, PaillierPublic, "the public context")
-        if public.encoding != self.encoding:
+        if public.encoding != self.encoding or public.key_bits != self.key_bits:
             raise ConfigError(
-                f"paillier: public context has {public.encoding.describe()} but this backend has "
-                f"{self.encoding.describe()}"
+                f"paillier: public context has key_bits={public.key_bits}, {public.encoding.describe()} but "
+                f"this backend has key_bits={self.key_bits}, {self.encoding.describe()}"
             )
         return public
 
     def _check_ct(self, ct: Any, what: str = "the ciphertext") -> PaillierCiphertext:
         self._check_kind(ct, PaillierCiphertext, what)
-        if ct.public.encoding != self.encoding:
+        if ct.public.encoding != self.encoding or ct.public.key_bits != self.key_bits:
             raise KeyMismatchError(
-                f"paillier: {what} was made with {ct.public.encoding.describe()}, "
-                f"this backend has {self.encoding.describe()}"
+                f"paillier: {what} was made with key_bits={ct.public.key_bits}, {ct.public.encoding.describe()}, "
+                f"this backend has key_bits={self.key_bits}, {self.encoding.describe()}"
             )
         return ct
 
@@ -811,7 +818,7 @@ def _parallel_map_columns(nsquare: int, cts: list[int], columns: list[list[int]]
         return list(chain.from_iterable(f.result() for f in futures))
     except BrokenProcessPool as exc:
         _POOLS.pop(workers, None)
-        raise CryptoError(f"paillier: a worker process died ({exc}); retry or use workers=1") from exc
+        raise CryptoError(_POOL_FAILED.format(exc=exc)) from exc
 
 
 def _is_int(value: Any) -> bool:

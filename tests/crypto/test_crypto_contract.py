@@ -1,0 +1,45 @@
+"""Every crypto backend passes the same contract suite (tests/crypto/_crypto_contract.py)."""
+from __future__ import annotations
+
+from _crypto_contract import BackendContract
+
+
+class TestPlainContract(BackendContract):
+    backend_name = "plain"
+    max_examples = 40
+
+
+class TestPluginPlainContract(BackendContract):
+    """Loaded through the ``fedsilo.crypto_backends`` entry point of tests/plugin_backend."""
+
+    backend_name = "plugin_plain"
+    max_examples = 10
+
+
+class TestPaillierContract(BackendContract):
+    # 1024-bit keys keep the suite fast; workers=1 avoids pool start-up in every xdist worker.
+    backend_name = "paillier"
+    backend_params = {"key_bits": 1024, "workers": 1}
+    max_examples = 15
+    max_len = 8
+
+
+class TestPaillierPackedContract(BackendContract):
+    backend_name = "paillier"
+    backend_params = {"key_bits": 1024, "workers": 1, "packed": True}
+    max_examples = 15
+
+
+class TestCKKSContract(BackendContract):
+    """Default profile: additions only (mul/matmul must raise UnsupportedOperationError)."""
+
+    backend_name = "ckks"
+    max_examples = 20
+
+
+class TestCKKSMatmulContract(BackendContract):
+    """Depth-2 profile with Galois keys: every operation."""
+
+    backend_name = "ckks"
+    backend_params = {"profile": "matmul", "value_bound": 100.0}
+    max_examples = 15
