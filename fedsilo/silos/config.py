@@ -59,7 +59,9 @@ class PrivacySection(_Section):
     clip: float = Field(1.0, gt=0)
     accountant: Literal["rdp", "pld"] = "rdp"
     level: Literal["silo", "record"] = "silo"
-    colluders: int = Field(1, ge=0)
+    # Each contributing silo knows its own noise share and (shared key) sees the decrypted sum,
+    # so shares must be sized for at least one party subtracting its own: 0 is never safe here.
+    colluders: int = Field(1, ge=1)
 
 
 class ModelSection(_Section):

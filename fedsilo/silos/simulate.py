@@ -124,16 +124,21 @@ def budgets_for(cfg: JobConfig) -> dict[str, tuple[float, float]]:
 
 def run_job(cfg: JobConfig, *, ledger_dir: Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
     """Run the job the config describes and return the results contract (see docs/results.md)."""
+    notes = []
     if ledger_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         ledger_dir = Path("runs") / f"{cfg.federation.name}-{stamp}" / "ledgers"
+        if cfg.privacy is not None:
+            notes.append(
+                f"ledgers are new for this run ({ledger_dir}); pass --ledger-dir DIR to every run "
+                "on the same data so their releases compose against one budget"
+            )
     ledger_dir.mkdir(parents=True, exist_ok=True)
-    task = cfg.federation.task
-    if task == "horizontal":
-        return _run_horizontal(cfg, ledger_dir, progress)
-    if task == "statistics":
-        return _run_statistics(cfg, ledger_dir, progress)
-    return _run_vertical(cfg, ledger_dir, progress)
+    runner = {"horizontal": _run_horizontal, "statistics": _run_statistics, "vertical": _run_vertical}
+    results = runner[cfg.federation.task](cfg, ledger_dir, progress)
+    results["notes"] = list(results.get("notes") or []) + notes
+    results["ledger_dir"] = str(ledger_dir)
+    return results
 
 
 def _job_id(cfg: JobConfig) -> str:
