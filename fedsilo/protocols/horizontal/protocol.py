@@ -327,6 +327,8 @@ def _dp_info(strategy: Strategy, plan: RecordDP | None, job: HorizontalJob) -> d
     if job.privacy is None:
         return None
     delta = float(job.privacy.get("delta", 1e-5))
+    # the results contract (docs/results.md) names the accountant the reported epsilon comes from
+    accountant = str(job.privacy.get("accountant", "rdp"))
     if isinstance(strategy, DPFedAvg):
         return {
             "level": "silo",
@@ -336,6 +338,7 @@ def _dp_info(strategy: Strategy, plan: RecordDP | None, job: HorizontalJob) -> d
             "sample_rate": 1.0,
             "steps": job.rounds,
             "delta": delta,
+            "accountant": accountant,
         }
     assert plan is not None
     epochs = job.local_config(proximal_mu=0.0).epochs
@@ -347,6 +350,7 @@ def _dp_info(strategy: Strategy, plan: RecordDP | None, job: HorizontalJob) -> d
         "sample_rate": plan.sample_rate,
         "steps": job.rounds * epochs * plan.steps_per_epoch,
         "delta": delta,
+        "accountant": accountant,
     }
 
 
@@ -520,7 +524,7 @@ def simulate_horizontal(
     Returns:
         ``{"task": "horizontal", "backend", "rounds": [{round, accuracy, auc, loss, silos}],
         "final": {accuracy, auc}, "epsilon": {silo: {epsilon, delta}} (values None without DP),
-        "dp": {noise_multiplier, clip, rounds, sample_rate, delta, level, steps} | None,
+        "dp": {noise_multiplier, clip, rounds, sample_rate, delta, level, steps, accountant} | None,
         "bytes_sent": {party: bytes}, "notes": [str]}`` (notes: withdrawals, skipped rounds,
         dropouts). For record-level DP, ``noise_multiplier``,
         ``sample_rate`` and ``steps`` differ per silo (each silo's own row count); ``dp`` then

@@ -162,7 +162,7 @@ def test_silo_dp_epsilon_is_the_accountants(bc3: Any) -> None:
     tr = {**TRAINING, "rounds": 4}
     res = simulate_horizontal(**base_kwargs(bc3, training=tr, privacy=SILO_DP))
     z = silo_noise_multiplier(epsilon=8.0, delta=1e-5, rounds=4)
-    assert res["dp"] == {"level": "silo", "noise_multiplier": z, "clip": 0.5, "rounds": 4, "sample_rate": 1.0, "steps": 4, "delta": 1e-5}
+    assert res["dp"] == {"level": "silo", "noise_multiplier": z, "clip": 0.5, "rounds": 4, "sample_rate": 1.0, "steps": 4, "delta": 1e-5, "accountant": "rdp"}
     want = epsilon(GaussianEvent(z, 1.0, 4), delta=1e-5, accountant="rdp")
     for n in bc3.silos:
         assert res["epsilon"][n] == {"epsilon": want, "delta": 1e-5}
