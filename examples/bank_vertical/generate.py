@@ -23,9 +23,17 @@ AUC with the bank's columns alone is clearly lower):
   counts of late payments and inquiries capped ("4 means 4 or more"). Heavy tails hurt the
   Taylor-approximated logistic regression of vertical FL (a least-squares fit in disguise)
   more than exact logistic regression.
+
+Public bounds. Under differential privacy every feature is clipped to a *public* range and
+mapped to [-1, 1] (``[data] bounds`` in federation.toml; docs/vertical.md): scaling with the
+data's own mean or min/max would let one customer move how every other customer is scaled.
+``BOUNDS`` below is the data dictionary the two companies would publish: product rules and the
+caps of the published columns, never statistics of the rows. ``python generate.py`` prints them
+as the ``[data.bounds]`` table of federation.toml (a test checks that the two agree).
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +42,23 @@ import pandas as pd
 SEED = 7
 N_SHARED, N_BANK_ONLY, N_PARTNER_ONLY = 2000, 400, 300
 HERE = Path(__file__).resolve().parent
+
+#: Public range of every feature (column -> (lo, hi)), chosen from the data dictionary, not the data.
+BOUNDS: dict[str, tuple[float, float]] = {
+    # bank
+    "age": (18.0, 85.0),  # lending policy: applicants aged 18 to 85 (the generator clips to it)
+    "log_income": (round(math.log(5_000), 4), round(math.log(250_000), 4)),  # annual income 5k-250k
+    "debt_ratio": (0.0, 1.5),  # debt / income, reported capped at 150 %
+    "credit_lines": (0.0, 20.0),  # open credit lines; credit-bureau reports cap the count at 20
+    "late_payments_30d": (0.0, 4.0),  # published capped: 4 means 4 or more
+    "months_customer": (0.0, 480.0),  # relationship length, capped at 40 years
+    # partner
+    "utilization": (0.0, 1.2),  # revolving utilization, over-limit reported as 120 %
+    "inquiries_6m": (0.0, 6.0),  # published capped: 6 means 6 or more
+    "late_payments_90d": (0.0, 4.0),  # published capped: 4 means 4 or more
+    "tenure_months": (0.0, 300.0),  # contract tenure, capped at 25 years
+    "log_monthly_spend": (round(math.log(20), 4), round(math.log(10_000), 4)),  # monthly spend 20-10k
+}
 
 
 def generate(seed: int = SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -103,11 +128,17 @@ def generate(seed: int = SEED) -> tuple[pd.DataFrame, pd.DataFrame]:
     return bank.reset_index(drop=True), partner.reset_index(drop=True)
 
 
+def bounds_toml(bounds: dict[str, tuple[float, float]] = BOUNDS) -> str:
+    """The ``[data.bounds]`` table of federation.toml (the same as ``[data] bounds = {...}``)."""
+    return "[data.bounds]\n" + "".join(f"{k} = [{lo!r}, {hi!r}]\n" for k, (lo, hi) in bounds.items())
+
+
 def main(out_dir: Path = HERE) -> None:
     bank, partner = generate()
     bank.to_csv(out_dir / "bank.csv", index=False)
     partner.to_csv(out_dir / "partner.csv", index=False)
     print(f"wrote {len(bank)} bank rows and {len(partner)} partner rows to {out_dir}")
+    print("public feature bounds for federation.toml:\n" + bounds_toml())
 
 
 if __name__ == "__main__":

@@ -16,6 +16,13 @@ Each party holds its own subset of the patients (every party misses about 8 % of
 random, so the three-way overlap is about 440 patients), keyed by a pseudonymous
 ``patient_id`` and stored in its own row order. A trust centre without data acts as the
 arbiter (key holder).
+
+Public bounds. Under differential privacy every feature is clipped to a *public* range and
+mapped to [-1, 1] (``[data] bounds`` in federation.toml; docs/vertical.md). For these
+measurements the public ranges are the minimum and maximum published in the data set's
+description (scikit-learn's ``DESCR`` summary table, read by the same parser the silos' data
+loader uses), not statistics the parties compute on their rows. ``python generate.py`` prints
+them as the ``[data.bounds]`` table of federation.toml (a test checks that the two agree).
 """
 from __future__ import annotations
 
@@ -60,10 +67,29 @@ def generate(seed: int = SEED) -> dict[str, pd.DataFrame]:
     return out
 
 
+def bounds() -> dict[str, tuple[float, float]]:
+    """Public range of every feature column: the min/max in breast_cancer's published DESCR."""
+    from fedsilo.silos.data import _descr_bounds
+
+    data = load_breast_cancer()
+    names = list(data.feature_names)
+    published = _descr_bounds(data.DESCR, names)
+    missing = [c for c in names if c not in published]
+    if missing:
+        raise RuntimeError(f"the data set's description has no range for {missing}")
+    return {_column(c): published[c] for c in names}
+
+
+def bounds_toml() -> str:
+    """The ``[data.bounds]`` table of federation.toml (the same as ``[data] bounds = {...}``)."""
+    return "[data.bounds]\n" + "".join(f"{k} = [{lo!r}, {hi!r}]\n" for k, (lo, hi) in bounds().items())
+
+
 def main(out_dir: Path = HERE) -> None:
     for party, table in generate().items():
         table.to_csv(out_dir / f"{party}.csv", index=False)
         print(f"wrote {len(table)} rows to {out_dir / (party + '.csv')}")
+    print("public feature bounds for federation.toml:\n" + bounds_toml())
 
 
 if __name__ == "__main__":

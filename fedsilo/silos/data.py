@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 
 from fedsilo.errors import ConfigError, DataError
+from fedsilo.protocols.scaling import scale_with_bounds
 
 __all__ = [
     "BUILTIN_SOURCES",
@@ -180,9 +181,3 @@ def split_train_test(
     idx = rng.permutation(len(frame))
     k = max(1, int(round(len(frame) * fraction)))
     return frame.iloc[idx[k:]].reset_index(drop=True), frame.iloc[idx[:k]].reset_index(drop=True)
-
-
-def scale_with_bounds(X: np.ndarray, lo: np.ndarray, hi: np.ndarray) -> np.ndarray:
-    """Clip to the public box [lo, hi] and map it to [-1, 1]."""
-    span = np.where(hi > lo, hi - lo, 1.0)
-    return 2.0 * (np.clip(X, lo, hi) - lo) / span - 1.0

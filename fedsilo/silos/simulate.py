@@ -221,6 +221,7 @@ def _run_vertical(cfg: JobConfig, ledger_dir: Path, progress: Progress | None) -
         lr=t.lr,
         l2=t.l2,
         tol=t.early_stopping_tol,
+        bounds={k: tuple(v) for k, v in cfg.data.bounds.items()},
         dp=_privacy_dict(cfg),
         ledger_dir=ledger_dir,
         budgets=budgets_for(cfg),

@@ -1,16 +1,21 @@
 """Checking and preparing one party's table for vertical learning (local, no communication)."""
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+import numbers
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
-from fedsilo.errors import DataError
+from fedsilo.errors import ConfigError, DataError
 from fedsilo.protocols.psi import ids_from_column
 
-__all__ = ["PartyTable", "check_labels", "feature_matrix", "prepare_table"]
+__all__ = ["PartyTable", "check_bounds", "check_labels", "feature_bounds", "feature_matrix", "prepare_table"]
+
+#: Where a federation config keeps the public feature bounds (named in error messages).
+BOUNDS_KEY = "[data] bounds"
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,3 +116,50 @@ def prepare_table(
     x = feature_matrix(frame, cols, source=source)
     y = check_labels(frame[label], source=source, column=label) if label is not None else None
     return PartyTable(source=source, ids=ids, columns=tuple(str(c) for c in cols), features=x, labels=y)
+
+
+def check_bounds(bounds: Mapping[str, object] | None) -> dict[str, tuple[float, float]]:
+    """The public feature bounds as ``column -> (lo, hi)`` floats, checked.
+
+    Raises:
+        ConfigError: a bound that is not a pair of finite numbers with ``lo < hi``.
+    """
+    if bounds is None:
+        return {}
+    if not isinstance(bounds, Mapping):
+        raise ConfigError(f"{BOUNDS_KEY} must map column names to [lo, hi], got {type(bounds).__name__}")
+    out: dict[str, tuple[float, float]] = {}
+    for col, pair in bounds.items():
+        ok = (
+            isinstance(pair, Sequence)
+            and not isinstance(pair, str)
+            and len(pair) == 2
+            and all(isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(v) for v in pair)
+        )
+        if not ok or not float(pair[0]) < float(pair[1]):  # type: ignore[index]
+            raise ConfigError(f"{BOUNDS_KEY}: {col!r} must be [lo, hi] with finite lo < hi, got {pair!r}")
+        out[str(col)] = (float(pair[0]), float(pair[1]))  # type: ignore[index]
+    return out
+
+
+def feature_bounds(
+    columns: Sequence[str], bounds: Mapping[str, tuple[float, float]], *, source: str, required: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per-column public bounds ``(lo, hi)`` of one party's ``columns`` (NaN where none).
+
+    ``required`` (under DP): every column needs bounds, since scaling with the data's own
+    statistics would let one record change how every other record is scaled.
+
+    Raises:
+        ConfigError: ``required`` and some columns have no bounds (all of them are named).
+    """
+    missing = [c for c in columns if c not in bounds]
+    if required and missing:
+        raise ConfigError(
+            f"{source}: differential privacy needs public bounds for every feature, and "
+            f"{len(missing)} have none: {missing}; add them to {BOUNDS_KEY} = {{column = [lo, hi]}} "
+            "(a data dictionary's range, not the data's own min/max)"
+        )
+    lo = np.array([bounds[c][0] if c in bounds else np.nan for c in columns], dtype=np.float64)
+    hi = np.array([bounds[c][1] if c in bounds else np.nan for c in columns], dtype=np.float64)
+    return lo, hi

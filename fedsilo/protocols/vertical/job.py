@@ -9,6 +9,7 @@ the final joint prediction on the evaluation rows.
 """
 from __future__ import annotations
 
+import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -24,7 +25,7 @@ from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.privacy.mechanisms import secure_rng
 from fedsilo.protocols.channel import Channel, InProcessHub, run_parties
 from fedsilo.protocols.psi import align_guest, align_host, psi_executor
-from fedsilo.protocols.vertical.data import prepare_table
+from fedsilo.protocols.vertical.data import check_bounds, feature_bounds, prepare_table
 from fedsilo.protocols.vertical.lr import (
     DpConfig,
     FitResult,
@@ -48,7 +49,13 @@ _TRAIN_ROUND = 2
 
 @dataclass(frozen=True, slots=True)
 class VerticalSpec:
-    """Everything the parties of one vertical job agree on (public configuration)."""
+    """Everything the parties of one vertical job agree on (public configuration).
+
+    ``bounds``: public feature bounds ``column -> (lo, hi)`` (a data dictionary, e.g. the
+    config's ``[data] bounds``); each party clips its columns to them and maps them to
+    ``[-1, 1]``. Under DP every feature needs bounds; without DP, columns without bounds are
+    standardized with the party's own training rows.
+    """
 
     topology: Topology
     id_column: str
@@ -59,10 +66,12 @@ class VerticalSpec:
     dp: DpConfig | None = None
     test_fraction: float = 0.2
     psi_workers: int | None = 1
+    bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.test_fraction, (int, float)) and 0.0 <= self.test_fraction < 1.0):
             raise ConfigError(f"test_fraction must be in [0, 1), got {self.test_fraction!r}")
+        object.__setattr__(self, "bounds", check_bounds(self.bounds))
 
 
 def backend_params_for(backend: str, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -95,8 +104,14 @@ def vertical_party(
 ) -> dict[str, Any]:
     """Run this party's role (from ``spec.topology``) in a whole vertical job.
 
+    Under DP a data party needs ``ledger`` and ``dataset`` and public bounds for each of its
+    features (``spec.bounds``); both are checked before PSI starts.
+
     Returns this party's report: its history and final metrics (guest), its DP spending, PSI
     sizes, and its local model (never sent to anyone).
+
+    Raises:
+        ConfigError: DP without a ledger or without bounds for every feature.
     """
     me = channel.party
     top = spec.topology
@@ -107,11 +122,14 @@ def vertical_party(
         return {"role": "arbiter", "epochs": fit.epochs_run}
     if table is None:
         raise DataError(f"{src}: party {me!r} ({'guest' if me == top.guest else 'host'}) has no table")
+    if spec.dp is not None and (ledger is None or dataset is None):
+        raise ConfigError(f"{src}: differential privacy needs a privacy ledger and the dataset name to charge")
     T = spec.training.timeout
     common = dict(backend=backend, config=spec.training, dp=spec.dp, ledger=ledger, dataset=dataset, rng=rng,
-                  start_round=_TRAIN_ROUND)
+                  start_round=_TRAIN_ROUND, bounds=spec.bounds)
     if me == top.guest:
         data = prepare_table(table, source=src, id_column=spec.id_column, label=spec.label)
+        feature_bounds(data.columns, spec.bounds, source=src, required=spec.dp is not None)
         with psi_executor(spec.psi_workers) as ex:
             al = align_guest(channel, hosts=top.hosts, ids=data.ids, rng=rng, round=0, executor=ex, source=src)
         train_rows, test_rows = _split(rng, al.size, spec.test_fraction)
@@ -129,6 +147,7 @@ def vertical_party(
         return _report("guest", fit, al.size, al.local_size, al.pairwise, train_rows.size, test_rows.size,
                        final=final, test_ids=[al.ids[i] for i in test_rows.tolist()])
     data = prepare_table(table, source=src, id_column=spec.id_column, label=None)
+    feature_bounds(data.columns, spec.bounds, source=src, required=spec.dp is not None)
     with psi_executor(spec.psi_workers) as ex:
         al = align_host(channel, guest=top.guest, ids=data.ids, rng=rng, round=0, executor=ex, source=src)
     msg = channel.recv(top.guest, "vlr/split", round=_SPLIT_ROUND, timeout=T)
@@ -257,6 +276,7 @@ def simulate_vertical(
     psi_workers: int | None = 1,
     timeout: float = 600.0,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
 ) -> dict[str, Any]:
     """Run a vertical job (PSI alignment, hetero-LR training, joint evaluation) on one machine.
 
@@ -275,8 +295,9 @@ def simulate_vertical(
             "accountant"="rdp", "colluders"=0, "level"}`` — record-level, per data party,
             whole run (``level`` is accepted; vertical DP is always record level).
         ledger_dir: under DP, each data party charges ``LEDGER_DIR/<party>.sqlite`` before any
-            release; ``budgets`` (party -> (ε, δ)) registers each dataset's budget (default:
-            the DP target).
+            release (``None``: a temporary folder, removed afterwards; ε is still charged and
+            reported); ``budgets`` (party -> (ε, δ)) registers each dataset's budget
+            (default: the DP target).
         datasets: party -> dataset name in its ledger (default: the party name).
         job, seed: job id; seed for splits, batches, masks and noise (``None``: OS entropy).
         test_fraction: aligned rows held out for evaluation.
@@ -284,6 +305,10 @@ def simulate_vertical(
         timeout: seconds any party waits for one message.
         progress: called by the guest after each epoch with that epoch's record (plus
             ``epsilon``: party -> ε spent so far, under DP).
+        bounds: public feature bounds ``column -> (lo, hi)`` (the config's ``[data] bounds``):
+            features are clipped to them and mapped to ``[-1, 1]``. Under DP every feature of
+            every party needs one (else :class:`ConfigError` naming the features); without
+            DP, features without bounds are standardized with the party's training rows.
 
     Returns:
         The results contract: ``task``, ``backend``, ``topology``, ``rounds`` (per-epoch
@@ -299,40 +324,59 @@ def simulate_vertical(
     training = TrainingConfig(epochs=epochs, batch_size=batch_size, lr=lr, l2=l2, tol=tol, timeout=timeout)
     spec = VerticalSpec(topology=top, id_column=id_column, label=label, backend=backend,
                         backend_params=dict(backend_params or {}), training=training, dp=dp_cfg,
-                        test_fraction=test_fraction, psi_workers=psi_workers)
+                        test_fraction=test_fraction, psi_workers=psi_workers, bounds=dict(bounds or {}))
     for p in top.data_parties:
         if p not in tables:
             raise ConfigError(f"party {p!r} ({roles[p]}) has no table")
     if top.arbiter is not None and tables.get(top.arbiter) is not None:
         raise ConfigError(f"the arbiter {top.arbiter!r} holds no data; remove its table")
+    if dp_cfg is not None:  # name every party's unbounded features at once, before any PSI
+        unbounded = {}
+        for p in top.data_parties:
+            cols = prepare_table(tables[p], source=p, id_column=id_column, label=label if p == top.guest else None).columns
+            missing = [c for c in cols if c not in spec.bounds]
+            if missing:
+                unbounded[p] = missing
+        if unbounded:
+            listed = "; ".join(f"{p}: {m}" for p, m in unbounded.items())
+            raise ConfigError(
+                f"differential privacy needs public bounds for every feature; none for {listed}. Add them to "
+                "[data] bounds = {column = [lo, hi]} (a data dictionary's range, not the data's own min/max)"
+            )
     get_backend(backend, **backend_params_for(backend, backend_params or {}))  # fail fast on bad parameters
     datasets = dict(datasets or {})
     ledgers: dict[str, PrivacyLedger] = {}
-    if dp_cfg is not None and ledger_dir is not None:
-        for p in top.data_parties:
-            led = PrivacyLedger(Path(ledger_dir) / f"{p}.sqlite", silo=p, accountant=dp_cfg.accountant)
-            eps_b, delta_b = (budgets or {}).get(p, (dp_cfg.epsilon, dp_cfg.delta))
-            led.register_dataset(datasets.get(p, p), epsilon=eps_b, delta=delta_b)
-            ledgers[p] = led
-    hub = InProcessHub(job, [*top.data_parties, *([top.arbiter] if top.arbiter else [])])
-    start = time.perf_counter()
+    tmp: tempfile.TemporaryDirectory[str] | None = None
+    spent: dict[str, float] = {}
     try:
+        if dp_cfg is not None:
+            if ledger_dir is None:  # DP never runs without a ledger: charge a throw-away one
+                tmp = tempfile.TemporaryDirectory(prefix="fedsilo-ledgers-")
+                ledger_dir = tmp.name
+            Path(ledger_dir).mkdir(parents=True, exist_ok=True)
+            for p in top.data_parties:
+                led = PrivacyLedger(Path(ledger_dir) / f"{p}.sqlite", silo=p, accountant=dp_cfg.accountant)
+                ledgers[p] = led
+                eps_b, delta_b = (budgets or {}).get(p, (dp_cfg.epsilon, dp_cfg.delta))
+                led.register_dataset(datasets.get(p, p), epsilon=eps_b, delta=delta_b)
+        hub = InProcessHub(job, [*top.data_parties, *([top.arbiter] if top.arbiter else [])])
+        start = time.perf_counter()
         out = run_parties(hub, vertical_parties(spec, tables, seed=seed, ledgers=ledgers, datasets=datasets,
                                                    progress=progress))
+        seconds = time.perf_counter() - start
+        spent = {p: led.spent(datasets.get(p, p)) for p, led in ledgers.items()}
     finally:
         for led in ledgers.values():
             led.close()
-    seconds = time.perf_counter() - start
+        if tmp is not None:
+            tmp.cleanup()
     guest = out[top.guest]
     plan = guest["dp"]
     eps: dict[str, dict[str, Any]] = {}
     for p in top.data_parties if plan is not None else ():
         rep = out[p]
-        entry: dict[str, Any] = {"epsilon": rep["epsilon"], "delta": plan.delta, "accountant": plan.accountant}
-        if p in ledgers:
-            with PrivacyLedger(Path(str(ledger_dir)) / f"{p}.sqlite", silo=p, accountant=plan.accountant) as led:
-                entry["ledger_spent"] = led.spent(datasets.get(p, p))
-        eps[p] = entry
+        eps[p] = {"epsilon": rep["epsilon"], "delta": plan.delta, "accountant": plan.accountant,
+                  "ledger_spent": spent[p]}
     dp_out = None
     if plan is not None:
         dp_out = {
@@ -342,6 +386,7 @@ def simulate_vertical(
             "logit_clip": plan.logit_clip,
             "rounds": plan.steps_per_epoch * guest["epochs"],
             "sample_rate": plan.sample_rate,
+            "neighbouring": plan.neighbouring,
             "delta": plan.delta,
             "target_epsilon": plan.epsilon,
             "accountant": plan.accountant,

@@ -45,11 +45,14 @@ Who learns what:
   the hosts' partial scores ``X_h w_h`` of the requested rows (not training rows in
   :func:`fedsilo.protocols.vertical.simulate_vertical`) to the guest, as in FATE.
 
-DP (record level, one customer's row) is described in :mod:`.taylor`: each released gradient
-``g_p`` carries Gaussian noise ``σ_p = z·S_p`` drawn as shares by the *other* data parties,
-so ``p`` cannot subtract it; each data party charges its ledger with
-``GaussianEvent(z/sqrt(P−1), q, steps)`` once per epoch **before** it contributes the noise
-shares that every decryption of that epoch waits for.
+DP (record level, replace one customer's row) is described in :mod:`.taylor`: features are
+scaled with public bounds (``bounds``, required for every feature under DP), each epoch's
+batches are a shuffled partition of the training rows, each released gradient ``g_p`` carries
+Gaussian noise ``σ_p = z·Δ_p`` (``Δ_p`` the replace-one sensitivity) drawn as shares by the
+*other* data parties, so ``p`` cannot subtract it; each data party charges its ledger (required
+under DP) with ``GaussianEvent(z/sqrt(P−1), 1.0, 1)`` once per epoch **before** it contributes
+the noise shares that every decryption of that epoch waits for. A host checks that the guest's
+batches partition the training rows before it charges.
 """
 from __future__ import annotations
 
@@ -70,9 +73,12 @@ from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.privacy.mechanisms import clip_rows_l2, gaussian_noise
 from fedsilo.protocols.channel import Channel
 from fedsilo.protocols.metrics import accuracy, auc, ks_statistic, log_loss
+from fedsilo.protocols.scaling import scale_with_bounds
+from fedsilo.protocols.vertical.data import check_bounds, feature_bounds
 from fedsilo.protocols.vertical.taylor import (
     DpPlan,
     calibrate,
+    epoch_partition,
     guest_residual_part,
     host_residual_part,
     learning_rate,
@@ -108,7 +114,8 @@ class TrainingConfig:
 
     Args:
         epochs: passes over the training rows (the job's ``rounds``).
-        batch_size: rows per step (under DP: the expected size of a Poisson sample).
+        batch_size: rows per step: each epoch is a fresh shuffled partition of the training
+            rows into ``ceil(rows / batch_size)`` batches of near-equal size.
         lr: base learning rate; ``lr_schedule`` ``"sqrt"`` uses ``lr / sqrt(epoch)``.
         l2: L2 penalty ``λ/2 ‖w‖²`` on each party's weights (not the intercept).
         tol: stop when the training loss improves by less than this (no DP only).
@@ -153,7 +160,7 @@ class DpConfig:
 
     Args:
         epsilon, delta: the target per data party for the whole training run.
-        clip: L2 bound ``C`` of each party's standardized feature row.
+        clip: L2 bound ``C`` of each party's scaled feature row (features in ``[-1, 1]``).
         logit_clip: bound ``B`` on each party's partial logit during training.
         accountant: ``"rdp"`` or ``"pld"``.
         colluders: other data parties that may collude with a gradient's recipient and still
@@ -214,7 +221,12 @@ class Topology:
 
 @dataclass(frozen=True, slots=True)
 class LocalModel:
-    """One party's share of the model: its own preprocessing and weights (never sent)."""
+    """One party's share of the model: its own preprocessing and weights (never sent).
+
+    Columns with public ``bounds`` (``(lo, hi)`` arrays, NaN where a column has none) are
+    clipped to them and mapped to ``[-1, 1]``; the others are standardized with ``mean`` and
+    ``scale`` (training statistics; never under DP).
+    """
 
     columns: tuple[str, ...]
     mean: np.ndarray
@@ -222,10 +234,17 @@ class LocalModel:
     clip: float | None
     weights: np.ndarray  #: one per column, plus the intercept last for the guest
     intercept: bool
+    bounds: tuple[np.ndarray, np.ndarray] | None = None
 
     def transform(self, x: np.ndarray) -> np.ndarray:
-        """Standardize (train statistics), clip rows under DP, append the guest's constant 1."""
+        """Scale (public bounds, else train statistics), clip rows under DP, append the
+        guest's constant 1."""
         z = standardize_apply(x, mean=self.mean, scale=self.scale)
+        if self.bounds is not None:
+            lo, hi = self.bounds
+            has = ~np.isnan(lo)
+            if has.any():
+                z[:, has] = scale_with_bounds(np.asarray(x, dtype=np.float64)[:, has], lo[has], hi[has])
         if self.clip is not None and z.shape[1]:
             z = clip_rows_l2(z, max_norm=self.clip)
         if self.intercept:
@@ -301,22 +320,53 @@ def _as_float_vector(value: Any, *, length: int, sender: str, what: str) -> np.n
     return value
 
 
-def _batches(rng: np.random.Generator, *, rows: int, batch_size: int, poisson: bool) -> list[np.ndarray]:
-    """Mini-batches of one epoch: Poisson samples with rate b/n under DP, else a shuffled split."""
-    if poisson:
-        q = min(1.0, batch_size / rows)
-        return [np.flatnonzero(rng.random(rows) < q) for _ in range(math.ceil(rows / batch_size))]
-    perm = rng.permutation(rows)
-    return [perm[i : i + batch_size] for i in range(0, rows, batch_size)]
+def _check_partition(batches: Any, rows: int, *, who: str) -> list[np.ndarray]:
+    """The guest's batches of one epoch, checked to be a partition of ``range(rows)``: each
+    training row in exactly one batch — what this party's per-epoch DP charge assumes."""
+    if not isinstance(batches, list) or any(
+        not isinstance(b, np.ndarray) or b.ndim != 1 or b.dtype.kind != "i" for b in batches
+    ):
+        raise ProtocolError(f"{who}: malformed batches from the guest")
+    flat = np.concatenate(batches) if batches else np.zeros(0, dtype=np.int64)
+    if flat.size != rows or not np.array_equal(np.sort(flat), np.arange(rows)):
+        raise ProtocolError(
+            f"{who}: the guest's batches do not partition the {rows} training rows (each row exactly once per epoch)"
+        )
+    return batches
 
 
 def _fit_model(
-    x: np.ndarray, train_rows: np.ndarray, columns: Sequence[str] | None, *, dp: DpConfig | None, intercept: bool
+    x: np.ndarray,
+    train_rows: np.ndarray,
+    columns: Sequence[str] | None,
+    *,
+    dp: DpConfig | None,
+    intercept: bool,
+    bounds: Mapping[str, tuple[float, float]],
+    who: str,
 ) -> LocalModel:
-    mean, scale = standardize_fit(x[train_rows]) if x.shape[1] else (np.zeros(0), np.ones(0))
+    """This party's preprocessing: public bounds where given (every column under DP), else
+    standardization with its own training rows' statistics (no DP only)."""
     cols = tuple(columns) if columns is not None else tuple(f"x{j}" for j in range(x.shape[1]))
+    if len(cols) != x.shape[1]:
+        raise DataError(f"{who}: {len(cols)} column names for {x.shape[1]} feature columns")
+    lo, hi = feature_bounds(cols, bounds, source=who, required=dp is not None)
+    free = np.isnan(lo)
+    mean, scale = np.zeros(x.shape[1]), np.ones(x.shape[1])
+    if free.any():  # never under DP (feature_bounds refused it)
+        mean[free], scale[free] = standardize_fit(x[train_rows][:, free])
     dim = x.shape[1] + (1 if intercept else 0)
-    return LocalModel(cols, mean, scale, dp.clip if dp else None, np.zeros(dim), intercept)
+    return LocalModel(cols, mean, scale, dp.clip if dp else None, np.zeros(dim), intercept,
+                      (lo, hi) if not free.all() else None)
+
+
+def _check_dp_ledger(dp: DpConfig | None, ledger: PrivacyLedger | None, dataset: str | None, *, who: str) -> None:
+    if dp is not None and (ledger is None or dataset is None):
+        raise ConfigError(
+            f"{who}: differential privacy needs a privacy ledger and the dataset name to charge "
+            f"(got ledger={'set' if ledger is not None else None}, dataset={dataset!r}); "
+            "nothing is released without a ledger entry"
+        )
 
 
 def _check_matrix(x: np.ndarray, *, who: str) -> np.ndarray:
@@ -338,10 +388,10 @@ def _check_rows(rows: np.ndarray, n: int, *, who: str, what: str) -> np.ndarray:
 def _charge(
     ledger: PrivacyLedger | None, dataset: str | None, plan: DpPlan | None, *, job: str, epoch: int, recipients: Sequence[str]
 ) -> ContextManager[Any]:
-    if ledger is None or plan is None:
+    if plan is None:
         return nullcontext()
-    if dataset is None:
-        raise ConfigError("a ledger needs the dataset name to charge")
+    if ledger is None or dataset is None:  # pragma: no cover - refused when training starts
+        raise ConfigError("differential privacy needs a privacy ledger and the dataset name to charge")
     return ledger.charge(
         dataset,
         plan.epoch_event(),
@@ -351,13 +401,17 @@ def _charge(
         mechanism={
             "name": "gaussian_noise_shares",
             "released": "gradients of the other data parties",
+            "neighbouring": plan.neighbouring,
             "noise_multiplier": plan.noise_multiplier,
             "event_multiplier": plan.event_multiplier,
             "clip": plan.clip,
             "logit_clip": plan.logit_clip,
             "residual_bound": plan.residual_bound,
+            "sensitivity_guest": plan.sensitivity(intercept=True),
+            "sensitivity_host": plan.sensitivity(intercept=False),
             "sample_rate": plan.sample_rate,
-            "steps": plan.steps_per_epoch,
+            "batches": "public to every party, disjoint: one release per customer per epoch",
+            "batches_per_epoch": plan.steps_per_epoch,
             "shares": len(recipients),
             "colluders": plan.colluders,
         },
@@ -392,7 +446,7 @@ def _update(model: LocalModel, grad: np.ndarray, *, lr: float, l2: float) -> Loc
     if model.intercept:
         reg[-1] = 0.0
     w = model.weights - lr * (grad + reg)
-    return LocalModel(model.columns, model.mean, model.scale, model.clip, w, model.intercept)
+    return LocalModel(model.columns, model.mean, model.scale, model.clip, w, model.intercept, model.bounds)
 
 
 def _plan(dp: DpConfig | None, *, rows: int, config: TrainingConfig, parties: int) -> DpPlan | None:
@@ -460,21 +514,25 @@ def guest_train(
     ledger: PrivacyLedger | None = None,
     dataset: str | None = None,
     columns: Sequence[str] | None = None,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
     rng: np.random.Generator,
     start_round: int = 1,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
-    """The guest's side of training: drives the epochs, samples batches, forms residuals.
+    """The guest's side of training: drives the epochs, draws the batches, forms residuals.
 
     ``x``/``y`` are the guest's aligned rows; ``train_rows`` and ``eval_rows`` index them (the
     hosts get the same index sets). Per-epoch evaluation on ``eval_rows`` uses the joint
-    prediction protocol.
+    prediction protocol. ``bounds``: public ``column -> (lo, hi)`` feature bounds (required
+    for every column under DP); ``ledger`` and ``dataset``: required under DP.
 
     Raises:
         DataError: a host's row counts differ from the guest's, labels are not 0/1.
+        ConfigError: DP without a ledger, or without bounds for every feature.
     """
     me, hosts, arb = channel.party, topology.hosts, topology.arbiter
     T, r = config.timeout, start_round
+    _check_dp_ledger(dp, ledger, dataset, who=me)
     x = _check_matrix(x, who=me)
     y = np.asarray(y, dtype=np.float64).ravel()
     if y.shape[0] != x.shape[0]:
@@ -483,6 +541,7 @@ def guest_train(
         raise DataError(f"{me}: labels must be 0 or 1")
     train_rows = _check_rows(train_rows, x.shape[0], who=me, what="training")
     eval_rows = _check_rows(eval_rows, x.shape[0], who=me, what="evaluation")
+    model = _fit_model(x, train_rows, columns, dp=dp, intercept=True, bounds=check_bounds(bounds), who=me)
 
     # -- hello: row counts, dimensions, agreement on the configuration ------------------------
     hellos = _gather_all(channel, hosts, "vlr/hello", round=r, timeout=T)
@@ -495,7 +554,6 @@ def guest_train(
             )
         if msg.get("config") != config.digest() or msg.get("dp") != _dp_digest(dp):
             raise ConfigError(f"host {h!r} was started with other training or DP settings than the guest {me!r}")
-    model = _fit_model(x, train_rows, columns, dp=dp, intercept=True)
     dims = {me: model.weights.size, **{h: int(hellos[h]["dim"]) for h in hosts}}
     plan = _plan(dp, rows=train_rows.size, config=config, parties=len(topology.data_parties))
     setup = {"dims": dims, "plan": plan.to_json() if plan else None, "loss": bool(config.track_loss and plan is None)}
@@ -512,7 +570,7 @@ def guest_train(
     stopped = False
     epochs_run = 0
     for epoch in range(1, config.epochs + 1):
-        batches = _batches(rng, rows=train_rows.size, batch_size=config.batch_size, poisson=plan is not None)
+        batches = epoch_partition(rows=train_rows.size, batch_size=config.batch_size, rng=rng)
         channel.broadcast(hosts, "vlr/epoch", {"stop": False, "batches": batches}, round=r)
         if arb:
             channel.send(arb, "vlr/epoch", {"stop": False, "sizes": [int(b.size) for b in batches]}, round=r)
@@ -525,7 +583,7 @@ def guest_train(
                 step_round = r + 1 + s
                 if idx.size == 0:
                     continue
-                norm = float(config.batch_size if plan else idx.size)
+                norm = float(idx.size)  # public: the batches are known to every party
                 xb = xt[idx]
                 a = guest_residual_part(logits=_clip_logits(xb @ model.weights, plan), labels=yt[idx])
                 mask = rng.uniform(-mask_scale, mask_scale, size=model.weights.size)
@@ -691,18 +749,28 @@ def host_train(
     ledger: PrivacyLedger | None = None,
     dataset: str | None = None,
     columns: Sequence[str] | None = None,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
     rng: np.random.Generator,
     start_round: int = 1,
 ) -> FitResult:
-    """A host's side of training: partial logits, its encrypted gradient, noise for others."""
+    """A host's side of training: partial logits, its encrypted gradient, noise for others.
+
+    ``bounds``, ``ledger`` and ``dataset`` as for :func:`guest_train`. Under DP the host
+    checks that each epoch's batches partition the training rows before it charges its ledger.
+
+    Raises:
+        ConfigError: DP without a ledger, or without bounds for every feature.
+        ProtocolError: malformed messages, or batches that are not a partition of the rows.
+    """
     me, guest, arb = channel.party, topology.guest, topology.arbiter
     T, r = config.timeout, start_round
+    _check_dp_ledger(dp, ledger, dataset, who=me)
     x = _check_matrix(x, who=me)
     if x.shape[1] == 0:
         raise DataError(f"{me}: a host needs at least one feature column")
     train_rows = _check_rows(train_rows, x.shape[0], who=me, what="training")
     eval_rows = _check_rows(eval_rows, x.shape[0], who=me, what="evaluation")
-    model = _fit_model(x, train_rows, columns, dp=dp, intercept=False)
+    model = _fit_model(x, train_rows, columns, dp=dp, intercept=False, bounds=check_bounds(bounds), who=me)
     channel.send(
         guest,
         "vlr/hello",
@@ -739,12 +807,7 @@ def host_train(
         if ep.get("stop"):
             break
         epoch = epochs_run + 1
-        batches = ep["batches"]
-        if not isinstance(batches, list) or any(
-            not isinstance(b, np.ndarray) or b.dtype.kind != "i" or (b.size and (b.min() < 0 or b.max() >= train_rows.size))
-            for b in batches
-        ):
-            raise ProtocolError(f"{me}: malformed batches from the guest")
+        batches = _check_partition(ep.get("batches"), train_rows.size, who=me)
         lr_e = learning_rate(base=config.lr, epoch=epoch, schedule=config.lr_schedule)
         rows_e = max(1, sum(int(b.size) for b in batches))
         mask_scale = _mask_scale(backend, config)
@@ -753,7 +816,7 @@ def host_train(
                 step_round = r + 1 + s
                 if idx.size == 0:
                     continue
-                norm = float(config.batch_size if plan else idx.size)
+                norm = float(idx.size)  # public: the batches are known to every party
                 xb = xt[idx]
                 b = host_residual_part(logits=_clip_logits(xb @ model.weights, plan))
                 mask = rng.uniform(-mask_scale, mask_scale, size=model.weights.size)

@@ -12,19 +12,33 @@ partial logits ``u = Σ_p u_p``: it can be formed under additively homomorphic e
 Since ``2d² = u²/8 − y'u/2 + 1/2``, the loss is ``ℓ = log 2 − 1/2 + 2d²`` — the mean of
 ``d²`` is all a key holder has to decrypt to report it.
 
-Differential privacy (record level: one customer's row). Every party clips its standardized
-feature rows to L2 norm ``C`` (:func:`fedsilo.privacy.clip_rows_l2`) and its partial logits to
-``|u_p| <= B``; then ``|d| <= D = P·B/4 + 1/2`` for ``P`` data parties and the contribution of
-one customer to party p's gradient sum ``Σ_i d_i x_{p,i}`` has L2 norm at most
-``S_p = C_p · D`` (``C_p = sqrt(C² + 1)`` for the guest's rows, which carry the intercept's
-constant 1). Removing a customer's row from any *other* party's table removes the customer
-from the aligned set, so ``S_p`` is the add/remove sensitivity of the gradient released to
-p. See :func:`residual_bound` and :func:`calibrate`.
+Differential privacy (record level: one customer's row). PSI tells every party which customers
+are aligned, so whether a customer takes part is not hidden: the neighbouring relation is
+**replace one customer's row** (its features at every party and its label), not add/remove.
+Every party scales its features with public bounds to ``[-1, 1]`` (:mod:`fedsilo.protocols.scaling`),
+clips each row to L2 norm ``C`` (:func:`fedsilo.privacy.clip_rows_l2`) and its partial logits to
+``|u_p| <= B``; then ``|d| <= D = P·B/4 + 1/2`` for ``P`` data parties, and one customer's
+contribution ``d_i x_{p,i}`` to party p's gradient sum has L2 norm at most ``C_p · D``
+(``C_p = sqrt(C² + 1)`` for the guest's rows, which carry the intercept's constant 1).
+Replacing the row moves that contribution between two points of the ball of radius ``C_p·D``,
+so the replace-one sensitivity of the sum is ``Δ_p = 2·C_p·D``, and it is attained (``d`` from
+``−D`` to ``+D`` with the same ``x``). See :func:`residual_bound` and :meth:`DpPlan.sensitivity`.
+
+Batches are public (the guest announces them to every party, so the parties that receive noised
+gradients know who is in each batch): no amplification by subsampling is claimed. Each epoch is
+a fresh shuffled *partition* of the training rows (:func:`epoch_partition`), so each customer is
+in exactly one batch per epoch, and the epoch costs one Gaussian mechanism per customer
+(parallel composition over disjoint batches: McSherry, "Privacy integrated queries", SIGMOD
+2009, Thm. 4: the partition does not depend on the data, so a replaced row stays in its batch;
+under adaptive composition the steps whose batch does not hold the customer do not depend on
+its row given the earlier releases). See :func:`calibrate`, and docs/vertical.md §4 for the
+path through a party's own model that this accounting does not bound.
 """
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 
@@ -37,6 +51,7 @@ __all__ = [
     "DpPlan",
     "LOG2_MINUS_HALF",
     "calibrate",
+    "epoch_partition",
     "guest_residual_part",
     "host_residual_part",
     "learning_rate",
@@ -92,8 +107,23 @@ def learning_rate(*, base: float, epoch: int, schedule: str) -> float:
     raise ConfigError(f"unknown learning-rate schedule {schedule!r} (expected 'constant' or 'sqrt')")
 
 
+def epoch_partition(*, rows: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """One epoch's mini-batches: a fresh uniformly random partition of ``range(rows)`` into
+    ``ceil(rows / batch_size)`` disjoint batches whose sizes differ by at most one.
+
+    Every row is in exactly one batch, which is what the per-epoch DP accounting relies on
+    (:func:`calibrate`); near-equal sizes avoid a small last batch whose mean gradient would
+    carry a large share of the noise.
+    """
+    if rows < 1 or batch_size < 1:
+        raise ConfigError(f"rows and batch_size must be >= 1 (got {rows}, {batch_size})")
+    return np.array_split(rng.permutation(rows), math.ceil(rows / batch_size))
+
+
 def standardize_fit(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Column means and scales (population std; 1.0 for constant columns) of ``x``."""
+    """Column means and scales (population std; 1.0 for constant columns) of ``x``.
+
+    Not for DP: the statistics depend on every row (use public bounds instead)."""
     x = np.asarray(x, dtype=np.float64)
     mean = x.mean(axis=0)
     scale = x.std(axis=0)
@@ -120,11 +150,13 @@ class DpPlan:
     """The DP calibration every party derives from the same public inputs.
 
     ``noise_multiplier`` (``z``) sets the noise on each released gradient sum:
-    ``σ_p = z · S_p``. One customer's row reaches ``recipients`` released gradients per step
-    (every other data party's), so each party's privacy loss per step is that of one Gaussian
-    mechanism with multiplier ``z / sqrt(recipients)`` on the concatenation — the
-    ``event_multiplier`` charged to its ledger, with Poisson sampling rate ``sample_rate``
-    for ``steps_per_epoch`` steps per epoch.
+    ``σ_p = z · Δ_p`` with ``Δ_p`` the replace-one sensitivity (:meth:`sensitivity`). In the
+    step whose batch holds a customer, the customer's row reaches ``recipients`` released
+    gradients (every other data party's), so each party's privacy loss per epoch is that of one
+    Gaussian mechanism with multiplier ``z / sqrt(recipients)`` on the concatenation — the
+    ``event_multiplier``, charged to its ledger once per epoch without subsampling
+    (``sample_rate`` is 1.0: batches are public among the parties). ``steps_per_epoch`` is the
+    number of batches (gradient steps) per epoch.
     """
 
     epsilon: float
@@ -141,14 +173,19 @@ class DpPlan:
     accountant: str
     colluders: int = 0
 
+    #: The neighbouring relation the sensitivities are measured for.
+    neighbouring: ClassVar[str] = "replace one customer's row"
+
     @property
     def residual_bound(self) -> float:
         return residual_bound(parties=self.parties, logit_clip=self.logit_clip)
 
     def sensitivity(self, *, intercept: bool) -> float:
-        """``S_p``: L2 bound of one row's contribution to party p's gradient sum."""
+        """``Δ_p = 2·C_p·D``: replace-one L2 sensitivity of party p's gradient sum (each row's
+        contribution has norm at most ``C_p·D``; a replaced row swaps one such contribution for
+        another)."""
         c = math.sqrt(self.clip**2 + 1.0) if intercept else self.clip
-        return c * self.residual_bound
+        return 2.0 * c * self.residual_bound
 
     def sigma(self, *, intercept: bool) -> float:
         """Total noise standard deviation on party p's gradient *sum*."""
@@ -163,13 +200,14 @@ class DpPlan:
         )
 
     def epoch_event(self) -> GaussianEvent:
-        """What one epoch costs each data party (charged before its first decryption)."""
-        return GaussianEvent(self.event_multiplier, self.sample_rate, self.steps_per_epoch)
+        """What one epoch costs each data party (charged before its first decryption): one
+        Gaussian release per customer, no subsampling."""
+        return GaussianEvent(self.event_multiplier, 1.0, 1)
 
     def job_event(self, epochs: int | None = None) -> GaussianEvent:
         """What ``epochs`` (default: all planned) epochs cost each data party."""
         e = self.epochs if epochs is None else epochs
-        return GaussianEvent(self.event_multiplier, self.sample_rate, self.steps_per_epoch * max(1, e))
+        return GaussianEvent(self.event_multiplier, 1.0, max(1, e))
 
     def to_json(self) -> dict[str, float | int | str]:
         return {
@@ -186,6 +224,7 @@ class DpPlan:
             "recipients": self.recipients,
             "colluders": self.colluders,
             "accountant": self.accountant,
+            "neighbouring": self.neighbouring,
         }
 
 
@@ -204,9 +243,13 @@ def calibrate(
 ) -> DpPlan:
     """The noise for a target ``(ε, δ)`` per data party over the whole training run.
 
-    Poisson sampling with rate ``q = batch_size / rows`` and ``ceil(rows / batch_size)`` steps
-    per epoch (Abadi et al., CCS 2016; Mironov, Talwar & Zhang, arXiv:1908.10530, for the
-    sampled Gaussian's RDP), calibrated with :func:`fedsilo.privacy.noise_multiplier`.
+    Each epoch partitions the training rows into ``ceil(rows / batch_size)`` disjoint batches
+    (:func:`epoch_partition`), and the batches are known to every party, so no amplification by
+    subsampling applies: each epoch is one Gaussian mechanism per customer (parallel
+    composition over the disjoint batches, McSherry 2009, Thm. 4), ``epochs`` of them in
+    sequence. ``z_event`` is calibrated with :func:`fedsilo.privacy.noise_multiplier` for
+    ``sample_rate=1.0, steps=epochs``; ``z = sqrt(P − 1) · z_event`` because a customer's row
+    reaches the ``P − 1`` gradients released to the other data parties in its step.
 
     ``colluders``: how many other data parties may collude with a gradient's recipient and still
     leave it the full noise (see :meth:`DpPlan.share_sigma`); it costs utility, not ε.
@@ -221,11 +264,9 @@ def calibrate(
     if isinstance(colluders, bool) or not isinstance(colluders, int) or colluders < 0:
         raise ConfigError(f"colluders must be an integer >= 0, got {colluders!r}")
     residual_bound(parties=parties, logit_clip=logit_clip)
-    q = min(1.0, batch_size / rows)
-    steps = math.ceil(rows / batch_size)
     recipients = parties - 1
     z_event = noise_multiplier(
-        target_epsilon=epsilon, delta=delta, sample_rate=q, steps=steps * epochs, accountant=accountant
+        target_epsilon=epsilon, delta=delta, sample_rate=1.0, steps=epochs, accountant=accountant
     )
     return DpPlan(
         epsilon=float(epsilon),
@@ -234,8 +275,8 @@ def calibrate(
         logit_clip=float(logit_clip),
         noise_multiplier=z_event * math.sqrt(recipients),
         event_multiplier=z_event,
-        sample_rate=q,
-        steps_per_epoch=steps,
+        sample_rate=1.0,
+        steps_per_epoch=math.ceil(rows / batch_size),
         epochs=epochs,
         recipients=recipients,
         parties=parties,

@@ -8,7 +8,15 @@ import pytest
 from sklearn.metrics import roc_auc_score
 
 from fedsilo.protocols.vertical import DpConfig, Topology, TrainingConfig, VerticalSpec
-from vt_data import aligned_matrix, bank_tables, breast_cancer_tables, run_job, sklearn_reference, standardize
+from vt_data import (
+    aligned_matrix,
+    bank_tables,
+    breast_cancer_bounds,
+    breast_cancer_tables,
+    run_job,
+    sklearn_reference,
+    standardize,
+)
 
 BACKENDS = {
     "ckks": {},  # vertical LR picks profile="matmul"
@@ -18,7 +26,7 @@ BACKENDS = {
 
 def _fit(tables, top: Topology, backend: str, params, training: TrainingConfig, label: str, id_column: str, dp=None):
     spec = VerticalSpec(topology=top, id_column=id_column, label=label, backend=backend, backend_params=params,
-                        training=training, dp=dp)
+                        training=training, dp=dp, bounds=breast_cancer_bounds() if dp is not None else {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 1024-bit Paillier keys warn (tests only)
         return run_job(spec, tables)

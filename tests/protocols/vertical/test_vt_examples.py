@@ -46,3 +46,37 @@ def test_example_configs_run_end_to_end(tmp_path: Path, folder: Path) -> None:
     for party, e in res["epsilon"].items():
         assert 0 < e["epsilon"] <= 8.0 and e["ledger_spent"] == pytest.approx(e["epsilon"])
     assert res["psi"]["intersection"] > 0
+
+
+@pytest.mark.parametrize("folder", [BANK, HOSPITAL])
+def test_example_bounds_are_the_generators_public_bounds_and_cover_every_feature(folder: Path) -> None:
+    from fedsilo.silos.config import load_config
+
+    gen = _module(folder / "generate.py")
+    cfg = load_config(folder / "federation.toml")
+    published = gen.BOUNDS if hasattr(gen, "BOUNDS") else gen.bounds()
+    assert {k: tuple(v) for k, v in cfg.data.bounds.items()} == published
+    for silo in cfg.silos:
+        if silo.data:
+            columns = set(pd.read_csv(folder / silo.data, nrows=1).columns) - {cfg.data.id_column, cfg.data.label}
+            assert columns <= set(published), f"{silo.name}: no public bounds for {columns - set(published)}"
+
+
+@pytest.mark.parametrize("folder", [BANK, HOSPITAL])
+def test_example_runs_under_dp_with_its_public_bounds(tmp_path: Path, folder: Path) -> None:
+    """The examples through simulate_vertical with the config's [data] bounds, as the glue passes them."""
+    from fedsilo.protocols.vertical import simulate_vertical
+    from fedsilo.silos.config import load_config
+
+    cfg = load_config(folder / "federation.toml")
+    tables = {s.name: pd.read_csv(folder / s.data) for s in cfg.silos if s.data}
+    assert cfg.privacy is not None
+    res = simulate_vertical(
+        tables=tables, roles={s.name: s.role for s in cfg.silos}, id_column=cfg.data.id_column, label=cfg.data.label,
+        backend="plain", epochs=2, batch_size=cfg.training.batch_size, lr=cfg.training.lr,
+        dp={"epsilon": cfg.privacy.epsilon, "delta": cfg.privacy.delta, "clip": cfg.privacy.clip},
+        ledger_dir=tmp_path, bounds=cfg.data.bounds, seed=cfg.federation.seed,
+    )
+    assert res["final"]["auc"] > 0.7 and res["dp"]["sample_rate"] == 1.0
+    for e in res["epsilon"].values():
+        assert 0 < e["epsilon"] <= cfg.privacy.epsilon and e["ledger_spent"] == pytest.approx(e["epsilon"])

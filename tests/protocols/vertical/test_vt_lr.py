@@ -8,6 +8,7 @@ import pandas as pd
 import pytest
 
 from fedsilo.errors import BudgetExceededError, ConfigError, DataError, ProtocolError
+from fedsilo.privacy.events import GaussianEvent
 from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.protocols.channel import InProcessHub, run_parties
 from fedsilo.protocols.vertical import (
@@ -23,6 +24,7 @@ from fedsilo.protocols.vertical import (
 from fedsilo.crypto.registry import get_backend
 from vt_data import (
     aligned_matrix,
+    breast_cancer_bounds,
     breast_cancer_tables,
     epoch_batches,
     exact_matches,
@@ -42,6 +44,8 @@ TOPOLOGIES = {
 
 def _spec(top: Topology, **kw) -> VerticalSpec:
     training = kw.pop("training", TrainingConfig(epochs=3, batch_size=40, lr=0.3, l2=0.01))
+    if kw.get("dp") is not None:
+        kw.setdefault("bounds", breast_cancer_bounds())
     return VerticalSpec(topology=top, id_column="pid", label="target", backend="plain", training=training, **kw)
 
 
@@ -147,11 +151,12 @@ def test_dp_charges_every_data_party_per_epoch_and_reports_epsilon(tmp_path) -> 
         roles={"bank": "guest", "partner": "host", "arb": "arbiter"},
         id_column="pid", label="target", backend="plain", epochs=3, batch_size=50,
         dp={"epsilon": 4.0, "delta": 1e-5, "clip": 1.0}, ledger_dir=tmp_path,
-        budgets={"bank": (10.0, 1e-5), "partner": (6.0, 1e-5)}, job="dp-job",
+        budgets={"bank": (10.0, 1e-5), "partner": (6.0, 1e-5)}, job="dp-job", bounds=breast_cancer_bounds(),
     )
     dp = res["dp"]
     assert dp["level"] == "record" and dp["rounds"] == 3 * math.ceil(res["rows"]["train"] / 50)
-    assert dp["sample_rate"] == pytest.approx(50 / res["rows"]["train"])
+    # the batches are public among the parties: no amplification by subsampling is claimed
+    assert dp["sample_rate"] == 1.0 and dp["neighbouring"] == "replace one customer's row"
     for party in ("bank", "partner"):
         e = res["epsilon"][party]
         assert 3.5 < e["epsilon"] <= 4.0 and e["delta"] == 1e-5
@@ -160,8 +165,8 @@ def test_dp_charges_every_data_party_per_epoch_and_reports_epsilon(tmp_path) -> 
             entries = led.entries(party)
             assert len(entries) == 3 and all(x.status == "committed" and x.level == "record" for x in entries)
             assert [x.round for x in entries] == [1, 2, 3]
-            assert entries[0].event.noise_multiplier == pytest.approx(dp["event_noise_multiplier"])
-            assert entries[0].event.sample_rate == pytest.approx(dp["sample_rate"])
+            # one Gaussian release per customer per epoch (disjoint batches)
+            assert all(x.event == GaussianEvent(dp["event_noise_multiplier"], 1.0, 1) for x in entries)
             assert entries[0].recipient == ("partner" if party == "bank" else "bank")
     assert all(r["loss"] is None for r in res["rounds"])  # the training loss is not decrypted under DP
 
@@ -183,6 +188,7 @@ def test_budget_exceeded_stops_before_any_decryption(tmp_path, monkeypatch: pyte
         simulate_vertical(
             tables=tables, roles=roles, id_column="pid", label="target", backend="plain", epochs=4,
             dp={"epsilon": 8.0}, ledger_dir=tmp_path, budgets={"g": (100.0, 1e-5), "h0": (0.5, 1e-5)},
+            bounds=breast_cancer_bounds(),
         )
     log = hub_holder["hub"].log
     assert not [e for e in log if e.kind == "vlr/plain"], "something was decrypted and released"
@@ -193,7 +199,7 @@ def test_budget_exceeded_stops_before_any_decryption(tmp_path, monkeypatch: pyte
 def test_dp_auc_loss_is_moderate_at_epsilon_8() -> None:
     tables = breast_cancer_tables(1, guest_cols=10, host_cols=10)
     kw = dict(tables=tables, roles={"g": "guest", "h0": "host", "a": "arbiter"}, id_column="pid", label="target",
-              backend="plain", epochs=5, batch_size=64, lr=0.3)
+              backend="plain", epochs=5, batch_size=64, lr=0.3, bounds=breast_cancer_bounds())
     plain = simulate_vertical(**kw)
     private = simulate_vertical(**kw, dp={"epsilon": 8.0, "delta": 1e-5})
     assert private["final"]["auc"] > plain["final"]["auc"] - 0.05

@@ -11,6 +11,7 @@ from sklearn.metrics import accuracy_score, log_loss as sk_log_loss, roc_auc_sco
 
 from fedsilo.errors import ConfigError, DataError, PrivacyParameterError
 from fedsilo.privacy.accounting import epsilon
+from fedsilo.privacy.events import GaussianEvent
 from fedsilo.protocols.metrics import accuracy, auc, ks_statistic, log_loss
 from fedsilo.protocols.vertical.taylor import (
     LOG2_MINUS_HALF,
@@ -101,14 +102,17 @@ def test_residual_bound_and_sensitivity() -> None:
 @pytest.mark.parametrize("parties", [2, 3])
 def test_calibration_meets_the_target_for_each_party(parties: int) -> None:
     plan = calibrate(epsilon=4.0, delta=1e-5, rows=1000, batch_size=50, epochs=3, parties=parties, clip=1.0, logit_clip=2.0)
-    assert plan.sample_rate == 0.05 and plan.steps_per_epoch == 20 and plan.recipients == parties - 1
-    # the noise on each released gradient is z * S_p; each party's event uses z / sqrt(P - 1)
+    # the batches are public among the parties: no subsampling amplification, one release per
+    # customer per epoch (disjoint batches), three epochs
+    assert plan.sample_rate == 1.0 and plan.steps_per_epoch == 20 and plan.recipients == parties - 1
+    assert plan.epoch_event() == GaussianEvent(plan.event_multiplier, 1.0, 1)
+    assert plan.job_event() == GaussianEvent(plan.event_multiplier, 1.0, 3)
+    # the noise on each released gradient is z * Δ_p (replace-one); each party's event uses z / sqrt(P - 1)
     assert plan.noise_multiplier == pytest.approx(plan.event_multiplier * math.sqrt(parties - 1))
-    assert plan.sigma(intercept=True) == pytest.approx(plan.noise_multiplier * math.sqrt(2) * plan.residual_bound)
-    assert plan.sigma(intercept=False) == pytest.approx(plan.noise_multiplier * plan.residual_bound)
+    assert plan.sigma(intercept=True) == pytest.approx(plan.noise_multiplier * 2 * math.sqrt(2) * plan.residual_bound)
+    assert plan.sigma(intercept=False) == pytest.approx(plan.noise_multiplier * 2 * plan.residual_bound)
     eps = epsilon(plan.job_event(), delta=1e-5)
     assert 3.9 < eps <= 4.0
-    assert plan.job_event(1).steps == plan.epoch_event().steps == 20
 
 
 def test_calibration_refuses_an_impossible_budget() -> None:

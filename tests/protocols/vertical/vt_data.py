@@ -1,6 +1,7 @@
 """Helpers of the vertical tests: data splits, a centralized reference, a leak scanner."""
 from __future__ import annotations
 
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -10,6 +11,7 @@ import pandas as pd
 from sklearn.datasets import load_breast_cancer
 
 from fedsilo.crypto.base import WIRE_MAGIC
+from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.protocols import codec
 from fedsilo.protocols.channel import InProcessHub, run_parties
 from fedsilo.protocols.vertical import VerticalSpec, vertical_parties
@@ -45,14 +47,37 @@ def breast_cancer_tables(
     return out
 
 
+def breast_cancer_bounds() -> dict[str, tuple[float, float]]:
+    """Public bounds of every breast_cancer feature: the min/max published in the data set's
+    description (scikit-learn's DESCR), as the silos' data loader reads them."""
+    from fedsilo.silos.data import _descr_bounds
+
+    data = load_breast_cancer()
+    bounds = _descr_bounds(data.DESCR, list(data.feature_names))
+    assert len(bounds) == len(data.feature_names)
+    return bounds
+
+
 def bank_tables() -> dict[str, pd.DataFrame]:
     return {"bank": pd.read_csv(BANK / "bank.csv"), "partner": pd.read_csv(BANK / "partner.csv")}
 
 
 def run_job(spec: VerticalSpec, tables: Mapping[str, pd.DataFrame], *, seed: int = 0, **kw: Any) -> tuple[InProcessHub, dict[str, Any]]:
+    """Run every party of ``spec``; under DP without ``ledgers``, each data party charges a
+    throw-away ledger with a large budget."""
     top = spec.topology
     hub = InProcessHub("job-test", [*top.data_parties, *([top.arbiter] if top.arbiter else [])])
-    out = run_parties(hub, vertical_parties(spec, tables, seed=seed, **kw))
+    if spec.dp is None or "ledgers" in kw:
+        return hub, run_parties(hub, vertical_parties(spec, tables, seed=seed, **kw))
+    with tempfile.TemporaryDirectory() as tmp:
+        ledgers = {p: PrivacyLedger(Path(tmp) / f"{p}.sqlite", silo=p) for p in top.data_parties}
+        try:
+            for p, led in ledgers.items():
+                led.register_dataset(p, epsilon=1e3, delta=spec.dp.delta)
+            out = run_parties(hub, vertical_parties(spec, tables, seed=seed, ledgers=ledgers, **kw))
+        finally:
+            for led in ledgers.values():
+                led.close()
     return hub, out
 
 
