@@ -118,7 +118,8 @@ def vertical_party(
     src = source or me
     backend = get_backend(spec.backend, **backend_params_for(spec.backend, spec.backend_params))
     if me == top.arbiter:
-        fit = arbiter_train(channel, topology=top, backend=backend, config=spec.training, start_round=_TRAIN_ROUND)
+        fit = arbiter_train(channel, topology=top, backend=backend, config=spec.training, rng=rng,
+                            start_round=_TRAIN_ROUND)
         return {"role": "arbiter", "epochs": fit.epochs_run}
     if table is None:
         raise DataError(f"{src}: party {me!r} ({'guest' if me == top.guest else 'host'}) has no table")
@@ -292,7 +293,7 @@ def simulate_vertical(
         epochs, batch_size, lr, l2, tol: training (``lr / sqrt(epoch)`` schedule; ``tol``:
             early stopping on the training loss, ignored under DP).
         dp: ``None`` or ``{"epsilon", "delta"=1e-5, "clip"=1.0, "logit_clip"=2.0,
-            "accountant"="rdp", "colluders"=0, "level"}`` — record-level, per data party,
+            "accountant"="rdp", "colluders"=1, "level"}`` — record-level, per data party,
             whole run (``level`` is accepted; vertical DP is always record level).
         ledger_dir: under DP, each data party charges ``LEDGER_DIR/<party>.sqlite`` before any
             release (``None``: a temporary folder, removed afterwards; ε is still charged and
@@ -391,6 +392,7 @@ def simulate_vertical(
             "target_epsilon": plan.epsilon,
             "accountant": plan.accountant,
             "colluders": plan.colluders,
+            "noise_adders": plan.noise_adders,
             "level": "record",
         }
     return {

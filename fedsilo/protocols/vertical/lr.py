@@ -20,15 +20,16 @@ encryption under K)::
     guest   : [[d]] = Σ_h [[b_h]] + (u_g/4 − y'/2)                   -- [[d]]   -->  hosts
     party p : [[d]] @ (X_p / n_b) + m_p     (mask m_p ~ U(−M, M), ciphertext × plaintext)
               -- [[g_p + m_p]] --> arbiter
-    party q : (DP) noise shares [[n_qp]] ~ N(0, σ_p²/(P−1)) for every other data party p,
-              inside its ledger charge                               -- [[n_qp]] --> arbiter
-    arbiter : z_p = Dec([[g_p + m_p]] + Σ_q [[n_qp]])                -- z_p     -->  p
+    party q : (DP) noise shares [[n_qp]] for every other data party p, inside its ledger
+              charge                                                 -- [[n_qp]] --> arbiter
+              (and its own share n_pp, added with its mask: [[g_p + m_p + n_pp]])
+    arbiter : z_p = Dec([[g_p + m_p + n_pp]] + Σ_q [[n_qp]] + n_ap)  -- z_p     -->  p
     party p : g_p = z_p − m_p;  w_p ← w_p − lr_e (g_p + λ w_p)
 
 Who learns what:
 
 * hosts receive only ciphertexts under a key they do not hold, batch indices, and their own
-  gradient (noised, under DP, by the other parties) — never labels, residuals or another
+  gradient (noised, under DP, by every party) — never labels, residuals or another
   party's features or weights;
 * the guest receives ciphertexts it cannot decrypt and its own (noised) gradient — never a
   host's features, partial logits or weights;
@@ -48,9 +49,11 @@ Who learns what:
 DP (record level, replace one customer's row) is described in :mod:`.taylor`: features are
 scaled with public bounds (``bounds``, required for every feature under DP), each epoch's
 batches are a shuffled partition of the training rows, each released gradient ``g_p`` carries
-Gaussian noise ``σ_p = z·Δ_p`` (``Δ_p`` the replace-one sensitivity) drawn as shares by the
-*other* data parties, so ``p`` cannot subtract it; each data party charges its ledger (required
-under DP) with ``GaussianEvent(z/sqrt(P−1), 1.0, 1)`` once per epoch **before** it contributes
+Gaussian noise of at least ``σ_p = z·Δ_p`` (``Δ_p`` the replace-one sensitivity) that no
+``colluders`` parties can subtract: every data party (``p`` included, under encryption before
+it masks) and the arbiter, if any, add a share (:meth:`.taylor.DpPlan.share_sigma`), so no
+single party knows the noise on any gradient. Each data party charges its ledger (required
+under DP) with ``GaussianEvent(z/sqrt(P), 1.0, 1)`` once per epoch **before** it contributes
 the noise shares that every decryption of that epoch waits for. A host checks that the guest's
 batches partition the training rows before it charges.
 """
@@ -92,6 +95,7 @@ __all__ = [
     "DpConfig",
     "FitResult",
     "LocalModel",
+    "NoiseDraw",
     "Topology",
     "TrainingConfig",
     "arbiter_train",
@@ -163,8 +167,9 @@ class DpConfig:
         clip: L2 bound ``C`` of each party's scaled feature row (features in ``[-1, 1]``).
         logit_clip: bound ``B`` on each party's partial logit during training.
         accountant: ``"rdp"`` or ``"pld"``.
-        colluders: other data parties that may collude with a gradient's recipient and still
-            leave it the full noise (each noise share is scaled up accordingly).
+        colluders: noise adders (data parties, arbiter) that may pool the noise shares they
+            drew and still leave each gradient the full noise (each share is scaled up
+            accordingly); at least 1, since a gradient's owner knows its own share.
     """
 
     epsilon: float
@@ -172,7 +177,7 @@ class DpConfig:
     clip: float = 1.0
     logit_clip: float = 2.0
     accountant: str = "rdp"
-    colluders: int = 0
+    colluders: int = 1
 
     def __post_init__(self) -> None:
         for name in ("epsilon", "clip", "logit_clip"):
@@ -181,8 +186,10 @@ class DpConfig:
                 raise ConfigError(f"dp.{name} must be a number > 0, got {v!r}")
         if not (isinstance(self.delta, (int, float)) and 0 < self.delta < 1):
             raise ConfigError(f"dp.delta must be in (0, 1), got {self.delta!r}")
-        if isinstance(self.colluders, bool) or not isinstance(self.colluders, int) or self.colluders < 0:
-            raise ConfigError(f"dp.colluders must be an integer >= 0, got {self.colluders!r}")
+        if isinstance(self.colluders, bool) or not isinstance(self.colluders, int) or self.colluders < 1:
+            raise ConfigError(
+                f"dp.colluders must be an integer >= 1 (each party knows its own noise share), got {self.colluders!r}"
+            )
 
 
 @dataclass(frozen=True, slots=True)
@@ -266,6 +273,22 @@ class FitResult:
     stopped_early: bool = False
     next_round: int = 0
     epsilon: float | None = None  #: ε this job spent for this party (computed from its events)
+
+
+@dataclass(frozen=True, slots=True)
+class NoiseDraw:
+    """One noise share as drawn (a test hook's view; never sent in the clear): ``drawer`` added
+    ``share`` (already divided by the batch size, like the gradient) to ``owner``'s gradient in
+    the step of ``round``."""
+
+    round: int
+    drawer: str
+    owner: str
+    share: np.ndarray
+
+
+#: Optional hook called with every :class:`NoiseDraw` a party makes (tests inspect the shares).
+NoiseTap = Callable[[NoiseDraw], None]
 
 
 # ------------------------------------------------------------------------------ crypto recipes
@@ -400,7 +423,7 @@ def _charge(
         protocol=PROTOCOL,
         mechanism={
             "name": "gaussian_noise_shares",
-            "released": "gradients of the other data parties",
+            "released": "every data party's gradient (its own included: it moves its weights)",
             "neighbouring": plan.neighbouring,
             "noise_multiplier": plan.noise_multiplier,
             "event_multiplier": plan.event_multiplier,
@@ -412,12 +435,33 @@ def _charge(
             "sample_rate": plan.sample_rate,
             "batches": "public to every party, disjoint: one release per customer per epoch",
             "batches_per_epoch": plan.steps_per_epoch,
-            "shares": len(recipients),
+            "shares": len(recipients) + 1,
+            "noise_adders": plan.noise_adders,
             "colluders": plan.colluders,
         },
         recipient=",".join(sorted(recipients)),
         level="record",
     )
+
+
+def _draw_share(
+    plan: DpPlan,
+    *,
+    owner: str,
+    me: str,
+    topology: Topology,
+    dims: Mapping[str, int],
+    norm: float,
+    rng: np.random.Generator,
+    round: int,
+    tap: NoiseTap | None,
+) -> np.ndarray:
+    """One noise share of ``owner``'s gradient, at mean scale (divided by the public batch size)."""
+    sigma = plan.share_sigma(intercept=owner == topology.guest) / norm
+    share = gaussian_noise(sigma=sigma, size=dims[owner], rng=rng)
+    if tap is not None:
+        tap(NoiseDraw(round, me, owner, share.copy()))
+    return share
 
 
 def _noise_shares(
@@ -429,16 +473,37 @@ def _noise_shares(
     dims: Mapping[str, int],
     norm: float,
     rng: np.random.Generator,
+    round: int,
+    tap: NoiseTap | None,
 ) -> dict[str, bytes]:
-    """This party's encrypted noise share for every other data party's gradient (mean scale)."""
+    """This party's encrypted noise share for every other data party's gradient (its share of
+    its own gradient is added with its mask, see :func:`_own_share`)."""
     out: dict[str, bytes] = {}
     for p in topology.data_parties:
         if p == me:
             continue
-        sigma = plan.share_sigma(intercept=p == topology.guest) / norm
-        noise = gaussian_noise(sigma=sigma, size=dims[p], rng=rng)
+        noise = _draw_share(plan, owner=p, me=me, topology=topology, dims=dims, norm=norm, rng=rng, round=round, tap=tap)
         out[p] = keys_for[p].ser(keys_for[p].enc(noise))
     return out
+
+
+def _own_share(
+    plan: DpPlan | None,
+    *,
+    me: str,
+    topology: Topology,
+    dims: Mapping[str, int],
+    norm: float,
+    rng: np.random.Generator,
+    round: int,
+    tap: NoiseTap | None,
+) -> np.ndarray | float:
+    """This party's noise share of its *own* gradient (0 without DP). It is added under
+    encryption together with the mask, and only the mask is removed after decryption, so the
+    share stays in the gradient and no other party learns it."""
+    if plan is None:
+        return 0.0
+    return _draw_share(plan, owner=me, me=me, topology=topology, dims=dims, norm=norm, rng=rng, round=round, tap=tap)
 
 
 def _update(model: LocalModel, grad: np.ndarray, *, lr: float, l2: float) -> LocalModel:
@@ -449,7 +514,7 @@ def _update(model: LocalModel, grad: np.ndarray, *, lr: float, l2: float) -> Loc
     return LocalModel(model.columns, model.mean, model.scale, model.clip, w, model.intercept, model.bounds)
 
 
-def _plan(dp: DpConfig | None, *, rows: int, config: TrainingConfig, parties: int) -> DpPlan | None:
+def _plan(dp: DpConfig | None, *, rows: int, config: TrainingConfig, parties: int, arbiter: bool) -> DpPlan | None:
     if dp is None:
         return None
     return calibrate(
@@ -463,6 +528,7 @@ def _plan(dp: DpConfig | None, *, rows: int, config: TrainingConfig, parties: in
         logit_clip=dp.logit_clip,
         accountant=dp.accountant,
         colluders=dp.colluders,
+        arbiter=arbiter,
     )
 
 
@@ -518,13 +584,15 @@ def guest_train(
     rng: np.random.Generator,
     start_round: int = 1,
     progress: Callable[[dict[str, Any]], None] | None = None,
+    noise_tap: NoiseTap | None = None,
 ) -> FitResult:
     """The guest's side of training: drives the epochs, draws the batches, forms residuals.
 
     ``x``/``y`` are the guest's aligned rows; ``train_rows`` and ``eval_rows`` index them (the
     hosts get the same index sets). Per-epoch evaluation on ``eval_rows`` uses the joint
     prediction protocol. ``bounds``: public ``column -> (lo, hi)`` feature bounds (required
-    for every column under DP); ``ledger`` and ``dataset``: required under DP.
+    for every column under DP); ``ledger`` and ``dataset``: required under DP. ``noise_tap``
+    (tests): called with every noise share this party draws.
 
     Raises:
         DataError: a host's row counts differ from the guest's, labels are not 0/1.
@@ -555,7 +623,8 @@ def guest_train(
         if msg.get("config") != config.digest() or msg.get("dp") != _dp_digest(dp):
             raise ConfigError(f"host {h!r} was started with other training or DP settings than the guest {me!r}")
     dims = {me: model.weights.size, **{h: int(hellos[h]["dim"]) for h in hosts}}
-    plan = _plan(dp, rows=train_rows.size, config=config, parties=len(topology.data_parties))
+    plan = _plan(dp, rows=train_rows.size, config=config, parties=len(topology.data_parties),
+                 arbiter=topology.arbiter is not None)
     setup = {"dims": dims, "plan": plan.to_json() if plan else None, "loss": bool(config.track_loss and plan is None)}
     channel.broadcast([*hosts, *([arb] if arb else [])], "vlr/setup", setup, round=r)
     keys = _setup_keys(channel, topology, backend, round=r, timeout=T)
@@ -587,6 +656,8 @@ def guest_train(
                 xb = xt[idx]
                 a = guest_residual_part(logits=_clip_logits(xb @ model.weights, plan), labels=yt[idx])
                 mask = rng.uniform(-mask_scale, mask_scale, size=model.weights.size)
+                mine = _own_share(plan, me=me, topology=topology, dims=dims, norm=norm, rng=rng,
+                                  round=step_round, tap=noise_tap)
                 if arb:
                     k = keys["shared"]
                     parts = _gather_all(channel, hosts, "vlr/partial", round=step_round, timeout=T)
@@ -598,11 +669,12 @@ def guest_train(
                         if track_loss and j > 0:
                             msg["prefix"] = k.ser(backend.sum(cts[:j]))
                         channel.send(h, "vlr/residual", msg, round=step_round)
-                    g = backend.add_plain(backend.matmul_plain(d, xb / norm), mask)
+                    g = backend.add_plain(backend.matmul_plain(d, xb / norm), mask + mine)
                     channel.send(arb, "vlr/grad", k.ser(g), round=step_round)
                     if plan is not None:
                         shares = _noise_shares(
-                            {p: k for p in hosts}, plan=plan, me=me, topology=topology, dims=dims, norm=norm, rng=rng
+                            {p: k for p in hosts}, plan=plan, me=me, topology=topology, dims=dims, norm=norm, rng=rng,
+                            round=step_round, tap=noise_tap,
                         )
                         channel.send(arb, "vlr/noise", shares, round=step_round)
                     if track_loss:
@@ -620,13 +692,13 @@ def guest_train(
                     part = channel.recv(host, "vlr/partial", round=step_round, timeout=T)
                     b = peer.de(part.get("ct"), sender=host)
                     d = backend.add_plain(b, a)
-                    g = backend.add_plain(backend.matmul_plain(d, xb / norm), mask)
+                    g = backend.add_plain(backend.matmul_plain(d, xb / norm), mask + mine)
                     channel.send(host, "vlr/grad", peer.ser(g), round=step_round)
                     if track_loss:
                         term = backend.add(_guest_loss_term(backend, b, a, rows=rows_e), peer.de(part.get("sq"), sender=host))
                         _accumulate(backend, loss_cts, term)
                     _decrypt_for_peer(channel, own, peer=host, plan=plan, me=me, topology=topology,
-                                      dims=dims, norm=norm, rng=rng, round=step_round, timeout=T)
+                                      dims=dims, norm=norm, rng=rng, round=step_round, timeout=T, tap=noise_tap)
                     z = channel.recv(host, "vlr/plain", round=step_round, timeout=T)
                 z = _as_float_vector(z, length=model.weights.size, sender=topology.grad_key_holder(me), what="gradient")
                 model = _update(model, z - mask, lr=lr_e, l2=config.l2)
@@ -715,12 +787,14 @@ def _decrypt_for_peer(
     rng: np.random.Generator,
     round: int,
     timeout: float,
+    tap: NoiseTap | None,
 ) -> None:
-    """Two-party: decrypt the peer's masked gradient, adding this party's DP noise first."""
+    """Two-party: decrypt the peer's masked gradient, adding this party's DP noise share first
+    (the peer has added its own share under encryption before masking)."""
     ct = own.de(ch.recv(peer, "vlr/grad", round=round, timeout=timeout), sender=peer)
     if plan is not None:
-        sigma = plan.sigma(intercept=peer == topology.guest) / norm
-        ct = own.backend.add(ct, own.enc(gaussian_noise(sigma=sigma, size=dims[peer], rng=rng)))
+        noise = _draw_share(plan, owner=peer, me=me, topology=topology, dims=dims, norm=norm, rng=rng, round=round, tap=tap)
+        ct = own.backend.add(ct, own.enc(noise))
     ch.send(peer, "vlr/plain", own.dec(ct), round=round)
 
 
@@ -752,10 +826,11 @@ def host_train(
     bounds: Mapping[str, tuple[float, float]] | None = None,
     rng: np.random.Generator,
     start_round: int = 1,
+    noise_tap: NoiseTap | None = None,
 ) -> FitResult:
-    """A host's side of training: partial logits, its encrypted gradient, noise for others.
+    """A host's side of training: partial logits, its encrypted gradient, noise shares.
 
-    ``bounds``, ``ledger`` and ``dataset`` as for :func:`guest_train`. Under DP the host
+    ``bounds``, ``ledger``, ``dataset`` and ``noise_tap`` as for :func:`guest_train`. Under DP the host
     checks that each epoch's batches partition the training rows before it charges its ledger.
 
     Raises:
@@ -787,7 +862,8 @@ def host_train(
     setup = channel.recv(guest, "vlr/setup", round=r, timeout=T)
     if not isinstance(setup, dict) or not isinstance(setup.get("dims"), dict):
         raise ProtocolError(f"{me}: malformed setup message from the guest")
-    plan = _plan(dp, rows=train_rows.size, config=config, parties=len(topology.data_parties))
+    plan = _plan(dp, rows=train_rows.size, config=config, parties=len(topology.data_parties),
+                 arbiter=topology.arbiter is not None)
     if (plan.to_json() if plan else None) != setup.get("plan"):
         raise ConfigError(f"{me}: the guest's DP plan differs from this host's; refusing to train")
     dims = {str(k): int(v) for k, v in setup["dims"].items()}
@@ -820,6 +896,8 @@ def host_train(
                 xb = xt[idx]
                 b = host_residual_part(logits=_clip_logits(xb @ model.weights, plan))
                 mask = rng.uniform(-mask_scale, mask_scale, size=model.weights.size)
+                mine = _own_share(plan, me=me, topology=topology, dims=dims, norm=norm, rng=rng,
+                                  round=step_round, tap=noise_tap)
                 if arb:
                     k = keys["shared"]
                     msg: dict[str, Any] = {"ct": k.ser(k.enc(b))}
@@ -828,11 +906,12 @@ def host_train(
                     channel.send(guest, "vlr/partial", msg, round=step_round)
                     res = channel.recv(guest, "vlr/residual", round=step_round, timeout=T)
                     d = k.de(res.get("ct"), sender=guest)
-                    g = backend.add_plain(backend.matmul_plain(d, xb / norm), mask)
+                    g = backend.add_plain(backend.matmul_plain(d, xb / norm), mask + mine)
                     channel.send(arb, "vlr/grad", k.ser(g), round=step_round)
                     if plan is not None:
                         shares = _noise_shares(
-                            {p: k for p in others}, plan=plan, me=me, topology=topology, dims=dims, norm=norm, rng=rng
+                            {p: k for p in others}, plan=plan, me=me, topology=topology, dims=dims, norm=norm, rng=rng,
+                            round=step_round, tap=noise_tap,
                         )
                         channel.send(arb, "vlr/noise", shares, round=step_round)
                     if track_loss and j_me > 0:
@@ -847,10 +926,10 @@ def host_train(
                     channel.send(guest, "vlr/partial", msg, round=step_round)
                     a = peer.de(channel.recv(guest, "vlr/residual", round=step_round, timeout=T), sender=guest)
                     d = backend.add_plain(a, b)
-                    g = backend.add_plain(backend.matmul_plain(d, xb / norm), mask)
+                    g = backend.add_plain(backend.matmul_plain(d, xb / norm), mask + mine)
                     channel.send(guest, "vlr/grad", peer.ser(g), round=step_round)
                     _decrypt_for_peer(channel, own, peer=guest, plan=plan, me=me, topology=topology,
-                                      dims=dims, norm=norm, rng=rng, round=step_round, timeout=T)
+                                      dims=dims, norm=norm, rng=rng, round=step_round, timeout=T, tap=noise_tap)
                     z = channel.recv(guest, "vlr/plain", round=step_round, timeout=T)
                 z = _as_float_vector(z, length=model.weights.size, sender=topology.grad_key_holder(me), what="gradient")
                 model = _update(model, z - mask, lr=lr_e, l2=config.l2)
@@ -875,12 +954,20 @@ def arbiter_train(
     topology: Topology,
     backend: CryptoBackend,
     config: TrainingConfig,
+    rng: np.random.Generator | None = None,
     start_round: int = 1,
+    noise_tap: NoiseTap | None = None,
 ) -> FitResult:
     """The key holder's side: generate keys, decrypt masked (and, under DP, noised) gradients.
 
     The arbiter holds no data and learns only masked gradients and, without DP, one loss value
-    per epoch.
+    per epoch. Under DP it adds its own noise share to each gradient before decrypting (sized by
+    the guest's plan, which every host has checked against its own), so that no data party
+    colluding with it alone, nor the arbiter alone, knows the whole noise. ``rng`` draws those
+    shares: required when the guest's setup turns DP on (without DP the arbiter draws nothing).
+
+    Raises:
+        ConfigError: DP is on and no ``rng`` was given (before anything is decrypted).
     """
     me, guest = channel.party, topology.guest
     T, r = config.timeout, start_round
@@ -892,7 +979,10 @@ def arbiter_train(
     if not isinstance(setup, dict) or not isinstance(setup.get("dims"), dict):
         raise ProtocolError(f"{me}: malformed setup message from the guest")
     dims = {str(k): int(v) for k, v in setup["dims"].items()}
-    dp_on = setup.get("plan") is not None
+    plan = DpPlan.from_json(setup["plan"]) if setup.get("plan") is not None else None
+    dp_on = plan is not None
+    if dp_on and rng is None:
+        raise ConfigError(f"{me}: under DP the arbiter adds a noise share and needs an rng")
     track_loss = bool(setup.get("loss"))
     r += 1
     epochs_run = 0
@@ -901,6 +991,8 @@ def arbiter_train(
         if ep.get("stop"):
             break
         sizes = ep["sizes"]
+        if not isinstance(sizes, list) or any(isinstance(n, bool) or not isinstance(n, int) or n < 0 for n in sizes):
+            raise ProtocolError(f"{me}: malformed batch sizes from the guest")
         for s, size in enumerate(sizes):
             step_round = r + 1 + s
             if not size:
@@ -909,9 +1001,11 @@ def arbiter_train(
             noise = _gather_all(channel, parties, "vlr/noise", round=step_round, timeout=T) if dp_on else {}
             for p in parties:
                 ct = keys.de(grads[p], sender=p)
-                if dp_on:
+                if plan is not None:
                     shares = [keys.de(noise[q].get(p), sender=q) for q in parties if q != p]
-                    ct = backend.sum([ct, *shares])
+                    mine = _draw_share(plan, owner=p, me=me, topology=topology, dims=dims, norm=float(size),
+                                       rng=rng, round=step_round, tap=noise_tap)  # type: ignore[arg-type]
+                    ct = backend.add_plain(backend.sum([ct, *shares]), mine)
                 z = keys.dec(ct)
                 if z.shape != (dims[p],):
                     raise ProtocolError(f"{me}: {p!r} sent a gradient of {z.shape[0]} values, expected {dims[p]}")

@@ -31,8 +31,14 @@ in exactly one batch per epoch, and the epoch costs one Gaussian mechanism per c
 (parallel composition over disjoint batches: McSherry, "Privacy integrated queries", SIGMOD
 2009, Thm. 4: the partition does not depend on the data, so a replaced row stays in its batch;
 under adaptive composition the steps whose batch does not hold the customer do not depend on
-its row given the earlier releases). See :func:`calibrate`, and docs/vertical.md §4 for the
-path through a party's own model that this accounting does not bound.
+its row given the earlier releases). The releases composed in a step are **all ``P`` noised
+gradients**, each party's own included: every party's later messages depend on every party's
+weights, which are functions of the noised gradients, so the analysis treats the whole
+transcript of noised gradients as released. For that to hold against any party, no party may
+know the whole noise on any gradient: every party that can (the ``P`` data parties, the
+gradient's owner included, and the arbiter when there is one) adds a noise share, sized so that
+``colluders`` of them subtracting their shares still leave ``σ_p²`` (:meth:`DpPlan.share_sigma`).
+See :func:`calibrate`.
 """
 from __future__ import annotations
 
@@ -42,7 +48,7 @@ from typing import ClassVar
 
 import numpy as np
 
-from fedsilo.errors import ConfigError
+from fedsilo.errors import ConfigError, ProtocolError
 from fedsilo.privacy.accounting import noise_multiplier
 from fedsilo.privacy.events import GaussianEvent
 from fedsilo.privacy.mechanisms import noise_share_sigma
@@ -151,12 +157,14 @@ class DpPlan:
 
     ``noise_multiplier`` (``z``) sets the noise on each released gradient sum:
     ``σ_p = z · Δ_p`` with ``Δ_p`` the replace-one sensitivity (:meth:`sensitivity`). In the
-    step whose batch holds a customer, the customer's row reaches ``recipients`` released
-    gradients (every other data party's), so each party's privacy loss per epoch is that of one
-    Gaussian mechanism with multiplier ``z / sqrt(recipients)`` on the concatenation — the
-    ``event_multiplier``, charged to its ledger once per epoch without subsampling
-    (``sample_rate`` is 1.0: batches are public among the parties). ``steps_per_epoch`` is the
-    number of batches (gradient steps) per epoch.
+    step whose batch holds a customer, the customer's row reaches ``releases`` (= ``P``) noised
+    gradients — every data party's, its own included — so each party's privacy loss per epoch
+    is that of one Gaussian mechanism with multiplier ``z / sqrt(releases)`` on the
+    concatenation — the ``event_multiplier``, charged to its ledger once per epoch without
+    subsampling (``sample_rate`` is 1.0: batches are public among the parties).
+    ``steps_per_epoch`` is the number of batches (gradient steps) per epoch. ``noise_adders``
+    parties add a share of the noise on each gradient (every data party, plus the arbiter when
+    there is one); ``colluders`` of them may pool their shares (:meth:`share_sigma`).
     """
 
     epsilon: float
@@ -168,10 +176,11 @@ class DpPlan:
     sample_rate: float
     steps_per_epoch: int
     epochs: int
-    recipients: int
+    releases: int
     parties: int
+    noise_adders: int
     accountant: str
-    colluders: int = 0
+    colluders: int = 1
 
     #: The neighbouring relation the sensitivities are measured for.
     neighbouring: ClassVar[str] = "replace one customer's row"
@@ -188,20 +197,24 @@ class DpPlan:
         return 2.0 * c * self.residual_bound
 
     def sigma(self, *, intercept: bool) -> float:
-        """Total noise standard deviation on party p's gradient *sum*."""
+        """Least total noise standard deviation on party p's gradient *sum* that any coalition
+        of ``colluders`` parties cannot subtract: ``σ_p = z · Δ_p``."""
         return self.noise_multiplier * self.sensitivity(intercept=intercept)
 
     def share_sigma(self, *, intercept: bool) -> float:
-        """One noise share of party p's gradient sum: each of the ``recipients`` other data
-        parties adds ``N(0, σ_p² / max(1, recipients − colluders))``, so ``colluders`` of them
-        together with p still leave at least ``σ_p²`` (:func:`fedsilo.privacy.noise_share_sigma`)."""
+        """One noise share of party p's gradient sum. Each of the ``noise_adders`` parties (p
+        itself, under encryption before it masks; every other data party; the arbiter, if any)
+        adds ``N(0, σ_p² / max(1, noise_adders − colluders))``, so any ``colluders`` of them that
+        subtract the shares they drew still leave at least ``σ_p²``
+        (:func:`fedsilo.privacy.noise_share_sigma`); the total is
+        ``σ_p² · noise_adders / max(1, noise_adders − colluders)``."""
         return noise_share_sigma(
-            sigma=self.sigma(intercept=intercept), parties=max(1, self.recipients - self.colluders)
+            sigma=self.sigma(intercept=intercept), parties=max(1, self.noise_adders - self.colluders)
         )
 
     def epoch_event(self) -> GaussianEvent:
-        """What one epoch costs each data party (charged before its first decryption): one
-        Gaussian release per customer, no subsampling."""
+        """What one epoch costs each data party (charged before its first noise share leaves
+        it): one Gaussian release per customer, no subsampling."""
         return GaussianEvent(self.event_multiplier, 1.0, 1)
 
     def job_event(self, epochs: int | None = None) -> GaussianEvent:
@@ -221,11 +234,31 @@ class DpPlan:
             "steps_per_epoch": self.steps_per_epoch,
             "rounds": self.epochs * self.steps_per_epoch,
             "epochs": self.epochs,
-            "recipients": self.recipients,
+            "releases": self.releases,
+            "parties": self.parties,
+            "noise_adders": self.noise_adders,
             "colluders": self.colluders,
             "accountant": self.accountant,
             "neighbouring": self.neighbouring,
         }
+
+    @classmethod
+    def from_json(cls, data: object) -> DpPlan:
+        """The plan :meth:`to_json` wrote (the arbiter, which has no data, reads the guest's).
+
+        Raises:
+            ProtocolError: a malformed or inconsistent plan.
+        """
+        names = [f for f in cls.__slots__ if f != "neighbouring"]
+        if not isinstance(data, dict) or not set(names) <= set(data):
+            raise ProtocolError("malformed DP plan")
+        try:
+            plan = cls(**{f: data[f] for f in names})
+        except TypeError as exc:  # pragma: no cover - wrong field types
+            raise ProtocolError(f"malformed DP plan: {exc}") from None
+        if plan.to_json() != data:
+            raise ProtocolError("inconsistent DP plan")
+        return plan
 
 
 def calibrate(
@@ -236,10 +269,11 @@ def calibrate(
     batch_size: int,
     epochs: int,
     parties: int,
+    arbiter: bool,
     clip: float,
     logit_clip: float,
     accountant: str = "rdp",
-    colluders: int = 0,
+    colluders: int = 1,
 ) -> DpPlan:
     """The noise for a target ``(ε, δ)`` per data party over the whole training run.
 
@@ -248,11 +282,14 @@ def calibrate(
     subsampling applies: each epoch is one Gaussian mechanism per customer (parallel
     composition over the disjoint batches, McSherry 2009, Thm. 4), ``epochs`` of them in
     sequence. ``z_event`` is calibrated with :func:`fedsilo.privacy.noise_multiplier` for
-    ``sample_rate=1.0, steps=epochs``; ``z = sqrt(P − 1) · z_event`` because a customer's row
-    reaches the ``P − 1`` gradients released to the other data parties in its step.
+    ``sample_rate=1.0, steps=epochs``; ``z = sqrt(P) · z_event`` because a customer's row
+    reaches all ``P`` noised gradients of its step (each party's own included: it updates that
+    party's weights, on which every later message of every party depends).
 
-    ``colluders``: how many other data parties may collude with a gradient's recipient and still
-    leave it the full noise (see :meth:`DpPlan.share_sigma`); it costs utility, not ε.
+    ``arbiter``: whether a data-less key holder takes part (it adds a noise share too).
+    ``colluders`` (>= 1): how many of the noise adders may pool the shares they drew — a
+    gradient's owner knows its own share, so 1 is the least that protects against it — and
+    still leave each gradient ``σ_p²`` (see :meth:`DpPlan.share_sigma`); it costs utility, not ε.
 
     Raises:
         ConfigError: bad sizes; PrivacyParameterError: the budget is too small.
@@ -261,10 +298,13 @@ def calibrate(
         raise ConfigError(f"rows, batch_size and epochs must be >= 1 (got {rows}, {batch_size}, {epochs})")
     if not clip > 0:
         raise ConfigError(f"clip must be > 0, got {clip!r}")
-    if isinstance(colluders, bool) or not isinstance(colluders, int) or colluders < 0:
-        raise ConfigError(f"colluders must be an integer >= 0, got {colluders!r}")
+    if isinstance(colluders, bool) or not isinstance(colluders, int) or colluders < 1:
+        raise ConfigError(
+            f"colluders must be an integer >= 1 (each party knows its own noise share), got {colluders!r}"
+        )
+    if not isinstance(arbiter, bool):
+        raise ConfigError(f"arbiter must be True or False, got {arbiter!r}")
     residual_bound(parties=parties, logit_clip=logit_clip)
-    recipients = parties - 1
     z_event = noise_multiplier(
         target_epsilon=epsilon, delta=delta, sample_rate=1.0, steps=epochs, accountant=accountant
     )
@@ -273,13 +313,14 @@ def calibrate(
         delta=float(delta),
         clip=float(clip),
         logit_clip=float(logit_clip),
-        noise_multiplier=z_event * math.sqrt(recipients),
+        noise_multiplier=z_event * math.sqrt(parties),
         event_multiplier=z_event,
         sample_rate=1.0,
         steps_per_epoch=math.ceil(rows / batch_size),
         epochs=epochs,
-        recipients=recipients,
+        releases=parties,
         parties=parties,
+        noise_adders=parties + (1 if arbiter else 0),
         accountant=accountant,
         colluders=colluders,
     )

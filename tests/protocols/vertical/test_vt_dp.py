@@ -69,7 +69,8 @@ def test_bank_calibration_meets_epsilon_without_subsampling_amplification() -> N
     """The reviewer's case: bank example, 1,600 training rows, batch 128, 5 epochs, ε = 8. Every
     customer is in one (public) batch per epoch, so its privacy loss is 5 Gaussian releases
     with the event multiplier — not a Poisson-subsampled Gaussian (which under-counted ~15.7 as 8)."""
-    plan = calibrate(epsilon=8.0, delta=1e-5, rows=1600, batch_size=128, epochs=5, parties=2, clip=1.0, logit_clip=2.0)
+    plan = calibrate(epsilon=8.0, delta=1e-5, rows=1600, batch_size=128, epochs=5, parties=2, arbiter=True, clip=1.0,
+                     logit_clip=2.0)
     true_cost = GaussianEvent(plan.event_multiplier, 1.0, plan.epochs)
     assert plan.job_event() == true_cost
     assert 7.9 < epsilon(true_cost, delta=1e-5) <= 8.0
@@ -78,8 +79,8 @@ def test_bank_calibration_meets_epsilon_without_subsampling_amplification() -> N
 @settings(max_examples=12, deadline=None)
 @given(st.floats(0.5, 12.0), st.integers(1, 12), st.integers(2, 4), st.sampled_from(["rdp", "pld"]))
 def test_calibration_never_overshoots_epsilon(eps: float, epochs: int, parties: int, accountant: str) -> None:
-    plan = calibrate(epsilon=eps, delta=1e-5, rows=500, batch_size=64, epochs=epochs, parties=parties, clip=1.0,
-                     logit_clip=2.0, accountant=accountant)
+    plan = calibrate(epsilon=eps, delta=1e-5, rows=500, batch_size=64, epochs=epochs, parties=parties, arbiter=True,
+                     clip=1.0, logit_clip=2.0, accountant=accountant)
     assert plan.sample_rate == 1.0
     assert epsilon(GaussianEvent(plan.event_multiplier, 1.0, epochs), delta=1e-5, accountant=accountant) <= eps
 
@@ -105,7 +106,8 @@ def test_host_refuses_batches_that_are_not_a_partition(tmp_path, monkeypatch: py
 @pytest.mark.parametrize("parties", [2, 3])
 @pytest.mark.parametrize("clip", [0.5, 1.0, 2.0])
 def test_replace_one_sensitivity_bounds_every_replacement_and_is_attained(parties: int, clip: float) -> None:
-    plan = calibrate(epsilon=8.0, delta=1e-5, rows=100, batch_size=10, epochs=1, parties=parties, clip=clip, logit_clip=2.0)
+    plan = calibrate(epsilon=8.0, delta=1e-5, rows=100, batch_size=10, epochs=1, parties=parties, arbiter=True, clip=clip,
+                     logit_clip=2.0)
     B = plan.logit_clip
 
     def contribution(x: np.ndarray, logits: list[float], label: int, *, intercept: bool) -> np.ndarray:

@@ -202,7 +202,10 @@ def test_dp_auc_loss_is_moderate_at_epsilon_8() -> None:
               backend="plain", epochs=5, batch_size=64, lr=0.3, bounds=breast_cancer_bounds())
     plain = simulate_vertical(**kw)
     private = simulate_vertical(**kw, dp={"epsilon": 8.0, "delta": 1e-5})
-    assert private["final"]["auc"] > plain["final"]["auc"] - 0.05
+    # every party now adds a share of every gradient's noise and all P gradients are composed per
+    # epoch (z = sqrt(P)·z_event), so the loss is larger than with noise from the others only:
+    # measured 0.118 at this (default) seed, 0.01–0.08 (mean 0.047) over seeds 1–5
+    assert private["final"]["auc"] > 0.85 and private["final"]["auc"] > plain["final"]["auc"] - 0.15
 
 
 # ------------------------------------------------------------------------------ bad input

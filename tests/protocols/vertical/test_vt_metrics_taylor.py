@@ -15,6 +15,7 @@ from fedsilo.privacy.events import GaussianEvent
 from fedsilo.protocols.metrics import accuracy, auc, ks_statistic, log_loss
 from fedsilo.protocols.vertical.taylor import (
     LOG2_MINUS_HALF,
+    DpPlan,
     calibrate,
     guest_residual_part,
     host_residual_part,
@@ -101,33 +102,44 @@ def test_residual_bound_and_sensitivity() -> None:
 
 @pytest.mark.parametrize("parties", [2, 3])
 def test_calibration_meets_the_target_for_each_party(parties: int) -> None:
-    plan = calibrate(epsilon=4.0, delta=1e-5, rows=1000, batch_size=50, epochs=3, parties=parties, clip=1.0, logit_clip=2.0)
+    plan = calibrate(epsilon=4.0, delta=1e-5, rows=1000, batch_size=50, epochs=3, parties=parties, arbiter=True,
+                     clip=1.0, logit_clip=2.0)
     # the batches are public among the parties: no subsampling amplification, one release per
     # customer per epoch (disjoint batches), three epochs
-    assert plan.sample_rate == 1.0 and plan.steps_per_epoch == 20 and plan.recipients == parties - 1
+    assert plan.sample_rate == 1.0 and plan.steps_per_epoch == 20 and plan.releases == parties
     assert plan.epoch_event() == GaussianEvent(plan.event_multiplier, 1.0, 1)
     assert plan.job_event() == GaussianEvent(plan.event_multiplier, 1.0, 3)
-    # the noise on each released gradient is z * Δ_p (replace-one); each party's event uses z / sqrt(P - 1)
-    assert plan.noise_multiplier == pytest.approx(plan.event_multiplier * math.sqrt(parties - 1))
+    # the noise on each released gradient is z * Δ_p (replace-one); a customer's row reaches all P
+    # noised gradients of its step (each party's own moves its weights), so the event uses z / sqrt(P)
+    assert plan.noise_multiplier == pytest.approx(plan.event_multiplier * math.sqrt(parties))
     assert plan.sigma(intercept=True) == pytest.approx(plan.noise_multiplier * 2 * math.sqrt(2) * plan.residual_bound)
     assert plan.sigma(intercept=False) == pytest.approx(plan.noise_multiplier * 2 * plan.residual_bound)
     eps = epsilon(plan.job_event(), delta=1e-5)
     assert 3.9 < eps <= 4.0
+    assert DpPlan.from_json(plan.to_json()) == plan
 
 
 def test_calibration_refuses_an_impossible_budget() -> None:
     with pytest.raises(PrivacyParameterError):
-        calibrate(epsilon=1e-6, delta=1e-5, rows=100, batch_size=100, epochs=1000, parties=2, clip=1.0, logit_clip=2.0)
+        calibrate(epsilon=1e-6, delta=1e-5, rows=100, batch_size=100, epochs=1000, parties=2, arbiter=True, clip=1.0,
+                  logit_clip=2.0)
 
 
 def test_noise_shares_tolerate_colluders() -> None:
     kw = dict(epsilon=4.0, delta=1e-5, rows=1000, batch_size=50, epochs=1, parties=3, clip=1.0, logit_clip=2.0)
-    plain = calibrate(**kw)
-    assert plain.share_sigma(intercept=False) == pytest.approx(plain.sigma(intercept=False) / math.sqrt(2))
-    robust = calibrate(**kw, colluders=1)  # one of the two noise adders may collude with the recipient
-    assert robust.share_sigma(intercept=False) == pytest.approx(robust.sigma(intercept=False))
-    assert robust.event_multiplier == plain.event_multiplier  # costs utility, not epsilon
-    two = calibrate(**{**kw, "parties": 2}, colluders=1)  # a single noise adder: nothing to tolerate
-    assert two.share_sigma(intercept=True) == pytest.approx(two.sigma(intercept=True))
-    with pytest.raises(ConfigError):
-        calibrate(**kw, colluders=-1)
+    # arbiter topology: 3 data parties + the arbiter add a share each; any one may subtract its own
+    one = calibrate(**kw, arbiter=True)
+    assert one.colluders == 1 and one.noise_adders == 4
+    assert one.share_sigma(intercept=False) == pytest.approx(one.sigma(intercept=False) / math.sqrt(3))
+    two = calibrate(**kw, arbiter=True, colluders=2)
+    assert two.share_sigma(intercept=False) == pytest.approx(two.sigma(intercept=False) / math.sqrt(2))
+    assert two.event_multiplier == one.event_multiplier  # costs utility, not epsilon
+    many = calibrate(**kw, arbiter=True, colluders=7)  # more colluders than adders: each share is σ
+    assert many.share_sigma(intercept=False) == pytest.approx(many.sigma(intercept=False))
+    # two-party topology: the owner and the key holder add a share each, either may subtract its own
+    pair = calibrate(**{**kw, "parties": 2}, arbiter=False)
+    assert pair.noise_adders == 2
+    assert pair.share_sigma(intercept=True) == pytest.approx(pair.sigma(intercept=True))
+    for bad in (0, -1, True):
+        with pytest.raises(ConfigError):
+            calibrate(**kw, arbiter=True, colluders=bad)
