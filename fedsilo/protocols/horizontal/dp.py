@@ -5,7 +5,7 @@ ICLR 2018 (DP-FedAvg), with the *silo* as the privacy unit and every silo taking
 round (``q = 1``):
 
 * each silo clips its update to L2 norm ``C`` (:func:`fedsilo.privacy.mechanisms.clip_l2`), so
-  adding or removing one silo moves the **sum** of updates by at most ``C``;
+  replacing one silo's update by zero moves the **sum** of updates by at most ``C``;
 * each silo adds a noise share ``N(0, z²C²/(n − colluders))`` before encrypting
   (:func:`fedsilo.privacy.mechanisms.noise_share_sigma`), so the decrypted sum carries at least
   ``N(0, z²C²)`` — the Gaussian mechanism with noise multiplier ``z`` — and never less, even
@@ -14,6 +14,14 @@ round (``q = 1``):
   :func:`fedsilo.privacy.accounting.noise_multiplier` for the job's target ε over all
   ``rounds`` (:func:`silo_noise_multiplier`), so the job's ε is exactly the accountant's value
   for ``GaussianEvent(z, 1.0, rounds)``.
+
+Neighbouring relation: **zero-out**, not add/remove. Participation is public in this protocol:
+every present silo learns ``present n``, the result message names the contributors, FedAvg
+divides by their number, and a silo with no rows cannot train at all. So the guarantee is the
+one of Kairouz, McMahan, Song, Thakkar, Thakurta & Xu, "Practical and Private (Deep) Learning
+without Sampling or Shuffling", ICML 2021: neighbouring federations differ in one silo's data
+being replaced by a *zero* silo whose (clipped) update is the zero vector, with sensitivity
+``C`` on the sum. Whether a silo took part is **not** protected; what it contributed is.
 
 The wrapper follows Flower's ``DifferentialPrivacyClientSideFixedClipping`` in shape (a strategy
 wrapping a strategy, arguments validated at construction) but keeps no state between phases,
@@ -38,7 +46,10 @@ from fedsilo.protocols.horizontal.strategies import (
     Strategy,
 )
 
-__all__ = ["DPFedAvg", "silo_noise_multiplier"]
+__all__ = ["DPFedAvg", "NEIGHBOURS", "silo_noise_multiplier"]
+
+#: Neighbouring relation of silo-level DP, recorded with every ledger entry.
+NEIGHBOURS = "zero-out: one silo's update replaced by zero (participation is public)"
 
 
 def silo_noise_multiplier(*, epsilon: float, delta: float, rounds: int, accountant: str = "rdp") -> float:
@@ -48,6 +59,9 @@ def silo_noise_multiplier(*, epsilon: float, delta: float, rounds: int, accounta
 
 class DPFedAvg(Strategy):
     """Silo-level DP around ``strategy``: clip to ``clip``, Gaussian noise shares of ``z·clip``.
+
+    Protects each silo's update under the zero-out relation (sensitivity ``clip``); the set of
+    participating silos is public (see the module docstring).
 
     Args:
         strategy: any :class:`~fedsilo.protocols.horizontal.strategies.Strategy` (FedAvg,
@@ -116,6 +130,7 @@ class DPFedAvg(Strategy):
         """Mechanism parameters recorded with each ledger entry."""
         return {
             "name": "gaussian",
+            "neighbours": NEIGHBOURS,
             "noise_multiplier": self.noise_multiplier,
             "clip": self.clip,
             "sigma": self.sigma,

@@ -45,6 +45,8 @@ from fedsilo.protocols.horizontal.secure_aggregation import (
     Contribution,
     aggregator_key_ceremony,
     aggregator_secure_sum,
+    ledger_recipient,
+    recipients_mechanism,
     required_contributors,
     silo_key_ceremony,
     silo_secure_sum,
@@ -69,6 +71,8 @@ __all__ = [
 AGGREGATOR = "aggregator"
 PROTOCOL = "horizontal-fedavg"
 DEFAULT_COLLUDERS = 1
+#: Neighbouring relation of record-level DP-SGD (Poisson sampling, Opacus), in ledger entries.
+RECORD_NEIGHBOURS = "add/remove one record of the silo"
 
 
 @dataclass(frozen=True)
@@ -199,10 +203,32 @@ class AggregatorReport:
     reason: str = ""
 
 
-def _derive_seed(base: int | None, *parts: int) -> int:
-    if base is None:
-        return secrets.randbits(63)
+#: Bits of OS entropy behind every noise or sampling stream when no seed is given.
+ENTROPY_BITS = 256
+
+
+def _derive_seed(base: int, *parts: int) -> int:
+    """A 63-bit seed derived from a simulation seed (tests and ``fedsilo simulate`` only)."""
     return int(np.random.SeedSequence([int(base), *parts]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+def _training_seed(noise_seed: int | None, rnd: int) -> int:
+    """Seed of one round of local training (batch sampling; DP-SGD noise at record level).
+
+    Production (``noise_seed=None``): 256 bits of OS entropy. :func:`train_local` expands it
+    with a SeedSequence, but torch's ``Generator`` is an MT19937 seeded with 64 bits at most, so
+    the torch streams carry 63 of them — a limit documented in ``docs/horizontal.md``.
+    """
+    if noise_seed is None:
+        return secrets.randbits(ENTROPY_BITS)
+    return _derive_seed(noise_seed, rnd, 0)
+
+
+def _noise_rng(noise_seed: int | None, rnd: int) -> np.random.Generator:
+    """The generator of one round's silo-level noise shares: 256 bits of OS entropy in production."""
+    if noise_seed is None:
+        return secure_rng(None)
+    return secure_rng(_derive_seed(noise_seed, rnd, 1))
 
 
 def silo(
@@ -231,7 +257,9 @@ def silo(
             required when ``job.privacy`` is set. Every round's release is charged *before*
             the ciphertext leaves the silo; a refused charge makes the silo withdraw.
         noise_seed: seeds local sampling and DP noise (simulations/tests); ``None`` (production)
-            draws them from the OS's secure randomness.
+            draws them from the OS's secure randomness: 256 bits for every numpy generator
+            (silo-level noise shares); torch's generators (batch sampling, DP-SGD noise) take
+            63 bits of it, their seed limit (see ``docs/horizontal.md``, "Randomness").
         drop_rounds: test hook ``{round: phase}`` (phase in ``"hello" | "update" | "topup"``): the
             silo goes silent at that phase of that round, a real missing message.
         on_round: called with a :class:`RoundReport` after every round (progress, evaluation).
@@ -264,13 +292,13 @@ def silo(
                 global_params=state.params,
                 config=job.local_config(proximal_mu=fit.proximal_mu),
                 n_classes=job.n_classes,
-                seed=_derive_seed(noise_seed, rnd, 0),
+                seed=_training_seed(noise_seed, rnd),
                 record_dp=plan,
             )
             update = strategy.prepare_update(local.update, round=rnd)
             contribution = _contribution(
-                strategy, update, rng=secure_rng(_derive_seed(noise_seed, rnd, 1)), plan=plan, job=job,
-                ledger=ledger, dataset=dataset, round=rnd, recipient=aggregator,
+                strategy, update, rng=_noise_rng(noise_seed, rnd), plan=plan, job=job,
+                ledger=ledger, dataset=dataset, round=rnd, recipients=silos, aggregator=aggregator,
             )
         outcome = silo_secure_sum(
             channel,
@@ -364,7 +392,8 @@ def _contribution(
     ledger: PrivacyLedger | None,
     dataset: str | None,
     round: int,
-    recipient: str,
+    recipients: Sequence[str],
+    aggregator: str,
 ) -> Contribution:
     size = int(update.shape[0])
     if isinstance(strategy, DPFedAvg):
@@ -395,6 +424,7 @@ def _contribution(
                 "max_grad_norm": plan.max_grad_norm,
                 "sample_rate": plan.sample_rate,
                 "steps": plan.steps_per_epoch * job.local_config(proximal_mu=0.0).epochs,
+                "neighbours": RECORD_NEIGHBOURS,
             }
         level = "record"
     if ledger is None or mechanism is None:
@@ -402,10 +432,12 @@ def _contribution(
     event = _round_event(strategy, plan, job, round)
     assert dataset is not None
 
+    mechanism = {**mechanism, **recipients_mechanism(recipients, aggregator=aggregator)}
+
     def charge() -> contextlib.AbstractContextManager[Any]:
         return ledger.charge(
             dataset, event, job=job.job, round=round, protocol=PROTOCOL,
-            mechanism=mechanism, recipient=recipient, level=level,
+            mechanism=mechanism, recipient=ledger_recipient(recipients), level=level,
         )
 
     return Contribution(values=values, topup=topup, charge=charge)

@@ -70,6 +70,8 @@ __all__ = [
     "share_parties",
     "topup_parties",
     "required_contributors",
+    "ledger_recipient",
+    "recipients_mechanism",
     "silo_secure_sum",
     "aggregator_secure_sum",
 ]
@@ -180,6 +182,29 @@ def topup_parties(*, present: int, contributors: int, colluders: int) -> tuple[i
     return share_parties(present=present, colluders=colluders), share_parties(
         present=contributors, colluders=colluders
     )
+
+
+#: The ledger's ``recipient`` column holds at most this many characters.
+_RECIPIENT_MAX = 256
+
+
+def ledger_recipient(silos: Sequence[str]) -> str:
+    """The ledger ``recipient`` of a noised secure sum: ``"silos:a,b,c"``.
+
+    The decrypted sum goes to the silos, not the aggregator: every silo of the job holds the
+    shared key, and the aggregator sends the encrypted result to every silo still in the job
+    (also those that sat the round out). The aggregator only relays ciphertexts. Federations too
+    large for the ledger's 256-character column are recorded as ``"silos:<n> key holders"``;
+    :func:`recipients_mechanism` always lists every name.
+    """
+    names = sorted(silos)
+    full = "silos:" + ",".join(names)
+    return full if len(full) <= _RECIPIENT_MAX else f"silos:{len(names)} key holders"
+
+
+def recipients_mechanism(silos: Sequence[str], *, aggregator: str) -> dict[str, Any]:
+    """Who receives a noised secure sum, for the ledger's mechanism record."""
+    return {"recipients": sorted(silos), "relayed_by": aggregator}
 
 
 def required_contributors(*, min_silos: int, colluders: int) -> int:

@@ -151,7 +151,11 @@ def train_local(
     """Train ``model`` (loaded with ``global_params``) on ``(x, y)``; return the update.
 
     ``seed`` drives batch order / Poisson sampling and, under DP-SGD, the noise (a fresh
-    ``torch.Generator`` per stream). In production pass a seed from OS entropy.
+    ``torch.Generator`` per stream). In production pass a seed from OS entropy (the silo passes
+    256 bits). Limitation: a ``torch.Generator`` is an MT19937 seeded with at most 64 bits, so
+    each stream is seeded with 63 bits derived from ``seed`` by a SeedSequence, and MT19937 is
+    not a cryptographic generator. Opacus' ``secure_mode`` would replace it with torchcsprng,
+    which has no build for this torch; see ``docs/horizontal.md``, "Randomness".
 
     Raises:
         DataError: ``x`` and ``y`` disagree in length, or the silo holds no rows.
@@ -177,7 +181,8 @@ def train_local(
 
         loader = DPDataLoader(dataset, sample_rate=record_dp.sample_rate, generator=g_data)
         with warnings.catch_warnings():
-            # "Secure RNG turned off": randomness comes from the seeded generators passed in.
+            # "Secure RNG turned off": randomness comes from the seeded generators passed in
+            # (secure_mode needs torchcsprng, not available for this torch; see the docstring).
             warnings.simplefilter("ignore")
             engine = PrivacyEngine(accountant="rdp")
             module, optimizer, loader = engine.make_private(
