@@ -15,10 +15,11 @@ Compatibility contract (after dp-accounting's ``dp_event`` module docstring):
 * Each event converts to a ``dp_accounting`` event with :meth:`DpEvent.to_dp_accounting`; the
   accounting module composes those.
 
-Neighbouring relation: add-or-remove-one unit, where the *unit* is the protection level recorded
-with the ledger entry (a whole silo's dataset, or one record). Sensitivities and noise
-multipliers are measured for that relation (an L2 clip norm ``C`` is the add/remove
-sensitivity of a sum of clipped contributions; replace-one would be ``2C``).
+Neighbouring relation: events are relation-agnostic. A noise multiplier ``z`` is always noise
+standard deviation divided by the sensitivity *under the relation the protocol protects*
+(add/remove one record, zero-out one silo's update, or replace one row, which doubles the
+sensitivity of a clipped sum); the protocol records that relation with the ledger entry
+(``mechanism["neighbours"]``) and docs/privacy.md lists which protocol uses which.
 
 Events:
 

@@ -424,7 +424,7 @@ def _charge(
         mechanism={
             "name": "gaussian_noise_shares",
             "released": "every data party's gradient (its own included: it moves its weights)",
-            "neighbouring": plan.neighbouring,
+            "neighbours": plan.neighbouring,
             "noise_multiplier": plan.noise_multiplier,
             "event_multiplier": plan.event_multiplier,
             "clip": plan.clip,
