@@ -23,19 +23,20 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import tempfile
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from contextlib import nullcontext
 import numpy as np
 
 from fedsilo.crypto.registry import get_backend
 from fedsilo.errors import ConfigError, DataError, NotEnoughSilosError
 from fedsilo.privacy.accounting import epsilon as _epsilon
 from fedsilo.privacy.events import ComposedEvent, DpEvent
+from fedsilo.protocols.ledgers import job_ledgers
 from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.privacy.mechanisms import secure_rng
 from fedsilo.protocols.channel import Channel, InProcessHub, run_parties
@@ -601,20 +602,6 @@ def simulate_horizontal(
     )
     rounds_total = spec.rounds
     spec.strategy()  # validate strategy / DP settings before any thread starts
-    tmp: tempfile.TemporaryDirectory[str] | None = None
-    ledgers: dict[str, PrivacyLedger | None] = {n: None for n in names}
-    if privacy is not None:
-        if ledger_dir is None:
-            tmp = tempfile.TemporaryDirectory(prefix="fedsilo-ledgers-")
-            ledger_dir = Path(tmp.name)
-        ledger_dir.mkdir(parents=True, exist_ok=True)
-        for n in names:
-            if n not in budgets:
-                raise ConfigError(f"no privacy budget for silo {n!r}")
-            eps_b, delta_b = budgets[n]
-            led = PrivacyLedger(ledger_dir / f"{n}.sqlite", silo=n, accountant=str(privacy.get("accountant", "rdp")))
-            led.register_dataset(n, epsilon=float(eps_b), delta=float(delta_b))
-            ledgers[n] = led
     x_test, y_test = np.asarray(test[0]), np.asarray(test[1])
     lock = threading.Lock()
     metrics: dict[int, dict[str, Any]] = {}
@@ -647,18 +634,20 @@ def simulate_horizontal(
                 aggregator=AGGREGATOR,
                 x=np.asarray(x),
                 y=np.asarray(y),
-                ledger=ledgers[n],
+                ledger=ledgers.get(n),
                 dataset=n,
                 noise_seed=silo_seeds[n],
                 drop_rounds=(faults or {}).get(n),
                 on_round=on_round,
             )
         )
-    try:
+    opened = (
+        job_ledgers(ledger_dir, parties=names, budgets=budgets, accountant=str(privacy.get("accountant", "rdp")))
+        if privacy is not None
+        else nullcontext({})
+    )
+    with opened as ledgers:
         results = run_parties(hub, parties)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
     agg: AggregatorReport = results[AGGREGATOR]
     reports: dict[str, SiloReport] = {n: results[n] for n in names}
     if agg.status == "stopped":

@@ -46,12 +46,12 @@ is exact up to the backend's fixed-point precision.
 from __future__ import annotations
 
 import math
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contextlib import nullcontext
 import numpy as np
 import pandas as pd
 
@@ -61,6 +61,7 @@ from fedsilo.errors import ConfigError, DataError, NotEnoughSilosError, Protocol
 from fedsilo.privacy.accounting import epsilon as _epsilon
 from fedsilo.privacy.accounting import noise_multiplier as _noise_multiplier
 from fedsilo.privacy.events import GaussianEvent
+from fedsilo.protocols.ledgers import job_ledgers
 from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.privacy.mechanisms import discrete_gaussian, noise_share_sigma, noise_share_topup_sigma, secure_rng
 from fedsilo.protocols.channel import Channel, InProcessHub, run_parties
@@ -591,18 +592,6 @@ def simulate_statistics(
     if backend == "paillier":
         params = _paillier_defaults(params, plan, silos)
     check_encoding(plan, get_backend(backend, **params))  # before any ledger is touched
-    tmp: tempfile.TemporaryDirectory[str] | None = None
-    ledgers: dict[str, PrivacyLedger | None] = {n: None for n in names}
-    if privacy is not None:
-        if ledger_dir is None:
-            tmp = tempfile.TemporaryDirectory(prefix="fedsilo-ledgers-")
-            ledger_dir = Path(tmp.name)
-        ledger_dir.mkdir(parents=True, exist_ok=True)
-        for n in names:
-            eps_b, delta_b = budgets[n]
-            led = PrivacyLedger(ledger_dir / f"{n}.sqlite", silo=n, accountant=plan.accountant)
-            led.register_dataset(n, epsilon=float(eps_b), delta=float(delta_b))
-            ledgers[n] = led
     seeds = np.random.SeedSequence(int(seed)).spawn(len(names))
     hub = InProcessHub(job, [*names, AGGREGATOR])
     parties: dict[str, Callable[[Channel], Any]] = {
@@ -614,15 +603,17 @@ def simulate_statistics(
     for n, s in zip(names, seeds):
         parties[n] = lambda ch, n=n, s=s: statistics_silo(
             ch, job=job, silos=names, aggregator=AGGREGATOR, frame=silos[n], plan=plan, backend=backend,
-            backend_params=params, ledger=ledgers[n], dataset=n,
+            backend_params=params, ledger=ledgers.get(n), dataset=n,
             noise_seed=int(s.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)),
             timeout=round_timeout, drop=(faults or {}).get(n),
         )
-    try:
+    opened = (
+        job_ledgers(ledger_dir, parties=names, budgets=budgets, accountant=plan.accountant)
+        if privacy is not None
+        else nullcontext({})
+    )
+    with opened as ledgers:
         results = run_parties(hub, parties)
-    finally:
-        if tmp is not None:
-            tmp.cleanup()
     agg = results[AGGREGATOR]
     if agg["status"] != "ok":
         raise NotEnoughSilosError(agg["reason"])

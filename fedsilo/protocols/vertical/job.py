@@ -9,18 +9,19 @@ the final joint prediction on the evaluation rows.
 """
 from __future__ import annotations
 
-import tempfile
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contextlib import nullcontext
 import numpy as np
 import pandas as pd
 
 from fedsilo.crypto.registry import get_backend
 from fedsilo.errors import ConfigError, DataError, ProtocolError
+from fedsilo.protocols.ledgers import job_ledgers
 from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.privacy.mechanisms import secure_rng
 from fedsilo.protocols.channel import Channel, InProcessHub, run_parties
@@ -346,31 +347,24 @@ def simulate_vertical(
             )
     get_backend(backend, **backend_params_for(backend, backend_params or {}))  # fail fast on bad parameters
     datasets = dict(datasets or {})
-    ledgers: dict[str, PrivacyLedger] = {}
-    tmp: tempfile.TemporaryDirectory[str] | None = None
-    spent: dict[str, float] = {}
-    try:
-        if dp_cfg is not None:
-            if ledger_dir is None:  # DP never runs without a ledger: charge a throw-away one
-                tmp = tempfile.TemporaryDirectory(prefix="fedsilo-ledgers-")
-                ledger_dir = tmp.name
-            Path(ledger_dir).mkdir(parents=True, exist_ok=True)
-            for p in top.data_parties:
-                led = PrivacyLedger(Path(ledger_dir) / f"{p}.sqlite", silo=p, accountant=dp_cfg.accountant)
-                ledgers[p] = led
-                eps_b, delta_b = (budgets or {}).get(p, (dp_cfg.epsilon, dp_cfg.delta))
-                led.register_dataset(datasets.get(p, p), epsilon=eps_b, delta=delta_b)
+    opened = (
+        job_ledgers(
+            ledger_dir,  # DP never runs without a ledger: None charges a throw-away one
+            parties=top.data_parties,
+            budgets={p: (budgets or {}).get(p, (dp_cfg.epsilon, dp_cfg.delta)) for p in top.data_parties},
+            accountant=dp_cfg.accountant,
+            datasets=datasets,
+        )
+        if dp_cfg is not None
+        else nullcontext({})
+    )
+    with opened as ledgers:
         hub = InProcessHub(job, [*top.data_parties, *([top.arbiter] if top.arbiter else [])])
         start = time.perf_counter()
         out = run_parties(hub, vertical_parties(spec, tables, seed=seed, ledgers=ledgers, datasets=datasets,
                                                    progress=progress))
         seconds = time.perf_counter() - start
         spent = {p: led.spent(datasets.get(p, p)) for p, led in ledgers.items()}
-    finally:
-        for led in ledgers.values():
-            led.close()
-        if tmp is not None:
-            tmp.cleanup()
     guest = out[top.guest]
     plan = guest["dp"]
     eps: dict[str, dict[str, Any]] = {}
