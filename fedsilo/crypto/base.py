@@ -297,6 +297,17 @@ class CryptoBackend(abc.ABC):
                 "(an object from another backend?)"
             )
 
+    def _sum_operands(self, cts: Sequence[Ciphertext], check: Any) -> list[Any]:
+        """The operands of a sum after ``check`` (the backend's ciphertext check): at least one,
+        all under one key, all of one length."""
+        if not cts:
+            raise ConfigError("sum() needs at least one ciphertext")
+        checked = [check(c, "an operand") for c in cts]
+        self._check_same_key(*checked)
+        for c in checked[1:]:
+            check_lengths(checked[0].length, c.length)
+        return checked
+
     @staticmethod
     def _split_header(data: bytes, *, kind: bytes, backend: str) -> tuple[str, bytes]:
         """Parse ``WIRE_MAGIC | kind(4) | fingerprint(32 ascii) | payload``."""

@@ -52,7 +52,6 @@ from fedsilo.crypto.base import (
     as_matrix,
     as_vector,
     broadcast_vector,
-    check_lengths,
     fingerprint_of,
 )
 from fedsilo.errors import (
@@ -658,13 +657,8 @@ class CKKSBackend(CryptoBackend):
         return self.sum([a, b])
 
     def sum(self, cts: Sequence[Ciphertext]) -> CKKSCiphertext:
-        if not cts:
-            raise ConfigError("sum() needs at least one ciphertext")
-        checked = [self._check_ct(c, "an operand") for c in cts]
-        self._check_same_key(*checked)
+        checked = self._sum_operands(cts, self._check_ct)
         first = checked[0]
-        for c in checked[1:]:
-            check_lengths(first.length, c.length)
         if len(checked) == 1:
             return first
         bound = sum(c.bound for c in checked)

@@ -71,7 +71,6 @@ from fedsilo.crypto.base import (
     as_matrix,
     as_vector,
     broadcast_vector,
-    check_lengths,
     fingerprint_of,
 )
 from fedsilo.crypto.encoding import (
@@ -631,13 +630,8 @@ class PaillierBackend(CryptoBackend):
 
     def sum(self, cts: Sequence[Ciphertext]) -> PaillierCiphertext:
         """Product of ciphertexts position by position: Enc(a) * Enc(b) = Enc(a + b)."""
-        if not cts:
-            raise ConfigError("sum() needs at least one ciphertext")
-        checked = [self._check_ct(c, "an operand") for c in cts]
-        self._check_same_key(*checked)
+        checked = self._sum_operands(cts, self._check_ct)
         first = checked[0]
-        for c in checked[1:]:
-            check_lengths(first.length, c.length)
         if len(checked) == 1:
             return first
         total = sum(c.summands for c in checked)

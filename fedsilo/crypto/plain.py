@@ -25,7 +25,7 @@ from fedsilo.crypto.base import (
     broadcast_vector,
     fingerprint_of,
 )
-from fedsilo.errors import CiphertextFormatError, ConfigError
+from fedsilo.errors import CiphertextFormatError
 
 __all__ = ["PlainBackend"]
 
