@@ -32,7 +32,6 @@ __all__ = [
     "require_columns",
     "require_numeric",
     "scale_with_bounds",
-    "split_train_test",
 ]
 
 BUILTIN_SOURCES = ("sklearn:breast_cancer", "sklearn:wine", "sklearn:diabetes")
@@ -172,12 +171,3 @@ def partition_frame(
         if min(len(p) for p in parts) >= 10:
             return [frame.iloc[p].reset_index(drop=True) for p in parts]
     raise ConfigError(f"could not draw a label_skew partition with >= 10 rows per silo (alpha={alpha}); raise alpha")
-
-
-def split_train_test(
-    frame: pd.DataFrame, *, fraction: float, rng: np.random.Generator
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Each silo holds out its own test rows (stratification is left to the caller's data)."""
-    idx = rng.permutation(len(frame))
-    k = max(1, int(round(len(frame) * fraction)))
-    return frame.iloc[idx[k:]].reset_index(drop=True), frame.iloc[idx[:k]].reset_index(drop=True)

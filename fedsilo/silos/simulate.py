@@ -25,7 +25,6 @@ from fedsilo.silos.data import (
     require_columns,
     require_numeric,
     scale_with_bounds,
-    split_train_test,
 )
 
 __all__ = ["HorizontalData", "prepare_horizontal", "run_job", "silo_tables", "budgets_for"]
