@@ -21,15 +21,24 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from fedsilo.errors import JobAbortedError, PeerRejectedError, PeerTimeoutError
+from fedsilo.errors import JobAbortedError, PeerRejectedError, PeerTimeoutError, ProtocolError
 from fedsilo.protocols import codec
 
-__all__ = ["Channel", "Envelope", "InProcessHub", "run_parties"]
+__all__ = ["Channel", "Envelope", "InProcessHub", "MAX_PENDING", "run_parties"]
+
+#: Early messages (for a later kind or round) one party buffers before it refuses more: a peer
+#: cannot grow a receiver's memory without bound.
+MAX_PENDING = 10_000
 
 
 @dataclass(frozen=True, slots=True)
 class Envelope:
-    """One message as it travels: routing fields plus the encoded payload."""
+    """One message as it travels: routing fields plus the encoded payload.
+
+    ``seq`` numbers a sender's messages in a job from 1; transports deliver each sender's
+    messages in order (in-process: one FIFO; agents: one ordered stream per peer), so a
+    receiver accepts only increasing numbers and an exact replay never reaches protocol code.
+    """
 
     job: str
     round: int
@@ -37,10 +46,11 @@ class Envelope:
     recipient: str
     kind: str
     body: bytes
+    seq: int
 
     @property
     def size(self) -> int:
-        return len(self.body) + len(self.job) + len(self.sender) + len(self.recipient) + len(self.kind) + 8
+        return len(self.body) + len(self.job) + len(self.sender) + len(self.recipient) + len(self.kind) + 16
 
 
 class Channel(abc.ABC):
@@ -53,6 +63,8 @@ class Channel(abc.ABC):
         self.bytes_sent = 0
         self.messages_sent = 0
         self._pending: dict[tuple[str, str, int], list[Any]] = defaultdict(list)
+        self._pending_count = 0
+        self._last_seq: dict[str, int] = defaultdict(int)
 
     # -- transport hooks ----------------------------------------------------------------------
     @abc.abstractmethod
@@ -71,7 +83,7 @@ class Channel(abc.ABC):
                 f"{self.party}: {recipient!r} is not a peer of job {self.job!r} "
                 f"(peers: {', '.join(sorted(self.peers))})"
             )
-        env = Envelope(self.job, round, self.party, recipient, kind, codec.encode(payload))
+        env = Envelope(self.job, round, self.party, recipient, kind, codec.encode(payload), self.messages_sent + 1)
         self._deliver(env)
         self.bytes_sent += env.size
         self.messages_sent += 1
@@ -104,21 +116,37 @@ class Channel(abc.ABC):
             queue = self._pending.get((s, kind, round))
             if queue:
                 out[s] = queue.pop(0)
+                self._pending_count -= 1
                 wanted.discard(s)
+        self._drop_past_rounds(round)
         deadline = time.monotonic() + timeout
         while wanted:
             env = self._next(deadline)
             if env is None:
                 break
-            if env.job != self.job or env.round < round:
-                continue  # stray from another job, or a stale/replayed message of a past round
+            if env.job != self.job or env.round < round or env.sender not in self.peers:
+                continue  # stray from another job or party, or a stale message of a past round
+            if env.seq <= self._last_seq[env.sender]:
+                continue  # a replay (or a transport that reordered): never delivered twice
+            self._last_seq[env.sender] = env.seq
             payload = codec.decode(env.body)
             if env.sender in wanted and env.kind == kind and env.round == round:
                 out[env.sender] = payload
                 wanted.discard(env.sender)
             else:
+                if self._pending_count >= MAX_PENDING:
+                    raise ProtocolError(
+                        f"{self.party}: more than {MAX_PENDING} early messages buffered "
+                        f"(latest from {env.sender!r}, kind {env.kind!r}, round {env.round}); refusing to buffer more"
+                    )
                 self._pending[(env.sender, env.kind, env.round)].append(payload)
+                self._pending_count += 1
         return out
+
+    def _drop_past_rounds(self, round: int) -> None:
+        """Messages buffered for rounds before ``round`` can never be asked for again."""
+        for key in [k for k in self._pending if k[2] < round]:
+            self._pending_count -= len(self._pending.pop(key))
 
 
 class InProcessHub:

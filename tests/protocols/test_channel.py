@@ -63,10 +63,38 @@ def test_messages_matched_by_sender_kind_round_and_buffered() -> None:
 def test_stale_and_foreign_job_messages_are_dropped() -> None:
     hub = InProcessHub("job1", ["a", "b"])
     ch_b = hub.channel("b")
-    hub._put(Envelope("other-job", 1, "a", "b", "x", codec.encode("stray")))
-    hub._put(Envelope("job1", 0, "a", "b", "x", codec.encode("replayed")))
+    hub._put(Envelope("other-job", 1, "a", "b", "x", codec.encode("stray"), 1))
+    hub._put(Envelope("job1", 0, "a", "b", "x", codec.encode("stale"), 1))
     hub.channel("a").send("b", "x", "fresh", round=1)
     assert ch_b.recv("a", "x", round=1, timeout=1) == "fresh"
+
+
+def test_exact_replay_within_a_round_is_never_delivered_twice() -> None:
+    hub = InProcessHub("job1", ["a", "b"])
+    hub.channel("a").send("b", "present", "once", round=1)
+    original = hub.log[-1]
+    hub._put(original)  # the same envelope again, as a replaying network would
+    ch_b = hub.channel("b")
+    assert ch_b.recv("a", "present", round=1, timeout=1) == "once"
+    assert ch_b.gather(["a"], "present", round=1, timeout=0.05) == {}
+
+
+def test_early_message_buffer_is_bounded_and_pruned(monkeypatch) -> None:
+    from fedsilo.protocols import channel as channel_mod
+
+    monkeypatch.setattr(channel_mod, "MAX_PENDING", 5)
+    hub = InProcessHub("j", ["a", "b"])
+    a, b = hub.channel("a"), hub.channel("b")
+    for r in range(2, 6):
+        a.send("b", "junk", r, round=r)
+    a.send("b", "x", "wanted", round=1)
+    assert b.recv("a", "x", round=1, timeout=1) == "wanted"
+    assert b.gather(["a"], "junk", round=6, timeout=0.01) == {}  # rounds 2-5 pruned
+    assert b._pending_count == 0
+    for r in range(10, 17):
+        a.send("b", "junk", r, round=r)
+    with pytest.raises(ProtocolError, match="more than 5 early messages"):
+        b.recv("a", "x", round=9, timeout=1)
 
 
 def test_unknown_peer_and_timeout() -> None:
