@@ -84,6 +84,21 @@ PROFILES: dict[str, dict[str, Any]] = {
 #: >= 3x margin over the measured maxima.
 _ERROR_BOUND = {False: 1e-7, True: 1e-5}
 
+
+def error_bound_for(params: "CKKSParams") -> float:
+    """``info().error_bound`` for a parameter set: CKKS noise is absolute and inversely
+    proportional to the scale, and grows about linearly with N.
+
+    ``_ERROR_BOUND[galois] * max(1, N / 8192) * 2**(40 - scale_bits)``, not shrunk for
+    ``scale_bits > 40`` (conservative). The measured maxima (docs/crypto.md, "Error bound and
+    scale") are a sum of 10 at about ``4 N 2**-scale_bits`` (e.g. 1.6e-2 at N=4096 and
+    scale_bits=20; 7.5e-4 at N=8192 and 25) and a matmul at 1.0e-3 for scale_bits=30: every
+    bound keeps a >= 3x margin. At the built-in profiles (scale 2^40, N <= 8192) this is the
+    documented 1e-7 (1e-5 with Galois keys).
+    """
+    factor = max(1.0, params.poly_modulus_degree / 8192) * math.ldexp(1.0, max(0, 40 - params.scale_bits))
+    return _ERROR_BOUND[params.galois] * factor
+
 _WIRE_VERSION = 1
 _CT_STRUCT = struct.Struct(">BQBdI")  # version, length, depth_used, bound, n_chunks
 _LEN = struct.Struct(">Q")
@@ -332,6 +347,11 @@ class CKKSSecret(SecretKey):
         raise TypeError("CKKSSecret cannot be pickled; use export_secret() explicitly")
 
 
+def _log2_ceil(value: float) -> int:
+    """``ceil(log2(value))`` for value > 0: the only form in which a bound is ever shown."""
+    return math.ceil(math.log2(value)) if value > 0 else 0
+
+
 def _fingerprint(params: CKKSParams, public_bytes: bytes) -> str:
     return fingerprint_of("ckks", params.to_json(), public_bytes)
 
@@ -368,6 +388,14 @@ class CKKSCiphertext(Ciphertext):
         self.bound = bound
         self.fresh = fresh
         self._ops = ops
+
+    def __reduce__(self) -> Any:
+        # pickle (and copy) would ship the raw ciphertext without the re-randomization that
+        # serialize() applies to results of add_plain / mul_plain: the input could be unwound.
+        raise TypeError(
+            f"{type(self).__name__} cannot be pickled or copied; send backend.serialize(ct) and "
+            "rebuild it with backend.deserialize(public, data)"
+        )
 
 
 # --------------------------------------------------------------------------------------------
@@ -449,7 +477,7 @@ class CKKSBackend(CryptoBackend):
             secure=True,
             values_per_ciphertext=p.slots,
             bytes_per_value=self._bytes_per_value(),
-            error_bound=_ERROR_BOUND[p.galois],
+            error_bound=error_bound_for(p),
             supports=tuple(supports),
             description=(
                 f"CKKS (TenSEAL) profile {p.profile}: N={p.poly_modulus_degree}, primes "
@@ -507,7 +535,29 @@ class CKKSBackend(CryptoBackend):
             raise CiphertextFormatError(f"ckks: {what} is not a CKKS context ({exc})") from exc
         if n != self.p.poly_modulus_degree or total != sum(self.p.coeff_mod_bit_sizes):
             raise CiphertextFormatError(f"ckks: {what} parameters differ from its parameter block")
+        # N and the total bits are not enough: primes [49, 60] under a block saying [60, 49]
+        # would make every capacity check wrong (sums wrap silently). Compare the whole chain.
+        if not self._chain_matches(ctx):
+            raise CiphertextFormatError(
+                f"ckks: {what} has another prime chain than its parameter block "
+                f"{list(self.p.coeff_mod_bit_sizes)} (same N and total bits, different primes or order)"
+            )
         return ctx
+
+    def _chain_matches(self, ctx: Any) -> bool:
+        """The context's full coefficient-modulus chain is the one SEAL derives from the block."""
+        p = self.p
+        primes = seal_primes(poly_modulus_degree=p.poly_modulus_degree, coeff_mod_bit_sizes=p.coeff_mod_bit_sizes)
+        try:
+            key_level = ctx.seal_context().data.key_context_data()
+            product = 1
+            for q in primes:
+                product *= q
+            if key_level.total_coeff_modulus() != product % 2**64:
+                return False
+        except Exception:
+            return False
+        return _primes_match_context(ctx, primes[:-1])
 
     def load_public(self, data: bytes) -> CKKSPublic:
         fp, body = self._split_header(data, kind=b"PUBK", backend=self.name)
@@ -558,10 +608,17 @@ class CKKSBackend(CryptoBackend):
         return ct
 
     def _check_capacity(self, bound: float, op: str) -> None:
+        """Refuse an operation whose result bound exceeds the capacity.
+
+        The message shows only powers of two (as on the wire): a bound after ``mul_plain`` /
+        ``matmul_plain`` is derived from a private factor's peak or column norm, which must not
+        reach a log line or traceback (house rule 6).
+        """
         if bound > self.p.capacity:
             raise EncodingOverflowError(
-                f"ckks: {op} could reach |value| {bound:.3g} > capacity {self.p.capacity:g} "
-                f"(2^(first prime - scale - 2)); CKKS would wrap silently, so this is refused"
+                f"ckks: {op} could reach |value| up to 2^{_log2_ceil(bound)} > capacity "
+                f"2^{_log2_ceil(self.p.capacity)} (2^(first prime - scale - 2)); CKKS would wrap silently, "
+                f"so this is refused (lower the operands' magnitudes or value_bound)"
             )
 
     def _check_depth(self, ct: CKKSCiphertext, needed: int, op: str) -> None:

@@ -246,6 +246,14 @@ class PaillierCiphertext(Ciphertext):
         self.obfuscated = obfuscated
         self._ops = ops
 
+    def __reduce__(self) -> Any:
+        # pickle (and copy) would ship the raw ciphertext without the re-randomization that
+        # serialize() applies to results of add_plain / mul_plain: the input could be unwound.
+        raise TypeError(
+            f"{type(self).__name__} cannot be pickled or copied; send backend.serialize(ct) and "
+            "rebuild it with backend.deserialize(public, data)"
+        )
+
 
 # --------------------------------------------------------------------------------------------
 # Process-pool workers: module-level functions on plain ints so they pickle cheaply.
@@ -569,6 +577,25 @@ class PaillierBackend(CryptoBackend):
                 f"{bound.bit_length()} bits, limit {public.max_int.bit_length()} bits); lower precision or value_bound"
             )
 
+    def _max_scale_bits(self, public: PaillierPublic) -> int:
+        """Largest scale any ciphertext can legitimately have: ``precision * (max depth + 1)``.
+
+        Each ``mul_plain`` / ``matmul_plain`` adds ``precision`` to the scale and multiplies the
+        bound by ``F = ceil(value_bound * 2**precision)``; fresh values have bound ``F``, and
+        every bound stays <= ``max_int``. So ``F**(depth + 1) <= max_int``, i.e. ``depth + 1 <=
+        bits(max_int) / floor(log2 F)`` (if F == 1, products cannot grow: capped at bits(max_int)).
+        """
+        e = self.encoding
+        f = fixed_point_bound(value_bound=e.value_bound, precision=e.precision)
+        levels = public.max_int.bit_length() // max(1, f.bit_length() - 1)
+        return e.precision * levels
+
+    def _scale_possible(self, public: PaillierPublic, scale_bits: int) -> bool:
+        p = self.encoding.precision
+        if p == 0:
+            return scale_bits == 0
+        return scale_bits % p == 0 and p <= scale_bits <= self._max_scale_bits(public)
+
     def _lift(self, ct: PaillierCiphertext, scale_bits: int) -> tuple[list[Any], int]:
         """Ciphertext values and bound re-expressed at a larger scale: ``c**(2**d)``."""
         d = scale_bits - ct.scale_bits
@@ -622,6 +649,13 @@ class PaillierBackend(CryptoBackend):
                         "paillier: a decrypted value lies outside the encodable range (overflow, or a "
                         "ciphertext under another key)"
                     )
+            # Paillier is exact and every operation tracks a true upper bound, so a larger value
+            # means a forged header (bound or scale) or a ciphertext from elsewhere.
+            if any(abs(m) > c.bound for m in ints):
+                raise EncodingOverflowError(
+                    "paillier: a decrypted value exceeds the ciphertext's declared bound (corrupt or forged "
+                    "ciphertext header)"
+                )
         return decode_fixed(ints, scale_bits=c.scale_bits)
 
     # --- homomorphic operations -------------------------------------------------------------
@@ -642,10 +676,10 @@ class PaillierBackend(CryptoBackend):
             scale, bound = first.scale_bits, first.bound
         else:
             scale = max(c.scale_bits for c in checked)
-            lifted = [self._lift(c, scale) for c in checked]
-            bound = sum(b for _, b in lifted)
+            # Bounds first: a refused addition must not pay for the (2**d)-th powers of _lift.
+            bound = sum(c.bound << (scale - c.scale_bits) for c in checked)
             self._check_bound(first.public, bound, "this addition")
-            columns = [vals for vals, _ in lifted]
+            columns = [self._lift(c, scale)[0] for c in checked]
         out = list(columns[0])
         for vals in columns[1:]:
             out = [x * y % nsq for x, y in zip(out, vals)]
@@ -765,6 +799,13 @@ class PaillierBackend(CryptoBackend):
             raise CiphertextFormatError("paillier: ciphertext header does not match the context (packing or count)")
         if scale_bits < e.precision or (e.packed and (scale_bits != e.precision or summands > e.max_summands)):
             raise CiphertextFormatError("paillier: ciphertext header has an impossible scale or summand count")
+        if not self._scale_possible(pub, scale_bits):
+            # A scale from the wire drives _lift's exponent (2**d) and decode_fixed's divisor: an
+            # unchecked 65535 costs seconds per value in sum() and decrypts to silent zeros.
+            raise CiphertextFormatError(
+                f"paillier: ciphertext header claims scale 2^-{scale_bits}, impossible for precision "
+                f"{e.precision} with this key (at most {self._max_scale_bits(pub)} bits, a multiple of the precision)"
+            )
         bound_raw = body[pos : pos + bound_len]
         pos += bound_len
         width = pub.ciphertext_bytes

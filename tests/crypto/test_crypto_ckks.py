@@ -188,3 +188,62 @@ def test_rescale_correction_uses_the_contexts_primes(mul):
     x, f = rng.uniform(-1, 1, 4096), rng.uniform(-1, 1, 4096)
     out = b.decrypt(k.secret, b.mul_plain(b.encrypt(k.public, 100 * x), f))
     assert np.max(np.abs(out - 100 * x * f)) < 1e-6  # uncorrected: ~1.3e-5
+
+
+# --- review fixes: error bound vs scale, prime chain, private factors in messages, pickling -----
+@pytest.mark.parametrize("scale_bits", [25, 30, 40])
+def test_error_bound_follows_the_scale(keyset_factory, scale_bits):
+    k = keyset_factory("ckks", scale_bits=scale_bits)
+    b = k.backend
+    rng = np.random.default_rng(scale_bits)
+    xs = [rng.uniform(-1, 1, b.p.slots) for _ in range(10)]
+    total = b.sum([b.encrypt(k.public, x) for x in xs])
+    err = float(np.max(np.abs(b.decrypt(k.secret, total) - sum(xs))))
+    assert err <= b.info().error_bound
+    # and the bound stays within ~two orders of magnitude of the truth (not vacuous)
+    assert b.info().error_bound < 100 * err
+
+
+def test_built_in_profiles_keep_their_documented_error_bounds():
+    assert CKKSBackend(profile="aggregate").info().error_bound == 1e-7
+    assert CKKSBackend(profile="mul").info().error_bound == 1e-7
+    assert CKKSBackend(profile="matmul").info().error_bound == 1e-5
+    assert CKKSBackend(scale_bits=30).info().error_bound == pytest.approx(1e-7 * 2**10)
+
+
+def test_a_context_with_another_prime_chain_is_refused(agg):
+    from fedsilo.crypto.base import CryptoBackend
+    from fedsilo.crypto.ckks import _fingerprint
+
+    b = agg.backend  # aggregate: N=4096, primes [60, 49]
+    ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=4096, coeff_mod_bit_sizes=[49, 60])
+    ctx.global_scale = 2.0**40
+    raw = ctx.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
+    block = b.p.to_json()
+    wire = CryptoBackend._header(b"PUBK", _fingerprint(b.p, raw)) + len(block).to_bytes(2, "big") + block + raw
+    with pytest.raises(CiphertextFormatError, match="prime chain"):
+        b.load_public(wire)
+    # the genuine context still loads
+    assert b.load_public(agg.public.serialize()).fingerprint == agg.public.fingerprint
+
+
+def test_capacity_errors_do_not_show_private_factors(keyset_factory):
+    k = keyset_factory("ckks", profile="mul")
+    b = k.backend
+    ct = b.encrypt(k.public, np.ones(3))
+    with pytest.raises(EncodingOverflowError) as info:
+        b.mul_plain(ct, np.array([1.0, 87.25, 3.0]))
+    msg = str(info.value)
+    assert "3.57e+05" not in msg and "357376" not in msg and "87.25" not in msg
+    assert "2^19" in msg and "2^18" in msg
+
+
+def test_ciphertexts_refuse_pickling(agg):
+    import copy
+    import pickle
+
+    ct = agg.backend.encrypt(agg.public, np.ones(2))
+    with pytest.raises(TypeError, match="serialize"):
+        pickle.dumps(ct)
+    with pytest.raises(TypeError, match="serialize"):
+        copy.deepcopy(ct)

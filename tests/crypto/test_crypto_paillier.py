@@ -243,3 +243,43 @@ def test_missing_gmpy2_fails_loudly():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     assert "IMPORT" in out and "gmpy2" in out and "REGISTRY" in out
+
+
+# --- review fixes: hostile scale in the header, pickling ----------------------------------------
+def _with_scale(backend, blob: bytes, scale_bits: int) -> bytes:
+    from fedsilo.crypto.paillier import _CT_STRUCT
+
+    head, body = blob[:40], blob[40:]
+    ver, packed, _, length, summands, count = _CT_STRUCT.unpack_from(body)
+    return head + _CT_STRUCT.pack(ver, packed, scale_bits, length, summands, count) + body[_CT_STRUCT.size :]
+
+
+@pytest.mark.parametrize("scale_bits", [65535, 33, 32 * 200])
+def test_an_impossible_scale_from_the_wire_is_refused(unpacked, scale_bits):
+    b = unpacked.backend
+    blob = b.serialize(b.encrypt(unpacked.public, np.ones(4)))
+    with pytest.raises(CiphertextFormatError, match="scale"):
+        b.deserialize(unpacked.public, _with_scale(b, blob, scale_bits))
+
+
+def test_a_value_beyond_the_declared_bound_is_reported(unpacked):
+    from fedsilo.crypto.paillier import _CT_STRUCT
+
+    b = unpacked.backend
+    ct = b.encrypt(unpacked.public, np.ones(4))
+    blob = b.serialize(ct)
+    pos = 40 + _CT_STRUCT.size
+    bound_len = int.from_bytes(blob[pos : pos + 2], "big")
+    forged = blob[:pos] + (1).to_bytes(2, "big") + b"\x01" + blob[pos + 2 + bound_len :]  # bound 1
+    with pytest.raises(EncodingOverflowError, match="declared bound"):
+        b.decrypt(unpacked.secret, b.deserialize(unpacked.public, forged))
+    # legitimate depth-1 results still deserialize and decrypt
+    prod = b.mul_plain(ct, 0.5)
+    back = b.deserialize(unpacked.public, b.serialize(prod))
+    assert np.allclose(b.decrypt(unpacked.secret, back), 0.5)
+
+
+def test_ciphertexts_refuse_pickling(unpacked):
+    ct = unpacked.backend.encrypt(unpacked.public, np.ones(2))
+    with pytest.raises(TypeError, match="serialize"):
+        pickle.dumps(ct)

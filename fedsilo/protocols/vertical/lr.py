@@ -34,8 +34,12 @@ Who learns what:
 * the guest receives ciphertexts it cannot decrypt and its own (noised) gradient — never a
   host's features, partial logits or weights;
 * the key holder decrypts only ``g_p + m_p (+ noise)``: the uniform mask hides ``g_p`` up to a
-  statistical distance of about ``|g_p| / M`` per coordinate (the masks are reals, not
-  uniform over the plaintext ring), and under DP the decrypted value is already noised;
+  statistical distance of ``|g_p| / (2M)`` per coordinate *per step* (the masks are reals, not
+  uniform over the plaintext ring: a value outside ``[−M, M]`` gives away the sign of ``g_p``
+  and a lower bound on it). These leaks add up over the steps of a run — up to
+  ``Σ_steps |g_p| / (2M)`` per coordinate — so without DP there is no run-level guarantee,
+  only a per-step one that a larger ``M`` improves; under DP the decrypted value is already
+  noised and the run-level guarantee is the DP one;
 * without DP, the key holder also decrypts the training loss once per epoch (the mean Taylor
   loss ``log 2 − 1/2 + 2·mean(d²)``, see :mod:`.taylor`; as one scalar, or a few partial sums
   over groups of steps when CKKS's magnitude bound forbids one sum); the guest receives it.
@@ -767,7 +771,16 @@ def _decrypt_loss(keys: _Keys, blobs: Any, *, sender: str) -> float:
 
 def _mask_scale(backend: CryptoBackend, config: TrainingConfig) -> float:
     """``M``, capped at half the backend's ``value_bound`` (CKKS and Paillier refuse larger
-    plaintext operands)."""
+    plaintext operands).
+
+    Leakage: with ``m ~ U(−M, M)`` the key holder sees ``g + m``, which falls outside
+    ``[−M, M]`` (revealing the sign of ``g`` and a lower bound on ``|g|``) with probability
+    ``|g| / (2M)`` per coordinate per step — the statistical distance between ``g + m`` and
+    ``m``. Over T steps these add up (up to ``Σ_t |g_t| / (2M)``), and when ``g`` changes little
+    between steps, averaging T masked values shrinks the mask's spread to ``M / sqrt(3T)``: without DP there is no run-level
+    guarantee. The CKKS default ``M = 2048`` gives 2.4e-4 per coordinate and step for
+    ``|g| = 1``.
+    """
     bound = backend.params().get("value_bound")
     if isinstance(bound, (int, float)) and bound > 0:
         return min(config.mask_scale, 0.5 * float(bound))
