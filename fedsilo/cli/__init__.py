@@ -10,13 +10,14 @@ from __future__ import annotations
 import functools
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
 
 from fedsilo import __version__
 
-__all__ = ["app", "main", "cli_errors"]
+__all__ = ["app", "main", "cli_errors", "check_output_path", "to_json", "write_output"]
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,6 +50,58 @@ def cli_errors(fn: F) -> F:
             raise typer.Exit(exit_code_for(exc)) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def check_output_path(path: Path, option: str) -> None:
+    """Refuse, before any work is done, an output path that cannot be written.
+
+    Checked: the path is not a directory, its nearest existing ancestor is a directory and
+    writable (missing directories are created when the file is written). Nothing is created here.
+    """
+    import os
+
+    from fedsilo.errors import ConfigError
+
+    if path.is_dir():
+        raise ConfigError(f"{option} {path}: is a directory; give a file name")
+    ancestor = path.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{option} {path}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: directory {ancestor} is not writable")
+
+
+def write_output(path: Path, text: str, option: str) -> None:
+    """Write ``text`` to ``path`` (creating missing directories); ConfigError naming the option."""
+    from fedsilo.errors import ConfigError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        raise ConfigError(f"{option} {path}: cannot write: {exc.strerror or exc}") from None
+
+
+def to_json(obj: Any) -> str:
+    """JSON text of a results dict: numpy values as Python numbers, NaN/infinity as null
+    (strict JSON has neither), anything else unknown as its string."""
+    import json
+    import math
+
+    def clean(o: Any) -> Any:
+        if isinstance(o, dict):
+            return {str(k): clean(v) for k, v in o.items()}
+        if isinstance(o, (list, tuple)):
+            return [clean(v) for v in o]
+        if hasattr(o, "tolist") and not isinstance(o, (str, bytes)):
+            return clean(o.tolist())
+        if isinstance(o, float) and not math.isfinite(o):
+            return None
+        return o
+
+    return json.dumps(clean(obj), indent=2, allow_nan=False, default=str)
 
 
 def _version(value: bool) -> None:

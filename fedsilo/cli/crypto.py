@@ -13,7 +13,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from fedsilo.cli import cli_errors
+from fedsilo.cli import check_output_path, cli_errors, write_output
 
 __all__ = ["bench_app", "register"]
 
@@ -103,7 +103,7 @@ def bench_crypto(
         ),
     ] = "paillier,ckks",
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to FILE ('-' = stdout).")] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the random vectors.")] = 0,
+    seed: Annotated[int, typer.Option(min=0, help="Seed of the random vectors.")] = 0,
     paillier_sample: Annotated[
         int, typer.Option(min=1, help="Unpacked Paillier is measured on this many values per party and extrapolated.")
     ] = 500,
@@ -111,24 +111,68 @@ def bench_crypto(
 ) -> None:
     """Sum of K silos' random vectors of N floats: encrypt, aggregate, decrypt per backend."""
     from fedsilo.crypto.bench import run_crypto_benchmark
+    from fedsilo.errors import FedsiloError
 
-    names = [b.strip() for b in backend_list.split(",") if b.strip()]
-    result = run_crypto_benchmark(
-        size=size,
-        parties=parties,
-        backends=names,
-        seed=seed,
-        paillier_sample=paillier_sample,
-        workers=workers,
-        progress=lambda label: typer.secho(f"  running {label} ...", err=True, dim=True),
-    )
+    names = _bench_names(backend_list)
+    _check_bench_memory(size, parties)
+    if json_path is not None and str(json_path) != "-":
+        check_output_path(json_path, "--json")
+    try:
+        result = run_crypto_benchmark(
+            size=size,
+            parties=parties,
+            backends=names,
+            seed=seed,
+            paillier_sample=paillier_sample,
+            workers=workers,
+            progress=lambda label: typer.secho(f"  running {label} ...", err=True, dim=True),
+        )
+    except MemoryError:
+        raise FedsiloError(f"out of memory for --size {size} x --parties {parties}; use a smaller --size") from None
     if json_path is not None:
         text = json.dumps(result, indent=2)
         if str(json_path) == "-":
             typer.echo(text)
             return
-        json_path.write_text(text + "\n")
+        write_output(json_path, text + "\n", "--json")
     print_results(result)
+
+
+def _bench_names(backend_list: str) -> list[str]:
+    """The --backends list, checked before anything runs (a typo must not surface after minutes
+    of Paillier); repeated names run once."""
+    from fedsilo.crypto.registry import available_backends, get_backend_class
+    from fedsilo.errors import BackendNotFoundError, ConfigError
+
+    names = list(dict.fromkeys(b.strip() for b in backend_list.split(",") if b.strip()))
+    if not names:
+        raise ConfigError(f"--backends {backend_list!r} names no backend (e.g. --backends paillier,ckks)")
+    known = set(available_backends()) | {"numpy", "paillier-unpacked", "paillier-packed"}
+    for name in names:
+        if name not in known:
+            try:
+                get_backend_class(name)
+            except BackendNotFoundError as exc:
+                raise BackendNotFoundError(f"--backends: {exc}") from None
+    return names
+
+
+def _check_bench_memory(size: int, parties: int) -> None:
+    """Refuse sizes whose random input vectors alone cannot fit in this machine's memory."""
+    import os
+
+    from fedsilo.errors import ConfigError
+
+    need = 2 * parties * size * 8  # the K x N matrix and its copies, float64
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have // 2:
+        raise ConfigError(
+            f"--size {size} x --parties {parties} needs at least {need / 1e9:.1f} GB for the input vectors "
+            f"alone; this machine has {have / 1e9:.1f} GB"
+        )
 
 
 def print_results(result: dict[str, Any]) -> None:

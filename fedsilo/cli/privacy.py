@@ -201,6 +201,26 @@ def _plot(ledger: Any, out: Path) -> None:
         plt.close(fig)
 
 
+def _check_plot_path(plot: Path) -> None:
+    """Before the ledger is opened: a writable image path with a format matplotlib can write
+    (matplotlib would silently append .png to a name without one)."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    if plot.is_dir():
+        _fail(f"cannot write plot {plot}: it is a directory; give a file name such as {plot / 'ledger.png'}", EXIT_USAGE)
+    if not plot.parent.is_dir():
+        _fail(f"cannot write plot {plot}: directory {plot.parent} does not exist", EXIT_USAGE)
+    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    suffix = plot.suffix.lower().lstrip(".")
+    if suffix not in formats:
+        _fail(
+            f"cannot write plot {plot}: "
+            + (f"unknown image format {suffix!r}" if suffix else "no file extension")
+            + f" (use one of: {', '.join(formats)})",
+            EXIT_USAGE,
+        )
+
+
 @app.command("report")
 def report_cmd(
     ledger_path: LedgerOpt,
@@ -213,8 +233,8 @@ def report_cmd(
     """Per dataset: budget, spent and remaining epsilon, releases. Verifies the chain first."""
     _quiet_dp_accounting()
     try:
-        if plot is not None and not plot.parent.is_dir():
-            _fail(f"cannot write plot {plot}: directory {plot.parent} does not exist", EXIT_USAGE)
+        if plot is not None:
+            _check_plot_path(plot)
         ledger = _open_ledger(ledger_path)
     except FedsiloError as exc:
         _fail(str(exc), EXIT_USAGE)
@@ -225,7 +245,10 @@ def report_cmd(
             _fail(f"{exc}; refusing to report from a broken ledger", EXIT_INTEGRITY)
         reports = ledger.report()
         if plot is not None:
-            _plot(ledger, plot)
+            try:
+                _plot(ledger, plot)
+            except OSError as exc:
+                _fail(f"cannot write plot {plot}: {exc.strerror or exc}", EXIT_USAGE)
         if as_json:
             _emit_json(
                 {

@@ -15,7 +15,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from fedsilo.cli import cli_errors
+from fedsilo.cli import check_output_path, cli_errors, write_output
 
 __all__ = ["read_id_csv", "register"]
 
@@ -28,20 +28,18 @@ def read_id_csv(path: Path, column: str) -> list[str]:
     Raises:
         DataError: missing or unreadable file, missing column, null or duplicate IDs.
     """
-    import pandas as pd
-
     from fedsilo.errors import DataError
     from fedsilo.protocols.psi import ids_from_column
+    from fedsilo.silos.data import csv_header, read_csv_checked
 
-    if not path.is_file():
+    if not path.exists():
         raise DataError(f"{path}: no such file")
-    try:
-        header = pd.read_csv(path, nrows=0)
-    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: not a readable CSV file ({exc})") from None
-    if column not in header.columns:
-        raise DataError(f"{path}: no column {column!r} (columns: {', '.join(map(str, header.columns))})")
-    frame = pd.read_csv(path, usecols=[column], dtype={column: str}, keep_default_na=False, na_values=[""])
+    header = csv_header(path)  # directory, unreadable, empty, repeated column names
+    if column not in header:
+        raise DataError(f"{path}: no column {column!r} (columns: {', '.join(header)})")
+    frame = read_csv_checked(path, dtype=str, keep_default_na=False, na_values=[""])
+    if frame.empty:
+        raise DataError(f"{path}: column {column!r} has no IDs (the file has a header but no rows)")
     return ids_from_column(frame[column], source=str(path), column=column)
 
 
@@ -73,12 +71,15 @@ def register(app: typer.Typer) -> None:
 
         if out is None and not cardinality_only:
             raise ConfigError("--out is required (or pass --cardinality-only to learn only the size)")
+        if out is not None and not cardinality_only:
+            check_output_path(out, "--out")
+        if json_out is not None:
+            check_output_path(json_out, "--json")
         left_ids = read_id_csv(left, column)
         right_ids = read_id_csv(right, column)
         run = psi_in_process(left_ids, right_ids, cardinality_only=cardinality_only, workers=workers)
         if out is not None and not cardinality_only:
-            out.parent.mkdir(parents=True, exist_ok=True)
-            pd.DataFrame({column: list(run.left.ids)}).to_csv(out, index=False)
+            write_output(out, pd.DataFrame({column: list(run.left.ids)}).to_csv(index=False), "--out")
         stats = {
             "left": len(left_ids),
             "right": len(right_ids),
@@ -89,8 +90,7 @@ def register(app: typer.Typer) -> None:
             "protocol": "ecdh-psi-x25519",
         }
         if json_out is not None:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(stats, indent=2))
+            write_output(json_out, json.dumps(stats, indent=2), "--json")
         where = f" -> {out}" if out is not None and not cardinality_only else ""
         typer.echo(
             f"PSI: {stats['left']} x {stats['right']} IDs, intersection {stats['intersection']}{where} "

@@ -1,13 +1,12 @@
 """``fedsilo simulate`` and ``fedsilo stats``: run a federation config and report."""
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
-from fedsilo.cli import cli_errors
+from fedsilo.cli import check_output_path, cli_errors, to_json, write_output
 
 __all__ = ["register"]
 
@@ -16,7 +15,7 @@ BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="Crypto bac
 SilosOpt = Annotated[Optional[int], typer.Option("--silos", min=1, help="Number of silos (built-in data only).")]
 RoundsOpt = Annotated[Optional[int], typer.Option("--rounds", min=1, help="Training rounds (vertical: epochs).")]
 EpsilonOpt = Annotated[Optional[float], typer.Option("--epsilon", min=0.0, help="Per-silo target epsilon; 0 turns DP off.")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", help="Seed for data splits, models and test-only noise.")]
+SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, help="Seed for data splits, models and test-only noise.")]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write the results contract as JSON to this file.")]
 LedgerOpt = Annotated[
     Optional[Path],
@@ -37,6 +36,8 @@ def _load(config: Path, **overrides: Any):
 def _print_results(results: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
+
+    from rich.markup import escape
 
     console = Console()
     final = results.get("final") or {}
@@ -61,7 +62,7 @@ def _print_results(results: dict[str, Any]) -> None:
     if sent:
         console.print("bytes sent: " + ", ".join(f"{p} {n / 1e6:.2f} MB" for p, n in sent.items()))
     for note in results.get("notes", []):
-        console.print(f"[yellow]note:[/] {note}")
+        console.print(f"[yellow]note:[/] {escape(str(note))}")
 
 
 def _progress_printer(quiet: bool):
@@ -107,10 +108,10 @@ def register(app: typer.Typer) -> None:
         from fedsilo.silos.simulate import run_job
 
         cfg = _load(config, backend=backend, silos=silos, rounds=rounds, epsilon=epsilon, seed=seed)
+        if json_out is not None:  # checked before the run spends any privacy budget
+            check_output_path(json_out, "--json")
         results = run_job(cfg, ledger_dir=ledger_dir, progress=_progress_printer(quiet))
-        if json_out is not None:  # written first: a display problem must never lose the results
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(results, indent=2, default=float))
+        _save(json_out, results, _print_results)
         _print_results(results)
 
     @app.command("stats")
@@ -129,11 +130,25 @@ def register(app: typer.Typer) -> None:
         cfg = _load(config, epsilon=epsilon, seed=seed)
         if cfg.federation.task != "statistics":
             raise ConfigError(f"{config}: federation.task is {cfg.federation.task!r}; `fedsilo stats` needs 'statistics'")
-        results = run_job(cfg, ledger_dir=ledger_dir, progress=None)
         if json_out is not None:
-            json_out.parent.mkdir(parents=True, exist_ok=True)
-            json_out.write_text(json.dumps(results, indent=2, default=float))
+            check_output_path(json_out, "--json")
+        results = run_job(cfg, ledger_dir=ledger_dir, progress=None)
+        _save(json_out, results, _print_stats)
         _print_stats(results)
+
+
+def _save(json_out: Path | None, results: dict[str, Any], show: Any) -> None:
+    """Write the results contract first (a display problem must never lose the results); if the
+    file cannot be written after all, show the results before reporting the error."""
+    from fedsilo.errors import FedsiloError
+
+    if json_out is None:
+        return
+    try:
+        write_output(json_out, to_json(results), "--json")
+    except FedsiloError:
+        show(results)
+        raise
 
 
 def _print_stats(results: dict[str, Any]) -> None:

@@ -11,9 +11,9 @@ import difflib
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
 
 from fedsilo.errors import ConfigError
 
@@ -34,57 +34,77 @@ __all__ = [
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
+# TOML has real types: a count must be an integer (not `true`, `"3"` or `2.5`), a number a number
+# (not `"1"` or `true`), a switch a boolean. Lax coercion would let `rounds = true` run 1 round.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]  # strict floats still accept TOML integers (epsilon = 1)
+Bool = Annotated[bool, Strict()]
+Range = tuple[Float, Float]
+
+#: numpy and torch seeds are unsigned 32/64-bit; keep to the range every RNG accepts
+MAX_SEED = 2**32 - 1
+#: one week; larger values overflow the platform's timestamps in the channel's deadlines
+MAX_ROUND_TIMEOUT = 7 * 24 * 3600.0
+
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    # allow_inf_nan=False: `epsilon = inf`, `lr = nan`, `round_timeout = inf` are config errors
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def _ordered(ranges: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    bad = [f"{col!r} = [{lo:g}, {hi:g}]" for col, (lo, hi) in ranges.items() if not lo < hi]
+    if bad:
+        raise ValueError(f"each entry must be [lo, hi] with lo < hi; got {', '.join(bad)}")
+    return ranges
 
 
 class FederationSection(_Section):
     name: str = Field("federation", pattern=_NAME)
     task: Literal["horizontal", "vertical", "statistics"]
-    seed: int = 0
-    min_silos: int = Field(2, ge=1)
-    round_timeout: float = Field(120.0, gt=0)
+    seed: Int = Field(0, ge=0, le=MAX_SEED)
+    min_silos: Int = Field(2, ge=1)
+    round_timeout: Float = Field(120.0, gt=0, le=MAX_ROUND_TIMEOUT)
 
 
 class CryptoSection(_Section):
     backend: str = "ckks"
     params: dict[str, Any] = Field(default_factory=dict)
-    insecure: bool = False
+    insecure: Bool = False
 
 
 class PrivacySection(_Section):
-    epsilon: float = Field(gt=0)
-    delta: float = Field(1e-5, gt=0, lt=1)
-    clip: float = Field(1.0, gt=0)
+    epsilon: Float = Field(gt=0)
+    delta: Float = Field(1e-5, gt=0, lt=1)
+    clip: Float = Field(1.0, gt=0)
     accountant: Literal["rdp", "pld"] = "rdp"
     level: Literal["silo", "record"] = "silo"
     # Each contributing silo knows its own noise share and (shared key) sees the decrypted sum,
     # so shares must be sized for at least one party subtracting its own: 0 is never safe here.
-    colluders: int = Field(1, ge=1)
+    colluders: Int = Field(1, ge=1)
 
 
 class ModelSection(_Section):
     kind: str = "logistic"
-    hidden: list[int] = Field(default_factory=lambda: [32])
+    hidden: list[Annotated[Int, Field(ge=1)]] = Field(default_factory=lambda: [32], min_length=1)
 
 
 class TrainingSection(_Section):
-    rounds: int = Field(10, ge=1)
-    local_epochs: int = Field(1, ge=1)
-    batch_size: int = Field(64, ge=1)
-    lr: float = Field(0.1, gt=0)
+    rounds: Int = Field(10, ge=1)
+    local_epochs: Int = Field(1, ge=1)
+    batch_size: Int = Field(64, ge=1)
+    lr: Float = Field(0.1, gt=0)
     optimizer: Literal["sgd", "adam"] = "sgd"
     strategy: Literal["fedavg", "fedprox", "fedadam", "fedyogi"] = "fedavg"
-    strategy_params: dict[str, float] = Field(default_factory=dict)
-    l2: float = Field(0.0, ge=0)
-    early_stopping_tol: float | None = Field(None, gt=0)
+    strategy_params: dict[str, Float] = Field(default_factory=dict)
+    l2: Float = Field(0.0, ge=0)
+    early_stopping_tol: Float | None = Field(None, gt=0)
 
 
 class PartitionSpec(_Section):
     kind: Literal["iid", "label_skew"] = "iid"
-    silos: int = Field(3, ge=1, le=100)
-    alpha: float = Field(0.5, gt=0)
+    silos: Int = Field(3, ge=1, le=100)
+    alpha: Float = Field(0.5, gt=0)
 
 
 class DataSection(_Section):
@@ -92,8 +112,10 @@ class DataSection(_Section):
     label: str | None = None
     id_column: str | None = None
     partition: PartitionSpec | None = None
-    test_fraction: float = Field(0.2, gt=0, lt=1)
-    bounds: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    test_fraction: Float = Field(0.2, gt=0, lt=1)
+    bounds: dict[str, Range] = Field(default_factory=dict)
+
+    _bounds_ordered = field_validator("bounds")(_ordered)
 
 
 class StatisticsSection(_Section):
@@ -101,13 +123,29 @@ class StatisticsSection(_Section):
     queries: list[Literal["count", "sum", "mean", "histogram"]] = Field(
         default_factory=lambda: ["count", "sum", "mean"]
     )
-    bins: int = Field(10, ge=1, le=1000)
-    range: dict[str, tuple[float, float]] = Field(default_factory=dict)
+    bins: Int = Field(10, ge=1, le=1000)
+    range: dict[str, Range] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "StatisticsSection":
+        for key, items in (("columns", self.columns), ("queries", self.queries)):
+            dup = sorted({c for c in items if items.count(c) > 1})
+            if dup:
+                raise ValueError(f"statistics.{key} lists {dup} more than once")
+        stray = [c for c in self.range if c not in self.columns]
+        if stray:
+            raise ValueError(
+                f"statistics.range has {stray} which {'is' if len(stray) == 1 else 'are'} not in "
+                f"statistics.columns {list(self.columns)}"
+            )
+        return self
+
+    _range_ordered = field_validator("range")(_ordered)
 
 
 class Budget(_Section):
-    epsilon: float = Field(gt=0)
-    delta: float = Field(1e-5, gt=0, lt=1)
+    epsilon: Float = Field(gt=0)
+    delta: Float = Field(1e-5, gt=0, lt=1)
 
 
 class SiloSection(_Section):
@@ -147,6 +185,14 @@ class JobConfig(_Section):
             )
         if task == "statistics" and self.statistics is None:
             raise ValueError("task 'statistics' needs a [statistics] section with columns")
+        if self.statistics is not None:
+            st = self.statistics
+            dp_sum = self.privacy is not None and ("sum" in st.queries or "mean" in st.queries)
+            if "histogram" in st.queries or dp_sum:
+                unranged = [c for c in st.columns if c not in st.range]
+                if unranged:
+                    why = "histogram" if "histogram" in st.queries else "a DP sum/mean (it bounds each record's contribution)"
+                    raise ValueError(f"statistics.range needs [lo, hi] for {unranged}: required for {why}")
         if task in ("horizontal", "vertical") and not self.data.label:
             raise ValueError(f"task {task!r} needs [data] label (the target column)")
         if task == "vertical":
@@ -232,17 +278,34 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     return "\n".join(lines)
 
 
+def _check_backend(name: str, where: str) -> None:
+    """A registered crypto backend name, or BackendNotFoundError naming where it came from."""
+    from fedsilo.crypto.registry import available_backends, get_backend_class
+    from fedsilo.errors import BackendNotFoundError
+
+    if name in available_backends():
+        return
+    try:
+        get_backend_class(name)
+    except BackendNotFoundError as exc:
+        raise BackendNotFoundError(f"{where}: {exc}") from None
+
+
 def parse_config(data: dict[str, Any], *, source: str = "<config>", base_dir: Path | None = None) -> JobConfig:
     """Validate a config dict; ConfigError lists every problem with its key."""
     try:
-        return JobConfig.model_validate({**data, "base_dir": base_dir or Path(".")})
+        cfg = JobConfig.model_validate({**data, "base_dir": base_dir or Path(".")})
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source)) from None
+    _check_backend(cfg.crypto.backend, f"{source}: key 'crypto.backend'")
+    return cfg
 
 
 def load_config(path: str | Path) -> JobConfig:
     """Read and validate a federation TOML file."""
     p = Path(path)
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory, not a config file")
     if not p.is_file():
         raise ConfigError(f"config file not found: {p}")
     try:
@@ -251,6 +314,8 @@ def load_config(path: str | Path) -> JobConfig:
         raise ConfigError(f"{p}: not valid TOML: {exc}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{p}: not a text file") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the config file: {exc.strerror or exc}") from None
     return parse_config(data, source=str(p), base_dir=p.resolve().parent)
 
 
@@ -258,6 +323,7 @@ def apply_overrides(cfg: JobConfig, *, source: str = "<command line>", **overrid
     """Command-line flags (--backend, --silos, --rounds, --epsilon, --seed) over the file's keys."""
     data = cfg.model_dump(exclude={"base_dir"}, exclude_none=True)
     if overrides.get("backend") is not None:
+        _check_backend(overrides["backend"], "--backend")
         data["crypto"]["backend"] = overrides["backend"]
         data["crypto"]["params"] = {} if overrides["backend"] != cfg.crypto.backend else data["crypto"]["params"]
     if overrides.get("rounds") is not None:

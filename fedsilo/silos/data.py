@@ -25,6 +25,9 @@ from fedsilo.protocols.scaling import scale_with_bounds
 __all__ = [
     "BUILTIN_SOURCES",
     "LocalTable",
+    "check_input_file",
+    "csv_header",
+    "read_csv_checked",
     "binary_labels",
     "load_builtin",
     "load_table",
@@ -83,25 +86,99 @@ def load_builtin(source: str, *, label: str = "target") -> LocalTable:
     if source not in loaders:
         raise ConfigError(f"unknown built-in data source {source!r} (available: {', '.join(BUILTIN_SOURCES)})")
     bunch = loaders[source]()
+    if label in bunch.feature_names:
+        raise ConfigError(
+            f"[data] label = {label!r} is a feature of {source}; the built-in data's target is added "
+            "as the label column, so choose a name that is not a feature (e.g. 'target')"
+        )
     frame = pd.DataFrame(bunch.data, columns=list(bunch.feature_names))
     frame[label] = bunch.target
     bounds = _descr_bounds(bunch.DESCR, list(bunch.feature_names))
     return LocalTable(source.split(":", 1)[1], frame, where=source, bounds=bounds)
 
 
+def _one_line(exc: BaseException) -> str:
+    """A library exception as one short line (pyarrow/pandas messages can span many)."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 300 else text[:297] + "..."
+
+
+def check_input_file(path: Path, *, who: str) -> None:
+    """DataError unless ``path`` is an existing regular file (``who`` prefixes the message)."""
+    if path.is_dir():
+        raise DataError(f"{who}{path} is a directory, not a data file")
+    if not path.is_file():
+        raise DataError(f"{who}data file not found: {path}")
+
+
+def csv_header(path: Path, *, who: str = "") -> list[str]:
+    """The header row of a CSV file, checked: readable, not empty, no repeated column names.
+
+    pandas would silently rename a repeated ``x`` to ``x.1`` and pick one of them.
+    """
+    import csv
+
+    check_input_file(path, who=who)
+    try:
+        with path.open(newline="", encoding="utf-8") as fh:
+            header = next(csv.reader(fh), None)
+    except UnicodeDecodeError:
+        raise DataError(f"{who}{path} is not a UTF-8 text CSV file") from None
+    except (OSError, csv.Error) as exc:
+        raise DataError(f"{who}cannot read {path}: {_one_line(exc)}") from None
+    if not header or not any(h.strip() for h in header):
+        raise DataError(f"{who}{path} is empty (no header row)")
+    dup = sorted({h for h in header if header.count(h) > 1})
+    if dup:
+        raise DataError(f"{who}{path}: column(s) {dup} appear more than once in the header")
+    return header
+
+
+def read_csv_checked(path: Path, *, who: str = "", **kwargs) -> pd.DataFrame:
+    """``pd.read_csv`` with fedsilo's checks: header (see :func:`csv_header`), rows with more
+    fields than the header (pandas would shift every column by one), unreadable files."""
+    import warnings
+
+    header = csv_header(path, who=who)
+    try:
+        with warnings.catch_warnings():
+            # index_col=False: never turn a first column into the index; pandas then warns (here:
+            # raises) instead of silently shifting every column when rows are longer than the header
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            frame = pd.read_csv(path, index_col=False, **kwargs)
+    except pd.errors.ParserWarning:
+        raise DataError(
+            f"{who}{path}: rows have more fields than the header's {len(header)} columns "
+            "(a missing header name or a stray delimiter)"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{who}{path} is empty (no header row)") from None
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        raise DataError(f"{who}cannot read {path}: {_one_line(exc)}") from None
+    return frame
+
+
 def load_table(path: Path, *, name: str) -> LocalTable:
     """Read a silo's CSV or Parquet file with clear errors."""
-    if not path.is_file():
-        raise DataError(f"silo {name!r}: data file not found: {path}")
-    try:
-        if path.suffix.lower() in (".parquet", ".pq"):
+    who = f"silo {name!r}: "
+    check_input_file(path, who=who)
+    if path.suffix.lower() in (".parquet", ".pq"):
+        try:
             frame = pd.read_parquet(path)
-        else:
-            frame = pd.read_csv(path)
-    except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError, ImportError) as exc:
-        raise DataError(f"silo {name!r}: cannot read {path}: {exc}") from None
+        except ImportError:
+            raise DataError(
+                f"{who}cannot read Parquet file {path}: no Parquet engine is installed "
+                "(pip install pyarrow), or save the table as CSV"
+            ) from None
+        except Exception as exc:  # pyarrow raises its own exception types for corrupt files
+            raise DataError(f"{who}cannot read Parquet file {path}: {_one_line(exc)}") from None
+        dup = sorted({str(c) for c in frame.columns if list(frame.columns).count(c) > 1})
+        if dup:
+            raise DataError(f"{who}{path}: column(s) {dup} appear more than once")
+    else:
+        frame = read_csv_checked(path, who=who)
     if frame.empty:
-        raise DataError(f"silo {name!r}: {path} has no rows")
+        raise DataError(f"{who}{path} has no rows")
     return LocalTable(name, frame, where=str(path))
 
 
@@ -155,7 +232,10 @@ def partition_frame(
     proportions (Hsu et al., 2019, arXiv:1909.06335). Every part gets at least 10 rows."""
     n = len(frame)
     if n < 10 * silos:
-        raise ConfigError(f"{n} rows cannot be split into {silos} silos of at least 10 rows")
+        raise ConfigError(
+            f"{n} rows cannot be split into {silos} silos of at least 10 rows "
+            "([data] partition.silos or --silos is too large)"
+        )
     for _ in range(100):
         if kind == "iid":
             parts = np.array_split(rng.permutation(n), silos)

@@ -67,6 +67,7 @@ def prepare_horizontal(cfg: JobConfig) -> HorizontalData:
     first = next(iter(tables.values()))
     require_columns(first, [label])
     features = [c for c in first.frame.columns if c != label and c != cfg.data.id_column]
+    _check_bound_columns(cfg, features)
     bounds = dict(first.bounds)
     bounds.update({k: tuple(v) for k, v in cfg.data.bounds.items()})
     notes: list[str] = []
@@ -108,7 +109,35 @@ def prepare_horizontal(cfg: JobConfig) -> HorizontalData:
                 f"{table.where}: columns differ from {first.where}: {sorted(extra)} "
                 "(horizontal silos must share one feature space)"
             )
+    test_classes = np.unique(np.concatenate(tests_y))
+    if test_classes.size < 2:
+        n_test = sum(len(t) for t in tests_y)
+        raise DataError(
+            f"the {n_test} held-out test row(s) all have {label!r} = {test_classes[0]:g}, so accuracy "
+            f"and AUC would be meaningless; raise [data] test_fraction (now {cfg.data.test_fraction:g}) "
+            "or give the silos more rows of each class"
+        )
     return HorizontalData(silos, (np.vstack(tests_X), np.concatenate(tests_y)), features, notes)
+
+
+def _check_bound_columns(cfg: JobConfig, features: list[str]) -> None:
+    """Every key of [data] bounds names a feature: a typo must not leave a feature unbounded."""
+    stray = [c for c in cfg.data.bounds if c not in features]
+    if stray:
+        raise ConfigError(
+            f"[data] bounds has {stray}, not feature column(s) of the silos' data "
+            f"(features: {features[:12]}{' ...' if len(features) > 12 else ''})"
+        )
+
+
+def _check_min_silos(cfg: JobConfig, silos: int) -> int:
+    """``federation.min_silos`` as given; a job with fewer silos could never complete a round."""
+    if cfg.federation.min_silos > silos:
+        raise ConfigError(
+            f"federation.min_silos = {cfg.federation.min_silos} but the job has only {silos} silo(s) "
+            "with data: no round could ever complete (add silos or lower min_silos)"
+        )
+    return cfg.federation.min_silos
 
 
 def budgets_for(cfg: JobConfig) -> dict[str, tuple[float, float]]:
@@ -132,7 +161,12 @@ def run_job(cfg: JobConfig, *, ledger_dir: Path | None = None, progress: Progres
                 f"ledgers are new for this run ({ledger_dir}); pass --ledger-dir DIR to every run "
                 "on the same data so their releases compose against one budget"
             )
-    ledger_dir.mkdir(parents=True, exist_ok=True)
+    if ledger_dir.exists() and not ledger_dir.is_dir():
+        raise ConfigError(f"ledger directory {ledger_dir} is a file, not a directory")
+    try:
+        ledger_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create ledger directory {ledger_dir}: {exc.strerror or exc}") from None
     runner = {"horizontal": _run_horizontal, "statistics": _run_statistics, "vertical": _run_vertical}
     results = runner[cfg.federation.task](cfg, ledger_dir, progress)
     results["notes"] = list(results.get("notes") or []) + notes
@@ -164,7 +198,7 @@ def _run_horizontal(cfg: JobConfig, ledger_dir: Path, progress: Progress | None)
         budgets=budgets_for(cfg),
         job=_job_id(cfg),
         seed=cfg.federation.seed,
-        min_silos=min(cfg.federation.min_silos, len(data.silos)),
+        min_silos=_check_min_silos(cfg, len(data.silos)),
         round_timeout=cfg.federation.round_timeout,
         progress=progress,
     )
@@ -192,7 +226,7 @@ def _run_statistics(cfg: JobConfig, ledger_dir: Path, progress: Progress | None)
         seed=cfg.federation.seed,
         backend=cfg.crypto.backend,
         backend_params=dict(cfg.crypto.params),
-        min_silos=min(cfg.federation.min_silos, len(tables)),
+        min_silos=_check_min_silos(cfg, len(tables)),
         round_timeout=cfg.federation.round_timeout,
     )
 
@@ -203,10 +237,21 @@ def _run_vertical(cfg: JobConfig, ledger_dir: Path, progress: Progress | None) -
     tables = silo_tables(cfg)
     roles = {s.name: s.role for s in cfg.silos}
     assert cfg.data.label is not None and cfg.data.id_column is not None
-    for name, table in tables.items():
-        require_columns(table, [cfg.data.id_column])
+    from fedsilo.protocols.psi import ids_from_column
+
+    id_col, label = cfg.data.id_column, cfg.data.label
     guest = next(n for n, r in roles.items() if r == "guest")
-    require_columns(tables[guest], [cfg.data.label])
+    features: list[str] = []
+    for name, table in tables.items():
+        require_columns(table, [id_col])
+        if name == guest:
+            require_columns(table, [label])
+        # checked here, where the file name is known: null/duplicate IDs, non-numeric features
+        ids_from_column(table.frame[id_col], source=table.where, column=id_col)
+        cols = [c for c in table.frame.columns if c != id_col and not (name == guest and c == label)]
+        require_numeric(table, cols)
+        features.extend(cols)
+    _check_bound_columns(cfg, features)
     t = cfg.training
     return simulate_vertical(
         tables={n: tb.frame for n, tb in tables.items()},
