@@ -192,6 +192,14 @@ class Ciphertext(abc.ABC):
     def __len__(self) -> int:
         return self.length
 
+    def __reduce__(self) -> Any:
+        # pickle (and copy) would ship the raw ciphertext without the re-randomization that
+        # serialize() applies to results of add_plain / mul_plain: the input could be unwound.
+        raise TypeError(
+            f"{type(self).__name__} cannot be pickled or copied; send backend.serialize(ct) and "
+            "rebuild it with backend.deserialize(public, data)"
+        )
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} length={self.length} key={self.fingerprint[:8]}>"
 

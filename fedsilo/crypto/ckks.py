@@ -389,14 +389,6 @@ class CKKSCiphertext(Ciphertext):
         self.fresh = fresh
         self._ops = ops
 
-    def __reduce__(self) -> Any:
-        # pickle (and copy) would ship the raw ciphertext without the re-randomization that
-        # serialize() applies to results of add_plain / mul_plain: the input could be unwound.
-        raise TypeError(
-            f"{type(self).__name__} cannot be pickled or copied; send backend.serialize(ct) and "
-            "rebuild it with backend.deserialize(public, data)"
-        )
-
 
 # --------------------------------------------------------------------------------------------
 # The backend
