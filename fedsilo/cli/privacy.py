@@ -75,14 +75,6 @@ def _table(title: str, columns: list[str], rows: list[list[str]], caption: str |
     Console().print(table)
 
 
-def _quiet_dp_accounting() -> None:
-    # dp-accounting logs through absl when it drops an RDP order it cannot evaluate (the bound
-    # stays valid, just from the remaining orders); keep the command's stderr to real errors.
-    import logging
-
-    logging.getLogger("absl").setLevel(logging.ERROR)
-
-
 def _open_ledger(path: Path) -> Any:
     from fedsilo.privacy.ledger import PrivacyLedger
 
@@ -103,7 +95,6 @@ def epsilon_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Epsilon of T rounds of the (subsampled) Gaussian mechanism at a given delta."""
-    _quiet_dp_accounting()
     try:
         from fedsilo.privacy.accounting import epsilon
         from fedsilo.privacy.events import GaussianEvent
@@ -135,7 +126,6 @@ def noise_cmd(
     as_json: JsonOpt = False,
 ) -> None:
     """Smallest noise multiplier (to 1 %) whose epsilon does not exceed the target."""
-    _quiet_dp_accounting()
     try:
         from fedsilo.privacy.accounting import epsilon, noise_multiplier
         from fedsilo.privacy.events import GaussianEvent
@@ -231,7 +221,6 @@ def report_cmd(
     ] = None,
 ) -> None:
     """Per dataset: budget, spent and remaining epsilon, releases. Verifies the chain first."""
-    _quiet_dp_accounting()
     try:
         if plot is not None:
             _check_plot_path(plot)

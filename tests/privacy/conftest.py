@@ -1,24 +1,12 @@
 """Shared fixtures for the privacy tests (fast: the whole directory runs in well under 60 s)."""
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from fedsilo.privacy.ledger import PrivacyLedger
-
-
-@pytest.fixture(autouse=True)
-def _quiet_absl() -> Iterator[None]:
-    # dp-accounting logs (via absl) when it drops an RDP order it cannot evaluate; that is
-    # expected for some (z, q) and only makes the bound (safely) looser.
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    yield
-    logger.setLevel(level)
 
 
 @pytest.fixture
