@@ -36,6 +36,7 @@ def _backend_rows() -> list[dict[str, Any]]:
         try:
             backend = get_backend(name, **params)
             info = backend.info()
+            conf = backend.confidentiality()
         except FedsiloError as exc:
             rows.append({"name": name, "params": params, "error": str(exc)})
             continue
@@ -45,6 +46,8 @@ def _backend_rows() -> list[dict[str, Any]]:
                 "params": params,
                 "exact": info.exact,
                 "secure": info.secure,
+                "security_bits": conf.security_bits,
+                "insecure_reason": conf.reason or None,
                 "values_per_ciphertext": info.values_per_ciphertext,
                 "bytes_per_value": info.bytes_per_value,
                 "error_bound": info.error_bound,

@@ -4,9 +4,10 @@ A typer sub-app (``app``); the main CLI mounts it as ``fedsilo privacy``. Comman
 they parse flags, call one function of :mod:`fedsilo.privacy`, and print either a small table
 or, with ``--json``, one JSON object on stdout (the contracts are in docs/privacy.md).
 
-Exit codes: 0 success; 1 ledger integrity failure (``verify``/``report`` on a broken chain);
-2 bad arguments (out-of-range values, unknown accountant, missing ledger) — reported as one
-``error: ...`` line on stderr, no traceback. Heavy imports (dp-accounting, scipy, matplotlib)
+Exit codes: 0 success; 1 ledger integrity failure (``verify``/``report`` on a broken chain, a
+rolled-back or truncated database, a missing or forged anchor, a missing key); 2 bad arguments
+(out-of-range values, unknown accountant, missing ledger, a key file others can read) — reported
+as one ``error: ...`` line on stderr, no traceback. Heavy imports (dp-accounting, scipy, matplotlib)
 happen inside the commands so ``--help`` stays fast.
 """
 from __future__ import annotations
@@ -18,7 +19,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from fedsilo.errors import FedsiloError, LedgerIntegrityError
+from fedsilo.errors import ConfigError, FedsiloError, LedgerIntegrityError
 
 __all__ = ["app"]
 
@@ -63,22 +64,78 @@ def _emit_json(obj: dict[str, Any]) -> None:
     typer.echo(json.dumps(_finite_or_none(obj), allow_nan=False))
 
 
-def _table(title: str, columns: list[str], rows: list[list[str]], caption: str | None = None) -> None:
+def _table(
+    title: str,
+    columns: list[str],
+    rows: list[list[str]],
+    caption: str | None = None,
+    keep: frozenset[str] = frozenset(),
+) -> None:
+    """Print a rich table. The first column and the columns in ``keep`` (e.g. the relation)
+    are never wrapped or truncated, whatever the terminal width; the others may wrap."""
     from rich.console import Console
     from rich.table import Table
 
     table = Table(title=title, caption=caption)
     for i, c in enumerate(columns):
-        table.add_column(c, no_wrap=i == 0)  # never wrap the key column (dataset names)
+        if i == 0 or c in keep:
+            width = max([len(c)] + [len(r[i]) for r in rows])
+            table.add_column(c, no_wrap=True, min_width=width)
+        else:
+            table.add_column(c)
     for r in rows:
         table.add_row(*r)
     Console().print(table)
 
 
+def _exit_code(exc: FedsiloError) -> int:
+    """1 for a ledger that cannot be trusted, 2 for a usage/configuration problem."""
+    if isinstance(exc, ConfigError) and not isinstance(exc, LedgerIntegrityError):
+        return EXIT_USAGE
+    return EXIT_INTEGRITY
+
+
 def _open_ledger(path: Path) -> Any:
+    """Open an existing ledger or exit (one line): 1 if it cannot be trusted, 2 otherwise."""
     from fedsilo.privacy.ledger import PrivacyLedger
 
-    return PrivacyLedger.open(path)
+    try:
+        return PrivacyLedger.open(path)
+    except FedsiloError as exc:
+        _fail(str(exc), _exit_code(exc))
+
+
+def _event_text(event: Any) -> str:
+    """A short table cell for a DP event."""
+    from fedsilo.privacy.events import ComposedEvent, GaussianEvent, LaplaceEvent
+
+    if isinstance(event, GaussianEvent):
+        return f"gaussian z={event.noise_multiplier:.4g} q={event.sample_rate:g} T={event.steps}"
+    if isinstance(event, LaplaceEvent):
+        return f"laplace eps={event.epsilon:.4g} T={event.steps}"
+    if isinstance(event, ComposedEvent):
+        return "composed(" + ", ".join(_event_text(e) for e in event.events) + ")"
+    return repr(event)  # pragma: no cover - the ledger refuses other events
+
+
+def _entry_json(e: Any) -> dict[str, Any]:
+    return {
+        "seq": e.seq,
+        "time": e.time,
+        "dataset": e.dataset,
+        "job": e.job,
+        "round": e.round,
+        "protocol": e.protocol,
+        "recipient": e.recipient,
+        "relation": e.relation,
+        "level": e.level,
+        "event": e.event.to_json(),
+        "mechanism": dict(e.mechanism),
+        "epsilon_spent": e.epsilon_spent,
+        "delta": e.delta,
+        "status": e.status,
+        "finalized_at": e.finalized_at,
+    }
 
 
 @app.command("epsilon")
@@ -219,42 +276,47 @@ def report_cmd(
         Path | None,
         typer.Option("--plot", help="Also write a plot of epsilon over time per dataset (PNG).", show_default=False),
     ] = None,
+    show_entries: Annotated[
+        bool, typer.Option("--entries", help="Also list every release with its neighbouring relation.")
+    ] = False,
 ) -> None:
-    """Per dataset: budget, spent and remaining epsilon, releases. Verifies the chain first."""
+    """Per dataset: relation, budget, spent and remaining epsilon, releases. Verifies the chain first."""
     try:
         if plot is not None:
             _check_plot_path(plot)
-        ledger = _open_ledger(ledger_path)
     except FedsiloError as exc:
         _fail(str(exc), EXIT_USAGE)
+    ledger = _open_ledger(ledger_path)
     try:
         try:
             ledger.verify()
-        except LedgerIntegrityError as exc:
-            _fail(f"{exc}; refusing to report from a broken ledger", EXIT_INTEGRITY)
-        reports = ledger.report()
+            reports = ledger.report()
+            entries = ledger.entries() if show_entries else []
+        except FedsiloError as exc:
+            _fail(f"{exc}; refusing to report from a broken ledger", _exit_code(exc))
         if plot is not None:
             try:
                 _plot(ledger, plot)
             except OSError as exc:
                 _fail(f"cannot write plot {plot}: {exc.strerror or exc}", EXIT_USAGE)
         if as_json:
-            _emit_json(
-                {
-                    "ledger": str(ledger_path),
-                    "silo": ledger.silo,
-                    "accountant": ledger.accountant,
-                    "datasets": [r.to_json() for r in reports],
-                }
-            )
+            out: dict[str, Any] = {
+                "ledger": str(ledger_path),
+                "silo": ledger.silo,
+                "accountant": ledger.accountant,
+                "datasets": [r.to_json() for r in reports],
+            }
+            if show_entries:
+                out["entries"] = [_entry_json(e) for e in entries]
+            _emit_json(out)
             return
         _table(
             f"Privacy ledger of silo {ledger.silo!r}: epsilon ({ledger.accountant.upper()} accountant)",
-            ["dataset", "level", "delta", "budget", "spent", "left", "releases"],
+            ["dataset", "relation", "delta", "budget", "spent", "left", "releases"],
             [
                 [
                     r.dataset,
-                    r.level or "-",
+                    r.relation or "-",
                     f"{r.delta:g}",
                     f"{r.epsilon_budget:.4g}",
                     f"{r.spent:.4f}",
@@ -263,29 +325,61 @@ def report_cmd(
                 ]
                 for r in reports
             ],
+            caption="relation: every release was converted to it, then composed "
+            "(zero-out-silo: silo level; add-remove-record, replace-record: record level)",
+            keep=frozenset({"relation", "delta", "budget", "spent", "left"}),
         )
+        if show_entries:
+            _table(
+                "Releases",
+                ["seq", "dataset", "relation", "event", "eps after", "status"],
+                [
+                    [
+                        str(e.seq),
+                        e.dataset,
+                        e.relation,
+                        _event_text(e.event),
+                        f"{e.epsilon_spent:.4f}",
+                        e.status,
+                    ]
+                    for e in entries
+                ],
+                caption="eps after: the dataset's total right after the release "
+                "(--json adds job, round, protocol, recipient, mechanism)",
+                keep=frozenset({"dataset", "relation", "eps after", "status"}),
+            )
     finally:
         ledger.close()
 
 
 @app.command("verify")
 def verify_cmd(ledger_path: LedgerOpt, as_json: JsonOpt = False) -> None:
-    """Check the ledger's hash chain; exit 1 if a row was edited, deleted or inserted."""
-    try:
-        ledger = _open_ledger(ledger_path)
-    except FedsiloError as exc:
-        _fail(str(exc), EXIT_USAGE)
+    """Check the ledger's hash chain and its anchor; exit 1 if a row was edited, deleted or
+    inserted, or the database was rolled back or truncated."""
+    ledger = _open_ledger(ledger_path)
     try:
         try:
             ledger.verify()
-        except LedgerIntegrityError as exc:
+            seq, head = ledger.head
+            anchored, _ = ledger.anchored
+        except FedsiloError as exc:
             if as_json:
                 _emit_json({"ok": False, "ledger": str(ledger_path), "error": str(exc)})
-            _fail(str(exc), EXIT_INTEGRITY)
-        seq, head = ledger.head
+            _fail(str(exc), _exit_code(exc))
         if as_json:
-            _emit_json({"ok": True, "ledger": str(ledger_path), "entries": seq, "head": head})
+            _emit_json(
+                {
+                    "ok": True,
+                    "ledger": str(ledger_path),
+                    "entries": seq,
+                    "head": head,
+                    "anchor": str(ledger.anchor_path),
+                    "anchored_seq": anchored,
+                }
+            )
         else:
-            typer.echo(f"ledger OK: {ledger_path} ({seq} entries, head {head[:16]})")
+            typer.echo(
+                f"ledger OK: {ledger_path} ({seq} entries, head {head[:16]}, anchored at seq {anchored})"
+            )
     finally:
         ledger.close()

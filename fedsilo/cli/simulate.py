@@ -15,7 +15,14 @@ BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="Crypto bac
 SilosOpt = Annotated[Optional[int], typer.Option("--silos", min=1, help="Number of silos (built-in data only).")]
 RoundsOpt = Annotated[Optional[int], typer.Option("--rounds", min=1, help="Training rounds (vertical: epochs).")]
 EpsilonOpt = Annotated[Optional[float], typer.Option("--epsilon", min=0.0, help="Per-silo target epsilon; 0 turns DP off.")]
-SeedOpt = Annotated[Optional[int], typer.Option("--seed", min=0, help="Seed for data splits, models and test-only noise.")]
+SeedOpt = Annotated[
+    Optional[int],
+    typer.Option("--seed", min=0, help="Seed of the public choices only (splits, initial model, batch order); DP noise, masks and sampling always come from the OS CSPRNG."),
+]
+InsecureOpt = Annotated[
+    bool,
+    typer.Option("--insecure", help="Set [crypto] insecure = true: allow the plain backend, small keys, vertical training without DP and sums of two silos (tests and baselines only)."),
+]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write the results contract as JSON to this file.")]
 LedgerOpt = Annotated[
     Optional[Path],
@@ -41,14 +48,36 @@ def _print_results(results: dict[str, Any]) -> None:
 
     console = Console()
     final = results.get("final") or {}
-    table = Table(title=f"{results['task']} job on backend {results['backend']}")
+    released = {
+        "every_round": "released exactly (secure sum of every silo's held-out metric inputs)",
+        "final": "released once, noised under DP and charged (secure sum of held-out metric inputs)",
+        "none": "not released (silo-level DP)",
+    }.get(results.get("evaluation", ""), "")
+    table = Table(title=f"{results['task']} job on backend {results['backend']}"
+                  + (f" — federated metrics {released}" if released else ""))
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in final.items():
-        table.add_row(k, f"{v:.4f}" if isinstance(v, float) else str(v))
+        table.add_row(k, "not released" if v is None else f"{v:.4f}" if isinstance(v, float) else str(v))
     if results.get("psi"):
         table.add_row("PSI intersection", str(results["psi"].get("intersection")))
     console.print(table)
+    own = {s: m for s, m in (results.get("silo_metrics") or {}).items() if m}
+    if own:
+        st = Table(title="each silo's own held-out rows (known only to that silo)")
+        for col in ("silo", "rows", "accuracy", "auc"):
+            st.add_column(col, justify="left" if col == "silo" else "right")
+        for silo, m in own.items():
+            st.add_row(silo, f"{m['rows']:.0f}", f"{m['accuracy']:.4f}", f"{m['auc']:.4f}")
+        console.print(st)
+    oracle = results.get("simulation_metrics") or {}
+    if oracle and not final:
+        ot = Table(title="held-out metrics computed by the simulation (simulation only, not private; no party sees them)")
+        ot.add_column("metric")
+        ot.add_column("value", justify="right")
+        for k, v in oracle.items():
+            ot.add_row(k, f"{v:.4f}")
+        console.print(ot)
     eps = {s: e for s, e in (results.get("epsilon") or {}).items() if e and e.get("epsilon") is not None}
     if eps:
         et = Table(title="privacy spent per silo" + (f" (accountant: {results['dp'].get('accountant', 'rdp')})" if results.get("dp") else ""))
@@ -103,11 +132,13 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = None,
         ledger_dir: LedgerOpt = None,
         quiet: QuietOpt = False,
+        insecure: InsecureOpt = False,
     ) -> None:
         """Run every silo of a federation on this machine and print per-round metrics and epsilon."""
         from fedsilo.silos.simulate import run_job
 
-        cfg = _load(config, backend=backend, silos=silos, rounds=rounds, epsilon=epsilon, seed=seed)
+        cfg = _load(config, backend=backend, silos=silos, rounds=rounds, epsilon=epsilon, seed=seed,
+                    insecure=True if insecure else None)
         if json_out is not None:  # checked before the run spends any privacy budget
             check_output_path(json_out, "--json")
         results = run_job(cfg, ledger_dir=ledger_dir, progress=_progress_printer(quiet))
@@ -122,12 +153,13 @@ def register(app: typer.Typer) -> None:
         seed: SeedOpt = None,
         json_out: JsonOpt = None,
         ledger_dir: LedgerOpt = None,
+        insecure: InsecureOpt = False,
     ) -> None:
         """Federated statistics (sums, counts, means, histograms) of a statistics config."""
         from fedsilo.errors import ConfigError
         from fedsilo.silos.simulate import run_job
 
-        cfg = _load(config, epsilon=epsilon, seed=seed)
+        cfg = _load(config, epsilon=epsilon, seed=seed, insecure=True if insecure else None)
         if cfg.federation.task != "statistics":
             raise ConfigError(f"{config}: federation.task is {cfg.federation.task!r}; `fedsilo stats` needs 'statistics'")
         if json_out is not None:

@@ -31,10 +31,12 @@ from fedsilo.errors import CiphertextFormatError, ConfigError, KeyMismatchError
 __all__ = [
     "BackendInfo",
     "Ciphertext",
+    "Confidentiality",
     "CryptoBackend",
     "PublicContext",
     "SecretKey",
     "FingerprintOnly",
+    "MIN_SECURITY_BITS",
     "as_matrix",
     "as_vector",
     "broadcast_vector",
@@ -45,6 +47,11 @@ __all__ = [
 #: Prefix of every serialized fedsilo crypto object: a magic and a format version, so bytes from
 #: another program or an incompatible fedsilo version fail with a clear error.
 WIRE_MAGIC = b"FSC1"
+
+#: Least classical security, in bits, a backend instance must give for fedsilo to run it without
+#: ``[crypto] insecure = true``: NIST SP 800-57 part 1 rev. 5 accepts 112 bits through 2030
+#: (table 4) and rates a 2048-bit RSA-type modulus, as Paillier uses, at 112 bits (table 2).
+MIN_SECURITY_BITS = 112
 
 
 def fingerprint_of(*parts: bytes | str) -> str:
@@ -112,7 +119,7 @@ class BackendInfo:
 
     name: str
     exact: bool  #: decrypt(sum) equals the fixed-point sum exactly (Paillier) vs approximately (CKKS)
-    secure: bool  #: False only for ``plain`` (no encryption)
+    secure: bool  #: ``confidentiality().secure``: False for ``plain`` and for weak parameters
     values_per_ciphertext: int
     bytes_per_value: float  #: wire bytes per value of a full fresh ciphertext
     error_bound: float  #: documented absolute error per value of a fresh ciphertext or a sum of a few
@@ -120,6 +127,30 @@ class BackendInfo:
     #: by a non-negative integer scalar only (packed Paillier)
     supports: tuple[str, ...]
     description: str
+
+
+@dataclass(frozen=True, slots=True)
+class Confidentiality:
+    """Whether a *configured* backend instance keeps ciphertexts confidential.
+
+    The capability the config check (and any protocol) asks for instead of a backend's name:
+    ``plain`` never is; Paillier is not below 2048-bit keys; a plugin says so itself by
+    overriding :meth:`CryptoBackend.confidentiality` (or setting ``secure = False``).
+
+    Attributes:
+        secure: ciphertexts reveal nothing practical about the plaintexts (at least
+            :data:`MIN_SECURITY_BITS` bits of classical security).
+        security_bits: estimated classical security of these parameters (0: no encryption;
+            None: the backend does not say).
+        reason: why not, as one clause for an error message ("" when secure).
+        param: the backend parameter responsible (a key of ``[crypto] params``), or None when
+            the backend itself is the reason (``plain``).
+    """
+
+    secure: bool
+    security_bits: int | None = None
+    reason: str = ""
+    param: str | None = None
 
 
 class PublicContext(abc.ABC):
@@ -209,7 +240,8 @@ class CryptoBackend(abc.ABC):
 
     Subclasses set ``name``, ``exact``, ``secure`` and implement the abstract methods. Parameters
     are validated in ``__init__`` (raise :class:`~fedsilo.errors.ConfigError` naming the bad
-    parameter). Register a third-party backend with the ``fedsilo.crypto_backends`` entry-point
+    parameter). A backend whose confidentiality depends on its parameters (key sizes) overrides
+    :meth:`confidentiality`. Register a third-party backend with the ``fedsilo.crypto_backends`` entry-point
     group; see :mod:`fedsilo.crypto.registry`.
     """
 
@@ -284,6 +316,17 @@ class CryptoBackend(abc.ABC):
     def params(self) -> dict[str, Any]:
         """The validated parameters this backend was built with (JSON-safe)."""
         return {}
+
+    def confidentiality(self) -> Confidentiality:
+        """Whether this instance, with its parameters, gives real confidentiality.
+
+        The default follows the class's ``secure`` flag; backends with weak parameter choices
+        override it. fedsilo refuses to run an instance that is not secure unless the
+        federation config says ``[crypto] insecure = true``.
+        """
+        if self.secure:
+            return Confidentiality(True)
+        return Confidentiality(False, 0, reason=f"{self.name!r} does not encrypt")
 
     def __repr__(self) -> str:
         args = ", ".join(f"{k}={v!r}" for k, v in self.params().items())

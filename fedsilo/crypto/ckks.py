@@ -45,6 +45,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 from fedsilo.crypto.base import (
     BackendInfo,
     Ciphertext,
+    Confidentiality,
     CryptoBackend,
     FingerprintOnly,
     PublicContext,
@@ -456,6 +457,11 @@ class CKKSBackend(CryptoBackend):
             self._BYTES_PER_VALUE[key] = size / self.p.slots
         return self._BYTES_PER_VALUE[key]
 
+    def confidentiality(self) -> Confidentiality:
+        """Always secure: every parameter set is checked against the 128-bit table on
+        construction (:data:`MAX_COEFF_BITS_128`), so a weaker one never gets this far."""
+        return Confidentiality(True, 128)
+
     def info(self) -> BackendInfo:
         p = self.p
         supports = ["add", "add_plain", "sum"]
@@ -466,7 +472,7 @@ class CKKSBackend(CryptoBackend):
         return BackendInfo(
             name=self.name,
             exact=False,
-            secure=True,
+            secure=self.confidentiality().secure,
             values_per_ciphertext=p.slots,
             bytes_per_value=self._bytes_per_value(),
             error_bound=error_bound_for(p),

@@ -62,8 +62,10 @@ if not _phe_util.HAVE_GMP:  # pragma: no cover - depends on the environment
     )
 
 from fedsilo.crypto.base import (
+    MIN_SECURITY_BITS,
     BackendInfo,
     Ciphertext,
+    Confidentiality,
     CryptoBackend,
     FingerprintOnly,
     PublicContext,
@@ -354,7 +356,9 @@ class PaillierBackend(CryptoBackend):
 
     key_bits
         Modulus size: 2048 (default, ~112-bit security), 3072 (128-bit), 4096; 1024 only for
-        tests (~80-bit, warns with :class:`InsecureParametersWarning`).
+        tests (~80-bit, warns with :class:`InsecureParametersWarning`, and
+        :meth:`confidentiality` says it is not secure, so a federation config needs
+        ``[crypto] insecure = true`` to use it).
     precision
         Fractional bits of the fixed-point encoding (scale ``2**precision``, default 32).
         Rounding error per value <= ``2**-(precision+1)``; ``precision=0`` encodes integers.
@@ -438,6 +442,21 @@ class PaillierBackend(CryptoBackend):
             "workers": self.workers,
         }
 
+    def confidentiality(self) -> Confidentiality:
+        """Secure from 2048-bit keys (~112-bit security, :data:`MIN_SECURITY_BITS`) up."""
+        bits = KEY_BITS_SECURITY[self.key_bits]
+        if bits < MIN_SECURITY_BITS:
+            return Confidentiality(
+                False,
+                bits,
+                reason=(
+                    f"{self.key_bits}-bit Paillier keys give ~{bits}-bit security, below the "
+                    f"{MIN_SECURITY_BITS} bits of key_bits = 2048"
+                ),
+                param="key_bits",
+            )
+        return Confidentiality(True, bits)
+
     def info(self) -> BackendInfo:
         e = self.encoding
         ct_bytes = 2 * self.key_bits // 8
@@ -451,7 +470,7 @@ class PaillierBackend(CryptoBackend):
         return BackendInfo(
             name=self.name,
             exact=True,
-            secure=True,
+            secure=self.confidentiality().secure,
             values_per_ciphertext=per_ct,
             bytes_per_value=ct_bytes / per_ct,
             # One rounding to the fixed-point grid per encoded operand (see docs/crypto.md).

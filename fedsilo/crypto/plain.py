@@ -1,7 +1,8 @@
 """The ``plain`` backend: the crypto interface with no encryption at all.
 
-A baseline for benchmarks and a fast test double for protocols. ``secure = False``: silo agents
-refuse it unless their config says ``insecure = true``.
+A baseline for benchmarks and a fast test double for protocols. ``secure = False``, so its
+:meth:`~fedsilo.crypto.base.CryptoBackend.confidentiality` is not secure and a federation config
+naming it is refused unless it says ``[crypto] insecure = true``.
 """
 from __future__ import annotations
 
@@ -154,5 +155,5 @@ class PlainBackend(CryptoBackend):
             bytes_per_value=8.0,
             error_bound=0.0,
             supports=("add", "add_plain", "mul_scalar", "mul_vector", "matmul"),
-            description="no encryption (baseline / test double; agents require insecure = true)",
+            description="no encryption (baseline / test double; needs [crypto] insecure = true)",
         )

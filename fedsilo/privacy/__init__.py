@@ -5,7 +5,10 @@
 * :mod:`~fedsilo.privacy.events` — frozen DP events; every noising step emits one.
 * :mod:`~fedsilo.privacy.accounting` — ε of a composition (RDP or PLD via dp-accounting) and
   the noise multiplier a target ε needs.
-* :mod:`~fedsilo.privacy.ledger` — durable, hash-chained, write-ahead ε ledger per silo.
+* :mod:`~fedsilo.privacy.relations` — neighbouring relations (zero-out a silo, add/remove a
+  record, replace a record) and the conservative conversion between them.
+* :mod:`~fedsilo.privacy.ledger` — durable, hash-chained, anchored, write-ahead ε ledger per
+  silo; every release records its relation.
 
 This package imports nothing from ``fedsilo.crypto``, ``protocols``, ``silos`` or ``cli``.
 See docs/privacy.md.
@@ -19,7 +22,6 @@ from fedsilo.privacy.events import (
     event_from_json,
 )
 from fedsilo.privacy.ledger import (
-    LEVELS,
     DatasetReport,
     LedgerEntry,
     PrivacyLedger,
@@ -39,10 +41,25 @@ from fedsilo.privacy.mechanisms import (
     round_to_grid,
     secure_rng,
 )
+from fedsilo.privacy.relations import (
+    ADD_REMOVE_RECORD,
+    LEVELS,
+    RELATIONS,
+    REPLACE_RECORD,
+    ZERO_OUT_SILO,
+    composition_target,
+    convert,
+    level_of,
+    to_composition_target,
+)
 
 __all__ = [
     "ACCOUNTANTS",
+    "ADD_REMOVE_RECORD",
     "LEVELS",
+    "RELATIONS",
+    "REPLACE_RECORD",
+    "ZERO_OUT_SILO",
     "ComposedEvent",
     "DatasetReport",
     "DpEvent",
@@ -53,6 +70,8 @@ __all__ = [
     "Reservation",
     "clip_l2",
     "clip_rows_l2",
+    "composition_target",
+    "convert",
     "discrete_gaussian",
     "discrete_laplace",
     "epsilon",
@@ -61,9 +80,11 @@ __all__ = [
     "gaussian_sigma_analytic",
     "gaussian_sigma_classic",
     "laplace_scale",
+    "level_of",
     "noise_multiplier",
     "noise_share_sigma",
     "noise_share_topup_sigma",
     "round_to_grid",
     "secure_rng",
+    "to_composition_target",
 ]

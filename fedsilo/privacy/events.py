@@ -18,8 +18,9 @@ Compatibility contract (after dp-accounting's ``dp_event`` module docstring):
 Neighbouring relation: events are relation-agnostic. A noise multiplier ``z`` is always noise
 standard deviation divided by the sensitivity *under the relation the protocol protects*
 (add/remove one record, zero-out one silo's update, or replace one row, which doubles the
-sensitivity of a clipped sum); the protocol records that relation with the ledger entry
-(``mechanism["neighbours"]``) and docs/privacy.md lists which protocol uses which.
+sensitivity of a clipped sum); the protocol charges the ledger with that relation
+(``PrivacyLedger.charge(..., relation=...)``, :mod:`fedsilo.privacy.relations`), which converts
+or refuses mixed relations, and docs/privacy.md lists which protocol uses which.
 
 Events:
 

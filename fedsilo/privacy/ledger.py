@@ -4,11 +4,13 @@ One SQLite file per silo (WAL, ``synchronous=FULL``). Each dataset is registered
 budget (ε, δ). Every release goes through :meth:`PrivacyLedger.charge`, which is written
 **before** the release happens (write-ahead):
 
-1. *reserve* — in one ``BEGIN IMMEDIATE`` transaction: verify the hash chain, compose the
-   events of every earlier reservation of the dataset with the new one
+1. *reserve* — in one ``BEGIN IMMEDIATE`` transaction: verify the hash chain and its anchor,
+   convert the events of every earlier reservation of the dataset and the new one to the
+   dataset's composition target (:mod:`fedsilo.privacy.relations`), compose them
    (:func:`fedsilo.privacy.accounting.epsilon`, at the dataset's δ, with the ledger's
    accountant — never a naive sum of ε), and either raise
-   :class:`~fedsilo.errors.BudgetExceededError` (nothing written) or append a ``reserve`` row;
+   :class:`~fedsilo.errors.BudgetExceededError` or :class:`~fedsilo.errors.PrivacyError`
+   (nothing written) or append a ``reserve`` row;
 2. *release* — the caller's ``with`` block (decrypt, publish, send);
 3. *commit* — on leaving the block normally, a ``commit`` row is appended; if the block
    raised, an ``abort`` row is appended instead.
@@ -21,30 +23,73 @@ There is no refund.
 threads) charging one ledger are serialized and can never jointly exceed a budget; the busy
 timeout makes the second one wait instead of failing.
 
-Rows are never updated or deleted. Each row stores ``hash = sha256(prev_hash + canonical
-JSON of the row)``; the first row chains to a genesis hash derived from the silo name and the
-accountant, and the ``meta`` table keeps the head (last seq and hash). :meth:`verify` detects
-an edited, deleted, inserted or truncated row. The chain is tamper-*evident* against naive
-edits; someone who can rewrite the whole file can recompute it, so export :attr:`head` to an
-external audit log if that matters.
+Neighbouring relations
+----------------------
+Every release records its neighbouring relation (``relation``: ``"zero-out-silo"``,
+``"add-remove-record"`` or ``"replace-record"``, :data:`fedsilo.privacy.relations.RELATIONS`)
+and the level derived from it (``level``: ``"silo"`` or ``"record"``). Events recorded under
+different relations are never composed as if they were one: the dataset's releases are composed
+under one *composition target* (:func:`~fedsilo.privacy.relations.composition_target`), each
+converted conservatively by :func:`~fedsilo.privacy.relations.convert`, or the new release is
+refused with a :class:`~fedsilo.errors.PrivacyError` naming both relations.
 
-Who is protected (``level``) is stored with every release: ``"silo"`` (a silo's whole dataset,
-e.g. DP-FedAvg on clipped silo updates) or ``"record"`` (one patient/customer, e.g. DP-SGD).
-A silo-level guarantee implies the same record-level guarantee, so mixing levels on one dataset
-is allowed; the dataset report then states ``level="record"``: the spent ε protects records,
-not the whole silo.
+A silo-level guarantee does **not** imply the same record-level guarantee. One record can move
+its silo's clipped update anywhere in the ball of radius ``C``, so per record the sensitivity of
+the sum is ``2C``, not ``C``: a silo-level ``GaussianEvent(z, 1, T)`` protects each record only
+as ``GaussianEvent(z/2, 1, T)`` (a ``LaplaceEvent(ε)`` as ``2ε``). For example, a silo-level job
+at ``z = 1.70`` over 8 rounds (examples/hospitals_horizontal/silo_level.toml: ε ≈ 7.98 per silo
+with the PLD accountant at δ = 1e-5) is, per patient, the same 8 events at ``z = 0.85``:
+ε ≈ 19.1. A dataset with only silo-level releases reports ``level="silo"``; once a record-level
+release is charged to it, every silo-level release is re-counted at its record-level cost.
+
+Tamper evidence: hash chain and anchor
+--------------------------------------
+Rows are never updated or deleted. Each row stores ``hash = sha256(prev_hash + canonical
+JSON of the row)`` (the relation included); the first row chains to a genesis hash derived from
+the schema version, the silo name and the accountant, and the ``meta`` table keeps the head
+(last seq and hash). :meth:`PrivacyLedger.verify` detects an edited, deleted or inserted row.
+
+The chain alone cannot detect a *rollback*: deleting the last rows and rewriting the head, or
+replacing the file by an earlier copy of itself, leaves a valid shorter chain (and hides spent
+ε). So the chain is anchored **outside** the SQLite file, in two files beside it:
+
+* ``<ledger>.key`` — 32 random bytes (OS CSPRNG), created once with mode 0600 and ``O_EXCL``;
+  a key file that group or others can access is refused (:class:`~fedsilo.errors.ConfigError`);
+* ``<ledger>.anchor`` — JSON ``{"fedsilo_anchor": 1, "silo", "seq", "hash", "mac"}``, with
+  ``mac = HMAC-SHA256(key, canonical JSON of the rest)``.
+
+After every appended row is committed, the anchor is advanced to it: written to a temporary
+file, fsynced and moved into place with ``os.replace`` (atomic), under an exclusive ``flock`` of
+the anchor, and never backwards (a process that lost a race to a later row leaves it alone).
+Every read, charge and :meth:`PrivacyLedger.verify` checks that the database's chain
+**contains** the anchored ``(seq, hash)``: the database may be ahead of the anchor (rows
+committed just before a crash, which only over-counts), never behind it or different from it.
+A rolled-back or truncated database, a missing or forged anchor, and a missing key for an
+existing ledger each raise :class:`~fedsilo.errors.LedgerIntegrityError` with a one-line
+message. A brand-new ledger creates its key and anchor (the key is put in place only after the
+anchor is durable, so a key without an anchor always means the anchor was deleted).
+
+What this does **not** protect against: someone who can also restore the anchor and key files
+(e.g. restores all three from one old backup), or deletes all three and starts over. Against
+that, export :attr:`PrivacyLedger.head` to an external audit log, or keep the counterparties'
+receipts of each release.
 """
 from __future__ import annotations
 
+import errno
+import fcntl
 import hashlib
+import hmac
 import json
 import math
 import numbers
 import os
+import secrets
 import sqlite3
+import stat
 import threading
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -54,25 +99,36 @@ from typing import Any, Final
 from fedsilo.errors import (
     BudgetExceededError,
     ConfigError,
+    FedsiloError,
     LedgerIntegrityError,
     PrivacyError,
     PrivacyParameterError,
 )
 from fedsilo.privacy.accounting import ACCOUNTANTS, epsilon, normalize
 from fedsilo.privacy.events import ComposedEvent, DpEvent, event_from_json
+from fedsilo.privacy.relations import LEVELS, RELATIONS, level_of, to_composition_target
 
 __all__ = [
     "LEVELS",
+    "RELATIONS",
+    "ANCHOR_SUFFIX",
+    "KEY_SUFFIX",
     "PrivacyLedger",
     "Reservation",
     "LedgerEntry",
     "DatasetReport",
+    "anchor_path",
+    "key_path",
 ]
 
-#: Protection levels recorded with each release.
-LEVELS: tuple[str, ...] = ("silo", "record")
-
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
+#: Appended to the ledger's file name for its anchor file.
+ANCHOR_SUFFIX: Final = ".anchor"
+#: Appended to the ledger's file name for the anchor's HMAC key file.
+KEY_SUFFIX: Final = ".key"
+_KEY_BYTES: Final = 32
+_ANCHOR_VERSION: Final = 1
+_ANCHOR_MAX_BYTES: Final = 4096
 _BUSY_TIMEOUT_S: Final = 60.0
 _COLUMNS: Final = (
     "seq",
@@ -87,6 +143,7 @@ _COLUMNS: Final = (
     "event",
     "recipient",
     "level",
+    "relation",
     "epsilon",
     "delta",
     "note",
@@ -110,7 +167,8 @@ _SCHEMA: Final = (
         mechanism   TEXT,                  -- canonical JSON: mechanism name and parameters
         event       TEXT,                  -- canonical JSON of the DP event (reserve rows)
         recipient   TEXT,
-        level       TEXT,
+        level       TEXT,                  -- 'silo' | 'record', derived from relation
+        relation    TEXT,                  -- neighbouring relation (reserve rows)
         epsilon     REAL,                  -- register: budget, reserve: spent after release
         delta       REAL,                  -- register: budget delta, reserve: delta of epsilon
         note        TEXT,                  -- abort: the exception type
@@ -148,13 +206,157 @@ def _name(what: str, value: object) -> str:
     return value
 
 
+# ---------------------------------------------------------------------------- anchor files
+
+
+def anchor_path(ledger: str | os.PathLike[str]) -> Path:
+    """The anchor file of the ledger at ``ledger``: the same name with ``.anchor`` appended."""
+    p = Path(ledger)
+    return p.with_name(p.name + ANCHOR_SUFFIX)
+
+
+def key_path(ledger: str | os.PathLike[str]) -> Path:
+    """The anchor's HMAC key file of the ledger at ``ledger``: the name with ``.key`` appended."""
+    p = Path(ledger)
+    return p.with_name(p.name + KEY_SUFFIX)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        view = view[n:]
+
+
+def _read_all(fd: int, limit: int) -> bytes:
+    os.lseek(fd, 0, os.SEEK_SET)
+    chunks: list[bytes] = []
+    size = 0
+    while size <= limit:
+        chunk = os.read(fd, limit + 1 - size)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)
+
+
+def _read_key(path: Path) -> bytes | None:
+    """The key's 32 bytes, or ``None`` if the file does not exist.
+
+    Raises:
+        ConfigError: the key file is accessible by group or others (it could be read or
+            replaced, and the anchor forged).
+        LedgerIntegrityError: not a regular file (e.g. a symlink), or not 32 bytes.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise LedgerIntegrityError(f"key file {path} is a symbolic link; refusing to use it") from None
+        raise LedgerIntegrityError(f"cannot read key file {path}: {exc.strerror or exc}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise LedgerIntegrityError(f"key file {path} is not a regular file; refusing to use it")
+        if st.st_mode & 0o077:
+            raise ConfigError(
+                f"key file {path} is accessible by group or others (mode "
+                f"{stat.S_IMODE(st.st_mode):04o}): anyone who can read it can forge the ledger's "
+                f"anchor; run `chmod 600 {path}`"
+            )
+        data = _read_all(fd, _KEY_BYTES)
+    finally:
+        os.close(fd)
+    if len(data) != _KEY_BYTES:
+        raise LedgerIntegrityError(
+            f"key file {path} is corrupt: expected {_KEY_BYTES} bytes, found {len(data)}"
+        )
+    return data
+
+
+def _read_anchor_file(path: Path) -> bytes | None:
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise LedgerIntegrityError(f"cannot read anchor {path}: {exc.strerror or exc}") from None
+    try:
+        return _read_all(fd, _ANCHOR_MAX_BYTES)
+    finally:
+        os.close(fd)
+
+
+def _anchor_body(silo: str, seq: int, head: str) -> dict[str, Any]:
+    return {"fedsilo_anchor": _ANCHOR_VERSION, "silo": silo, "seq": seq, "hash": head}
+
+
+def _anchor_mac(key: bytes, body: Mapping[str, Any]) -> str:
+    return hmac.new(key, _canonical(dict(body)).encode(), hashlib.sha256).hexdigest()
+
+
+def _write_anchor(path: Path, *, key: bytes, silo: str, seq: int, head: str) -> None:
+    """Atomically replace the anchor: temporary file, fsync, ``os.replace``, fsync directory."""
+    body = _anchor_body(silo, seq, head)
+    data = (_canonical({**body, "mac": _anchor_mac(key, body)}) + "\n").encode()
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.{uuid.uuid4().hex[:12]}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    try:
+        try:
+            _write_all(fd, data)
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise
+    _fsync_dir(path.parent)
+
+
+def _lock_anchor(path: Path) -> int:
+    """Open the anchor and take an exclusive ``flock`` on it; return the descriptor.
+
+    The anchor is replaced (new inode) on every advance, so after the lock is granted the
+    descriptor is checked to still be the file at ``path``; if not, it is reopened.
+    """
+    while True:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            held = os.fstat(fd)
+            now = os.stat(path, follow_symlinks=False)
+        except BaseException:
+            os.close(fd)
+            raise
+        if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+            return fd
+        os.close(fd)  # replaced while we waited: lock the new file
+
+
 @dataclass(frozen=True, slots=True)
 class LedgerEntry:
     """One release as recorded in the ledger (the ``reserve`` row plus its outcome).
 
     ``status`` is ``"reserved"`` (no commit: crash or still running — counted),
     ``"committed"`` (released) or ``"aborted"`` (the block raised — still counted).
-    ``epsilon_spent`` is the dataset's total ε right after this release, at ``delta``.
+    ``relation`` is the neighbouring relation the event is valid under and ``level`` the
+    protection level derived from it. ``epsilon_spent`` is the dataset's total ε right after
+    this release, at ``delta``, under the dataset's composition target at that time.
     """
 
     seq: int
@@ -167,6 +369,7 @@ class LedgerEntry:
     mechanism: Mapping[str, Any]
     event: DpEvent
     recipient: str
+    relation: str
     level: str
     epsilon_spent: float
     delta: float
@@ -178,8 +381,10 @@ class LedgerEntry:
 class DatasetReport:
     """Budget and spending of one dataset, as of the report.
 
-    ``level`` is ``"record"`` if any release protected only records, ``"silo"`` if all
-    releases were silo-level, ``None`` if nothing was released yet.
+    ``relation`` is the composition target: the neighbouring relation every release of the
+    dataset was converted to before composing (``None`` if nothing was released yet); ``spent``
+    is ε under that relation. ``level`` follows it: ``"silo"`` if all releases were silo-level,
+    ``"record"`` once any release is record-level, ``None`` before any release.
     """
 
     dataset: str
@@ -191,6 +396,7 @@ class DatasetReport:
     committed: int
     aborted: int
     pending: int
+    relation: str | None
     level: str | None
     accountant: str
 
@@ -206,6 +412,7 @@ class DatasetReport:
             "committed": self.committed,
             "aborted": self.aborted,
             "pending": self.pending,
+            "relation": self.relation,
             "level": self.level,
             "accountant": self.accountant,
         }
@@ -219,16 +426,24 @@ class Reservation:
     stays counted.
     """
 
-    __slots__ = ("_ledger", "reservation_id", "dataset", "event", "epsilon_spent", "_status")
+    __slots__ = ("_ledger", "reservation_id", "dataset", "event", "relation", "epsilon_spent", "_status")
 
     def __init__(
-        self, ledger: PrivacyLedger, reservation_id: str, dataset: str, event: DpEvent, spent: float
+        self,
+        ledger: PrivacyLedger,
+        reservation_id: str,
+        dataset: str,
+        event: DpEvent,
+        spent: float,
+        relation: str,
     ) -> None:
         self._ledger = ledger
         self.reservation_id = reservation_id
         self.dataset = dataset
         self.event = event
-        #: the dataset's ε including this release
+        #: the neighbouring relation the event was charged under
+        self.relation = relation
+        #: the dataset's ε including this release (under its composition target)
         self.epsilon_spent = spent
         self._status = "reserved"
 
@@ -243,8 +458,9 @@ class Reservation:
             return
         if self._status != "reserved":
             raise PrivacyError(f"reservation {self.reservation_id} was {self._status}; cannot commit")
-        self._ledger._finalize(self, "commit", None)
+        seq, head = self._ledger._finalize(self, "commit", None)
         self._status = "committed"
+        self._ledger._advance_anchor(seq, head)
 
     def __enter__(self) -> Reservation:
         return self
@@ -260,21 +476,29 @@ class Reservation:
             return
         if self._status == "reserved":
             try:
-                self._ledger._finalize(self, "abort", exc_type.__name__)
+                seq, head = self._ledger._finalize(self, "abort", exc_type.__name__)
                 self._status = "aborted"
-            except (sqlite3.Error, PrivacyError):
+                self._ledger._advance_anchor(seq, head)
+            except (sqlite3.Error, OSError, FedsiloError):
                 # Never mask the caller's exception; the reserve row already counts.
                 pass
 
     def __repr__(self) -> str:
         return (
             f"Reservation(id={self.reservation_id!r}, dataset={self.dataset!r}, "
-            f"epsilon_spent={self.epsilon_spent:.4g}, status={self._status!r})"
+            f"relation={self.relation!r}, epsilon_spent={self.epsilon_spent:.4g}, "
+            f"status={self._status!r})"
         )
+
+
+_AnchorState = tuple[bytes | None, bytes | None]  # (key, raw anchor), None when missing
 
 
 class PrivacyLedger:
     """Per-silo ε ledger in SQLite (see the module docstring for the guarantees).
+
+    Besides the SQLite file, the ledger owns ``<path>.anchor`` and ``<path>.key``
+    (:func:`anchor_path`, :func:`key_path`); a new ledger creates both.
 
     Args:
         path: the SQLite file; created (with parent directories) if missing.
@@ -282,8 +506,9 @@ class PrivacyLedger:
         accountant: ``"rdp"`` or ``"pld"``; fixed when the ledger is created.
 
     Raises:
-        ConfigError: silo or accountant differs from the stored one, or the file is not a
-            fedsilo ledger.
+        ConfigError: silo or accountant differs from the stored one, the file is not a
+            fedsilo ledger or predates neighbouring relations (schema version 1), or the key
+            file is accessible by group or others.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, silo: str, accountant: str = "rdp") -> None:
@@ -294,6 +519,9 @@ class PrivacyLedger:
             )
         self._accountant = accountant
         self._path = Path(path)
+        self._anchor_path = anchor_path(self._path)
+        self._key_path = key_path(self._path)
+        self._genesis = _genesis(self._silo, self._accountant)
         try:
             self._path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
@@ -355,11 +583,14 @@ class PrivacyLedger:
 
     def _init_schema(self) -> None:
         with self._lock, self._write():
+            tables = {
+                r[0] for r in self._conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            }
+            if "meta" in tables:
+                self._check_meta(dict(self._conn.execute("SELECT key, value FROM meta").fetchall()))
             for statement in _SCHEMA:
                 self._conn.execute(statement)
-            meta = dict(self._conn.execute("SELECT key, value FROM meta").fetchall())
-            if not meta:
-                genesis = _genesis(self._silo, self._accountant)
+            if not self._conn.execute("SELECT 1 FROM meta LIMIT 1").fetchone():
                 self._conn.executemany(
                     "INSERT INTO meta (key, value) VALUES (?, ?)",
                     [
@@ -367,24 +598,92 @@ class PrivacyLedger:
                         ("silo", self._silo),
                         ("accountant", self._accountant),
                         ("head_seq", "0"),
-                        ("head_hash", genesis),
+                        ("head_hash", self._genesis),
                     ],
                 )
-                return
-            if meta.get("schema_version") != str(SCHEMA_VERSION):
-                raise ConfigError(
-                    f"ledger {self._path} has schema version {meta.get('schema_version')!r}; "
-                    f"this fedsilo reads version {SCHEMA_VERSION}"
-                )
-            if meta.get("silo") != self._silo:
-                raise ConfigError(
-                    f"ledger {self._path} belongs to silo {meta.get('silo')!r}, not {self._silo!r}"
-                )
-            if meta.get("accountant") != self._accountant:
-                raise ConfigError(
-                    f"ledger {self._path} uses accountant {meta.get('accountant')!r}; "
-                    f"it cannot be opened with {self._accountant!r}"
-                )
+            self._init_anchor()
+
+    def _check_meta(self, meta: Mapping[str, str]) -> None:
+        if not meta:
+            return
+        version = meta.get("schema_version")
+        if version == "1":
+            raise ConfigError(
+                f"ledger {self._path} has schema version 1, which predates neighbouring relations "
+                f"(version {SCHEMA_VERSION} records the relation of every release and anchors the "
+                "chain outside the file); its releases cannot be composed soundly: keep it for "
+                "audit and start a new ledger file"
+            )
+        if version != str(SCHEMA_VERSION):
+            raise ConfigError(
+                f"ledger {self._path} has schema version {version!r}; "
+                f"this fedsilo reads version {SCHEMA_VERSION}"
+            )
+        if meta.get("silo") != self._silo:
+            raise ConfigError(
+                f"ledger {self._path} belongs to silo {meta.get('silo')!r}, not {self._silo!r}"
+            )
+        if meta.get("accountant") != self._accountant:
+            raise ConfigError(
+                f"ledger {self._path} uses accountant {meta.get('accountant')!r}; "
+                f"it cannot be opened with {self._accountant!r}"
+            )
+
+    def _init_anchor(self) -> None:
+        """Inside the schema transaction (the SQLite write lock serializes this across
+        processes): create the key and the genesis anchor of a ledger without rows and without
+        a key; check the key's permissions otherwise. Integrity problems (a missing anchor, a
+        missing key for a ledger with rows) are left for the reads and :meth:`verify` to report."""
+        rows = int(self._conn.execute("SELECT COUNT(*) FROM entries").fetchone()[0])
+        if os.path.lexists(self._key_path):
+            _read_key(self._key_path)  # refuses a group/other-accessible key now
+            return
+        if rows or self._stale_anchor_beyond_genesis():
+            return  # the reads report the missing key
+        # A new ledger (or one whose creation was interrupted before its key was in place).
+        new_key = self._key_path.with_name(self._key_path.name + ".new")
+        try:
+            try:
+                new_key.unlink()
+            except FileNotFoundError:
+                pass
+            key = secrets.token_bytes(_KEY_BYTES)
+            fd = os.open(
+                new_key, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+            )
+            try:
+                _write_all(fd, key)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            # The anchor first, then the key: a key file always has a durable anchor beside it.
+            _write_anchor(self._anchor_path, key=key, silo=self._silo, seq=0, head=self._genesis)
+            try:
+                os.link(new_key, self._key_path)  # never overwrites an existing key
+                new_key.unlink()
+            except OSError as exc:
+                if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+                    raise
+                os.rename(new_key, self._key_path)  # no hard links here; we hold the write lock
+            _fsync_dir(self._key_path.parent)
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot create the anchor {self._anchor_path} and key {self._key_path} of "
+                f"ledger {self._path}: {exc.strerror or exc}"
+            ) from None
+
+    def _stale_anchor_beyond_genesis(self) -> bool:
+        """Whether an (unauthenticated) anchor left without a key records entries: an interrupted
+        creation only ever leaves a genesis anchor (seq 0), so this one is evidence of deleted
+        rows and a deleted key, and must not be silently replaced by a fresh one."""
+        raw = _read_anchor_file(self._anchor_path)
+        if raw is None:
+            return False
+        try:
+            seq = json.loads(raw.decode("utf-8")).get("seq")
+        except (UnicodeDecodeError, ValueError, AttributeError):
+            return True  # anchors are replaced atomically: garbage is not left by a crash
+        return not (isinstance(seq, int) and not isinstance(seq, bool) and seq == 0)
 
     # ------------------------------------------------------------------ transactions
 
@@ -419,7 +718,7 @@ class PrivacyLedger:
 
     def _check_chain(self, rows: list[dict[str, Any]], *, use_cache: bool = True) -> None:
         meta = self._meta()
-        prev = _genesis(self._silo, self._accountant)
+        prev = self._genesis
         registered: set[str] = set()
         reserved: set[str] = set()
         finalized: set[str] = set()
@@ -443,6 +742,11 @@ class PrivacyLedger:
             elif kind == "reserve":
                 if row["dataset"] not in registered:
                     raise self._broken(row, "release on an unregistered dataset")
+                relation = row["relation"]
+                if relation not in RELATIONS or row["level"] != level_of(relation):
+                    raise self._broken(
+                        row, f"unknown neighbouring relation {relation!r} or level {row['level']!r}"
+                    )
                 try:
                     self._event(row)
                 except (PrivacyError, ValueError, TypeError) as exc:
@@ -464,6 +768,116 @@ class PrivacyLedger:
             )
         self._verified = verified
 
+    # ------------------------------------------------------------------ anchor
+
+    def _anchor_state(self) -> _AnchorState:
+        """The key and the raw anchor as on disk now (``None`` for a missing file)."""
+        return _read_key(self._key_path), _read_anchor_file(self._anchor_path)
+
+    def _forged(self, why: str) -> LedgerIntegrityError:
+        return LedgerIntegrityError(
+            f"ledger {self._path}: its anchor {self._anchor_path} {why}: the anchor was forged, "
+            "corrupted or belongs to another ledger"
+        )
+
+    def _parse_anchor(self, raw: bytes, key: bytes) -> tuple[int, str]:
+        try:
+            data = json.loads(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError):
+            raise self._forged("is not valid JSON") from None
+        if not isinstance(data, dict) or set(data) != {"fedsilo_anchor", "silo", "seq", "hash", "mac"}:
+            raise self._forged("is not a fedsilo anchor")
+        mac = data.pop("mac")
+        seq, head = data["seq"], data["hash"]
+        if (
+            not isinstance(mac, str)
+            or data["fedsilo_anchor"] != _ANCHOR_VERSION
+            or isinstance(seq, bool)
+            or not isinstance(seq, int)
+            or seq < 0
+            or not isinstance(head, str)
+            or not isinstance(data["silo"], str)
+        ):
+            raise self._forged("is malformed")
+        if not hmac.compare_digest(mac.encode(), _anchor_mac(key, data).encode()):
+            raise self._forged(f"does not authenticate under its key {self._key_path}")
+        if data["silo"] != self._silo:
+            raise self._forged(f"names silo {data['silo']!r}, not {self._silo!r}")
+        return seq, head
+
+    def _check_anchor(self, state: _AnchorState, seq: int, hash_at: Callable[[int], str | None]) -> None:
+        """Check that the chain ending at ``seq`` contains the anchored ``(seq, hash)``."""
+        key, raw = state
+        if key is None:
+            raise LedgerIntegrityError(
+                f"ledger {self._path} has {seq} entries but its key file {self._key_path} is "
+                f"missing, so its anchor {self._anchor_path} cannot be authenticated"
+            )
+        if raw is None:
+            raise LedgerIntegrityError(
+                f"ledger {self._path} ({seq} entries) has its key {self._key_path} but its anchor "
+                f"{self._anchor_path} is missing: the anchor was deleted"
+            )
+        a_seq, a_hash = self._parse_anchor(raw, key)
+        if a_seq > seq:
+            raise LedgerIntegrityError(
+                f"ledger {self._path} ends at seq {seq} but its anchor {self._anchor_path} "
+                f"records seq {a_seq}: the database was rolled back or truncated"
+            )
+        if hash_at(a_seq) != a_hash:
+            raise LedgerIntegrityError(
+                f"ledger {self._path}: entry seq={a_seq} is not the one its anchor "
+                f"{self._anchor_path} records: the database was replaced or rewritten"
+            )
+
+    def _hash_in(self, rows: list[dict[str, Any]]) -> Callable[[int], str | None]:
+        def hash_at(seq: int) -> str | None:
+            if seq == 0:
+                return self._genesis
+            return str(rows[seq - 1]["hash"]) if seq <= len(rows) else None
+
+        return hash_at
+
+    def _hash_in_db(self, seq: int) -> str | None:
+        if seq == 0:
+            return self._genesis
+        row = self._conn.execute("SELECT hash FROM entries WHERE seq = ?", (seq,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _advance_anchor(self, seq: int, head: str) -> None:
+        """After the row ``(seq, head)`` is committed: move the anchor forward to it (never back)."""
+        try:
+            key = _read_key(self._key_path)
+            if key is None:
+                raise LedgerIntegrityError(
+                    f"ledger {self._path}: entry seq={seq} was committed but the key file "
+                    f"{self._key_path} is missing, so its anchor cannot be advanced"
+                )
+            fd = _lock_anchor(self._anchor_path)
+            try:
+                a_seq, a_hash = self._parse_anchor(_read_all(fd, _ANCHOR_MAX_BYTES), key)
+                if a_seq == seq and a_hash != head:
+                    raise LedgerIntegrityError(
+                        f"ledger {self._path}: its anchor {self._anchor_path} records another "
+                        f"entry seq={seq} than the one just committed: two databases share the anchor"
+                    )
+                if a_seq < seq:
+                    _write_anchor(self._anchor_path, key=key, silo=self._silo, seq=seq, head=head)
+            finally:
+                os.close(fd)  # releases the flock
+        except FileNotFoundError:
+            raise LedgerIntegrityError(
+                f"ledger {self._path}: entry seq={seq} was committed but its anchor "
+                f"{self._anchor_path} is missing: the anchor was deleted"
+            ) from None
+        except OSError as exc:
+            raise PrivacyError(
+                f"ledger {self._path}: entry seq={seq} was committed (and counts) but its anchor "
+                f"{self._anchor_path} could not be advanced: {exc.strerror or exc}"
+            ) from None
+
+    # ------------------------------------------------------------------ rows
+
     def _event(self, row: Mapping[str, Any]) -> DpEvent:
         """The DP event of a reserve row, parsed once per (event JSON) and memoized."""
         text = row["event"]
@@ -483,7 +897,7 @@ class PrivacyLedger:
         )
         last = cur.fetchone()
         if last is None:
-            seq, head = 0, _genesis(self._silo, self._accountant)
+            seq, head = 0, self._genesis
         else:
             row = dict(last)
             if _row_hash(row) != row["hash"]:
@@ -499,13 +913,16 @@ class PrivacyLedger:
         return seq, head
 
     def _append(self, rows: list[dict[str, Any]] | tuple[int, str], **fields: Any) -> dict[str, Any]:
-        """Append one row inside an open write transaction after the verified ``rows``/tail."""
+        """Append one row inside an open write transaction after the verified ``rows``/tail.
+
+        The caller advances the anchor (:meth:`_advance_anchor`) once the transaction committed.
+        """
         if isinstance(rows, tuple):
             last_seq, last_hash = rows
         elif rows:
             last_seq, last_hash = len(rows), rows[-1]["hash"]
         else:
-            last_seq, last_hash = 0, _genesis(self._silo, self._accountant)
+            last_seq, last_hash = 0, self._genesis
         row: dict[str, Any] = {c: None for c in _COLUMNS}
         row.update(fields)
         row["seq"] = last_seq + 1
@@ -526,6 +943,22 @@ class PrivacyLedger:
         self._verified[row["seq"]] = tuple(row[c] for c in _COLUMNS) + (row["hash"],)
         return row
 
+    def _read(self, *, use_cache: bool = True) -> list[dict[str, Any]]:
+        """All rows from one read snapshot, after checking the chain and its anchor (reads never
+        trust a broken ledger: an edited, deleted or rolled-back row could hide spent ε)."""
+        with self._lock:
+            # The anchor is read *before* the snapshot: it only ever names committed rows, so a
+            # snapshot taken afterwards contains it unless the database went backwards.
+            state = self._anchor_state()
+            self._conn.execute("BEGIN")  # deferred: a consistent WAL snapshot of rows + meta
+            try:
+                rows = self._rows()
+                self._check_chain(rows, use_cache=use_cache)
+            finally:
+                self._conn.execute("COMMIT")
+            self._check_anchor(state, len(rows), self._hash_in(rows))
+        return rows
+
     # ------------------------------------------------------------------ helpers
 
     @staticmethod
@@ -535,13 +968,19 @@ class PrivacyLedger:
                 return float(r["epsilon"]), float(r["delta"])
         raise ConfigError(f"dataset {dataset!r} is not registered in this ledger; call register_dataset first")
 
-    def _events(self, rows: list[dict[str, Any]], dataset: str) -> list[DpEvent]:
-        return [self._event(r) for r in rows if r["kind"] == "reserve" and r["dataset"] == dataset]
+    def _releases(self, rows: list[dict[str, Any]], dataset: str) -> list[tuple[DpEvent, str]]:
+        return [
+            (self._event(r), str(r["relation"]))
+            for r in rows
+            if r["kind"] == "reserve" and r["dataset"] == dataset
+        ]
 
-    def _spent(self, events: list[DpEvent], delta: float) -> float:
+    def _composed(self, releases: list[tuple[DpEvent, str]], delta: float) -> tuple[str | None, float]:
+        """The composition target and ε of ``releases`` (each converted to the target)."""
+        target, events = to_composition_target(releases)
         if not events:
-            return 0.0
-        return epsilon(ComposedEvent(tuple(events)), delta=delta, accountant=self._accountant)
+            return None, 0.0
+        return target, epsilon(ComposedEvent(events), delta=delta, accountant=self._accountant)
 
     # ------------------------------------------------------------------ public API
 
@@ -561,11 +1000,48 @@ class PrivacyLedger:
         return self._path
 
     @property
+    def anchor_path(self) -> Path:
+        """The anchor file (``<path>.anchor``): the last anchored ``(seq, hash)``, HMAC'd."""
+        return self._anchor_path
+
+    @property
+    def key_path(self) -> Path:
+        """The anchor's HMAC key file (``<path>.key``, mode 0600)."""
+        return self._key_path
+
+    @property
     def head(self) -> tuple[int, str]:
-        """``(seq, hash)`` of the last entry: anchor it in an external log for tamper evidence."""
+        """``(seq, hash)`` of the last entry: anchor it in an external log for tamper evidence.
+
+        Raises:
+            LedgerIntegrityError: the head does not match the last row, or the database does not
+                contain its anchored entry.
+        """
         with self._lock:
-            meta = self._meta()
-        return int(meta["head_seq"]), meta["head_hash"]
+            state = self._anchor_state()
+            self._conn.execute("BEGIN")
+            try:
+                seq, head = self._tail()
+                self._check_anchor(state, seq, self._hash_in_db)
+            finally:
+                self._conn.execute("COMMIT")
+        return seq, head
+
+    @property
+    def anchored(self) -> tuple[int, str]:
+        """``(seq, hash)`` recorded in the anchor file, after authenticating it and checking that
+        the database contains that entry (it may be behind :attr:`head` after a crash)."""
+        with self._lock:
+            state = self._anchor_state()
+            self._conn.execute("BEGIN")
+            try:
+                seq, _ = self._tail()
+                self._check_anchor(state, seq, self._hash_in_db)
+            finally:
+                self._conn.execute("COMMIT")
+        key, raw = state
+        assert key is not None and raw is not None  # checked above
+        return self._parse_anchor(raw, key)
 
     def register_dataset(self, dataset: str, *, epsilon: float, delta: float) -> None:
         """Register ``dataset`` with budget (ε, δ); a no-op if already registered with the same.
@@ -573,6 +1049,7 @@ class PrivacyLedger:
         Raises:
             ConfigError: registered before with a different budget (budgets never change).
             PrivacyParameterError: ε not finite and > 0, or δ outside (0, 1).
+            LedgerIntegrityError: the hash chain or its anchor is broken.
         """
         _name("dataset", dataset)
         if isinstance(epsilon, bool) or not isinstance(epsilon, numbers.Real) or not (
@@ -582,31 +1059,22 @@ class PrivacyLedger:
         if isinstance(delta, bool) or not isinstance(delta, numbers.Real) or not (0 < delta < 1):
             raise PrivacyParameterError(f"budget delta must be in (0, 1), got {delta!r}")
         eps_f, delta_f = float(epsilon), float(delta)
-        with self._lock, self._write():
-            rows = self._rows()
-            self._check_chain(rows)
-            for r in rows:
-                if r["kind"] == "register" and r["dataset"] == dataset:
-                    if (r["epsilon"], r["delta"]) == (eps_f, delta_f):
-                        return
-                    raise ConfigError(
-                        f"dataset {dataset!r} of silo {self._silo!r} is already registered with "
-                        f"budget epsilon={r['epsilon']:g}, delta={r['delta']:g}; refusing to "
-                        f"change it to epsilon={eps_f:g}, delta={delta_f:g}"
-                    )
-            self._append(rows, kind="register", dataset=dataset, epsilon=eps_f, delta=delta_f)
-
-    def _read(self, *, use_cache: bool = True) -> list[dict[str, Any]]:
-        """All rows from one read snapshot, after checking the chain (reads never trust a
-        broken ledger: an edited or deleted row could hide spent ε)."""
         with self._lock:
-            self._conn.execute("BEGIN")  # deferred: a consistent WAL snapshot of rows + meta
-            try:
+            with self._write():
                 rows = self._rows()
-                self._check_chain(rows, use_cache=use_cache)
-            finally:
-                self._conn.execute("COMMIT")
-        return rows
+                self._check_chain(rows)
+                self._check_anchor(self._anchor_state(), len(rows), self._hash_in(rows))
+                for r in rows:
+                    if r["kind"] == "register" and r["dataset"] == dataset:
+                        if (r["epsilon"], r["delta"]) == (eps_f, delta_f):
+                            return
+                        raise ConfigError(
+                            f"dataset {dataset!r} of silo {self._silo!r} is already registered with "
+                            f"budget epsilon={r['epsilon']:g}, delta={r['delta']:g}; refusing to "
+                            f"change it to epsilon={eps_f:g}, delta={delta_f:g}"
+                        )
+                row = self._append(rows, kind="register", dataset=dataset, epsilon=eps_f, delta=delta_f)
+            self._advance_anchor(row["seq"], row["hash"])
 
     def budget(self, dataset: str) -> tuple[float, float]:
         """The registered ``(epsilon, delta)`` budget of ``dataset``."""
@@ -615,21 +1083,23 @@ class PrivacyLedger:
     def spent(self, dataset: str) -> float:
         """ε of the composition of every reserved release of ``dataset`` (committed or not).
 
-        Computed with the ledger's accountant at the dataset's δ; 0.0 before any release.
+        Each release is first converted to the dataset's composition target
+        (:func:`fedsilo.privacy.relations.to_composition_target`). Computed with the ledger's
+        accountant at the dataset's δ; 0.0 before any release.
 
         Raises:
             ConfigError: unregistered dataset.
-            LedgerIntegrityError: the hash chain is broken.
+            LedgerIntegrityError: the hash chain or its anchor is broken.
         """
         rows = self._read()
         _, delta = self._budget(rows, dataset)
-        return self._spent(self._events(rows, dataset), delta)
+        return self._composed(self._releases(rows, dataset), delta)[1]
 
     def remaining(self, dataset: str) -> float:
-        """``max(0, budget ε − spent)``."""
+        """``max(0, budget ε − spent)``, with ``spent`` as in :meth:`spent`."""
         rows = self._read()
         eps_budget, delta = self._budget(rows, dataset)
-        return max(0.0, eps_budget - self._spent(self._events(rows, dataset), delta))
+        return max(0.0, eps_budget - self._composed(self._releases(rows, dataset), delta)[1])
 
     def charge(
         self,
@@ -641,7 +1111,7 @@ class PrivacyLedger:
         protocol: str,
         mechanism: Mapping[str, Any],
         recipient: str,
-        level: str = "silo",
+        relation: str,
     ) -> Reservation:
         """Reserve the cost of one release (write-ahead); use the result as a context manager.
 
@@ -649,22 +1119,31 @@ class PrivacyLedger:
 
             with ledger.charge("breast_cancer", GaussianEvent(1.1), job="j1", round=3,
                                protocol="fedavg", mechanism={"name": "gaussian", "clip": 1.0},
-                               recipient="aggregator", level="silo"):
+                               recipient="aggregator", relation=ZERO_OUT_SILO):
                 decrypt_and_release()
 
         Args:
             dataset: a registered dataset.
-            event: the DP event of this release.
+            event: the DP event of this release, valid under ``relation`` (its noise multiplier
+                is the noise over the sensitivity *under that relation*).
             job, round, protocol: where the release belongs.
             mechanism: JSON-serializable mechanism name and parameters (stored verbatim).
             recipient: who receives the output.
-            level: ``"silo"`` or ``"record"`` — who the noise protects.
+            relation: the neighbouring relation the event protects, one of
+                :data:`fedsilo.privacy.relations.RELATIONS`; the stored ``level`` is derived
+                from it.
+
+        The budget check composes every earlier release of the dataset together with this one,
+        all converted to the dataset's composition target.
 
         Raises:
             BudgetExceededError: the release would exceed the budget; nothing was written.
+            PrivacyError: this release cannot be composed with the dataset's earlier releases
+                under one relation (the message names both), or an unsupported event; nothing
+                was written.
             ConfigError: unregistered dataset or malformed arguments (nothing written).
-            PrivacyError: unsupported event (nothing written).
-            LedgerIntegrityError: the hash chain is broken; nothing is charged on such a ledger.
+            LedgerIntegrityError: the hash chain or its anchor is broken; nothing is charged on
+                such a ledger.
         """
         # Check everything before touching the database.
         _name("dataset", dataset)
@@ -676,8 +1155,7 @@ class PrivacyLedger:
         _name("recipient", recipient)
         if isinstance(round, bool) or not isinstance(round, numbers.Integral) or round < 0:
             raise ConfigError(f"round must be an integer >= 0, got {round!r}")
-        if level not in LEVELS:
-            raise ConfigError(f"level must be one of {', '.join(LEVELS)}, got {level!r}")
+        level = level_of(relation)  # PrivacyParameterError (a ConfigError) if unknown
         if not isinstance(mechanism, Mapping):
             raise ConfigError(f"mechanism must be a mapping of name and parameters, got {mechanism!r}")
         try:
@@ -686,42 +1164,59 @@ class PrivacyLedger:
             raise ConfigError(f"mechanism must be JSON-serializable without NaN: {exc}") from None
         event_json = _canonical(event.to_json())
 
-        with self._lock, self._write():
-            rows = self._rows()
-            self._check_chain(rows)
-            eps_budget, delta = self._budget(rows, dataset)
-            before = self._events(rows, dataset)
-            after = self._spent(before + [event], delta)
-            if not after <= eps_budget:  # also refuses NaN
-                raise BudgetExceededError(
-                    silo=self._silo,
+        with self._lock:
+            with self._write():
+                rows = self._rows()
+                self._check_chain(rows)
+                self._check_anchor(self._anchor_state(), len(rows), self._hash_in(rows))
+                eps_budget, delta = self._budget(rows, dataset)
+                before = self._releases(rows, dataset)
+                try:
+                    _, events = to_composition_target(before + [(event, relation)])
+                except PrivacyError as exc:
+                    earlier = ", ".join(repr(r) for r in sorted({r for _, r in before}))
+                    raise PrivacyError(
+                        f"silo {self._silo!r}, dataset {dataset!r}: a release under relation "
+                        f"{relation!r} cannot be composed with the dataset's earlier releases "
+                        f"under {earlier}: {exc}; nothing was written"
+                    ) from None
+                after = epsilon(ComposedEvent(events), delta=delta, accountant=self._accountant)
+                if not after <= eps_budget:  # also refuses NaN
+                    raise BudgetExceededError(
+                        silo=self._silo,
+                        dataset=dataset,
+                        spent=self._composed(before, delta)[1],
+                        requested=after,
+                        budget=eps_budget,
+                        delta=delta,
+                    )
+                rid = uuid.uuid4().hex
+                row = self._append(
+                    rows,
+                    kind="reserve",
                     dataset=dataset,
-                    spent=self._spent(before, delta),
-                    requested=after,
-                    budget=eps_budget,
+                    reservation=rid,
+                    job=job,
+                    round=int(round),
+                    protocol=protocol,
+                    mechanism=mech_json,
+                    event=event_json,
+                    recipient=recipient,
+                    level=level,
+                    relation=relation,
+                    epsilon=after,
                     delta=delta,
                 )
-            rid = uuid.uuid4().hex
-            self._append(
-                rows,
-                kind="reserve",
-                dataset=dataset,
-                reservation=rid,
-                job=job,
-                round=int(round),
-                protocol=protocol,
-                mechanism=mech_json,
-                event=event_json,
-                recipient=recipient,
-                level=level,
-                epsilon=after,
-                delta=delta,
-            )
-        return Reservation(self, rid, dataset, event, after)
+            # Committed: the reservation counts from here on, even if the anchor cannot move.
+            self._advance_anchor(row["seq"], row["hash"])
+        return Reservation(self, rid, dataset, event, after, relation)
 
-    def _finalize(self, reservation: Reservation, kind: str, note: str | None) -> None:
+    def _finalize(self, reservation: Reservation, kind: str, note: str | None) -> tuple[int, str]:
+        """Append and commit the ``commit``/``abort`` row; return its ``(seq, hash)`` for the
+        caller to advance the anchor to (after recording the new status)."""
         with self._lock, self._write():
             tail = self._tail()
+            self._check_anchor(self._anchor_state(), tail[0], self._hash_in_db)
             kinds = {
                 r[0]
                 for r in self._conn.execute(
@@ -732,13 +1227,14 @@ class PrivacyLedger:
                 raise PrivacyError(
                     f"reservation {reservation.reservation_id} is missing or already finalized"
                 )
-            self._append(
+            row = self._append(
                 tail,
                 kind=kind,
                 dataset=reservation.dataset,
                 reservation=reservation.reservation_id,
                 note=note,
             )
+        return int(row["seq"]), str(row["hash"])
 
     def entries(self, dataset: str | None = None) -> list[LedgerEntry]:
         """Every release (optionally of one dataset) in ledger order, with its outcome."""
@@ -766,6 +1262,7 @@ class PrivacyLedger:
                     mechanism=MappingProxyType(json.loads(r["mechanism"])),
                     event=self._event(r),
                     recipient=r["recipient"],
+                    relation=r["relation"],
                     level=r["level"],
                     epsilon_spent=r["epsilon"],
                     delta=r["delta"],
@@ -780,15 +1277,19 @@ class PrivacyLedger:
         return [r["dataset"] for r in self._read() if r["kind"] == "register"]
 
     def verify(self) -> None:
-        """Check the whole hash chain and the head.
+        """Check the whole hash chain, the head and the anchor.
 
         Raises:
-            LedgerIntegrityError: a row was edited, deleted, inserted or the tail truncated.
+            LedgerIntegrityError: a row was edited, deleted or inserted, the tail truncated, the
+                database rolled back to an earlier copy, or the anchor or key is missing or
+                forged.
+            ConfigError: the key file is accessible by group or others.
         """
         self._read(use_cache=False)  # re-hash every row
 
     def report(self) -> list[DatasetReport]:
-        """Budget, spent ε (re-composed now), remaining ε and release counts per dataset."""
+        """Budget, spent ε (re-composed now under each dataset's composition target), remaining
+        ε, release counts and the relation per dataset."""
         rows = self._read()
         entries = self._entries(rows, None)
         out: list[DatasetReport] = []
@@ -797,8 +1298,7 @@ class PrivacyLedger:
                 continue
             name = r["dataset"]
             mine = [e for e in entries if e.dataset == name]
-            spent = self._spent([e.event for e in mine], float(r["delta"]))
-            levels = {e.level for e in mine}
+            target, spent = self._composed([(e.event, e.relation) for e in mine], float(r["delta"]))
             out.append(
                 DatasetReport(
                     dataset=name,
@@ -810,7 +1310,8 @@ class PrivacyLedger:
                     committed=sum(e.status == "committed" for e in mine),
                     aborted=sum(e.status == "aborted" for e in mine),
                     pending=sum(e.status == "reserved" for e in mine),
-                    level=("record" if "record" in levels else "silo") if levels else None,
+                    relation=target,
+                    level=None if target is None else level_of(target),
                     accountant=self._accountant,
                 )
             )

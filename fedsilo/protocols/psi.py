@@ -60,6 +60,7 @@ import pandas as pd
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from fedsilo.errors import ConfigError, DataError, ProtocolError
+from fedsilo.privacy.mechanisms import secure_rng
 from fedsilo.protocols.channel import Channel, InProcessHub, run_parties
 
 __all__ = [
@@ -528,14 +529,15 @@ def psi_in_process(
     cardinality_only: bool = False,
     workers: int | None = 1,
     job: str = "psi",
-    seed: int | None = None,
 ) -> LocalPsiRun:
     """Run both roles of :func:`psi_party` as threads over an in-process hub (the real protocol).
 
     Each party gets its own process pool of ``workers`` processes (``None``: every core) when
-    its set is large enough to profit.
+    its set is large enough to profit. The secret send orders come from the OS CSPRNG
+    (:func:`~fedsilo.privacy.mechanisms.secure_rng`): never from a seed, which would let the
+    peer undo the shuffle.
     """
-    rngs = [np.random.default_rng(None if seed is None else [seed, i]) for i in range(2)]
+    rngs = [secure_rng(), secure_rng()]
     hub = InProcessHub(job, ["left", "right"])
 
     def side(name: str, peer: str, ids: Sequence[str], rng: np.random.Generator) -> Any:

@@ -4,18 +4,30 @@ Every key is documented in docs/config.md. Unknown keys are errors naming the fi
 and the nearest valid key, so a typo never silently changes a privacy setting. Paths are
 relative to the config file. Command-line flags override the matching keys through
 :func:`apply_overrides`, which re-validates the result.
+
+``[crypto] insecure = true`` is the one switch for every insecure setting, checked here after
+the types (:func:`parse_config`): a backend instance that does not keep ciphertexts confidential
+(``plain``; Paillier keys below 2048 bits; whatever a plugin's ``confidentiality()`` says),
+vertical training without DP, and a horizontal or statistics job whose every secure sum would let
+one silo compute another's exact contribution (exactly two silos, without silo-level DP). The
+protocols refuse the same things at run time (:mod:`fedsilo.protocols.horizontal.secure_aggregation`).
 """
 from __future__ import annotations
 
 import difflib
 import re
 import tomllib
+import warnings
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, Strict, ValidationError, field_validator, model_validator
 
 from fedsilo.errors import ConfigError
+
+if TYPE_CHECKING:
+    from fedsilo.crypto.base import Confidentiality
 
 __all__ = [
     "CryptoSection",
@@ -166,6 +178,8 @@ class JobConfig(_Section):
     silos: list[SiloSection] = Field(default_factory=list)
     #: directory the config file lives in; data paths resolve against it
     base_dir: Path = Field(default=Path("."), exclude=True)
+    #: where the config came from (its file), for errors about later command-line overrides
+    _source: str = PrivateAttr("<config>")
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "JobConfig":
@@ -291,13 +305,110 @@ def _check_backend(name: str, where: str) -> None:
         raise BackendNotFoundError(f"{where}: {exc}") from None
 
 
+#: What ``[crypto] insecure = true`` is for, in every refusal it lifts.
+_INSECURE_HINT = "set [crypto] insecure = true{where} to run it (tests and baselines only)"
+
+
+def _confidentiality(cfg: JobConfig, source: str) -> Confidentiality:
+    """The configured backend instance's :class:`~fedsilo.crypto.base.Confidentiality`.
+
+    Builds the backend with ``[crypto] params`` (construction only validates parameters; no
+    keys are made), so a bad parameter is reported here with the file and key.
+    """
+    from fedsilo.crypto.registry import get_backend
+
+    try:
+        with warnings.catch_warnings():
+            # a probe: the run's own construction warns about weak parameters (if allowed)
+            warnings.simplefilter("ignore")
+            backend = get_backend(cfg.crypto.backend, **dict(cfg.crypto.params))
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: key 'crypto.params': {exc}") from None
+    return backend.confidentiality()
+
+
+def _exposed_sums(cfg: JobConfig) -> str | None:
+    """Why every secure sum of this job would expose one silo's contribution, or None.
+
+    With exactly two silos, each contributor subtracts its own contribution from the decrypted
+    sum and has the other's (and a round with one contributor goes to the other silo). Only
+    silo-level DP noise shares protect a whole contribution against that (they are sized for
+    ``colluders >= 1``); record-level DP and statistics protect single records only. The same
+    rule, per round, is :func:`fedsilo.protocols.horizontal.secure_aggregation.exposed_sums_allowed`.
+    """
+    task = cfg.federation.task
+    if task == "vertical" or len(cfg.silo_names()) != 2:
+        return None
+    if task == "horizontal":
+        if cfg.privacy is not None and cfg.privacy.level == "silo":
+            return None
+        return (
+            "a horizontal job with exactly 2 silos lets each silo compute the other's model update "
+            "(the decrypted sum minus its own); add a silo, use silo-level DP ([privacy] level = "
+            '"silo"), or '
+        )
+    return (
+        "a statistics job with exactly 2 silos lets each silo compute the other's statistics "
+        "(the decrypted sum minus its own); add a silo, or "
+    )
+
+
+def _check_insecure(cfg: JobConfig, source: str, flags: Mapping[str, str] | None = None) -> None:
+    """Refuse every insecure setting unless ``[crypto] insecure = true`` (one line, the first).
+
+    ``flags`` maps a config key to the command-line flag that set it (``apply_overrides``), so
+    the error names the flag the user typed rather than a key they never wrote.
+    """
+    conf = _confidentiality(cfg, source)  # also validates [crypto] params, insecure or not
+    if cfg.crypto.insecure:
+        return
+    problems: list[tuple[str, str]] = []  # (key, reason + remedy up to the hint)
+    if not conf.secure:
+        key = f"crypto.params.{conf.param}" if conf.param else "crypto.backend"
+        problems.append((key, f"{conf.reason}; "))
+    if cfg.federation.task == "vertical" and cfg.privacy is None:
+        problems.append((
+            "privacy",
+            (
+                "vertical training without [privacy] gives each party its exact decrypted gradient "
+                "X_p^T d / n, from which a party with enough features recovers the guest's labels; add a "
+                '[privacy] section (e.g. epsilon = 8, level = "record"), or '
+            ),
+        ))
+    exposed = _exposed_sums(cfg)
+    if exposed is not None:
+        problems.append(("data.partition.silos" if cfg.data.partition is not None else "silos", exposed))
+    if not problems:
+        return
+    key, message = problems[0]
+    flag = (flags or {}).get(key) or ((flags or {}).get("crypto.backend") if key.startswith("crypto.") else None)
+    if flag:
+        where, in_file = flag, f" in {cfg._source}"
+    else:
+        where, in_file = f"{source}: key {key!r}", ""
+    raise ConfigError(f"{where}: {message}{_INSECURE_HINT.format(where=in_file)}")
+
+
 def parse_config(data: dict[str, Any], *, source: str = "<config>", base_dir: Path | None = None) -> JobConfig:
-    """Validate a config dict; ConfigError lists every problem with its key."""
+    """Validate a config dict; ConfigError lists every problem with its key.
+
+    After the types and cross-checks, every insecure setting is refused unless the config says
+    ``[crypto] insecure = true`` (see the module docstring).
+    """
+    return _parse(data, source=source, base_dir=base_dir)
+
+
+def _parse(
+    data: dict[str, Any], *, source: str, base_dir: Path | None, flags: Mapping[str, str] | None = None,
+    origin: str | None = None,
+) -> JobConfig:
     try:
         cfg = JobConfig.model_validate({**data, "base_dir": base_dir or Path(".")})
     except ValidationError as exc:
         raise ConfigError(_format_errors(exc, source)) from None
+    cfg._source = origin or source
     _check_backend(cfg.crypto.backend, f"{source}: key 'crypto.backend'")
+    _check_insecure(cfg, source, flags)
     return cfg
 
 
@@ -320,10 +431,21 @@ def load_config(path: str | Path) -> JobConfig:
 
 
 def apply_overrides(cfg: JobConfig, *, source: str = "<command line>", **overrides: Any) -> JobConfig:
-    """Command-line flags (--backend, --silos, --rounds, --epsilon, --seed) over the file's keys."""
+    """Command-line flags (--backend, --silos, --rounds, --epsilon, --seed) over the file's keys.
+
+    ``insecure=True`` sets ``[crypto] insecure`` (what a ``--insecure`` flag would pass; tests use
+    it to run a shipped example as a ``plain`` baseline). An insecure setting a flag introduces is
+    refused naming the flag (e.g. ``--backend plain: 'plain' does not encrypt; ...``).
+    """
     data = cfg.model_dump(exclude={"base_dir"}, exclude_none=True)
+    flags: dict[str, str] = {}
+    if overrides.get("insecure") is not None:
+        if not isinstance(overrides["insecure"], bool):
+            raise ConfigError(f"{source}: insecure must be true or false, got {overrides['insecure']!r}")
+        data["crypto"]["insecure"] = overrides["insecure"]
     if overrides.get("backend") is not None:
         _check_backend(overrides["backend"], "--backend")
+        flags["crypto.backend"] = f"--backend {overrides['backend']}"
         data["crypto"]["backend"] = overrides["backend"]
         data["crypto"]["params"] = {} if overrides["backend"] != cfg.crypto.backend else data["crypto"]["params"]
     if overrides.get("rounds") is not None:
@@ -334,6 +456,7 @@ def apply_overrides(cfg: JobConfig, *, source: str = "<command line>", **overrid
         if cfg.data.partition is None:
             raise ConfigError(f"{source}: --silos applies only to built-in data split by [data] partition")
         n = overrides["silos"]
+        flags["data.partition.silos"] = f"--silos {n}"
         data["data"]["partition"]["silos"] = n
         named = data.get("silos") or []
         if named:
@@ -342,9 +465,12 @@ def apply_overrides(cfg: JobConfig, *, source: str = "<command line>", **overrid
             data["silos"] = named[:n] + extra
     if overrides.get("epsilon") is not None:
         if overrides["epsilon"] == 0:
+            if "privacy" in data:
+                flags["privacy"] = "--epsilon 0"
+                flags["data.partition.silos"] = flags["silos"] = "--epsilon 0"
             data.pop("privacy", None)
         elif "privacy" in data:
             data["privacy"]["epsilon"] = overrides["epsilon"]
         else:
             data["privacy"] = {"epsilon": overrides["epsilon"]}
-    return parse_config(data, source=source, base_dir=cfg.base_dir)
+    return _parse(data, source=source, base_dir=cfg.base_dir, flags=flags, origin=cfg._source)

@@ -34,8 +34,10 @@ Progress = Callable[[dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class HorizontalData:
+    """Each silo's own training and held-out rows (a silo's held-out rows never leave it)."""
+
     silos: dict[str, tuple[np.ndarray, np.ndarray]]
-    test: tuple[np.ndarray, np.ndarray]
+    tests: dict[str, tuple[np.ndarray, np.ndarray]]
     features: list[str]
     notes: list[str]
 
@@ -85,9 +87,9 @@ def prepare_horizontal(cfg: JobConfig) -> HorizontalData:
             f"no public bounds for {len(unbounded)} feature(s) (e.g. {unbounded[0]!r}); each silo scales "
             "them with its own min/max, which is weaker when silos differ: add [data] bounds"
         )
-    rng = np.random.default_rng(cfg.federation.seed + 1)
+    rng = np.random.default_rng(cfg.federation.seed + 1)  # public: the train/test split
     silos: dict[str, tuple[np.ndarray, np.ndarray]] = {}
-    tests_X, tests_y = [], []
+    tests: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, table in tables.items():
         X = require_numeric(table, features)
         y = binary_labels(table, label)
@@ -100,8 +102,7 @@ def prepare_horizontal(cfg: JobConfig) -> HorizontalData:
         idx = rng.permutation(len(y))
         k = max(1, int(round(len(y) * cfg.data.test_fraction)))
         silos[name] = (Xs[idx[k:]], y[idx[k:]])
-        tests_X.append(Xs[idx[:k]])
-        tests_y.append(y[idx[:k]])
+        tests[name] = (Xs[idx[:k]], y[idx[:k]])
     for name, table in tables.items():
         extra = set(table.frame.columns) ^ set(first.frame.columns)
         if extra:
@@ -109,15 +110,15 @@ def prepare_horizontal(cfg: JobConfig) -> HorizontalData:
                 f"{table.where}: columns differ from {first.where}: {sorted(extra)} "
                 "(horizontal silos must share one feature space)"
             )
-    test_classes = np.unique(np.concatenate(tests_y))
+    test_classes = np.unique(np.concatenate([t[1] for t in tests.values()]))
     if test_classes.size < 2:
-        n_test = sum(len(t) for t in tests_y)
+        n_test = sum(len(t[1]) for t in tests.values())
         raise DataError(
             f"the {n_test} held-out test row(s) all have {label!r} = {test_classes[0]:g}, so accuracy "
             f"and AUC would be meaningless; raise [data] test_fraction (now {cfg.data.test_fraction:g}) "
             "or give the silos more rows of each class"
         )
-    return HorizontalData(silos, (np.vstack(tests_X), np.concatenate(tests_y)), features, notes)
+    return HorizontalData(silos, tests, features, notes)
 
 
 def _check_bound_columns(cfg: JobConfig, features: list[str]) -> None:
@@ -150,8 +151,21 @@ def budgets_for(cfg: JobConfig) -> dict[str, tuple[float, float]]:
     return out
 
 
-def run_job(cfg: JobConfig, *, ledger_dir: Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """Run the job the config describes and return the results contract (see docs/results.md)."""
+def run_job(
+    cfg: JobConfig,
+    *,
+    ledger_dir: Path | None = None,
+    progress: Progress | None = None,
+    noise_seed: int | None = None,
+) -> dict[str, Any]:
+    """Run the job the config describes and return the results contract (see docs/results.md).
+
+    ``noise_seed`` is a **test-only** switch (not in the TOML, not on the command line): it
+    makes the secret randomness (DP noise, masks, DP-SGD sampling) reproducible, so the run is
+    not private; its results say ``"private": false`` and its ledger entries
+    ``"reproducible_noise": true``. Without it every secret stream comes from the OS CSPRNG and
+    ``federation.seed`` decides only public choices (splits, initial weights, batch order).
+    """
     notes = []
     if ledger_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -168,7 +182,7 @@ def run_job(cfg: JobConfig, *, ledger_dir: Path | None = None, progress: Progres
     except OSError as exc:
         raise ConfigError(f"cannot create ledger directory {ledger_dir}: {exc.strerror or exc}") from None
     runner = {"horizontal": _run_horizontal, "statistics": _run_statistics, "vertical": _run_vertical}
-    results = runner[cfg.federation.task](cfg, ledger_dir, progress)
+    results = runner[cfg.federation.task](cfg, ledger_dir, progress, noise_seed)
     results["notes"] = list(results.get("notes") or []) + notes
     results["ledger_dir"] = str(ledger_dir)
     return results
@@ -182,13 +196,13 @@ def _privacy_dict(cfg: JobConfig) -> dict[str, Any] | None:
     return cfg.privacy.model_dump() if cfg.privacy else None
 
 
-def _run_horizontal(cfg: JobConfig, ledger_dir: Path, progress: Progress | None) -> dict[str, Any]:
+def _run_horizontal(cfg: JobConfig, ledger_dir: Path, progress: Progress | None, noise_seed: int | None) -> dict[str, Any]:
     from fedsilo.protocols.horizontal import simulate_horizontal
 
     data = prepare_horizontal(cfg)
     results = simulate_horizontal(
         silos=data.silos,
-        test=data.test,
+        tests=data.tests,
         backend=cfg.crypto.backend,
         backend_params=dict(cfg.crypto.params),
         model=cfg.model.model_dump(),
@@ -200,13 +214,15 @@ def _run_horizontal(cfg: JobConfig, ledger_dir: Path, progress: Progress | None)
         seed=cfg.federation.seed,
         min_silos=_check_min_silos(cfg, len(data.silos)),
         round_timeout=cfg.federation.round_timeout,
+        insecure=cfg.crypto.insecure,
+        noise_seed=noise_seed,
         progress=progress,
     )
     results.setdefault("notes", []).extend(data.notes)
     return results
 
 
-def _run_statistics(cfg: JobConfig, ledger_dir: Path, progress: Progress | None) -> dict[str, Any]:
+def _run_statistics(cfg: JobConfig, ledger_dir: Path, progress: Progress | None, noise_seed: int | None) -> dict[str, Any]:
     from fedsilo.protocols.horizontal import simulate_statistics
 
     assert cfg.statistics is not None
@@ -223,7 +239,8 @@ def _run_statistics(cfg: JobConfig, ledger_dir: Path, progress: Progress | None)
         ledger_dir=ledger_dir,
         budgets=budgets_for(cfg),
         job=_job_id(cfg),
-        seed=cfg.federation.seed,
+        noise_seed=noise_seed,
+        insecure=cfg.crypto.insecure,
         backend=cfg.crypto.backend,
         backend_params=dict(cfg.crypto.params),
         min_silos=_check_min_silos(cfg, len(tables)),
@@ -231,7 +248,7 @@ def _run_statistics(cfg: JobConfig, ledger_dir: Path, progress: Progress | None)
     )
 
 
-def _run_vertical(cfg: JobConfig, ledger_dir: Path, progress: Progress | None) -> dict[str, Any]:
+def _run_vertical(cfg: JobConfig, ledger_dir: Path, progress: Progress | None, noise_seed: int | None) -> dict[str, Any]:
     from fedsilo.protocols.vertical import simulate_vertical
 
     tables = silo_tables(cfg)
@@ -271,6 +288,7 @@ def _run_vertical(cfg: JobConfig, ledger_dir: Path, progress: Progress | None) -
         budgets=budgets_for(cfg),
         job=_job_id(cfg),
         seed=cfg.federation.seed,
+        noise_seed=noise_seed,
         test_fraction=cfg.data.test_fraction,
         progress=progress,
     )

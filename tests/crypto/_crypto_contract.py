@@ -18,7 +18,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fedsilo.crypto import BackendInfo
+from fedsilo.crypto import BackendInfo, Confidentiality
+from fedsilo.crypto.base import MIN_SECURITY_BITS
 from fedsilo.errors import (
     CiphertextFormatError,
     ConfigError,
@@ -55,6 +56,8 @@ class BackendContract:
     max_examples: ClassVar[int] = 25
     magnitude: ClassVar[float] = 100.0  # |values| and |factors| drawn by the properties
     max_len: ClassVar[int] = 12
+    #: what ``confidentiality().secure`` must say for these parameters
+    expect_secure: ClassVar[bool] = True
 
     # --- fixtures -----------------------------------------------------------------------------
     @pytest.fixture(scope="class")
@@ -212,6 +215,19 @@ class BackendContract:
         assert type(backend).__name__ in repr(backend)
 
     # --- keys ---------------------------------------------------------------------------------
+    def test_confidentiality_is_declared_and_shown(self, backend, info):
+        conf = backend.confidentiality()
+        assert isinstance(conf, Confidentiality)
+        assert conf.secure is self.expect_secure and info.secure is conf.secure
+        if conf.secure:
+            assert conf.reason == "" and conf.param is None
+            assert conf.security_bits is None or conf.security_bits >= MIN_SECURITY_BITS
+        else:
+            # one clause for the config error, naming a real parameter if one is to blame
+            assert conf.reason and "\n" not in conf.reason
+            assert conf.param is None or conf.param in backend.params()
+            assert conf.security_bits is None or conf.security_bits < MIN_SECURITY_BITS
+
     def test_public_context_cannot_decrypt(self, backend, keys):
         assert not keys.public.is_private()
         peer = backend.load_public(keys.public.serialize())

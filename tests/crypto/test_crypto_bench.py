@@ -59,6 +59,10 @@ def test_cli_backends_lists_plugins(app):
     assert {"plain", "paillier", "ckks", "plugin_plain"} <= names
     packed = next(r for r in rows if r["params"] == {"packed": True})
     assert packed["values_per_ciphertext"] > 1 and packed["exact"]
+    # the confidentiality capability the config check uses, per row
+    plain = next(r for r in rows if r["name"] == "plain")
+    assert plain["secure"] is False and plain["security_bits"] == 0 and "does not encrypt" in plain["insecure_reason"]
+    assert packed["secure"] is True and packed["security_bits"] == 112 and packed["insecure_reason"] is None
     table = CliRunner().invoke(app, ["backends"], terminal_width=200)
     assert table.exit_code == 0 and "approx" in table.output and "exact" in table.output
 

@@ -7,6 +7,7 @@ from _crypto_contract import BackendContract
 class TestPlainContract(BackendContract):
     backend_name = "plain"
     max_examples = 40
+    expect_secure = False
 
 
 class TestPluginPlainContract(BackendContract):
@@ -14,6 +15,7 @@ class TestPluginPlainContract(BackendContract):
 
     backend_name = "plugin_plain"
     max_examples = 10
+    expect_secure = False  # inherited from plain: the capability, not the name, decides
 
 
 class TestPaillierContract(BackendContract):
@@ -22,12 +24,14 @@ class TestPaillierContract(BackendContract):
     backend_params = {"key_bits": 1024, "workers": 1}
     max_examples = 15
     max_len = 8
+    expect_secure = False  # ~80-bit: runs in a federation only with [crypto] insecure = true
 
 
 class TestPaillierPackedContract(BackendContract):
     backend_name = "paillier"
     backend_params = {"key_bits": 1024, "workers": 1, "packed": True}
     max_examples = 15
+    expect_secure = False
 
 
 class TestCKKSContract(BackendContract):

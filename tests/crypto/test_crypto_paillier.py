@@ -234,6 +234,16 @@ def test_small_keys_warn_and_defaults_are_sane():
     assert packed.supports == ("add", "add_plain", "sum", "mul_int")
 
 
+@pytest.mark.parametrize(("key_bits", "secure", "bits"), [(1024, False, 80), (2048, True, 112), (3072, True, 128), (4096, True, 152)])
+def test_confidentiality_follows_the_key_size(key_bits, secure, bits):
+    conf = PaillierBackend(key_bits=key_bits, workers=1).confidentiality()
+    assert (conf.secure, conf.security_bits) == (secure, bits)
+    if not secure:
+        # what the federation config's error names: the parameter and its security level
+        assert conf.param == "key_bits" and "1024-bit" in conf.reason and "~80-bit" in conf.reason
+    assert PaillierBackend(key_bits=key_bits, workers=1, packed=True).info().secure is secure
+
+
 def test_missing_gmpy2_fails_loudly():
     code = (
         "import phe.util; phe.util.HAVE_GMP = False\n"

@@ -21,6 +21,7 @@ task = "horizontal"
 {federation}
 [crypto]
 backend = "plain"
+insecure = true
 [training]
 rounds = 1
 {training}
@@ -39,6 +40,7 @@ S_BASE = """[federation]
 task = "statistics"
 [crypto]
 backend = "plain"
+insecure = true
 {privacy}
 [statistics]
 {statistics}
@@ -54,6 +56,7 @@ V_BASE = """[federation]
 task = "vertical"
 [crypto]
 backend = "plain"
+insecure = true
 [training]
 rounds = 1
 [data]
@@ -106,6 +109,16 @@ def v(data: str = "", host: str = "host.csv") -> str:
     return V_BASE.format(data=data, host=host)
 
 
+def secure(text: str, backend: str = "ckks") -> str:
+    """A config without ``insecure = true``, on a real backend (``params`` lines may follow)."""
+    return text.replace('backend = "plain"\ninsecure = true\n', f'backend = "{backend}"\n')
+
+
+BUILTIN3 = ('[federation]\ntask = "horizontal"\n[data]\nsource = "sklearn:breast_cancer"\nlabel = "target"\n'
+            'partition = {silos = 3}\n')
+INSECURE_HINT = "set [crypto] insecure = true to run it (tests and baselines only)"
+
+
 # (id, config text or None, command line with {cfg} / {tmp} placeholders, exit code, fragments)
 CASES = [
     # --- config values of the wrong type or out of range --------------------------------------
@@ -129,10 +142,38 @@ CASES = [
     ("backend-unknown-flag", h(), ["simulate", "{cfg}", "--backend", "nope"], 2,
      ["--backend: unknown crypto backend 'nope'"]),
     ("builtin-label-is-a-feature",
-     '[federation]\ntask = "horizontal"\n[crypto]\nbackend = "plain"\n[data]\nsource = "sklearn:breast_cancer"\n'
+     '[federation]\ntask = "horizontal"\n[crypto]\nbackend = "plain"\ninsecure = true\n[data]\nsource = "sklearn:breast_cancer"\n'
      'label = "mean radius"\npartition = {silos = 2}\n', ["simulate", "{cfg}"], 2,
      ["label = 'mean radius' is a feature of sklearn:breast_cancer"]),
     ("config-is-a-directory", None, ["simulate", "{tmp}/adir"], 2, ["adir: is a directory, not a config file"]),
+    # --- insecure settings need [crypto] insecure = true (refused before anything runs) --------
+    ("plain-without-insecure", secure(h(), backend="plain"), ["simulate", "{cfg}", "--json", "{tmp}/r.json"], 2,
+     ["fed.toml: key 'crypto.backend': 'plain' does not encrypt; " + INSECURE_HINT]),
+    ("plugin-plain-without-insecure", secure(h(), backend="plugin_plain"), ["simulate", "{cfg}", "--json", "{tmp}/r.json"],
+     2, ["fed.toml: key 'crypto.backend': 'plugin_plain' does not encrypt"]),
+    ("paillier-1024-bit-key", secure(h(), backend="paillier").replace("[training]", "params = {key_bits = 1024}\n[training]"),
+     ["simulate", "{cfg}", "--json", "{tmp}/r.json"], 2,
+     ["fed.toml: key 'crypto.params.key_bits': 1024-bit Paillier keys give ~80-bit security", INSECURE_HINT]),
+    ("paillier-bad-param-named-at-load", secure(h(), backend="paillier").replace("[training]", "params = {key_bits = 1000}\n[training]"),
+     ["simulate", "{cfg}", "--json", "{tmp}/r.json"], 2,
+     ["fed.toml: key 'crypto.params': paillier: key_bits must be one of"]),
+    ("backend-plain-flag", BUILTIN3, ["simulate", "{cfg}", "--backend", "plain", "--json", "{tmp}/r.json"], 2,
+     ["--backend plain: 'plain' does not encrypt; set [crypto] insecure = true in", "fed.toml to run it"]),
+    ("vertical-without-dp", secure(v()), ["simulate", "{cfg}", "--json", "{tmp}/r.json"], 2,
+     ["fed.toml: key 'privacy': vertical training without [privacy]", "recovers the guest's labels", INSECURE_HINT]),
+    ("vertical-dp-turned-off-by-flag", secure(v()) + "[privacy]\nepsilon = 8\n",
+     ["simulate", "{cfg}", "--epsilon", "0", "--json", "{tmp}/r.json"], 2,
+     ["--epsilon 0: vertical training without [privacy]", "insecure = true in"]),
+    ("two-silos-without-dp", secure(h()), ["simulate", "{cfg}", "--json", "{tmp}/r.json"], 2,
+     ["fed.toml: key 'silos': a horizontal job with exactly 2 silos lets each silo compute the other's",
+      'silo-level DP ([privacy] level = "silo")', INSECURE_HINT]),
+    ("two-silos-record-level-dp", secure(h(extra='[privacy]\nepsilon = 8\nlevel = "record"\n')),
+     ["simulate", "{cfg}", "--json", "{tmp}/r.json"], 2, ["fed.toml: key 'silos': a horizontal job with exactly 2 silos"]),
+    ("two-silos-by-flag", BUILTIN3, ["simulate", "{cfg}", "--silos", "2", "--json", "{tmp}/r.json"], 2,
+     ["--silos 2: a horizontal job with exactly 2 silos"]),
+    ("stats-two-silos", secure(s('columns = ["x1"]\nqueries = ["count"]'), backend="paillier"),
+     ["stats", "{cfg}", "--json", "{tmp}/r.json"], 2,
+     ["fed.toml: key 'silos': a statistics job with exactly 2 silos lets each silo compute the other's statistics"]),
     # --- federation shape -------------------------------------------------------------------
     ("min-silos-above-silo-count", h(federation="min_silos = 5"), ["simulate", "{cfg}"], 2,
      ["federation.min_silos = 5", "only 2 silo(s)"]),

@@ -29,7 +29,7 @@ def test_version_through_console_script() -> None:
 
 def test_simulate_writes_results_contract(tmp_path: Path) -> None:
     out = tmp_path / "results.json"
-    res = run("simulate", HOSPITALS, "--backend", "plain", "--rounds", "2", "--seed", "1", "--json", out,
+    res = run("simulate", HOSPITALS, "--backend", "plain", "--insecure", "--rounds", "2", "--seed", "1", "--json", out,
               "--ledger-dir", tmp_path / "ledgers", "--quiet")
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
@@ -52,13 +52,16 @@ def test_simulate_writes_results_contract(tmp_path: Path) -> None:
 
 def test_budget_is_enforced_across_runs_sharing_a_ledger(tmp_path: Path) -> None:
     ledgers = tmp_path / "ledgers"
-    first = run("simulate", HOSPITALS, "--backend", "plain", "--rounds", "2", "--ledger-dir", ledgers, "--quiet")
+    first = run("simulate", HOSPITALS, "--backend", "plain", "--insecure", "--rounds", "2", "--ledger-dir", ledgers, "--quiet")
     assert first.exit_code == 0, first.output
     # budgets are 10 per hospital; a second eps=8 job cannot fit: each hospital stops
     # participating when its next release would cross 10, and no ledger ever passes it
-    second = run("simulate", HOSPITALS, "--backend", "plain", "--rounds", "2", "--ledger-dir", ledgers, "--quiet")
+    second = run("simulate", HOSPITALS, "--backend", "plain", "--insecure", "--rounds", "2", "--ledger-dir", ledgers, "--quiet")
     assert "Traceback" not in second.output
-    assert "stopped participating" in second.output and "budget epsilon=10" in second.output
+    # the first job used its 8 (training calibrated so that rounds + the final metrics release
+    # compose to 8): every hospital withdraws before its release would cross 10, and the job stops
+    assert second.exit_code == 1, second.output
+    assert "stopped before" in second.output and "(privacy budget exhausted)" in second.output
     for silo in ("st_marys", "city_general", "riverside"):
         rep = run("privacy", "report", "--ledger", ledgers / f"{silo}.sqlite", "--json")
         (ds,) = json.loads(rep.stdout)["datasets"]
@@ -67,7 +70,7 @@ def test_budget_is_enforced_across_runs_sharing_a_ledger(tmp_path: Path) -> None
 
 def test_without_dp_reports_no_dp(tmp_path: Path) -> None:
     out = tmp_path / "r.json"
-    res = run("simulate", HOSPITALS, "--backend", "plain", "--rounds", "1", "--epsilon", "0", "--json", out, "--quiet",
+    res = run("simulate", HOSPITALS, "--backend", "plain", "--insecure", "--rounds", "1", "--epsilon", "0", "--json", out, "--quiet",
               "--ledger-dir", tmp_path / "l")
     assert res.exit_code == 0, res.output
     assert json.loads(out.read_text())["dp"] is None
@@ -97,7 +100,7 @@ def test_nan_in_a_silo_file_names_file_and_column(tmp_path: Path) -> None:
     (tmp_path / "a.csv").write_text("x,y\n1,0\n2,1\n3,0\n4,1\n")
     (tmp_path / "b.csv").write_text("x,y\n1,0\n,1\n3,0\n4,1\n")
     cfg = tmp_path / "fed.toml"
-    cfg.write_text('[federation]\ntask = "horizontal"\n[crypto]\nbackend = "plain"\n[data]\nlabel = "y"\n'
+    cfg.write_text('[federation]\ntask = "horizontal"\n[crypto]\nbackend = "plain"\ninsecure = true\n[data]\nlabel = "y"\n'
                    '[[silos]]\nname = "a"\ndata = "a.csv"\n[[silos]]\nname = "b"\ndata = "b.csv"\n')
     res = run("simulate", cfg, "--quiet", "--ledger-dir", tmp_path / "l")
     assert res.exit_code == 2
@@ -121,13 +124,15 @@ HOSPITAL_VERTICAL = ROOT / "examples" / "hospital_vertical" / "federation.toml"
 
 def test_simulate_vertical_example_contract(tmp_path: Path) -> None:
     out = tmp_path / "v.json"
-    res = run("simulate", HOSPITAL_VERTICAL, "--backend", "plain", "--rounds", "2", "--json", out,
+    res = run("simulate", HOSPITAL_VERTICAL, "--backend", "plain", "--insecure", "--rounds", "2", "--json", out,
               "--ledger-dir", tmp_path / "l", "--quiet")
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text())
     assert data["task"] == "vertical"
-    assert {"accuracy", "auc", "ks"} <= set(data["final"])
-    assert data["final"]["auc"] > 0.9
+    # under DP no held-out score leaves a host: the guest has no metrics, the simulation has
+    assert data["final"] == {} and data["private"] is True
+    assert {"accuracy", "auc", "ks"} <= set(data["simulation_metrics"])
+    assert data["simulation_metrics"]["auc"] > 0.9
     assert data["psi"]["intersection"] > 0
     assert all(e["epsilon"] <= 8.0 + 1e-9 for e in data["epsilon"].values())
     assert len(data["rounds"]) == 2

@@ -14,6 +14,7 @@ from pathlib import Path
 from fedsilo.errors import BudgetExceededError
 from fedsilo.privacy.events import GaussianEvent
 from fedsilo.privacy.ledger import PrivacyLedger
+from fedsilo.privacy.relations import ZERO_OUT_SILO
 
 MECH = {"name": "gaussian", "clip": 1.0}
 
@@ -21,7 +22,8 @@ MECH = {"name": "gaussian", "clip": 1.0}
 def crash(path: str) -> None:
     ledger = PrivacyLedger(path, silo="site0")
     with ledger.charge(
-        "ds", GaussianEvent(2.0), job="crash", round=1, protocol="fedavg", mechanism=MECH, recipient="aggregator"
+        "ds", GaussianEvent(2.0), job="crash", round=1, protocol="fedavg", mechanism=MECH, recipient="aggregator",
+        relation=ZERO_OUT_SILO,
     ) as res:
         print(f"RESERVED {res.epsilon_spent!r}", flush=True)
         time.sleep(120)  # the parent SIGKILLs us here: "between reserve and commit"
@@ -38,7 +40,8 @@ def race(path: str, go: str, attempts: int) -> None:
     for i in range(attempts):
         try:
             with ledger.charge(
-                "ds", GaussianEvent(2.0), job="race", round=i, protocol="fedavg", mechanism=MECH, recipient="aggregator"
+                "ds", GaussianEvent(2.0), job="race", round=i, protocol="fedavg", mechanism=MECH, recipient="aggregator",
+                relation=ZERO_OUT_SILO,
             ):
                 ok += 1
         except BudgetExceededError:

@@ -1,10 +1,13 @@
-"""PrivacyLedger: budget refusal, write-ahead crash safety, races, tamper evidence."""
+"""PrivacyLedger: budget refusal, relations, write-ahead crash safety, races, tamper evidence, anchor."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import signal
 import sqlite3
+import stat
 import subprocess
 import sys
 import time
@@ -15,7 +18,8 @@ import pytest
 from fedsilo.errors import BudgetExceededError, ConfigError, LedgerIntegrityError, PrivacyError
 from fedsilo.privacy.accounting import epsilon
 from fedsilo.privacy.events import ComposedEvent, GaussianEvent, LaplaceEvent
-from fedsilo.privacy.ledger import DatasetReport, LedgerEntry, PrivacyLedger
+from fedsilo.privacy.ledger import DatasetReport, LedgerEntry, PrivacyLedger, anchor_path, key_path
+from fedsilo.privacy.relations import ADD_REMOVE_RECORD, REPLACE_RECORD, ZERO_OUT_SILO
 
 WORKER = Path(__file__).with_name("_ledger_worker.py")
 REPO = Path(__file__).resolve().parents[2]
@@ -23,9 +27,9 @@ DELTA = 1e-5
 MECH = {"name": "gaussian", "clip": 1.0, "sigma": 1.1}
 
 
-def charge(ledger: PrivacyLedger, event=GaussianEvent(1.1), dataset: str = "ds", round: int = 0, level: str = "silo"):  # type: ignore[no-untyped-def]
+def charge(ledger: PrivacyLedger, event=GaussianEvent(1.1), dataset: str = "ds", round: int = 0, relation: str = ZERO_OUT_SILO):  # type: ignore[no-untyped-def]
     return ledger.charge(
-        dataset, event, job="job1", round=round, protocol="fedavg", mechanism=MECH, recipient="aggregator", level=level
+        dataset, event, job="job1", round=round, protocol="fedavg", mechanism=MECH, recipient="aggregator", relation=relation
     )
 
 
@@ -121,13 +125,14 @@ def test_entries_record_everything(ledger: PrivacyLedger) -> None:
     ledger.register_dataset("ds", epsilon=50.0, delta=DELTA)
     with ledger.charge(
         "ds", GaussianEvent(1.1, 0.5, 4), job="j9", round=7, protocol="stats", mechanism={"name": "dgauss", "g": 2.0**-16},
-        recipient="guest", level="record",
+        recipient="guest", relation=ADD_REMOVE_RECORD,
     ) as res:
         assert res.status == "reserved"
     assert res.status == "committed"
     (e,) = ledger.entries("ds")
     assert isinstance(e, LedgerEntry)
     assert (e.job, e.round, e.protocol, e.recipient, e.level, e.status) == ("j9", 7, "stats", "guest", "record", "committed")
+    assert e.relation == ADD_REMOVE_RECORD and res.relation == ADD_REMOVE_RECORD
     assert dict(e.mechanism) == {"name": "dgauss", "g": 2.0**-16}
     assert e.event == GaussianEvent(1.1, 0.5, 4) and e.delta == DELTA
     assert e.epsilon_spent == pytest.approx(res.epsilon_spent) and e.finalized_at is not None
@@ -155,11 +160,13 @@ def test_exception_in_block_keeps_the_cost(ledger: PrivacyLedger) -> None:
 def test_invalid_charges_write_nothing(ledger: PrivacyLedger, ledger_path: Path) -> None:
     ledger.register_dataset("ds", epsilon=50.0, delta=DELTA)
     before = row_count(ledger_path)
-    base = dict(job="j", round=0, protocol="fedavg", mechanism=MECH, recipient="agg", level="silo")
+    base = dict(job="j", round=0, protocol="fedavg", mechanism=MECH, recipient="agg", relation=ZERO_OUT_SILO)
     bad = [
         ("nope", GaussianEvent(1.0), base),  # unregistered dataset
         ("ds", {"kind": "gaussian"}, base),  # not an event
-        ("ds", GaussianEvent(1.0), {**base, "level": "user"}),
+        ("ds", GaussianEvent(1.0), {**base, "relation": "user"}),
+        ("ds", GaussianEvent(1.0), {**base, "relation": "silo"}),  # a level is not a relation
+        ("ds", GaussianEvent(1.0), {**base, "relation": None}),
         ("ds", GaussianEvent(1.0), {**base, "round": -1}),
         ("ds", GaussianEvent(1.0), {**base, "job": ""}),
         ("ds", GaussianEvent(1.0), {**base, "mechanism": {"sigma": float("nan")}}),
@@ -168,6 +175,10 @@ def test_invalid_charges_write_nothing(ledger: PrivacyLedger, ledger_path: Path)
     for dataset, event, kwargs in bad:
         with pytest.raises((ConfigError, PrivacyError)):
             ledger.charge(dataset, event, **kwargs)  # type: ignore[arg-type]
+    with pytest.raises(TypeError):  # `level=` is gone: the level is derived from the relation
+        ledger.charge("ds", GaussianEvent(1.0), job="j", round=0, protocol="p", mechanism=MECH, recipient="a", level="silo")  # type: ignore[call-arg]
+    with pytest.raises(TypeError):  # and the relation is required
+        ledger.charge("ds", GaussianEvent(1.0), job="j", round=0, protocol="p", mechanism=MECH, recipient="a")  # type: ignore[call-arg]
     assert row_count(ledger_path) == before
 
 
@@ -177,22 +188,29 @@ def test_report_and_levels(ledger: PrivacyLedger) -> None:
     ledger.register_dataset("c", epsilon=1.0, delta=1e-6)
     with charge(ledger, dataset="a"):
         pass
-    with charge(ledger, event=LaplaceEvent(0.5), dataset="b", level="silo"):
+    with charge(ledger, event=LaplaceEvent(0.5), dataset="b", relation=ZERO_OUT_SILO):
         pass
-    with charge(ledger, event=GaussianEvent(5.0), dataset="b", level="record"):
+    with charge(ledger, event=GaussianEvent(5.0), dataset="b", relation=ADD_REMOVE_RECORD):
         pass
     charge(ledger, event=LaplaceEvent(0.1), dataset="b", round=2)  # pending
     reports = {r.dataset: r for r in ledger.report()}
     assert all(isinstance(r, DatasetReport) for r in reports.values())
     a, b, c = reports["a"], reports["b"], reports["c"]
     assert (a.releases, a.committed, a.pending, a.level, a.accountant) == (1, 1, 0, "silo", "rdp")
-    assert (b.releases, b.committed, b.pending, b.level) == (3, 2, 1, "record")
+    assert a.relation == ZERO_OUT_SILO  # a silo-level-only dataset is silo level, never record
+    assert (b.releases, b.committed, b.pending, b.level, b.relation) == (3, 2, 1, "record", ADD_REMOVE_RECORD)
+    # the silo-level releases are re-counted per record: Laplace eps doubles
     assert b.spent == pytest.approx(
-        epsilon(ComposedEvent((LaplaceEvent(0.5), GaussianEvent(5.0), LaplaceEvent(0.1))), delta=1e-6)
+        epsilon(ComposedEvent((LaplaceEvent(1.0), GaussianEvent(5.0), LaplaceEvent(0.2))), delta=1e-6)
     )
+    assert b.spent > epsilon(ComposedEvent((LaplaceEvent(0.5), GaussianEvent(5.0), LaplaceEvent(0.1))), delta=1e-6)
     assert b.remaining == pytest.approx(5.0 - b.spent)
-    assert (c.releases, c.spent, c.remaining, c.level) == (0, 0.0, 1.0, None)
-    assert set(a.to_json()) >= {"dataset", "epsilon_budget", "delta", "spent", "remaining", "releases"}
+    assert ledger.spent("b") == pytest.approx(b.spent) and ledger.remaining("b") == pytest.approx(b.remaining)
+    assert (c.releases, c.spent, c.remaining, c.level, c.relation) == (0, 0.0, 1.0, None, None)
+    assert set(a.to_json()) >= {"dataset", "epsilon_budget", "delta", "spent", "remaining", "releases", "relation", "level"}
+    assert a.to_json()["relation"] == ZERO_OUT_SILO and c.to_json()["relation"] is None
+    assert [e.relation for e in ledger.entries("b")] == [ZERO_OUT_SILO, ADD_REMOVE_RECORD, ZERO_OUT_SILO]
+    assert [e.level for e in ledger.entries("b")] == ["silo", "record", "silo"]
 
 
 def test_reopen_checks_silo_and_accountant(ledger_path: Path) -> None:
@@ -235,6 +253,8 @@ def _populated(path: Path) -> None:
         "DELETE FROM entries WHERE seq = (SELECT MAX(seq) FROM entries)",
         "DELETE FROM entries WHERE kind = 'reserve'",
         "INSERT INTO entries (seq, kind, time, dataset, prev_hash, hash) VALUES (100, 'commit', 't', 'ds', 'x', 'y')",
+        "UPDATE entries SET relation = 'add-remove-record', level = 'record' WHERE seq = 2",
+        "UPDATE entries SET relation = 'replace-record' WHERE seq = 4",
         "UPDATE meta SET value = 'site9' WHERE key = 'silo'",
     ],
 )
@@ -335,3 +355,391 @@ def test_racing_processes_never_jointly_exceed_the_budget(ledger_path: Path, tmp
         led.verify()
         assert len(led.entries("ds")) == fits
         assert led.spent("ds") <= budget
+        # every process advanced the anchor after each of its commits; none moved it backwards
+        assert led.anchored == led.head
+
+
+# ----------------------------------------------------------------------------- neighbouring relations
+
+
+def _snapshot(path: Path) -> tuple[int, bytes]:
+    """Row count and anchor bytes: what a refused charge must leave untouched."""
+    return row_count(path), anchor_path(path).read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("first", "second", "names"),
+    [
+        # a Poisson-subsampled silo-level event cannot be re-counted per record
+        ((GaussianEvent(2.0, 0.5, 3), ZERO_OUT_SILO), (GaussianEvent(2.0), ADD_REMOVE_RECORD), (ZERO_OUT_SILO, ADD_REMOVE_RECORD)),
+        # DP-SGD (add/remove, q < 1) has no sound replace-one form
+        ((GaussianEvent(1.0, 0.01, 100), ADD_REMOVE_RECORD), (GaussianEvent(2.0), REPLACE_RECORD), (ADD_REMOVE_RECORD, REPLACE_RECORD)),
+        ((GaussianEvent(1.0, 0.01, 100), ADD_REMOVE_RECORD), (LaplaceEvent(0.1), REPLACE_RECORD), (ADD_REMOVE_RECORD, REPLACE_RECORD)),
+        # ... in either order: the new release is the subsampled one
+        ((GaussianEvent(2.0), REPLACE_RECORD), (GaussianEvent(1.0, 0.01, 100), ADD_REMOVE_RECORD), (ADD_REMOVE_RECORD, REPLACE_RECORD)),
+        ((LaplaceEvent(0.3), ADD_REMOVE_RECORD), (GaussianEvent(2.0, 0.2), ZERO_OUT_SILO), (ZERO_OUT_SILO, ADD_REMOVE_RECORD)),
+        # a composition is converted element-wise: one subsampled element refuses all of it
+        (
+            (ComposedEvent((GaussianEvent(3.0), GaussianEvent(2.0, 0.5))), ZERO_OUT_SILO),
+            (LaplaceEvent(0.1), REPLACE_RECORD),
+            (ZERO_OUT_SILO, REPLACE_RECORD),
+        ),
+    ],
+)
+def test_mixed_relations_that_cannot_be_converted_are_refused(
+    ledger: PrivacyLedger, ledger_path: Path, first: tuple, second: tuple, names: tuple[str, str]  # type: ignore[type-arg]
+) -> None:
+    ledger.register_dataset("ds", epsilon=1000.0, delta=DELTA)
+    with charge(ledger, event=first[0], relation=first[1]):
+        pass
+    before, spent = _snapshot(ledger_path), ledger.spent("ds")
+    released = []
+    with pytest.raises(PrivacyError) as info:
+        with charge(ledger, event=second[0], relation=second[1], round=1):
+            released.append(True)
+    assert not released and not isinstance(info.value, BudgetExceededError)
+    message = str(info.value)
+    for name in names:
+        assert repr(name) in message, message
+    assert "site0" in message and "'ds'" in message and "nothing was written" in message
+    assert _snapshot(ledger_path) == before and ledger.spent("ds") == spent
+    assert [e.relation for e in ledger.entries("ds")] == [first[1]]
+    ledger.verify()
+    # the same release under the dataset's own relation is still accepted
+    with charge(ledger, event=second[0], relation=first[1], round=2):
+        pass
+
+
+def test_silo_level_releases_are_recounted_per_record(ledger: PrivacyLedger) -> None:
+    # silo_level.toml's shape: 8 rounds at z = 1.7 (q = 1) ...
+    ledger.register_dataset("ds", epsilon=100.0, delta=DELTA)
+    for r in range(8):
+        with charge(ledger, event=GaussianEvent(1.7), round=r, relation=ZERO_OUT_SILO):
+            pass
+    silo = epsilon(GaussianEvent(1.7, 1.0, 8), delta=DELTA)
+    (rep,) = ledger.report()
+    assert (rep.relation, rep.level) == (ZERO_OUT_SILO, "silo") and rep.spent == pytest.approx(silo)
+    # ... then one DP-SGD release: the silo-level rounds now count at z/2 for every record
+    dpsgd = GaussianEvent(1.0, 0.01, 100)
+    with charge(ledger, event=dpsgd, round=8, relation=ADD_REMOVE_RECORD) as res:
+        pass
+    expected = epsilon(ComposedEvent((GaussianEvent(0.85, 1.0, 8), dpsgd)), delta=DELTA)
+    (rep,) = ledger.report()
+    assert (rep.relation, rep.level) == (ADD_REMOVE_RECORD, "record")
+    assert rep.spent == pytest.approx(expected) and res.epsilon_spent == pytest.approx(expected)
+    assert rep.spent > 2 * silo  # not the silo-level number
+    assert ledger.entries()[-1].epsilon_spent == pytest.approx(expected)
+
+
+def test_budget_check_uses_the_converted_events(ledger: PrivacyLedger, ledger_path: Path) -> None:
+    silo = epsilon(GaussianEvent(2.0, 1.0, 2), delta=DELTA)
+    naive = epsilon(GaussianEvent(2.0, 1.0, 3), delta=DELTA)  # as if all three were one relation
+    converted = epsilon(GaussianEvent(1.0, 1.0, 3), delta=DELTA)  # the silo rounds per record
+    assert naive < converted
+    ledger.register_dataset("ds", epsilon=(naive + converted) / 2, delta=DELTA)
+    for r in range(2):
+        with charge(ledger, event=GaussianEvent(2.0), round=r, relation=ZERO_OUT_SILO):
+            pass
+    assert ledger.spent("ds") == pytest.approx(silo)
+    rows = row_count(ledger_path)
+    with pytest.raises(BudgetExceededError) as info:
+        charge(ledger, event=GaussianEvent(1.0), round=2, relation=REPLACE_RECORD)
+    assert info.value.requested == pytest.approx(converted) and info.value.spent == pytest.approx(silo)
+    assert row_count(ledger_path) == rows
+    # under the silo relation the same noise still fits
+    with charge(ledger, event=GaussianEvent(2.0), round=2, relation=ZERO_OUT_SILO):
+        pass
+
+
+def test_v1_ledger_is_refused(ledger_path: Path) -> None:
+    ledger_path.parent.mkdir(parents=True)
+    with sqlite3.connect(ledger_path) as c:
+        c.execute("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        c.execute(
+            "CREATE TABLE entries (seq INTEGER PRIMARY KEY, kind TEXT NOT NULL, time TEXT NOT NULL, "
+            "dataset TEXT NOT NULL, reservation TEXT, job TEXT, round INTEGER, protocol TEXT, "
+            "mechanism TEXT, event TEXT, recipient TEXT, level TEXT, epsilon REAL, delta REAL, "
+            "note TEXT, prev_hash TEXT NOT NULL, hash TEXT NOT NULL UNIQUE)"
+        )
+        genesis = hashlib.sha256(b'{"accountant":"rdp","fedsilo_ledger":1,"silo":"site0"}').hexdigest()
+        c.executemany(
+            "INSERT INTO meta VALUES (?, ?)",
+            [("schema_version", "1"), ("silo", "site0"), ("accountant", "rdp"), ("head_seq", "0"), ("head_hash", genesis)],
+        )
+    for opener in (lambda: PrivacyLedger(ledger_path, silo="site0"), lambda: PrivacyLedger.open(ledger_path)):
+        with pytest.raises(ConfigError, match="predates neighbouring relations"):
+            opener()
+    assert not anchor_path(ledger_path).exists() and not key_path(ledger_path).exists()
+    with sqlite3.connect(ledger_path) as c:  # untouched
+        assert c.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()[0] == "1"
+
+
+# ----------------------------------------------------------------------------- anchor: rollback and truncation
+
+
+def _releases(path: Path, rounds: range) -> None:
+    with PrivacyLedger(path, silo="site0") as led:
+        led.register_dataset("ds", epsilon=100.0, delta=DELTA)
+        for r in rounds:
+            with charge(led, round=r):
+                pass
+
+
+def _copy_db(src: Path, dst: Path) -> None:
+    for suffix in ("-wal", "-shm"):
+        Path(str(dst) + suffix).unlink(missing_ok=True)
+    shutil.copyfile(src, dst)
+
+
+def test_new_ledger_creates_key_and_anchor(ledger_path: Path) -> None:
+    old = os.umask(0o000)  # even a permissive umask gives a private key
+    try:
+        with PrivacyLedger(ledger_path, silo="site0") as led:
+            assert (led.anchor_path, led.key_path) == (anchor_path(ledger_path), key_path(ledger_path))
+            assert led.anchored == led.head and led.head[0] == 0
+    finally:
+        os.umask(old)
+    key = key_path(ledger_path)
+    assert key.name == "privacy.sqlite.key" and anchor_path(ledger_path).name == "privacy.sqlite.anchor"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600 and len(key.read_bytes()) == 32
+    anchor = json.loads(anchor_path(ledger_path).read_text())
+    assert set(anchor) == {"fedsilo_anchor", "silo", "seq", "hash", "mac"} and anchor["seq"] == 0
+    assert not list(ledger_path.parent.glob("*.tmp")) and not list(ledger_path.parent.glob("*.new"))
+    # a second ledger gets its own key
+    other = ledger_path.with_name("other.sqlite")
+    PrivacyLedger(other, silo="site0").close()
+    assert key_path(other).read_bytes() != key.read_bytes()
+
+
+def test_anchor_follows_every_committed_row(ledger: PrivacyLedger) -> None:
+    ledger.register_dataset("ds", epsilon=100.0, delta=DELTA)
+    assert ledger.anchored == ledger.head == (1, ledger.head[1])
+    res = charge(ledger)
+    assert ledger.anchored == ledger.head and ledger.head[0] == 2  # the reservation is anchored
+    res.commit()
+    assert ledger.anchored == ledger.head and ledger.head[0] == 3
+
+
+def test_restoring_an_earlier_copy_of_the_database_is_detected(ledger_path: Path, tmp_path: Path) -> None:
+    _releases(ledger_path, range(3))
+    aside = tmp_path / "aside.sqlite"
+    _copy_db(ledger_path, aside)
+    _releases(ledger_path, range(3, 6))
+    _copy_db(aside, ledger_path)  # roll the database back: a valid, shorter chain
+    with PrivacyLedger.open(ledger_path) as led:
+        with pytest.raises(LedgerIntegrityError, match=r"ends at seq 7 but its anchor .*privacy\.sqlite\.anchor records seq 13: the database was rolled back or truncated"):
+            led.verify()
+        for read in (lambda: led.spent("ds"), led.report, led.entries, lambda: led.head):
+            with pytest.raises(LedgerIntegrityError, match="rolled back"):
+                read()
+        with pytest.raises(LedgerIntegrityError):
+            charge(led, round=9)
+    assert row_count(ledger_path) == 7
+
+
+def test_truncating_rows_and_rewriting_the_head_is_detected(ledger_path: Path) -> None:
+    _releases(ledger_path, range(3))
+    with sqlite3.connect(ledger_path) as c:
+        (h4,) = c.execute("SELECT hash FROM entries WHERE seq = 4").fetchone()
+        c.execute("DELETE FROM entries WHERE seq > 4")
+        c.execute("UPDATE meta SET value = '4' WHERE key = 'head_seq'")
+        c.execute("UPDATE meta SET value = ? WHERE key = 'head_hash'", (h4,))
+    with PrivacyLedger.open(ledger_path) as led:
+        with pytest.raises(LedgerIntegrityError, match=r"ends at seq 4 but its anchor .* records seq 7: the database was rolled back or truncated"):
+            led.verify()
+        n = row_count(ledger_path)
+        with pytest.raises(LedgerIntegrityError):
+            charge(led, round=9)
+        assert row_count(ledger_path) == n
+
+
+def test_deleting_every_row_is_detected(ledger_path: Path) -> None:
+    _releases(ledger_path, range(3))
+    with sqlite3.connect(ledger_path) as c:
+        (first_prev,) = c.execute("SELECT prev_hash FROM entries WHERE seq = 1").fetchone()
+        c.execute("DELETE FROM entries")
+        c.execute("UPDATE meta SET value = '0' WHERE key = 'head_seq'")
+        c.execute("UPDATE meta SET value = ? WHERE key = 'head_hash'", (first_prev,))
+    with PrivacyLedger(ledger_path, silo="site0") as led:  # reopening does not "start afresh"
+        with pytest.raises(LedgerIntegrityError, match="ends at seq 0 but its anchor .* records seq 7"):
+            led.verify()
+        with pytest.raises(LedgerIntegrityError):
+            led.register_dataset("ds", epsilon=100.0, delta=DELTA)
+    assert row_count(ledger_path) == 0
+
+
+def test_replacing_the_database_by_a_fresh_one_is_detected(ledger_path: Path) -> None:
+    _releases(ledger_path, range(2))
+    for suffix in ("", "-wal", "-shm"):
+        Path(str(ledger_path) + suffix).unlink(missing_ok=True)
+    with PrivacyLedger(ledger_path, silo="site0") as led:
+        with pytest.raises(LedgerIntegrityError, match="ends at seq 0 but its anchor .* records seq 5"):
+            led.verify()
+
+
+def test_a_different_database_at_the_anchored_seq_is_detected(ledger_path: Path, tmp_path: Path) -> None:
+    _releases(ledger_path, range(2))
+    other = tmp_path / "other" / "privacy.sqlite"
+    _releases(other, range(3))  # same silo, same accountant, more rows, another history
+    _copy_db(other, ledger_path)
+    with PrivacyLedger.open(ledger_path) as led:
+        with pytest.raises(LedgerIntegrityError, match="entry seq=5 is not the one its anchor"):
+            led.verify()
+
+
+def test_database_ahead_of_the_anchor_is_accepted(ledger_path: Path) -> None:
+    """A crash between a row's commit and the anchor's advance leaves the database ahead."""
+    _releases(ledger_path, range(2))
+    lagging = anchor_path(ledger_path).read_bytes()  # an authentic, older anchor
+    _releases(ledger_path, range(2, 3))
+    anchor_path(ledger_path).write_bytes(lagging)
+    with PrivacyLedger.open(ledger_path) as led:
+        led.verify()
+        assert led.anchored[0] == 5 and led.head[0] == 7
+        with charge(led, round=9):  # the next commit moves the anchor to the tail again
+            pass
+        assert led.anchored == led.head
+
+
+def test_the_anchor_never_moves_backwards(ledger: PrivacyLedger, ledger_path: Path) -> None:
+    ledger.register_dataset("ds", epsilon=100.0, delta=DELTA)
+    with charge(ledger):
+        pass
+    early = ledger.entries()[0]
+    with sqlite3.connect(ledger_path) as c:
+        (h2,) = c.execute("SELECT hash FROM entries WHERE seq = ?", (early.seq,)).fetchone()
+    head = ledger.head
+    # a process that lost the race to a later row tries to anchor its own, earlier row
+    ledger._advance_anchor(early.seq, h2)
+    assert ledger.anchored == head
+    with PrivacyLedger(ledger_path, silo="site0") as second:  # two objects, one ledger
+        with charge(second, round=1):
+            pass
+        assert ledger.anchored == second.head
+    ledger._advance_anchor(head[0], head[1])
+    assert ledger.anchored[0] == head[0] + 2
+
+
+def test_missing_anchor_is_detected(ledger_path: Path) -> None:
+    _releases(ledger_path, range(1))
+    anchor_path(ledger_path).unlink()
+    with PrivacyLedger(ledger_path, silo="site0") as led:  # reopening does not recreate it
+        with pytest.raises(LedgerIntegrityError, match=r"anchor .*privacy\.sqlite\.anchor is missing"):
+            led.verify()
+        n = row_count(ledger_path)
+        with pytest.raises(LedgerIntegrityError, match="missing"):
+            charge(led, round=1)
+        assert row_count(ledger_path) == n
+    assert not anchor_path(ledger_path).exists()
+
+
+@pytest.mark.parametrize(
+    "forge",
+    [
+        lambda a: {**a, "seq": a["seq"] - 2},  # edited without the key
+        lambda a: {**a, "hash": "0" * 64},
+        lambda a: {**a, "mac": "0" * 64},
+        lambda a: {**a, "silo": "site9"},
+        lambda a: {k: v for k, v in a.items() if k != "mac"},
+        lambda a: "not an object",
+    ],
+)
+def test_forged_anchor_is_detected(ledger_path: Path, forge) -> None:  # type: ignore[no-untyped-def]
+    _releases(ledger_path, range(2))
+    path = anchor_path(ledger_path)
+    path.write_text(json.dumps(forge(json.loads(path.read_text()))))
+    with PrivacyLedger.open(ledger_path) as led:
+        with pytest.raises(LedgerIntegrityError, match="anchor"):
+            led.verify()
+        with pytest.raises(LedgerIntegrityError):
+            charge(led, round=5)
+
+
+def test_anchor_under_another_key_is_detected(ledger_path: Path, tmp_path: Path) -> None:
+    _releases(ledger_path, range(1))
+    other = tmp_path / "o" / "privacy.sqlite"
+    _releases(other, range(1))  # identical history (same silo, same rows but times), another key
+    shutil.copyfile(anchor_path(other), anchor_path(ledger_path))
+    with PrivacyLedger.open(ledger_path) as led:
+        with pytest.raises(LedgerIntegrityError, match="does not authenticate under its key"):
+            led.verify()
+    (tmp_path / "junk.anchor").write_bytes(b"\xff\xfe" * 10)
+    shutil.copyfile(tmp_path / "junk.anchor", anchor_path(ledger_path))
+    with PrivacyLedger.open(ledger_path) as led:
+        with pytest.raises(LedgerIntegrityError, match="not valid JSON"):
+            led.verify()
+
+
+def test_missing_key_for_a_ledger_with_rows_is_detected(ledger_path: Path) -> None:
+    _releases(ledger_path, range(1))
+    key_path(ledger_path).unlink()
+    with PrivacyLedger(ledger_path, silo="site0") as led:  # reopening does not create a new key
+        with pytest.raises(LedgerIntegrityError, match=r"has 3 entries but its key file .*privacy\.sqlite\.key is missing"):
+            led.verify()
+        with pytest.raises(LedgerIntegrityError):
+            charge(led, round=1)
+    assert not key_path(ledger_path).exists()
+
+
+def test_wiping_rows_and_key_does_not_start_afresh_while_the_anchor_remembers(ledger_path: Path) -> None:
+    _releases(ledger_path, range(2))
+    with sqlite3.connect(ledger_path) as c:
+        (first_prev,) = c.execute("SELECT prev_hash FROM entries WHERE seq = 1").fetchone()
+        c.execute("DELETE FROM entries")
+        c.execute("UPDATE meta SET value = '0' WHERE key = 'head_seq'")
+        c.execute("UPDATE meta SET value = ? WHERE key = 'head_hash'", (first_prev,))
+    key_path(ledger_path).unlink()
+    with PrivacyLedger(ledger_path, silo="site0") as led:
+        with pytest.raises(LedgerIntegrityError, match="key file .* is missing"):
+            led.verify()
+    assert not key_path(ledger_path).exists()
+
+
+def test_interrupted_creation_is_completed(ledger_path: Path) -> None:
+    """A crash after the genesis anchor but before the key was put in place: no rows, no key."""
+    PrivacyLedger(ledger_path, silo="site0").close()
+    key_path(ledger_path).unlink()
+    key_path(ledger_path).with_name(key_path(ledger_path).name + ".new").write_bytes(b"half")
+    with PrivacyLedger(ledger_path, silo="site0") as led:
+        led.verify()
+        led.register_dataset("ds", epsilon=1.0, delta=DELTA)
+        assert led.anchored == led.head
+    assert len(key_path(ledger_path).read_bytes()) == 32
+
+
+@pytest.mark.parametrize("mode", [0o640, 0o604, 0o620, 0o602, 0o644, 0o666])
+def test_key_accessible_by_others_is_refused(ledger_path: Path, mode: int) -> None:
+    _releases(ledger_path, range(1))
+    key_path(ledger_path).chmod(mode)
+    with pytest.raises(ConfigError, match=r"accessible by group or others .*chmod 600"):
+        PrivacyLedger(ledger_path, silo="site0")
+    with pytest.raises(ConfigError, match="accessible by group or others"):
+        PrivacyLedger.open(ledger_path)
+    key_path(ledger_path).chmod(0o600)
+    with PrivacyLedger(ledger_path, silo="site0") as led:
+        led.verify()
+        key_path(ledger_path).chmod(mode)  # loosened while open: refused on the next use
+        with pytest.raises(ConfigError, match="accessible by group or others"):
+            led.verify()
+        n = row_count(ledger_path)
+        with pytest.raises(ConfigError):
+            charge(led, round=1)
+        assert row_count(ledger_path) == n
+
+
+def test_key_symlink_or_wrong_size_is_refused(ledger_path: Path, tmp_path: Path) -> None:
+    _releases(ledger_path, range(1))
+    key = key_path(ledger_path)
+    real = tmp_path / "real.key"
+    real.write_bytes(key.read_bytes())
+    real.chmod(0o600)
+    key.unlink()
+    key.symlink_to(real)
+    with pytest.raises(LedgerIntegrityError, match="symbolic link"):
+        PrivacyLedger(ledger_path, silo="site0")
+    key.unlink()
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    os.write(fd, b"short")
+    os.close(fd)
+    with pytest.raises(LedgerIntegrityError, match="expected 32 bytes, found 5"):
+        PrivacyLedger(ledger_path, silo="site0")

@@ -2,9 +2,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, ClassVar
 
 import pytest
 
+from fedsilo.crypto.base import Confidentiality
+from fedsilo.crypto.plain import PlainBackend
+from fedsilo.crypto.registry import register_backend
 from fedsilo.errors import ConfigError
 from fedsilo.silos.config import apply_overrides, load_config, parse_config
 
@@ -90,3 +94,138 @@ def test_silos_override_needs_builtin_data() -> None:
     cfg = parse_config({"federation": {"task": "statistics"}, "statistics": {"columns": ["a"]}, "silos": [{"name": "a", "data": "a.csv"}]})
     with pytest.raises(ConfigError, match="--silos applies only"):
         apply_overrides(cfg, silos=3)
+
+
+# ------------------------------------------------------------------ [crypto] insecure = true
+class _ThinKeys(PlainBackend):
+    """A plugin-style backend that encrypts (``secure = True``) but is weak below ``bits = 128``:
+    the config asks the instance, never the backend's name."""
+
+    name: ClassVar[str] = "cfgtest_thin_keys"
+    secure: ClassVar[bool] = True
+
+    def __init__(self, *, bits: int = 128) -> None:
+        self.bits = bits
+
+    def params(self) -> dict[str, Any]:
+        return {"bits": self.bits}
+
+    def confidentiality(self) -> Confidentiality:
+        if self.bits < 128:
+            return Confidentiality(False, self.bits, reason=f"{self.bits}-bit toy keys", param="bits")
+        return Confidentiality(True, self.bits)
+
+
+register_backend(_ThinKeys)
+
+HINT = "set [crypto] insecure = true to run it (tests and baselines only)"
+VERTICAL = {
+    "federation": {"task": "vertical"},
+    "data": {"label": "y", "id_column": "id"},
+    "silos": [{"name": "g", "data": "g.csv", "role": "guest"}, {"name": "h", "data": "h.csv", "role": "host"}],
+}
+
+
+def _h(silos: int = 3, **sections: Any) -> dict[str, Any]:
+    d = {k: v for k, v in BASE.items() if k != "privacy"}
+    d["data"] = {**BASE["data"], "partition": {"kind": "iid", "silos": silos}}
+    return {**d, **sections}
+
+
+def _refused(data: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, source="fed.toml")
+    assert "\n" not in str(err.value)
+    return str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("crypto", "expected"),
+    [
+        ({"backend": "plain"}, "fed.toml: key 'crypto.backend': 'plain' does not encrypt; " + HINT),
+        ({"backend": "paillier", "params": {"key_bits": 1024}},
+         "fed.toml: key 'crypto.params.key_bits': 1024-bit Paillier keys give ~80-bit security"),
+        ({"backend": "cfgtest_thin_keys", "params": {"bits": 64}}, "fed.toml: key 'crypto.params.bits': 64-bit toy keys; " + HINT),
+    ],
+)
+def test_backends_without_confidentiality_need_insecure(crypto: dict, expected: str) -> None:
+    assert _refused(_h(crypto=crypto)).startswith(expected)
+    cfg = parse_config(_h(crypto={**crypto, "insecure": True}))
+    assert cfg.crypto.insecure is True and cfg.crypto.backend == crypto["backend"]
+
+
+@pytest.mark.parametrize(
+    "crypto",
+    [{"backend": "ckks"}, {"backend": "paillier"}, {"backend": "paillier", "params": {"key_bits": 3072}},
+     {"backend": "cfgtest_thin_keys", "params": {"bits": 128}}],
+)
+def test_confidential_backends_need_no_switch(crypto: dict) -> None:
+    assert parse_config(_h(crypto=crypto)).crypto.insecure is False
+
+
+def test_backend_params_are_checked_at_load_insecure_or_not() -> None:
+    for insecure in (False, True):
+        msg = _refused(_h(crypto={"backend": "paillier", "params": {"key_bits": 1000}, "insecure": insecure}))
+        assert msg.startswith("fed.toml: key 'crypto.params': paillier: key_bits must be one of")
+
+
+def test_vertical_without_dp_needs_insecure() -> None:
+    msg = _refused(VERTICAL)
+    assert msg.startswith("fed.toml: key 'privacy': vertical training without [privacy]") and msg.endswith(HINT)
+    assert parse_config({**VERTICAL, "crypto": {"insecure": True}}).privacy is None
+    assert parse_config({**VERTICAL, "privacy": {"epsilon": 8.0, "level": "record"}}).privacy is not None
+
+
+@pytest.mark.parametrize(
+    ("privacy", "refused"),
+    [(None, True), ({"epsilon": 8.0, "level": "record"}, True), ({"epsilon": 8.0, "level": "silo"}, False)],
+)
+def test_two_silo_horizontal_needs_silo_level_dp_or_insecure(privacy: dict | None, refused: bool) -> None:
+    data = _h(2, **({"privacy": privacy} if privacy else {}))
+    if refused:
+        msg = _refused(data)
+        assert msg.startswith("fed.toml: key 'data.partition.silos': a horizontal job with exactly 2 silos")
+        assert msg.endswith(HINT)
+    else:
+        parse_config(data)
+    parse_config({**data, "crypto": {"insecure": True}})
+    parse_config(_h(3, **({"privacy": privacy} if privacy else {})))  # three silos sum safely
+    parse_config({**_h(1), "federation": {"task": "horizontal", "min_silos": 1}})  # one silo: its own data
+
+
+def test_two_silo_statistics_needs_insecure() -> None:
+    data = {"federation": {"task": "statistics"}, "statistics": {"columns": ["a"]},
+            "silos": [{"name": "a", "data": "a.csv"}, {"name": "b", "data": "b.csv"}]}
+    for privacy in ({}, {"privacy": {"epsilon": 1.0, "level": "silo"}}):
+        msg = _refused({**data, **privacy, "statistics": {"columns": ["a"], "queries": ["count"]}})
+        assert msg.startswith("fed.toml: key 'silos': a statistics job with exactly 2 silos")
+    parse_config({**data, "crypto": {"insecure": True}})
+
+
+def test_overrides_that_make_a_job_insecure_name_the_flag(tmp_path: Path) -> None:
+    cfg = load_config(write(tmp_path, """
+[federation]
+task = "horizontal"
+[privacy]
+epsilon = 8.0
+[data]
+source = "sklearn:breast_cancer"
+label = "target"
+partition = { silos = 3 }
+"""))
+    where = f"set [crypto] insecure = true in {tmp_path / 'federation.toml'} to run it"
+    with pytest.raises(ConfigError, match=r"^--backend plain: 'plain' does not encrypt; ") as err:
+        apply_overrides(cfg, backend="plain")
+    assert where in str(err.value)
+    # silo-level DP (the default level) keeps 2 silos safe; turning DP off does not
+    assert apply_overrides(cfg, silos=2).data.partition.silos == 2
+    with pytest.raises(ConfigError, match=r"^--epsilon 0: a horizontal job with exactly 2 silos"):
+        apply_overrides(cfg, silos=2, epsilon=0)
+    with pytest.raises(ConfigError, match=r"^--silos 2: a horizontal job with exactly 2 silos"):
+        apply_overrides(apply_overrides(cfg, epsilon=0), silos=2)
+    # the switch itself can come from the command line (a --insecure flag, tests' baselines)
+    out = apply_overrides(cfg, backend="plain", silos=2, epsilon=0, insecure=True)
+    assert (out.crypto.backend, out.crypto.insecure, out.privacy) == ("plain", True, None)
+    assert apply_overrides(out, rounds=1).crypto.insecure is True  # kept through later overrides
+    with pytest.raises(ConfigError, match="insecure must be true or false"):
+        apply_overrides(cfg, insecure="yes")

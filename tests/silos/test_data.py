@@ -73,6 +73,7 @@ def test_prepare_horizontal_from_files_checks_every_silo(tmp_path: Path) -> None
     cfg = parse_config(
         {
             "federation": {"task": "horizontal"},
+            "crypto": {"insecure": True},  # two silos: each could subtract its own update
             "data": {"label": "y"},
             "silos": [{"name": "a", "data": "a.csv"}, {"name": "b", "data": "b.csv"}],
         },
@@ -91,7 +92,7 @@ def test_prepare_horizontal_builtin_shapes() -> None:
     )
     data = prepare_horizontal(cfg)
     assert len(data.silos) == 3 and len(data.features) == 30
-    total = sum(len(y) for _, y in data.silos.values()) + len(data.test[1])
+    total = sum(len(y) for _, y in data.silos.values()) + sum(len(y) for _, y in data.tests.values())
     assert total == 569
     assert all(np.abs(X).max() <= 1.0 for X, _ in data.silos.values())
     assert not data.notes
@@ -103,6 +104,7 @@ def test_dp_without_public_bounds_is_refused(tmp_path: Path) -> None:
     pd.DataFrame({"f1": rng.normal(size=30), "y": rng.integers(0, 2, 30)}).to_csv(tmp_path / "b.csv", index=False)
     base = {
         "federation": {"task": "horizontal"},
+        "crypto": {"insecure": True},  # two silos
         "data": {"label": "y"},
         "silos": [{"name": "a", "data": "a.csv"}, {"name": "b", "data": "b.csv"}],
     }

@@ -82,8 +82,9 @@ class DPFedAvg(Strategy):
         for key, value in (("clip", clip), ("noise_multiplier", noise_multiplier)):
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
                 raise ConfigError(f"DPFedAvg {key} must be a finite number > 0, got {value!r}")
-        if not (isinstance(colluders, int) and colluders >= 0):
-            raise ConfigError(f"colluders must be an integer >= 0, got {colluders!r}")
+        if isinstance(colluders, bool) or not (isinstance(colluders, int) and colluders >= 1):
+            # every contributing silo knows its own share and (shared key) sees the decrypted sum
+            raise ConfigError(f"colluders must be an integer >= 1 (each silo knows its own noise share), got {colluders!r}")
         self.inner = strategy
         self.clip = float(clip)
         self.noise_multiplier = float(noise_multiplier)

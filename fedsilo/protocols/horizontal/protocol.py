@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import secrets
 import threading
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,23 +36,31 @@ import numpy as np
 from fedsilo.crypto.registry import get_backend
 from fedsilo.errors import ConfigError, DataError, NotEnoughSilosError
 from fedsilo.privacy.accounting import epsilon as _epsilon
-from fedsilo.privacy.events import ComposedEvent, DpEvent
+from fedsilo.privacy.events import ComposedEvent, DpEvent, GaussianEvent
+from fedsilo.privacy.accounting import noise_multiplier as _noise_multiplier
+from fedsilo.privacy.relations import ADD_REMOVE_RECORD, ZERO_OUT_SILO
 from fedsilo.protocols.ledgers import job_ledgers
 from fedsilo.privacy.ledger import PrivacyLedger
-from fedsilo.privacy.mechanisms import secure_rng
+from fedsilo.privacy.mechanisms import gaussian_noise, noise_share_sigma, noise_share_topup_sigma, secure_rng
+from fedsilo.protocols.horizontal import evaluation as fed_eval
 from fedsilo.protocols.channel import Channel, InProcessHub, run_parties
 from fedsilo.protocols.horizontal.dp import DPFedAvg, silo_noise_multiplier
 from fedsilo.protocols.horizontal.models import build_model, get_flat_params, loss_fn, predict_scores, set_flat_params
 from fedsilo.protocols.horizontal.secure_aggregation import (
     Contribution,
+    SiloRoundOutcome,
     aggregator_key_ceremony,
     aggregator_secure_sum,
+    check_federation,
+    exposed_sums_allowed,
     ledger_recipient,
     recipients_mechanism,
     required_contributors,
+    share_parties,
     silo_key_ceremony,
     silo_secure_sum,
     stop_silos,
+    topup_parties,
 )
 from fedsilo.protocols.horizontal.strategies import AggregateResult, Strategy, make_strategy
 from fedsilo.protocols.horizontal.training import LocalConfig, RecordDP, record_dp_plan, train_local
@@ -74,6 +83,8 @@ PROTOCOL = "horizontal-fedavg"
 DEFAULT_COLLUDERS = 1
 #: Neighbouring relation of record-level DP-SGD (Poisson sampling, Opacus), in ledger entries.
 RECORD_NEIGHBOURS = "add/remove one record of the silo"
+#: Share of a record-level job's ε set aside for the one release of federated metrics.
+EVALUATION_SHARE = 0.25
 
 
 @dataclass(frozen=True)
@@ -96,6 +107,7 @@ class HorizontalJob:
     seed: int = 0
     min_silos: int = 2
     round_timeout: float = 120.0
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         if self.n_features < 1:
@@ -155,36 +167,110 @@ class HorizontalJob:
         )
         return DPFedAvg(base, clip=float(p.get("clip", 1.0)), noise_multiplier=z, colluders=self.colluders)
 
+    @property
+    def allow_exposed(self) -> bool:
+        """Whether a decrypted sum may expose one silo's contribution (a sum of two):
+        only under ``insecure`` or silo-level DP (see
+        :func:`~.secure_aggregation.exposed_sums_allowed`)."""
+        return exposed_sums_allowed(insecure=self.insecure, silo_level_dp=self.level == "silo")
+
+    @property
+    def evaluation(self) -> Literal["every_round", "final", "none"]:
+        """When federated metrics are released (see :mod:`.evaluation`): exactly after every
+        round without DP; once, noised and charged, after training under record-level DP; never
+        under silo-level DP (each silo then knows only its own held-out metrics)."""
+        if self.privacy is None:
+            return "every_round"
+        return "final" if self.level == "record" else "none"
+
+    def evaluation_round(self, rnd: int) -> int:
+        """Channel round of the metrics released after training round ``rnd``."""
+        return self.rounds + rnd
+
+    @property
+    def evaluation_noise_multiplier(self) -> float:
+        """``z`` of the final metrics release: one Gaussian release costing
+        :data:`EVALUATION_SHARE` of the job's ε on its own."""
+        assert self.privacy is not None
+        p = self.privacy
+        return _noise_multiplier(
+            target_epsilon=EVALUATION_SHARE * float(p["epsilon"]), delta=float(p.get("delta", 1e-5)),
+            sample_rate=1.0, steps=1, accountant=str(p.get("accountant", "rdp")),
+        )
+
+    def evaluation_event(self) -> GaussianEvent:
+        return GaussianEvent(self.evaluation_noise_multiplier, 1.0, 1)
+
     def record_plan(self, n_examples: int) -> RecordDP | None:
+        """This silo's DP-SGD plan, calibrated so that all rounds *and* the final metrics
+        release compose to at most the job's ε: DP-SGD's own target is the largest (to 1 %,
+        by bisection) for which the composition with :meth:`evaluation_event` meets it."""
         if self.privacy is None or self.level != "record":
             return None
         p, t = self.privacy, self.training
-        return record_dp_plan(
-            n_examples=n_examples,
-            batch_size=int(t.get("batch_size", 64)),
-            local_epochs=int(t.get("local_epochs", 1)),
-            rounds=self.rounds,
-            target_epsilon=float(p["epsilon"]),
-            delta=float(p.get("delta", 1e-5)),
-            max_grad_norm=float(p.get("clip", 1.0)),
-            accountant=str(p.get("accountant", "rdp")),
-        )
+        target, delta = float(p["epsilon"]), float(p.get("delta", 1e-5))
+        accountant = str(p.get("accountant", "rdp"))
+        extra = self.evaluation_event()
+        epochs = int(t.get("local_epochs", 1))
+
+        def plan_for(train_target: float) -> tuple[RecordDP, float]:
+            plan = record_dp_plan(
+                n_examples=n_examples,
+                batch_size=int(t.get("batch_size", 64)),
+                local_epochs=epochs,
+                rounds=self.rounds,
+                target_epsilon=train_target,
+                delta=delta,
+                max_grad_norm=float(p.get("clip", 1.0)),
+                accountant=accountant,
+            )
+            rounds = GaussianEvent(plan.noise_multiplier, plan.sample_rate, self.rounds * epochs * plan.steps_per_epoch)
+            return plan, _epsilon(ComposedEvent((rounds, extra)), delta=delta, accountant=accountant)
+
+        start = target * (1.0 - EVALUATION_SHARE)
+        plan, composed = plan_for(start)
+        best: RecordDP | None = plan if composed <= target else None
+        lo, hi = (start, target) if best is not None else (0.0, start)
+        while best is None or hi - lo > 0.01 * target:
+            mid = 0.5 * (lo + hi)
+            if mid < 1e-3 * target:
+                raise ConfigError(
+                    f"privacy.epsilon = {target:g} cannot cover the training rounds and the final metrics release"
+                )
+            plan, composed = plan_for(mid)
+            if composed <= target:
+                lo, best = mid, plan
+            else:
+                hi = mid
+        return best
 
 
 @dataclass(frozen=True)
 class RoundReport:
-    """What a silo knows after a round (passed to ``on_round``)."""
+    """What a silo knows after a round (passed to ``on_round``).
+
+    ``metrics``: the federated metrics released after this round (:mod:`.evaluation`), or
+    ``None`` when none were (under DP, before the final release); ``local``: this silo's exact
+    metrics on its own held-out rows (never sent), or ``None`` without held-out rows.
+    """
 
     round: int
     status: Literal["ok", "skipped"]
     params: np.ndarray
     contributors: tuple[str, ...]
     failures: tuple[str, ...]
+    metrics: Mapping[str, float] | None = None
+    local: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
 class SiloReport:
-    """A silo's account of the job: final model, what it released, and why it stopped."""
+    """A silo's account of the job: final model, what it released, and why it stopped.
+
+    ``evaluation``: the federated metrics it received, per release (``{"round", "accuracy",
+    "auc", "loss", "rows", "silos"}``); ``local_evaluation``: its own held-out metrics of the
+    final model (known only to this silo).
+    """
 
     silo: str
     status: Literal["completed", "withdrawn", "stopped"]
@@ -193,6 +279,8 @@ class SiloReport:
     rounds_contributed: tuple[int, ...]
     reason: str = ""
     dp: Mapping[str, Any] | None = None
+    evaluation: tuple[Mapping[str, Any], ...] = ()
+    local_evaluation: Mapping[str, float] | None = None
 
 
 @dataclass(frozen=True)
@@ -213,16 +301,21 @@ def _derive_seed(base: int, *parts: int) -> int:
     return int(np.random.SeedSequence([int(base), *parts]).generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
-def _training_seed(noise_seed: int | None, rnd: int) -> int:
-    """Seed of one round of local training (batch sampling; DP-SGD noise at record level).
+def _training_seed(job: HorizontalJob, silo: str, noise_seed: int | None, rnd: int) -> int:
+    """Seed of one round of local training.
 
-    Production (``noise_seed=None``): 256 bits of OS entropy. :func:`train_local` expands it
-    with a SeedSequence, but torch's ``Generator`` is an MT19937 seeded with 64 bits at most, so
-    the torch streams carry 63 of them — a limit documented in ``docs/horizontal.md``.
+    Record-level DP: the Poisson sampling and the DP-SGD noise are **secret** (amplification by
+    sampling needs the sample to be secret): 256 bits of OS entropy (``noise_seed`` only in
+    tests). :func:`train_local` expands it with a SeedSequence, but torch's ``Generator`` is an
+    MT19937 seeded with 64 bits at most, so the torch streams carry 63 of them — a limit
+    documented in ``docs/horizontal.md``. Otherwise (no DP, or silo-level DP whose noise is
+    added to the update afterwards) local batch order is public randomness from the job seed.
     """
-    if noise_seed is None:
-        return secrets.randbits(ENTROPY_BITS)
-    return _derive_seed(noise_seed, rnd, 0)
+    if job.level == "record":
+        if noise_seed is None:
+            return secrets.randbits(ENTROPY_BITS)
+        return _derive_seed(noise_seed, rnd, 0)
+    return _derive_seed(job.seed, rnd, zlib.crc32(silo.encode()))
 
 
 def _noise_rng(noise_seed: int | None, rnd: int) -> np.random.Generator:
@@ -240,6 +333,7 @@ def silo(
     aggregator: str,
     x: np.ndarray,
     y: np.ndarray,
+    test: tuple[np.ndarray, np.ndarray] | None = None,
     ledger: PrivacyLedger | None = None,
     dataset: str | None = None,
     noise_seed: int | None = None,
@@ -254,16 +348,21 @@ def silo(
         silos: all silo names of the job (the key ceremony leader is the first in sorted order).
         aggregator: the aggregator's party name.
         x, y: this silo's training rows (already scaled) and labels.
+        test: this silo's own held-out rows; they never leave it. Only their metric inputs
+            enter a secure sum (:mod:`.evaluation`), exact without DP, noised and charged once
+            at the end under record-level DP, not at all under silo-level DP.
         ledger, dataset: the silo's privacy ledger and the dataset name registered in it; both
-            required when ``job.privacy`` is set. Every round's release is charged *before*
-            the ciphertext leaves the silo; a refused charge makes the silo withdraw.
-        noise_seed: seeds local sampling and DP noise (simulations/tests); ``None`` (production)
-            draws them from the OS's secure randomness: 256 bits for every numpy generator
-            (silo-level noise shares); torch's generators (batch sampling, DP-SGD noise) take
-            63 bits of it, their seed limit (see ``docs/horizontal.md``, "Randomness").
+            required when ``job.privacy`` is set. Every release is charged *before* the
+            ciphertext leaves the silo; a refused charge makes the silo withdraw.
+        noise_seed: **tests only**: seeds the secret randomness (DP noise, DP-SGD sampling) so
+            a run can be repeated; such a run is *not private*. ``None`` (always in
+            production): 256 bits of OS entropy for every numpy generator; torch's generators
+            (DP-SGD sampling and noise) take 63 bits of it, their seed limit (see
+            ``docs/horizontal.md``, "Randomness"). Public choices (initial model, batch order
+            outside record-level DP) come from ``job.seed``.
         drop_rounds: test hook ``{round: phase}`` (phase in ``"hello" | "update" | "topup"``): the
             silo goes silent at that phase of that round, a real missing message.
-        on_round: called with a :class:`RoundReport` after every round (progress, evaluation).
+        on_round: called with a :class:`RoundReport` after every round (progress).
     """
     me = channel.party
     if job.privacy is not None and (ledger is None or dataset is None):
@@ -278,8 +377,29 @@ def silo(
     state = strategy.initialize(get_flat_params(template))
     events: list[DpEvent] = []
     contributed: list[int] = []
+    evaluation: list[dict[str, Any]] = []
     status: Literal["completed", "withdrawn", "stopped"] = "completed"
     reason = ""
+    noise_rng = _noise_rng(noise_seed, 0)
+
+    def evaluate_round(rnd: int, *, dp: bool) -> SiloRoundOutcome:
+        """One secure sum of every silo's metric inputs on its own held-out rows."""
+        inputs = _metric_inputs(job, state.params, test)
+        contribution = _evaluation_contribution(
+            job, inputs, dp=dp, rng=noise_rng, ledger=ledger, dataset=dataset, round=job.evaluation_round(rnd),
+            recipients=silos, aggregator=aggregator,
+        )
+        outcome = silo_secure_sum(
+            channel, round=job.evaluation_round(rnd), aggregator=aggregator, backend=backend, secret=secret,
+            public=public, contribution=contribution, timeout=job.silo_wait, allow_exposed=job.allow_exposed,
+        )
+        if outcome.charged:
+            events.append(job.evaluation_event())
+        if outcome.status == "ok" and outcome.total is not None:
+            m = fed_eval.metrics_from_inputs(outcome.total, n_classes=job.n_classes)
+            evaluation.append({"round": rnd, **m, "silos": list(outcome.contributors)})
+        return outcome
+
     for rnd in range(1, job.rounds + 1):
         drop = drops.get(rnd)
         contribution: Contribution | None = None
@@ -293,12 +413,12 @@ def silo(
                 global_params=state.params,
                 config=job.local_config(proximal_mu=fit.proximal_mu),
                 n_classes=job.n_classes,
-                seed=_training_seed(noise_seed, rnd),
+                seed=_training_seed(job, me, noise_seed, rnd),
                 record_dp=plan,
             )
             update = strategy.prepare_update(local.update, round=rnd)
             contribution = _contribution(
-                strategy, update, rng=_noise_rng(noise_seed, rnd), plan=plan, job=job,
+                strategy, update, rng=noise_rng, plan=plan, job=job,
                 ledger=ledger, dataset=dataset, round=rnd, recipients=silos, aggregator=aggregator,
             )
         outcome = silo_secure_sum(
@@ -311,6 +431,7 @@ def silo(
             contribution=contribution,
             timeout=job.silo_wait,
             drop=drop,
+            allow_exposed=job.allow_exposed,
         )
         if outcome.charged:
             events.append(_round_event(strategy, plan, job, rnd))
@@ -323,17 +444,30 @@ def silo(
                 state=state,
                 result=AggregateResult(outcome.total, outcome.contributors, outcome.failures),
             )
-            if on_round is not None:
-                on_round(RoundReport(rnd, "ok", state.params.copy(), outcome.contributors, outcome.failures))
-        elif outcome.status == "aborted":
-            if on_round is not None:
-                on_round(RoundReport(rnd, "skipped", state.params.copy(), (), ()))
         elif outcome.status == "withdrawn":
             status, reason = "withdrawn", f"silo {me!r} stopped participating after round {rnd - 1}: {outcome.reason}"
             break
-        else:
+        elif outcome.status == "stopped":
             status, reason = "stopped", outcome.reason
             break
+        metrics = None
+        if job.evaluation == "every_round":
+            ev = evaluate_round(rnd, dp=False)
+            if ev.status == "stopped":
+                status, reason = "stopped", ev.reason
+                break
+            metrics = evaluation[-1] if evaluation and evaluation[-1]["round"] == rnd else None
+        if on_round is not None:
+            on_round(RoundReport(
+                rnd, "ok" if outcome.status == "ok" else "skipped", state.params.copy(), outcome.contributors,
+                outcome.failures, metrics=metrics, local=_local_metrics(job, state.params, test),
+            ))
+    if status == "completed" and job.evaluation == "final":
+        ev = evaluate_round(job.rounds, dp=True)
+        if ev.status == "withdrawn":
+            status, reason = "withdrawn", f"silo {me!r} stopped participating before the final metrics release: {ev.reason}"
+        elif ev.status == "stopped":
+            status, reason = "stopped", ev.reason
     return SiloReport(
         silo=me,
         status=status,
@@ -342,7 +476,86 @@ def silo(
         rounds_contributed=tuple(contributed),
         reason=reason,
         dp=_dp_info(strategy, plan, job),
+        evaluation=tuple(evaluation),
+        local_evaluation=_local_metrics(job, state.params, test),
     )
+
+
+def _scores(job: HorizontalJob, params: np.ndarray, x: np.ndarray) -> np.ndarray:
+    model = build_model(job.model, n_features=job.n_features, n_classes=job.n_classes, seed=job.seed)
+    set_flat_params(model, params)
+    return predict_scores(model, np.asarray(x))
+
+
+def _metric_inputs(job: HorizontalJob, params: np.ndarray, test: tuple[np.ndarray, np.ndarray] | None) -> np.ndarray:
+    if test is None or len(test[1]) == 0:
+        return np.zeros(fed_eval.input_size(job.n_classes))
+    return fed_eval.metric_inputs(_scores(job, params, test[0]), test[1], n_classes=job.n_classes)
+
+
+def _local_metrics(
+    job: HorizontalJob, params: np.ndarray, test: tuple[np.ndarray, np.ndarray] | None
+) -> Mapping[str, float] | None:
+    if test is None or len(test[1]) == 0:
+        return None
+    return fed_eval.local_metrics(_scores(job, params, test[0]), test[1], n_classes=job.n_classes)
+
+
+def _evaluation_contribution(
+    job: HorizontalJob,
+    inputs: np.ndarray,
+    *,
+    dp: bool,
+    rng: np.random.Generator,
+    ledger: PrivacyLedger | None,
+    dataset: str | None,
+    round: int,
+    recipients: Sequence[str],
+    aggregator: str,
+) -> Contribution:
+    """This silo's metric inputs for a secure sum: exact, or (``dp``) with Gaussian noise
+    shares of total ``σ = z_eval · sqrt(K + 2)`` that survive one colluding key holder, and
+    the ledger charge of :meth:`HorizontalJob.evaluation_event` (add/remove one record)."""
+    size = int(inputs.size)
+    if not dp:
+        return Contribution(values=lambda present: inputs, topup=lambda present, contributors: np.zeros(size))
+    assert ledger is not None and dataset is not None
+    z = job.evaluation_noise_multiplier
+    sigma = z * fed_eval.sensitivity(job.n_classes)
+    colluders = _evaluation_colluders(job)
+
+    def values(present: int) -> np.ndarray:
+        share = noise_share_sigma(sigma=sigma, parties=share_parties(present=present, colluders=colluders))
+        return inputs + gaussian_noise(sigma=share, size=size, rng=rng)
+
+    def topup(present: int, contributors: int) -> np.ndarray:
+        parties, now = topup_parties(present=present, contributors=contributors, colluders=colluders)
+        extra = noise_share_topup_sigma(sigma=sigma, parties=parties, present=now)
+        return np.zeros(size) if extra == 0.0 else gaussian_noise(sigma=extra, size=size, rng=rng)
+
+    mechanism = {
+        "name": "gaussian",
+        "released": "federated metric inputs of the held-out rows (score histograms, correct count, capped loss)",
+        "neighbours": RECORD_NEIGHBOURS,
+        "noise_multiplier": z,
+        "sensitivity": fed_eval.sensitivity(job.n_classes),
+        "sigma": sigma,
+        "colluders": colluders,
+        **recipients_mechanism(recipients, aggregator=aggregator),
+    }
+
+    def charge() -> contextlib.AbstractContextManager[Any]:
+        return ledger.charge(
+            dataset, job.evaluation_event(), job=job.job, round=round, protocol=PROTOCOL,
+            mechanism=mechanism, recipient=ledger_recipient(recipients), relation=ADD_REMOVE_RECORD,
+        )
+
+    return Contribution(values=values, topup=topup, charge=charge)
+
+
+def _evaluation_colluders(job: HorizontalJob) -> int:
+    """The final metrics' noise shares survive at least one key holder removing its own."""
+    return max(1, job.colluders)
 
 
 def _round_event(strategy: Strategy, plan: RecordDP | None, job: HorizontalJob, rnd: int) -> DpEvent:
@@ -407,7 +620,7 @@ def _contribution(
             return dp.topup_share(present=present, contributors=contributors, size=size, rng=rng)
 
         mechanism: dict[str, Any] | None = dp.mechanism()
-        level = "silo"
+        relation = ZERO_OUT_SILO
     else:
 
         def values(present: int) -> np.ndarray:
@@ -427,7 +640,7 @@ def _contribution(
                 "steps": plan.steps_per_epoch * job.local_config(proximal_mu=0.0).epochs,
                 "neighbours": RECORD_NEIGHBOURS,
             }
-        level = "record"
+        relation = ADD_REMOVE_RECORD
     if ledger is None or mechanism is None:
         return Contribution(values=values, topup=topup)
     event = _round_event(strategy, plan, job, round)
@@ -438,7 +651,7 @@ def _contribution(
     def charge() -> contextlib.AbstractContextManager[Any]:
         return ledger.charge(
             dataset, event, job=job.job, round=round, protocol=PROTOCOL,
-            mechanism=mechanism, recipient=ledger_recipient(recipients), level=level,
+            mechanism=mechanism, recipient=ledger_recipient(recipients), relation=relation,
         )
 
     return Contribution(values=values, topup=topup, charge=charge)
@@ -453,42 +666,65 @@ def aggregator(channel: Channel, *, job: HorizontalJob, silos: Sequence[str]) ->
     backend = get_backend(job.backend, **dict(job.backend_params))
     public = aggregator_key_ceremony(channel, backend, silos=silos, timeout=job.silo_wait)
     active = sorted(silos)
-    need = required_contributors(min_silos=job.min_silos, colluders=job.colluders)
     rounds: list[dict[str, Any]] = []
     left: dict[str, int] = {}
-    for rnd in range(1, job.rounds + 1):
-        if len(active) < need:
+
+    def secure_sum(rnd: int, channel_round: int, colluders: int, what: str) -> str | None:
+        """One secure sum; the reason the job stops, or None."""
+        nonlocal active
+        need = required_contributors(min_silos=job.min_silos, colluders=colluders)
+        exposed = len(active) == 2 and not job.allow_exposed
+        if len(active) < need or exposed:
+            why = (
+                "a sum of the 2 left would let each compute the other's exact update"
+                if exposed and len(active) >= need
+                else f"{need} needed"
+            )
             reason = (
-                f"job {job.job!r} stopped before round {rnd}: only {len(active)} silo(s) remain "
-                f"({', '.join(active) or 'none'}), {need} needed; "
+                f"job {job.job!r} stopped before {what} {rnd}: only {len(active)} silo(s) remain "
+                f"({', '.join(active) or 'none'}), {why}; "
                 + "; ".join(f"{s} withdrew in round {r} (privacy budget exhausted)" for s, r in sorted(left.items()))
             )
-            stop_silos(channel, silos=active, round=rnd, reason=reason)
-            return AggregatorReport("stopped", tuple(rounds), reason)
+            stop_silos(channel, silos=active, round=channel_round, reason=reason)
+            return reason
         out = aggregator_secure_sum(
             channel,
-            round=rnd,
+            round=channel_round,
             silos=active,
             backend=backend,
             public=public,
             min_silos=job.min_silos,
-            colluders=job.colluders,
+            colluders=colluders,
             timeout=job.round_timeout,
+            allow_exposed=job.allow_exposed,
         )
         for s in out.withdrawn:
             left[s] = rnd
         active = [s for s in active if s not in out.withdrawn]
-        rounds.append(
-            {
-                "round": rnd,
-                "status": out.status,
-                "contributors": list(out.contributors),
-                "failures": list(out.failures),
-                "withdrawn": list(out.withdrawn),
-                "topup": out.topup,
-                "reason": out.reason,
-            }
-        )
+        if what == "round":
+            rounds.append(
+                {
+                    "round": rnd,
+                    "status": out.status,
+                    "contributors": list(out.contributors),
+                    "failures": list(out.failures),
+                    "withdrawn": list(out.withdrawn),
+                    "topup": out.topup,
+                    "reason": out.reason,
+                }
+            )
+        return None
+
+    for rnd in range(1, job.rounds + 1):
+        stopped = secure_sum(rnd, rnd, job.colluders, "round")
+        if stopped is None and job.evaluation == "every_round":
+            stopped = secure_sum(rnd, job.evaluation_round(rnd), job.colluders, "evaluation of round")
+        if stopped is not None:
+            return AggregatorReport("stopped", tuple(rounds), stopped)
+    if job.evaluation == "final":
+        stopped = secure_sum(job.rounds, job.evaluation_round(job.rounds), _evaluation_colluders(job), "the final evaluation after round")
+        if stopped is not None:
+            return AggregatorReport("stopped", tuple(rounds), stopped)
     return AggregatorReport("completed", tuple(rounds))
 
 
@@ -496,7 +732,9 @@ def aggregator(channel: Channel, *, job: HorizontalJob, silos: Sequence[str]) ->
 # Simulation entry point
 # ---------------------------------------------------------------------------------------------
 def evaluate(model_spec: Mapping[str, Any], params: np.ndarray, x: np.ndarray, y: np.ndarray, *, n_features: int, n_classes: int) -> dict[str, float]:
-    """Accuracy, AUC and mean loss of the global model ``params`` on ``(x, y)``."""
+    """Accuracy, AUC and mean loss of the global model ``params`` on ``(x, y)``.
+
+    A simulation and benchmark helper (rows pooled from several silos): no party calls it."""
     import torch
     from sklearn.metrics import roc_auc_score
 
@@ -523,7 +761,7 @@ def evaluate(model_spec: Mapping[str, Any], params: np.ndarray, x: np.ndarray, y
 def simulate_horizontal(
     *,
     silos: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    test: tuple[np.ndarray, np.ndarray],
+    tests: Mapping[str, tuple[np.ndarray, np.ndarray]],
     backend: str,
     backend_params: Mapping[str, Any],
     model: Mapping[str, Any],
@@ -535,34 +773,47 @@ def simulate_horizontal(
     seed: int,
     min_silos: int,
     round_timeout: float,
+    insecure: bool = False,
+    noise_seed: int | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
     faults: Mapping[str, Mapping[int, str]] | None = None,
 ) -> dict[str, Any]:
     """Run a horizontal job in-process (one thread per party, the production party functions).
 
     Args:
-        silos: ``{name: (X_train, y_train)}``, features already scaled by the data loader.
-        test: pooled held-out rows used only to report metrics.
+        silos: ``{name: (X_train, y_train)}``, features already scaled by the silo's loader.
+        tests: ``{name: (X_test, y_test)}``, each silo's own held-out rows: they stay with that
+            silo's party function; only the secure sum of their metric inputs is released
+            (:mod:`.evaluation`).
         backend, backend_params: crypto backend name and parameters.
         model, training, privacy: the federation file's ``[model]``, ``[training]`` and
             ``[privacy]`` tables (``privacy=None``: no DP).
         ledger_dir: folder of the silos' ledgers (``<silo>.sqlite``, dataset = silo name);
             ``None`` uses a temporary folder.
         budgets: ``{silo: (epsilon, delta)}`` ledger budgets.
-        job, seed, min_silos, round_timeout: from ``[federation]``.
-        progress: called after each round with ``{"task", "round", "rounds", "accuracy", "auc",
-            "loss", "silos"}``.
+        job, seed, min_silos, round_timeout: from ``[federation]``; ``seed`` decides only public
+            choices (initial model, local batch order outside record-level DP).
+        insecure: ``[crypto] insecure``.
+        noise_seed: **tests only**: makes the secret randomness reproducible; the results then
+            say ``"private": False`` and the ledger entries ``"reproducible_noise": true``.
+        progress: called after each round with ``{"task", "round", "rounds", "silos"}`` plus
+            ``accuracy``, ``auc``, ``loss`` when federated metrics were released that round.
         faults: test hook ``{silo: {round: "hello" | "update" | "topup"}}`` (see :func:`silo`).
 
     Returns:
-        ``{"task": "horizontal", "backend", "rounds": [{round, accuracy, auc, loss, silos}],
-        "final": {accuracy, auc}, "epsilon": {silo: {epsilon, delta}} (values None without DP),
-        "dp": {noise_multiplier, clip, rounds, sample_rate, delta, level, steps, accountant} | None,
-        "bytes_sent": {party: bytes}, "notes": [str]}`` (notes: withdrawals, skipped rounds,
-        dropouts). For record-level DP, ``noise_multiplier``,
-        ``sample_rate`` and ``steps`` differ per silo (each silo's own row count); ``dp`` then
-        holds the largest ``sample_rate`` and smallest ``noise_multiplier`` and ``dp["silos"]``
-        each silo's values.
+        ``{"task": "horizontal", "backend", "private", "rounds": [{round, silos[, accuracy, auc,
+        loss]}], "final": {accuracy, auc, loss, rows} (the last released federated metrics;
+        values None under silo-level DP, where none are released), "evaluation":
+        "every_round" | "final" | "none", "silo_metrics": {silo: {accuracy, auc, loss, rows}}
+        (each silo's own held-out metrics of the final model, known only to that silo),
+        "simulation_metrics": {accuracy, auc, loss} (the final model on every silo's held-out
+        rows pooled by the simulation: simulation only, not private, seen by no party),
+        "epsilon": {silo: {epsilon, delta}} (values None without DP), "dp": {noise_multiplier,
+        clip, rounds, sample_rate, delta, level, steps, accountant[, evaluation_noise_multiplier]}
+        | None, "bytes_sent": {party: bytes}, "notes": [str]}`` (notes: withdrawals, skipped
+        rounds, dropouts). For record-level DP, ``noise_multiplier``, ``sample_rate`` and
+        ``steps`` differ per silo (each silo's own row count); ``dp`` then holds the largest
+        ``sample_rate`` and smallest ``noise_multiplier`` and ``dp["silos"]`` each silo's values.
 
     Raises:
         NotEnoughSilosError: withdrawals left fewer than ``min_silos`` silos; nothing more was
@@ -581,7 +832,12 @@ def simulate_horizontal(
             raise DataError(f"silo {name!r}: features have shape {np.shape(x)}, expected (n, {n_features})")
         if len(x) != len(y) or len(x) == 0:
             raise DataError(f"silo {name!r}: {len(x)} rows but {len(y)} labels")
-    labels = np.unique(np.concatenate([np.asarray(y) for _, y in silos.values()] + [np.asarray(test[1])]))
+    for name, (x, y) in tests.items():
+        if name not in silos:
+            raise ConfigError(f"held-out rows for {name!r}, which is not a silo of the job")
+        if len(y) and (np.asarray(x).ndim != 2 or np.asarray(x).shape[1] != n_features or len(x) != len(y)):
+            raise DataError(f"silo {name!r}: held-out rows have shape {np.shape(x)} for {len(y)} labels")
+    labels = np.unique(np.concatenate([np.asarray(y) for _, y in silos.values()] + [np.asarray(t[1]) for t in tests.values()]))
     n_classes = max(2, int(labels.max()) + 1) if labels.size else 2
     params = dict(backend_params)
     if backend == "paillier":
@@ -599,28 +855,34 @@ def simulate_horizontal(
         seed=int(seed),
         min_silos=int(min_silos),
         round_timeout=float(round_timeout),
+        insecure=bool(insecure),
     )
     rounds_total = spec.rounds
     spec.strategy()  # validate strategy / DP settings before any thread starts
-    x_test, y_test = np.asarray(test[0]), np.asarray(test[1])
+    check_federation(silos=names, allow_exposed=spec.allow_exposed)
     lock = threading.Lock()
-    metrics: dict[int, dict[str, Any]] = {}
+    reported: dict[int, dict[str, Any]] = {}
 
     def on_round(report: RoundReport) -> None:
+        # every silo reports; the first report of a round is the one shown (all silos receive
+        # the same released metrics)
+        row: dict[str, Any] = {"round": report.round, "silos": list(report.contributors)}
+        if report.metrics is not None:
+            row.update({k: report.metrics[k] for k in ("accuracy", "auc", "loss")})
         with lock:
-            if report.round in metrics:
+            if report.round in reported:
                 return
-            metrics[report.round] = {}  # claim the round before the slow part
-        m = evaluate(model, report.params, x_test, y_test, n_features=n_features, n_classes=n_classes)
-        row = {"round": report.round, **m, "silos": list(report.contributors)}
-        with lock:
-            metrics[report.round] = row
+            reported[report.round] = row
         if progress is not None:
             progress({"task": "horizontal", "rounds": rounds_total, **row})
 
     hub = InProcessHub(job, [*names, AGGREGATOR])
-    base = np.random.SeedSequence(int(seed))
-    silo_seeds = {n: int(s.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)) for n, s in zip(names, base.spawn(len(names)))}
+    silo_noise = (
+        {n: int(s.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+         for n, s in zip(names, np.random.SeedSequence(int(noise_seed)).spawn(len(names)))}
+        if noise_seed is not None
+        else {n: None for n in names}
+    )
     parties: dict[str, Callable[[Channel], Any]] = {
         AGGREGATOR: lambda ch: aggregator(ch, job=spec, silos=names),
     }
@@ -634,15 +896,17 @@ def simulate_horizontal(
                 aggregator=AGGREGATOR,
                 x=np.asarray(x),
                 y=np.asarray(y),
+                test=tests.get(n),
                 ledger=ledgers.get(n),
                 dataset=n,
-                noise_seed=silo_seeds[n],
+                noise_seed=silo_noise[n],
                 drop_rounds=(faults or {}).get(n),
                 on_round=on_round,
             )
         )
     opened = (
-        job_ledgers(ledger_dir, parties=names, budgets=budgets, accountant=str(privacy.get("accountant", "rdp")))
+        job_ledgers(ledger_dir, parties=names, budgets=budgets, accountant=str(privacy.get("accountant", "rdp")),
+                    reproducible_noise=noise_seed is not None)
         if privacy is not None
         else nullcontext({})
     )
@@ -652,15 +916,20 @@ def simulate_horizontal(
     reports: dict[str, SiloReport] = {n: results[n] for n in names}
     if agg.status == "stopped":
         raise NotEnoughSilosError(agg.reason)
-    initial = build_model(model, n_features=n_features, n_classes=n_classes, seed=int(seed))
-    base_metrics = evaluate(model, get_flat_params(initial), x_test, y_test, n_features=n_features, n_classes=n_classes)
+    released = next((r.evaluation for r in reports.values() if r.evaluation), ())
+    by_round = {e["round"]: e for e in released}
     rows: list[dict[str, Any]] = []
-    last = {"accuracy": base_metrics["accuracy"], "auc": base_metrics["auc"]}
     for rnd in range(1, rounds_total + 1):
-        row = metrics.get(rnd)
-        if row:
-            rows.append(row)
-            last = {"accuracy": row["accuracy"], "auc": row["auc"]}
+        row = dict(reported.get(rnd, {"round": rnd, "silos": []}))
+        if spec.evaluation == "final" and rnd == rounds_total and rnd in by_round:
+            row.update({k: by_round[rnd][k] for k in ("accuracy", "auc", "loss")})
+        rows.append(row)
+    last = released[-1] if released else None
+    final = (
+        {k: last[k] for k in ("accuracy", "auc", "loss", "rows")}
+        if last is not None
+        else {"accuracy": None, "auc": None, "loss": None, "rows": None}
+    )
     notes = [r.reason for r in reports.values() if r.status == "withdrawn"]
     notes += [
         f"round {r['round']} skipped: {r['reason']}" for r in agg.rounds if r["status"] == "aborted"
@@ -671,6 +940,18 @@ def simulate_horizontal(
         for r in agg.rounds
         if r["status"] == "ok" and r["failures"]
     ]
+    if spec.evaluation == "none":
+        notes.append(
+            "silo-level DP: federated metrics are not released (a whole silo's held-out rows would move every "
+            "count); each silo knows only its own held-out metrics (silo_metrics)"
+        )
+    elif spec.evaluation == "final":
+        notes.append(
+            "record-level DP: federated metrics are released once, after training, with Gaussian noise "
+            f"(z = {spec.evaluation_noise_multiplier:.3g}) charged to every silo's ledger"
+        )
+    if noise_seed is not None:
+        notes.append("NOT PRIVATE: noise_seed was set (test-only); anyone with the seed can regenerate the noise")
     eps: dict[str, dict[str, float | None]] = {}
     for n in names:
         if privacy is None:
@@ -680,13 +961,29 @@ def simulate_horizontal(
         ev = reports[n].events
         e = _epsilon(ComposedEvent(ev), delta=delta, accountant=str(privacy.get("accountant", "rdp"))) if ev else 0.0
         eps[n] = {"epsilon": e, "delta": delta}
+    held_out = [t for t in tests.values() if len(t[1])]
+    simulation_metrics: dict[str, float] = {}
+    if held_out:  # the simulation, not a party, pools every silo's held-out rows
+        final_params = next(r.params for r in reports.values() if r.status == "completed") if any(
+            r.status == "completed" for r in reports.values()) else reports[names[0]].params
+        simulation_metrics = evaluate(
+            model, final_params, np.vstack([t[0] for t in held_out]), np.concatenate([t[1] for t in held_out]),
+            n_features=n_features, n_classes=n_classes,
+        )
+    dp = _summarize_dp(reports)
+    if dp is not None and spec.evaluation == "final":
+        dp["evaluation_noise_multiplier"] = spec.evaluation_noise_multiplier
     return {
         "task": "horizontal",
         "backend": backend,
+        "private": noise_seed is None,
         "rounds": rows,
-        "final": last,
+        "final": final,
+        "evaluation": spec.evaluation,
+        "silo_metrics": {n: dict(r.local_evaluation) if r.local_evaluation else None for n, r in reports.items()},
+        "simulation_metrics": simulation_metrics,
         "epsilon": eps,
-        "dp": _summarize_dp(reports),
+        "dp": dp,
         "bytes_sent": {p: int(b) for p, b in hub.bytes_sent().items()},
         "notes": notes,
     }

@@ -36,6 +36,22 @@ One noised secure sum (the two-phase round)
 Noise shares are sized to tolerate ``colluders`` curious key holders that subtract their own
 shares (``noise_share_sigma(parties = n − colluders)``): any ``k − colluders`` shares of the
 ``k`` in the sum already carry the target noise.
+
+Sums that expose one silo
+-------------------------
+A decrypted sum of exactly **two** contributions gives each contributor the other's exact
+contribution (the sum minus its own); a sum of **one** contribution that reaches other silos gives
+it to them. Both sides refuse such a sum unless ``allow_exposed=True``
+(:func:`exposed_sums_allowed`: ``[crypto] insecure = true``, or silo-level DP, whose noise shares
+protect a whole contribution even after a colluder subtracts its own). The aggregator aborts the
+round like a round with too few silos (nothing is decrypted; before anyone encrypts when only two
+silos announce themselves); a silo refuses to send its update into an announced sum of two, and to
+decrypt a result it could subtract down to one other silo's contribution
+(:class:`~fedsilo.errors.ProtocolError`). A federation of exactly two silos can never sum safely:
+:func:`check_federation` refuses it at job start.
+
+The aggregator must not be a silo: it would hold the shared secret key and see every silo's
+ciphertext. Both sides of the key ceremony refuse that (:class:`~fedsilo.errors.ConfigError`).
 """
 from __future__ import annotations
 
@@ -61,6 +77,9 @@ __all__ = [
     "Contribution",
     "SiloRoundOutcome",
     "AggregatorRoundOutcome",
+    "check_federation",
+    "exposed_sums_allowed",
+    "exposes_contribution",
     "key_leader",
     "silo_key_ceremony",
     "aggregator_key_ceremony",
@@ -98,6 +117,15 @@ def key_leader(silos: Sequence[str]) -> str:
     return sorted(silos)[0]
 
 
+def _refuse_aggregator_silo(party: str, aggregator: str, silos: Sequence[str]) -> None:
+    if aggregator in silos:
+        raise ConfigError(
+            f"{party}: the aggregator {aggregator!r} is also a silo of this job; it would hold the shared "
+            "secret key and receive every silo's ciphertext, so it could decrypt each update. Run the "
+            "aggregator as a separate party that holds no data and no key"
+        )
+
+
 def silo_key_ceremony(
     channel: Channel,
     backend: CryptoBackend,
@@ -110,7 +138,12 @@ def silo_key_ceremony(
 
     The secret goes only to peer silos (mTLS in production); the aggregator gets the public
     context, which ``serialize()`` guarantees holds no secret.
+
+    Raises:
+        ConfigError: ``aggregator`` is one of ``silos`` (it would receive the secret key), before
+            any key is made or sent.
     """
+    _refuse_aggregator_silo(channel.party, aggregator, silos)
     leader = key_leader(silos)
     if channel.party == leader:
         secret = backend.keygen()
@@ -129,7 +162,12 @@ def silo_key_ceremony(
 def aggregator_key_ceremony(
     channel: Channel, backend: CryptoBackend, *, silos: Sequence[str], timeout: float
 ) -> PublicContext:
-    """Round 0 on the aggregator: receive the public context (never a secret key)."""
+    """Round 0 on the aggregator: receive the public context (never a secret key).
+
+    Raises:
+        ConfigError: this party (``channel.party``) is also one of ``silos``.
+    """
+    _refuse_aggregator_silo(channel.party, channel.party, silos)
     leader = key_leader(silos)
     msg = channel.recv(leader, KIND_KEY_PUBLIC, round=0, timeout=timeout)
     if not isinstance(msg, dict) or not isinstance(msg.get("public"), bytes):
@@ -212,6 +250,46 @@ def required_contributors(*, min_silos: int, colluders: int) -> int:
     return max(int(min_silos), int(colluders) + 1)
 
 
+def exposes_contribution(*, contributors: int, other_recipients: int) -> bool:
+    """Whether a decrypted sum lets some recipient compute one silo's exact contribution.
+
+    ``contributors``: contributions in the sum; ``other_recipients``: silos that receive the
+    result without having contributed. Two contributors each subtract their own and hold the
+    other's; one contributor's sum *is* its contribution, exposed if anyone else receives it.
+    """
+    return contributors == 2 or (contributors == 1 and other_recipients > 0)
+
+
+def exposed_sums_allowed(*, insecure: bool, silo_level_dp: bool) -> bool:
+    """The ``allow_exposed`` policy of a job: ``[crypto] insecure = true`` or silo-level DP.
+
+    Silo-level DP-FedAvg sizes each noise share for ``colluders >= 1`` curious key holders, so
+    what a silo learns by subtracting its own contribution still carries the full noise
+    calibrated to a whole silo's update. Record-level DP (DP-SGD) and DP statistics protect single
+    records only: the other silo's whole update or statistics would be in the clear up to that
+    noise. Without DP nothing protects it.
+    """
+    return bool(insecure) or bool(silo_level_dp)
+
+
+def check_federation(*, silos: Sequence[str], allow_exposed: bool) -> None:
+    """Refuse, at job start, a federation whose every decrypted sum would expose one silo.
+
+    With exactly two silos a sum has two contributions (each silo gets the other's) or one (the
+    other silo receives it). One silo alone, or three and more, can sum safely.
+
+    Raises:
+        ConfigError: exactly two silos and ``allow_exposed`` is False.
+    """
+    if len(set(silos)) == 2 and not allow_exposed:
+        a, b = sorted(set(silos))
+        raise ConfigError(
+            f"a job of exactly 2 silos ({a}, {b}) lets each compute the other's exact contribution "
+            "(the decrypted sum minus its own); add a silo, use silo-level DP, or set [crypto] "
+            "insecure = true (tests and baselines only)"
+        )
+
+
 # ---------------------------------------------------------------------------------------------
 # One noised secure sum: silo side
 # ---------------------------------------------------------------------------------------------
@@ -255,14 +333,25 @@ def silo_secure_sum(
     contribution: Contribution | None,
     timeout: float,
     drop: str | None = None,
+    allow_exposed: bool = False,
 ) -> SiloRoundOutcome:
     """A silo's side of one secure sum. ``contribution=None``: sit this round out but stay in sync.
 
     ``drop`` (test hook, one of :data:`DROP_PHASES`) makes the silo go silent at that phase: a
     real missing message, as a crash or network loss would produce.
+
+    ``allow_exposed`` (default False, see :func:`exposed_sums_allowed`): unless True, the silo
+    sends no update into a sum announced with only two silos, and decrypts no result from which it
+    could compute one other silo's exact contribution (it contributed to a sum of two, or did not
+    contribute to a sum of one).
+
+    Raises:
+        ProtocolError: the aggregator announced or returned such a sum although it is not allowed
+            (an aggregator running another policy); nothing was charged, sent or decrypted.
     """
     if drop is not None and drop not in DROP_PHASES:
         raise ConfigError(f"drop phase must be one of {DROP_PHASES}, got {drop!r}")
+    me = channel.party
     participating = contribution is not None and drop != "hello"
     if participating:
         channel.send(aggregator, KIND_HELLO, {"status": "ready"}, round=round)
@@ -274,6 +363,12 @@ def silo_secure_sum(
             if not participating or drop == "update":
                 continue
             assert contribution is not None
+            if not allow_exposed and int(msg["n"]) == 2:
+                raise ProtocolError(
+                    f"{me}: round {round}: the aggregator {aggregator!r} announced a sum of 2 silos, from "
+                    f"which each could compute the other's exact update; {me} sends nothing (allowed only "
+                    "with silo-level DP or [crypto] insecure = true)"
+                )
             try:
                 with contribution.charge() if contribution.charge is not None else contextlib.nullcontext():
                     charged = contribution.charge is not None
@@ -294,6 +389,15 @@ def silo_secure_sum(
         elif kind == "stop":
             return SiloRoundOutcome("stopped", contributed=contributed, charged=charged, reason=str(msg.get("reason", "")))
         elif kind == "result":
+            summed = [str(c) for c in msg["contributors"]]
+            others = [c for c in summed if c != me]
+            # what *this* silo can compute: the sum minus its own contribution, if it made one
+            if not allow_exposed and len(others) == 1:
+                raise ProtocolError(
+                    f"{me}: round {round}: refusing to decrypt the sum the aggregator {aggregator!r} sent: "
+                    f"it holds {len(summed)} contribution(s), so {me} would learn {others[0]!r}'s exact update "
+                    "(allowed only with silo-level DP or [crypto] insecure = true)"
+                )
             total = decrypt_vector(backend, secret, msg["ct"])
             return SiloRoundOutcome(
                 "ok",
@@ -322,6 +426,12 @@ class AggregatorRoundOutcome:
     topup: bool = False
 
 
+def _exposed_reason(contributors: int) -> str:
+    if contributors == 2:
+        return "a sum of 2 would let each contributor compute the other's exact update"
+    return "a sum of 1 would give that silo's exact update to the others"
+
+
 def _ciphertext(payload: Any, key: str = "ct") -> bytes | None:
     if isinstance(payload, dict) and isinstance(payload.get(key), bytes):
         return payload[key]
@@ -338,8 +448,16 @@ def aggregator_secure_sum(
     min_silos: int,
     colluders: int,
     timeout: float,
+    allow_exposed: bool = False,
 ) -> AggregatorRoundOutcome:
-    """The aggregator's side of one secure sum over the silos still in the job."""
+    """The aggregator's side of one secure sum over the silos still in the job.
+
+    ``allow_exposed`` (default False, see :func:`exposed_sums_allowed`): unless True, a round in
+    which the decrypted sum would let a recipient compute one silo's exact contribution (two
+    contributors, or one whose result other silos receive) is aborted like a round with too few
+    silos: nothing is decrypted. When only two silos announce themselves it is aborted before
+    anyone encrypts or charges a ledger.
+    """
     active = sorted(silos)
     need = required_contributors(min_silos=min_silos, colluders=colluders)
 
@@ -358,6 +476,12 @@ def aggregator_secure_sum(
             f"(need {need}); nothing was decrypted",
             failures=missing,
         )
+    if not allow_exposed and exposes_contribution(contributors=len(ready), other_recipients=len(active) - len(ready)):
+        return finish_abort(
+            f"round {round}: {len(ready)} of {len(active)} silos announced themselves; "
+            f"{_exposed_reason(len(ready))}; nothing was decrypted",
+            failures=missing,
+        )
     n = len(ready)
     for s in ready:
         channel.send(s, KIND_CTL, {"type": "present", "n": n}, round=round)
@@ -373,6 +497,16 @@ def aggregator_secure_sum(
         return finish_abort(
             f"round {round}: only {len(contributors)} of {n} announced silos sent their update "
             f"(need {need}); nothing was decrypted",
+            failures=failures,
+            withdrawn=withdrawn,
+        )
+    receivers = set(active) - set(withdrawn)
+    if not allow_exposed and exposes_contribution(
+        contributors=len(contributors), other_recipients=len(receivers - set(contributors))
+    ):
+        return finish_abort(
+            f"round {round}: only {len(contributors)} of {n} announced silos sent their update; "
+            f"{_exposed_reason(len(contributors))}; nothing was decrypted",
             failures=failures,
             withdrawn=withdrawn,
         )

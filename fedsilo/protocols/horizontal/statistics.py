@@ -63,12 +63,15 @@ from fedsilo.privacy.accounting import noise_multiplier as _noise_multiplier
 from fedsilo.privacy.events import GaussianEvent
 from fedsilo.protocols.ledgers import job_ledgers
 from fedsilo.privacy.ledger import PrivacyLedger
+from fedsilo.privacy.relations import ADD_REMOVE_RECORD
 from fedsilo.privacy.mechanisms import discrete_gaussian, noise_share_sigma, noise_share_topup_sigma, secure_rng
 from fedsilo.protocols.channel import Channel, InProcessHub, run_parties
 from fedsilo.protocols.horizontal.secure_aggregation import (
     Contribution,
     aggregator_key_ceremony,
     aggregator_secure_sum,
+    check_federation,
+    exposed_sums_allowed,
     ledger_recipient,
     recipients_mechanism,
     share_parties,
@@ -292,8 +295,11 @@ def plan_statistics(
         delta = float(privacy.get("delta", 1e-5))
         accountant = str(privacy.get("accountant", "rdp"))
         colluders = privacy.get("colluders", DEFAULT_COLLUDERS)
-        if isinstance(colluders, bool) or not isinstance(colluders, int) or colluders < 0:
-            raise ConfigError(f"privacy.colluders must be an integer >= 0, got {colluders!r}")
+        if isinstance(colluders, bool) or not isinstance(colluders, int) or colluders < 1:
+            raise ConfigError(
+                f"privacy.colluders must be an integer >= 1 (each silo knows its own noise share and sees "
+                f"the decrypted sum), got {colluders!r}"
+            )
         if silos < colluders + 1:
             raise ConfigError(f"{silos} silo(s) cannot tolerate {colluders} colluding key holder(s): need at least {colluders + 1}")
         z = _noise_multiplier(
@@ -453,6 +459,7 @@ def statistics_silo(
     noise_seed: int | None = None,
     timeout: float = 120.0,
     drop: str | None = None,
+    allow_exposed: bool = False,
 ) -> dict[str, Any]:
     """One silo of a federated-statistics job; returns the released answers (or why not).
 
@@ -501,7 +508,7 @@ def statistics_silo(
             return ledger.charge(
                 dataset, event, job=job, round=1, protocol=PROTOCOL,
                 mechanism={**plan.mechanism(), **recipients_mechanism(silos, aggregator=aggregator)},
-                recipient=ledger_recipient(silos), level="record",
+                recipient=ledger_recipient(silos), relation=ADD_REMOVE_RECORD,
             )
 
     outcome = silo_secure_sum(
@@ -514,6 +521,7 @@ def statistics_silo(
         contribution=Contribution(values=contribute, topup=topup, charge=charge),
         timeout=3 * timeout + 60.0,
         drop=drop,
+        allow_exposed=allow_exposed,
     )
     return {
         "status": outcome.status,
@@ -534,12 +542,14 @@ def statistics_aggregator(
     min_silos: int,
     colluders: int,
     timeout: float = 120.0,
+    allow_exposed: bool = False,
 ) -> dict[str, Any]:
     """The aggregator of a statistics job: adds ciphertexts, holds no key."""
     be = get_backend(backend, **dict(backend_params))
     public = aggregator_key_ceremony(channel, be, silos=silos, timeout=3 * timeout + 60.0)
     out = aggregator_secure_sum(
-        channel, round=1, silos=silos, backend=be, public=public, min_silos=min_silos, colluders=colluders, timeout=timeout
+        channel, round=1, silos=silos, backend=be, public=public, min_silos=min_silos, colluders=colluders,
+        timeout=timeout, allow_exposed=allow_exposed,
     )
     return {
         "status": out.status,
@@ -561,14 +571,19 @@ def simulate_statistics(
     ledger_dir: Path | None,
     budgets: Mapping[str, tuple[float, float]],
     job: str,
-    seed: int,
     backend_params: Mapping[str, Any],
+    noise_seed: int | None = None,
     backend: str = "paillier",
     min_silos: int = 2,
     round_timeout: float = 120.0,
     faults: Mapping[str, str] | None = None,
+    insecure: bool = False,
 ) -> dict[str, Any]:
     """Run a federated-statistics job in-process with the production party functions.
+
+    ``insecure`` (``[crypto] insecure``) alone allows a sum of two silos, from which each would
+    compute the other's statistics (DP statistics protect records, not a whole silo).
+    ``noise_seed``: **tests only** (reproducible noise; the results say ``"private": False``).
 
     Returns:
         ``{"task": "statistics", "backend", "statistics": {column: {count, sum, mean,
@@ -592,23 +607,32 @@ def simulate_statistics(
     if backend == "paillier":
         params = _paillier_defaults(params, plan, silos)
     check_encoding(plan, get_backend(backend, **params))  # before any ledger is touched
-    seeds = np.random.SeedSequence(int(seed)).spawn(len(names))
+    allow_exposed = exposed_sums_allowed(insecure=insecure, silo_level_dp=False)
+    check_federation(silos=names, allow_exposed=allow_exposed)
+    # Noise comes from the OS CSPRNG; a noise_seed (tests only) makes it reproducible and the
+    # run not private (results and ledger entries say so).
+    seeds: list[int | None] = (
+        [int(s.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)) for s in np.random.SeedSequence(int(noise_seed)).spawn(len(names))]
+        if noise_seed is not None
+        else [None] * len(names)
+    )
     hub = InProcessHub(job, [*names, AGGREGATOR])
     parties: dict[str, Callable[[Channel], Any]] = {
         AGGREGATOR: lambda ch: statistics_aggregator(
             ch, silos=names, backend=backend, backend_params=params, min_silos=min_silos,
-            colluders=plan.colluders, timeout=round_timeout,
+            colluders=plan.colluders, timeout=round_timeout, allow_exposed=allow_exposed,
         )
     }
     for n, s in zip(names, seeds):
         parties[n] = lambda ch, n=n, s=s: statistics_silo(
             ch, job=job, silos=names, aggregator=AGGREGATOR, frame=silos[n], plan=plan, backend=backend,
             backend_params=params, ledger=ledgers.get(n), dataset=n,
-            noise_seed=int(s.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)),
-            timeout=round_timeout, drop=(faults or {}).get(n),
+            noise_seed=s,
+            timeout=round_timeout, drop=(faults or {}).get(n), allow_exposed=allow_exposed,
         )
     opened = (
-        job_ledgers(ledger_dir, parties=names, budgets=budgets, accountant=plan.accountant)
+        job_ledgers(ledger_dir, parties=names, budgets=budgets, accountant=plan.accountant,
+                    reproducible_noise=noise_seed is not None)
         if privacy is not None
         else nullcontext({})
     )
@@ -642,12 +666,18 @@ def simulate_statistics(
     return {
         "task": "statistics",
         "backend": backend,
+        "private": noise_seed is None,
         "statistics": answer,
         "raw": raw,
         "silos": agg["contributors"],
         "epsilon": eps,
         "dp": dp,
         "bytes_sent": {p: int(b) for p, b in hub.bytes_sent().items()},
+        "notes": (
+            ["NOT PRIVATE: noise_seed was set (test-only); anyone with the seed can regenerate the noise"]
+            if noise_seed is not None
+            else []
+        ),
     }
 
 

@@ -16,6 +16,13 @@ and the result is a small :class:`LocalResult`. Nothing is kept between rounds.
   the number of steps per epoch. :func:`record_dp_plan` picks ``z`` for the job's target ε
   over all ``rounds * local_epochs * m`` steps with :func:`fedsilo.privacy.accounting.noise_multiplier`,
   so each round costs exactly ``GaussianEvent(z, q, local_epochs * m)``.
+* **The event is what runs.** ``GaussianEvent(z, q, T)`` is dp-accounting's
+  ``SelfComposedDpEvent(PoissonSampledDpEvent(q, GaussianDpEvent(z)), T)``: T steps, each over a
+  batch in which every record is included independently with probability q. Opacus'
+  ``DPDataLoader`` runs ``int(1 / q)`` such steps per epoch, which floating point makes ``m - 1``
+  for some ``m`` (``int(1 / (1 / 93)) == 92``), so the loader here is :class:`PoissonBatchSampler`:
+  exactly ``steps_per_epoch`` Poisson batches per epoch at rate ``q``, drawn from the generator
+  passed in. Opacus only clips and noises (``poisson_sampling=False``, it does not re-wrap it).
 """
 from __future__ import annotations
 
@@ -28,7 +35,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import DataLoader, Sampler, TensorDataset
+from torch.utils.data._utils.collate import default_collate
 
 from fedsilo.errors import ConfigError, DataError
 from fedsilo.privacy.accounting import noise_multiplier as _noise_multiplier
@@ -39,7 +47,17 @@ from fedsilo.protocols.horizontal.models import get_flat_params, loss_fn, set_fl
 # no gradient; harmless here, and a thread-local suppression is impossible (filters are global).
 warnings.filterwarnings("ignore", message="Full backward hook is firing when gradients are computed")
 
-__all__ = ["LocalConfig", "LocalResult", "RecordDP", "record_dp_plan", "train_local", "local_config_from", "OPTIMIZERS"]
+__all__ = [
+    "LocalConfig",
+    "LocalResult",
+    "OPTIMIZERS",
+    "PoissonBatchSampler",
+    "RecordDP",
+    "local_config_from",
+    "poisson_loader",
+    "record_dp_plan",
+    "train_local",
+]
 
 OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
 
@@ -74,7 +92,7 @@ class RecordDP:
     noise_multiplier: float
     max_grad_norm: float
     sample_rate: float  #: Poisson rate q = 1 / steps_per_epoch
-    steps_per_epoch: int
+    steps_per_epoch: int  #: Poisson batches per epoch, exactly (:class:`PoissonBatchSampler`)
 
     def event(self, *, epochs: int) -> GaussianEvent:
         """The DP event of one round of local training (``epochs`` passes)."""
@@ -123,6 +141,49 @@ def record_dp_plan(
         accountant=accountant,
     )
     return RecordDP(noise_multiplier=z, max_grad_norm=float(max_grad_norm), sample_rate=q, steps_per_epoch=m)
+
+
+class PoissonBatchSampler(Sampler[list[int]]):
+    """Exactly ``steps`` batches, each row in each batch independently with probability ``q``.
+
+    The sampling the Poisson-subsampled Gaussian's analysis assumes (Mironov, Talwar & Zhang,
+    "Rényi Differential Privacy of the Sampled Gaussian Mechanism", 2019, section 3), so
+    ``GaussianEvent(z, q, steps)`` describes one pass exactly. Unlike Opacus'
+    ``UniformWithReplacementSampler`` default, the number of steps is given, not ``int(1 / q)``.
+    Batches may be empty. Randomness comes only from ``generator``.
+    """
+
+    def __init__(self, *, num_samples: int, sample_rate: float, steps: int, generator: torch.Generator) -> None:
+        if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
+            raise DataError(f"Poisson sampling needs at least one row, got {num_samples!r}")
+        if not (isinstance(sample_rate, float) and 0.0 < sample_rate <= 1.0):
+            raise ConfigError(f"Poisson sample rate must be a float in (0, 1], got {sample_rate!r}")
+        if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+            raise ConfigError(f"Poisson sampling needs an integer number of steps >= 1, got {steps!r}")
+        self.num_samples = num_samples
+        self.sample_rate = sample_rate
+        self.steps = steps
+        self.generator = generator
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def __iter__(self) -> Any:
+        for _ in range(self.steps):
+            mask = torch.rand(self.num_samples, generator=self.generator) < self.sample_rate
+            yield mask.nonzero(as_tuple=False).reshape(-1).tolist()
+
+
+def poisson_loader(dataset: TensorDataset, *, sample_rate: float, steps: int, generator: torch.Generator) -> DataLoader:
+    """A DataLoader of :class:`PoissonBatchSampler` batches; an empty batch is a tuple of
+    zero-row tensors of the dataset's shapes and dtypes (Opacus handles those)."""
+    empty = [t[:0] for t in dataset.tensors]
+
+    def collate(batch: list[Any]) -> Any:
+        return [t.clone() for t in empty] if not batch else default_collate(batch)
+
+    sampler = PoissonBatchSampler(num_samples=len(dataset), sample_rate=sample_rate, steps=steps, generator=generator)
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
 
 
 def _targets(y: np.ndarray, n_classes: int) -> torch.Tensor:
@@ -177,9 +238,11 @@ def train_local(
         loader: DataLoader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=g_data)
     else:
         from opacus import PrivacyEngine
-        from opacus.data_loader import DPDataLoader
 
-        loader = DPDataLoader(dataset, sample_rate=record_dp.sample_rate, generator=g_data)
+        # exactly the charged steps per epoch (not DPDataLoader's int(1/q)): see the module docstring
+        loader = poisson_loader(
+            dataset, sample_rate=record_dp.sample_rate, steps=record_dp.steps_per_epoch, generator=g_data
+        )
         with warnings.catch_warnings():
             # "Secure RNG turned off": randomness comes from the seeded generators passed in
             # (secure_mode needs torchcsprng, not available for this torch; see the docstring).
@@ -191,7 +254,7 @@ def train_local(
                 data_loader=loader,
                 noise_multiplier=record_dp.noise_multiplier,
                 max_grad_norm=record_dp.max_grad_norm,
-                poisson_sampling=False,  # the loader above already Poisson-samples with our generator
+                poisson_sampling=False,  # the loader above already Poisson-samples, with our generator
                 noise_generator=g_noise,
             )
     module.train()

@@ -98,6 +98,7 @@ def vertical_party(
     spec: VerticalSpec,
     table: pd.DataFrame | None,
     rng: np.random.Generator,
+    public_rng: np.random.Generator,
     ledger: PrivacyLedger | None = None,
     dataset: str | None = None,
     source: str | None = None,
@@ -107,6 +108,11 @@ def vertical_party(
 
     Under DP a data party needs ``ledger`` and ``dataset`` and public bounds for each of its
     features (``spec.bounds``); both are checked before PSI starts.
+
+    ``rng`` is the party's **secret** randomness (PSI shuffles, gradient masks, noise shares,
+    noise on released scores): the OS CSPRNG, :func:`~fedsilo.privacy.mechanisms.secure_rng`,
+    outside tests. ``public_rng`` decides only public choices (the guest's train/test split and
+    batch order) and may come from the job seed.
 
     Returns this party's report: its history and final metrics (guest), its DP spending, PSI
     sizes, and its local model (never sent to anyone).
@@ -134,14 +140,16 @@ def vertical_party(
         feature_bounds(data.columns, spec.bounds, source=src, required=spec.dp is not None)
         with psi_executor(spec.psi_workers) as ex:
             al = align_guest(channel, hosts=top.hosts, ids=data.ids, rng=rng, round=0, executor=ex, source=src)
-        train_rows, test_rows = _split(rng, al.size, spec.test_fraction)
+        train_rows, test_rows = _split(public_rng, al.size, spec.test_fraction)
         channel.broadcast(top.hosts, "vlr/split", {"test": test_rows}, round=_SPLIT_ROUND)
         assert data.labels is not None
         x, y = data.features[al.positions], data.labels[al.positions]
         fit = guest_train(channel, topology=top, x=x, y=y, train_rows=train_rows, eval_rows=test_rows,
-                          columns=data.columns, progress=progress, **common)
+                          columns=data.columns, progress=progress, batch_rng=public_rng, **common)
         final: dict[str, float] = {}
-        if test_rows.size:
+        # Without DP (insecure) the hosts' exact held-out scores are released once; under DP no
+        # per-customer score can be released usefully, so the guest gets no held-out metrics.
+        if test_rows.size and spec.dp is None:
             assert fit.model is not None
             probs = predict_guest(channel, hosts=top.hosts, model=fit.model, x=x, rows=test_rows,
                                   round=fit.next_round, timeout=T)
@@ -165,10 +173,33 @@ def vertical_party(
     train_rows = np.setdiff1d(np.arange(al.size), test_rows)
     x = data.features[al.positions]
     fit = host_train(channel, topology=top, x=x, train_rows=train_rows, eval_rows=test_rows, columns=data.columns, **common)
-    if test_rows.size:
+    if test_rows.size and spec.dp is None:
         assert fit.model is not None
-        serve_predictions(channel, guest=top.guest, model=fit.model, x=x, allowed=test_rows, round=fit.next_round, timeout=T)
+        serve_predictions(channel, guest=top.guest, model=fit.model, x=x, allowed=test_rows, round=fit.next_round,
+                          timeout=T)
     return _report("host", fit, al.size, al.local_size, al.pairwise, train_rows.size, test_rows.size)
+
+
+def _simulation_metrics(spec: VerticalSpec, tables: Mapping[str, pd.DataFrame], out: Mapping[str, Any]) -> dict[str, float]:
+    """Held-out metrics of the joint model computed by the *simulation*, which holds every
+    party's table and local model: simulation only, not private, never seen by any party."""
+    top = spec.topology
+    guest = out[top.guest]
+    test_ids = guest.get("test_ids") or []
+    if not test_ids:
+        return {}
+    logits = np.zeros(len(test_ids))
+    labels = None
+    for p in top.data_parties:
+        data = prepare_table(tables[p], source=p, id_column=spec.id_column, label=spec.label if p == top.guest else None)
+        where = {i: k for k, i in enumerate(data.ids)}
+        rows = np.array([where[i] for i in test_ids], dtype=np.int64)
+        logits = logits + out[p]["model"].partial_logits(data.features[rows])
+        if p == top.guest:
+            assert data.labels is not None
+            labels = data.labels[rows]
+    assert labels is not None
+    return evaluation_metrics(labels, 1.0 / (1.0 + np.exp(-logits)))
 
 
 def _report(role: str, fit: FitResult, aligned: int, local: int, pairwise: Mapping[str, int], n_train: int, n_test: int,
@@ -187,10 +218,17 @@ def _report(role: str, fit: FitResult, aligned: int, local: int, pairwise: Mappi
     }
 
 
-def _party_rng(seed: int | None, index: int) -> np.random.Generator:
-    if seed is None:
+def _public_rng(seed: int | None, index: int) -> np.random.Generator:
+    """Public choices only (split, batch order): reproducible from the job seed."""
+    return np.random.Generator(np.random.Philox(np.random.SeedSequence(None if seed is None else [int(seed), index])))
+
+
+def _secret_rng(noise_seed: int | None, index: int) -> np.random.Generator:
+    """Masks, noise, PSI shuffles: the OS CSPRNG; a ``noise_seed`` (tests only) makes the run
+    reproducible and **not private** (anyone with the seed can regenerate every noise share)."""
+    if noise_seed is None:
         return secure_rng()
-    return np.random.Generator(np.random.Philox(np.random.SeedSequence([int(seed), index])))
+    return secure_rng(int(np.random.SeedSequence([int(noise_seed), index]).generate_state(1, dtype=np.uint64)[0]))
 
 
 def _parse_roles(roles: Mapping[str, str]) -> Topology:
@@ -235,11 +273,15 @@ def vertical_parties(
     tables: Mapping[str, pd.DataFrame],
     *,
     seed: int | None = None,
+    noise_seed: int | None = None,
     ledgers: Mapping[str, PrivacyLedger] | None = None,
     datasets: Mapping[str, str] | None = None,
     progress: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Callable[[Channel], dict[str, Any]]]:
-    """One function per party, ready for :func:`~fedsilo.protocols.channel.run_parties`."""
+    """One function per party, ready for :func:`~fedsilo.protocols.channel.run_parties`.
+
+    ``seed`` decides public choices (split, batch order); secret randomness is the OS CSPRNG
+    unless ``noise_seed`` (tests only: the run is then not private)."""
     top = spec.topology
     names = [*top.data_parties, *([top.arbiter] if top.arbiter else [])]
     ledgers = ledgers or {}
@@ -247,7 +289,8 @@ def vertical_parties(
 
     def make(i: int, name: str) -> Callable[[Channel], dict[str, Any]]:
         def fn(ch: Channel) -> dict[str, Any]:
-            return vertical_party(ch, spec=spec, table=tables.get(name), rng=_party_rng(seed, i),
+            return vertical_party(ch, spec=spec, table=tables.get(name), rng=_secret_rng(noise_seed, i),
+                                  public_rng=_public_rng(seed, i),
                                   ledger=ledgers.get(name), dataset=datasets.get(name, name), source=name,
                                   progress=progress if name == top.guest else None)
         return fn
@@ -274,6 +317,7 @@ def simulate_vertical(
     datasets: Mapping[str, str] | None = None,
     job: str = "vertical",
     seed: int | None = 0,
+    noise_seed: int | None = None,
     test_fraction: float = 0.2,
     psi_workers: int | None = 1,
     timeout: float = 600.0,
@@ -301,7 +345,10 @@ def simulate_vertical(
             reported); ``budgets`` (party -> (ε, δ)) registers each dataset's budget
             (default: the DP target).
         datasets: party -> dataset name in its ledger (default: the party name).
-        job, seed: job id; seed for splits, batches, masks and noise (``None``: OS entropy).
+        job, seed: job id; seed for the public choices (train/test split, batch order).
+        noise_seed: **tests only** — seeds masks, noise and PSI shuffles so a run can be
+            repeated; the results then say ``"private": False`` and the ledger entries record
+            ``"reproducible_noise": true``. ``None`` (always, outside tests): the OS CSPRNG.
         test_fraction: aligned rows held out for evaluation.
         psi_workers: processes per party for PSI curve work (``None``: all cores).
         timeout: seconds any party waits for one message.
@@ -354,6 +401,7 @@ def simulate_vertical(
             budgets={p: (budgets or {}).get(p, (dp_cfg.epsilon, dp_cfg.delta)) for p in top.data_parties},
             accountant=dp_cfg.accountant,
             datasets=datasets,
+            reproducible_noise=noise_seed is not None,
         )
         if dp_cfg is not None
         else nullcontext({})
@@ -361,8 +409,8 @@ def simulate_vertical(
     with opened as ledgers:
         hub = InProcessHub(job, [*top.data_parties, *([top.arbiter] if top.arbiter else [])])
         start = time.perf_counter()
-        out = run_parties(hub, vertical_parties(spec, tables, seed=seed, ledgers=ledgers, datasets=datasets,
-                                                   progress=progress))
+        out = run_parties(hub, vertical_parties(spec, tables, seed=seed, noise_seed=noise_seed, ledgers=ledgers,
+                                                   datasets=datasets, progress=progress))
         seconds = time.perf_counter() - start
         spent = {p: led.spent(datasets.get(p, p)) for p, led in ledgers.items()}
     guest = out[top.guest]
@@ -389,12 +437,27 @@ def simulate_vertical(
             "noise_adders": plan.noise_adders,
             "level": "record",
         }
+    if dp_cfg is None:
+        notes.append(
+            "no DP (insecure): every party received its exact gradient and the guest the hosts' exact "
+            "held-out partial scores (docs/vertical.md, 'What each party learns')"
+        )
+    elif guest["rows"]["test"]:
+        notes.append(
+            "DP: no held-out scores were released (a per-customer score cannot be noised usefully), so the "
+            "guest has no held-out metrics ('final' is empty); 'simulation_metrics' are computed by the "
+            "simulation from every party's model: simulation only, not private, seen by no party"
+        )
+    if noise_seed is not None:
+        notes.append("NOT PRIVATE: noise_seed was set (test-only); anyone with the seed can regenerate the noise")
     return {
         "task": "vertical",
         "backend": backend,
+        "private": noise_seed is None,
         "topology": {"guest": top.guest, "hosts": list(top.hosts), "arbiter": top.arbiter},
         "rounds": guest["history"],
         "final": guest.get("final", {}),
+        "simulation_metrics": _simulation_metrics(spec, tables, out),
         "epsilon": eps,
         "dp": dp_out,
         "bytes_sent": hub.bytes_sent(),

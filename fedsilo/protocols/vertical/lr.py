@@ -47,8 +47,18 @@ Who learns what:
   stopping is off and the planned number of epochs — the one the budget was calibrated for —
   runs.
 * the joint prediction protocol (:func:`predict_guest` / :func:`serve_predictions`) reveals
-  the hosts' partial scores ``X_h w_h`` of the requested rows (not training rows in
-  :func:`fedsilo.protocols.vertical.simulate_vertical`) to the guest, as in FATE.
+  the hosts' exact partial scores ``X_h w_h`` of the requested rows to the guest, as in FATE.
+  A job uses it at most once, after training, on the held-out rows, and only without DP
+  (``insecure``): a per-customer score cannot be released under DP with any useful accuracy
+  (its sensitivity is the whole score range), so a DP job releases no held-out scores at all.
+  Nothing is evaluated during training: repeated scores under changing weights would reveal
+  the column space of the hosts' features;
+* without DP, every party receives its **exact** gradient ``X_pᵀd / n_b``: from it a host
+  recovers the residuals, hence the labels, once it has as many features as a batch has rows
+  (with zero initial weights, 100 % of the training labels in epoch 1), and a guest the hosts'
+  partial logits. Training without DP is refused unless the config opts in with ``[crypto]
+  insecure = true``, and refused even then when a party has at least ``batch_size`` features
+  (docs/vertical.md).
 
 DP (record level, replace one customer's row) is described in :mod:`.taylor`: features are
 scaled with public bounds (``bounds``, required for every feature under DP), each epoch's
@@ -78,6 +88,7 @@ from fedsilo.errors import ConfigError, DataError, EncodingOverflowError, PeerTi
 from fedsilo.privacy.accounting import epsilon
 from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.privacy.mechanisms import clip_rows_l2, gaussian_noise
+from fedsilo.privacy.relations import REPLACE_RECORD
 from fedsilo.protocols.channel import Channel
 from fedsilo.protocols.metrics import accuracy, auc, ks_statistic, log_loss
 from fedsilo.protocols.scaling import scale_with_bounds
@@ -444,7 +455,7 @@ def _charge(
             "colluders": plan.colluders,
         },
         recipient=",".join(sorted(recipients)),
-        level="record",
+        relation=REPLACE_RECORD,
     )
 
 
@@ -536,6 +547,20 @@ def _plan(dp: DpConfig | None, *, rows: int, config: TrainingConfig, parties: in
     )
 
 
+def _refuse_exact_gradients(dims: Mapping[str, int], *, batch_size: int, who: str) -> None:
+    """Without DP each party receives its exact gradient ``X_pᵀd / n``: with as many features
+    as rows in a batch, ``X_p`` is invertible on the batch and ``d`` (hence the labels, or
+    another party's partial logits) follows exactly. Refused even under ``insecure``."""
+    wide = {p: d for p, d in dims.items() if d >= batch_size}
+    if wide:
+        listed = ", ".join(f"{p} ({d})" for p, d in sorted(wide.items()))
+        raise ConfigError(
+            f"{who}: vertical training without DP reveals each party's exact gradient, and with at least as "
+            f"many features as rows per batch ({batch_size}) that gradient gives away the residuals (the labels): "
+            f"{listed}; raise training.batch_size above every party's feature count, or enable [privacy]"
+        )
+
+
 def _clip_logits(u: np.ndarray, plan: DpPlan | None) -> np.ndarray:
     return u if plan is None else np.clip(u, -plan.logit_clip, plan.logit_clip)
 
@@ -586,6 +611,7 @@ def guest_train(
     columns: Sequence[str] | None = None,
     bounds: Mapping[str, tuple[float, float]] | None = None,
     rng: np.random.Generator,
+    batch_rng: np.random.Generator,
     start_round: int = 1,
     progress: Callable[[dict[str, Any]], None] | None = None,
     noise_tap: NoiseTap | None = None,
@@ -593,8 +619,12 @@ def guest_train(
     """The guest's side of training: drives the epochs, draws the batches, forms residuals.
 
     ``x``/``y`` are the guest's aligned rows; ``train_rows`` and ``eval_rows`` index them (the
-    hosts get the same index sets). Per-epoch evaluation on ``eval_rows`` uses the joint
-    prediction protocol. ``bounds``: public ``column -> (lo, hi)`` feature bounds (required
+    hosts get the same index sets). Nothing is evaluated on ``eval_rows`` during training:
+    each per-epoch joint prediction would release the hosts' partial scores again (with enough
+    epochs, the column space of their features); see :func:`predict_guest`. ``rng``: this party's
+    secret randomness (masks, noise shares; the OS CSPRNG outside tests); ``batch_rng``: the
+    public batch order (from the job seed: the batches are public among the parties anyway).
+    ``bounds``: public ``column -> (lo, hi)`` feature bounds (required
     for every column under DP); ``ledger`` and ``dataset``: required under DP. ``noise_tap``
     (tests): called with every noise share this party draws.
 
@@ -629,6 +659,8 @@ def guest_train(
     dims = {me: model.weights.size, **{h: int(hellos[h]["dim"]) for h in hosts}}
     plan = _plan(dp, rows=train_rows.size, config=config, parties=len(topology.data_parties),
                  arbiter=topology.arbiter is not None)
+    if plan is None:
+        _refuse_exact_gradients(dims, batch_size=config.batch_size, who=me)
     setup = {"dims": dims, "plan": plan.to_json() if plan else None, "loss": bool(config.track_loss and plan is None)}
     channel.broadcast([*hosts, *([arb] if arb else [])], "vlr/setup", setup, round=r)
     keys = _setup_keys(channel, topology, backend, round=r, timeout=T)
@@ -636,14 +668,13 @@ def guest_train(
 
     xt = model.transform(x[train_rows])
     yt = y[train_rows]
-    x_all = model.transform(x)
     history: list[dict[str, Any]] = []
     track_loss = setup["loss"]
     prev_loss: float | None = None
     stopped = False
     epochs_run = 0
     for epoch in range(1, config.epochs + 1):
-        batches = epoch_partition(rows=train_rows.size, batch_size=config.batch_size, rng=rng)
+        batches = epoch_partition(rows=train_rows.size, batch_size=config.batch_size, rng=batch_rng)
         channel.broadcast(hosts, "vlr/epoch", {"stop": False, "batches": batches}, round=r)
         if arb:
             channel.send(arb, "vlr/epoch", {"stop": False, "sizes": [int(b.size) for b in batches]}, round=r)
@@ -716,11 +747,6 @@ def guest_train(
             value = channel.recv(holder, "vlr/loss_value", round=end_round, timeout=T)
             if loss_cts:
                 record["loss"] = taylor_loss(sum_squared_residuals=float(value["sum"]), rows=1)
-        if eval_rows.size:
-            probs = predict_guest(
-                channel, hosts=hosts, model=model, x=x, rows=eval_rows, round=end_round, timeout=T, transformed=x_all
-            )
-            record.update(evaluation_metrics(y[eval_rows], probs))
         history.append(record)
         if progress is not None:
             spent = _spent(plan, epoch)
@@ -877,6 +903,8 @@ def host_train(
         raise ProtocolError(f"{me}: malformed setup message from the guest")
     plan = _plan(dp, rows=train_rows.size, config=config, parties=len(topology.data_parties),
                  arbiter=topology.arbiter is not None)
+    if plan is None:
+        _refuse_exact_gradients({me: model.weights.size}, batch_size=config.batch_size, who=me)
     if (plan.to_json() if plan else None) != setup.get("plan"):
         raise ConfigError(f"{me}: the guest's DP plan differs from this host's; refusing to train")
     dims = {str(k): int(v) for k, v in setup["dims"].items()}
@@ -887,7 +915,6 @@ def host_train(
     r += 1
 
     xt = model.transform(x[train_rows])
-    x_all = model.transform(x)
     others = [p for p in topology.data_parties if p != me]
     j_me = topology.hosts.index(me)
     epochs_run = 0
@@ -952,8 +979,6 @@ def host_train(
             own = keys["own"]
             blobs = channel.recv(guest, "vlr/loss", round=end_round, timeout=T)
             channel.send(guest, "vlr/loss_value", {"sum": _decrypt_loss(own, blobs, sender=guest)}, round=end_round)
-        if eval_rows.size:
-            serve_predictions(channel, guest=guest, model=model, x=x, allowed=eval_rows, round=end_round, timeout=T, transformed=x_all)
         r = end_round + 1
     return FitResult(model=model, dp=plan, epochs_run=epochs_run, next_round=r + 1, epsilon=_spent(plan, epochs_run))
 
@@ -1049,8 +1074,8 @@ def predict_guest(
     """Joint prediction, the guest's side: probabilities for ``rows`` of the aligned data.
 
     The guest sends the row indices; each host answers with its partial scores ``X_h w_h`` for
-    those rows (plaintext, as in FATE's hetero-LR prediction); the guest adds its own and the
-    intercept and applies the sigmoid. Only the guest learns the scores.
+    those rows (exact, as in FATE's hetero-LR prediction; never called in a DP job); the guest
+    adds its own and the intercept and applies the sigmoid. Only the guest learns the scores.
     """
     rows = np.asarray(rows, dtype=np.int64)
     xg = transformed if transformed is not None else model.transform(x)
@@ -1073,10 +1098,11 @@ def serve_predictions(
     allowed: np.ndarray | None = None,
     transformed: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Joint prediction, a host's side: answer one request with partial scores.
+    """Joint prediction, a host's side: answer one request with its exact partial scores.
 
     ``allowed`` restricts which rows the guest may ask about (e.g. only evaluation rows, never
-    training rows); a request outside it raises :class:`ProtocolError`.
+    training rows); a request outside it raises :class:`ProtocolError`. The scores leave the
+    host unnoised, so a DP job never calls this (see the module docstring, "Who learns what").
     """
     msg = channel.recv(guest, "vlr/predict", round=round, timeout=timeout)
     rows = msg.get("rows") if isinstance(msg, dict) else None

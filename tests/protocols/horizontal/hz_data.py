@@ -14,7 +14,7 @@ def breast_cancer_silos(silos: int = 3, alpha: float = 0.5, seed: int = 7) -> An
     cfg = parse_config(
         {
             "federation": {"name": "t", "task": "horizontal", "seed": seed},
-            "crypto": {"backend": "plain"},
+            "crypto": {"backend": "plain", "insecure": True},
             "data": {
                 "source": "sklearn:breast_cancer",
                 "label": "target",
@@ -29,7 +29,7 @@ def breast_cancer_silos(silos: int = 3, alpha: float = 0.5, seed: int = 7) -> An
 def base_kwargs(data: Any, **over: Any) -> dict[str, Any]:
     kw: dict[str, Any] = dict(
         silos=data.silos,
-        test=data.test,
+        tests=data.tests,
         backend="plain",
         backend_params={},
         model={"kind": "logistic"},
@@ -63,7 +63,12 @@ def central_accuracy(data: Any, *, model: dict[str, Any], training: dict[str, An
     )
     p0 = get_flat_params(m)
     res = train_local(m, x, y, global_params=p0, config=cfg, n_classes=2, seed=seed)
-    return evaluate(model, p0 + res.update, *data.test, n_features=x.shape[1], n_classes=2)["accuracy"]
+    return evaluate(model, p0 + res.update, *pooled_test(data), n_features=x.shape[1], n_classes=2)["accuracy"]
+
+
+def pooled_test(data: Any) -> tuple[np.ndarray, np.ndarray]:
+    """Every silo's held-out rows pooled: a test-only central reference, never a party's view."""
+    return (np.vstack([x for x, _ in data.tests.values()]), np.concatenate([y for _, y in data.tests.values()]))
 
 
 def backend_available(name: str, **params: Any) -> bool:

@@ -18,7 +18,7 @@ from fedsilo.protocols.horizontal.strategies import FedAvg
 
 
 def test_clips_then_delegates() -> None:
-    dp = DPFedAvg(FedAvg(), clip=0.5, noise_multiplier=1.0, colluders=0)
+    dp = DPFedAvg(FedAvg(), clip=0.5, noise_multiplier=1.0, colluders=1)
     u = dp.prepare_update(np.array([3.0, 4.0]), round=1)
     assert np.linalg.norm(u) <= 0.5
     np.testing.assert_allclose(u, [0.3, 0.4])
@@ -34,6 +34,8 @@ def test_rejects_bad_arguments() -> None:
         DPFedAvg(DPFedAvg(FedAvg(), clip=1.0, noise_multiplier=1.0), clip=1.0, noise_multiplier=1.0)
     with pytest.raises(ConfigError):
         DPFedAvg("fedavg", clip=1.0, noise_multiplier=1.0)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="knows its own noise share"):
+        DPFedAvg(FedAvg(), clip=1.0, noise_multiplier=1.0, colluders=0)  # a silo subtracting its own share
 
 
 def test_event_and_epsilon_match_accountant() -> None:
@@ -44,7 +46,7 @@ def test_event_and_epsilon_match_accountant() -> None:
     assert eps <= 8.0 and eps > 7.9
 
 
-@pytest.mark.parametrize("present,colluders", [(3, 0), (3, 1), (5, 1), (10, 2)])
+@pytest.mark.parametrize("present,colluders", [(3, 1), (5, 1), (5, 2), (10, 2)])
 def test_shares_sum_to_at_least_target_variance(present: int, colluders: int) -> None:
     dp = DPFedAvg(FedAvg(), clip=1.0, noise_multiplier=2.0, colluders=colluders)
     rng = secure_rng(3)

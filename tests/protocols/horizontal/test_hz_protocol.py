@@ -11,7 +11,7 @@ import pytest
 from fedsilo.crypto.base import WIRE_MAGIC
 from fedsilo.errors import NotEnoughSilosError
 from fedsilo.privacy.accounting import epsilon
-from fedsilo.privacy.events import GaussianEvent
+from fedsilo.privacy.events import ComposedEvent, GaussianEvent
 from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.protocols import codec
 from fedsilo.protocols.channel import InProcessHub, run_parties
@@ -35,14 +35,15 @@ PAILLIER = pytest.param(
 
 def run_direct(data: Any, *, backend: str = "plain", backend_params: dict | None = None, training: dict = TRAINING,
                privacy: dict | None = None, faults: dict | None = None, ledgers: dict | None = None,
-               min_silos: int = 2, round_timeout: float = 30.0, seeded: bool = True) -> tuple[InProcessHub, dict[str, Any]]:
+               min_silos: int = 2, round_timeout: float = 30.0, seeded: bool = True,
+               insecure: bool = False) -> tuple[InProcessHub, dict[str, Any]]:
     """Run the production party functions on an in-process hub we can inspect (``seeded=False``:
     noise and sampling from OS entropy, as in production)."""
     names = list(data.silos)
     job = HorizontalJob(
         job="direct", backend=backend, backend_params=backend_params or {}, model={"kind": "logistic"},
         training=training, privacy=privacy, n_features=data.silos[names[0]][0].shape[1], seed=7,
-        min_silos=min_silos, round_timeout=round_timeout,
+        min_silos=min_silos, round_timeout=round_timeout, insecure=insecure,
     )
     hub = InProcessHub("direct", [*names, AGGREGATOR])
     parties: dict[str, Any] = {AGGREGATOR: lambda ch: aggregator(ch, job=job, silos=names)}
@@ -115,13 +116,17 @@ def test_aggregator_only_receives_ciphertexts(bc3: Any, backend: str, params: di
                 np.load(io.BytesIO(ct[40:]), allow_pickle=False)
             assert len(ct) >= 8 * 31  # not shorter than the float64 update it carries
         seen_ct += 1
-    assert seen_ct == 2 * 3
+    assert seen_ct == 2 * 3 * 2  # a training sum and a metrics sum per round
 
 
 # --------------------------------------------------------------------------------- dropout
 def test_dropout_after_announcing_gets_topup_noise(bc3: Any) -> None:
     tr = {**TRAINING, "rounds": 3}
-    hub, results = run_direct(bc3, training=tr, privacy=None, faults={"site2": {2: "update"}}, round_timeout=3.0)
+    # without DP a sum of the two remaining silos would expose each one's update: skipped ...
+    _, refused = run_direct(bc3, training=tr, privacy=None, faults={"site2": {2: "update"}}, round_timeout=3.0)
+    assert refused[AGGREGATOR].rounds[1]["status"] == "aborted" and "exact update" in refused[AGGREGATOR].rounds[1]["reason"]
+    # ... unless insecure
+    hub, results = run_direct(bc3, training=tr, privacy=None, faults={"site2": {2: "update"}}, round_timeout=3.0, insecure=True)
     rounds = results[AGGREGATOR].rounds
     assert [r["contributors"] for r in rounds] == [["site0", "site1", "site2"], ["site0", "site1"], ["site0", "site1", "site2"]]
     assert rounds[1]["topup"] and rounds[1]["failures"] == ["site2"]
@@ -199,10 +204,15 @@ def test_record_level_dp_accuracy(bc3: Any) -> None:
     privacy = {"epsilon": 8.0, "delta": 1e-5, "clip": 1.0, "accountant": "rdp", "level": "record"}
     res = simulate_horizontal(**base_kwargs(bc3, training=TRAINING, privacy=privacy))
     central = central_accuracy(bc3, model={"kind": "logistic"}, training=TRAINING)
-    assert res["final"]["accuracy"] >= central - 0.05
+    own = res["silo_metrics"]
+    pooled = sum(m["accuracy"] * m["rows"] for m in own.values()) / sum(m["rows"] for m in own.values())
+    assert pooled >= central - 0.05
+    assert res["evaluation"] == "final" and abs(res["final"]["accuracy"] - pooled) <= 0.25
     assert res["dp"]["level"] == "record"
+    z_eval = res["dp"]["evaluation_noise_multiplier"]
     for n, info in res["dp"]["silos"].items():
-        want = epsilon(GaussianEvent(info["noise_multiplier"], info["sample_rate"], info["steps"]), delta=1e-5)
+        training = GaussianEvent(info["noise_multiplier"], info["sample_rate"], info["steps"])
+        want = epsilon(ComposedEvent((training, GaussianEvent(z_eval, 1.0, 1))), delta=1e-5)
         assert res["epsilon"][n]["epsilon"] == pytest.approx(want, rel=1e-9) and want <= 8.0
 
 
@@ -225,6 +235,55 @@ def test_unseeded_silos_draw_noise_from_256_bits_of_os_entropy(bc3: Any, tmp_pat
     _, results = run_direct(bc3, training={**TRAINING, "rounds": 1}, privacy=privacy, ledgers=ledgers, seeded=False)
     assert results[AGGREGATOR].rounds[0]["status"] == "ok"
     assert len(bits) >= 2 * len(bc3.silos) and min(bits) >= 128, bits  # training seed + noise generator
-    (entry,) = ledgers["site0"].entries("site0")
+    entry, metrics = ledgers["site0"].entries("site0")
     assert entry.mechanism["name"] == "dp-sgd" and entry.mechanism["neighbours"] == "add/remove one record of the silo"
-    assert entry.recipient == "silos:site0,site1,site2"
+    assert entry.recipient == "silos:site0,site1,site2" and entry.relation == "add-remove-record"
+    # the one release of federated metrics, after training, is charged too
+    assert metrics.mechanism["released"].startswith("federated metric inputs") and metrics.round == 2
+
+
+# --------------------------------------------------------------------------------- evaluation releases
+def _update_rounds(hub: InProcessHub) -> list[int]:
+    return sorted({e.round for e in hub.log if e.kind == "sum.update"})
+
+
+@pytest.mark.parametrize("privacy,expected", [
+    pytest.param(None, "every_round", id="no-dp"),
+    pytest.param(SILO_DP, "none", id="silo"),
+    pytest.param({"epsilon": 8.0, "delta": 1e-5, "clip": 1.0, "level": "record"}, "final", id="record"),
+])
+def test_metrics_leave_a_silo_only_as_a_secure_sum_of_its_held_out_inputs(bc3: Any, tmp_path: Any, privacy: Any,
+                                                                          expected: str) -> None:
+    """Each silo scores its own held-out rows; what leaves it is one ciphertext per release:
+    after every round without DP, once (charged) under record-level DP, never at silo level."""
+    names = list(bc3.silos)
+    job = HorizontalJob(job="ev", backend="plain", backend_params={}, model={"kind": "logistic"},
+                        training={**TRAINING, "rounds": 2}, privacy=privacy, n_features=bc3.silos[names[0]][0].shape[1],
+                        seed=7, insecure=True)
+    assert job.evaluation == expected
+    ledgers = {}
+    if privacy is not None:
+        for n in names:
+            ledgers[n] = PrivacyLedger(tmp_path / f"{n}.sqlite", silo=n)
+            ledgers[n].register_dataset(n, epsilon=10.0, delta=1e-5)
+    hub = InProcessHub("ev", [*names, AGGREGATOR])
+    parties: dict[str, Any] = {AGGREGATOR: lambda ch: aggregator(ch, job=job, silos=names)}
+    for n in names:
+        x, y = bc3.silos[n]
+        parties[n] = lambda ch, n=n, x=x, y=y: silo(ch, job=job, silos=names, aggregator=AGGREGATOR, x=x, y=y,
+                                                    test=bc3.tests[n], ledger=ledgers.get(n), dataset=n)
+    out = run_parties(hub, parties)
+    rounds = _update_rounds(hub)
+    want = {"every_round": [1, 2, 3, 4], "none": [1, 2], "final": [1, 2, 4]}[expected]
+    assert rounds == want, rounds
+    evaluation = out[names[0]].evaluation
+    assert [e["round"] for e in evaluation] == {"every_round": [1, 2], "none": [], "final": [2]}[expected]
+    for e in evaluation:  # every silo's held-out rows, and only those, are counted
+        rows = sum(len(t[1]) for t in bc3.tests.values())
+        assert e["rows"] == rows if expected == "every_round" else abs(e["rows"] - rows) < 40
+    assert out[names[0]].local_evaluation["rows"] == len(bc3.tests[names[0]][1])
+    if expected == "final":
+        entries = ledgers[names[0]].entries(names[0])
+        assert [e.round for e in entries] == [1, 2, 4] and entries[-1].relation == "add-remove-record"
+        # binary task: K = 1, sensitivity sqrt(K + 3) = 2
+        assert entries[-1].mechanism["sigma"] == pytest.approx(job.evaluation_noise_multiplier * 2.0, rel=1e-12)

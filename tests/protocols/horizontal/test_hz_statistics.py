@@ -46,7 +46,7 @@ def frames() -> dict[str, pd.DataFrame]:
 def _run(frames: dict[str, pd.DataFrame], **kw: Any) -> dict[str, Any]:
     args: dict[str, Any] = dict(
         silos=frames, columns=["age", "dose"], queries=QUERIES, bins=8, ranges=RANGES, privacy=None, ledger_dir=None,
-        budgets={n: (4.0, 1e-5) for n in frames}, job="stats", seed=3, backend_params={}, backend="plain",
+        budgets={n: (4.0, 1e-5) for n in frames}, job="stats", backend_params={}, backend="plain",
     )
     args.update(kw)
     return simulate_statistics(**args)
@@ -105,16 +105,23 @@ def test_dp_within_noise_bounds_and_charged(frames: dict[str, pd.DataFrame], tmp
 def test_budget_refusal_and_not_enough_silos(frames: dict[str, pd.DataFrame], tmp_path: Any) -> None:
     privacy = {"epsilon": 2.0, "delta": 1e-5}
     budgets = {"h0": (4.0, 1e-5), "h1": (4.0, 1e-5), "h2": (1.0, 1e-5)}
-    res = _run(frames, privacy=privacy, ledger_dir=tmp_path, budgets=budgets)
+    # h2 withdraws; a sum of the other two would expose each one's statistics to the other
+    with pytest.raises(NotEnoughSilosError, match="sum of 2"):
+        _run(frames, privacy=privacy, ledger_dir=tmp_path / "safe", budgets=budgets)
+    res = _run(frames, privacy=privacy, ledger_dir=tmp_path, budgets=budgets, insecure=True)
     assert res["silos"] == ["h0", "h1"]  # h2 withdrew, the others topped up the noise
     assert res["epsilon"]["h2"]["epsilon"] == 0.0
     # the same query again: h0 and h1 still afford it (2 + 2 <= 4 under RDP), but require 3 silos
     with pytest.raises(NotEnoughSilosError, match="nothing was decrypted"):
-        _run(frames, privacy=privacy, ledger_dir=tmp_path, budgets=budgets, min_silos=3)
+        _run(frames, privacy=privacy, ledger_dir=tmp_path, budgets=budgets, min_silos=3, insecure=True)
 
 
 def test_dropout_gets_topup(frames: dict[str, pd.DataFrame]) -> None:
-    res = _run(frames, privacy={"epsilon": 2.0, "delta": 1e-5}, faults={"h1": "update"}, round_timeout=3.0)
+    # a sum of the two remaining silos would give each the other's statistics: refused ...
+    with pytest.raises(NotEnoughSilosError, match="sum of 2 would let each contributor compute the other"):
+        _run(frames, privacy={"epsilon": 2.0, "delta": 1e-5}, faults={"h1": "update"}, round_timeout=3.0)
+    # ... unless the job opts in to insecure settings
+    res = _run(frames, privacy={"epsilon": 2.0, "delta": 1e-5}, faults={"h1": "update"}, round_timeout=3.0, insecure=True)
     assert res["silos"] == ["h0", "h2"]
     assert res["statistics"]["age"]["count"] == pytest.approx(200, abs=100)
 
@@ -170,7 +177,7 @@ def test_counts_get_a_finer_grid_when_shares_are_narrow() -> None:
 @given(
     eps=st.floats(0.05, 60.0),
     silos=st.integers(1, 12),
-    colluders=st.integers(0, 2),
+    colluders=st.integers(1, 2),
     bound=st.floats(1e-4, 1e4),
     queries=st.sampled_from([["count"], ["sum"], ["count", "sum", "histogram"], ["mean"]]),
 )
@@ -183,6 +190,12 @@ def test_every_noise_draw_is_at_least_three_grid_steps(eps: float, silos: int, c
         assert silos < colluders + 1 or "narrower than 3 steps" in str(exc)
         return
     _check_plan(plan, silos, colluders)
+
+
+def test_plan_refuses_zero_colluders() -> None:
+    """A silo knows its own share and sees the decrypted sum: 0 colluders is never safe."""
+    with pytest.raises(ConfigError, match="colluders must be an integer >= 1"):
+        plan_statistics(columns=["x"], queries=["count"], bins=3, ranges={}, privacy={"epsilon": 1.0, "colluders": 0}, silos=3)
 
 
 def test_plan_refuses_shares_it_cannot_widen() -> None:

@@ -24,12 +24,13 @@ BACKENDS = {
 }
 
 
-def _fit(tables, top: Topology, backend: str, params, training: TrainingConfig, label: str, id_column: str, dp=None):
+def _fit(tables, top: Topology, backend: str, params, training: TrainingConfig, label: str, id_column: str, dp=None,
+         noise_seed=None):
     spec = VerticalSpec(topology=top, id_column=id_column, label=label, backend=backend, backend_params=params,
                         training=training, dp=dp, bounds=breast_cancer_bounds() if dp is not None else {})
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 1024-bit Paillier keys warn (tests only)
-        return run_job(spec, tables)
+        return run_job(spec, tables, noise_seed=noise_seed)
 
 
 def _auc_gaps(tables, out, top: Topology, label: str, id_column: str) -> dict[str, float]:
@@ -63,7 +64,7 @@ def test_encrypted_training_matches_plaintext_and_sklearn(backend: str, arbiter:
     training = TrainingConfig(epochs=3, batch_size=128, lr=0.3)
     _, plain = _fit(tables, top, "plain", {}, training, "target", "pid")
     hub, enc = _fit(tables, top, backend, BACKENDS[backend], training, "target", "pid")
-    # same seeds -> same batches and masks: the encrypted run follows the plaintext one
+    # same seed -> same batches; the masks (OS CSPRNG) cancel exactly: the encrypted run follows the plaintext one
     tol = 1e-3 if backend == "ckks" else 1e-7
     for p in top.data_parties:
         np.testing.assert_allclose(enc[p]["model"].weights, plain[p]["model"].weights, atol=tol)
@@ -80,13 +81,14 @@ def test_encrypted_training_with_dp_and_three_parties(backend: str) -> None:
     top = Topology(guest="g", hosts=("h0", "h1"), arbiter="a")
     tables = breast_cancer_tables(2, guest_cols=4, host_cols=4, drop=0.05)
     training = TrainingConfig(epochs=2, batch_size=128, lr=0.3)
-    _, plain = _fit(tables, top, "plain", {}, training, "target", "pid", dp=DpConfig(epsilon=8.0))
-    _, enc = _fit(tables, top, backend, BACKENDS[backend], training, "target", "pid", dp=DpConfig(epsilon=8.0))
-    # the noise is drawn from the same seeded streams, so even the DP run follows plaintext
+    # test-only reproducible noise: the same noise_seed draws the same noise, so even the DP
+    # run follows plaintext (a private run never takes a noise seed)
+    _, plain = _fit(tables, top, "plain", {}, training, "target", "pid", dp=DpConfig(epsilon=8.0), noise_seed=11)
+    _, enc = _fit(tables, top, backend, BACKENDS[backend], training, "target", "pid", dp=DpConfig(epsilon=8.0), noise_seed=11)
     tol = 1e-3 if backend == "ckks" else 1e-7
     for p in top.data_parties:
         np.testing.assert_allclose(enc[p]["model"].weights, plain[p]["model"].weights, atol=tol)
-    assert enc["g"]["final"]["auc"] > 0.9
+    assert enc["g"]["final"] == {}  # DP: no held-out scores leave the hosts
 
 
 @pytest.mark.slow

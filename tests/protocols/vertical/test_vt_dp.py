@@ -160,7 +160,7 @@ def test_party_functions_refuse_dp_without_bounds(tmp_path) -> None:
         guest_train(hub.channel("g"), topology=Topology(guest="g", hosts=("h",)), x=x, y=y, train_rows=np.arange(30),
                     eval_rows=np.arange(0), backend=get_backend("plain"), config=TrainingConfig(),
                     dp=DpConfig(epsilon=8.0), ledger=led, dataset="g", columns=["a", "b"], bounds={"a": (-3.0, 3.0)},
-                    rng=rng)
+                    rng=rng, batch_rng=rng)
     led.close()
     assert hub.log == []  # refused before anything was sent
 
@@ -226,12 +226,12 @@ def test_dp_without_a_ledger_is_refused_before_anything_is_sent(role: str) -> No
                   bounds={"a": (-3.0, 3.0), "b": (-3.0, 3.0)}, rng=rng)
     with pytest.raises(ConfigError, match="needs a privacy ledger"):
         if role == "guest":
-            guest_train(hub.channel("g"), y=y, **common)
+            guest_train(hub.channel("g"), y=y, batch_rng=rng, **common)
         elif role == "host":
             host_train(hub.channel("h"), **common)
         else:
             vertical_party(hub.channel("h"), spec=_dp_spec(Topology(guest="g", hosts=("h",))),
-                           table=breast_cancer_tables(1)["h0"], rng=rng, dataset="h")
+                           table=breast_cancer_tables(1)["h0"], rng=rng, public_rng=rng, dataset="h")
     assert hub.log == []
 
 

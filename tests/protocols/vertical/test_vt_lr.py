@@ -204,8 +204,11 @@ def test_dp_auc_loss_is_moderate_at_epsilon_8() -> None:
     private = simulate_vertical(**kw, dp={"epsilon": 8.0, "delta": 1e-5})
     # every party now adds a share of every gradient's noise and all P gradients are composed per
     # epoch (z = sqrt(P)·z_event), so the loss is larger than with noise from the others only:
-    # measured 0.118 at this (default) seed, 0.01–0.08 (mean 0.047) over seeds 1–5
-    assert private["final"]["auc"] > 0.85 and private["final"]["auc"] > plain["final"]["auc"] - 0.15
+    # measured 0.01–0.12 with seeded noise; the noise now comes from the OS CSPRNG (a fresh draw
+    # every run), so the bound leaves room for its spread; ten times the noise gives ~0.5
+    dp_auc = private["simulation_metrics"]["auc"]  # under DP the guest gets no held-out scores
+    assert private["final"] == {} and plain["final"]["auc"] == pytest.approx(plain["simulation_metrics"]["auc"])
+    assert dp_auc > 0.75 and dp_auc > plain["final"]["auc"] - 0.2
 
 
 # ------------------------------------------------------------------------------ bad input
@@ -273,7 +276,8 @@ def test_mismatched_row_counts_are_a_data_error() -> None:
             hub,
             {
                 "g": lambda ch: guest_train(ch, topology=top, x=xg, y=y, train_rows=np.arange(100), eval_rows=np.arange(0),
-                                            backend=backend, config=cfg, rng=np.random.default_rng(1)),
+                                            backend=backend, config=cfg, rng=np.random.default_rng(1),
+                                            batch_rng=np.random.default_rng(3)),
                 "h": lambda ch: host_train(ch, topology=top, x=xh, train_rows=np.arange(90), eval_rows=np.arange(0),
                                            backend=backend, config=cfg, rng=np.random.default_rng(2)),
                 "a": lambda ch: arbiter_train(ch, topology=top, backend=backend, config=cfg),
@@ -292,7 +296,8 @@ def test_parties_with_different_settings_refuse_to_train() -> None:
             hub,
             {
                 "g": lambda ch: guest_train(ch, topology=top, x=x, y=y, train_rows=np.arange(50), eval_rows=np.arange(0),
-                                            backend=backend, config=TrainingConfig(lr=0.1), rng=np.random.default_rng(1)),
+                                            backend=backend, config=TrainingConfig(lr=0.1), rng=np.random.default_rng(1),
+                                            batch_rng=np.random.default_rng(3)),
                 "h": lambda ch: host_train(ch, topology=top, x=x, train_rows=np.arange(50), eval_rows=np.arange(0),
                                            backend=backend, config=TrainingConfig(lr=0.2), rng=np.random.default_rng(2)),
             },
@@ -321,3 +326,38 @@ def test_early_stopping_on_loss_tolerance() -> None:
     res = simulate_vertical(tables=breast_cancer_tables(1), roles={"g": "guest", "h0": "host"}, id_column="pid",
                             label="target", backend="plain", epochs=8, tol=0.5)
     assert res["epochs"] == 2 and res["stopped_early"] and len(res["rounds"]) == 2
+
+
+# ------------------------------------------------------------------------------ evaluation releases (audit items 3, 4)
+
+
+def test_held_out_scores_are_released_once_without_dp_and_never_under_dp() -> None:
+    """Nothing is evaluated per epoch (repeated scores would reveal the hosts' column space):
+    without DP the hosts send their held-out scores exactly once, after training; under DP never."""
+    top = TOPOLOGIES["arbiter-2hosts"]
+    tables = breast_cancer_tables(2, guest_cols=4, host_cols=4)
+    training = TrainingConfig(epochs=3, batch_size=64, lr=0.3)
+    hub, out = run_job(_spec(top, training=training), tables)
+    scores = payloads(hub, "g", "vlr/score")
+    assert sorted(s for s, *_ in scores) == ["h0", "h1"]  # one message per host, after the last epoch
+    assert len({r for _, _, r, _ in scores}) == 1 and out["g"]["final"]["auc"] > 0.9
+    assert all(len(p) == out["g"]["rows"]["test"] for *_, p in scores)
+    hub, out = run_job(_spec(top, training=training, dp=DpConfig(epsilon=8.0)), tables)
+    assert payloads(hub, "g", "vlr/score") == [] and payloads(hub, "h0", "vlr/predict") == []
+    assert out["g"]["final"] == {}
+
+
+def test_training_without_dp_is_refused_when_a_party_has_as_many_features_as_a_batch() -> None:
+    """With d_p >= batch size, X_p^T d = n g_p can be solved for the residuals (the labels)."""
+    tables = breast_cancer_tables(1, guest_cols=4, host_cols=12)
+    with pytest.raises(ConfigError, match=r"h0 \(12\).*batch_size"):
+        simulate_vertical(tables=tables, roles={"g": "guest", "h0": "host"}, id_column="pid", label="target",
+                          backend="plain", epochs=1, batch_size=12)
+    # under DP the exact gradient never leaves the key holder unnoised: allowed
+    res = simulate_vertical(tables=tables, roles={"g": "guest", "h0": "host"}, id_column="pid", label="target",
+                            backend="plain", epochs=1, batch_size=12, dp={"epsilon": 8.0}, bounds=breast_cancer_bounds())
+    assert res["dp"] is not None
+    # and one feature fewer than the batch is allowed without DP, with a note saying what leaks
+    ok = simulate_vertical(tables=tables, roles={"g": "guest", "h0": "host"}, id_column="pid", label="target",
+                           backend="plain", epochs=1, batch_size=13)
+    assert any("no DP (insecure)" in n for n in ok["notes"])

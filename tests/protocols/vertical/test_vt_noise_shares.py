@@ -57,7 +57,8 @@ def _run(top: Topology, colluders: int) -> tuple[InProcessHub, dict, list[NoiseD
                           bounds=bounds, noise_tap=draws.append)
             fns = {
                 top.guest: lambda ch: guest_train(ch, x=xs[top.guest], y=y, ledger=ledgers[top.guest], dataset=top.guest,
-                                                  columns=cols[top.guest], rng=np.random.default_rng(1), **common),
+                                                  columns=cols[top.guest], rng=np.random.default_rng(1),
+                                                  batch_rng=np.random.default_rng(5), **common),
             }
             for i, h in enumerate(top.hosts):
                 fns[h] = lambda ch, h=h, i=i: host_train(ch, x=xs[h], ledger=ledgers[h], dataset=h, columns=cols[h],

@@ -64,7 +64,8 @@ def bank_tables() -> dict[str, pd.DataFrame]:
 
 def run_job(spec: VerticalSpec, tables: Mapping[str, pd.DataFrame], *, seed: int = 0, **kw: Any) -> tuple[InProcessHub, dict[str, Any]]:
     """Run every party of ``spec``; under DP without ``ledgers``, each data party charges a
-    throw-away ledger with a large budget."""
+    throw-away ledger with a large budget. ``noise_seed=`` (in ``kw``) makes the secret streams
+    reproducible (test-only, not private); by default they come from the OS CSPRNG."""
     top = spec.topology
     hub = InProcessHub("job-test", [*top.data_parties, *([top.arbiter] if top.arbiter else [])])
     if spec.dp is None or "ledgers" in kw:
