@@ -4,8 +4,11 @@ Every row uses the data ``fedsilo simulate examples/hospitals_horizontal/federat
 prepares (``load_config`` + ``prepare_horizontal``: breast_cancer, 3 label-skewed hospitals,
 features clipped to the published bounds and mapped to [-1, 1], each hospital's own 20 % test
 rows pooled for evaluation) and, for the federated rows, the production party functions
-(``simulate_horizontal``, one thread per party). The federation seed changes the split, the
-initial model and the noise, so the spread over seeds is the spread a user sees.
+(``simulate_horizontal``, one thread per party). The federation seed changes the split and the
+initial model; the DP noise and the DP-SGD sampling come from the OS CSPRNG in every run (never
+from the seed), so the spread over seeds is the spread a user sees. Accuracy and AUC are those of
+the final model on every hospital's held-out rows pooled by the benchmark (the results'
+``simulation_metrics``: a measurement, not a release).
 
 Rows:
 
@@ -22,8 +25,8 @@ Rows:
   the features' offset (mean about −0.5 after the [-1, 1] map).
 
 The ``plain`` backend is used for speed; CKKS and Paillier give the same model up to ~1e-8
-(``tests/protocols/horizontal``). Noise, sampling and the split are seeded, so a re-run on the
-same software versions reproduces the table.
+(``tests/protocols/horizontal``). The split is seeded; the noise is not (it is private), so a
+re-run reproduces the table up to the noise's spread.
 
     .venv/bin/python benchmarks/horizontal_accuracy.py              # 20 seeds, writes docs/benchmarks.md
     .venv/bin/python benchmarks/horizontal_accuracy.py --seeds 3 --no-write
@@ -190,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "The hospitals example's data (`examples/hospitals_horizontal/`: breast_cancer, 3 label-skewed "
         "hospitals, features clipped to the published bounds and mapped to [-1, 1], each hospital's 20 % "
-        f"test rows pooled), federation seeds 0–{seeds[-1]} (the seed changes the split, the initial model and "
-        "the noise); `simulate_horizontal` with the `plain` backend (CKKS/Paillier give the same model). "
+        f"test rows pooled), federation seeds 0–{seeds[-1]} (the seed changes the split and the initial model; "
+        "the DP noise and sampling come from the OS CSPRNG in every run); `simulate_horizontal` with the `plain` backend (CKKS/Paillier give the same model). "
         "ε per hospital, δ = 1e-5, each file's accountant (federation.toml: RDP, silo_level.toml: PLD); "
         "ε column: largest reported ε over hospitals and seeds. "
         "Silo-level DP-FedAvg: every hospital every round (q = 1), update clipped to C, "

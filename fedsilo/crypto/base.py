@@ -152,6 +152,19 @@ class Confidentiality:
     reason: str = ""
     param: str | None = None
 
+    @property
+    def sufficient(self) -> bool:
+        """``secure`` and, when the backend states its security, at least
+        :data:`MIN_SECURITY_BITS` bits (a plugin cannot pass with ``Confidentiality(True, 80)``)."""
+        return self.secure and (self.security_bits is None or self.security_bits >= MIN_SECURITY_BITS)
+
+    @property
+    def why_not(self) -> str:
+        """The reason for an error message when not :attr:`sufficient`."""
+        if self.reason:
+            return self.reason
+        return f"the backend states {self.security_bits} bits of security, below {MIN_SECURITY_BITS}"
+
 
 class PublicContext(abc.ABC):
     """Public parameters and encryption key: safe to send to any peer."""

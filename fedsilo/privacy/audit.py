@@ -44,6 +44,7 @@ import numpy as np
 from scipy import special, stats
 
 from fedsilo.errors import PrivacyParameterError
+from fedsilo.privacy.mechanisms import _positive
 
 __all__ = [
     "MAX_THRESHOLDS",
@@ -82,15 +83,6 @@ def _unit_interval(name: str, value: object) -> float:
     v = float(value)
     if not (0.0 < v < 1.0):
         raise PrivacyParameterError(f"{name} must be in (0, 1), got {value!r}")
-    return v
-
-
-def _positive(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise PrivacyParameterError(f"{name} must be a number, got {value!r}")
-    v = float(value)
-    if not (math.isfinite(v) and v > 0.0):
-        raise PrivacyParameterError(f"{name} must be a finite number > 0, got {value!r}")
     return v
 
 

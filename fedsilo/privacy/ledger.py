@@ -106,7 +106,7 @@ from fedsilo.errors import (
 )
 from fedsilo.privacy.accounting import ACCOUNTANTS, epsilon, normalize
 from fedsilo.privacy.events import ComposedEvent, DpEvent, event_from_json
-from fedsilo.privacy.relations import LEVELS, RELATIONS, level_of, to_composition_target
+from fedsilo.privacy.relations import LEVELS, RELATIONS, check_accountable, level_of, to_composition_target
 
 __all__ = [
     "LEVELS",
@@ -1156,6 +1156,7 @@ class PrivacyLedger:
         if isinstance(round, bool) or not isinstance(round, numbers.Integral) or round < 0:
             raise ConfigError(f"round must be an integer >= 0, got {round!r}")
         level = level_of(relation)  # PrivacyParameterError (a ConfigError) if unknown
+        check_accountable(event, relation)
         if not isinstance(mechanism, Mapping):
             raise ConfigError(f"mechanism must be a mapping of name and parameters, got {mechanism!r}")
         try:

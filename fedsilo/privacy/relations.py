@@ -61,6 +61,7 @@ __all__ = [
     "RELATIONS",
     "LEVELS",
     "level_of",
+    "check_accountable",
     "convert",
     "composition_target",
     "to_composition_target",
@@ -101,6 +102,36 @@ def _check(relation: object) -> str:
             f"unknown neighbouring relation {relation!r}; expected one of {', '.join(RELATIONS)}"
         )
     return relation
+
+
+def _gaussian_leaves(event: DpEvent) -> Iterable[GaussianEvent]:
+    if isinstance(event, GaussianEvent):
+        yield event
+    elif isinstance(event, ComposedEvent):
+        for e in event.events:
+            yield from _gaussian_leaves(e)
+
+
+def check_accountable(event: DpEvent, relation: str) -> None:
+    """Refuse an event the accountant cannot state under ``relation``.
+
+    fedsilo's accountants compose Poisson-subsampled Gaussians with the add/remove analysis
+    (Mironov, Talwar & Zhang 2019); amplification by subsampling is not the same bound under
+    replace-one (Balle, Barthe & Gaboardi 2018: replace-one needs its own analysis, and
+    dp-accounting's REPLACE_ONE PLD gives a larger ε). So a subsampled Gaussian (``q < 1``) may
+    be charged under ``add-remove-record`` or ``zero-out-silo`` only.
+
+    Raises:
+        PrivacyError: naming the relation and the sampling rate.
+    """
+    _check(relation)
+    if relation == REPLACE_RECORD:
+        sampled = [e for e in _gaussian_leaves(event) if e.sample_rate < 1.0]
+        if sampled:
+            raise PrivacyError(
+                f"a Poisson-subsampled Gaussian (sample_rate {sampled[0].sample_rate:g}) cannot be charged under "
+                f"{REPLACE_RECORD!r}: its accounting holds for {ADD_REMOVE_RECORD!r} (or {ZERO_OUT_SILO!r}) only"
+            )
 
 
 def level_of(relation: str) -> str:

@@ -40,6 +40,7 @@ __all__ = [
     "StatisticsSection",
     "TrainingSection",
     "apply_overrides",
+    "check_insecure_settings",
     "load_config",
     "parse_config",
 ]
@@ -337,19 +338,32 @@ def _exposed_sums(cfg: JobConfig) -> str | None:
     rule, per round, is :func:`fedsilo.protocols.horizontal.secure_aggregation.exposed_sums_allowed`.
     """
     task = cfg.federation.task
-    if task == "vertical" or len(cfg.silo_names()) != 2:
+    colluders = cfg.privacy.colluders if cfg.privacy is not None else 1
+    n = len(cfg.silo_names())
+    if task == "vertical" or not 2 <= n <= colluders + 1:
         return None
     if task == "horizontal":
         if cfg.privacy is not None and cfg.privacy.level == "silo":
             return None
         return (
-            "a horizontal job with exactly 2 silos lets each silo compute the other's model update "
-            "(the decrypted sum minus its own); add a silo, use silo-level DP ([privacy] level = "
-            '"silo"), or '
+            (
+                "a horizontal job with exactly 2 silos lets each silo compute the other's model update "
+                "(the decrypted sum minus its own)"
+                if n == 2
+                else f"a horizontal job with {n} silos and privacy.colluders = {colluders} lets the colluders "
+                "compute another silo's model update (the decrypted sum minus their own)"
+            )
+            + '; add silos, use silo-level DP ([privacy] level = "silo"), or '
         )
     return (
-        "a statistics job with exactly 2 silos lets each silo compute the other's statistics "
-        "(the decrypted sum minus its own); add a silo, or "
+        (
+            "a statistics job with exactly 2 silos lets each silo compute the other's statistics "
+            "(the decrypted sum minus its own)"
+            if n == 2
+            else f"a statistics job with {n} silos and privacy.colluders = {colluders} lets the colluders "
+            "compute another silo's statistics (the decrypted sum minus their own)"
+        )
+        + "; add silos, or "
     )
 
 
@@ -363,9 +377,9 @@ def _check_insecure(cfg: JobConfig, source: str, flags: Mapping[str, str] | None
     if cfg.crypto.insecure:
         return
     problems: list[tuple[str, str]] = []  # (key, reason + remedy up to the hint)
-    if not conf.secure:
+    if not conf.sufficient:
         key = f"crypto.params.{conf.param}" if conf.param else "crypto.backend"
-        problems.append((key, f"{conf.reason}; "))
+        problems.append((key, f"{conf.why_not}; "))
     if cfg.federation.task == "vertical" and cfg.privacy is None:
         problems.append((
             "privacy",
@@ -387,6 +401,12 @@ def _check_insecure(cfg: JobConfig, source: str, flags: Mapping[str, str] | None
     else:
         where, in_file = f"{source}: key {key!r}", ""
     raise ConfigError(f"{where}: {message}{_INSECURE_HINT.format(where=in_file)}")
+
+
+def check_insecure_settings(cfg: JobConfig) -> None:
+    """Refuse the insecure settings of an already built config (e.g. one changed with
+    ``model_copy``, which skips validation) unless it says ``[crypto] insecure = true``."""
+    _check_insecure(cfg, cfg._source)
 
 
 def parse_config(data: dict[str, Any], *, source: str = "<config>", base_dir: Path | None = None) -> JobConfig:

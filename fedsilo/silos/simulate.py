@@ -6,6 +6,7 @@ bounds, holding out test rows) is the same code an agent runs on its own host.
 """
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from fedsilo.errors import ConfigError, DataError
-from fedsilo.silos.config import JobConfig
+from fedsilo.silos.config import JobConfig, check_insecure_settings
 from fedsilo.silos.data import (
     LocalTable,
     binary_labels,
@@ -87,7 +88,6 @@ def prepare_horizontal(cfg: JobConfig) -> HorizontalData:
             f"no public bounds for {len(unbounded)} feature(s) (e.g. {unbounded[0]!r}); each silo scales "
             "them with its own min/max, which is weaker when silos differ: add [data] bounds"
         )
-    rng = np.random.default_rng(cfg.federation.seed + 1)  # public: the train/test split
     silos: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     tests: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     for name, table in tables.items():
@@ -99,10 +99,9 @@ def prepare_horizontal(cfg: JobConfig) -> HorizontalData:
         lo = np.where(np.isnan(lo), own_lo, lo)
         hi = np.where(np.isnan(hi), own_hi, hi)
         Xs = scale_with_bounds(X, lo, hi)
-        idx = rng.permutation(len(y))
-        k = max(1, int(round(len(y) * cfg.data.test_fraction)))
-        silos[name] = (Xs[idx[k:]], y[idx[k:]])
-        tests[name] = (Xs[idx[:k]], y[idx[:k]])
+        held = held_out_rows(X, y, seed=cfg.federation.seed, silo=name, fraction=cfg.data.test_fraction)
+        silos[name] = (Xs[~held], y[~held])
+        tests[name] = (Xs[held], y[held])
     for name, table in tables.items():
         extra = set(table.frame.columns) ^ set(first.frame.columns)
         if extra:
@@ -113,12 +112,36 @@ def prepare_horizontal(cfg: JobConfig) -> HorizontalData:
     test_classes = np.unique(np.concatenate([t[1] for t in tests.values()]))
     if test_classes.size < 2:
         n_test = sum(len(t[1]) for t in tests.values())
+        which = f"all have {label!r} = {test_classes[0]:g}" if test_classes.size else "are none"
         raise DataError(
-            f"the {n_test} held-out test row(s) all have {label!r} = {test_classes[0]:g}, so accuracy "
+            f"the {n_test} held-out test row(s) {which}, so accuracy "
             f"and AUC would be meaningless; raise [data] test_fraction (now {cfg.data.test_fraction:g}) "
             "or give the silos more rows of each class"
         )
+    empty = [n for n, (x, _) in silos.items() if len(x) == 0]
+    if empty:
+        raise DataError(
+            f"silo(s) {empty} kept no training rows after holding out [data] test_fraction = "
+            f"{cfg.data.test_fraction:g} of their rows; lower test_fraction or give them more rows"
+        )
     return HorizontalData(silos, tests, features, notes)
+
+
+def held_out_rows(x: np.ndarray, y: np.ndarray, *, seed: int, silo: str, fraction: float) -> np.ndarray:
+    """Which of a silo's rows it holds out: a public coin per row, ``sha256(seed, silo, row) <
+    fraction``.
+
+    Each row's side depends on that row alone, never on how many rows the silo has, so adding
+    or removing one record moves no other record between training and evaluation — what the
+    add/remove accounting of DP-SGD plus the evaluation release assumes (a permutation of all
+    rows would reshuffle about a fifth of them). Identical rows share a side.
+    """
+    out = np.empty(len(y), dtype=bool)
+    prefix = f"fedsilo-split:{int(seed)}:{silo}:".encode()
+    for i in range(len(y)):
+        digest = hashlib.sha256(prefix + np.ascontiguousarray(x[i]).tobytes() + np.asarray(y[i]).tobytes()).digest()
+        out[i] = int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
+    return out
 
 
 def _check_bound_columns(cfg: JobConfig, features: list[str]) -> None:
@@ -166,7 +189,13 @@ def run_job(
     ``"reproducible_noise": true``. Without it every secret stream comes from the OS CSPRNG and
     ``federation.seed`` decides only public choices (splits, initial weights, batch order).
     """
+    check_insecure_settings(cfg)  # a config built or changed without validation is checked too
     notes = []
+    if cfg.crypto.insecure:
+        notes.append(
+            "NOT PRIVATE: [crypto] insecure = true allowed insecure settings (the plain backend, weak keys, "
+            "no-DP vertical training or sums of two silos): tests and baselines only"
+        )
     if ledger_dir is None:
         stamp = time.strftime("%Y%m%d-%H%M%S")
         ledger_dir = Path("runs") / f"{cfg.federation.name}-{stamp}" / "ledgers"
@@ -184,6 +213,7 @@ def run_job(
     runner = {"horizontal": _run_horizontal, "statistics": _run_statistics, "vertical": _run_vertical}
     results = runner[cfg.federation.task](cfg, ledger_dir, progress, noise_seed)
     results["notes"] = list(results.get("notes") or []) + notes
+    results["private"] = bool(results.get("private", True)) and not cfg.crypto.insecure
     results["ledger_dir"] = str(ledger_dir)
     return results
 
@@ -289,6 +319,7 @@ def _run_vertical(cfg: JobConfig, ledger_dir: Path, progress: Progress | None, n
         job=_job_id(cfg),
         seed=cfg.federation.seed,
         noise_seed=noise_seed,
+        insecure=cfg.crypto.insecure,
         test_fraction=cfg.data.test_fraction,
         progress=progress,
     )

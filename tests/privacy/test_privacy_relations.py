@@ -189,3 +189,24 @@ def test_to_composition_target() -> None:
     with pytest.raises(PrivacyError) as info:
         to_composition_target([(GaussianEvent(1.0, 0.01, 100), ADD_REMOVE_RECORD), (GaussianEvent(3.0), REPLACE_RECORD)])
     assert "'add-remove-record'" in str(info.value) and "'replace-record'" in str(info.value)
+
+
+def test_a_subsampled_gaussian_cannot_be_charged_as_replace_one(tmp_path) -> None:
+    """The accountant's subsampled-Gaussian bound is the add/remove one: under replace-one the
+    same event costs more (dp-accounting's REPLACE_ONE PLD: 0.895 against 0.718 for
+    GaussianEvent(1.0, 0.01, 100) at delta 1e-5), so the ledger refuses it, writing nothing."""
+    from fedsilo.errors import PrivacyError
+    from fedsilo.privacy.events import GaussianEvent
+    from fedsilo.privacy.ledger import PrivacyLedger
+    from fedsilo.privacy.relations import ADD_REMOVE_RECORD, REPLACE_RECORD, check_accountable
+
+    sampled = GaussianEvent(1.0, 0.01, 100)
+    with pytest.raises(PrivacyError, match="sample_rate 0.01.*replace-record"):
+        check_accountable(sampled, REPLACE_RECORD)
+    check_accountable(sampled, ADD_REMOVE_RECORD)
+    check_accountable(GaussianEvent(1.0, 1.0, 3), REPLACE_RECORD)
+    with PrivacyLedger(tmp_path / "l.sqlite", silo="s") as led:
+        led.register_dataset("d", epsilon=10.0, delta=1e-5)
+        with pytest.raises(PrivacyError, match="replace-record"):
+            led.charge("d", sampled, job="j", round=1, protocol="p", mechanism={}, recipient="r", relation=REPLACE_RECORD)
+        assert led.entries("d") == []

@@ -18,7 +18,7 @@ from fedsilo.silos.simulate import run_job
 
 STATS = {
     "federation": {"name": "stats", "task": "statistics", "seed": 5},
-    "crypto": {"backend": "plain", "insecure": True},
+    "crypto": {"backend": "paillier", "params": {"packed": True}},
     "data": {"source": "sklearn:breast_cancer", "label": "target", "partition": {"kind": "iid", "silos": 3}},
     "statistics": {"columns": ["mean radius"], "queries": ["count", "sum", "histogram"], "bins": 4,
                    "range": {"mean radius": [5.0, 30.0]}},
@@ -46,7 +46,9 @@ def test_statistics_noise_differs_between_runs_with_the_same_seed(tmp_path: Path
     dp = {**STATS, "privacy": {"epsilon": 2.0}}
     a, b = _run(dp, tmp_path, "a"), _run(dp, tmp_path, "b")
     assert a["private"] and b["private"]
-    assert all(x != y for x, y in zip(_raw(a), _raw(b))), (_raw(a), _raw(b))
+    # discrete noise on the integer grid: one coordinate may coincide by chance (~6 %), all six
+    # together only with probability ~1e-7
+    assert _raw(a) != _raw(b), (_raw(a), _raw(b))
     # without DP the same seed gives the same exact answers
     assert _raw(_run(STATS, tmp_path, "c")) == _raw(_run(STATS, tmp_path, "d"))
 

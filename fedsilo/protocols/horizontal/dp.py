@@ -37,7 +37,13 @@ import numpy as np
 from fedsilo.errors import ConfigError
 from fedsilo.privacy.accounting import noise_multiplier as _noise_multiplier
 from fedsilo.privacy.events import GaussianEvent
-from fedsilo.privacy.mechanisms import clip_l2, gaussian_noise, noise_share_sigma, noise_share_topup_sigma
+from fedsilo.privacy.mechanisms import (
+    clip_l2,
+    discrete_gaussian,
+    gaussian_noise,
+    noise_share_sigma,
+    noise_share_topup_sigma,
+)
 from fedsilo.protocols.horizontal.secure_aggregation import share_parties, topup_parties
 from fedsilo.protocols.horizontal.strategies import (
     AggregateResult,
@@ -46,10 +52,38 @@ from fedsilo.protocols.horizontal.strategies import (
     Strategy,
 )
 
-__all__ = ["DPFedAvg", "NEIGHBOURS", "silo_noise_multiplier"]
+__all__ = ["DPFedAvg", "NEIGHBOURS", "gaussian_share", "gaussian_topup", "silo_noise_multiplier"]
 
 #: Neighbouring relation of silo-level DP, recorded with every ledger entry.
 NEIGHBOURS = "zero-out: one silo's update replaced by zero (participation is public)"
+
+
+def _draw(sigma: float, size: int, rng: np.random.Generator, granularity: float | None) -> np.ndarray:
+    if granularity is None:
+        return gaussian_noise(sigma=sigma, size=size, rng=rng)
+    return discrete_gaussian(sigma=sigma, size=size, rng=rng, granularity=granularity)
+
+
+def gaussian_share(
+    *, sigma: float, present: int, colluders: int, size: int, rng: np.random.Generator, granularity: float | None = None
+) -> np.ndarray:
+    """One silo's Gaussian noise share for a secure sum of ``present`` announced silos whose
+    total must carry ``N(0, σ²)`` even after ``colluders`` key holders remove their own shares.
+    ``granularity``: draw a discrete Gaussian on that grid instead (values on the grid stay on
+    it, so nothing of the data shows through floating-point noise)."""
+    share = noise_share_sigma(sigma=sigma, parties=share_parties(present=present, colluders=colluders))
+    return _draw(share, size, rng, granularity)
+
+
+def gaussian_topup(
+    *, sigma: float, present: int, contributors: int, colluders: int, size: int, rng: np.random.Generator,
+    granularity: float | None = None,
+) -> np.ndarray:
+    """Extra noise when only ``contributors`` of ``present`` announced silos sent, so that the sum
+    again carries at least ``N(0, σ²)`` against ``colluders`` (zeros when none is needed)."""
+    parties, now = topup_parties(present=present, contributors=contributors, colluders=colluders)
+    extra = noise_share_topup_sigma(sigma=sigma, parties=parties, present=now)
+    return np.zeros(size) if extra == 0.0 else _draw(extra, size, rng, granularity)
 
 
 def silo_noise_multiplier(*, epsilon: float, delta: float, rounds: int, accountant: str = "rdp") -> float:
@@ -112,16 +146,13 @@ class DPFedAvg(Strategy):
 
     def noise_share(self, *, present: int, size: int, rng: np.random.Generator) -> np.ndarray:
         """This silo's share for a round with ``present`` announced silos."""
-        sigma = noise_share_sigma(sigma=self.sigma, parties=share_parties(present=present, colluders=self.colluders))
-        return gaussian_noise(sigma=sigma, size=size, rng=rng)
+        return gaussian_share(sigma=self.sigma, present=present, colluders=self.colluders, size=size, rng=rng)
 
     def topup_share(self, *, present: int, contributors: int, size: int, rng: np.random.Generator) -> np.ndarray:
         """Extra noise when only ``contributors`` of ``present`` announced silos sent updates."""
-        parties, now = topup_parties(present=present, contributors=contributors, colluders=self.colluders)
-        sigma = noise_share_topup_sigma(sigma=self.sigma, parties=parties, present=now)
-        if sigma == 0.0:
-            return np.zeros(size)
-        return gaussian_noise(sigma=sigma, size=size, rng=rng)
+        return gaussian_topup(
+            sigma=self.sigma, present=present, contributors=contributors, colluders=self.colluders, size=size, rng=rng
+        )
 
     def event(self, *, round: int) -> GaussianEvent:
         """The DP event one round's release costs each contributing silo."""

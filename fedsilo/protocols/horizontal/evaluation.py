@@ -6,7 +6,9 @@ histogram of the predicted probability ``p_c`` over :data:`BINS` equal bins of `
 rows with ``y = c`` and for its rows with ``y ≠ c``, its number of rows, the number of correctly
 classified rows, and the sum of per-row losses capped at :data:`LOSS_CAP` (divided by the cap, so
 each row adds at most 1). The row count is its own coordinate so that, under DP, it carries the
-noise of one coordinate rather than of every histogram bin. The vectors are added by secure aggregation like model updates; the decrypted sum gives
+noise of one coordinate rather than of every histogram bin. Every coordinate lies on the grid
+:data:`GRID` (each row's capped loss is rounded down to it), and the DP noise is a discrete
+Gaussian on that grid. The vectors are added by secure aggregation like model updates; the decrypted sum gives
 (:func:`metrics_from_inputs`)
 
 * accuracy = correct / rows;
@@ -36,8 +38,11 @@ from fedsilo.protocols.metrics import auc as _auc
 
 __all__ = [
     "BINS",
+    "GRID",
     "LOSS_CAP",
+    "MAX_ROWS",
     "classes_scored",
+    "encoding_scale",
     "input_size",
     "local_metrics",
     "metric_inputs",
@@ -50,6 +55,12 @@ __all__ = [
 BINS = 20
 #: Per-row loss cap (nats): bounds one record's contribution to the loss sum.
 LOSS_CAP = 10.0
+#: Every coordinate lives on this grid (counts on the integers, each row's capped loss rounded
+#: down to it), so the discrete Gaussian noise under DP keeps the sum on the grid.
+GRID = 2.0**-6
+#: Most held-out rows one silo may score: bounds each coordinate for the encodings (see
+#: :func:`encoding_scale`).
+MAX_ROWS = 2**20
 _EPS = 1e-12
 
 
@@ -89,6 +100,10 @@ def metric_inputs(scores: np.ndarray, labels: np.ndarray, *, n_classes: int) -> 
     y = np.asarray(labels).astype(np.int64).reshape(-1)
     if probs.shape[0] != y.shape[0]:
         raise DataError(f"{probs.shape[0]} scores for {y.shape[0]} labels")
+    if y.size > MAX_ROWS:
+        raise DataError(
+            f"{y.size} held-out rows; a silo scores at most {MAX_ROWS} (lower [data] test_fraction)"
+        )
     if y.size and (y.min() < 0 or y.max() >= n_classes):
         raise DataError(f"labels must lie in 0..{n_classes - 1}")
     probs = np.nan_to_num(np.clip(probs, 0.0, 1.0), nan=0.0)
@@ -101,8 +116,18 @@ def metric_inputs(scores: np.ndarray, labels: np.ndarray, *, n_classes: int) -> 
         parts.append(np.bincount(bins[~own, c], minlength=BINS))
     correct = float(np.sum(np.argmax(probs, axis=1) == y)) if y.size else 0.0
     p_true = probs[np.arange(y.size), y] if y.size else np.zeros(0)
-    loss = np.minimum(-np.log(np.maximum(p_true, _EPS)), LOSS_CAP) / LOSS_CAP
+    loss = np.floor(np.minimum(-np.log(np.maximum(p_true, _EPS)), LOSS_CAP) / LOSS_CAP / GRID) * GRID
     return np.concatenate([np.concatenate(parts).astype(np.float64), [float(y.size), correct, float(loss.sum())]])
+
+
+def encoding_scale(value_bound: float | None) -> float:
+    """The public power of two every silo divides its (noised) metric inputs by before it
+    encrypts, so that a coordinate of up to :data:`MAX_ROWS` (plus noise) stays within the
+    backend's ``value_bound`` (CKKS's default bound is 4096); 1 when the bound is large enough.
+    A power of two keeps grid values exact in fixed point."""
+    if value_bound is None or not math.isfinite(value_bound) or value_bound >= 2 * MAX_ROWS:
+        return 1.0
+    return float(2 ** math.ceil(math.log2(2 * MAX_ROWS / value_bound)))
 
 
 def _binned_auc(pos: np.ndarray, neg: np.ndarray) -> float:

@@ -41,10 +41,11 @@ from fedsilo.privacy.accounting import noise_multiplier as _noise_multiplier
 from fedsilo.privacy.relations import ADD_REMOVE_RECORD, ZERO_OUT_SILO
 from fedsilo.protocols.ledgers import job_ledgers
 from fedsilo.privacy.ledger import PrivacyLedger
-from fedsilo.privacy.mechanisms import gaussian_noise, noise_share_sigma, noise_share_topup_sigma, secure_rng
+from fedsilo.privacy.mechanisms import secure_rng
 from fedsilo.protocols.horizontal import evaluation as fed_eval
 from fedsilo.protocols.channel import Channel, InProcessHub, run_parties
-from fedsilo.protocols.horizontal.dp import DPFedAvg, silo_noise_multiplier
+from fedsilo.protocols.policy import require_confidential
+from fedsilo.protocols.horizontal.dp import DPFedAvg, gaussian_share, gaussian_topup, silo_noise_multiplier
 from fedsilo.protocols.horizontal.models import build_model, get_flat_params, loss_fn, predict_scores, set_flat_params
 from fedsilo.protocols.horizontal.secure_aggregation import (
     Contribution,
@@ -56,11 +57,9 @@ from fedsilo.protocols.horizontal.secure_aggregation import (
     ledger_recipient,
     recipients_mechanism,
     required_contributors,
-    share_parties,
     silo_key_ceremony,
     silo_secure_sum,
     stop_silos,
-    topup_parties,
 )
 from fedsilo.protocols.horizontal.strategies import AggregateResult, Strategy, make_strategy
 from fedsilo.protocols.horizontal.training import LocalConfig, RecordDP, record_dp_plan, train_local
@@ -118,8 +117,10 @@ class HorizontalJob:
             raise ConfigError(f"round_timeout must be > 0, got {self.round_timeout}")
         if self.privacy is not None and self.level not in ("silo", "record"):
             raise ConfigError(f"privacy.level must be 'silo' or 'record', got {self.level!r}")
-        if self.privacy is not None and not (isinstance(self.colluders, int) and self.colluders >= 0):
-            raise ConfigError(f"privacy.colluders must be an integer >= 0, got {self.colluders!r}")
+        if isinstance(self.colluders, bool) or not (isinstance(self.colluders, int) and self.colluders >= 1):
+            raise ConfigError(
+                f"privacy.colluders must be an integer >= 1 (each silo knows its own update and noise), got {self.colluders!r}"
+            )
 
     @property
     def rounds(self) -> int:
@@ -134,9 +135,12 @@ class HorizontalJob:
 
     @property
     def colluders(self) -> int:
-        if self.privacy is None or self.level != "silo":
-            return 0
-        return int(self.privacy.get("colluders", DEFAULT_COLLUDERS))
+        """Curious key holders that may pool what they know (``[privacy] colluders``; without DP
+        the default 1): noise shares survive them, and no decrypted sum may let them compute
+        one silo's exact contribution."""
+        if self.privacy is None:
+            return DEFAULT_COLLUDERS
+        return self.privacy.get("colluders", DEFAULT_COLLUDERS)
 
     @property
     def silo_wait(self) -> float:
@@ -368,6 +372,7 @@ def silo(
     if job.privacy is not None and (ledger is None or dataset is None):
         raise ConfigError(f"silo {me!r}: a DP job needs the silo's privacy ledger and dataset name")
     backend = get_backend(job.backend, **dict(job.backend_params))
+    require_confidential(backend, insecure=job.insecure, who=f"silo {me!r}")
     drops = dict(drop_rounds or {})
     secret = silo_key_ceremony(channel, backend, silos=silos, aggregator=aggregator, timeout=job.silo_wait)
     public = secret.public()
@@ -381,22 +386,25 @@ def silo(
     status: Literal["completed", "withdrawn", "stopped"] = "completed"
     reason = ""
     noise_rng = _noise_rng(noise_seed, 0)
+    value_bound = backend.params().get("value_bound")
+    scale = fed_eval.encoding_scale(float(value_bound) if isinstance(value_bound, (int, float)) else None)
 
     def evaluate_round(rnd: int, *, dp: bool) -> SiloRoundOutcome:
         """One secure sum of every silo's metric inputs on its own held-out rows."""
         inputs = _metric_inputs(job, state.params, test)
         contribution = _evaluation_contribution(
             job, inputs, dp=dp, rng=noise_rng, ledger=ledger, dataset=dataset, round=job.evaluation_round(rnd),
-            recipients=silos, aggregator=aggregator,
+            recipients=silos, aggregator=aggregator, scale=scale,
         )
         outcome = silo_secure_sum(
             channel, round=job.evaluation_round(rnd), aggregator=aggregator, backend=backend, secret=secret,
             public=public, contribution=contribution, timeout=job.silo_wait, allow_exposed=job.allow_exposed,
+            colluders=job.colluders,
         )
         if outcome.charged:
             events.append(job.evaluation_event())
         if outcome.status == "ok" and outcome.total is not None:
-            m = fed_eval.metrics_from_inputs(outcome.total, n_classes=job.n_classes)
+            m = fed_eval.metrics_from_inputs(outcome.total * scale, n_classes=job.n_classes)
             evaluation.append({"round": rnd, **m, "silos": list(outcome.contributors)})
         return outcome
 
@@ -432,6 +440,7 @@ def silo(
             timeout=job.silo_wait,
             drop=drop,
             allow_exposed=job.allow_exposed,
+            colluders=job.colluders,
         )
         if outcome.charged:
             events.append(_round_event(strategy, plan, job, rnd))
@@ -451,7 +460,8 @@ def silo(
             status, reason = "stopped", outcome.reason
             break
         metrics = None
-        if job.evaluation == "every_round":
+        # only after a round that changed the model (see aggregator(): no two evaluations of one model)
+        if job.evaluation == "every_round" and outcome.status == "ok":
             ev = evaluate_round(rnd, dp=False)
             if ev.status == "stopped":
                 status, reason = "stopped", ev.reason
@@ -512,30 +522,35 @@ def _evaluation_contribution(
     round: int,
     recipients: Sequence[str],
     aggregator: str,
+    scale: float,
 ) -> Contribution:
-    """This silo's metric inputs for a secure sum: exact, or (``dp``) with Gaussian noise
-    shares of total ``σ = z_eval · sqrt(K + 2)`` that survive one colluding key holder, and
-    the ledger charge of :meth:`HorizontalJob.evaluation_event` (add/remove one record)."""
+    """This silo's metric inputs for a secure sum, divided by the public ``scale``
+    (:func:`.evaluation.encoding_scale`): exact, or (``dp``) with discrete Gaussian noise shares
+    on :data:`.evaluation.GRID` of total ``σ = z_eval · sqrt(K + 3)`` that survive ``colluders``
+    key holders, and the ledger charge of :meth:`HorizontalJob.evaluation_event` (add/remove one
+    record)."""
     size = int(inputs.size)
     if not dp:
-        return Contribution(values=lambda present: inputs, topup=lambda present, contributors: np.zeros(size))
+        return Contribution(values=lambda present: inputs / scale, topup=lambda present, contributors: np.zeros(size))
     assert ledger is not None and dataset is not None
     z = job.evaluation_noise_multiplier
     sigma = z * fed_eval.sensitivity(job.n_classes)
-    colluders = _evaluation_colluders(job)
+    colluders = job.colluders
+
+    grid = fed_eval.GRID
 
     def values(present: int) -> np.ndarray:
-        share = noise_share_sigma(sigma=sigma, parties=share_parties(present=present, colluders=colluders))
-        return inputs + gaussian_noise(sigma=share, size=size, rng=rng)
+        noise = gaussian_share(sigma=sigma, present=present, colluders=colluders, size=size, rng=rng, granularity=grid)
+        return (inputs + noise) / scale
 
     def topup(present: int, contributors: int) -> np.ndarray:
-        parties, now = topup_parties(present=present, contributors=contributors, colluders=colluders)
-        extra = noise_share_topup_sigma(sigma=sigma, parties=parties, present=now)
-        return np.zeros(size) if extra == 0.0 else gaussian_noise(sigma=extra, size=size, rng=rng)
+        return gaussian_topup(sigma=sigma, present=present, contributors=contributors, colluders=colluders,
+                              size=size, rng=rng, granularity=grid) / scale
 
     mechanism = {
-        "name": "gaussian",
-        "released": "federated metric inputs of the held-out rows (score histograms, correct count, capped loss)",
+        "name": "discrete_gaussian",
+        "granularity": fed_eval.GRID,
+        "released": "federated metric inputs of the held-out rows (score histograms, row count, correct count, capped loss)",
         "neighbours": RECORD_NEIGHBOURS,
         "noise_multiplier": z,
         "sensitivity": fed_eval.sensitivity(job.n_classes),
@@ -551,11 +566,6 @@ def _evaluation_contribution(
         )
 
     return Contribution(values=values, topup=topup, charge=charge)
-
-
-def _evaluation_colluders(job: HorizontalJob) -> int:
-    """The final metrics' noise shares survive at least one key holder removing its own."""
-    return max(1, job.colluders)
 
 
 def _round_event(strategy: Strategy, plan: RecordDP | None, job: HorizontalJob, rnd: int) -> DpEvent:
@@ -669,14 +679,15 @@ def aggregator(channel: Channel, *, job: HorizontalJob, silos: Sequence[str]) ->
     rounds: list[dict[str, Any]] = []
     left: dict[str, int] = {}
 
-    def secure_sum(rnd: int, channel_round: int, colluders: int, what: str) -> str | None:
-        """One secure sum; the reason the job stops, or None."""
+    def secure_sum(rnd: int, channel_round: int, what: str) -> tuple[str, str | None]:
+        """One secure sum: its status (``"ok"`` or ``"aborted"``) and the reason the job
+        stops, or None."""
         nonlocal active
-        need = required_contributors(min_silos=job.min_silos, colluders=colluders)
-        exposed = len(active) == 2 and not job.allow_exposed
+        need = required_contributors(min_silos=job.min_silos, colluders=job.colluders)
+        exposed = not job.allow_exposed and 2 <= len(active) <= job.colluders + 1
         if len(active) < need or exposed:
             why = (
-                "a sum of the 2 left would let each compute the other's exact update"
+                f"a sum of the {len(active)} left would let {job.colluders} colluding silo(s) compute another's exact update"
                 if exposed and len(active) >= need
                 else f"{need} needed"
             )
@@ -686,7 +697,7 @@ def aggregator(channel: Channel, *, job: HorizontalJob, silos: Sequence[str]) ->
                 + "; ".join(f"{s} withdrew in round {r} (privacy budget exhausted)" for s, r in sorted(left.items()))
             )
             stop_silos(channel, silos=active, round=channel_round, reason=reason)
-            return reason
+            return "aborted", reason
         out = aggregator_secure_sum(
             channel,
             round=channel_round,
@@ -694,7 +705,7 @@ def aggregator(channel: Channel, *, job: HorizontalJob, silos: Sequence[str]) ->
             backend=backend,
             public=public,
             min_silos=job.min_silos,
-            colluders=colluders,
+            colluders=job.colluders,
             timeout=job.round_timeout,
             allow_exposed=job.allow_exposed,
         )
@@ -713,16 +724,18 @@ def aggregator(channel: Channel, *, job: HorizontalJob, silos: Sequence[str]) ->
                     "reason": out.reason,
                 }
             )
-        return None
+        return out.status, None
 
     for rnd in range(1, job.rounds + 1):
-        stopped = secure_sum(rnd, rnd, job.colluders, "round")
-        if stopped is None and job.evaluation == "every_round":
-            stopped = secure_sum(rnd, job.evaluation_round(rnd), job.colluders, "evaluation of round")
+        status, stopped = secure_sum(rnd, rnd, "round")
+        # Metrics of a model only after a round that changed it: two evaluations of the same
+        # model by contributor sets that differ in one silo would give away that silo's inputs.
+        if stopped is None and status == "ok" and job.evaluation == "every_round":
+            _, stopped = secure_sum(rnd, job.evaluation_round(rnd), "evaluation of round")
         if stopped is not None:
             return AggregatorReport("stopped", tuple(rounds), stopped)
     if job.evaluation == "final":
-        stopped = secure_sum(job.rounds, job.evaluation_round(job.rounds), _evaluation_colluders(job), "the final evaluation after round")
+        _, stopped = secure_sum(job.rounds, job.evaluation_round(job.rounds), "the final evaluation after round")
         if stopped is not None:
             return AggregatorReport("stopped", tuple(rounds), stopped)
     return AggregatorReport("completed", tuple(rounds))
@@ -859,7 +872,7 @@ def simulate_horizontal(
     )
     rounds_total = spec.rounds
     spec.strategy()  # validate strategy / DP settings before any thread starts
-    check_federation(silos=names, allow_exposed=spec.allow_exposed)
+    check_federation(silos=names, allow_exposed=spec.allow_exposed, colluders=spec.colluders)
     lock = threading.Lock()
     reported: dict[int, dict[str, Any]] = {}
 
@@ -976,7 +989,7 @@ def simulate_horizontal(
     return {
         "task": "horizontal",
         "backend": backend,
-        "private": noise_seed is None,
+        "private": noise_seed is None and not insecure,
         "rounds": rows,
         "final": final,
         "evaluation": spec.evaluation,

@@ -250,14 +250,18 @@ def required_contributors(*, min_silos: int, colluders: int) -> int:
     return max(int(min_silos), int(colluders) + 1)
 
 
-def exposes_contribution(*, contributors: int, other_recipients: int) -> bool:
-    """Whether a decrypted sum lets some recipient compute one silo's exact contribution.
+def exposes_contribution(*, contributors: int, other_recipients: int, colluders: int = 1) -> bool:
+    """Whether a decrypted sum lets ``colluders`` pooling recipients compute one silo's exact
+    contribution.
 
     ``contributors``: contributions in the sum; ``other_recipients``: silos that receive the
-    result without having contributed. Two contributors each subtract their own and hold the
-    other's; one contributor's sum *is* its contribution, exposed if anyone else receives it.
+    result without having contributed. With ``2 <= contributors <= colluders + 1``, the other
+    contributors (at most ``colluders``) subtract their own and hold the last one's (two
+    contributors and one curious silo: each holds the other's); one contributor's sum *is* its
+    contribution, exposed if anyone else receives it.
     """
-    return contributors == 2 or (contributors == 1 and other_recipients > 0)
+    c = max(1, int(colluders))
+    return 2 <= contributors <= c + 1 or (contributors == 1 and other_recipients > 0)
 
 
 def exposed_sums_allowed(*, insecure: bool, silo_level_dp: bool) -> bool:
@@ -272,21 +276,27 @@ def exposed_sums_allowed(*, insecure: bool, silo_level_dp: bool) -> bool:
     return bool(insecure) or bool(silo_level_dp)
 
 
-def check_federation(*, silos: Sequence[str], allow_exposed: bool) -> None:
+def check_federation(*, silos: Sequence[str], allow_exposed: bool, colluders: int = 1) -> None:
     """Refuse, at job start, a federation whose every decrypted sum would expose one silo.
 
-    With exactly two silos a sum has two contributions (each silo gets the other's) or one (the
-    other silo receives it). One silo alone, or three and more, can sum safely.
+    With ``2 <= n <= colluders + 1`` silos, any sum has at most ``colluders + 1`` contributions
+    (two silos: each gets the other's) or one (the others receive it). One silo alone, or more
+    than ``colluders + 1``, can sum safely.
 
     Raises:
-        ConfigError: exactly two silos and ``allow_exposed`` is False.
+        ConfigError: such a federation and ``allow_exposed`` is False.
     """
-    if len(set(silos)) == 2 and not allow_exposed:
-        a, b = sorted(set(silos))
+    names = sorted(set(silos))
+    if not allow_exposed and 2 <= len(names) <= max(1, colluders) + 1:
+        who = (
+            f"exactly 2 silos ({', '.join(names)}) lets each compute the other's exact contribution "
+            "(the decrypted sum minus its own)"
+            if len(names) == 2
+            else f"{len(names)} silos ({', '.join(names)}) with {colluders} colluding silos tolerated lets the "
+            "colluders compute another silo's exact contribution (the decrypted sum minus their own)"
+        )
         raise ConfigError(
-            f"a job of exactly 2 silos ({a}, {b}) lets each compute the other's exact contribution "
-            "(the decrypted sum minus its own); add a silo, use silo-level DP, or set [crypto] "
-            "insecure = true (tests and baselines only)"
+            f"a job of {who}; add silos, use silo-level DP, or set [crypto] insecure = true (tests and baselines only)"
         )
 
 
@@ -334,6 +344,7 @@ def silo_secure_sum(
     timeout: float,
     drop: str | None = None,
     allow_exposed: bool = False,
+    colluders: int = 1,
 ) -> SiloRoundOutcome:
     """A silo's side of one secure sum. ``contribution=None``: sit this round out but stay in sync.
 
@@ -363,11 +374,13 @@ def silo_secure_sum(
             if not participating or drop == "update":
                 continue
             assert contribution is not None
-            if not allow_exposed and int(msg["n"]) == 2:
+            if not allow_exposed and exposes_contribution(contributors=int(msg["n"]), other_recipients=0, colluders=colluders):
+                n = int(msg["n"])
+                who = "each could compute the other's" if n == 2 else f"{n - 1} colluding silos could compute another's"
                 raise ProtocolError(
-                    f"{me}: round {round}: the aggregator {aggregator!r} announced a sum of 2 silos, from "
-                    f"which each could compute the other's exact update; {me} sends nothing (allowed only "
-                    "with silo-level DP or [crypto] insecure = true)"
+                    f"{me}: round {round}: the aggregator {aggregator!r} announced a sum of {n} silos, from which "
+                    f"{who} exact update; {me} sends nothing (allowed only with silo-level DP or [crypto] "
+                    "insecure = true)"
                 )
             try:
                 with contribution.charge() if contribution.charge is not None else contextlib.nullcontext():
@@ -391,12 +404,15 @@ def silo_secure_sum(
         elif kind == "result":
             summed = [str(c) for c in msg["contributors"]]
             others = [c for c in summed if c != me]
-            # what *this* silo can compute: the sum minus its own contribution, if it made one
-            if not allow_exposed and len(others) == 1:
+            # what this silo, pooled with up to colluders - 1 others, can subtract from the sum:
+            # one contribution must never be left alone
+            k, c = len(summed), max(1, colluders)
+            if not allow_exposed and (2 <= k <= c + 1 if me in summed else 1 <= k <= c):
                 raise ProtocolError(
                     f"{me}: round {round}: refusing to decrypt the sum the aggregator {aggregator!r} sent: "
-                    f"it holds {len(summed)} contribution(s), so {me} would learn {others[0]!r}'s exact update "
-                    "(allowed only with silo-level DP or [crypto] insecure = true)"
+                    f"it holds {len(summed)} contribution(s), so {me}"
+                    + (" would learn " if len(others) == 1 else f" and {len(summed) - 2} colluding silo(s) would learn ")
+                    + f"{others[-1]!r}'s exact update (allowed only with silo-level DP or [crypto] insecure = true)"
                 )
             total = decrypt_vector(backend, secret, msg["ct"])
             return SiloRoundOutcome(
@@ -429,6 +445,8 @@ class AggregatorRoundOutcome:
 def _exposed_reason(contributors: int) -> str:
     if contributors == 2:
         return "a sum of 2 would let each contributor compute the other's exact update"
+    if contributors > 2:
+        return f"a sum of {contributors} would let {contributors - 1} colluding contributors compute the last one's exact update"
     return "a sum of 1 would give that silo's exact update to the others"
 
 
@@ -476,7 +494,9 @@ def aggregator_secure_sum(
             f"(need {need}); nothing was decrypted",
             failures=missing,
         )
-    if not allow_exposed and exposes_contribution(contributors=len(ready), other_recipients=len(active) - len(ready)):
+    if not allow_exposed and exposes_contribution(
+        contributors=len(ready), other_recipients=len(active) - len(ready), colluders=colluders
+    ):
         return finish_abort(
             f"round {round}: {len(ready)} of {len(active)} silos announced themselves; "
             f"{_exposed_reason(len(ready))}; nothing was decrypted",
@@ -502,7 +522,7 @@ def aggregator_secure_sum(
         )
     receivers = set(active) - set(withdrawn)
     if not allow_exposed and exposes_contribution(
-        contributors=len(contributors), other_recipients=len(receivers - set(contributors))
+        contributors=len(contributors), other_recipients=len(receivers - set(contributors)), colluders=colluders
     ):
         return finish_abort(
             f"round {round}: only {len(contributors)} of {n} announced silos sent their update; "

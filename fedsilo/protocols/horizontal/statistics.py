@@ -66,6 +66,7 @@ from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.privacy.relations import ADD_REMOVE_RECORD
 from fedsilo.privacy.mechanisms import discrete_gaussian, noise_share_sigma, noise_share_topup_sigma, secure_rng
 from fedsilo.protocols.channel import Channel, InProcessHub, run_parties
+from fedsilo.protocols.policy import require_confidential
 from fedsilo.protocols.horizontal.secure_aggregation import (
     Contribution,
     aggregator_key_ceremony,
@@ -444,6 +445,12 @@ def check_encoding(plan: StatisticsPlan, backend: CryptoBackend) -> None:
         )
 
 
+def exposure_colluders(plan: StatisticsPlan) -> int:
+    """Curious silos no decrypted sum may let pool down to one silo's exact statistics: the
+    plan's ``colluders`` under DP, one (a silo subtracting its own) without DP."""
+    return max(1, plan.colluders)
+
+
 def statistics_silo(
     channel: Channel,
     *,
@@ -460,6 +467,7 @@ def statistics_silo(
     timeout: float = 120.0,
     drop: str | None = None,
     allow_exposed: bool = False,
+    insecure: bool = False,
 ) -> dict[str, Any]:
     """One silo of a federated-statistics job; returns the released answers (or why not).
 
@@ -482,6 +490,7 @@ def statistics_silo(
     if event is not None and (ledger is None or dataset is None):
         raise ConfigError(f"silo {channel.party!r}: a DP statistics job needs the silo's ledger and dataset")
     be = get_backend(backend, **dict(backend_params))
+    require_confidential(be, insecure=insecure, who=f"silo {channel.party!r}")
     check_encoding(plan, be)
     secret = silo_key_ceremony(channel, be, silos=silos, aggregator=aggregator, timeout=timeout)
     public = secret.public()
@@ -522,6 +531,7 @@ def statistics_silo(
         timeout=3 * timeout + 60.0,
         drop=drop,
         allow_exposed=allow_exposed,
+        colluders=exposure_colluders(plan),
     )
     return {
         "status": outcome.status,
@@ -608,7 +618,7 @@ def simulate_statistics(
         params = _paillier_defaults(params, plan, silos)
     check_encoding(plan, get_backend(backend, **params))  # before any ledger is touched
     allow_exposed = exposed_sums_allowed(insecure=insecure, silo_level_dp=False)
-    check_federation(silos=names, allow_exposed=allow_exposed)
+    check_federation(silos=names, allow_exposed=allow_exposed, colluders=exposure_colluders(plan))
     # Noise comes from the OS CSPRNG; a noise_seed (tests only) makes it reproducible and the
     # run not private (results and ledger entries say so).
     seeds: list[int | None] = (
@@ -620,7 +630,7 @@ def simulate_statistics(
     parties: dict[str, Callable[[Channel], Any]] = {
         AGGREGATOR: lambda ch: statistics_aggregator(
             ch, silos=names, backend=backend, backend_params=params, min_silos=min_silos,
-            colluders=plan.colluders, timeout=round_timeout, allow_exposed=allow_exposed,
+            colluders=exposure_colluders(plan), timeout=round_timeout, allow_exposed=allow_exposed,
         )
     }
     for n, s in zip(names, seeds):
@@ -628,7 +638,7 @@ def simulate_statistics(
             ch, job=job, silos=names, aggregator=AGGREGATOR, frame=silos[n], plan=plan, backend=backend,
             backend_params=params, ledger=ledgers.get(n), dataset=n,
             noise_seed=s,
-            timeout=round_timeout, drop=(faults or {}).get(n), allow_exposed=allow_exposed,
+            timeout=round_timeout, drop=(faults or {}).get(n), allow_exposed=allow_exposed, insecure=insecure,
         )
     opened = (
         job_ledgers(ledger_dir, parties=names, budgets=budgets, accountant=plan.accountant,
@@ -666,7 +676,7 @@ def simulate_statistics(
     return {
         "task": "statistics",
         "backend": backend,
-        "private": noise_seed is None,
+        "private": noise_seed is None and not insecure,
         "statistics": answer,
         "raw": raw,
         "silos": agg["contributors"],

@@ -25,6 +25,7 @@ from fedsilo.protocols.ledgers import job_ledgers
 from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.privacy.mechanisms import secure_rng
 from fedsilo.protocols.channel import Channel, InProcessHub, run_parties
+from fedsilo.protocols.policy import require_confidential
 from fedsilo.protocols.psi import align_guest, align_host, psi_executor
 from fedsilo.protocols.vertical.data import check_bounds, feature_bounds, prepare_table
 from fedsilo.protocols.vertical.lr import (
@@ -68,6 +69,8 @@ class VerticalSpec:
     test_fraction: float = 0.2
     psi_workers: int | None = 1
     bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+    #: ``[crypto] insecure``: allows a backend without confidentiality and training without DP
+    insecure: bool = False
 
     def __post_init__(self) -> None:
         if not (isinstance(self.test_fraction, (int, float)) and 0.0 <= self.test_fraction < 1.0):
@@ -124,6 +127,13 @@ def vertical_party(
     top = spec.topology
     src = source or me
     backend = get_backend(spec.backend, **backend_params_for(spec.backend, spec.backend_params))
+    require_confidential(backend, insecure=spec.insecure, who=f"{src}: party {me!r}")
+    if spec.dp is None and not spec.insecure:
+        raise ConfigError(
+            f"{src}: party {me!r}: vertical training without DP gives every party its exact gradient, from which "
+            "a party with enough features recovers the labels; add DP, or set [crypto] insecure = true "
+            "(tests and baselines only)"
+        )
     if me == top.arbiter:
         fit = arbiter_train(channel, topology=top, backend=backend, config=spec.training, rng=rng,
                             start_round=_TRAIN_ROUND)
@@ -318,6 +328,7 @@ def simulate_vertical(
     job: str = "vertical",
     seed: int | None = 0,
     noise_seed: int | None = None,
+    insecure: bool = False,
     test_fraction: float = 0.2,
     psi_workers: int | None = 1,
     timeout: float = 600.0,
@@ -349,6 +360,8 @@ def simulate_vertical(
         noise_seed: **tests only** — seeds masks, noise and PSI shuffles so a run can be
             repeated; the results then say ``"private": False`` and the ledger entries record
             ``"reproducible_noise": true``. ``None`` (always, outside tests): the OS CSPRNG.
+        insecure: ``[crypto] insecure``: allows the ``plain`` backend (or any backend without
+            confidentiality) and training without DP; the results then say ``"private": False``.
         test_fraction: aligned rows held out for evaluation.
         psi_workers: processes per party for PSI curve work (``None``: all cores).
         timeout: seconds any party waits for one message.
@@ -373,7 +386,8 @@ def simulate_vertical(
     training = TrainingConfig(epochs=epochs, batch_size=batch_size, lr=lr, l2=l2, tol=tol, timeout=timeout)
     spec = VerticalSpec(topology=top, id_column=id_column, label=label, backend=backend,
                         backend_params=dict(backend_params or {}), training=training, dp=dp_cfg,
-                        test_fraction=test_fraction, psi_workers=psi_workers, bounds=dict(bounds or {}))
+                        test_fraction=test_fraction, psi_workers=psi_workers, bounds=dict(bounds or {}),
+                        insecure=bool(insecure))
     for p in top.data_parties:
         if p not in tables:
             raise ConfigError(f"party {p!r} ({roles[p]}) has no table")
@@ -453,7 +467,7 @@ def simulate_vertical(
     return {
         "task": "vertical",
         "backend": backend,
-        "private": noise_seed is None,
+        "private": noise_seed is None and not insecure,
         "topology": {"guest": top.guest, "hosts": list(top.hosts), "arbiter": top.arbiter},
         "rounds": guest["history"],
         "final": guest.get("final", {}),

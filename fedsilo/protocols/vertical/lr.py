@@ -910,7 +910,8 @@ def host_train(
     dims = {str(k): int(v) for k, v in setup["dims"].items()}
     if dims.get(me) != model.weights.size or set(dims) != set(topology.data_parties):
         raise ProtocolError(f"{me}: the guest's setup names other dimensions or parties")
-    track_loss = bool(setup.get("loss"))
+    # never trust the guest to keep the loss off under DP: it would be one more release
+    track_loss = bool(setup.get("loss")) and plan is None
     keys = _setup_keys(channel, topology, backend, round=r, timeout=T)
     r += 1
 
@@ -1021,7 +1022,7 @@ def arbiter_train(
     dp_on = plan is not None
     if dp_on and rng is None:
         raise ConfigError(f"{me}: under DP the arbiter adds a noise share and needs an rng")
-    track_loss = bool(setup.get("loss"))
+    track_loss = bool(setup.get("loss")) and not dp_on  # under DP the loss is never decrypted
     r += 1
     epochs_run = 0
     while True:

@@ -41,6 +41,7 @@ def base_kwargs(data: Any, **over: Any) -> dict[str, Any]:
         seed=7,
         min_silos=2,
         round_timeout=30.0,
+        insecure=True,  # the plain backend (a test baseline: same model as CKKS/Paillier)
     )
     kw.update(over)
     return kw

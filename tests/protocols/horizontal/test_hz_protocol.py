@@ -36,14 +36,15 @@ PAILLIER = pytest.param(
 def run_direct(data: Any, *, backend: str = "plain", backend_params: dict | None = None, training: dict = TRAINING,
                privacy: dict | None = None, faults: dict | None = None, ledgers: dict | None = None,
                min_silos: int = 2, round_timeout: float = 30.0, seeded: bool = True,
-               insecure: bool = False) -> tuple[InProcessHub, dict[str, Any]]:
+               insecure: bool | None = None) -> tuple[InProcessHub, dict[str, Any]]:
     """Run the production party functions on an in-process hub we can inspect (``seeded=False``:
     noise and sampling from OS entropy, as in production)."""
     names = list(data.silos)
     job = HorizontalJob(
         job="direct", backend=backend, backend_params=backend_params or {}, model={"kind": "logistic"},
         training=training, privacy=privacy, n_features=data.silos[names[0]][0].shape[1], seed=7,
-        min_silos=min_silos, round_timeout=round_timeout, insecure=insecure,
+        min_silos=min_silos, round_timeout=round_timeout,
+        insecure=backend == "plain" if insecure is None else insecure,  # plain: a test baseline
     )
     hub = InProcessHub("direct", [*names, AGGREGATOR])
     parties: dict[str, Any] = {AGGREGATOR: lambda ch: aggregator(ch, job=job, silos=names)}
@@ -64,8 +65,11 @@ def plain_run(bc3: Any) -> dict[str, Any]:
 
 def test_plain_fedavg_close_to_central(bc3: Any, plain_run: dict[str, Any]) -> None:
     central = central_accuracy(bc3, model={"kind": "logistic"}, training=TRAINING)
-    assert abs(plain_run["final"]["accuracy"] - central) <= 0.01, (plain_run["final"], central)
-    assert plain_run["final"]["accuracy"] > 0.94
+    # label-skewed silos: FedAvg trails central by 0.016 on average over 20 seeds (docs/benchmarks.md)
+    assert abs(plain_run["final"]["accuracy"] - central) <= 0.05, (plain_run["final"], central)
+    # without DP the released federated accuracy is exact: the same as the pooled evaluation
+    assert plain_run["final"]["accuracy"] == pytest.approx(plain_run["simulation_metrics"]["accuracy"], abs=1e-12)
+    assert plain_run["final"]["accuracy"] > 0.9
     assert [r["round"] for r in plain_run["rounds"]] == list(range(1, 11))
     assert all(r["silos"] == sorted(bc3.silos) for r in plain_run["rounds"])
     assert set(plain_run) >= {"task", "backend", "rounds", "final", "epsilon", "dp", "bytes_sent"}
@@ -84,7 +88,7 @@ def test_encrypted_fedavg_matches_plain(bc3: Any, plain_run: dict[str, Any], bac
 def test_other_strategies_learn(bc3: Any, strategy: str, params: dict) -> None:
     tr = {**TRAINING, "rounds": 5, "strategy": strategy, "strategy_params": params}
     res = simulate_horizontal(**base_kwargs(bc3, training=tr))
-    assert res["final"]["accuracy"] > 0.9
+    assert res["final"]["accuracy"] > 0.85  # 5 rounds on label-skewed silos (chance: 0.63)
 
 
 # --------------------------------------------------------------------------------- what the aggregator sees
@@ -123,7 +127,8 @@ def test_aggregator_only_receives_ciphertexts(bc3: Any, backend: str, params: di
 def test_dropout_after_announcing_gets_topup_noise(bc3: Any) -> None:
     tr = {**TRAINING, "rounds": 3}
     # without DP a sum of the two remaining silos would expose each one's update: skipped ...
-    _, refused = run_direct(bc3, training=tr, privacy=None, faults={"site2": {2: "update"}}, round_timeout=3.0)
+    _, refused = run_direct(bc3, backend="ckks", training=tr, privacy=None, faults={"site2": {2: "update"}},
+                            round_timeout=3.0, insecure=False)
     assert refused[AGGREGATOR].rounds[1]["status"] == "aborted" and "exact update" in refused[AGGREGATOR].rounds[1]["reason"]
     # ... unless insecure
     hub, results = run_direct(bc3, training=tr, privacy=None, faults={"site2": {2: "update"}}, round_timeout=3.0, insecure=True)
@@ -167,7 +172,9 @@ def test_too_few_silos_skips_round_and_decrypts_nothing(bc3: Any) -> None:
     tr = {**TRAINING, "rounds": 3}
     res = simulate_horizontal(**base_kwargs(bc3, training=tr, round_timeout=3.0, faults={"site1": {2: "hello"}, "site2": {2: "hello"}}))
     r = res["rounds"]
-    assert r[1]["silos"] == [] and r[1]["accuracy"] == r[0]["accuracy"] and r[1]["loss"] == r[0]["loss"]
+    # a skipped round changed nothing, so nothing is evaluated again (two evaluations of one model
+    # by different contributor sets would give away the difference)
+    assert r[1]["silos"] == [] and "accuracy" not in r[1] and "accuracy" in r[0] and "accuracy" in r[2]
     assert r[2]["silos"] == ["site0", "site1", "site2"]
     assert any("round 2 skipped" in n for n in res["notes"])
 
@@ -287,3 +294,36 @@ def test_metrics_leave_a_silo_only_as_a_secure_sum_of_its_held_out_inputs(bc3: A
         assert [e.round for e in entries] == [1, 2, 4] and entries[-1].relation == "add-remove-record"
         # binary task: K = 1, sensitivity sqrt(K + 3) = 2
         assert entries[-1].mechanism["sigma"] == pytest.approx(job.evaluation_noise_multiplier * 2.0, rel=1e-12)
+
+
+def test_metric_inputs_fit_every_backend_up_to_the_row_cap() -> None:
+    """A silo's metric inputs count up to MAX_ROWS held-out rows; divided by the public
+    encoding scale they fit CKKS's default value bound (4096) and Paillier's (2**20)."""
+    from fedsilo.crypto.registry import get_backend
+    from fedsilo.protocols.horizontal import evaluation as fed_eval
+
+    big = np.full(fed_eval.input_size(2), float(fed_eval.MAX_ROWS))
+    for name, params in (("ckks", {}), ("paillier", {"packed": True, "key_bits": 2048})):
+        if not backend_available(name, **params):
+            continue
+        be = get_backend(name, **params)
+        scale = fed_eval.encoding_scale(be.params().get("value_bound"))
+        sk = be.keygen()
+        got = be.decrypt(sk, be.encrypt(sk.public(), (big + 3.0) / scale)) * scale
+        np.testing.assert_allclose(got, big + 3.0, rtol=1e-6)
+    with pytest.raises(Exception, match="held-out rows; a silo scores at most"):
+        fed_eval.metric_inputs(np.zeros(fed_eval.MAX_ROWS + 1), np.zeros(fed_eval.MAX_ROWS + 1), n_classes=2)
+
+
+def test_declared_colluders_size_the_record_level_release_and_the_exposure_rule(bc3: Any) -> None:
+    """privacy.colluders is honoured at record level too: 3 silos cannot tolerate 2 colluders
+    (two pooling silos would hold the third's update), and the final metrics' noise survives them."""
+    from fedsilo.errors import ConfigError
+
+    record = {"epsilon": 8.0, "delta": 1e-5, "clip": 1.0, "level": "record", "colluders": 2}
+    with pytest.raises(ConfigError, match="3 silos .* with 2 colluding silos tolerated"):
+        simulate_horizontal(**{**base_kwargs(bc3, training={**TRAINING, "rounds": 1}, privacy=record), "insecure": False,
+                               "backend": "ckks"})
+    job = HorizontalJob(job="c", backend="plain", backend_params={}, model={"kind": "logistic"}, training=TRAINING,
+                        privacy=record, n_features=30, insecure=True)
+    assert job.colluders == 2

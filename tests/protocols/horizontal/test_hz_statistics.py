@@ -47,6 +47,7 @@ def _run(frames: dict[str, pd.DataFrame], **kw: Any) -> dict[str, Any]:
     args: dict[str, Any] = dict(
         silos=frames, columns=["age", "dose"], queries=QUERIES, bins=8, ranges=RANGES, privacy=None, ledger_dir=None,
         budgets={n: (4.0, 1e-5) for n in frames}, job="stats", backend_params={}, backend="plain",
+        insecure=True,  # plain backend: a test baseline
     )
     args.update(kw)
     return simulate_statistics(**args)
@@ -107,21 +108,23 @@ def test_budget_refusal_and_not_enough_silos(frames: dict[str, pd.DataFrame], tm
     budgets = {"h0": (4.0, 1e-5), "h1": (4.0, 1e-5), "h2": (1.0, 1e-5)}
     # h2 withdraws; a sum of the other two would expose each one's statistics to the other
     with pytest.raises(NotEnoughSilosError, match="sum of 2"):
-        _run(frames, privacy=privacy, ledger_dir=tmp_path / "safe", budgets=budgets)
-    res = _run(frames, privacy=privacy, ledger_dir=tmp_path, budgets=budgets, insecure=True)
+        _run(frames, privacy=privacy, ledger_dir=tmp_path / "safe", budgets=budgets, backend="paillier",
+             backend_params={"packed": True}, insecure=False)
+    res = _run(frames, privacy=privacy, ledger_dir=tmp_path, budgets=budgets)
     assert res["silos"] == ["h0", "h1"]  # h2 withdrew, the others topped up the noise
     assert res["epsilon"]["h2"]["epsilon"] == 0.0
     # the same query again: h0 and h1 still afford it (2 + 2 <= 4 under RDP), but require 3 silos
     with pytest.raises(NotEnoughSilosError, match="nothing was decrypted"):
-        _run(frames, privacy=privacy, ledger_dir=tmp_path, budgets=budgets, min_silos=3, insecure=True)
+        _run(frames, privacy=privacy, ledger_dir=tmp_path, budgets=budgets, min_silos=3)
 
 
 def test_dropout_gets_topup(frames: dict[str, pd.DataFrame]) -> None:
     # a sum of the two remaining silos would give each the other's statistics: refused ...
     with pytest.raises(NotEnoughSilosError, match="sum of 2 would let each contributor compute the other"):
-        _run(frames, privacy={"epsilon": 2.0, "delta": 1e-5}, faults={"h1": "update"}, round_timeout=3.0)
+        _run(frames, privacy={"epsilon": 2.0, "delta": 1e-5}, faults={"h1": "update"}, round_timeout=3.0,
+             backend="paillier", backend_params={"packed": True}, insecure=False)
     # ... unless the job opts in to insecure settings
-    res = _run(frames, privacy={"epsilon": 2.0, "delta": 1e-5}, faults={"h1": "update"}, round_timeout=3.0, insecure=True)
+    res = _run(frames, privacy={"epsilon": 2.0, "delta": 1e-5}, faults={"h1": "update"}, round_timeout=3.0)
     assert res["silos"] == ["h0", "h2"]
     assert res["statistics"]["age"]["count"] == pytest.approx(200, abs=100)
 

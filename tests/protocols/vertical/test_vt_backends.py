@@ -27,7 +27,8 @@ BACKENDS = {
 def _fit(tables, top: Topology, backend: str, params, training: TrainingConfig, label: str, id_column: str, dp=None,
          noise_seed=None):
     spec = VerticalSpec(topology=top, id_column=id_column, label=label, backend=backend, backend_params=params,
-                        training=training, dp=dp, bounds=breast_cancer_bounds() if dp is not None else {})
+                        training=training, dp=dp, bounds=breast_cancer_bounds() if dp is not None else {},
+                        insecure=True)  # plain, 1024-bit Paillier and no-DP runs: test baselines
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # 1024-bit Paillier keys warn (tests only)
         return run_job(spec, tables, noise_seed=noise_seed)

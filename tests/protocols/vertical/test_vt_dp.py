@@ -37,7 +37,7 @@ ARBITER = Topology(guest="g", hosts=("h0",), arbiter="a")
 def _dp_spec(top: Topology = ARBITER, **kw) -> VerticalSpec:
     kw.setdefault("training", TrainingConfig(epochs=2, batch_size=40, lr=0.3))
     kw.setdefault("bounds", breast_cancer_bounds())
-    return VerticalSpec(topology=top, id_column="pid", label="target", backend="plain", dp=DpConfig(epsilon=8.0), **kw)
+    return VerticalSpec(topology=top, id_column="pid", label="target", backend="plain", insecure=True, dp=DpConfig(epsilon=8.0), **kw)
 
 
 # ------------------------------------------------------------------------------ H1: batches and accounting
@@ -94,7 +94,7 @@ def test_host_refuses_batches_that_are_not_a_partition(tmp_path, monkeypatch: py
     monkeypatch.setattr(lr, "epoch_partition", overlapping)
     with pytest.raises(ProtocolError, match="do not partition"):
         simulate_vertical(tables=breast_cancer_tables(1), roles={"g": "guest", "h0": "host", "a": "arbiter"},
-                          id_column="pid", label="target", backend="plain", epochs=1, dp={"epsilon": 8.0},
+                          id_column="pid", label="target", backend="plain", insecure=True, epochs=1, dp={"epsilon": 8.0},
                           ledger_dir=tmp_path, bounds=breast_cancer_bounds())
     with PrivacyLedger(tmp_path / "h0.sqlite", silo="h0") as led:
         assert led.entries("h0") == []  # the host charged nothing for a guest that broke its accounting
@@ -142,7 +142,7 @@ def test_dp_without_bounds_for_every_feature_is_a_config_error() -> None:
     bounds = breast_cancer_bounds()
     del bounds["mean radius"], bounds["mean compactness"]  # one guest and one host column
     kw = dict(tables=tables, roles={"g": "guest", "h0": "host", "a": "arbiter"}, id_column="pid", label="target",
-              backend="plain", epochs=1, dp={"epsilon": 8.0})
+              backend="plain", insecure=True, epochs=1, dp={"epsilon": 8.0})
     with pytest.raises(ConfigError, match=r"g: \['mean radius'\]; h0: \['mean compactness'\].*\[data\] bounds"):
         simulate_vertical(**kw, bounds=bounds)
     with pytest.raises(ConfigError, match=r"\[data\] bounds"):
@@ -237,7 +237,7 @@ def test_dp_without_a_ledger_is_refused_before_anything_is_sent(role: str) -> No
 
 def test_simulate_without_ledger_dir_still_charges_a_ledger() -> None:
     kw = dict(tables=breast_cancer_tables(1), roles={"g": "guest", "h0": "host"}, id_column="pid", label="target",
-              backend="plain", epochs=2, dp={"epsilon": 4.0}, bounds=breast_cancer_bounds())
+              backend="plain", insecure=True, epochs=2, dp={"epsilon": 4.0}, bounds=breast_cancer_bounds())
     res = simulate_vertical(**kw)
     for e in res["epsilon"].values():
         assert 3.9 < e["epsilon"] <= 4.0 and e["ledger_spent"] == pytest.approx(e["epsilon"])

@@ -77,7 +77,7 @@ def test_example_runs_under_dp_with_its_public_bounds(tmp_path: Path, folder: Pa
     assert cfg.privacy is not None
     res = simulate_vertical(
         tables=tables, roles={s.name: s.role for s in cfg.silos}, id_column=cfg.data.id_column, label=cfg.data.label,
-        backend="plain", epochs=2, batch_size=cfg.training.batch_size, lr=cfg.training.lr,
+        backend="plain", insecure=True, epochs=2, batch_size=cfg.training.batch_size, lr=cfg.training.lr,
         dp={"epsilon": cfg.privacy.epsilon, "delta": cfg.privacy.delta, "clip": cfg.privacy.clip},
         ledger_dir=tmp_path, bounds=cfg.data.bounds, seed=cfg.federation.seed,
     )

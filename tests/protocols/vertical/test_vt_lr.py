@@ -46,7 +46,7 @@ def _spec(top: Topology, **kw) -> VerticalSpec:
     training = kw.pop("training", TrainingConfig(epochs=3, batch_size=40, lr=0.3, l2=0.01))
     if kw.get("dp") is not None:
         kw.setdefault("bounds", breast_cancer_bounds())
-    return VerticalSpec(topology=top, id_column="pid", label="target", backend="plain", training=training, **kw)
+    return VerticalSpec(topology=top, id_column="pid", label="target", backend="plain", insecure=True, training=training, **kw)
 
 
 @pytest.mark.parametrize("name", list(TOPOLOGIES))
@@ -149,7 +149,7 @@ def test_dp_charges_every_data_party_per_epoch_and_reports_epsilon(tmp_path) -> 
     res = simulate_vertical(
         tables={"bank": tables["g"], "partner": tables["h0"]},
         roles={"bank": "guest", "partner": "host", "arb": "arbiter"},
-        id_column="pid", label="target", backend="plain", epochs=3, batch_size=50,
+        id_column="pid", label="target", backend="plain", insecure=True, epochs=3, batch_size=50,
         dp={"epsilon": 4.0, "delta": 1e-5, "clip": 1.0}, ledger_dir=tmp_path,
         budgets={"bank": (10.0, 1e-5), "partner": (6.0, 1e-5)}, job="dp-job", bounds=breast_cancer_bounds(),
     )
@@ -186,7 +186,7 @@ def test_budget_exceeded_stops_before_any_decryption(tmp_path, monkeypatch: pyte
     monkeypatch.setattr(job, "InProcessHub", capture)
     with pytest.raises(BudgetExceededError, match="'h0'"):
         simulate_vertical(
-            tables=tables, roles=roles, id_column="pid", label="target", backend="plain", epochs=4,
+            tables=tables, roles=roles, id_column="pid", label="target", backend="plain", insecure=True, epochs=4,
             dp={"epsilon": 8.0}, ledger_dir=tmp_path, budgets={"g": (100.0, 1e-5), "h0": (0.5, 1e-5)},
             bounds=breast_cancer_bounds(),
         )
@@ -199,7 +199,7 @@ def test_budget_exceeded_stops_before_any_decryption(tmp_path, monkeypatch: pyte
 def test_dp_auc_loss_is_moderate_at_epsilon_8() -> None:
     tables = breast_cancer_tables(1, guest_cols=10, host_cols=10)
     kw = dict(tables=tables, roles={"g": "guest", "h0": "host", "a": "arbiter"}, id_column="pid", label="target",
-              backend="plain", epochs=5, batch_size=64, lr=0.3, bounds=breast_cancer_bounds())
+              backend="plain", insecure=True, epochs=5, batch_size=64, lr=0.3, bounds=breast_cancer_bounds())
     plain = simulate_vertical(**kw)
     private = simulate_vertical(**kw, dp={"epsilon": 8.0, "delta": 1e-5})
     # every party now adds a share of every gradient's noise and all P gradients are composed per
@@ -216,7 +216,7 @@ def test_dp_auc_loss_is_moderate_at_epsilon_8() -> None:
 
 def _sim(tables, **kw):
     kw.setdefault("roles", {"g": "guest", "h0": "host", "a": "arbiter"})
-    return simulate_vertical(tables=tables, id_column="pid", label="target", backend="plain", epochs=1, **kw)
+    return simulate_vertical(tables=tables, id_column="pid", label="target", backend="plain", insecure=True, epochs=1, **kw)
 
 
 def test_missing_id_column_is_a_data_error() -> None:
@@ -324,7 +324,7 @@ def test_early_stopping_on_loss_tolerance() -> None:
     res = _sim(breast_cancer_tables(1), tol=0.5)
     assert res["epochs"] == 1  # one epoch was asked; tolerance never triggers on the first epoch
     res = simulate_vertical(tables=breast_cancer_tables(1), roles={"g": "guest", "h0": "host"}, id_column="pid",
-                            label="target", backend="plain", epochs=8, tol=0.5)
+                            label="target", backend="plain", insecure=True, epochs=8, tol=0.5)
     assert res["epochs"] == 2 and res["stopped_early"] and len(res["rounds"]) == 2
 
 
@@ -352,12 +352,12 @@ def test_training_without_dp_is_refused_when_a_party_has_as_many_features_as_a_b
     tables = breast_cancer_tables(1, guest_cols=4, host_cols=12)
     with pytest.raises(ConfigError, match=r"h0 \(12\).*batch_size"):
         simulate_vertical(tables=tables, roles={"g": "guest", "h0": "host"}, id_column="pid", label="target",
-                          backend="plain", epochs=1, batch_size=12)
+                          backend="plain", insecure=True, epochs=1, batch_size=12)
     # under DP the exact gradient never leaves the key holder unnoised: allowed
     res = simulate_vertical(tables=tables, roles={"g": "guest", "h0": "host"}, id_column="pid", label="target",
-                            backend="plain", epochs=1, batch_size=12, dp={"epsilon": 8.0}, bounds=breast_cancer_bounds())
+                            backend="plain", insecure=True, epochs=1, batch_size=12, dp={"epsilon": 8.0}, bounds=breast_cancer_bounds())
     assert res["dp"] is not None
     # and one feature fewer than the batch is allowed without DP, with a note saying what leaks
     ok = simulate_vertical(tables=tables, roles={"g": "guest", "h0": "host"}, id_column="pid", label="target",
-                           backend="plain", epochs=1, batch_size=13)
+                           backend="plain", insecure=True, epochs=1, batch_size=13)
     assert any("no DP (insecure)" in n for n in ok["notes"])
