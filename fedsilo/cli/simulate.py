@@ -34,7 +34,7 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the fi
 def _load(config: Path, **overrides: Any):
     from fedsilo.silos.config import apply_overrides, load_config
 
-    cfg = load_config(config)
+    cfg = load_config(config, insecure=bool(overrides.get("insecure")))
     if any(v is not None for v in overrides.values()):
         cfg = apply_overrides(cfg, **overrides)
     return cfg

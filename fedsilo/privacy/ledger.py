@@ -294,6 +294,8 @@ def _read_anchor_file(path: Path) -> bytes | None:
         raise LedgerIntegrityError(f"cannot read anchor {path}: {exc.strerror or exc}") from None
     try:
         return _read_all(fd, _ANCHOR_MAX_BYTES)
+    except OSError as exc:  # e.g. the anchor path is a directory
+        raise LedgerIntegrityError(f"cannot read anchor {path}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
 

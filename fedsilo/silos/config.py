@@ -307,7 +307,7 @@ def _check_backend(name: str, where: str) -> None:
 
 
 #: What ``[crypto] insecure = true`` is for, in every refusal it lifts.
-_INSECURE_HINT = "set [crypto] insecure = true{where} to run it (tests and baselines only)"
+_INSECURE_HINT = "set [crypto] insecure = true{where} (or pass --insecure) to run it (tests and baselines only)"
 
 
 def _confidentiality(cfg: JobConfig, source: str) -> Confidentiality:
@@ -432,8 +432,11 @@ def _parse(
     return cfg
 
 
-def load_config(path: str | Path) -> JobConfig:
-    """Read and validate a federation TOML file."""
+def load_config(path: str | Path, *, insecure: bool = False) -> JobConfig:
+    """Read and validate a federation TOML file.
+
+    ``insecure=True`` (the ``--insecure`` flag) sets ``[crypto] insecure = true`` before the file
+    is validated, so it also allows the insecure settings written in the file itself."""
     p = Path(path)
     if p.is_dir():
         raise ConfigError(f"{p}: is a directory, not a config file")
@@ -447,6 +450,11 @@ def load_config(path: str | Path) -> JobConfig:
         raise ConfigError(f"{p}: not a text file") from None
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read the config file: {exc.strerror or exc}") from None
+    if insecure:
+        crypto = data.get("crypto")
+        if crypto is not None and not isinstance(crypto, dict):
+            raise ConfigError(f"{p}: [crypto] must be a table")
+        data = {**data, "crypto": {**(crypto or {}), "insecure": True}}
     return parse_config(data, source=str(p), base_dir=p.resolve().parent)
 
 

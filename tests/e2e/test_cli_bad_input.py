@@ -116,7 +116,7 @@ def secure(text: str, backend: str = "ckks") -> str:
 
 BUILTIN3 = ('[federation]\ntask = "horizontal"\n[data]\nsource = "sklearn:breast_cancer"\nlabel = "target"\n'
             'partition = {silos = 3}\n')
-INSECURE_HINT = "set [crypto] insecure = true to run it (tests and baselines only)"
+INSECURE_HINT = "set [crypto] insecure = true (or pass --insecure) to run it (tests and baselines only)"
 
 
 # (id, config text or None, command line with {cfg} / {tmp} placeholders, exit code, fragments)
@@ -158,7 +158,7 @@ CASES = [
      ["simulate", "{cfg}", "--json", "{tmp}/r.json"], 2,
      ["fed.toml: key 'crypto.params': paillier: key_bits must be one of"]),
     ("backend-plain-flag", BUILTIN3, ["simulate", "{cfg}", "--backend", "plain", "--json", "{tmp}/r.json"], 2,
-     ["--backend plain: 'plain' does not encrypt; set [crypto] insecure = true in", "fed.toml to run it"]),
+     ["--backend plain: 'plain' does not encrypt; set [crypto] insecure = true in", "fed.toml (or pass --insecure) to run it"]),
     ("vertical-without-dp", secure(v()), ["simulate", "{cfg}", "--json", "{tmp}/r.json"], 2,
      ["fed.toml: key 'privacy': vertical training without [privacy]", "recovers the guest's labels", INSECURE_HINT]),
     ("vertical-dp-turned-off-by-flag", secure(v()) + "[privacy]\nepsilon = 8\n",
@@ -304,16 +304,21 @@ def test_privacy_report_plot_path_checked_first(tmp_path: Path, plot: str, fragm
 
 
 def test_undefined_metrics_are_null_in_json_and_notes_keep_brackets(tmp_path: Path) -> None:
-    # two aligned customers: AUC is undefined; strict JSON has no NaN, so it is written as null
+    # twelve aligned customers (fewer training rows than a party's gradient coordinates would be
+    # refused); strict JSON has no NaN: an undefined metric is written as null
     _files(tmp_path)
-    (tmp_path / "host_small.csv").write_text("cid,h1\n" + "".join(f"c{i},0.5\n" for i in range(58, 70)))
+    (tmp_path / "host_small.csv").write_text("cid,h1\n" + "".join(f"c{i},{i / 12:.3f}\n" for i in range(12)))
+    (tmp_path / "guest_small.csv").write_text("cid,g1,y\n" + "".join(f"c{i},{i / 12:.3f},{i % 2}\n" for i in range(12)))
     cfg = tmp_path / "fed.toml"
-    cfg.write_text(v(host="host_small.csv"))
+    cfg.write_text(v(host="host_small.csv").replace("guest.csv", "guest_small.csv"))
     out = tmp_path / "r.json"
     res = runner.invoke(app, ["simulate", str(cfg), "--json", str(out), "--ledger-dir", str(tmp_path / "l"), "-q"])
     assert res.exit_code == 0, res.output
     data = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-standard JSON constant {c}"))
     assert data["final"]["auc"] is None or math.isfinite(data["final"]["auc"])
+    from fedsilo.cli import to_json  # an undefined metric (one class held out) is written as null
+
+    assert json.loads(to_json({"auc": float("nan"), "ks": float("inf")})) == {"auc": None, "ks": None}
     # a horizontal run without bounds prints the note verbatim (rich must not eat "[data]")
     cfg.write_text(h())
     res = runner.invoke(app, ["simulate", str(cfg), "--ledger-dir", str(tmp_path / "l2"), "-q"])

@@ -118,7 +118,7 @@ class _ThinKeys(PlainBackend):
 
 register_backend(_ThinKeys)
 
-HINT = "set [crypto] insecure = true to run it (tests and baselines only)"
+HINT = "set [crypto] insecure = true (or pass --insecure) to run it (tests and baselines only)"
 VERTICAL = {
     "federation": {"task": "vertical"},
     "data": {"label": "y", "id_column": "id"},
@@ -213,7 +213,7 @@ source = "sklearn:breast_cancer"
 label = "target"
 partition = { silos = 3 }
 """))
-    where = f"set [crypto] insecure = true in {tmp_path / 'federation.toml'} to run it"
+    where = f"set [crypto] insecure = true in {tmp_path / 'federation.toml'} (or pass --insecure) to run it"
     with pytest.raises(ConfigError, match=r"^--backend plain: 'plain' does not encrypt; ") as err:
         apply_overrides(cfg, backend="plain")
     assert where in str(err.value)

@@ -34,7 +34,7 @@ from contextlib import nullcontext
 import numpy as np
 
 from fedsilo.crypto.registry import get_backend
-from fedsilo.errors import ConfigError, DataError, NotEnoughSilosError
+from fedsilo.errors import ConfigError, DataError, NotEnoughSilosError, PrivacyParameterError
 from fedsilo.privacy.accounting import epsilon as _epsilon
 from fedsilo.privacy.events import ComposedEvent, DpEvent, GaussianEvent
 from fedsilo.privacy.accounting import noise_multiplier as _noise_multiplier
@@ -171,6 +171,11 @@ class HorizontalJob:
         )
         return DPFedAvg(base, clip=float(p.get("clip", 1.0)), noise_multiplier=z, colluders=self.colluders)
 
+    def colluders_in(self, silos: int) -> int:
+        """Colluders a federation of ``silos`` silos can hold besides the silo itself: a
+        coalition is never larger than the other silos (a one-silo job has none)."""
+        return max(0, min(self.colluders, silos - 1))
+
     @property
     def allow_exposed(self) -> bool:
         """Whether a decrypted sum may expose one silo's contribution (a sum of two):
@@ -197,10 +202,18 @@ class HorizontalJob:
         :data:`EVALUATION_SHARE` of the job's ε on its own."""
         assert self.privacy is not None
         p = self.privacy
-        return _noise_multiplier(
-            target_epsilon=EVALUATION_SHARE * float(p["epsilon"]), delta=float(p.get("delta", 1e-5)),
-            sample_rate=1.0, steps=1, accountant=str(p.get("accountant", "rdp")),
-        )
+        share = EVALUATION_SHARE * float(p["epsilon"])
+        try:
+            return _noise_multiplier(
+                target_epsilon=share, delta=float(p.get("delta", 1e-5)),
+                sample_rate=1.0, steps=1, accountant=str(p.get("accountant", "rdp")),
+            )
+        except PrivacyParameterError:
+            raise ConfigError(
+                f"privacy.epsilon = {float(p['epsilon']):g} is too small for a record-level job: its final metrics "
+                f"release gets {EVALUATION_SHARE:.0%} of it (epsilon {share:.3g}), which no noise level meets; "
+                "raise privacy.epsilon"
+            ) from None
 
     def evaluation_event(self) -> GaussianEvent:
         return GaussianEvent(self.evaluation_noise_multiplier, 1.0, 1)
@@ -399,7 +412,7 @@ def silo(
         outcome = silo_secure_sum(
             channel, round=job.evaluation_round(rnd), aggregator=aggregator, backend=backend, secret=secret,
             public=public, contribution=contribution, timeout=job.silo_wait, allow_exposed=job.allow_exposed,
-            colluders=job.colluders,
+            colluders=job.colluders_in(len(silos)),
         )
         if outcome.charged:
             events.append(job.evaluation_event())
@@ -440,7 +453,7 @@ def silo(
             timeout=job.silo_wait,
             drop=drop,
             allow_exposed=job.allow_exposed,
-            colluders=job.colluders,
+            colluders=job.colluders_in(len(silos)),
         )
         if outcome.charged:
             events.append(_round_event(strategy, plan, job, rnd))
@@ -535,7 +548,7 @@ def _evaluation_contribution(
     assert ledger is not None and dataset is not None
     z = job.evaluation_noise_multiplier
     sigma = z * fed_eval.sensitivity(job.n_classes)
-    colluders = job.colluders
+    colluders = job.colluders_in(len(recipients))
 
     grid = fed_eval.GRID
 
@@ -683,11 +696,12 @@ def aggregator(channel: Channel, *, job: HorizontalJob, silos: Sequence[str]) ->
         """One secure sum: its status (``"ok"`` or ``"aborted"``) and the reason the job
         stops, or None."""
         nonlocal active
-        need = required_contributors(min_silos=job.min_silos, colluders=job.colluders)
-        exposed = not job.allow_exposed and 2 <= len(active) <= job.colluders + 1
+        colluders = job.colluders_in(len(silos))
+        need = required_contributors(min_silos=job.min_silos, colluders=colluders)
+        exposed = not job.allow_exposed and 2 <= len(active) <= colluders + 1
         if len(active) < need or exposed:
             why = (
-                f"a sum of the {len(active)} left would let {job.colluders} colluding silo(s) compute another's exact update"
+                f"a sum of the {len(active)} left would let {colluders} colluding silo(s) compute another's exact update"
                 if exposed and len(active) >= need
                 else f"{need} needed"
             )
@@ -705,7 +719,7 @@ def aggregator(channel: Channel, *, job: HorizontalJob, silos: Sequence[str]) ->
             backend=backend,
             public=public,
             min_silos=job.min_silos,
-            colluders=job.colluders,
+            colluders=colluders,
             timeout=job.round_timeout,
             allow_exposed=job.allow_exposed,
         )
@@ -873,6 +887,17 @@ def simulate_horizontal(
     rounds_total = spec.rounds
     spec.strategy()  # validate strategy / DP settings before any thread starts
     check_federation(silos=names, allow_exposed=spec.allow_exposed, colluders=spec.colluders)
+    if spec.privacy is not None and len(names) <= spec.colluders:
+        raise ConfigError(
+            f"privacy.colluders = {spec.colluders} but the job has only {len(names)} silos: noise shares cannot "
+            "survive that many colluding key holders; lower privacy.colluders or add silos"
+        )
+    need = required_contributors(min_silos=spec.min_silos, colluders=spec.colluders_in(len(names)))
+    if len(names) < need:
+        raise ConfigError(
+            f"a job of {len(names)} silo(s) can never decrypt a sum: each needs {need} contributions "
+            f"(federation.min_silos = {spec.min_silos}, privacy.colluders = {spec.colluders}); add silos or lower them"
+        )
     lock = threading.Lock()
     reported: dict[int, dict[str, Any]] = {}
 

@@ -547,17 +547,23 @@ def _plan(dp: DpConfig | None, *, rows: int, config: TrainingConfig, parties: in
     )
 
 
-def _refuse_exact_gradients(dims: Mapping[str, int], *, batch_size: int, who: str) -> None:
-    """Without DP each party receives its exact gradient ``X_pᵀd / n``: with as many features
-    as rows in a batch, ``X_p`` is invertible on the batch and ``d`` (hence the labels, or
-    another party's partial logits) follows exactly. Refused even under ``insecure``."""
-    wide = {p: d for p, d in dims.items() if d >= batch_size}
+def _refuse_exact_gradients(dims: Mapping[str, int], *, rows: int, batch_size: int, who: str) -> None:
+    """Without DP each party receives its exact gradient ``X_pᵀd / n``: with as many gradient
+    coordinates (features, plus the guest's intercept) as rows in a batch, ``X_p`` is
+    invertible on the batch and ``d`` (hence the labels, or another party's partial logits)
+    follows exactly. The batch that counts is the smallest one an epoch really has
+    (:func:`.taylor.epoch_partition` splits ``rows`` into ``ceil(rows / batch_size)`` near-equal
+    batches, which may hold fewer rows than ``batch_size``). Refused even under ``insecure``."""
+    smallest = rows // max(1, math.ceil(rows / batch_size)) if rows else 0
+    wide = {p: d for p, d in dims.items() if d >= smallest}
     if wide:
         listed = ", ".join(f"{p} ({d})" for p, d in sorted(wide.items()))
         raise ConfigError(
             f"{who}: vertical training without DP reveals each party's exact gradient, and with at least as "
-            f"many features as rows per batch ({batch_size}) that gradient gives away the residuals (the labels): "
-            f"{listed}; raise training.batch_size above every party's feature count, or enable [privacy]"
+            f"many gradient coordinates (features, plus the guest's intercept) as rows in a batch (the smallest "
+            f"batch has {smallest} of {rows} training rows, training.batch_size = {batch_size}) that gradient gives "
+            f"away the residuals (the labels): {listed}; give the job more training rows or a larger batch_size, "
+            "or enable [privacy]"
         )
 
 
@@ -660,7 +666,7 @@ def guest_train(
     plan = _plan(dp, rows=train_rows.size, config=config, parties=len(topology.data_parties),
                  arbiter=topology.arbiter is not None)
     if plan is None:
-        _refuse_exact_gradients(dims, batch_size=config.batch_size, who=me)
+        _refuse_exact_gradients(dims, rows=train_rows.size, batch_size=config.batch_size, who=me)
     setup = {"dims": dims, "plan": plan.to_json() if plan else None, "loss": bool(config.track_loss and plan is None)}
     channel.broadcast([*hosts, *([arb] if arb else [])], "vlr/setup", setup, round=r)
     keys = _setup_keys(channel, topology, backend, round=r, timeout=T)
@@ -904,7 +910,7 @@ def host_train(
     plan = _plan(dp, rows=train_rows.size, config=config, parties=len(topology.data_parties),
                  arbiter=topology.arbiter is not None)
     if plan is None:
-        _refuse_exact_gradients({me: model.weights.size}, batch_size=config.batch_size, who=me)
+        _refuse_exact_gradients({me: model.weights.size}, rows=train_rows.size, batch_size=config.batch_size, who=me)
     if (plan.to_json() if plan else None) != setup.get("plan"):
         raise ConfigError(f"{me}: the guest's DP plan differs from this host's; refusing to train")
     dims = {str(k): int(v) for k, v in setup["dims"].items()}

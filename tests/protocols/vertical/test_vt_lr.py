@@ -350,7 +350,7 @@ def test_held_out_scores_are_released_once_without_dp_and_never_under_dp() -> No
 def test_training_without_dp_is_refused_when_a_party_has_as_many_features_as_a_batch() -> None:
     """With d_p >= batch size, X_p^T d = n g_p can be solved for the residuals (the labels)."""
     tables = breast_cancer_tables(1, guest_cols=4, host_cols=12)
-    with pytest.raises(ConfigError, match=r"h0 \(12\).*batch_size"):
+    with pytest.raises(ConfigError, match=r"h0 \(12\)"):
         simulate_vertical(tables=tables, roles={"g": "guest", "h0": "host"}, id_column="pid", label="target",
                           backend="plain", insecure=True, epochs=1, batch_size=12)
     # under DP the exact gradient never leaves the key holder unnoised: allowed
