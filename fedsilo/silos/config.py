@@ -189,6 +189,8 @@ class JobConfig(_Section):
         if dup:
             raise ValueError(f"silo names must be unique; repeated: {dup}")
         task = self.federation.task
+        if task != "vertical" and "aggregator" in names:
+            raise ValueError("silos[].name: 'aggregator' is the aggregator's party name; name the silo differently")
         if self.data.source is None and not self.silos:
             raise ValueError("no data: set [data] source (e.g. 'sklearn:breast_cancer') or add [[silos]] with data")
         if self.data.source is not None and self.data.partition is None and task != "vertical":

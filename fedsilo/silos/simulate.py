@@ -190,6 +190,8 @@ def run_job(
     ``federation.seed`` decides only public choices (splits, initial weights, batch order).
     """
     check_insecure_settings(cfg)  # a config built or changed without validation is checked too
+    if noise_seed is not None and (isinstance(noise_seed, bool) or not isinstance(noise_seed, int) or noise_seed < 0):
+        raise ConfigError(f"noise_seed (test-only) must be an integer >= 0 or None, got {noise_seed!r}")
     notes = []
     if cfg.crypto.insecure:
         notes.append(

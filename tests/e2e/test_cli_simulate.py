@@ -137,3 +137,27 @@ def test_simulate_vertical_example_contract(tmp_path: Path) -> None:
     assert data["psi"]["intersection"] > 0
     assert all(e["epsilon"] <= 8.0 + 1e-9 for e in data["epsilon"].values())
     assert len(data["rounds"]) == 2
+
+
+def test_a_job_in_which_no_round_completes_is_an_error_not_an_untrained_model(tmp_path: Path) -> None:
+    """Silo level, every hospital's budget spent by a first run: the second run decrypts nothing
+    and says so (exit 1), naming the exhausted budgets, instead of printing an untrained model."""
+    silo_level = ROOT / "examples" / "hospitals_horizontal" / "silo_level.toml"
+    ledgers = tmp_path / "l"
+    first = run("simulate", silo_level, "--backend", "plain", "--insecure", "--rounds", "1", "--ledger-dir", ledgers, "--quiet")
+    assert first.exit_code == 0, first.output
+    second = run("simulate", silo_level, "--backend", "plain", "--insecure", "--rounds", "1", "--ledger-dir", ledgers, "--quiet")
+    assert second.exit_code == 1 and "Traceback" not in second.output
+    assert "no round completed, nothing was decrypted" in second.output and "privacy budget" in second.output
+
+
+def test_test_only_noise_seed_and_reserved_silo_names_are_checked(tmp_path: Path) -> None:
+    from fedsilo.errors import ConfigError
+    from fedsilo.silos.config import load_config, parse_config
+    from fedsilo.silos.simulate import run_job
+
+    with pytest.raises(ConfigError, match="noise_seed .* must be an integer >= 0"):
+        run_job(load_config(HOSPITALS, insecure=True), ledger_dir=tmp_path, noise_seed=-1)
+    with pytest.raises(ConfigError, match="'aggregator' is the aggregator's party name"):
+        parse_config({"federation": {"task": "horizontal"}, "data": {"label": "y"},
+                      "silos": [{"name": "aggregator", "data": "a.csv"}, {"name": "b", "data": "b.csv"}, {"name": "c", "data": "c.csv"}]})

@@ -954,6 +954,10 @@ def simulate_horizontal(
     reports: dict[str, SiloReport] = {n: results[n] for n in names}
     if agg.status == "stopped":
         raise NotEnoughSilosError(agg.reason)
+    if agg.rounds and all(r["status"] != "ok" for r in agg.rounds):
+        # nothing was ever decrypted: reporting a trained model (and epsilon 0) would mislead
+        reasons = "; ".join(dict.fromkeys(r["reason"] for r in agg.rounds if r["reason"]))
+        raise NotEnoughSilosError(f"job {job!r}: no round completed, nothing was decrypted: {reasons}")
     released = next((r.evaluation for r in reports.values() if r.evaluation), ())
     by_round = {e["round"]: e for e in released}
     rows: list[dict[str, Any]] = []

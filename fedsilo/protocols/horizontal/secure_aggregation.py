@@ -516,7 +516,9 @@ def aggregator_secure_sum(
     if len(contributors) < need:
         return finish_abort(
             f"round {round}: only {len(contributors)} of {n} announced silos sent their update "
-            f"(need {need}); nothing was decrypted",
+            f"(need {need})"
+            + (f"; {', '.join(withdrawn)} withdrew (privacy budget exhausted)" if withdrawn else "")
+            + "; nothing was decrypted",
             failures=failures,
             withdrawn=withdrawn,
         )
