@@ -108,10 +108,21 @@ class TrainingSection(_Section):
     batch_size: Int = Field(64, ge=1)
     lr: Float = Field(0.1, gt=0)
     optimizer: Literal["sgd", "adam"] = "sgd"
-    strategy: Literal["fedavg", "fedprox", "fedadam", "fedyogi"] = "fedavg"
+    strategy: str = "fedavg"  # a registered strategy (fedsilo.protocols.horizontal.strategies.STRATEGIES)
     strategy_params: dict[str, Float] = Field(default_factory=dict)
     l2: Float = Field(0.0, ge=0)
     early_stopping_tol: Float | None = Field(None, gt=0)
+
+    @field_validator("strategy")
+    @classmethod
+    def _registered_strategy(cls, name: str) -> str:
+        from fedsilo.protocols.horizontal.strategies import STRATEGIES
+
+        if name not in STRATEGIES:
+            near = difflib.get_close_matches(name, list(STRATEGIES), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ValueError(f"unknown strategy {name!r}{hint} (registered: {', '.join(STRATEGIES)})")
+        return name
 
 
 class PartitionSpec(_Section):

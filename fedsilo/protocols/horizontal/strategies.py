@@ -29,6 +29,7 @@ import abc
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, ClassVar
 
 import numpy as np
@@ -46,6 +47,7 @@ __all__ = [
     "FedYogi",
     "STRATEGIES",
     "make_strategy",
+    "register_strategy",
     "uniform_mean",
     "sgd_step",
     "adam_second_moment",
@@ -96,12 +98,13 @@ def adaptive_step(*, params: np.ndarray, m: np.ndarray, v: np.ndarray, eta: floa
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class ServerState:
-    """The global model plus any server-optimizer moments, after ``round`` rounds."""
+    """The global model after ``round`` rounds, plus whatever the strategy keeps between rounds
+    (``extra``: named arrays, e.g. FedAdam's moments ``m`` and ``v``), so a new strategy with
+    its own server state needs no change here."""
 
     params: np.ndarray
     round: int = 0
-    m: np.ndarray | None = None
-    v: np.ndarray | None = None
+    extra: Mapping[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,16 +207,16 @@ class _Adaptive(Strategy):
     def initialize(self, params: np.ndarray) -> ServerState:
         p = np.asarray(params, dtype=np.float64).copy()
         # v0 = tau^2 as in Reddi et al.'s experiments (Sec. 5; Flower does the same).
-        return ServerState(params=p, round=0, m=np.zeros_like(p), v=np.full_like(p, self.tau**2))
+        return ServerState(params=p, round=0, extra={"m": np.zeros_like(p), "v": np.full_like(p, self.tau**2)})
 
     def aggregate_fit(self, *, round: int, state: ServerState, result: AggregateResult) -> ServerState:
-        if state.m is None or state.v is None:
+        if "m" not in state.extra or "v" not in state.extra:
             raise ConfigError(f"{self.name}: server state has no moments (was it initialized by this strategy?)")
         delta = uniform_mean(total=result.total, count=len(result.contributors))
-        m = first_moment(m=state.m, delta=delta, beta1=self.beta1)
-        v = self._second_moment(state.v, delta)
+        m = first_moment(m=state.extra["m"], delta=delta, beta1=self.beta1)
+        v = self._second_moment(state.extra["v"], delta)
         params = adaptive_step(params=state.params, m=m, v=v, eta=self.eta, tau=self.tau)
-        return ServerState(params=params, round=round, m=m, v=v)
+        return ServerState(params=params, round=round, extra={"m": m, "v": v})
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "eta": self.eta, "beta1": self.beta1, "beta2": self.beta2, "tau": self.tau}
@@ -237,12 +240,31 @@ class FedYogi(_Adaptive):
         return yogi_second_moment(v=v, delta=delta, beta2=self.beta2)
 
 
-STRATEGIES: Mapping[str, type[Strategy]] = {
-    FedAvg.name: FedAvg,
-    FedProx.name: FedProx,
-    FedAdam.name: FedAdam,
-    FedYogi.name: FedYogi,
-}
+_REGISTRY: dict[str, type[Strategy]] = {}
+#: Registered strategies by config name (``training.strategy``); read-only view.
+STRATEGIES: Mapping[str, type[Strategy]] = MappingProxyType(_REGISTRY)
+
+
+def register_strategy(cls: type[Strategy]) -> type[Strategy]:
+    """Register a :class:`Strategy` subclass under its ``name`` (usable as a class decorator);
+    the config's ``training.strategy`` accepts exactly the registered names.
+
+    Raises:
+        ConfigError: not a Strategy subclass, no ``name``, or the name is already registered.
+    """
+    if not (isinstance(cls, type) and issubclass(cls, Strategy)):
+        raise ConfigError(f"register_strategy takes a Strategy subclass, got {cls!r}")
+    name = getattr(cls, "name", "")
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"strategy {cls.__name__} has no name")
+    if name in _REGISTRY and _REGISTRY[name] is not cls:
+        raise ConfigError(f"a strategy named {name!r} is already registered ({_REGISTRY[name].__name__})")
+    _REGISTRY[name] = cls
+    return cls
+
+
+for _cls in (FedAvg, FedProx, FedAdam, FedYogi):
+    register_strategy(_cls)
 
 
 def make_strategy(name: str, params: Mapping[str, Any] | None = None) -> Strategy:

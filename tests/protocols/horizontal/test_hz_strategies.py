@@ -40,8 +40,8 @@ def test_fedadam_matches_hand_computation() -> None:
     m = 0.1 * delta
     v = 0.99 * 1e-6 + 0.01 * delta**2
     np.testing.assert_allclose(new.params, 0.1 * m / (np.sqrt(v) + 1e-3))
-    np.testing.assert_allclose(new.m, m)
-    np.testing.assert_allclose(new.v, v)
+    np.testing.assert_allclose(new.extra["m"], m)
+    np.testing.assert_allclose(new.extra["v"], v)
 
 
 def test_yogi_second_moment_sign_rule() -> None:
@@ -49,7 +49,7 @@ def test_yogi_second_moment_sign_rule() -> None:
     d = np.array([0.5, 0.5])
     # v > d^2: decreases by (1-b2) d^2; v < d^2: increases by (1-b2) d^2
     np.testing.assert_allclose(yogi_second_moment(v=v, delta=d, beta2=0.9), [1.0 - 0.1 * 0.25, 0.0 + 0.1 * 0.25])
-    assert isinstance(FedYogi().initialize(np.zeros(1)).v, np.ndarray)
+    assert isinstance(FedYogi().initialize(np.zeros(1)).extra["v"], np.ndarray)
     np.testing.assert_allclose(adaptive_step(params=np.zeros(1), m=np.ones(1), v=np.ones(1), eta=1.0, tau=0.0), [1.0])
 
 
@@ -98,3 +98,54 @@ class TestStrategyContract:
         st = strategy.initialize(np.array([0.5, -1.0]))
         new = strategy.aggregate_fit(round=1, state=st, result=AggregateResult(np.zeros(2), ("a", "b")))
         np.testing.assert_allclose(new.params, st.params)
+
+
+def test_a_registered_strategy_with_its_own_server_state_runs_from_a_config() -> None:
+    """Adding a strategy is one class and one registration: the config accepts its name and
+    ServerState.extra holds its state (here a server momentum), with no edit anywhere else."""
+    from dataclasses import replace as _replace
+    from typing import Any, ClassVar
+
+    from fedsilo.protocols.horizontal import simulate_horizontal
+    from fedsilo.protocols.horizontal.strategies import (
+        STRATEGIES,
+        AggregateResult,
+        FedAvg,
+        ServerState,
+        register_strategy,
+        uniform_mean,
+    )
+    from fedsilo.silos.config import parse_config
+    from hz_data import base_kwargs, breast_cancer_silos
+
+    class ServerMomentum(FedAvg):
+        name: ClassVar[str] = "test_server_momentum"
+
+        def initialize(self, params: np.ndarray) -> ServerState:
+            return ServerState(params=params, extra={"velocity": np.zeros_like(params)})
+
+        def aggregate_fit(self, *, round: int, state: ServerState, result: AggregateResult) -> ServerState:
+            vel = 0.5 * state.extra["velocity"] + uniform_mean(total=result.total, count=len(result.contributors))
+            return _replace(state, params=state.params + vel, round=round, extra={"velocity": vel})
+
+        def describe(self) -> dict[str, Any]:
+            return {"name": self.name}
+
+    register_strategy(ServerMomentum)
+    register_strategy(ServerMomentum)  # the same class again: a no-op
+    assert "test_server_momentum" in STRATEGIES
+
+    class Impostor(FedAvg):
+        name: ClassVar[str] = "test_server_momentum"
+
+    with pytest.raises(ConfigError, match="already registered"):
+        register_strategy(Impostor)
+    base = {"federation": {"task": "horizontal"}, "crypto": {"backend": "plain", "insecure": True},
+            "data": {"source": "sklearn:breast_cancer", "label": "target", "partition": {"silos": 3}}}
+    assert parse_config({**base, "training": {"strategy": "test_server_momentum"}}).training.strategy == "test_server_momentum"
+    with pytest.raises(ConfigError, match=r"unknown strategy 'fedavgg'; did you mean 'fedavg'"):
+        parse_config({**base, "training": {"strategy": "fedavgg"}})
+    data = breast_cancer_silos()
+    res = simulate_horizontal(**base_kwargs(data, training={"rounds": 4, "local_epochs": 1, "batch_size": 32, "lr": 0.5,
+                                                            "strategy": "test_server_momentum"}))
+    assert res["final"]["accuracy"] > 0.85
