@@ -107,6 +107,7 @@ from fedsilo.protocols.vertical.taylor import (
 )
 
 __all__ = [
+    "MESSAGE_KINDS",
     "DpConfig",
     "FitResult",
     "LocalModel",
@@ -122,6 +123,40 @@ __all__ = [
 ]
 
 PROTOCOL = "vertical_lr"
+
+# ------------------------------------------------------------------------------ message kinds
+# One payload shape each, in the order of one job (the figure in the module docstring);
+# ``[[x]]`` is a serialized ciphertext (bytes), party names are strings.
+#: host -> guest, once: ``{"rows", "train", "eval", "dim", "config", "dp"}`` (counts, digests)
+HELLO = "vlr/hello"
+#: guest -> hosts (+ arbiter), once: ``{"dims": {party: int}, "plan": DpPlan JSON | None, "loss": bool}``
+SETUP = "vlr/setup"
+#: key holder -> party, once: ``{"public": bytes}`` (a public context, never a secret key)
+KEY = "vlr/key"
+#: guest -> hosts ``{"stop": bool, "batches": [int array]}``; guest -> arbiter ``{"stop", "sizes": [int]}``
+EPOCH = "vlr/epoch"
+#: host -> guest, per step: ``{"ct": [[b_h]], "sq"?: [[‖b_h‖²/R]]}`` (``sq`` only when the loss is tracked)
+PARTIAL = "vlr/partial"
+#: guest -> host, per step: ``{"ct": [[d]] (arbiter) or [[a]] (two-party), "prefix"?: [[Σ_{h'<h} b_h']]}``
+RESIDUAL = "vlr/residual"
+#: host -> guest, per step (loss tracked, arbiter, 2nd host on): ``[[2 prefix·b_h / R]]``
+CROSS = "vlr/cross"
+#: party -> key holder, per step: ``[[g_p + m_p (+ n_pp)]]``
+GRAD = "vlr/grad"
+#: party -> arbiter, per step (DP): ``{owner: [[n_qp]]}``, one noise share per other data party
+NOISE = "vlr/noise"
+#: key holder -> party, per step: the decrypted masked (and noised) gradient, a float vector
+PLAIN = "vlr/plain"
+#: guest -> key holder, per epoch (no DP): ``[[[partial loss sums]]]``, a list of ciphertexts
+LOSS = "vlr/loss"
+#: key holder -> guest, per epoch (no DP): ``{"sum": float}``
+LOSS_VALUE = "vlr/loss_value"
+#: guest -> hosts, once after training (no DP): ``{"rows": int array}``
+PREDICT = "vlr/predict"
+#: host -> guest, answer to PREDICT: the exact partial scores of those rows, a float vector
+SCORE = "vlr/score"
+
+MESSAGE_KINDS = (HELLO, SETUP, KEY, EPOCH, PARTIAL, RESIDUAL, CROSS, GRAD, NOISE, PLAIN, LOSS, LOSS_VALUE, PREDICT, SCORE)
 
 
 # ------------------------------------------------------------------------------ configuration
@@ -585,15 +620,15 @@ def _setup_keys(ch: Channel, topology: Topology, backend: CryptoBackend, *, roun
     ``own`` (its secret keys, two-party only) and ``peer`` (the other's public, two-party)."""
     me = ch.party
     if topology.arbiter is not None:
-        msg = ch.recv(topology.arbiter, "vlr/key", round=round, timeout=timeout)
+        msg = ch.recv(topology.arbiter, KEY, round=round, timeout=timeout)
         pub = backend.load_public(msg["public"] if isinstance(msg, dict) else b"")
         k = _Keys(backend, pub)
         return {"shared": k}
     other = topology.hosts[0] if me == topology.guest else topology.guest
     sk = backend.keygen()
     own = _Keys(backend, sk.public(), sk)
-    ch.send(other, "vlr/key", {"public": own.public.serialize()}, round=round)
-    msg = ch.recv(other, "vlr/key", round=round, timeout=timeout)
+    ch.send(other, KEY, {"public": own.public.serialize()}, round=round)
+    msg = ch.recv(other, KEY, round=round, timeout=timeout)
     peer = _Keys(backend, backend.load_public(msg["public"] if isinstance(msg, dict) else b""))
     return {"own": own, "peer": peer}
 
@@ -652,7 +687,7 @@ def guest_train(
     model = _fit_model(x, train_rows, columns, dp=dp, intercept=True, bounds=check_bounds(bounds), who=me)
 
     # -- hello: row counts, dimensions, agreement on the configuration ------------------------
-    hellos = _gather_all(channel, hosts, "vlr/hello", round=r, timeout=T)
+    hellos = _gather_all(channel, hosts, HELLO, round=r, timeout=T)
     for h, msg in hellos.items():
         if msg.get("rows") != x.shape[0] or msg.get("train") != train_rows.size or msg.get("eval") != eval_rows.size:
             raise DataError(
@@ -668,7 +703,7 @@ def guest_train(
     if plan is None:
         _refuse_exact_gradients(dims, rows=train_rows.size, batch_size=config.batch_size, who=me)
     setup = {"dims": dims, "plan": plan.to_json() if plan else None, "loss": bool(config.track_loss and plan is None)}
-    channel.broadcast([*hosts, *([arb] if arb else [])], "vlr/setup", setup, round=r)
+    channel.broadcast([*hosts, *([arb] if arb else [])], SETUP, setup, round=r)
     keys = _setup_keys(channel, topology, backend, round=r, timeout=T)
     r += 1
 
@@ -681,9 +716,9 @@ def guest_train(
     epochs_run = 0
     for epoch in range(1, config.epochs + 1):
         batches = epoch_partition(rows=train_rows.size, batch_size=config.batch_size, rng=batch_rng)
-        channel.broadcast(hosts, "vlr/epoch", {"stop": False, "batches": batches}, round=r)
+        channel.broadcast(hosts, EPOCH, {"stop": False, "batches": batches}, round=r)
         if arb:
-            channel.send(arb, "vlr/epoch", {"stop": False, "sizes": [int(b.size) for b in batches]}, round=r)
+            channel.send(arb, EPOCH, {"stop": False, "sizes": [int(b.size) for b in batches]}, round=r)
         lr_e = learning_rate(base=config.lr, epoch=epoch, schedule=config.lr_schedule)
         loss_cts: list[Ciphertext] = []
         rows_e = max(1, sum(int(b.size) for b in batches))  # every party scales its loss terms by 1/rows_e
@@ -701,7 +736,7 @@ def guest_train(
                                   round=step_round, tap=noise_tap)
                 if arb:
                     k = keys["shared"]
-                    parts = _gather_all(channel, hosts, "vlr/partial", round=step_round, timeout=T)
+                    parts = _gather_all(channel, hosts, PARTIAL, round=step_round, timeout=T)
                     cts = [k.de(parts[h].get("ct"), sender=h) for h in hosts]
                     b_sum = backend.sum(cts)
                     d = backend.add_plain(b_sum, a)
@@ -709,38 +744,38 @@ def guest_train(
                         msg: dict[str, Any] = {"ct": k.ser(d)}
                         if track_loss and j > 0:
                             msg["prefix"] = k.ser(backend.sum(cts[:j]))
-                        channel.send(h, "vlr/residual", msg, round=step_round)
+                        channel.send(h, RESIDUAL, msg, round=step_round)
                     g = backend.add_plain(backend.matmul_plain(d, xb / norm), mask + mine)
-                    channel.send(arb, "vlr/grad", k.ser(g), round=step_round)
+                    channel.send(arb, GRAD, k.ser(g), round=step_round)
                     if plan is not None:
                         shares = _noise_shares(
                             {p: k for p in hosts}, plan=plan, me=me, topology=topology, dims=dims, norm=norm, rng=rng,
                             round=step_round, tap=noise_tap,
                         )
-                        channel.send(arb, "vlr/noise", shares, round=step_round)
+                        channel.send(arb, NOISE, shares, round=step_round)
                     if track_loss:
                         term = _guest_loss_term(backend, b_sum, a, rows=rows_e)
                         term = backend.sum([term] + [k.de(parts[h].get("sq"), sender=h) for h in hosts])
                         if len(hosts) > 1:
-                            cross = _gather_all(channel, hosts[1:], "vlr/cross", round=step_round, timeout=T)
+                            cross = _gather_all(channel, hosts[1:], CROSS, round=step_round, timeout=T)
                             term = backend.sum([term] + [k.de(cross[h], sender=h) for h in hosts[1:]])
                         _accumulate(backend, loss_cts, term)
-                    z = channel.recv(arb, "vlr/plain", round=step_round, timeout=T)
+                    z = channel.recv(arb, PLAIN, round=step_round, timeout=T)
                 else:
                     (host,) = hosts
                     own, peer = keys["own"], keys["peer"]
-                    channel.send(host, "vlr/residual", own.ser(own.enc(a)), round=step_round)
-                    part = channel.recv(host, "vlr/partial", round=step_round, timeout=T)
+                    channel.send(host, RESIDUAL, {"ct": own.ser(own.enc(a))}, round=step_round)
+                    part = channel.recv(host, PARTIAL, round=step_round, timeout=T)
                     b = peer.de(part.get("ct"), sender=host)
                     d = backend.add_plain(b, a)
                     g = backend.add_plain(backend.matmul_plain(d, xb / norm), mask + mine)
-                    channel.send(host, "vlr/grad", peer.ser(g), round=step_round)
+                    channel.send(host, GRAD, peer.ser(g), round=step_round)
                     if track_loss:
                         term = backend.add(_guest_loss_term(backend, b, a, rows=rows_e), peer.de(part.get("sq"), sender=host))
                         _accumulate(backend, loss_cts, term)
                     _decrypt_for_peer(channel, own, peer=host, plan=plan, me=me, topology=topology,
                                       dims=dims, norm=norm, rng=rng, round=step_round, timeout=T, tap=noise_tap)
-                    z = channel.recv(host, "vlr/plain", round=step_round, timeout=T)
+                    z = channel.recv(host, PLAIN, round=step_round, timeout=T)
                 z = _as_float_vector(z, length=model.weights.size, sender=topology.grad_key_holder(me), what="gradient")
                 model = _update(model, z - mask, lr=lr_e, l2=config.l2)
         end_round = r + 1 + len(batches)
@@ -749,8 +784,8 @@ def guest_train(
         if track_loss:
             holder = arb if arb else hosts[0]
             k_loss = keys["shared" if arb else "peer"]
-            channel.send(holder, "vlr/loss", [k_loss.ser(c) for c in loss_cts], round=end_round)
-            value = channel.recv(holder, "vlr/loss_value", round=end_round, timeout=T)
+            channel.send(holder, LOSS, [k_loss.ser(c) for c in loss_cts], round=end_round)
+            value = channel.recv(holder, LOSS_VALUE, round=end_round, timeout=T)
             if loss_cts:
                 record["loss"] = taylor_loss(sum_squared_residuals=float(value["sum"]), rows=1)
         history.append(record)
@@ -763,7 +798,7 @@ def guest_train(
             stopped = True
             break
         prev_loss = loss if loss is not None else prev_loss
-    channel.broadcast([*hosts, *([arb] if arb else [])], "vlr/epoch", {"stop": True}, round=r)
+    channel.broadcast([*hosts, *([arb] if arb else [])], EPOCH, {"stop": True}, round=r)
     return FitResult(
         model=model,
         history=history,
@@ -836,11 +871,11 @@ def _decrypt_for_peer(
 ) -> None:
     """Two-party: decrypt the peer's masked gradient, adding this party's DP noise share first
     (the peer has added its own share under encryption before masking)."""
-    ct = own.de(ch.recv(peer, "vlr/grad", round=round, timeout=timeout), sender=peer)
+    ct = own.de(ch.recv(peer, GRAD, round=round, timeout=timeout), sender=peer)
     if plan is not None:
         noise = _draw_share(plan, owner=peer, me=me, topology=topology, dims=dims, norm=norm, rng=rng, round=round, tap=tap)
         ct = own.backend.add(ct, own.enc(noise))
-    ch.send(peer, "vlr/plain", own.dec(ct), round=round)
+    ch.send(peer, PLAIN, own.dec(ct), round=round)
 
 
 def evaluation_metrics(labels: np.ndarray, probs: np.ndarray) -> dict[str, float]:
@@ -893,7 +928,7 @@ def host_train(
     model = _fit_model(x, train_rows, columns, dp=dp, intercept=False, bounds=check_bounds(bounds), who=me)
     channel.send(
         guest,
-        "vlr/hello",
+        HELLO,
         {
             "rows": x.shape[0],
             "train": train_rows.size,
@@ -904,7 +939,7 @@ def host_train(
         },
         round=r,
     )
-    setup = channel.recv(guest, "vlr/setup", round=r, timeout=T)
+    setup = channel.recv(guest, SETUP, round=r, timeout=T)
     if not isinstance(setup, dict) or not isinstance(setup.get("dims"), dict):
         raise ProtocolError(f"{me}: malformed setup message from the guest")
     plan = _plan(dp, rows=train_rows.size, config=config, parties=len(topology.data_parties),
@@ -926,7 +961,7 @@ def host_train(
     j_me = topology.hosts.index(me)
     epochs_run = 0
     while True:
-        ep = channel.recv(guest, "vlr/epoch", round=r, timeout=T)
+        ep = channel.recv(guest, EPOCH, round=r, timeout=T)
         if ep.get("stop"):
             break
         epoch = epochs_run + 1
@@ -950,42 +985,47 @@ def host_train(
                     msg: dict[str, Any] = {"ct": k.ser(k.enc(b))}
                     if track_loss:
                         msg["sq"] = k.ser(k.enc(np.array([float(b @ b) / rows_e])))
-                    channel.send(guest, "vlr/partial", msg, round=step_round)
-                    res = channel.recv(guest, "vlr/residual", round=step_round, timeout=T)
+                    channel.send(guest, PARTIAL, msg, round=step_round)
+                    res = channel.recv(guest, RESIDUAL, round=step_round, timeout=T)
+                    if not isinstance(res, dict):
+                        raise ProtocolError(f"{me}: malformed residual from the guest")
                     d = k.de(res.get("ct"), sender=guest)
                     g = backend.add_plain(backend.matmul_plain(d, xb / norm), mask + mine)
-                    channel.send(arb, "vlr/grad", k.ser(g), round=step_round)
+                    channel.send(arb, GRAD, k.ser(g), round=step_round)
                     if plan is not None:
                         shares = _noise_shares(
                             {p: k for p in others}, plan=plan, me=me, topology=topology, dims=dims, norm=norm, rng=rng,
                             round=step_round, tap=noise_tap,
                         )
-                        channel.send(arb, "vlr/noise", shares, round=step_round)
+                        channel.send(arb, NOISE, shares, round=step_round)
                     if track_loss and j_me > 0:
                         prefix = k.de(res.get("prefix"), sender=guest)
-                        channel.send(guest, "vlr/cross", k.ser(backend.matmul_plain(prefix, (2.0 * b / rows_e)[:, None])), round=step_round)
-                    z = channel.recv(arb, "vlr/plain", round=step_round, timeout=T)
+                        channel.send(guest, CROSS, k.ser(backend.matmul_plain(prefix, (2.0 * b / rows_e)[:, None])), round=step_round)
+                    z = channel.recv(arb, PLAIN, round=step_round, timeout=T)
                 else:
                     own, peer = keys["own"], keys["peer"]
                     msg = {"ct": own.ser(own.enc(b))}
                     if track_loss:
                         msg["sq"] = own.ser(own.enc(np.array([float(b @ b) / rows_e])))
-                    channel.send(guest, "vlr/partial", msg, round=step_round)
-                    a = peer.de(channel.recv(guest, "vlr/residual", round=step_round, timeout=T), sender=guest)
+                    channel.send(guest, PARTIAL, msg, round=step_round)
+                    res = channel.recv(guest, RESIDUAL, round=step_round, timeout=T)
+                    if not isinstance(res, dict):
+                        raise ProtocolError(f"{me}: malformed residual from the guest")
+                    a = peer.de(res.get("ct"), sender=guest)
                     d = backend.add_plain(a, b)
                     g = backend.add_plain(backend.matmul_plain(d, xb / norm), mask + mine)
-                    channel.send(guest, "vlr/grad", peer.ser(g), round=step_round)
+                    channel.send(guest, GRAD, peer.ser(g), round=step_round)
                     _decrypt_for_peer(channel, own, peer=guest, plan=plan, me=me, topology=topology,
                                       dims=dims, norm=norm, rng=rng, round=step_round, timeout=T, tap=noise_tap)
-                    z = channel.recv(guest, "vlr/plain", round=step_round, timeout=T)
+                    z = channel.recv(guest, PLAIN, round=step_round, timeout=T)
                 z = _as_float_vector(z, length=model.weights.size, sender=topology.grad_key_holder(me), what="gradient")
                 model = _update(model, z - mask, lr=lr_e, l2=config.l2)
         end_round = r + 1 + len(batches)
         epochs_run = epoch
         if track_loss and arb is None:
             own = keys["own"]
-            blobs = channel.recv(guest, "vlr/loss", round=end_round, timeout=T)
-            channel.send(guest, "vlr/loss_value", {"sum": _decrypt_loss(own, blobs, sender=guest)}, round=end_round)
+            blobs = channel.recv(guest, LOSS, round=end_round, timeout=T)
+            channel.send(guest, LOSS_VALUE, {"sum": _decrypt_loss(own, blobs, sender=guest)}, round=end_round)
         r = end_round + 1
     return FitResult(model=model, dp=plan, epochs_run=epochs_run, next_round=r + 1, epsilon=_spent(plan, epochs_run))
 
@@ -1019,8 +1059,8 @@ def arbiter_train(
     parties = topology.data_parties
     sk = backend.keygen()
     keys = _Keys(backend, sk.public(), sk)
-    channel.broadcast(parties, "vlr/key", {"public": keys.public.serialize()}, round=r)
-    setup = channel.recv(guest, "vlr/setup", round=r, timeout=T)
+    channel.broadcast(parties, KEY, {"public": keys.public.serialize()}, round=r)
+    setup = channel.recv(guest, SETUP, round=r, timeout=T)
     if not isinstance(setup, dict) or not isinstance(setup.get("dims"), dict):
         raise ProtocolError(f"{me}: malformed setup message from the guest")
     dims = {str(k): int(v) for k, v in setup["dims"].items()}
@@ -1032,7 +1072,7 @@ def arbiter_train(
     r += 1
     epochs_run = 0
     while True:
-        ep = channel.recv(guest, "vlr/epoch", round=r, timeout=T)
+        ep = channel.recv(guest, EPOCH, round=r, timeout=T)
         if ep.get("stop"):
             break
         sizes = ep["sizes"]
@@ -1042,8 +1082,8 @@ def arbiter_train(
             step_round = r + 1 + s
             if not size:
                 continue
-            grads = _gather_all(channel, parties, "vlr/grad", round=step_round, timeout=T)
-            noise = _gather_all(channel, parties, "vlr/noise", round=step_round, timeout=T) if dp_on else {}
+            grads = _gather_all(channel, parties, GRAD, round=step_round, timeout=T)
+            noise = _gather_all(channel, parties, NOISE, round=step_round, timeout=T) if dp_on else {}
             for p in parties:
                 ct = keys.de(grads[p], sender=p)
                 if plan is not None:
@@ -1054,12 +1094,12 @@ def arbiter_train(
                 z = keys.dec(ct)
                 if z.shape != (dims[p],):
                     raise ProtocolError(f"{me}: {p!r} sent a gradient of {z.shape[0]} values, expected {dims[p]}")
-                channel.send(p, "vlr/plain", z, round=step_round)
+                channel.send(p, PLAIN, z, round=step_round)
         end_round = r + 1 + len(sizes)
         epochs_run += 1
         if track_loss:
-            blobs = channel.recv(guest, "vlr/loss", round=end_round, timeout=T)
-            channel.send(guest, "vlr/loss_value", {"sum": _decrypt_loss(keys, blobs, sender=guest)}, round=end_round)
+            blobs = channel.recv(guest, LOSS, round=end_round, timeout=T)
+            channel.send(guest, LOSS_VALUE, {"sum": _decrypt_loss(keys, blobs, sender=guest)}, round=end_round)
         r = end_round + 1
     return FitResult(model=None, epochs_run=epochs_run, next_round=r + 1)
 
@@ -1086,8 +1126,8 @@ def predict_guest(
     """
     rows = np.asarray(rows, dtype=np.int64)
     xg = transformed if transformed is not None else model.transform(x)
-    channel.broadcast(hosts, "vlr/predict", {"rows": rows}, round=round)
-    got = _gather_all(channel, hosts, "vlr/score", round=round, timeout=timeout)
+    channel.broadcast(hosts, PREDICT, {"rows": rows}, round=round)
+    got = _gather_all(channel, hosts, SCORE, round=round, timeout=timeout)
     u = xg[rows] @ model.weights
     for h in hosts:
         u = u + _as_float_vector(got[h], length=rows.size, sender=h, what="partial scores")
@@ -1111,7 +1151,7 @@ def serve_predictions(
     training rows); a request outside it raises :class:`ProtocolError`. The scores leave the
     host unnoised, so a DP job never calls this (see the module docstring, "Who learns what").
     """
-    msg = channel.recv(guest, "vlr/predict", round=round, timeout=timeout)
+    msg = channel.recv(guest, PREDICT, round=round, timeout=timeout)
     rows = msg.get("rows") if isinstance(msg, dict) else None
     if not isinstance(rows, np.ndarray) or rows.ndim != 1 or rows.dtype.kind != "i":
         raise ProtocolError(f"malformed prediction request from {guest!r}")
@@ -1122,5 +1162,5 @@ def serve_predictions(
         raise ProtocolError(f"prediction request from {guest!r} names rows it may not score (training rows?)")
     xh = transformed if transformed is not None else model.transform(x)
     scores = xh[rows] @ model.weights
-    channel.send(guest, "vlr/score", scores, round=round)
+    channel.send(guest, SCORE, scores, round=round)
     return scores
