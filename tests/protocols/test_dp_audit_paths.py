@@ -1,4 +1,4 @@
-"""Three DP release paths audited end to end, from the view of a colluding party.
+"""Four DP release paths audited end to end, from the view of a colluding party.
 
 Each path runs the production party functions over an :class:`InProcessHub` (one thread per
 party, fresh OS-seeded noise, :func:`~fedsilo.privacy.mechanisms.secure_rng`) on neighbouring
@@ -26,6 +26,11 @@ it with :func:`fedsilo.privacy.audit.audit`:
   discrete-Gaussian shares on the plan's grid): 3 silos, ``colluders = 1``; silo ``a``
   observes (its own share recorded as it is drawn), silo ``c`` holds the target record. Add or
   remove one record: one bin moves by 1. Claimed: the release's σ, ``μ = 1/z``.
+* **federated evaluation** (record-level DP, ``_evaluation_contribution`` of the horizontal
+  protocol through the same secure sum, plain backend): 3 silos, ``colluders = 1``; silo ``a``
+  observes, silo ``c`` holds the target. Add or remove one held-out record (NaN score, label 0:
+  the four coordinates it touches move by 1 each, attaining the sensitivity ``sqrt(K + 3)``).
+  Claimed: ``μ = 1/z_eval``. ``4096`` blocks of metric inputs per release (see that section).
 
 Many runs per protocol execution: every path releases a *vector* whose noise is i.i.d. per
 coordinate, and the audit needs ~10^4 runs per side (the fitted ε's relative standard error is
@@ -65,6 +70,7 @@ import pandas as pd
 import pytest
 
 import fedsilo.protocols.horizontal.dp as dp_module
+import fedsilo.protocols.horizontal.protocol as hz_protocol
 import fedsilo.protocols.horizontal.statistics as stats_module
 import fedsilo.protocols.vertical.lr as lr_module
 from fedsilo.crypto.base import CryptoBackend
@@ -74,7 +80,9 @@ from fedsilo.privacy.audit import AuditResult, audit, gaussian_epsilon
 from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.privacy.mechanisms import secure_rng
 from fedsilo.protocols.channel import Channel, InProcessHub, run_parties
+from fedsilo.protocols.horizontal import evaluation as fed_eval
 from fedsilo.protocols.horizontal.dp import DPFedAvg
+from fedsilo.protocols.horizontal.protocol import HorizontalJob
 from fedsilo.protocols.horizontal.secure_aggregation import (
     Contribution,
     aggregator_key_ceremony,
@@ -518,3 +526,180 @@ def test_histogram_release_meets_its_claim() -> None:
 def test_histogram_release_audit_catches(monkeypatch: pytest.MonkeyPatch, bug: str) -> None:
     factor = st_bug(monkeypatch, bug)
     _assert_caught(histogram_runs(jobs=ST_BUG_JOBS), factor)
+
+
+# ----------------------------------------------------------------------------- federated evaluation
+#
+# The record-level federated evaluation release (:mod:`fedsilo.protocols.horizontal.evaluation`,
+# ``protocol._evaluation_contribution``): every silo sends its metric inputs (probability
+# histograms, row count, correct count, capped loss on a 2^-6 grid) plus discrete-Gaussian
+# noise shares of total σ = z_eval·sqrt(K + 3) through the real secure sum (plain backend,
+# ``insecure=True``). 3 silos, ``colluders = 1``; silo ``a`` observes (its own share recorded from
+# the contribution it sends), silo ``c`` holds the target. Add/remove one held-out record.
+#
+# Many instances per execution: one contribution is ``EV_BLOCKS`` metric-input vectors of
+# ``2·BINS·K + 3 = 43`` coordinates side by side (one call of the real ``_evaluation_contribution``
+# with the concatenation: its noise is i.i.d. per coordinate, so each block is one independent
+# instance of the release); in odd blocks the target's held-out set holds the target record.
+#
+# The target record is one whose score is NaN with label 0 (a held-out row with a non-finite
+# feature, or a diverged model): ``metric_inputs`` maps it to bin 0 of the negative histogram,
+# argmax 0 = label (correct) and p_true = 0 (capped loss 1), so it moves the four coordinates
+# by exactly 1 each: ``||Δ|| = sqrt(K + 3) = 2``, the sensitivity the accounting assumes (no
+# finite-score record attains it: a correct one has loss <= 0.0625, so ||Δ|| <= sqrt(3.004)).
+
+EV_SILOS = ("a", "b", "c")
+EV_OBSERVER, EV_TARGET, EV_AGGREGATOR = "a", "c", "aggregator"
+#: the job's ε; the evaluation gets EVALUATION_SHARE = 1/4 of it: z_eval ≈ 1.30 (μ ≈ 0.77,
+#: claimed exact ε ≈ 3.23 at δ = 1e-5, ledger RDP ε 3.5)
+EV_EPSILON = 14.0
+EV_BLOCKS = 4096  # 4096 · 43 = 176 128 coordinates per contribution
+EV_ROUNDS, EV_BUG_ROUNDS = 8, 2
+
+
+def evaluation_job(n_classes: int = 2) -> HorizontalJob:
+    return HorizontalJob(
+        job="dp-audit-evaluation", backend="plain", backend_params={}, model={"type": "logistic"},
+        training={"rounds": 1}, privacy={"level": "record", "epsilon": EV_EPSILON, "delta": DELTA, "colluders": 1},
+        n_features=1, n_classes=n_classes, min_silos=len(EV_SILOS), insecure=True,  # plain: audit baseline
+    )
+
+
+def _held_out(data: np.random.Generator, rows: int, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """A silo's held-out scores (P(y=1), or softmax rows) and labels (data, not noise)."""
+    y = data.integers(0, n_classes, size=rows)
+    if n_classes == 2:
+        return np.clip(data.beta(2.0, 2.0, size=rows) + 0.2 * (y - 0.5), 0.0, 1.0), y
+    return data.dirichlet(np.ones(n_classes), size=rows), y
+
+
+def _target_record(n_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """The target held-out record: NaN score(s), label 0 — attains the sensitivity sqrt(K + 3)."""
+    return (np.array([np.nan]) if n_classes == 2 else np.full((1, n_classes), np.nan)), np.array([0])
+
+
+def evaluation_runs(*, rounds: int = EV_ROUNDS, n_classes: int = 2) -> PathRuns:
+    """``rounds`` DP evaluation releases; silo ``a``'s view of each block (odd blocks: target in)."""
+    job = evaluation_job(n_classes)
+    be = _backend("plain")
+    data = np.random.default_rng(11)
+    held = {s: _held_out(data, 50, n_classes) for s in EV_SILOS}
+    per_block = {s: fed_eval.metric_inputs(*held[s], n_classes=n_classes) for s in EV_SILOS}
+    record = _target_record(n_classes)
+    with_record = fed_eval.metric_inputs(
+        np.concatenate([held[EV_TARGET][0], record[0]]), np.concatenate([held[EV_TARGET][1], record[1]]),
+        n_classes=n_classes,
+    )
+    direction = with_record - per_block[EV_TARGET]  # D -> D': what one held-out record moves
+    assert np.linalg.norm(direction) == pytest.approx(fed_eval.sensitivity(job.n_classes)), "sensitivity attained"
+    dim = direction.size
+    in_d_prime = np.arange(EV_BLOCKS) % 2 == 1
+    inputs = {s: np.tile(per_block[s], EV_BLOCKS) for s in EV_SILOS}
+    inputs[EV_TARGET] = np.where(in_d_prime[:, None], with_record, per_block[EV_TARGET]).reshape(-1)
+    views: list[np.ndarray] = []
+    charged: dict[str, int] = {}
+
+    def silo(led: dict[str, PrivacyLedger]) -> Callable[[Channel], None]:
+        def run(ch: Channel) -> None:
+            me = ch.party
+            secret = silo_key_ceremony(ch, be, silos=EV_SILOS, aggregator=EV_AGGREGATOR, timeout=TIMEOUT)
+            public = secret.public()
+            rng = secure_rng()
+            x = inputs[me]
+            for rnd in range(1, rounds + 1):
+                real = hz_protocol._evaluation_contribution(
+                    job, x, dp=True, rng=rng, ledger=led[me], dataset=me, round=rnd, recipients=EV_SILOS,
+                    aggregator=EV_AGGREGATOR, scale=1.0,
+                )
+                own: list[np.ndarray] = []  # what this silo knows of the noise: every vector it sent
+
+                def values(present: int, real: Contribution = real, own: list[np.ndarray] = own) -> np.ndarray:
+                    out = real.values(present)
+                    own.append(out - x)
+                    return out
+
+                def topup(present: int, contributors: int, real: Contribution = real,
+                          own: list[np.ndarray] = own) -> np.ndarray:
+                    out = real.topup(present, contributors)
+                    own.append(out)
+                    return out
+
+                out = silo_secure_sum(
+                    ch, round=rnd, aggregator=EV_AGGREGATOR, backend=be, secret=secret, public=public,
+                    contribution=Contribution(values=values, topup=topup, charge=real.charge), timeout=TIMEOUT,
+                    allow_exposed=job.allow_exposed, colluders=job.colluders_in(len(EV_SILOS)),
+                )
+                assert out.status == "ok" and out.total is not None, out.reason
+                if out.charged:
+                    charged[me] = charged.get(me, 0) + 1
+                if me == EV_OBSERVER:
+                    known = x + sum(own) + inputs["b"] + np.tile(per_block[EV_TARGET], EV_BLOCKS)
+                    views.append((out.total - known).reshape(EV_BLOCKS, dim))
+
+        return run
+
+    def aggregator(ch: Channel) -> None:
+        public = aggregator_key_ceremony(ch, be, silos=EV_SILOS, timeout=TIMEOUT)
+        for rnd in range(1, rounds + 1):
+            out = aggregator_secure_sum(
+                ch, round=rnd, silos=EV_SILOS, backend=be, public=public, min_silos=job.min_silos,
+                colluders=job.colluders_in(len(EV_SILOS)), timeout=TIMEOUT, allow_exposed=job.allow_exposed,
+            )
+            assert out.status == "ok", out.reason
+
+    hub = InProcessHub("dp-audit-evaluation", [*EV_SILOS, EV_AGGREGATOR])
+    with _ledgers(EV_SILOS, epsilon=1e3) as led:
+        run_parties(hub, {**{s: _tagged(s, silo(led)) for s in EV_SILOS},
+                          EV_AGGREGATOR: _tagged(EV_AGGREGATOR, aggregator)})
+    assert charged == {s: rounds for s in EV_SILOS}, f"every release charged to every ledger: {charged}"
+    seen = np.stack(views)  # (rounds, blocks, dim)
+    mu = fed_eval.sensitivity(job.n_classes) / (job.evaluation_noise_multiplier * fed_eval.sensitivity(job.n_classes))
+    assert mu == pytest.approx(1.0 / job.evaluation_event().noise_multiplier)
+    return PathRuns(
+        f"federated evaluation (record level, {n_classes} classes)", gaussian_epsilon(mu=mu, delta=DELTA), mu,
+        seen[:, ~in_d_prime].reshape(-1, dim), seen[:, in_d_prime].reshape(-1, dim), direction, rounds,
+    )
+
+
+def ev_bug(monkeypatch: pytest.MonkeyPatch, bug: str) -> float:
+    """Inject a bug into the evaluation's noise shares; returns the factor on the colluder's μ."""
+    real = hz_protocol.gaussian_share
+    if bug == "noise-halved":
+        monkeypatch.setattr(hz_protocol, "gaussian_share", lambda **kw: real(**{**kw, "sigma": 0.5 * kw["sigma"]}))
+        return 2.0
+    if bug == "share-missing":  # silo b adds no noise: the observer sees c's share only
+        monkeypatch.setattr(
+            hz_protocol, "gaussian_share",
+            lambda **kw: np.zeros(kw["size"]) if current_party() == "b" else real(**kw),
+        )
+        return math.sqrt(2.0)
+    raise AssertionError(bug)
+
+
+@pytest.mark.timeout(120)
+def test_evaluation_release_meets_its_claim() -> None:
+    runs = evaluation_runs()
+    assert_fresh_noise(runs)
+    res = runs.audit()
+    assert res.runs == EV_ROUNDS * EV_BLOCKS
+    assert not res.refuted and res.lower_bound < res.claimed_epsilon
+    assert res.fitted_epsilon == pytest.approx(res.claimed_epsilon, rel=TOL)
+
+
+@pytest.mark.timeout(120)
+def test_multiclass_evaluation_release_meets_its_claim() -> None:
+    """K = 3: one record moves K histogram counts (one per one-vs-rest pair), sensitivity sqrt(6)."""
+    runs = evaluation_runs(n_classes=3)
+    assert runs.direction is not None and np.count_nonzero(runs.direction) == 3 + 3
+    assert_fresh_noise(runs)
+    res = runs.audit()
+    assert res.runs == EV_ROUNDS * EV_BLOCKS
+    assert not res.refuted and res.lower_bound < res.claimed_epsilon
+    assert res.fitted_epsilon == pytest.approx(res.claimed_epsilon, rel=TOL)
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("bug", ["noise-halved", "share-missing"])
+def test_evaluation_release_audit_catches(monkeypatch: pytest.MonkeyPatch, bug: str) -> None:
+    factor = ev_bug(monkeypatch, bug)
+    _assert_caught(evaluation_runs(rounds=EV_BUG_ROUNDS), factor)
