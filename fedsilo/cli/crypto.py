@@ -22,16 +22,21 @@ bench_app = typer.Typer(help="Reproducible measurements (results also go to docs
 
 
 def _backend_rows() -> list[dict[str, Any]]:
-    """One row per registered backend with default parameters (+ packed Paillier)."""
-    from fedsilo.crypto.registry import available_backends, get_backend
+    """One row per registered backend with default parameters, and one with packing switched on
+    for a backend whose packing is optional (``capabilities().packing``: packed Paillier)."""
+    from fedsilo.crypto.registry import available_backends, get_backend, get_backend_class
     from fedsilo.errors import FedsiloError
 
     rows: list[dict[str, Any]] = []
     variants: list[tuple[str, dict[str, Any]]] = []
     for name in available_backends():
         variants.append((name, {}))
-        if name == "paillier":
-            variants.append((name, {"packed": True}))
+        try:
+            packing = get_backend_class(name).capabilities().packing
+        except FedsiloError:
+            continue  # get_backend below reports the error on the default row
+        if packing is not None:
+            variants.append((name, dict(packing)))
     for name, params in variants:
         try:
             backend = get_backend(name, **params)
@@ -102,7 +107,8 @@ def bench_crypto(
         str,
         typer.Option(
             "--backends",
-            help="Comma-separated: paillier (= paillier-unpacked + paillier-packed), ckks, plain, or a plugin's name.",
+            help="Comma-separated: paillier (= paillier-unpacked + paillier-packed: any backend with optional "
+            "packing has NAME-unpacked / NAME-packed), ckks, plain, or a plugin's name.",
         ),
     ] = "paillier,ckks",
     json_path: Annotated[Optional[Path], typer.Option("--json", help="Also write the results as JSON to FILE ('-' = stdout).")] = None,
@@ -144,17 +150,18 @@ def bench_crypto(
 def _bench_names(backend_list: str) -> list[str]:
     """The --backends list, checked before anything runs (a typo must not surface after minutes
     of Paillier); repeated names run once."""
+    from fedsilo.crypto.bench import split_variant_name
     from fedsilo.crypto.registry import available_backends, get_backend_class
     from fedsilo.errors import BackendNotFoundError, ConfigError
 
     names = list(dict.fromkeys(b.strip() for b in backend_list.split(",") if b.strip()))
     if not names:
         raise ConfigError(f"--backends {backend_list!r} names no backend (e.g. --backends paillier,ckks)")
-    known = set(available_backends()) | {"numpy", "paillier-unpacked", "paillier-packed"}
+    known = set(available_backends()) | {"numpy"}
     for name in names:
         if name not in known:
             try:
-                get_backend_class(name)
+                get_backend_class(split_variant_name(name)[0])
             except BackendNotFoundError as exc:
                 raise BackendNotFoundError(f"--backends: {exc}") from None
     return names

@@ -14,15 +14,21 @@ garbage, and bytes that do not parse raise :class:`~fedsilo.errors.CiphertextFor
 Vectors are 1-D float64 numpy arrays. ``matmul_plain(ct, M)`` computes ``v @ M`` for an
 encrypted ``v`` of length n and a plaintext (n, m) matrix: the ``X^T d`` of vertical logistic
 regression.
+
+Protocols, the bench and the CLI never compare a backend's name. They ask the backend class:
+:meth:`CryptoBackend.params_for` gives the parameters a :data:`Use` needs (the backend's
+:meth:`~CryptoBackend.defaults_for`, under the caller's explicit parameters) and
+:meth:`CryptoBackend.capabilities` says what the scheme can do (:class:`Capabilities`). A plugin
+backend gets exactly what a built-in gets.
 """
 from __future__ import annotations
 
 import abc
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import reduce
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 import numpy as np
 
@@ -30,6 +36,7 @@ from fedsilo.errors import CiphertextFormatError, ConfigError, KeyMismatchError
 
 __all__ = [
     "BackendInfo",
+    "Capabilities",
     "Ciphertext",
     "Confidentiality",
     "CryptoBackend",
@@ -37,6 +44,8 @@ __all__ = [
     "SecretKey",
     "FingerprintOnly",
     "MIN_SECURITY_BITS",
+    "USES",
+    "Use",
     "as_matrix",
     "as_vector",
     "broadcast_vector",
@@ -52,6 +61,18 @@ WIRE_MAGIC = b"FSC1"
 #: ``[crypto] insecure = true``: NIST SP 800-57 part 1 rev. 5 accepts 112 bits through 2030
 #: (table 4) and rates a 2048-bit RSA-type modulus, as Paillier uses, at 112 bits (table 2).
 MIN_SECURITY_BITS = 112
+
+#: What a protocol needs a backend for, when it asks :meth:`CryptoBackend.params_for`:
+#:
+#: * ``"aggregate"``: sums of model updates (FedAvg), ``summands`` contributions per sum, top-up
+#:   shares included; values of the backend's default range.
+#: * ``"statistics"``: exact sums of large-range values (counts, sums, histograms of a silo's
+#:   rows), ``summands`` contributions per sum, top-ups included.
+#: * ``"matmul"``: ciphertext x plaintext matrix (``matmul_plain``, vertical LR's ``X^T d``).
+#: * ``"benchmark"``: a sum of ``summands`` vectors of values in [-1, 1], sized as tightly as the
+#:   backend allows (what ``fedsilo bench crypto`` measures).
+Use = Literal["aggregate", "statistics", "matmul", "benchmark"]
+USES: tuple[str, ...] = get_args(Use)
 
 
 def fingerprint_of(*parts: bytes | str) -> str:
@@ -127,6 +148,26 @@ class BackendInfo:
     #: by a non-negative integer scalar only (packed Paillier)
     supports: tuple[str, ...]
     description: str
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    """What a backend *class* can do, whatever its parameters: asked instead of its name.
+
+    Attributes:
+        exact_sums: decrypt(sum) equals the fixed-point sum exactly (Paillier, ``plain``), not
+            approximately (CKKS). The class's ``exact`` flag.
+        plaintext_matmul: ``matmul_plain`` works with the parameters of
+            ``params_for("matmul", ...)``.
+        packing: the parameters that switch on *optional* packing (several values per
+            ciphertext; off by default): Paillier's ``{"packed": True}``. None when packing is not a choice (CKKS
+            always packs, ``plain`` never encrypts). ``fedsilo backends`` and ``fedsilo bench
+            crypto`` show both variants of such a backend (``NAME-packed`` / ``NAME-unpacked``).
+    """
+
+    exact_sums: bool
+    plaintext_matmul: bool = True
+    packing: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,6 +361,33 @@ class CryptoBackend(abc.ABC):
     def wire_size(self, ct: Ciphertext) -> int:
         """Bytes ``ct`` costs on the wire."""
         return len(self.serialize(ct))
+
+    # --- capabilities: what protocols ask instead of the backend's name ------------------------
+    @classmethod
+    def capabilities(cls) -> Capabilities:
+        """What this scheme can do (default: ``exact`` from the class, matmul, no optional packing)."""
+        return Capabilities(exact_sums=bool(cls.exact))
+
+    @classmethod
+    def defaults_for(cls, use: Use, *, summands: int) -> dict[str, Any]:
+        """Backend parameters ``use`` (one of :data:`USES`) needs with ``summands`` contributions
+        per sum; override to size your scheme. Callers go through :meth:`params_for`, which
+        validates the request and lets explicit parameters win. Default: none (``{}``)."""
+        return {}
+
+    @classmethod
+    def params_for(cls, use: Use, *, summands: int, params: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The parameters to build this backend with for ``use``: :meth:`defaults_for` merged
+        under the caller's explicit ``params`` (explicit keys win). Not meant to be overridden.
+
+        Raises:
+            ConfigError: ``use`` is not one of :data:`USES`, or ``summands`` is not an integer >= 1.
+        """
+        if use not in USES:
+            raise ConfigError(f"unknown backend use {use!r} (uses: {', '.join(USES)})")
+        if isinstance(summands, bool) or not isinstance(summands, int) or summands < 1:
+            raise ConfigError(f"summands must be an integer >= 1, got {summands!r}")
+        return {**cls.defaults_for(use, summands=summands), **dict(params or {})}
 
     # --- description --------------------------------------------------------------------------
     @abc.abstractmethod

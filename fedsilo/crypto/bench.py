@@ -10,10 +10,12 @@ deserializes and decrypts it (``decrypt_s``). Key generation is a one-off and no
 * ``bytes_per_value``: bytes a silo uploads per value (serialized ciphertext / size).
 * ``max_abs_error``: ``max |decrypted sum - numpy sum|``.
 
-Unpacked Paillier costs ~10 ms per value at 2048 bits, so it is measured on the first
-``paillier_sample`` values of each vector and its times are scaled by ``size / sample`` (cost
-is linear in the number of ciphertexts); the row's ``note`` says so. ``packed_sample`` does the
-same for packed Paillier when set.
+Each backend runs with its parameters for the ``"benchmark"`` use
+(:meth:`~fedsilo.crypto.base.CryptoBackend.params_for`), never special-cased by name. A backend
+with one value per ciphertext (unpacked Paillier: ~10 ms per value at 2048 bits) is measured on
+the first ``paillier_sample`` values of each vector and its times are scaled by ``size /
+sample`` (cost is linear in the number of ciphertexts); the row's ``note`` says so.
+``packed_sample`` does the same for the packed variant of a backend with optional packing.
 
 The result is plain data (the JSON contract of ``fedsilo bench crypto --json``)::
 
@@ -22,6 +24,7 @@ The result is plain data (the JSON contract of ``fedsilo bench crypto --json``):
 """
 from __future__ import annotations
 
+import inspect
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -29,7 +32,8 @@ from typing import Any
 
 import numpy as np
 
-from fedsilo.crypto.registry import get_backend
+from fedsilo.crypto.base import CryptoBackend
+from fedsilo.crypto.registry import get_backend, get_backend_class
 from fedsilo.errors import ConfigError
 
 __all__ = ["DEFAULT_BACKENDS", "expand_backends", "measure_parallel_encryption", "run_crypto_benchmark"]
@@ -46,30 +50,64 @@ class Variant:
     params: dict[str, Any]
 
 
+#: ``NAME-packed`` / ``NAME-unpacked`` pick one variant of a backend with optional packing.
+PACKING_SUFFIXES = {"-unpacked": False, "-packed": True}
+
+
+def split_variant_name(name: str) -> tuple[str, bool | None]:
+    """``("paillier", True)`` for ``"paillier-packed"``: a backend with optional packing
+    (:attr:`~fedsilo.crypto.base.Capabilities.packing`) and the variant asked for; ``(name,
+    None)`` for a plain backend name (both variants when packing is optional)."""
+    for suffix, packed in PACKING_SUFFIXES.items():
+        base = name[: -len(suffix)]
+        if name.endswith(suffix) and base and _optional_packing(base) is not None:
+            return base, packed
+    return name, None
+
+
+def _optional_packing(name: str) -> dict[str, Any] | None:
+    try:
+        packing = get_backend_class(name).capabilities().packing
+    except ConfigError:
+        return None
+    return None if packing is None else dict(packing)
+
+
+def _accepts(cls: type[CryptoBackend], option: str) -> bool:
+    """Whether the backend's constructor takes ``option`` (the bench's --workers, key_bits)."""
+    try:
+        return option in inspect.signature(cls).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def expand_backends(
     names: Sequence[str], *, parties: int, key_bits: int = 2048, workers: int | None = None
 ) -> list[Variant]:
-    """Benchmark variants for backend names. ``paillier`` expands to its unpacked and packed
-    variants (``paillier-unpacked`` / ``paillier-packed`` pick one); any other registered name
-    runs with its default parameters. The data lie in [-1, 1], so Paillier gets
-    ``value_bound=1`` and ``max_summands=parties`` (BatchCrypt sizes slots to the known range).
+    """Benchmark variants for backend names. A backend with optional packing (Paillier)
+    expands to its unpacked and packed variants (``NAME-unpacked`` / ``NAME-packed`` pick one).
+    Every backend runs with ``params_for("benchmark", summands=parties)`` (the data lie in
+    [-1, 1]: Paillier gets ``value_bound=1`` and ``max_summands=parties``, CKKS
+    ``value_bound=1``), plus ``key_bits`` and ``workers`` where its constructor takes them.
     """
-    paillier = {"key_bits": key_bits, "value_bound": 1.0, "max_summands": max(1, parties)}
-    if workers is not None:
-        paillier["workers"] = workers
     out: list[Variant] = []
     for raw in names:
         name = raw.strip()
         if not name or name == "numpy":
             continue
-        if name in ("paillier", "paillier-unpacked"):
-            out.append(Variant("paillier", False, dict(paillier, packed=False)))
-        if name in ("paillier", "paillier-packed"):
-            out.append(Variant("paillier", True, dict(paillier, packed=True)))
-        if name == "ckks":
-            out.append(Variant("ckks", False, {"value_bound": 1.0}))
-        if name not in ("paillier", "paillier-unpacked", "paillier-packed", "ckks"):
-            out.append(Variant(name, False, {}))
+        backend, only = split_variant_name(name)
+        cls = get_backend_class(backend)
+        params = cls.params_for("benchmark", summands=max(1, parties))
+        for option, value in (("key_bits", key_bits), ("workers", workers)):
+            if value is not None and _accepts(cls, option):
+                params[option] = value
+        packing = cls.capabilities().packing
+        if packing is None:
+            out.append(Variant(backend, False, params))
+            continue
+        for packed in (False, True):  # optional packing is off by default
+            if only is None or only is packed:
+                out.append(Variant(backend, packed, {**params, **packing} if packed else params))
     return out
 
 
@@ -95,10 +133,12 @@ def _numpy_row(data: np.ndarray) -> dict[str, Any]:
 
 
 def _run_variant(
-    variant: Variant, data: np.ndarray, expected: np.ndarray, *, sample: int | None
+    variant: Variant, data: np.ndarray, expected: np.ndarray, *, unpacked_sample: int, packed_sample: int | None
 ) -> dict[str, Any]:
     parties, size = data.shape
     backend = get_backend(variant.backend, **variant.params)
+    # one ciphertext per value is the slow case: measure a sample and extrapolate
+    sample = unpacked_sample if backend.info().values_per_ciphertext == 1 else (packed_sample if variant.packed else None)
     secret = backend.keygen()
     public = secret.public()
     n = size if sample is None else max(1, min(size, sample))
@@ -159,11 +199,9 @@ def run_crypto_benchmark(
     for variant in expand_backends(backends, parties=parties, key_bits=key_bits, workers=workers):
         if progress is not None:
             progress(f"{variant.backend}{' (packed)' if variant.packed else ''}")
-        if variant.backend == "paillier":
-            sample = packed_sample if variant.packed else paillier_sample
-        else:
-            sample = None
-        results.append(_run_variant(variant, data, expected, sample=sample))
+        results.append(
+            _run_variant(variant, data, expected, unpacked_sample=paillier_sample, packed_sample=packed_sample)
+        )
     return {"size": size, "parties": parties, "results": results}
 
 

@@ -44,12 +44,14 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from fedsilo.crypto.base import (
     BackendInfo,
+    Capabilities,
     Ciphertext,
     Confidentiality,
     CryptoBackend,
     FingerprintOnly,
     PublicContext,
     SecretKey,
+    Use,
     as_matrix,
     as_vector,
     broadcast_vector,
@@ -435,6 +437,22 @@ class CKKSBackend(CryptoBackend):
             value_bound=value_bound,
         )
         self._rescale_ratios: tuple[float, ...] | None = None
+
+    # --- capabilities -----------------------------------------------------------------------
+    @classmethod
+    def capabilities(cls) -> Capabilities:
+        """Approximate sums; matmul with the ``matmul`` profile; always packed (not optional)."""
+        return Capabilities(exact_sums=False, plaintext_matmul=True, packing=None)
+
+    @classmethod
+    def defaults_for(cls, use: Use, *, summands: int) -> dict[str, Any]:
+        """``matmul``: the depth-2 ``matmul`` profile (with Galois keys) for ciphertext x matrix;
+        ``benchmark``: ``value_bound = 1`` (values in [-1, 1]); otherwise the defaults."""
+        if use == "matmul":
+            return {"profile": "matmul"}
+        if use == "benchmark":
+            return {"value_bound": 1.0}
+        return {}
 
     # --- description ------------------------------------------------------------------------
     def params(self) -> dict[str, Any]:

@@ -25,24 +25,20 @@ Two modes, chosen by the ``packed`` parameter (part of the public context, so bo
 
 Encryption (the ``r**n mod n**2`` obfuscator dominates), decryption, re-randomization and the
 exponentiations of ``mul_plain`` / ``matmul_plain`` run on a process pool of ``workers``
-processes (``workers=1``: in-process). Outbound ciphertexts are re-randomized on ``serialize``
+processes (``workers=1``: in-process; the pool and its worker functions live in
+:mod:`fedsilo.crypto.pool`). Outbound ciphertexts are re-randomized on ``serialize``
 unless they come straight from ``encrypt`` (a result of ``add_plain`` would otherwise let anyone
 who knows the input ciphertext recover the added plaintext). On the wire a ciphertext is a
 fixed-width big-endian integer (``2 * key_bits / 8`` bytes), never a decimal string.
 """
 from __future__ import annotations
 
-import atexit
 import math
-import multiprocessing
 import os
 import struct
 import warnings
-from collections.abc import Callable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import chain
 from typing import Any, ClassVar
 
 import numpy as np
@@ -64,12 +60,14 @@ if not _phe_util.HAVE_GMP:  # pragma: no cover - depends on the environment
 from fedsilo.crypto.base import (
     MIN_SECURITY_BITS,
     BackendInfo,
+    Capabilities,
     Ciphertext,
     Confidentiality,
     CryptoBackend,
     FingerprintOnly,
     PublicContext,
     SecretKey,
+    Use,
     as_matrix,
     as_vector,
     broadcast_vector,
@@ -84,10 +82,19 @@ from fedsilo.crypto.encoding import (
     slot_layout,
     unpack,
 )
+from fedsilo.crypto.pool import (
+    PARALLEL_MIN_ITEMS,
+    decrypt_batch,
+    encrypt_batch,
+    matmul_batch,
+    obfuscate_batch,
+    parallel_map,
+    parallel_map_columns,
+    pow_batch,
+)
 from fedsilo.errors import (
     CiphertextFormatError,
     ConfigError,
-    CryptoError,
     EncodingOverflowError,
     KeyMismatchError,
     UnsupportedOperationError,
@@ -108,8 +115,8 @@ _WIRE_VERSION = 1
 _PUB_STRUCT = struct.Struct(">BHHBId")  # version, key_bits, precision, packed, max_summands, value_bound
 _CT_STRUCT = struct.Struct(">BBHQQI")  # version, packed, scale_bits, length, summands, count
 _MAX_PRECISION = 64
-# Below this many items the pool's IPC costs more than it saves.
-_PARALLEL_MIN_ITEMS = 8
+#: Packed slots' default headroom; the protocol uses never ask for less.
+DEFAULT_MAX_SUMMANDS = 16
 
 
 class InsecureParametersWarning(UserWarning):
@@ -250,103 +257,6 @@ class PaillierCiphertext(Ciphertext):
 
 
 # --------------------------------------------------------------------------------------------
-# Process-pool workers: module-level functions on plain ints so they pickle cheaply.
-# --------------------------------------------------------------------------------------------
-_WORKER_KEYS: dict[int, Any] = {}
-
-
-def _phe_public(n: int) -> Any:
-    key = _WORKER_KEYS.get(n)
-    if key is None:
-        key = _WORKER_KEYS[n] = _phe.PaillierPublicKey(n)
-    return key
-
-
-def _encrypt_batch(n: int, plaintexts: list[int]) -> list[int]:
-    """raw_encrypt: ``(1 + m n) * r**n mod n**2`` with ``r`` from the OS CSPRNG (phe)."""
-    key = _phe_public(n)
-    return [key.raw_encrypt(m) for m in plaintexts]
-
-
-def _obfuscate_batch(n: int, ciphertexts: list[int]) -> list[int]:
-    """Re-randomize: multiply by a fresh encryption of zero (``r**n``)."""
-    key = _phe_public(n)
-    nsq = gmpy2.mpz(key.nsquare)
-    return [int(gmpy2.mpz(c) * key.raw_encrypt(0) % nsq) for c in ciphertexts]
-
-
-def _decrypt_batch(n: int, p: int, q: int, ciphertexts: list[int]) -> list[int]:
-    """CRT decryption (phe's raw_decrypt). The private key object lives only for this call."""
-    key = _phe.PaillierPrivateKey(_phe_public(n), p, q)
-    return [key.raw_decrypt(int(c)) for c in ciphertexts]
-
-
-def _pow_batch(nsquare: int, pairs: list[tuple[int, int]]) -> list[int]:
-    """``c**k mod n**2`` for signed ``k`` (gmpy2 inverts for k < 0): Enc(m)**k = Enc(k m)."""
-    nsq = gmpy2.mpz(nsquare)
-    return [int(gmpy2.powmod(c, k, nsq)) for c, k in pairs]
-
-
-def _matmul_batch(nsquare: int, ciphertexts: list[int], columns: list[list[int]]) -> list[int]:
-    """``prod_i c_i**M_ij mod n**2`` per column j: Enc(sum_i x_i M_ij)."""
-    nsq = gmpy2.mpz(nsquare)
-    cts = [gmpy2.mpz(c) for c in ciphertexts]
-    out = []
-    for column in columns:
-        acc = gmpy2.mpz(1)
-        for c, k in zip(cts, column):
-            if k:
-                acc = acc * gmpy2.powmod(c, k, nsq) % nsq
-        out.append(int(acc))
-    return out
-
-
-_POOLS: dict[int, ProcessPoolExecutor] = {}
-_POOL_FAILED = (
-    "paillier: a worker process of the encryption pool died ({exc}). If this is a script, put its "
-    "code under `if __name__ == \"__main__\":` (worker processes re-import the main module); "
-    "otherwise pass workers=1"
-)
-
-
-def _get_pool(workers: int) -> ProcessPoolExecutor:
-    pool = _POOLS.get(workers)
-    if pool is None:
-        # forkserver, not fork: silo agents run gRPC and TenSEAL threads, and forking a
-        # multi-threaded process can deadlock the child on a lock held at fork time. The
-        # forkserver preloads this module once, so each worker starts without re-importing it.
-        # Like spawn, it re-imports the caller's __main__: scripts need the usual
-        # `if __name__ == "__main__":` guard (or workers=1).
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
-        pool = _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
-    return pool
-
-
-@atexit.register
-def _shutdown_pools() -> None:
-    for pool in _POOLS.values():
-        pool.shutdown(wait=False, cancel_futures=True)
-    _POOLS.clear()
-
-
-def _parallel_map(fn: Callable[..., list[Any]], common: tuple[Any, ...], items: list[Any], workers: int) -> list[Any]:
-    """``fn(*common, items)`` split over ``workers`` processes, order preserved."""
-    if workers <= 1 or len(items) < _PARALLEL_MIN_ITEMS:
-        return fn(*common, items)
-    # A few chunks per worker balance uneven progress without much pickling overhead.
-    n_chunks = min(len(items), workers * 4)
-    size = -(-len(items) // n_chunks)
-    try:
-        pool = _get_pool(workers)
-        futures = [pool.submit(fn, *common, items[i : i + size]) for i in range(0, len(items), size)]
-        return list(chain.from_iterable(f.result() for f in futures))
-    except BrokenProcessPool as exc:
-        _POOLS.pop(workers, None)
-        raise CryptoError(_POOL_FAILED.format(exc=exc)) from exc
-
-
-# --------------------------------------------------------------------------------------------
 # The backend
 # --------------------------------------------------------------------------------------------
 class PaillierBackend(CryptoBackend):
@@ -383,7 +293,7 @@ class PaillierBackend(CryptoBackend):
         precision: int = 32,
         value_bound: float = 2.0**20,
         packed: bool = False,
-        max_summands: int = 16,
+        max_summands: int = DEFAULT_MAX_SUMMANDS,
         workers: int | None = None,
     ) -> None:
         if not _is_int(key_bits) or key_bits not in KEY_BITS_SECURITY:
@@ -441,6 +351,38 @@ class PaillierBackend(CryptoBackend):
             "max_summands": e.max_summands,
             "workers": self.workers,
         }
+
+    @classmethod
+    def capabilities(cls) -> Capabilities:
+        """Exact sums; matmul unpacked (the default); packing is optional (``packed=True``)."""
+        return Capabilities(exact_sums=True, plaintext_matmul=True, packing={"packed": True})
+
+    @classmethod
+    def defaults_for(cls, use: Use, *, summands: int) -> dict[str, Any]:
+        """Parameters per use (explicit ones win, see :meth:`CryptoBackend.params_for`).
+
+        * ``aggregate``: ``max_summands = max(16, summands)``, headroom for every contribution
+          (a silo's update plus its top-up share); the rest stays at the defaults.
+        * ``statistics``: packed, because sums of a silo's values need far more range than model
+          updates: ``value_bound = 2**40`` with ``precision = 24`` fractional bits — every grid a
+          statistics plan may choose (its finest granularity, ``2**-24``, and coarser) is
+          encoded exactly — and ``max_summands = max(16, summands)``. A slot then holds
+          ``bitlen(max_summands · 2 · 2^64)`` bits (70 with 16 summands), far below a 2047-bit
+          plaintext; values above ``value_bound`` and more summands than ``max_summands`` still
+          raise :class:`~fedsilo.errors.EncodingOverflowError`. (The statistics protocol refuses
+          a caller-set precision coarser than its plan's grid.)
+        * ``matmul``: none (unpacked, the default, supports ``matmul_plain``).
+        * ``benchmark``: values in [-1, 1], so ``value_bound = 1`` and ``max_summands =
+          summands`` (BatchCrypt sizes slots to the known range).
+        """
+        if use in ("aggregate", "statistics"):
+            headroom = {"max_summands": max(DEFAULT_MAX_SUMMANDS, summands)}
+            if use == "aggregate":
+                return headroom
+            return {"packed": True, "precision": 24, "value_bound": 2.0**40, **headroom}
+        if use == "benchmark":
+            return {"value_bound": 1.0, "max_summands": summands}
+        return {}
 
     def confidentiality(self) -> Confidentiality:
         """Secure from 2048-bit keys (~112-bit security, :data:`MIN_SECURITY_BITS`) up."""
@@ -627,7 +569,7 @@ class PaillierBackend(CryptoBackend):
         else:
             # Negative values become n - |m|; phe's raw_encrypt handles that range with an inverse.
             plaintexts = [m % pub.n for m in ints]
-        cts = _parallel_map(_encrypt_batch, (pub.n,), plaintexts, self.workers)
+        cts = parallel_map(encrypt_batch, (pub.n,), plaintexts, self.workers)
         return PaillierCiphertext(
             values=[gmpy2.mpz(c) for c in cts],
             length=int(vec.shape[0]),
@@ -644,7 +586,7 @@ class PaillierBackend(CryptoBackend):
         c = self._check_ct(ct)
         self._check_same_key(secret, c)
         pub = c.public
-        plain = _parallel_map(_decrypt_batch, (pub.n, secret.p, secret.q), [int(v) for v in c.values], self.workers)
+        plain = parallel_map(decrypt_batch, (pub.n, secret.p, secret.q), [int(v) for v in c.values], self.workers)
         if c.packed:
             assert self.layout is not None
             ints = unpack(plain, layout=self.layout, length=c.length, summands=c.summands)
@@ -732,13 +674,13 @@ class PaillierBackend(CryptoBackend):
                 raise self._unsupported_packed("multiplication by a plaintext float or vector")
             self._check_summands(c.summands * int(k))
             pairs = [(int(v), int(k)) for v in c.values]
-            out = _parallel_map(_pow_batch, (pub.nsquare,), pairs, self.workers)
+            out = parallel_map(pow_batch, (pub.nsquare,), pairs, self.workers)
             return self._wrap(c, [gmpy2.mpz(v) for v in out], summands=c.summands * int(k))
         ks = encode_fixed(vec, precision=e.precision, value_bound=e.value_bound, what="plaintext factor")
         bound = c.bound * fixed_point_bound(value_bound=e.value_bound, precision=e.precision)
         self._check_bound(pub, bound, "mul_plain")
         pairs = [(int(v), k) for v, k in zip(c.values, ks)]
-        out = _parallel_map(_pow_batch, (pub.nsquare,), pairs, self.workers)
+        out = parallel_map(pow_batch, (pub.nsquare,), pairs, self.workers)
         return self._wrap(c, [gmpy2.mpz(v) for v in out], scale_bits=c.scale_bits + e.precision, bound=bound)
 
     def matmul_plain(self, a: Ciphertext, matrix: Any) -> PaillierCiphertext:
@@ -756,10 +698,10 @@ class PaillierBackend(CryptoBackend):
             for j in range(m.shape[1])
         ]
         cts = [int(v) for v in c.values]
-        if self.workers > 1 and m.shape[1] > 1 and c.length * m.shape[1] >= _PARALLEL_MIN_ITEMS:
-            out = _parallel_map_columns(pub.nsquare, cts, columns, self.workers)
+        if self.workers > 1 and m.shape[1] > 1 and c.length * m.shape[1] >= PARALLEL_MIN_ITEMS:
+            out = parallel_map_columns(pub.nsquare, cts, columns, self.workers)
         else:
-            out = _matmul_batch(pub.nsquare, cts, columns)
+            out = matmul_batch(pub.nsquare, cts, columns)
         return PaillierCiphertext(
             values=[gmpy2.mpz(v) for v in out],
             length=int(m.shape[1]),
@@ -777,7 +719,7 @@ class PaillierBackend(CryptoBackend):
         pub = c.public
         values = [int(v) for v in c.values]
         if not c.obfuscated:
-            values = _parallel_map(_obfuscate_batch, (pub.n,), values, self.workers)
+            values = parallel_map(obfuscate_batch, (pub.n,), values, self.workers)
         width = pub.ciphertext_bytes
         bound_raw = _int_bytes(c.bound)
         head = _CT_STRUCT.pack(_WIRE_VERSION, int(c.packed), c.scale_bits, c.length, c.summands, len(values))
@@ -850,21 +792,6 @@ class PaillierBackend(CryptoBackend):
         """Exact size of ``serialize(ct)`` without paying for re-randomization."""
         c = self._check_ct(ct)
         return 40 + _CT_STRUCT.size + 2 + len(_int_bytes(c.bound)) + len(c.values) * c.public.ciphertext_bytes
-
-
-def _parallel_map_columns(nsquare: int, cts: list[int], columns: list[list[int]], workers: int) -> list[int]:
-    """matmul over the pool: each task gets all ciphertexts and a block of columns."""
-    n_chunks = min(len(columns), workers * 2)
-    size = -(-len(columns) // n_chunks)
-    try:
-        pool = _get_pool(workers)
-        futures = [
-            pool.submit(_matmul_batch, nsquare, cts, columns[i : i + size]) for i in range(0, len(columns), size)
-        ]
-        return list(chain.from_iterable(f.result() for f in futures))
-    except BrokenProcessPool as exc:
-        _POOLS.pop(workers, None)
-        raise CryptoError(_POOL_FAILED.format(exc=exc)) from exc
 
 
 def _is_int(value: Any) -> bool:

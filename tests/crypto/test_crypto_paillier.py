@@ -14,8 +14,8 @@ from fedsilo.crypto.paillier import (
     InsecureParametersWarning,
     PaillierBackend,
     PaillierCiphertext,
-    _encrypt_batch,
 )
+from fedsilo.crypto.pool import encrypt_batch as _encrypt_batch
 from fedsilo.errors import (
     CiphertextFormatError,
     ConfigError,

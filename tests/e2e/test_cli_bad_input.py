@@ -150,7 +150,7 @@ CASES = [
     ("plain-without-insecure", secure(h(), backend="plain"), ["simulate", "{cfg}", "--json", "{tmp}/r.json"], 2,
      ["fed.toml: key 'crypto.backend': 'plain' does not encrypt; " + INSECURE_HINT]),
     ("plugin-plain-without-insecure", secure(h(), backend="plugin_plain"), ["simulate", "{cfg}", "--json", "{tmp}/r.json"],
-     2, ["fed.toml: key 'crypto.backend': 'plugin_plain' does not encrypt"]),
+     2, ["fed.toml: key 'crypto.backend': 'plugin_plain' is a test backend that does not encrypt"]),
     ("paillier-1024-bit-key", secure(h(), backend="paillier").replace("[training]", "params = {key_bits = 1024}\n[training]"),
      ["simulate", "{cfg}", "--json", "{tmp}/r.json"], 2,
      ["fed.toml: key 'crypto.params.key_bits': 1024-bit Paillier keys give ~80-bit security", INSECURE_HINT]),

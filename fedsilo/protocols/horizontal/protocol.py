@@ -33,7 +33,7 @@ from typing import Any, Literal
 from contextlib import nullcontext
 import numpy as np
 
-from fedsilo.crypto.registry import get_backend
+from fedsilo.crypto.registry import get_backend, get_backend_class
 from fedsilo.errors import ConfigError, DataError, NotEnoughSilosError, PrivacyParameterError
 from fedsilo.privacy.accounting import epsilon as _epsilon
 from fedsilo.privacy.events import ComposedEvent, DpEvent, GaussianEvent
@@ -866,10 +866,8 @@ def simulate_horizontal(
             raise DataError(f"silo {name!r}: held-out rows have shape {np.shape(x)} for {len(y)} labels")
     labels = np.unique(np.concatenate([np.asarray(y) for _, y in silos.values()] + [np.asarray(t[1]) for t in tests.values()]))
     n_classes = max(2, int(labels.max()) + 1) if labels.size else 2
-    params = dict(backend_params)
-    if backend == "paillier":
-        # headroom for every silo's update plus its top-up share
-        params.setdefault("max_summands", max(16, 2 * len(names)))
+    # each sum holds every silo's update plus its top-up share
+    params = get_backend_class(backend).params_for("aggregate", summands=2 * len(names), params=backend_params)
     spec = HorizontalJob(
         job=job,
         backend=backend,

@@ -56,7 +56,7 @@ import numpy as np
 import pandas as pd
 
 from fedsilo.crypto.base import CryptoBackend
-from fedsilo.crypto.registry import get_backend
+from fedsilo.crypto.registry import get_backend, get_backend_class
 from fedsilo.errors import ConfigError, DataError, NotEnoughSilosError, ProtocolError
 from fedsilo.privacy.accounting import epsilon as _epsilon
 from fedsilo.privacy.accounting import noise_multiplier as _noise_multiplier
@@ -110,7 +110,7 @@ DEFAULT_COLLUDERS = 1
 #: terms of ``exp(-2π²·3²·k/(k+1)) <= e^-88``).
 MIN_SHARE_STEPS = 3.0
 #: Finest grid :func:`plan_statistics` will choose: packed Paillier's default 24 fractional bits
-#: (:func:`_paillier_defaults`) encode every value on it exactly.
+#: (``PaillierBackend.defaults_for("statistics", ...)``) encode every value on it exactly.
 FINEST_GRANULARITY = 2.0**-24
 #: Neighbouring relation of every statistics release (recorded in the ledger's mechanism).
 NEIGHBOURS = "add/remove one record of a silo"
@@ -613,9 +613,8 @@ def simulate_statistics(
     plan = plan_statistics(
         columns=columns, queries=queries, bins=bins, ranges=ranges, privacy=privacy, silos=len(names)
     )
-    params = dict(backend_params)
-    if backend == "paillier":
-        params = _paillier_defaults(params, plan, silos)
+    # each sum holds every silo's contribution plus its top-up share
+    params = get_backend_class(backend).params_for("statistics", summands=2 * len(names), params=backend_params)
     check_encoding(plan, get_backend(backend, **params))  # before any ledger is touched
     allow_exposed = exposed_sums_allowed(insecure=insecure, silo_level_dp=False)
     check_federation(silos=names, allow_exposed=allow_exposed, colluders=exposure_colluders(plan))
@@ -689,20 +688,3 @@ def simulate_statistics(
             else []
         ),
     }
-
-
-def _paillier_defaults(params: dict[str, Any], plan: StatisticsPlan, silos: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
-    """Packed-Paillier parameters for statistics, unless the caller set them.
-
-    Sums of a silo's values need far more range than model updates: ``value_bound = 2**40``
-    with ``precision = 24`` fractional bits — every grid the plan may choose
-    (:data:`FINEST_GRANULARITY` = ``2**-24`` and coarser) is encoded exactly — and
-    ``max_summands`` for every silo plus its top-up share. A slot then holds
-    ``bitlen(max_summands · 2 · 2^64)`` bits (70 with 16 summands), far below a 2047-bit
-    plaintext; values above ``value_bound`` and more summands than ``max_summands`` still raise
-    :class:`~fedsilo.errors.EncodingOverflowError`. A caller-set precision coarser than the plan's
-    grid is refused by :func:`check_encoding`.
-    """
-    out = {"packed": True, "precision": 24, "value_bound": 2.0**40, "max_summands": max(16, 2 * len(silos))}
-    out.update(params)
-    return out

@@ -19,7 +19,7 @@ from contextlib import nullcontext
 import numpy as np
 import pandas as pd
 
-from fedsilo.crypto.registry import get_backend
+from fedsilo.crypto.registry import get_backend, get_backend_class
 from fedsilo.errors import ConfigError, DataError, ProtocolError
 from fedsilo.protocols.ledgers import job_ledgers
 from fedsilo.privacy.ledger import PrivacyLedger
@@ -46,6 +46,8 @@ __all__ = ["ROLES", "VerticalSpec", "backend_params_for", "simulate_vertical", "
 ROLES = ("guest", "host", "arbiter")
 _DP_KEYS = {"epsilon", "delta", "clip", "logit_clip", "accountant", "level", "colluders"}
 _SPLIT_ROUND = 1
+#: guest -> hosts, once after PSI: ``{"test": int array}`` (the held-out row indices; public)
+SPLIT = "vlr/split"
 _TRAIN_ROUND = 2
 
 
@@ -79,12 +81,9 @@ class VerticalSpec:
 
 
 def backend_params_for(backend: str, params: Mapping[str, Any]) -> dict[str, Any]:
-    """The backend parameters vertical LR runs with: CKKS needs the depth-2 ``matmul`` profile
-    (with Galois keys) for ciphertext × matrix, so it is the default when no profile is given."""
-    out = dict(params)
-    if backend == "ckks" and "profile" not in out:
-        out["profile"] = "matmul"
-    return out
+    """The backend parameters vertical LR runs with: the backend's defaults for ciphertext ×
+    plaintext matrix (CKKS: the depth-2 ``matmul`` profile with Galois keys) under ``params``."""
+    return get_backend_class(backend).params_for("matmul", summands=1, params=params)
 
 
 def _split(rng: np.random.Generator, n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
@@ -151,7 +150,7 @@ def vertical_party(
         with psi_executor(spec.psi_workers) as ex:
             al = align_guest(channel, hosts=top.hosts, ids=data.ids, rng=rng, round=0, executor=ex, source=src)
         train_rows, test_rows = _split(public_rng, al.size, spec.test_fraction)
-        channel.broadcast(top.hosts, "vlr/split", {"test": test_rows}, round=_SPLIT_ROUND)
+        channel.broadcast(top.hosts, SPLIT, {"test": test_rows}, round=_SPLIT_ROUND)
         assert data.labels is not None
         x, y = data.features[al.positions], data.labels[al.positions]
         fit = guest_train(channel, topology=top, x=x, y=y, train_rows=train_rows, eval_rows=test_rows,
@@ -170,7 +169,7 @@ def vertical_party(
     feature_bounds(data.columns, spec.bounds, source=src, required=spec.dp is not None)
     with psi_executor(spec.psi_workers) as ex:
         al = align_host(channel, guest=top.guest, ids=data.ids, rng=rng, round=0, executor=ex, source=src)
-    msg = channel.recv(top.guest, "vlr/split", round=_SPLIT_ROUND, timeout=T)
+    msg = channel.recv(top.guest, SPLIT, round=_SPLIT_ROUND, timeout=T)
     test_rows = msg.get("test") if isinstance(msg, dict) else None
     if not isinstance(test_rows, np.ndarray) or test_rows.dtype.kind != "i" or (
         test_rows.size and (test_rows.min() < 0 or test_rows.max() >= al.size)
