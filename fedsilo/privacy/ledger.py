@@ -548,6 +548,8 @@ class PrivacyLedger:
             ConfigError: the file does not exist or is not a fedsilo ledger.
         """
         p = Path(path)
+        if p.is_dir():
+            raise ConfigError(f"{p} is a directory; pass the ledger's .sqlite file (e.g. {p / '<silo>.sqlite'})")
         if not p.is_file():
             raise ConfigError(f"ledger not found: {p}")
         conn = cls._connect(p, create=False)

@@ -200,6 +200,12 @@ class JobConfig(_Section):
         if dup:
             raise ValueError(f"silo names must be unique; repeated: {dup}")
         task = self.federation.task
+        if self.privacy is not None and task != "vertical" and len(self.silo_names()) <= self.privacy.colluders:
+            raise ValueError(
+                f"privacy.colluders = {self.privacy.colluders} but the job has {len(self.silo_names())} silo(s): noise "
+                "shares cannot survive that many colluding key holders (each silo knows its own); lower "
+                "privacy.colluders or add silos"
+            )
         if task != "vertical" and "aggregator" in names:
             raise ValueError("silos[].name: 'aggregator' is the aggregator's party name; name the silo differently")
         if self.data.source is None and not self.silos:

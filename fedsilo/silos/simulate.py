@@ -149,7 +149,7 @@ def _check_bound_columns(cfg: JobConfig, features: list[str]) -> None:
     stray = [c for c in cfg.data.bounds if c not in features]
     if stray:
         raise ConfigError(
-            f"[data] bounds has {stray}, not feature column(s) of the silos' data "
+            f"{cfg._source}: key 'data.bounds': {stray} are not feature column(s) of the silos' data "
             f"(features: {features[:12]}{' ...' if len(features) > 12 else ''})"
         )
 
@@ -158,7 +158,7 @@ def _check_min_silos(cfg: JobConfig, silos: int) -> int:
     """``federation.min_silos`` as given; a job with fewer silos could never complete a round."""
     if cfg.federation.min_silos > silos:
         raise ConfigError(
-            f"federation.min_silos = {cfg.federation.min_silos} but the job has only {silos} silo(s) "
+            f"{cfg._source}: key 'federation.min_silos': {cfg.federation.min_silos} but the job has only {silos} silo(s) "
             "with data: no round could ever complete (add silos or lower min_silos)"
         )
     return cfg.federation.min_silos
@@ -261,7 +261,7 @@ def _run_statistics(cfg: JobConfig, ledger_dir: Path, progress: Progress | None,
     tables = silo_tables(cfg)
     for table in tables.values():
         require_numeric(table, cfg.statistics.columns)
-    return simulate_statistics(
+    results = simulate_statistics(
         silos={n: t.frame for n, t in tables.items()},
         columns=list(cfg.statistics.columns),
         queries=list(cfg.statistics.queries),
@@ -278,6 +278,12 @@ def _run_statistics(cfg: JobConfig, ledger_dir: Path, progress: Progress | None,
         min_silos=_check_min_silos(cfg, len(tables)),
         round_timeout=cfg.federation.round_timeout,
     )
+    if cfg.privacy is not None and cfg.privacy.level == "silo":
+        results["notes"] = list(results.get("notes") or []) + [
+            "federated statistics protect records (add/remove one record), not whole silos: "
+            "privacy.level = 'silo' is read as record level (the ledger records add-remove-record)"
+        ]
+    return results
 
 
 def _run_vertical(cfg: JobConfig, ledger_dir: Path, progress: Progress | None, noise_seed: int | None) -> dict[str, Any]:

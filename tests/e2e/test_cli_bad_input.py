@@ -136,7 +136,7 @@ CASES = [
     ("bounds-lo-ge-hi", h(data="bounds = {x1 = [1.0, 1.0]}"), ["simulate", "{cfg}"], 2,
      ["fed.toml", "key 'data.bounds'", "'x1' = [1, 1]"]),
     ("bounds-unknown-column", h(data="bounds = {zzz = [0.0, 1.0]}"), ["simulate", "{cfg}"], 2,
-     ["[data] bounds has ['zzz']", "x1"]),
+     ["fed.toml: key 'data.bounds': ['zzz'] are not feature column(s)", "x1"]),
     ("backend-unknown-in-file", h().replace('backend = "plain"', 'backend = "nope"'), ["simulate", "{cfg}"], 2,
      ["fed.toml: key 'crypto.backend'", "unknown crypto backend 'nope'"]),
     ("backend-unknown-flag", h(), ["simulate", "{cfg}", "--backend", "nope"], 2,
@@ -176,9 +176,9 @@ CASES = [
      ["fed.toml: key 'silos': a statistics job with exactly 2 silos lets each silo compute the other's statistics"]),
     # --- federation shape -------------------------------------------------------------------
     ("min-silos-above-silo-count", h(federation="min_silos = 5"), ["simulate", "{cfg}"], 2,
-     ["federation.min_silos = 5", "only 2 silo(s)"]),
+     ["fed.toml: key 'federation.min_silos': 5", "only 2 silo(s)"]),
     ("single-silo", h().split('[[silos]]\nname = "b"')[0], ["simulate", "{cfg}"], 2,
-     ["federation.min_silos = 2", "only 1 silo(s)"]),
+     ["key 'federation.min_silos': 2", "only 1 silo(s)"]),
     ("test-set-one-class", h(data="test_fraction = 0.001"), ["simulate", "{cfg}"], 2,
      ["held-out test row(s)", "test_fraction"]),
     # --- silo data files ----------------------------------------------------------------------
@@ -205,7 +205,7 @@ CASES = [
     ("vertical-non-numeric-names-file-row", v(host="host_str.csv"), ["simulate", "{cfg}"], 2,
      ["host_str.csv: column 'h1' is not numeric (row 2 of the file"]),
     ("vertical-bounds-unknown-column", v(data="bounds = {zz = [0.0, 1.0]}"), ["simulate", "{cfg}"], 2,
-     ["[data] bounds has ['zz']"]),
+     ["key 'data.bounds': ['zz'] are not feature column(s)"]),
     # --- output paths and ledgers (refused before anything runs) ------------------------------
     ("simulate-json-under-a-file", h(), ["simulate", "{cfg}", "--json", "{tmp}/afile/r.json"], 2,
      ["--json", "afile is a file, not a directory"]),

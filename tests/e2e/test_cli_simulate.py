@@ -161,3 +161,14 @@ def test_test_only_noise_seed_and_reserved_silo_names_are_checked(tmp_path: Path
     with pytest.raises(ConfigError, match="'aggregator' is the aggregator's party name"):
         parse_config({"federation": {"task": "horizontal"}, "data": {"label": "y"},
                       "silos": [{"name": "aggregator", "data": "a.csv"}, {"name": "b", "data": "b.csv"}, {"name": "c", "data": "c.csv"}]})
+
+
+def test_colluders_beyond_the_silos_and_a_ledger_directory_are_named_errors(tmp_path: Path) -> None:
+    from fedsilo.errors import ConfigError
+    from fedsilo.silos.config import parse_config
+
+    with pytest.raises(ConfigError, match=r"privacy.colluders = 3 but the job has 3 silo\(s\)"):
+        parse_config({"federation": {"task": "horizontal"}, "privacy": {"epsilon": 1.0, "colluders": 3},
+                      "data": {"source": "sklearn:breast_cancer", "label": "target", "partition": {"silos": 3}}})
+    res = run("privacy", "verify", "--ledger", tmp_path)
+    assert res.exit_code == 2 and "is a directory; pass the ledger's .sqlite file" in res.output
