@@ -6,8 +6,10 @@ naming it is refused unless it says ``[crypto] insecure = true``.
 """
 from __future__ import annotations
 
-import io
+import hashlib
+import hmac
 import secrets
+import struct
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -129,22 +131,27 @@ class PlainBackend(CryptoBackend):
         return self._wrap(a.values @ m, a.fingerprint)
 
     def serialize(self, ct: Ciphertext) -> bytes:
+        # Raw little-endian float64, not the .npy format: numpy parses an .npy header with
+        # ast.literal_eval, which CPython 3.11 does not make safe across threads (the in-process
+        # engine runs every party as a thread: "AST constructor recursion depth mismatch").
+        # Body: uint32 count, the values, an 8-byte BLAKE2b check (garbage and truncation are
+        # refused, as a real backend's would be).
         self._check_kind(ct, PlainCiphertext, "the ciphertext")
-        buf = io.BytesIO()
-        np.save(buf, ct.values, allow_pickle=False)
-        return self._header(b"CTXT", ct.fingerprint) + buf.getvalue()
+        raw = np.ascontiguousarray(ct.values, dtype="<f8").tobytes()
+        body = struct.pack("<I", ct.values.size) + raw
+        return self._header(b"CTXT", ct.fingerprint) + body + hashlib.blake2b(body, digest_size=8).digest()
 
     def deserialize(self, public: PublicContext, data: bytes) -> PlainCiphertext:
         self._check_kind(public, PlainPublic, "the public context")
         fp, body = self._split_header(data, kind=b"CTXT", backend=self.name)
         self._check_same_key(public, FingerprintOnly(fp))
-        try:
-            values = np.load(io.BytesIO(body), allow_pickle=False)
-        except Exception as exc:  # numpy raises several types for corrupt input
-            raise CiphertextFormatError(f"plain: corrupt ciphertext body ({exc})") from exc
-        if values.ndim != 1 or values.dtype != np.float64:
-            raise CiphertextFormatError("plain: ciphertext body is not a float64 vector")
-        return self._wrap(values, fp)
+        if len(body) < 12:
+            raise CiphertextFormatError("plain: corrupt ciphertext body (truncated)")
+        payload, check = body[:-8], body[-8:]
+        (count,) = struct.unpack_from("<I", payload)
+        if len(payload) != 4 + 8 * count or not hmac.compare_digest(hashlib.blake2b(payload, digest_size=8).digest(), check):
+            raise CiphertextFormatError("plain: corrupt ciphertext body (length or check value does not match)")
+        return self._wrap(np.frombuffer(payload, dtype="<f8", offset=4).astype(np.float64), fp)
 
     def info(self) -> BackendInfo:
         return BackendInfo(

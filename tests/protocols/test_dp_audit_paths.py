@@ -71,7 +71,7 @@ import pytest
 
 import fedsilo.protocols.horizontal.dp as dp_module
 import fedsilo.protocols.horizontal.protocol as hz_protocol
-import fedsilo.protocols.horizontal.statistics as stats_module
+import fedsilo.protocols.horizontal.statistics_plan as stats_module  # where the noise is drawn
 import fedsilo.protocols.vertical.lr as lr_module
 from fedsilo.crypto.base import CryptoBackend
 from fedsilo.crypto.registry import get_backend

@@ -94,6 +94,7 @@ def _assert_no_raw_data_reaches_others(hub: InProcessHub, tables, top: Topology,
     }
     parties = [*top.data_parties, *([top.arbiter] if top.arbiter else [])]
     for party in parties:
+        decrypted_grads = []
         for where, v in readable_values(hub, party):
             assert not looks_like_labels(v), f"{party} can read label-like values in {where}"
             for other in top.data_parties:
@@ -102,8 +103,12 @@ def _assert_no_raw_data_reaches_others(hub: InProcessHub, tables, top: Topology,
                 secrets = np.concatenate([raw[other], std[other]])
                 assert exact_matches(v, secrets) < 0.5, f"{party} can read {other}'s features in {where}"
             if "vlr/grad" in where:
-                # the key holder decrypts gradients only under a uniform mask of scale M
-                assert np.median(np.abs(v)) > 0.05 * mask_scale, f"{party} sees an unmasked gradient in {where}"
+                decrypted_grads.append(v.ravel())
+        if decrypted_grads:
+            # the key holder decrypts gradients only under a uniform mask of scale M (fresh OS
+            # randomness): over all of them the median |g + m| is about M/2; unmasked, ~|g| << M
+            seen = np.abs(np.concatenate(decrypted_grads))
+            assert np.median(seen) > 0.25 * mask_scale, f"{party} sees unmasked gradients"
     holders = [top.arbiter] if top.arbiter else list(top.data_parties)
     for holder in holders:  # the check above was not vacuous: key holders did decrypt gradients
         assert any("vlr/grad" in where for where, _ in readable_values(hub, holder))
