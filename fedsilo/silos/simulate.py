@@ -146,7 +146,8 @@ def held_out_rows(x: np.ndarray, y: np.ndarray, *, seed: int, silo: str, fractio
 
 def _check_bound_columns(cfg: JobConfig, features: list[str]) -> None:
     """Every key of [data] bounds names a feature: a typo must not leave a feature unbounded."""
-    stray = [c for c in cfg.data.bounds if c not in features]
+    stray = [str(c) for c in cfg.data.bounds if c not in features]
+    features = [str(f) for f in features]
     if stray:
         raise ConfigError(
             f"{cfg._source}: key 'data.bounds': {stray} are not feature column(s) of the silos' data "

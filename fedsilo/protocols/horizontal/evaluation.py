@@ -32,15 +32,17 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from fedsilo.errors import DataError
+from fedsilo.errors import ConfigError, DataError
 from fedsilo.protocols.metrics import accuracy as _accuracy
 from fedsilo.protocols.metrics import auc as _auc
 
 __all__ = [
     "BINS",
+    "DP_BIN_MERGE",
     "GRID",
     "LOSS_CAP",
     "MAX_ROWS",
+    "check_encoding",
     "classes_scored",
     "encoding_scale",
     "input_size",
@@ -120,6 +122,23 @@ def metric_inputs(scores: np.ndarray, labels: np.ndarray, *, n_classes: int) -> 
     return np.concatenate([np.concatenate(parts).astype(np.float64), [float(y.size), correct, float(loss.sum())]])
 
 
+def check_encoding(*, exact: bool, error_bound: float, scale: float) -> None:
+    """An exact backend must carry :data:`GRID` divided by ``scale`` without rounding: else
+    each silo's noised share would leave the grid before the sum (the discrete-Gaussian
+    argument needs grid values) and the counts would not be exact.
+
+    Raises:
+        ConfigError: naming ``crypto.params.precision``.
+    """
+    step = GRID / scale
+    if exact and error_bound > 0 and 2.0 * error_bound > step:
+        bits = -math.frexp(step)[1] + 1
+        raise ConfigError(
+            f"the backend rounds to a {2 * error_bound:g} grid but the federated metrics need {step:g} (2^-{bits}); "
+            f"set crypto.params.precision to at least {bits} fractional bits"
+        )
+
+
 def encoding_scale(value_bound: float | None) -> float:
     """The public power of two every silo divides its (noised) metric inputs by before it
     encrypts, so that a coordinate of up to :data:`MAX_ROWS` (plus noise) stays within the
@@ -138,16 +157,26 @@ def _binned_auc(pos: np.ndarray, neg: np.ndarray) -> float:
     return float(np.sum(pos * (below + 0.5 * neg)) / (n_pos * n_neg))
 
 
-def metrics_from_inputs(total: np.ndarray, *, n_classes: int) -> dict[str, float]:
+#: Under DP the AUC is computed on bins merged by this factor (5 of 20): each merged bin holds
+#: 4x the counts but only 2x the noise (post-processing, no privacy cost).
+DP_BIN_MERGE = 4
+
+
+def metrics_from_inputs(total: np.ndarray, *, n_classes: int, merge: int = 1) -> dict[str, float]:
     """Accuracy, AUC and mean loss from summed (possibly noised) metric inputs.
 
-    Noised counts are clipped at zero and ratios to ``[0, 1]``: post-processing, no privacy cost.
+    Noised counts are clipped at zero and ratios to ``[0, 1]``, and ``merge`` adjacent bins are
+    added up before the AUC (:data:`DP_BIN_MERGE` for a noised release): post-processing, no
+    privacy cost.
     """
     v = np.asarray(total, dtype=np.float64).reshape(-1)
     if v.size != input_size(n_classes):
         raise DataError(f"metric inputs of length {v.size}, expected {input_size(n_classes)}")
     k = classes_scored(n_classes)
-    hist = np.maximum(v[: 2 * BINS * k], 0.0).reshape(k, 2, BINS)
+    if merge < 1 or BINS % merge:
+        raise DataError(f"merge must divide {BINS}, got {merge}")
+    hist = v[: 2 * BINS * k].reshape(k, 2, BINS // merge, merge).sum(axis=3)
+    hist = np.maximum(hist, 0.0)
     rows = float(v[-3])
     if rows < 1.0:
         return {"accuracy": float("nan"), "auc": float("nan"), "loss": float("nan"), "rows": rows}

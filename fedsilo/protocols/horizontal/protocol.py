@@ -386,6 +386,11 @@ def silo(
         raise ConfigError(f"silo {me!r}: a DP job needs the silo's privacy ledger and dataset name")
     backend = get_backend(job.backend, **dict(job.backend_params))
     require_confidential(backend, insecure=job.insecure, who=f"silo {me!r}")
+    if job.privacy is not None and len(silos) <= job.colluders:
+        raise ConfigError(
+            f"silo {me!r}: privacy.colluders = {job.colluders} but the job has {len(silos)} silo(s): noise shares "
+            "cannot survive that many colluding key holders"
+        )
     drops = dict(drop_rounds or {})
     secret = silo_key_ceremony(channel, backend, silos=silos, aggregator=aggregator, timeout=job.silo_wait)
     public = secret.public()
@@ -399,8 +404,7 @@ def silo(
     status: Literal["completed", "withdrawn", "stopped"] = "completed"
     reason = ""
     noise_rng = _noise_rng(noise_seed, 0)
-    value_bound = backend.params().get("value_bound")
-    scale = fed_eval.encoding_scale(float(value_bound) if isinstance(value_bound, (int, float)) else None)
+    scale = _evaluation_scale(backend)
 
     def evaluate_round(rnd: int, *, dp: bool) -> SiloRoundOutcome:
         """One secure sum of every silo's metric inputs on its own held-out rows."""
@@ -417,7 +421,9 @@ def silo(
         if outcome.charged:
             events.append(job.evaluation_event())
         if outcome.status == "ok" and outcome.total is not None:
-            m = fed_eval.metrics_from_inputs(outcome.total * scale, n_classes=job.n_classes)
+            m = fed_eval.metrics_from_inputs(
+                outcome.total * scale, n_classes=job.n_classes, merge=fed_eval.DP_BIN_MERGE if dp else 1
+            )
             evaluation.append({"round": rnd, **m, "silos": list(outcome.contributors)})
         return outcome
 
@@ -502,6 +508,15 @@ def silo(
         evaluation=tuple(evaluation),
         local_evaluation=_local_metrics(job, state.params, test),
     )
+
+
+def _evaluation_scale(backend: Any) -> float:
+    """The public scale of the metric inputs for this backend, checked against its precision."""
+    value_bound = backend.params().get("value_bound")
+    scale = fed_eval.encoding_scale(float(value_bound) if isinstance(value_bound, (int, float)) else None)
+    info = backend.info()
+    fed_eval.check_encoding(exact=info.exact, error_bound=float(info.error_bound), scale=scale)
+    return scale
 
 
 def _scores(job: HorizontalJob, params: np.ndarray, x: np.ndarray) -> np.ndarray:
@@ -885,6 +900,7 @@ def simulate_horizontal(
     rounds_total = spec.rounds
     spec.strategy()  # validate strategy / DP settings before any thread starts
     check_federation(silos=names, allow_exposed=spec.allow_exposed, colluders=spec.colluders)
+    _evaluation_scale(get_backend(backend, **params))  # precision vs the metrics' grid, before any ledger
     if spec.privacy is not None and len(names) <= spec.colluders:
         raise ConfigError(
             f"privacy.colluders = {spec.colluders} but the job has only {len(names)} silos: noise shares cannot "

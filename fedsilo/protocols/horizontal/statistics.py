@@ -111,8 +111,9 @@ __all__ = [
 
 def exposure_colluders(plan: StatisticsPlan) -> int:
     """Curious silos no decrypted sum may let pool down to one silo's exact statistics: the
-    plan's ``colluders`` under DP, one (a silo subtracting its own) without DP."""
-    return max(1, plan.colluders)
+    plan's ``colluders`` under DP, one (a silo subtracting its own) without DP — never more
+    than the other silos (a one-silo job has none)."""
+    return max(0, min(max(1, plan.colluders), plan.silos - 1))
 
 
 def statistics_silo(

@@ -329,3 +329,15 @@ def test_declared_colluders_size_the_record_level_release_and_the_exposure_rule(
     job = HorizontalJob(job="c", backend="plain", backend_params={}, model={"kind": "logistic"}, training=TRAINING,
                         privacy=record, n_features=30, insecure=True)
     assert job.colluders == 2
+
+
+def test_a_backend_too_coarse_for_the_metrics_grid_is_refused_before_training(bc3: Any, tmp_path: Any) -> None:
+    from fedsilo.errors import ConfigError
+
+    if not backend_available("paillier", packed=True):
+        pytest.skip("paillier backend not installed")
+    kw = base_kwargs(bc3, training={**TRAINING, "rounds": 1}, backend="paillier",
+                     backend_params={"packed": True, "precision": 6}, ledger_dir=tmp_path)
+    with pytest.raises(ConfigError, match="crypto.params.precision to at least 7 fractional bits"):
+        simulate_horizontal(**kw)
+    assert not list(tmp_path.iterdir())  # refused before any ledger was opened

@@ -287,3 +287,9 @@ def test_results_carry_raw_values(frames: dict[str, pd.DataFrame]) -> None:
         assert got["mean"] == pytest.approx(min(hi, max(lo, raw["sum"] / max(1.0, got["count"]))))
     exact = _run(frames)
     assert exact["raw"]["age"]["count"] == exact["statistics"]["age"]["count"] == 500
+
+
+def test_a_one_silo_job_without_dp_sums_its_own_statistics(frames: dict[str, pd.DataFrame]) -> None:
+    """No other silo receives the sum, so no coalition exists: the job is not refused."""
+    res = _run({"h0": frames["h0"]}, min_silos=1)
+    assert res["statistics"]["age"]["count"] == len(frames["h0"])
