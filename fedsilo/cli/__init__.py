@@ -118,8 +118,9 @@ def _root(
 
 
 def _mount() -> None:
-    from fedsilo.cli import crypto, privacy, psi, simulate
+    from fedsilo.cli import certs, crypto, privacy, psi, simulate
 
+    app.add_typer(certs.app, name="certs", help="Federation CA and silo certificates for mTLS.")
     crypto.register(app)
     app.add_typer(privacy.app, name="privacy", help="Privacy accounting and ledgers.")
     psi.register(app)
