@@ -46,12 +46,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_line, write_section  # noqa: E402
 
-from fedsilo.protocols.horizontal import simulate_horizontal  # noqa: E402
+from fedsilo.silos.tasks.horizontal import simulate_horizontal  # noqa: E402
 from fedsilo.protocols.horizontal.models import build_model, get_flat_params  # noqa: E402
-from fedsilo.protocols.horizontal.protocol import evaluate  # noqa: E402
+from fedsilo.silos.tasks.horizontal import evaluate  # noqa: E402
 from fedsilo.protocols.horizontal.training import local_config_from, train_local  # noqa: E402
 from fedsilo.silos.config import JobConfig, apply_overrides, load_config  # noqa: E402
-from fedsilo.silos.simulate import HorizontalData, budgets_for, prepare_horizontal  # noqa: E402
+from fedsilo.silos.runner import budgets_for
+from fedsilo.silos.tasks.horizontal import HorizontalData, prepare_horizontal  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "hospitals_horizontal"
@@ -72,7 +73,7 @@ def _federated(cfg: JobConfig, data: HorizontalData, *, privacy: dict[str, Any] 
         tests=data.tests,
         backend="plain",
         backend_params={},
-        model=cfg.model.model_dump(),
+        model=cfg.model,
         training=cfg.training.model_dump(),
         privacy=privacy,
         ledger_dir=None,  # a fresh temporary ledger per run: runs do not compose
@@ -96,7 +97,7 @@ def _central(cfg: JobConfig, data: HorizontalData) -> dict[str, float]:
     """The same model and trainer on the pooled training rows (rounds × local_epochs epochs)."""
     x = np.vstack([x for x, _ in data.silos.values()])
     y = np.concatenate([y for _, y in data.silos.values()])
-    spec = cfg.model.model_dump()
+    spec = cfg.model
     training = cfg.training.model_dump()
     model = build_model(spec, n_features=x.shape[1], n_classes=2, seed=cfg.federation.seed)
     local = local_config_from(dict(training, local_epochs=training["rounds"] * training["local_epochs"]))

@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _report import machine_line, write_section  # noqa: E402
 
 from fedsilo.silos.config import apply_overrides, load_config  # noqa: E402
-from fedsilo.silos.simulate import run_job  # noqa: E402
+from fedsilo.silos.runner import run_job  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 

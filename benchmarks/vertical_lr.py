@@ -30,6 +30,7 @@ from _report import machine_line, write_section  # noqa: E402
 
 from fedsilo.crypto.registry import get_backend  # noqa: E402
 from fedsilo.protocols.channel import InProcessHub, run_parties  # noqa: E402
+from fedsilo.protocols.spec import TrainingSection  # noqa: E402
 from fedsilo.protocols.vertical import Topology, TrainingConfig, arbiter_train, guest_train, host_train  # noqa: E402
 from fedsilo.protocols.vertical.job import backend_params_for  # noqa: E402
 
@@ -58,7 +59,7 @@ def epoch(backend_name: str, params: dict[str, Any], *, rows: int, features: int
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         backend = get_backend(backend_name, **backend_params_for(backend_name, params))
-    cfg = TrainingConfig(epochs=1, batch_size=BATCH, lr=0.3, timeout=3600)
+    cfg = TrainingConfig.from_sections(TrainingSection(rounds=1, batch_size=BATCH, lr=0.3), timeout=3600)
     hub = InProcessHub("bench", ["g", "h", "a"])
     marks: dict[str, Any] = {}
     start = time.perf_counter()

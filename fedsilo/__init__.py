@@ -27,7 +27,7 @@ def simulate(
     """Run a federation config like ``fedsilo simulate`` and return the results contract
     (docs/results.md). Keyword overrides match the command-line flags."""
     from fedsilo.silos.config import apply_overrides, load_config
-    from fedsilo.silos.simulate import run_job
+    from fedsilo.silos.runner import run_job
 
     cfg = load_config(config)
     overrides = dict(backend=backend, silos=silos, rounds=rounds, epsilon=epsilon, seed=seed)

@@ -29,6 +29,9 @@ LedgerOpt = Annotated[
     typer.Option("--ledger-dir", help="Ledger directory; reuse one to enforce budgets across runs (default: a new runs/<job>-<time>/ledgers)."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")]
+EngineOpt = Annotated[
+    str, typer.Option("--engine", help="How the parties run: 'threads' (one process, in-process channels).")
+]
 
 
 def _load(config: Path, **overrides: Any):
@@ -133,15 +136,16 @@ def register(app: typer.Typer) -> None:
         ledger_dir: LedgerOpt = None,
         quiet: QuietOpt = False,
         insecure: InsecureOpt = False,
+        engine: EngineOpt = "threads",
     ) -> None:
         """Run every silo of a federation on this machine and print per-round metrics and epsilon."""
-        from fedsilo.silos.simulate import run_job
+        from fedsilo.silos.runner import run_job
 
         cfg = _load(config, backend=backend, silos=silos, rounds=rounds, epsilon=epsilon, seed=seed,
                     insecure=True if insecure else None)
         if json_out is not None:  # checked before the run spends any privacy budget
             check_output_path(json_out, "--json")
-        results = run_job(cfg, ledger_dir=ledger_dir, progress=_progress_printer(quiet))
+        results = run_job(cfg, ledger_dir=ledger_dir, progress=_progress_printer(quiet), engine=engine)
         _save(json_out, results, _print_results)
         _print_results(results)
 
@@ -157,7 +161,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Federated statistics (sums, counts, means, histograms) of a statistics config."""
         from fedsilo.errors import ConfigError
-        from fedsilo.silos.simulate import run_job
+        from fedsilo.silos.runner import run_job
 
         cfg = _load(config, epsilon=epsilon, seed=seed, insecure=True if insecure else None)
         if cfg.federation.task != "statistics":

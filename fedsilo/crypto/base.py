@@ -23,6 +23,8 @@ backend gets exactly what a built-in gets.
 """
 from __future__ import annotations
 
+import math
+
 import abc
 import hashlib
 from collections.abc import Mapping, Sequence
@@ -148,6 +150,9 @@ class BackendInfo:
     #: by a non-negative integer scalar only (packed Paillier)
     supports: tuple[str, ...]
     description: str
+    #: largest ``|x|`` an input, plaintext operand or decrypted sum may have (``inf``: no bound);
+    #: protocols scale what they encrypt to stay inside it
+    value_bound: float = math.inf
 
 
 @dataclass(frozen=True, slots=True)

@@ -495,6 +495,7 @@ class CKKSBackend(CryptoBackend):
             bytes_per_value=self._bytes_per_value(),
             error_bound=error_bound_for(p),
             supports=tuple(supports),
+            value_bound=p.value_bound,
             description=(
                 f"CKKS (TenSEAL) profile {p.profile}: N={p.poly_modulus_degree}, primes "
                 f"{list(p.coeff_mod_bit_sizes)}, scale 2^{p.scale_bits}, depth {p.depth}, 128-bit security, "

@@ -418,6 +418,7 @@ class PaillierBackend(CryptoBackend):
             # One rounding to the fixed-point grid per encoded operand (see docs/crypto.md).
             error_bound=math.ldexp(1.0, -(e.precision + 1)),
             supports=supports,
+            value_bound=e.value_bound,
             description=(
                 f"Paillier {self.key_bits}-bit (~{KEY_BITS_SECURITY[self.key_bits]}-bit security), "
                 f"fixed point 2^-{e.precision}, |x| <= {e.value_bound:g}, {mode}"

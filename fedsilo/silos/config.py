@@ -5,26 +5,44 @@ and the nearest valid key, so a typo never silently changes a privacy setting. P
 relative to the config file. Command-line flags override the matching keys through
 :func:`apply_overrides`, which re-validates the result.
 
-``[crypto] insecure = true`` is the one switch for every insecure setting, checked here after
-the types (:func:`parse_config`): a backend instance that does not keep ciphertexts confidential
-(``plain``; Paillier keys below 2048 bits; whatever a plugin's ``confidentiality()`` says),
-vertical training without DP, and a horizontal or statistics job whose every secure sum would let
-one silo compute another's exact contribution (exactly two silos, without silo-level DP). The
-protocols refuse the same things at run time (:mod:`fedsilo.protocols.horizontal.secure_aggregation`).
+The sections the protocols read (``[privacy]``, ``[model]``, ``[training]``, ``[statistics]``)
+are defined once, in :mod:`fedsilo.protocols.spec`; this module composes them with the tables
+only the runner reads. After the types, the job's task (:mod:`fedsilo.silos.runner`) checks the
+keys it reads and its own cross-checks (:meth:`~fedsilo.silos.runner.Task.check`).
+
+``[crypto] insecure = true`` is the one switch for every insecure setting, checked last
+(:func:`parse_config`): a backend instance that does not keep ciphertexts confidential
+(``plain``; Paillier keys below 2048 bits; whatever a plugin's ``confidentiality()`` says), and
+what the task calls insecure (:meth:`~fedsilo.silos.runner.Task.insecure_settings`: vertical
+training without DP; a horizontal or statistics job whose every secure sum would let one silo
+compute another's exact contribution). The protocols refuse the same things at run time
+(:mod:`fedsilo.protocols.horizontal.secure_aggregation`).
 """
 from __future__ import annotations
 
 import difflib
-import re
 import tomllib
 import warnings
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, Strict, ValidationError, field_validator, model_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from fedsilo.errors import ConfigError
+from fedsilo.protocols.spec import (
+    Bool,
+    Float,
+    Int,
+    ModelSection,
+    PrivacySection,
+    Range,
+    Section,
+    StatisticsSection,
+    TrainingSection,
+    format_errors,
+    ordered_ranges,
+)
 
 if TYPE_CHECKING:
     from fedsilo.crypto.base import Confidentiality
@@ -47,82 +65,39 @@ __all__ = [
 
 _NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
 
-# TOML has real types: a count must be an integer (not `true`, `"3"` or `2.5`), a number a number
-# (not `"1"` or `true`), a switch a boolean. Lax coercion would let `rounds = true` run 1 round.
-Int = Annotated[int, Strict()]
-Float = Annotated[float, Strict()]  # strict floats still accept TOML integers (epsilon = 1)
-Bool = Annotated[bool, Strict()]
-Range = tuple[Float, Float]
-
 #: numpy and torch seeds are unsigned 32/64-bit; keep to the range every RNG accepts
 MAX_SEED = 2**32 - 1
 #: one week; larger values overflow the platform's timestamps in the channel's deadlines
 MAX_ROUND_TIMEOUT = 7 * 24 * 3600.0
 
-
-class _Section(BaseModel):
-    # allow_inf_nan=False: `epsilon = inf`, `lr = nan`, `round_timeout = inf` are config errors
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
-
-
-def _ordered(ranges: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
-    bad = [f"{col!r} = [{lo:g}, {hi:g}]" for col, (lo, hi) in ranges.items() if not lo < hi]
-    if bad:
-        raise ValueError(f"each entry must be [lo, hi] with lo < hi; got {', '.join(bad)}")
-    return ranges
+_Section = Section
+_ordered = ordered_ranges
 
 
 class FederationSection(_Section):
     name: str = Field("federation", pattern=_NAME)
-    task: Literal["horizontal", "vertical", "statistics"]
+    task: str  # a registered task (fedsilo.silos.runner.TASKS)
     seed: Int = Field(0, ge=0, le=MAX_SEED)
     min_silos: Int = Field(2, ge=1)
     round_timeout: Float = Field(120.0, gt=0, le=MAX_ROUND_TIMEOUT)
+
+    @field_validator("task")
+    @classmethod
+    def _registered_task(cls, name: str) -> str:
+        from fedsilo.silos.runner import task_names
+
+        names = task_names()
+        if name not in names:
+            near = difflib.get_close_matches(name, names, n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ValueError(f"unknown task {name!r}{hint} (registered: {', '.join(names)})")
+        return name
 
 
 class CryptoSection(_Section):
     backend: str = "ckks"
     params: dict[str, Any] = Field(default_factory=dict)
     insecure: Bool = False
-
-
-class PrivacySection(_Section):
-    epsilon: Float = Field(gt=0)
-    delta: Float = Field(1e-5, gt=0, lt=1)
-    clip: Float = Field(1.0, gt=0)
-    accountant: Literal["rdp", "pld"] = "rdp"
-    level: Literal["silo", "record"] = "silo"
-    # Each contributing silo knows its own noise share and (shared key) sees the decrypted sum,
-    # so shares must be sized for at least one party subtracting its own: 0 is never safe here.
-    colluders: Int = Field(1, ge=1)
-
-
-class ModelSection(_Section):
-    kind: str = "logistic"
-    hidden: list[Annotated[Int, Field(ge=1)]] = Field(default_factory=lambda: [32], min_length=1)
-
-
-class TrainingSection(_Section):
-    rounds: Int = Field(10, ge=1)
-    local_epochs: Int = Field(1, ge=1)
-    batch_size: Int = Field(64, ge=1)
-    lr: Float = Field(0.1, gt=0)
-    optimizer: Literal["sgd", "adam"] = "sgd"
-    strategy: str = "fedavg"  # a registered strategy (fedsilo.protocols.horizontal.strategies.STRATEGIES)
-    strategy_params: dict[str, Float] = Field(default_factory=dict)
-    l2: Float = Field(0.0, ge=0)
-    early_stopping_tol: Float | None = Field(None, gt=0)
-
-    @field_validator("strategy")
-    @classmethod
-    def _registered_strategy(cls, name: str) -> str:
-        from fedsilo.protocols.horizontal.strategies import STRATEGIES
-
-        if name not in STRATEGIES:
-            near = difflib.get_close_matches(name, list(STRATEGIES), n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ValueError(f"unknown strategy {name!r}{hint} (registered: {', '.join(STRATEGIES)})")
-        return name
 
 
 class PartitionSpec(_Section):
@@ -142,31 +117,6 @@ class DataSection(_Section):
     _bounds_ordered = field_validator("bounds")(_ordered)
 
 
-class StatisticsSection(_Section):
-    columns: list[str] = Field(min_length=1)
-    queries: list[Literal["count", "sum", "mean", "histogram"]] = Field(
-        default_factory=lambda: ["count", "sum", "mean"]
-    )
-    bins: Int = Field(10, ge=1, le=1000)
-    range: dict[str, Range] = Field(default_factory=dict)
-
-    @model_validator(mode="after")
-    def _consistent(self) -> "StatisticsSection":
-        for key, items in (("columns", self.columns), ("queries", self.queries)):
-            dup = sorted({c for c in items if items.count(c) > 1})
-            if dup:
-                raise ValueError(f"statistics.{key} lists {dup} more than once")
-        stray = [c for c in self.range if c not in self.columns]
-        if stray:
-            raise ValueError(
-                f"statistics.range has {stray} which {'is' if len(stray) == 1 else 'are'} not in "
-                f"statistics.columns {list(self.columns)}"
-            )
-        return self
-
-    _range_ordered = field_validator("range")(_ordered)
-
-
 class Budget(_Section):
     epsilon: Float = Field(gt=0)
     delta: Float = Field(1e-5, gt=0, lt=1)
@@ -175,7 +125,7 @@ class Budget(_Section):
 class SiloSection(_Section):
     name: str = Field(pattern=_NAME)
     data: str | None = None
-    role: Literal["silo", "guest", "host", "arbiter"] = "silo"
+    role: str = "silo"  # one of the task's roles (Task.roles)
     budget: Budget | None = None
 
 
@@ -199,42 +149,13 @@ class JobConfig(_Section):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"silo names must be unique; repeated: {dup}")
-        task = self.federation.task
-        if self.privacy is not None and task != "vertical" and len(self.silo_names()) <= self.privacy.colluders:
-            raise ValueError(
-                f"privacy.colluders = {self.privacy.colluders} but the job has {len(self.silo_names())} silo(s): noise "
-                "shares cannot survive that many colluding key holders (each silo knows its own); lower "
-                "privacy.colluders or add silos"
-            )
-        if task != "vertical" and "aggregator" in names:
-            raise ValueError("silos[].name: 'aggregator' is the aggregator's party name; name the silo differently")
         if self.data.source is None and not self.silos:
             raise ValueError("no data: set [data] source (e.g. 'sklearn:breast_cancer') or add [[silos]] with data")
-        if self.data.source is not None and self.data.partition is None and task != "vertical":
-            raise ValueError("[data] source needs a partition = {kind, silos} to split it into silos")
         if self.data.partition is not None and self.silos and len(self.silos) != self.data.partition.silos:
             raise ValueError(
                 f"[data] partition splits the data into {self.data.partition.silos} silos "
                 f"but {len(self.silos)} [[silos]] are listed"
             )
-        if task == "statistics" and self.statistics is None:
-            raise ValueError("task 'statistics' needs a [statistics] section with columns")
-        if self.statistics is not None:
-            st = self.statistics
-            dp_sum = self.privacy is not None and ("sum" in st.queries or "mean" in st.queries)
-            if "histogram" in st.queries or dp_sum:
-                unranged = [c for c in st.columns if c not in st.range]
-                if unranged:
-                    why = "histogram" if "histogram" in st.queries else "a DP sum/mean (it bounds each record's contribution)"
-                    raise ValueError(f"statistics.range needs [lo, hi] for {unranged}: required for {why}")
-        if task in ("horizontal", "vertical") and not self.data.label:
-            raise ValueError(f"task {task!r} needs [data] label (the target column)")
-        if task == "vertical":
-            if not self.data.id_column:
-                raise ValueError("task 'vertical' needs [data] id_column (the column PSI aligns on)")
-            roles = [s.role for s in self.silos]
-            if roles.count("guest") != 1 or roles.count("host") < 1:
-                raise ValueError("task 'vertical' needs exactly one silo with role 'guest' and at least one 'host'")
         return self
 
     def silo_names(self) -> list[str]:
@@ -246,70 +167,6 @@ class JobConfig(_Section):
     def resolve(self, path: str) -> Path:
         p = Path(path)
         return p if p.is_absolute() else (self.base_dir / p)
-
-
-def _valid_keys(model: type[BaseModel]) -> list[str]:
-    return [k for k in model.model_fields if k != "base_dir"]
-
-
-def _model_at(loc: tuple[Any, ...]) -> type[BaseModel] | None:
-    """The section model that owns the key at ``loc`` (for nearest-key hints)."""
-    model: Any = JobConfig
-    for part in loc[:-1]:
-        if isinstance(part, int):
-            continue
-        field = model.model_fields.get(part) if isinstance(model, type) else None
-        if field is None:
-            return None
-        ann = field.annotation
-        for cand in getattr(ann, "__args__", ()) + (ann,):
-            inner = getattr(cand, "__args__", None)
-            if isinstance(cand, type) and issubclass(cand, BaseModel):
-                model = cand
-                break
-            if inner:
-                sub = [c for c in inner if isinstance(c, type) and issubclass(c, BaseModel)]
-                if sub:
-                    model = sub[0]
-                    break
-        else:
-            return None
-    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
-
-
-def _format_loc(loc: tuple[Any, ...]) -> str:
-    out = ""
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-        elif part in ("function-after", "function-before"):
-            continue
-        else:
-            out += ("." if out else "") + str(part)
-    return out or "(top level)"
-
-
-def _format_errors(exc: ValidationError, source: str) -> str:
-    lines = []
-    for err in exc.errors():
-        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
-        key = _format_loc(loc)
-        if err["type"] == "extra_forbidden":
-            model = _model_at(loc)
-            hint = ""
-            if model is not None:
-                near = difflib.get_close_matches(str(loc[-1]), _valid_keys(model), n=1, cutoff=0.5)
-                hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(_valid_keys(model))}"
-            lines.append(f"{source}: unknown key {key!r}{hint}")
-        elif err["type"] == "missing":
-            lines.append(f"{source}: missing required key {key!r}")
-        else:
-            msg = re.sub(r"^Value error, ", "", err["msg"])
-            got = err.get("input")
-            shown = f" (got {got!r})" if got is not None and not isinstance(got, dict) and len(repr(got)) < 80 else ""
-            where = f"key {key!r}: " if loc else ""
-            lines.append(f"{source}: {where}{msg}{shown}")
-    return "\n".join(lines)
 
 
 def _check_backend(name: str, where: str) -> None:
@@ -347,45 +204,6 @@ def _confidentiality(cfg: JobConfig, source: str) -> Confidentiality:
     return backend.confidentiality()
 
 
-def _exposed_sums(cfg: JobConfig) -> str | None:
-    """Why every secure sum of this job would expose one silo's contribution, or None.
-
-    With exactly two silos, each contributor subtracts its own contribution from the decrypted
-    sum and has the other's (and a round with one contributor goes to the other silo). Only
-    silo-level DP noise shares protect a whole contribution against that (they are sized for
-    ``colluders >= 1``); record-level DP and statistics protect single records only. The same
-    rule, per round, is :func:`fedsilo.protocols.horizontal.secure_aggregation.exposed_sums_allowed`.
-    """
-    task = cfg.federation.task
-    colluders = cfg.privacy.colluders if cfg.privacy is not None else 1
-    n = len(cfg.silo_names())
-    if task == "vertical" or not 2 <= n <= colluders + 1:
-        return None
-    if task == "horizontal":
-        if cfg.privacy is not None and cfg.privacy.level == "silo":
-            return None
-        return (
-            (
-                "a horizontal job with exactly 2 silos lets each silo compute the other's model update "
-                "(the decrypted sum minus its own)"
-                if n == 2
-                else f"a horizontal job with {n} silos and privacy.colluders = {colluders} lets the colluders "
-                "compute another silo's model update (the decrypted sum minus their own)"
-            )
-            + '; add silos, use silo-level DP ([privacy] level = "silo"), or '
-        )
-    return (
-        (
-            "a statistics job with exactly 2 silos lets each silo compute the other's statistics "
-            "(the decrypted sum minus its own)"
-            if n == 2
-            else f"a statistics job with {n} silos and privacy.colluders = {colluders} lets the colluders "
-            "compute another silo's statistics (the decrypted sum minus their own)"
-        )
-        + "; add silos, or "
-    )
-
-
 def _check_insecure(cfg: JobConfig, source: str, flags: Mapping[str, str] | None = None) -> None:
     """Refuse every insecure setting unless ``[crypto] insecure = true`` (one line, the first).
 
@@ -399,18 +217,9 @@ def _check_insecure(cfg: JobConfig, source: str, flags: Mapping[str, str] | None
     if not conf.sufficient:
         key = f"crypto.params.{conf.param}" if conf.param else "crypto.backend"
         problems.append((key, f"{conf.why_not}; "))
-    if cfg.federation.task == "vertical" and cfg.privacy is None:
-        problems.append((
-            "privacy",
-            (
-                "vertical training without [privacy] gives each party its exact decrypted gradient "
-                "X_p^T d / n, from which a party with enough features recovers the guest's labels; add a "
-                '[privacy] section (e.g. epsilon = 8, level = "record"), or '
-            ),
-        ))
-    exposed = _exposed_sums(cfg)
-    if exposed is not None:
-        problems.append(("data.partition.silos" if cfg.data.partition is not None else "silos", exposed))
+    from fedsilo.silos.runner import get_task
+
+    problems += get_task(cfg.federation.task).insecure_settings(cfg)
     if not problems:
         return
     key, message = problems[0]
@@ -444,9 +253,12 @@ def _parse(
     try:
         cfg = JobConfig.model_validate({**data, "base_dir": base_dir or Path(".")})
     except ValidationError as exc:
-        raise ConfigError(_format_errors(exc, source)) from None
+        raise ConfigError(format_errors(exc, source, JobConfig)) from None
     cfg._source = origin or source
     _check_backend(cfg.crypto.backend, f"{source}: key 'crypto.backend'")
+    from fedsilo.silos.runner import check_task
+
+    check_task(cfg, source)
     _check_insecure(cfg, source, flags)
     return cfg
 
@@ -484,7 +296,9 @@ def apply_overrides(cfg: JobConfig, *, source: str = "<command line>", **overrid
     it to run a shipped example as a ``plain`` baseline). An insecure setting a flag introduces is
     refused naming the flag (e.g. ``--backend plain: 'plain' does not encrypt; ...``).
     """
-    data = cfg.model_dump(exclude={"base_dir"}, exclude_none=True)
+    # only the keys the file set: a task refuses keys it does not read, and defaults are not keys
+    data = cfg.model_dump(exclude={"base_dir"}, exclude_none=True, exclude_unset=True)
+    data.setdefault("crypto", {})
     flags: dict[str, str] = {}
     if overrides.get("insecure") is not None:
         if not isinstance(overrides["insecure"], bool):
@@ -494,9 +308,10 @@ def apply_overrides(cfg: JobConfig, *, source: str = "<command line>", **overrid
         _check_backend(overrides["backend"], "--backend")
         flags["crypto.backend"] = f"--backend {overrides['backend']}"
         data["crypto"]["backend"] = overrides["backend"]
-        data["crypto"]["params"] = {} if overrides["backend"] != cfg.crypto.backend else data["crypto"]["params"]
+        data["crypto"]["params"] = {} if overrides["backend"] != cfg.crypto.backend else data["crypto"].get("params", {})
     if overrides.get("rounds") is not None:
-        data["training"]["rounds"] = overrides["rounds"]
+        flags["training.rounds"] = f"--rounds {overrides['rounds']}"
+        data.setdefault("training", {})["rounds"] = overrides["rounds"]
     if overrides.get("seed") is not None:
         data["federation"]["seed"] = overrides["seed"]
     if overrides.get("silos") is not None:

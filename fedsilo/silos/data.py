@@ -12,7 +12,9 @@ breast_cancer the bounds are the minimum and maximum published in the data set's
 """
 from __future__ import annotations
 
+import abc
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,10 @@ from fedsilo.protocols.scaling import scale_with_bounds
 
 __all__ = [
     "BUILTIN_SOURCES",
+    "BuiltinShare",
+    "DataSource",
+    "FileSource",
+    "FrameSource",
     "LocalTable",
     "check_input_file",
     "csv_header",
@@ -251,3 +257,104 @@ def partition_frame(
         if min(len(p) for p in parts) >= 10:
             return [frame.iloc[p].reset_index(drop=True) for p in parts]
     raise ConfigError(f"could not draw a label_skew partition with >= 10 rows per silo (alpha={alpha}); raise alpha")
+
+
+# ------------------------------------------------------------------------------ data sources
+
+
+class DataSource(abc.ABC):
+    """Where one party's table comes from. The party loads it itself (:meth:`load`), on its own
+    host: nothing of a table travels. :meth:`columns` and :meth:`public_bounds` are its
+    schema, public metadata the federation agrees on before a job (never row values)."""
+
+    #: where the table comes from, for error messages (a file path, or a built-in's share)
+    where: str
+
+    @abc.abstractmethod
+    def load(self) -> LocalTable:
+        """The party's whole table, checked (readable, no repeated columns, not empty)."""
+
+    def columns(self) -> list[str]:
+        """The table's column names (its schema)."""
+        return [str(c) for c in self.load().frame.columns]
+
+    def public_bounds(self) -> dict[str, tuple[float, float]]:
+        """Published feature bounds that come with the data (a built-in data set's
+        description); ``{}`` for a silo's own file."""
+        return {}
+
+
+@dataclass(frozen=True)
+class FileSource(DataSource):
+    """A silo's own CSV or Parquet file."""
+
+    path: Path
+    silo: str
+
+    @property
+    def where(self) -> str:  # type: ignore[override]
+        return str(self.path)
+
+    def load(self) -> LocalTable:
+        return load_table(self.path, name=self.silo)
+
+    def columns(self) -> list[str]:
+        if self.path.suffix.lower() in (".parquet", ".pq"):
+            return super().columns()
+        return csv_header(self.path, who=f"silo {self.silo!r}: ")
+
+
+@dataclass(frozen=True)
+class BuiltinShare(DataSource):
+    """Silo ``index``'s share of a built-in data set split into ``silos`` parts (simulation):
+    every party draws the same public partition from ``seed`` and keeps only its own part."""
+
+    source: str
+    label: str
+    kind: str
+    silos: int
+    alpha: float
+    seed: int
+    index: int
+    silo: str
+
+    @property
+    def where(self) -> str:  # type: ignore[override]
+        return f"{self.source} (silo {self.silo})"
+
+    def load(self) -> LocalTable:
+        full = load_builtin(self.source, label=self.label)
+        parts = partition_frame(full.frame, label=self.label, kind=self.kind, silos=self.silos, alpha=self.alpha,
+                                rng=np.random.default_rng(self.seed))
+        return LocalTable(self.silo, parts[self.index], where=self.where, bounds=full.bounds)
+
+    def columns(self) -> list[str]:
+        return [str(c) for c in load_builtin(self.source, label=self.label).frame.columns]
+
+    def public_bounds(self) -> dict[str, tuple[float, float]]:
+        return dict(load_builtin(self.source, label=self.label).bounds)
+
+
+@dataclass(frozen=True, eq=False)
+class FrameSource(DataSource):
+    """A table already in memory (tests, notebooks): the party's own, like a file."""
+
+    frame: pd.DataFrame
+    silo: str
+    origin: str = ""
+    bounds: Mapping[str, tuple[float, float]] = field(default_factory=dict)
+
+    @property
+    def where(self) -> str:  # type: ignore[override]
+        return self.origin or f"silo {self.silo!r}'s table"
+
+    def load(self) -> LocalTable:
+        if self.frame.empty:
+            raise DataError(f"{self.where} has no rows")
+        return LocalTable(self.silo, self.frame, where=self.where, bounds=dict(self.bounds))
+
+    def columns(self) -> list[str]:
+        return [str(c) for c in self.frame.columns]
+
+    def public_bounds(self) -> dict[str, tuple[float, float]]:
+        return dict(self.bounds)

@@ -1,24 +1,26 @@
-"""Opening every party's privacy ledger for a job run on one machine.
+"""Each party's own privacy ledger, opened by the party itself.
 
-Each party's ledger is ``LEDGER_DIR/<party>.sqlite`` with its dataset registered at its budget.
-Without a directory the ledgers are throw-away (a temporary directory) — but a DP job never
-runs without ledgers: every release is still charged and checked against the budget.
+A party of a job receives a :class:`LedgerSpec` (where its ledger file is, which dataset it
+charges, the budget to register), never an open ledger: it opens the file in its own process,
+registers its dataset at its budget and closes the file when its part of the job ends. On one
+machine (``fedsilo simulate``) the files are ``LEDGER_DIR/<party>.sqlite``; an agent names its
+own in ``silo.toml``.
 
-A test run with reproducible (seeded) noise is not private: its ledgers are wrapped so that
-every entry's mechanism records ``"reproducible_noise": true`` and ``"private": false``.
+A test run with reproducible (seeded) noise is not private: its ledger is wrapped so that every
+entry's mechanism records ``"reproducible_noise": true`` and ``"private": false``.
 """
 from __future__ import annotations
 
-import tempfile
-from collections.abc import Iterable, Iterator, Mapping
-from contextlib import contextmanager
+import contextlib
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedsilo.errors import ConfigError
 from fedsilo.privacy.ledger import PrivacyLedger
 
-__all__ = ["NotPrivateLedger", "job_ledgers"]
+__all__ = ["LedgerSpec", "NotPrivateLedger"]
 
 
 class NotPrivateLedger:
@@ -39,37 +41,45 @@ class NotPrivateLedger:
         return getattr(self._ledger, name)
 
 
-@contextmanager
-def job_ledgers(
-    ledger_dir: str | Path | None,
-    *,
-    parties: Iterable[str],
-    budgets: Mapping[str, tuple[float, float]],
-    accountant: str,
-    datasets: Mapping[str, str] | None = None,
-    reproducible_noise: bool = False,
-) -> Iterator[dict[str, Any]]:
-    """Yield ``{party: PrivacyLedger}`` with each party's dataset (default: the party's name)
-    registered at ``budgets[party]``; closes them (and removes a temporary directory) on exit.
-    ``reproducible_noise`` (tests only) wraps each in :class:`NotPrivateLedger`."""
-    tmp: tempfile.TemporaryDirectory[str] | None = None
-    ledgers: dict[str, PrivacyLedger] = {}
-    try:
-        if ledger_dir is None:
-            tmp = tempfile.TemporaryDirectory(prefix="fedsilo-ledgers-")
-            ledger_dir = tmp.name
-        directory = Path(ledger_dir)
-        directory.mkdir(parents=True, exist_ok=True)
-        for party in parties:
-            if party not in budgets:
-                raise ConfigError(f"no privacy budget for silo {party!r}")
-            eps_b, delta_b = budgets[party]
-            ledger = PrivacyLedger(directory / f"{party}.sqlite", silo=party, accountant=accountant)
-            ledgers[party] = ledger
-            ledger.register_dataset((datasets or {}).get(party, party), epsilon=float(eps_b), delta=float(delta_b))
-        yield {p: NotPrivateLedger(led) for p, led in ledgers.items()} if reproducible_noise else ledgers
-    finally:
-        for ledger in ledgers.values():
+@dataclass(frozen=True)
+class LedgerSpec:
+    """Where one party's ledger lives and what it registers there.
+
+    ``budget`` is ``(epsilon, delta)`` for ``dataset``; registering it again with the same
+    budget is a no-op, with another budget an error (the ledger keeps the first). The accountant
+    is the job's (``[privacy] accountant``). ``reproducible_noise`` (tests only) wraps the
+    ledger in :class:`NotPrivateLedger`.
+    """
+
+    path: Path
+    silo: str
+    dataset: str
+    budget: tuple[float, float]
+    accountant: str
+    reproducible_noise: bool = False
+
+    @contextlib.contextmanager
+    def open(self) -> Iterator[Any]:
+        """The party's open ledger with its dataset registered; closed on exit."""
+        if self.path.exists() and self.path.is_dir():
+            raise ConfigError(f"ledger {self.path} is a directory, not a ledger file")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(f"cannot create the ledger directory {self.path.parent}: {exc.strerror or exc}") from None
+        ledger = PrivacyLedger(self.path, silo=self.silo, accountant=self.accountant)
+        try:
+            ledger.register_dataset(self.dataset, epsilon=float(self.budget[0]), delta=float(self.budget[1]))
+            yield NotPrivateLedger(ledger) if self.reproducible_noise else ledger
+        finally:
             ledger.close()
-        if tmp is not None:
-            tmp.cleanup()
+
+
+@contextlib.contextmanager
+def opened(spec: LedgerSpec | None) -> Iterator[Any]:
+    """``spec.open()``, or ``None`` for a party without a ledger (no DP, aggregator)."""
+    if spec is None:
+        yield None
+    else:
+        with spec.open() as ledger:
+            yield ledger

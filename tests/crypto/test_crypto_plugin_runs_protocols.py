@@ -19,7 +19,8 @@ from fedsilo.crypto import get_backend, get_backend_class
 from fedsilo.crypto.base import USES, Capabilities, CryptoBackend
 from fedsilo.crypto.plain import PlainBackend
 from fedsilo.errors import ConfigError, EncodingOverflowError
-from fedsilo.protocols.horizontal import simulate_horizontal, simulate_statistics
+from fedsilo.silos.tasks.horizontal import simulate_horizontal
+from fedsilo.silos.tasks.statistics import simulate_statistics
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "protocols" / "horizontal"))
 from hz_data import base_kwargs, breast_cancer_silos

@@ -180,7 +180,7 @@ CASES = [
     ("single-silo", h().split('[[silos]]\nname = "b"')[0], ["simulate", "{cfg}"], 2,
      ["key 'federation.min_silos': 2", "only 1 silo(s)"]),
     ("test-set-one-class", h(data="test_fraction = 0.001"), ["simulate", "{cfg}"], 2,
-     ["held-out test row(s)", "test_fraction"]),
+     ["holds out none of its", "raise test_fraction"]),
     # --- silo data files ----------------------------------------------------------------------
     ("data-is-a-directory", h(b="adir"), ["simulate", "{cfg}"], 2, ["silo 'b'", "adir is a directory"]),
     ("csv-empty", h(b="empty.csv"), ["simulate", "{cfg}"], 2, ["silo 'b'", "empty.csv is empty"]),

@@ -159,7 +159,7 @@ def test_a_job_in_which_no_round_completes_is_an_error_not_an_untrained_model(tm
 def test_test_only_noise_seed_and_reserved_silo_names_are_checked(tmp_path: Path) -> None:
     from fedsilo.errors import ConfigError
     from fedsilo.silos.config import load_config, parse_config
-    from fedsilo.silos.simulate import run_job
+    from fedsilo.silos.runner import run_job
 
     with pytest.raises(ConfigError, match="noise_seed .* must be an integer >= 0"):
         run_job(load_config(HOSPITALS, insecure=True), ledger_dir=tmp_path, noise_seed=-1)

@@ -55,6 +55,7 @@ measured within 20 % of the bugged mechanism's exact ε (>= 8 standard errors).
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import tempfile
 import threading
@@ -72,7 +73,7 @@ import pytest
 import fedsilo.protocols.horizontal.dp as dp_module
 import fedsilo.protocols.horizontal.protocol as hz_protocol
 import fedsilo.protocols.horizontal.statistics_plan as stats_module  # where the noise is drawn
-import fedsilo.protocols.vertical.lr as lr_module
+import fedsilo.protocols.vertical.keys as lr_module
 from fedsilo.crypto.base import CryptoBackend
 from fedsilo.crypto.registry import get_backend
 from fedsilo.errors import FedsiloError
@@ -83,6 +84,8 @@ from fedsilo.protocols.channel import Channel, InProcessHub, run_parties
 from fedsilo.protocols.horizontal import evaluation as fed_eval
 from fedsilo.protocols.horizontal.dp import DPFedAvg
 from fedsilo.protocols.horizontal.protocol import HorizontalJob
+from fedsilo.protocols.spec import ModelSection, PrivacySection, TrainingSection
+
 from fedsilo.protocols.horizontal.secure_aggregation import (
     Contribution,
     aggregator_key_ceremony,
@@ -99,7 +102,6 @@ from fedsilo.protocols.horizontal.statistics import (
 )
 from fedsilo.protocols.horizontal.strategies import FedAvg
 from fedsilo.protocols.vertical import (
-    DpConfig,
     DpPlan,
     Topology,
     TrainingConfig,
@@ -118,6 +120,17 @@ TIMEOUT = 120.0
 # ----------------------------------------------------------------------------- plumbing
 
 _PARTY = threading.local()
+
+def plan_for(*, columns: Any, queries: Any, bins: int, ranges: Any, privacy: Any, silos: int) -> Any:
+    """plan_statistics on mappings validated as the [statistics] and [privacy] sections."""
+    from fedsilo.protocols.spec import PrivacySection, StatisticsSection, section
+
+    # model_construct: the audit needs more bins (statistical power) than a config may ask for
+    request = StatisticsSection.model_construct(columns=list(columns), queries=list(queries), bins=bins,
+                                                range=dict(ranges))
+    return plan_statistics(request, None if privacy is None else section(PrivacySection, privacy, key="privacy"),
+                           silos=silos)
+
 
 
 def current_party() -> str | None:
@@ -348,7 +361,7 @@ def _assert_caught(runs: PathRuns, factor: float) -> None:
 VT_TOPOLOGY = Topology(guest="g", hosts=("h",), arbiter="a")
 VT_ROWS = 1024  # = host features: row i has x_h = ±e_i (the cost per run grows as rows²)
 #: epsilon 5 for one epoch gives z ≈ 1.35 on each gradient (μ = 1/z ≈ 0.74, claimed ε ≈ 3.1)
-VT_DP = DpConfig(epsilon=5.0, logit_clip=1e-9, colluders=1)
+VT_DP = PrivacySection(epsilon=5.0, logit_clip=1e-9, colluders=1)
 VT_RUNS, VT_BUG_RUNS = 32, 8
 
 
@@ -386,8 +399,10 @@ def _training_step(
 
 def gradient_runs(*, runs: int = VT_RUNS) -> PathRuns:
     """``runs`` one-step trainings; the host's view of its own released gradient, per feature."""
-    config = TrainingConfig(epochs=1, batch_size=VT_ROWS, lr=1.0, lr_schedule="constant", track_loss=False,
-                            timeout=TIMEOUT)
+    config = dataclasses.replace(
+        TrainingConfig.from_sections(TrainingSection(rounds=1, batch_size=VT_ROWS, lr=1.0), timeout=TIMEOUT),
+        lr_schedule="constant", track_loss=False,
+    )
     in_d_prime = np.arange(VT_ROWS) % 2 == 1
     x_host = np.diag(np.where(in_d_prime, -1.0, 1.0))  # D: x_h = +e_i, D': -e_i; all labels 1
     host_cols = [f"h{j}" for j in range(VT_ROWS)]
@@ -480,7 +495,7 @@ def _histogram_job(plan: StatisticsPlan, frames: dict[str, pd.DataFrame]) -> tup
 
 def histogram_runs(*, jobs: int = ST_JOBS) -> PathRuns:
     """``jobs`` DP histogram jobs; silo ``a``'s view of each bin (odd bins hold a target record)."""
-    plan = plan_statistics(columns=["v"], queries=["histogram"], bins=ST_BINS, ranges={"v": (0.0, float(ST_BINS))},
+    plan = plan_for(columns=["v"], queries=["histogram"], bins=ST_BINS, ranges={"v": (0.0, float(ST_BINS))},
                            privacy={"epsilon": ST_EPSILON, "delta": DELTA, "colluders": 1}, silos=len(ST_SILOS))
     (release,) = plan.releases
     data = np.random.default_rng(7)  # the silos' records (data, not noise)
@@ -559,9 +574,11 @@ EV_ROUNDS, EV_BUG_ROUNDS = 8, 2
 
 def evaluation_job(n_classes: int = 2) -> HorizontalJob:
     return HorizontalJob(
-        job="dp-audit-evaluation", backend="plain", backend_params={}, model={"type": "logistic"},
-        training={"rounds": 1}, privacy={"level": "record", "epsilon": EV_EPSILON, "delta": DELTA, "colluders": 1},
-        n_features=1, n_classes=n_classes, min_silos=len(EV_SILOS), insecure=True,  # plain: audit baseline
+        job="dp-audit-evaluation", backend="plain", backend_params={}, model=ModelSection(kind="logistic"),
+        training=TrainingSection(rounds=1),
+        privacy=PrivacySection(level="record", epsilon=EV_EPSILON, delta=DELTA, colluders=1),
+        n_features=1, n_classes=n_classes, seed=0, min_silos=len(EV_SILOS), round_timeout=120.0,
+        insecure=True,  # plain: audit baseline
     )
 
 

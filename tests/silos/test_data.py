@@ -17,7 +17,7 @@ from fedsilo.silos.data import (
     require_numeric,
     scale_with_bounds,
 )
-from fedsilo.silos.simulate import prepare_horizontal
+from fedsilo.silos.tasks.horizontal import prepare_horizontal
 
 
 def test_breast_cancer_has_published_bounds_for_every_feature() -> None:

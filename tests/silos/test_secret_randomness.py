@@ -14,7 +14,7 @@ import pytest
 
 from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.silos.config import parse_config
-from fedsilo.silos.simulate import run_job
+from fedsilo.silos.runner import run_job
 
 STATS = {
     "federation": {"name": "stats", "task": "statistics", "seed": 5},

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import importlib
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from fedsilo.errors import ConfigError
+from fedsilo.protocols.spec import ModelSection
 
 __all__ = [
     "LogisticRegression",
@@ -99,26 +100,18 @@ def _import_class(path: str) -> type[nn.Module]:
     return obj
 
 
-def build_model(spec: Mapping[str, Any], *, n_features: int, n_classes: int = 2, seed: int) -> nn.Module:
-    """The model described by ``spec`` with deterministic initial weights for ``seed``.
+def build_model(spec: ModelSection, *, n_features: int, n_classes: int = 2, seed: int) -> nn.Module:
+    """The model described by ``spec`` (the validated ``[model]`` section) with deterministic
+    initial weights for ``seed``.
 
     Raises:
-        ConfigError: unknown kind, bad ``hidden``, an import path that does not load, or a
-            class whose constructor rejects the arguments.
+        ConfigError: an unknown kind, an import path that does not load, or a class whose
+            constructor rejects the arguments.
     """
-    if not isinstance(spec, Mapping):
-        raise ConfigError(f"model spec must be a table, got {type(spec).__name__}")
-    kind = spec.get("kind", "logistic")
-    if not isinstance(kind, str):
-        raise ConfigError(f"model.kind must be a string, got {kind!r}")
+    if not isinstance(spec, ModelSection):
+        raise TypeError(f"build_model takes a ModelSection (fedsilo.protocols.spec), got {type(spec).__name__}")
+    kind, hidden, params = spec.kind, spec.hidden, dict(spec.params)
     n_out = n_outputs_for(n_classes)
-    params = dict(spec.get("params", {}) or {})
-    hidden = spec.get("hidden", [32])
-    if kind == "mlp":
-        if not isinstance(hidden, (list, tuple)) or not hidden or not all(
-            isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in hidden
-        ):
-            raise ConfigError(f"model.hidden must be a non-empty list of positive integers, got {hidden!r}")
     cls: type[nn.Module] | None = None
     if kind not in BUILTIN_MODELS:
         cls = _import_class(kind)

@@ -23,36 +23,32 @@ from __future__ import annotations
 
 import contextlib
 import secrets
-import threading
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
-from contextlib import nullcontext
 import numpy as np
 
-from fedsilo.crypto.registry import get_backend, get_backend_class
-from fedsilo.errors import ConfigError, DataError, NotEnoughSilosError, PrivacyParameterError
+from fedsilo.crypto.registry import get_backend
+from fedsilo.errors import ConfigError, DataError, PrivacyParameterError
 from fedsilo.privacy.accounting import epsilon as _epsilon
 from fedsilo.privacy.events import ComposedEvent, DpEvent, GaussianEvent
 from fedsilo.privacy.accounting import noise_multiplier as _noise_multiplier
 from fedsilo.privacy.relations import ADD_REMOVE_RECORD, ZERO_OUT_SILO
-from fedsilo.protocols.ledgers import job_ledgers
 from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.privacy.mechanisms import secure_rng
 from fedsilo.protocols.horizontal import evaluation as fed_eval
-from fedsilo.protocols.channel import Channel, InProcessHub, run_parties
+from fedsilo.protocols.channel import Channel
+from fedsilo.protocols.spec import ModelSection, PrivacySection, TrainingSection
 from fedsilo.protocols.policy import require_confidential
 from fedsilo.protocols.horizontal.dp import DPFedAvg, gaussian_share, gaussian_topup, silo_noise_multiplier
-from fedsilo.protocols.horizontal.models import build_model, get_flat_params, loss_fn, predict_scores, set_flat_params
+from fedsilo.protocols.horizontal.models import build_model, get_flat_params, predict_scores, set_flat_params
 from fedsilo.protocols.horizontal.secure_aggregation import (
     Contribution,
     SiloRoundOutcome,
     aggregator_key_ceremony,
     aggregator_secure_sum,
-    check_federation,
     exposed_sums_allowed,
     ledger_recipient,
     recipients_mechanism,
@@ -72,14 +68,14 @@ __all__ = [
     "AggregatorReport",
     "silo",
     "aggregator",
-    "simulate_horizontal",
-    "evaluate",
+    "evaluation_scale",
 ]
 
 #: Party name of the aggregator in simulations.
 AGGREGATOR = "aggregator"
 PROTOCOL = "horizontal-fedavg"
-DEFAULT_COLLUDERS = 1
+#: the colluders rule of a job without DP: the [privacy] section's default
+_NO_DP_COLLUDERS = PrivacySection(epsilon=1.0)
 #: Neighbouring relation of record-level DP-SGD (Poisson sampling, Opacus), in ledger entries.
 RECORD_NEIGHBOURS = "add/remove one record of the silo"
 #: Share of a record-level job's ε set aside for the one release of federated metrics.
@@ -97,50 +93,41 @@ class HorizontalJob:
 
     job: str
     backend: str
+    #: the backend's parameters for this job's sums (``params_for("aggregate", ...)``)
     backend_params: Mapping[str, Any]
-    model: Mapping[str, Any]
-    training: Mapping[str, Any]
-    privacy: Mapping[str, Any] | None
+    model: ModelSection
+    training: TrainingSection
+    privacy: PrivacySection | None
     n_features: int
-    n_classes: int = 2
-    seed: int = 0
-    min_silos: int = 2
-    round_timeout: float = 120.0
-    insecure: bool = False
+    n_classes: int
+    seed: int
+    min_silos: int
+    round_timeout: float
+    insecure: bool
 
     def __post_init__(self) -> None:
+        typed = (("model", ModelSection), ("training", TrainingSection), ("privacy", PrivacySection))
+        for name, cls in typed:
+            value = getattr(self, name)
+            if not (isinstance(value, cls) or (name == "privacy" and value is None)):
+                raise TypeError(f"HorizontalJob.{name} must be a {cls.__name__} (fedsilo.protocols.spec), got {type(value).__name__}")
         if self.n_features < 1:
             raise DataError("horizontal training needs at least one feature")
-        if self.min_silos < 1:
-            raise ConfigError(f"min_silos must be >= 1, got {self.min_silos}")
-        if not (self.round_timeout > 0):
-            raise ConfigError(f"round_timeout must be > 0, got {self.round_timeout}")
-        if self.privacy is not None and self.level not in ("silo", "record"):
-            raise ConfigError(f"privacy.level must be 'silo' or 'record', got {self.level!r}")
-        if isinstance(self.colluders, bool) or not (isinstance(self.colluders, int) and self.colluders >= 1):
-            raise ConfigError(
-                f"privacy.colluders must be an integer >= 1 (each silo knows its own update and noise), got {self.colluders!r}"
-            )
 
     @property
     def rounds(self) -> int:
-        r = self.training.get("rounds", 10)
-        if not isinstance(r, int) or r < 1:
-            raise ConfigError(f"training.rounds must be an integer >= 1, got {r!r}")
-        return r
+        return self.training.rounds
 
     @property
     def level(self) -> str | None:
-        return None if self.privacy is None else str(self.privacy.get("level", "silo"))
+        return None if self.privacy is None else self.privacy.level
 
     @property
     def colluders(self) -> int:
         """Curious key holders that may pool what they know (``[privacy] colluders``; without DP
-        the default 1): noise shares survive them, and no decrypted sum may let them compute
-        one silo's exact contribution."""
-        if self.privacy is None:
-            return DEFAULT_COLLUDERS
-        return self.privacy.get("colluders", DEFAULT_COLLUDERS)
+        the section's default): noise shares survive them, and no decrypted sum may let them
+        compute one silo's exact contribution."""
+        return (self.privacy or _NO_DP_COLLUDERS).colluders
 
     @property
     def silo_wait(self) -> float:
@@ -150,26 +137,17 @@ class HorizontalJob:
     def local_config(self, *, proximal_mu: float) -> LocalConfig:
         t = self.training
         return LocalConfig(
-            epochs=int(t.get("local_epochs", 1)),
-            batch_size=int(t.get("batch_size", 64)),
-            lr=float(t.get("lr", 0.1)),
-            optimizer=str(t.get("optimizer", "sgd")),
-            proximal_mu=proximal_mu,
+            epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr, optimizer=t.optimizer, proximal_mu=proximal_mu
         )
 
     def strategy(self) -> Strategy:
         """The configured strategy, wrapped in :class:`DPFedAvg` for silo-level DP."""
-        base = make_strategy(str(self.training.get("strategy", "fedavg")), self.training.get("strategy_params"))
+        base = make_strategy(self.training.strategy, self.training.strategy_params)
         if self.privacy is None or self.level != "silo":
             return base
         p = self.privacy
-        z = silo_noise_multiplier(
-            epsilon=float(p["epsilon"]),
-            delta=float(p.get("delta", 1e-5)),
-            rounds=self.rounds,
-            accountant=str(p.get("accountant", "rdp")),
-        )
-        return DPFedAvg(base, clip=float(p.get("clip", 1.0)), noise_multiplier=z, colluders=self.colluders)
+        z = silo_noise_multiplier(epsilon=p.epsilon, delta=p.delta, rounds=self.rounds, accountant=p.accountant)
+        return DPFedAvg(base, clip=p.clip, noise_multiplier=z, colluders=self.colluders)
 
     def colluders_in(self, silos: int) -> int:
         """Colluders a federation of ``silos`` silos can hold besides the silo itself: a
@@ -202,15 +180,14 @@ class HorizontalJob:
         :data:`EVALUATION_SHARE` of the job's ε on its own."""
         assert self.privacy is not None
         p = self.privacy
-        share = EVALUATION_SHARE * float(p["epsilon"])
+        share = EVALUATION_SHARE * p.epsilon
         try:
             return _noise_multiplier(
-                target_epsilon=share, delta=float(p.get("delta", 1e-5)),
-                sample_rate=1.0, steps=1, accountant=str(p.get("accountant", "rdp")),
+                target_epsilon=share, delta=p.delta, sample_rate=1.0, steps=1, accountant=p.accountant,
             )
         except PrivacyParameterError:
             raise ConfigError(
-                f"privacy.epsilon = {float(p['epsilon']):g} is too small for a record-level job: its final metrics "
+                f"privacy.epsilon = {p.epsilon:g} is too small for a record-level job: its final metrics "
                 f"release gets {EVALUATION_SHARE:.0%} of it (epsilon {share:.3g}), which no noise level meets; "
                 "raise privacy.epsilon"
             ) from None
@@ -225,20 +202,19 @@ class HorizontalJob:
         if self.privacy is None or self.level != "record":
             return None
         p, t = self.privacy, self.training
-        target, delta = float(p["epsilon"]), float(p.get("delta", 1e-5))
-        accountant = str(p.get("accountant", "rdp"))
+        target, delta, accountant = p.epsilon, p.delta, p.accountant
         extra = self.evaluation_event()
-        epochs = int(t.get("local_epochs", 1))
+        epochs = t.local_epochs
 
         def plan_for(train_target: float) -> tuple[RecordDP, float]:
             plan = record_dp_plan(
                 n_examples=n_examples,
-                batch_size=int(t.get("batch_size", 64)),
+                batch_size=t.batch_size,
                 local_epochs=epochs,
                 rounds=self.rounds,
                 target_epsilon=train_target,
                 delta=delta,
-                max_grad_norm=float(p.get("clip", 1.0)),
+                max_grad_norm=p.clip,
                 accountant=accountant,
             )
             rounds = GaussianEvent(plan.noise_multiplier, plan.sample_rate, self.rounds * epochs * plan.steps_per_epoch)
@@ -404,7 +380,7 @@ def silo(
     status: Literal["completed", "withdrawn", "stopped"] = "completed"
     reason = ""
     noise_rng = _noise_rng(noise_seed, 0)
-    scale = _evaluation_scale(backend)
+    scale = evaluation_scale(backend)
 
     def evaluate_round(rnd: int, *, dp: bool) -> SiloRoundOutcome:
         """One secure sum of every silo's metric inputs on its own held-out rows."""
@@ -510,11 +486,10 @@ def silo(
     )
 
 
-def _evaluation_scale(backend: Any) -> float:
+def evaluation_scale(backend: Any) -> float:
     """The public scale of the metric inputs for this backend, checked against its precision."""
-    value_bound = backend.params().get("value_bound")
-    scale = fed_eval.encoding_scale(float(value_bound) if isinstance(value_bound, (int, float)) else None)
     info = backend.info()
+    scale = fed_eval.encoding_scale(info.value_bound)
     fed_eval.check_encoding(exact=info.exact, error_bound=float(info.error_bound), scale=scale)
     return scale
 
@@ -606,9 +581,9 @@ def _round_event(strategy: Strategy, plan: RecordDP | None, job: HorizontalJob, 
 def _dp_info(strategy: Strategy, plan: RecordDP | None, job: HorizontalJob) -> dict[str, Any] | None:
     if job.privacy is None:
         return None
-    delta = float(job.privacy.get("delta", 1e-5))
+    delta = job.privacy.delta
     # the results contract (docs/results.md) names the accountant the reported epsilon comes from
-    accountant = str(job.privacy.get("accountant", "rdp"))
+    accountant = job.privacy.accountant
     if isinstance(strategy, DPFedAvg):
         return {
             "level": "silo",
@@ -768,292 +743,3 @@ def aggregator(channel: Channel, *, job: HorizontalJob, silos: Sequence[str]) ->
         if stopped is not None:
             return AggregatorReport("stopped", tuple(rounds), stopped)
     return AggregatorReport("completed", tuple(rounds))
-
-
-# ---------------------------------------------------------------------------------------------
-# Simulation entry point
-# ---------------------------------------------------------------------------------------------
-def evaluate(model_spec: Mapping[str, Any], params: np.ndarray, x: np.ndarray, y: np.ndarray, *, n_features: int, n_classes: int) -> dict[str, float]:
-    """Accuracy, AUC and mean loss of the global model ``params`` on ``(x, y)``.
-
-    A simulation and benchmark helper (rows pooled from several silos): no party calls it."""
-    import torch
-    from sklearn.metrics import roc_auc_score
-
-    model = build_model(model_spec, n_features=n_features, n_classes=n_classes, seed=0)
-    set_flat_params(model, params)
-    scores = predict_scores(model, x)
-    y = np.asarray(y)
-    if n_classes == 2:
-        pred = (scores >= 0.5).astype(y.dtype)
-        target = torch.as_tensor(y, dtype=torch.float32).reshape(-1, 1)
-    else:
-        pred = scores.argmax(axis=1)
-        target = torch.as_tensor(y, dtype=torch.int64)
-    with torch.no_grad():
-        logits = model(torch.as_tensor(np.asarray(x), dtype=torch.float32))
-        loss = float(loss_fn(n_classes)(logits, target))
-    try:
-        auc = float(roc_auc_score(y, scores, multi_class="ovr") if n_classes > 2 else roc_auc_score(y, scores))
-    except ValueError:
-        auc = float("nan")  # one class only in the test set
-    return {"accuracy": float(np.mean(pred == y)), "auc": auc, "loss": loss}
-
-
-def simulate_horizontal(
-    *,
-    silos: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    tests: Mapping[str, tuple[np.ndarray, np.ndarray]],
-    backend: str,
-    backend_params: Mapping[str, Any],
-    model: Mapping[str, Any],
-    training: Mapping[str, Any],
-    privacy: Mapping[str, Any] | None,
-    ledger_dir: Path | None,
-    budgets: Mapping[str, tuple[float, float]],
-    job: str,
-    seed: int,
-    min_silos: int,
-    round_timeout: float,
-    insecure: bool = False,
-    noise_seed: int | None = None,
-    progress: Callable[[dict[str, Any]], None] | None = None,
-    faults: Mapping[str, Mapping[int, str]] | None = None,
-) -> dict[str, Any]:
-    """Run a horizontal job in-process (one thread per party, the production party functions).
-
-    Args:
-        silos: ``{name: (X_train, y_train)}``, features already scaled by the silo's loader.
-        tests: ``{name: (X_test, y_test)}``, each silo's own held-out rows: they stay with that
-            silo's party function; only the secure sum of their metric inputs is released
-            (:mod:`.evaluation`).
-        backend, backend_params: crypto backend name and parameters.
-        model, training, privacy: the federation file's ``[model]``, ``[training]`` and
-            ``[privacy]`` tables (``privacy=None``: no DP).
-        ledger_dir: folder of the silos' ledgers (``<silo>.sqlite``, dataset = silo name);
-            ``None`` uses a temporary folder.
-        budgets: ``{silo: (epsilon, delta)}`` ledger budgets.
-        job, seed, min_silos, round_timeout: from ``[federation]``; ``seed`` decides only public
-            choices (initial model, local batch order outside record-level DP).
-        insecure: ``[crypto] insecure``.
-        noise_seed: **tests only**: makes the secret randomness reproducible; the results then
-            say ``"private": False`` and the ledger entries ``"reproducible_noise": true``.
-        progress: called after each round with ``{"task", "round", "rounds", "silos"}`` plus
-            ``accuracy``, ``auc``, ``loss`` when federated metrics were released that round.
-        faults: test hook ``{silo: {round: "hello" | "update" | "topup"}}`` (see :func:`silo`).
-
-    Returns:
-        ``{"task": "horizontal", "backend", "private", "rounds": [{round, silos[, accuracy, auc,
-        loss]}], "final": {accuracy, auc, loss, rows} (the last released federated metrics;
-        values None under silo-level DP, where none are released), "evaluation":
-        "every_round" | "final" | "none", "silo_metrics": {silo: {accuracy, auc, loss, rows}}
-        (each silo's own held-out metrics of the final model, known only to that silo),
-        "simulation_metrics": {accuracy, auc, loss} (the final model on every silo's held-out
-        rows pooled by the simulation: simulation only, not private, seen by no party),
-        "epsilon": {silo: {epsilon, delta}} (values None without DP), "dp": {noise_multiplier,
-        clip, rounds, sample_rate, delta, level, steps, accountant[, evaluation_noise_multiplier]}
-        | None, "bytes_sent": {party: bytes}, "notes": [str]}`` (notes: withdrawals, skipped
-        rounds, dropouts). For record-level DP, ``noise_multiplier``, ``sample_rate`` and
-        ``steps`` differ per silo (each silo's own row count); ``dp`` then holds the largest
-        ``sample_rate`` and smallest ``noise_multiplier`` and ``dp["silos"]`` each silo's values.
-
-    Raises:
-        NotEnoughSilosError: withdrawals left fewer than ``min_silos`` silos; nothing more was
-            decrypted.
-        ConfigError, DataError: invalid settings or data.
-    """
-    names = list(silos)
-    if AGGREGATOR in names:
-        raise ConfigError(f"a silo may not be named {AGGREGATOR!r}")
-    if len(names) < 1:
-        raise ConfigError("a horizontal job needs at least one silo")
-    first_x = np.asarray(silos[names[0]][0])
-    n_features = int(first_x.shape[1])
-    for name, (x, y) in silos.items():
-        if np.asarray(x).ndim != 2 or np.asarray(x).shape[1] != n_features:
-            raise DataError(f"silo {name!r}: features have shape {np.shape(x)}, expected (n, {n_features})")
-        if len(x) != len(y) or len(x) == 0:
-            raise DataError(f"silo {name!r}: {len(x)} rows but {len(y)} labels")
-    for name, (x, y) in tests.items():
-        if name not in silos:
-            raise ConfigError(f"held-out rows for {name!r}, which is not a silo of the job")
-        if len(y) and (np.asarray(x).ndim != 2 or np.asarray(x).shape[1] != n_features or len(x) != len(y)):
-            raise DataError(f"silo {name!r}: held-out rows have shape {np.shape(x)} for {len(y)} labels")
-    labels = np.unique(np.concatenate([np.asarray(y) for _, y in silos.values()] + [np.asarray(t[1]) for t in tests.values()]))
-    n_classes = max(2, int(labels.max()) + 1) if labels.size else 2
-    # each sum holds every silo's update plus its top-up share
-    params = get_backend_class(backend).params_for("aggregate", summands=2 * len(names), params=backend_params)
-    spec = HorizontalJob(
-        job=job,
-        backend=backend,
-        backend_params=params,
-        model=dict(model),
-        training=dict(training),
-        privacy=dict(privacy) if privacy is not None else None,
-        n_features=n_features,
-        n_classes=n_classes,
-        seed=int(seed),
-        min_silos=int(min_silos),
-        round_timeout=float(round_timeout),
-        insecure=bool(insecure),
-    )
-    rounds_total = spec.rounds
-    spec.strategy()  # validate strategy / DP settings before any thread starts
-    check_federation(silos=names, allow_exposed=spec.allow_exposed, colluders=spec.colluders)
-    _evaluation_scale(get_backend(backend, **params))  # precision vs the metrics' grid, before any ledger
-    if spec.privacy is not None and len(names) <= spec.colluders:
-        raise ConfigError(
-            f"privacy.colluders = {spec.colluders} but the job has only {len(names)} silos: noise shares cannot "
-            "survive that many colluding key holders; lower privacy.colluders or add silos"
-        )
-    need = required_contributors(min_silos=spec.min_silos, colluders=spec.colluders_in(len(names)))
-    if len(names) < need:
-        raise ConfigError(
-            f"a job of {len(names)} silo(s) can never decrypt a sum: each needs {need} contributions "
-            f"(federation.min_silos = {spec.min_silos}, privacy.colluders = {spec.colluders}); add silos or lower them"
-        )
-    lock = threading.Lock()
-    reported: dict[int, dict[str, Any]] = {}
-
-    def on_round(report: RoundReport) -> None:
-        # every silo reports; the first report of a round is the one shown (all silos receive
-        # the same released metrics)
-        row: dict[str, Any] = {"round": report.round, "silos": list(report.contributors)}
-        if report.metrics is not None:
-            row.update({k: report.metrics[k] for k in ("accuracy", "auc", "loss")})
-        with lock:
-            if report.round in reported:
-                return
-            reported[report.round] = row
-        if progress is not None:
-            progress({"task": "horizontal", "rounds": rounds_total, **row})
-
-    hub = InProcessHub(job, [*names, AGGREGATOR])
-    silo_noise = (
-        {n: int(s.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
-         for n, s in zip(names, np.random.SeedSequence(int(noise_seed)).spawn(len(names)))}
-        if noise_seed is not None
-        else {n: None for n in names}
-    )
-    parties: dict[str, Callable[[Channel], Any]] = {
-        AGGREGATOR: lambda ch: aggregator(ch, job=spec, silos=names),
-    }
-    for n in names:
-        x, y = silos[n]
-        parties[n] = (
-            lambda ch, n=n, x=x, y=y: silo(
-                ch,
-                job=spec,
-                silos=names,
-                aggregator=AGGREGATOR,
-                x=np.asarray(x),
-                y=np.asarray(y),
-                test=tests.get(n),
-                ledger=ledgers.get(n),
-                dataset=n,
-                noise_seed=silo_noise[n],
-                drop_rounds=(faults or {}).get(n),
-                on_round=on_round,
-            )
-        )
-    opened = (
-        job_ledgers(ledger_dir, parties=names, budgets=budgets, accountant=str(privacy.get("accountant", "rdp")),
-                    reproducible_noise=noise_seed is not None)
-        if privacy is not None
-        else nullcontext({})
-    )
-    with opened as ledgers:
-        results = run_parties(hub, parties)
-    agg: AggregatorReport = results[AGGREGATOR]
-    reports: dict[str, SiloReport] = {n: results[n] for n in names}
-    if agg.status == "stopped":
-        raise NotEnoughSilosError(agg.reason)
-    if agg.rounds and all(r["status"] != "ok" for r in agg.rounds):
-        # nothing was ever decrypted: reporting a trained model (and epsilon 0) would mislead
-        reasons = "; ".join(dict.fromkeys(r["reason"] for r in agg.rounds if r["reason"]))
-        raise NotEnoughSilosError(f"job {job!r}: no round completed, nothing was decrypted: {reasons}")
-    released = next((r.evaluation for r in reports.values() if r.evaluation), ())
-    by_round = {e["round"]: e for e in released}
-    rows: list[dict[str, Any]] = []
-    for rnd in range(1, rounds_total + 1):
-        row = dict(reported.get(rnd, {"round": rnd, "silos": []}))
-        if spec.evaluation == "final" and rnd == rounds_total and rnd in by_round:
-            row.update({k: by_round[rnd][k] for k in ("accuracy", "auc", "loss")})
-        rows.append(row)
-    last = released[-1] if released else None
-    final = (
-        {k: last[k] for k in ("accuracy", "auc", "loss", "rows")}
-        if last is not None
-        else {"accuracy": None, "auc": None, "loss": None, "rows": None}
-    )
-    notes = [r.reason for r in reports.values() if r.status == "withdrawn"]
-    notes += [
-        f"round {r['round']} skipped: {r['reason']}" for r in agg.rounds if r["status"] == "aborted"
-    ]
-    notes += [
-        f"round {r['round']}: {', '.join(r['failures'])} missing; completed with "
-        f"{', '.join(r['contributors'])}" + (" and top-up noise" if r["topup"] else "")
-        for r in agg.rounds
-        if r["status"] == "ok" and r["failures"]
-    ]
-    if spec.evaluation == "none":
-        notes.append(
-            "silo-level DP: federated metrics are not released (a whole silo's held-out rows would move every "
-            "count); each silo knows only its own held-out metrics (silo_metrics)"
-        )
-    elif spec.evaluation == "final":
-        notes.append(
-            "record-level DP: federated metrics are released once, after training, with Gaussian noise "
-            f"(z = {spec.evaluation_noise_multiplier:.3g}) charged to every silo's ledger"
-        )
-    if noise_seed is not None:
-        notes.append("NOT PRIVATE: noise_seed was set (test-only); anyone with the seed can regenerate the noise")
-    eps: dict[str, dict[str, float | None]] = {}
-    for n in names:
-        if privacy is None:
-            eps[n] = {"epsilon": None, "delta": None}
-            continue
-        delta = float(privacy.get("delta", 1e-5))
-        ev = reports[n].events
-        e = _epsilon(ComposedEvent(ev), delta=delta, accountant=str(privacy.get("accountant", "rdp"))) if ev else 0.0
-        eps[n] = {"epsilon": e, "delta": delta}
-    held_out = [t for t in tests.values() if len(t[1])]
-    simulation_metrics: dict[str, float] = {}
-    if held_out:  # the simulation, not a party, pools every silo's held-out rows
-        final_params = next(r.params for r in reports.values() if r.status == "completed") if any(
-            r.status == "completed" for r in reports.values()) else reports[names[0]].params
-        simulation_metrics = evaluate(
-            model, final_params, np.vstack([t[0] for t in held_out]), np.concatenate([t[1] for t in held_out]),
-            n_features=n_features, n_classes=n_classes,
-        )
-    dp = _summarize_dp(reports)
-    if dp is not None and spec.evaluation == "final":
-        dp["evaluation_noise_multiplier"] = spec.evaluation_noise_multiplier
-    return {
-        "task": "horizontal",
-        "backend": backend,
-        "private": noise_seed is None and not insecure,
-        "rounds": rows,
-        "final": final,
-        "evaluation": spec.evaluation,
-        "silo_metrics": {n: dict(r.local_evaluation) if r.local_evaluation else None for n, r in reports.items()},
-        "simulation_metrics": simulation_metrics,
-        "epsilon": eps,
-        "dp": dp,
-        "bytes_sent": {p: int(b) for p, b in hub.bytes_sent().items()},
-        "notes": notes,
-    }
-
-
-def _summarize_dp(reports: Mapping[str, SiloReport]) -> dict[str, Any] | None:
-    infos = {n: r.dp for n, r in reports.items() if r.dp is not None}
-    if not infos:
-        return None
-    first = next(iter(infos.values()))
-    out = dict(first)
-    if first["level"] == "record":
-        out["noise_multiplier"] = min(i["noise_multiplier"] for i in infos.values())
-        out["sample_rate"] = max(i["sample_rate"] for i in infos.values())
-        out["steps"] = max(i["steps"] for i in infos.values())
-        out["silos"] = {n: {k: i[k] for k in ("noise_multiplier", "sample_rate", "steps")} for n, i in infos.items()}
-    return out

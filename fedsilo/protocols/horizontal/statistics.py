@@ -45,25 +45,20 @@ is exact up to the backend's fixed-point precision.
 """
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-from contextlib import nullcontext
 import numpy as np
 import pandas as pd
 
-from fedsilo.crypto.registry import get_backend, get_backend_class
-from fedsilo.errors import ConfigError, NotEnoughSilosError
-from fedsilo.privacy.accounting import epsilon as _epsilon
-from fedsilo.protocols.ledgers import job_ledgers
+from fedsilo.crypto.registry import get_backend
+from fedsilo.errors import ConfigError
 from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.privacy.relations import ADD_REMOVE_RECORD
 from fedsilo.privacy.mechanisms import noise_share_sigma, noise_share_topup_sigma, secure_rng
-from fedsilo.protocols.channel import Channel, InProcessHub, run_parties
+from fedsilo.protocols.channel import Channel
 from fedsilo.protocols.policy import require_confidential
 from fedsilo.protocols.horizontal.statistics_plan import (  # the planning maths, re-exported
-    AGGREGATOR,
     FINEST_GRANULARITY,
     MIN_SHARE_STEPS,
     PROTOCOL,
@@ -82,8 +77,6 @@ from fedsilo.protocols.horizontal.secure_aggregation import (
     Contribution,
     aggregator_key_ceremony,
     aggregator_secure_sum,
-    check_federation,
-    exposed_sums_allowed,
     ledger_recipient,
     recipients_mechanism,
     share_parties,
@@ -106,7 +99,7 @@ __all__ = [
     "check_encoding",
     "statistics_silo",
     "statistics_aggregator",
-    "simulate_statistics",
+    "exposure_colluders",
 ]
 
 def exposure_colluders(plan: StatisticsPlan) -> int:
@@ -232,124 +225,4 @@ def statistics_aggregator(
         "failures": list(out.failures),
         "withdrawn": list(out.withdrawn),
         "reason": out.reason,
-    }
-
-
-def simulate_statistics(
-    *,
-    silos: Mapping[str, pd.DataFrame],
-    columns: Sequence[str],
-    queries: Sequence[str],
-    bins: int,
-    ranges: Mapping[str, Sequence[float]],
-    privacy: Mapping[str, Any] | None,
-    ledger_dir: Path | None,
-    budgets: Mapping[str, tuple[float, float]],
-    job: str,
-    backend_params: Mapping[str, Any],
-    noise_seed: int | None = None,
-    backend: str = "paillier",
-    min_silos: int = 2,
-    round_timeout: float = 120.0,
-    faults: Mapping[str, str] | None = None,
-    insecure: bool = False,
-) -> dict[str, Any]:
-    """Run a federated-statistics job in-process with the production party functions.
-
-    ``insecure`` (``[crypto] insecure``) alone allows a sum of two silos, from which each would
-    compute the other's statistics (DP statistics protect records, not a whole silo).
-    ``noise_seed``: **tests only** (reproducible noise; the results say ``"private": False``).
-
-    Returns:
-        ``{"task": "statistics", "backend", "statistics": {column: {count, sum, mean,
-        histogram: {edges, counts}}} (post-processed, :func:`finalize_statistics`), "raw":
-        {column: {count, sum, histogram}} (the decrypted noised values), "silos":
-        [contributors], "epsilon": {silo: {epsilon, delta}} (None without DP), "dp":
-        {noise_multiplier, releases, delta, accountant, colluders, sigma: {"column.query": σ},
-        granularity: {"column.query": g}} | None, "bytes_sent": {party: bytes}}``.
-
-    Raises:
-        NotEnoughSilosError: fewer than ``min_silos`` silos contributed; nothing was decrypted.
-        ConfigError: invalid request (see :func:`plan_statistics`) or backend parameters.
-    """
-    names = list(silos)
-    if AGGREGATOR in names:
-        raise ConfigError(f"a silo may not be named {AGGREGATOR!r}")
-    plan = plan_statistics(
-        columns=columns, queries=queries, bins=bins, ranges=ranges, privacy=privacy, silos=len(names)
-    )
-    # each sum holds every silo's contribution plus its top-up share
-    params = get_backend_class(backend).params_for("statistics", summands=2 * len(names), params=backend_params)
-    check_encoding(plan, get_backend(backend, **params))  # before any ledger is touched
-    allow_exposed = exposed_sums_allowed(insecure=insecure, silo_level_dp=False)
-    check_federation(silos=names, allow_exposed=allow_exposed, colluders=exposure_colluders(plan))
-    # Noise comes from the OS CSPRNG; a noise_seed (tests only) makes it reproducible and the
-    # run not private (results and ledger entries say so).
-    seeds: list[int | None] = (
-        [int(s.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)) for s in np.random.SeedSequence(int(noise_seed)).spawn(len(names))]
-        if noise_seed is not None
-        else [None] * len(names)
-    )
-    hub = InProcessHub(job, [*names, AGGREGATOR])
-    parties: dict[str, Callable[[Channel], Any]] = {
-        AGGREGATOR: lambda ch: statistics_aggregator(
-            ch, silos=names, backend=backend, backend_params=params, min_silos=min_silos,
-            colluders=exposure_colluders(plan), timeout=round_timeout, allow_exposed=allow_exposed,
-        )
-    }
-    for n, s in zip(names, seeds):
-        parties[n] = lambda ch, n=n, s=s: statistics_silo(
-            ch, job=job, silos=names, aggregator=AGGREGATOR, frame=silos[n], plan=plan, backend=backend,
-            backend_params=params, ledger=ledgers.get(n), dataset=n,
-            noise_seed=s,
-            timeout=round_timeout, drop=(faults or {}).get(n), allow_exposed=allow_exposed, insecure=insecure,
-        )
-    opened = (
-        job_ledgers(ledger_dir, parties=names, budgets=budgets, accountant=plan.accountant,
-                    reproducible_noise=noise_seed is not None)
-        if privacy is not None
-        else nullcontext({})
-    )
-    with opened as ledgers:
-        results = run_parties(hub, parties)
-    agg = results[AGGREGATOR]
-    if agg["status"] != "ok":
-        raise NotEnoughSilosError(agg["reason"])
-    first = next(n for n in names if results[n]["statistics"] is not None)
-    answer, raw = results[first]["statistics"], results[first]["raw"]
-    eps: dict[str, dict[str, float | None]] = {}
-    ev = plan.event()
-    for n in names:
-        if ev is None:
-            eps[n] = {"epsilon": None, "delta": None}
-        else:
-            assert plan.delta is not None
-            e = _epsilon(ev, delta=plan.delta, accountant=plan.accountant) if results[n]["charged"] else 0.0
-            eps[n] = {"epsilon": e, "delta": plan.delta}
-    dp = None
-    if ev is not None:
-        dp = {
-            "noise_multiplier": plan.noise_multiplier,
-            "releases": len(plan.releases),
-            "delta": plan.delta,
-            "accountant": plan.accountant,
-            "colluders": plan.colluders,
-            "sigma": {f"{r.column}.{r.query}": r.sigma for r in plan.releases},
-            "granularity": {f"{r.column}.{r.query}": r.granularity for r in plan.releases},
-        }
-    return {
-        "task": "statistics",
-        "backend": backend,
-        "private": noise_seed is None and not insecure,
-        "statistics": answer,
-        "raw": raw,
-        "silos": agg["contributors"],
-        "epsilon": eps,
-        "dp": dp,
-        "bytes_sent": {p: int(b) for p, b in hub.bytes_sent().items()},
-        "notes": (
-            ["NOT PRIVATE: noise_seed was set (test-only); anyone with the seed can regenerate the noise"]
-            if noise_seed is not None
-            else []
-        ),
     }

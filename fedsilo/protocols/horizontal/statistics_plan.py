@@ -7,7 +7,7 @@ docstring describes the protocol, the DP calibration and what each party learns.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,6 +20,7 @@ from fedsilo.privacy.accounting import noise_multiplier as _noise_multiplier
 from fedsilo.privacy.events import GaussianEvent
 from fedsilo.privacy.mechanisms import discrete_gaussian, noise_share_sigma, noise_share_topup_sigma
 from fedsilo.protocols.horizontal.secure_aggregation import share_parties, topup_parties
+from fedsilo.protocols.spec import PrivacySection, StatisticsSection
 
 __all__ = [
     "QUERIES",
@@ -41,7 +42,6 @@ AGGREGATOR = "aggregator"
 #: Coarsest fixed-point grid of sums: 2**-16 (values are rounded to it before noise is added).
 #: Counts and histograms start from the integer grid 1. Either may be refined, see below.
 DEFAULT_GRANULARITY = 2.0**-16
-DEFAULT_COLLUDERS = 1
 #: Every discrete-Gaussian draw (share or top-up) must be at least this many grid steps wide
 #: (Kairouz, Liu & Steinke, ICML 2021, Prop. 14: the sum then is a discrete Gaussian up to
 #: terms of ``exp(-2π²·3²·k/(k+1)) <= e^-88``).
@@ -164,39 +164,54 @@ def _choose_grid(
         g /= 2
 
 
+def primitive_queries(request: StatisticsSection, *, dp: bool) -> tuple[str, ...]:
+    """The releases a request needs, in layout order: ``mean`` is the released sum over the
+    released count (post-processing), so it needs both and adds nothing of its own."""
+    qs = request.queries
+    out: list[str] = []
+    if "count" in qs or "mean" in qs:
+        out.append("count")
+    if "sum" in qs or "mean" in qs:
+        out.append("sum")
+    if "histogram" in qs:
+        out.append("histogram")
+    return tuple(out)
+
+
+def unranged_columns(request: StatisticsSection, *, dp: bool) -> tuple[list[str], str]:
+    """Columns that need a public ``range`` and have none, and why they need one: every
+    histogram (its bins), and under DP every sum (the range bounds one record's contribution)."""
+    primitives = primitive_queries(request, dp=dp)
+    if "histogram" in primitives:
+        why = "histogram"
+    elif dp and "sum" in primitives:
+        why = "a DP sum/mean (it bounds each record's contribution)"
+    else:
+        return [], ""
+    return [c for c in request.columns if c not in request.range], why
+
+
 def plan_statistics(
+    request: StatisticsSection,
+    privacy: PrivacySection | None,
     *,
-    columns: Sequence[str],
-    queries: Sequence[str],
-    bins: int,
-    ranges: Mapping[str, Sequence[float]],
-    privacy: Mapping[str, Any] | None,
     silos: int,
     granularity: float = DEFAULT_GRANULARITY,
 ) -> StatisticsPlan:
-    """Validate the request and lay out the releases (pure; every silo computes the same plan).
+    """Lay out the releases of a validated request (pure; every silo computes the same plan).
 
     Args:
-        columns, queries, bins, ranges, privacy: the ``[statistics]`` and ``[privacy]`` tables.
+        request, privacy: the ``[statistics]`` and ``[privacy]`` sections (``None``: no DP).
         silos: number of silos in the job: the noise grids are sized so that every share and
             top-up any of them can draw is at least :data:`MIN_SHARE_STEPS` grid steps wide.
         granularity: coarsest grid of sums (a power of two; default ``2**-16``).
 
     Raises:
-        ConfigError: unknown query, no columns, a histogram or a DP sum/mean without a range,
-            a bad range, bin count, silo count or granularity, fewer silos than
-            ``colluders + 1``, or a release whose noise shares cannot be made
-            :data:`MIN_SHARE_STEPS` steps wide on a grid no finer than :data:`FINEST_GRANULARITY`.
+        ConfigError: a histogram or a DP sum/mean without a range, a silo count or granularity
+            out of range, fewer silos than ``colluders + 1``, or a release whose noise shares
+            cannot be made :data:`MIN_SHARE_STEPS` steps wide on a grid no finer than
+            :data:`FINEST_GRANULARITY`.
     """
-    cols = tuple(dict.fromkeys(columns))
-    if not cols:
-        raise ConfigError("statistics.columns must name at least one column")
-    qs = tuple(dict.fromkeys(queries))
-    unknown = [q for q in qs if q not in QUERIES]
-    if unknown or not qs:
-        raise ConfigError(f"statistics.queries must be among {', '.join(QUERIES)}, got {list(queries)!r}")
-    if not (isinstance(bins, int) and bins >= 1):
-        raise ConfigError(f"statistics.bins must be an integer >= 1, got {bins!r}")
     if isinstance(silos, bool) or not isinstance(silos, int) or silos < 1:
         raise ConfigError(f"a statistics job needs an integer number of silos >= 1, got {silos!r}")
     if (
@@ -206,42 +221,24 @@ def plan_statistics(
         or math.frexp(granularity)[0] != 0.5
     ):
         raise ConfigError(f"statistics granularity must be a power of two in [2**-24, 1], got {granularity!r}")
-    rng_out: dict[str, tuple[float, float]] = {}
-    for c, r in ranges.items():
-        if len(r) != 2 or not all(math.isfinite(float(v)) for v in r) or not float(r[0]) < float(r[1]):
-            raise ConfigError(f"statistics.range.{c} must be [lo, hi] with lo < hi, got {list(r)!r}")
-        rng_out[c] = (float(r[0]), float(r[1]))
     dp = privacy is not None
-    primitives: list[str] = []
-    if "count" in qs or "mean" in qs:
-        primitives.append("count")
-    if "sum" in qs or "mean" in qs:
-        primitives.append("sum")
-    if "histogram" in qs:
-        primitives.append("histogram")
-    for c in cols:
-        if c not in rng_out and ("histogram" in primitives or (dp and "sum" in primitives)):
-            need = "histogram" if "histogram" in primitives else "a DP sum/mean (it bounds each record's contribution)"
-            raise ConfigError(f"statistics.range.{c} is required for {need}")
+    cols, qs, bins = tuple(request.columns), tuple(request.queries), request.bins
+    rng_out = {c: (float(lo), float(hi)) for c, (lo, hi) in request.range.items()}
+    unranged, why = unranged_columns(request, dp=dp)
+    if unranged:
+        raise ConfigError(f"statistics.range.{unranged[0]} is required for {why}")
+    primitives = primitive_queries(request, dp=dp)
     blocks = [(c, q, bins if q == "histogram" else 1) for c in cols for q in primitives]
     z: float | None = None
     delta: float | None = None
     accountant = "rdp"
     colluders = 0
-    if dp:
-        assert privacy is not None
-        delta = float(privacy.get("delta", 1e-5))
-        accountant = str(privacy.get("accountant", "rdp"))
-        colluders = privacy.get("colluders", DEFAULT_COLLUDERS)
-        if isinstance(colluders, bool) or not isinstance(colluders, int) or colluders < 1:
-            raise ConfigError(
-                f"privacy.colluders must be an integer >= 1 (each silo knows its own noise share and sees "
-                f"the decrypted sum), got {colluders!r}"
-            )
+    if privacy is not None:
+        delta, accountant, colluders = privacy.delta, privacy.accountant, privacy.colluders
         if silos < colluders + 1:
             raise ConfigError(f"{silos} silo(s) cannot tolerate {colluders} colluding key holder(s): need at least {colluders + 1}")
         z = _noise_multiplier(
-            target_epsilon=float(privacy["epsilon"]), delta=delta, sample_rate=1.0, steps=len(blocks), accountant=accountant
+            target_epsilon=privacy.epsilon, delta=delta, sample_rate=1.0, steps=len(blocks), accountant=accountant
         )
     releases: list[Release] = []
     offset = 0

@@ -4,15 +4,14 @@
 * :mod:`.data` — checking one party's table (IDs, labels, numeric features).
 * :mod:`.lr` — heterogeneous logistic regression, one function per party over a channel
   (arbiter or two-party topology), and the joint prediction protocol.
-* :mod:`.job` — a whole job per party (PSI alignment, split, training, evaluation) and
-  :func:`simulate_vertical`, which runs every party on one machine.
+* :mod:`.job` — a whole job per party (PSI alignment, split, training, evaluation); the
+  ``vertical`` task of :mod:`fedsilo.silos.tasks` starts the parties on an engine.
 
 See docs/vertical.md for the protocol, who learns what, and the DP accounting.
 """
 from fedsilo.protocols.vertical.data import PartyTable, prepare_table
-from fedsilo.protocols.vertical.job import VerticalSpec, simulate_vertical, vertical_parties, vertical_party
+from fedsilo.protocols.vertical.job import VerticalSpec, vertical_party
 from fedsilo.protocols.vertical.lr import (
-    DpConfig,
     FitResult,
     LocalModel,
     Topology,
@@ -27,7 +26,6 @@ from fedsilo.protocols.vertical.lr import (
 from fedsilo.protocols.vertical.taylor import DpPlan, calibrate
 
 __all__ = [
-    "DpConfig",
     "DpPlan",
     "FitResult",
     "LocalModel",
@@ -43,7 +41,5 @@ __all__ = [
     "predict_guest",
     "prepare_table",
     "serve_predictions",
-    "simulate_vertical",
-    "vertical_parties",
     "vertical_party",
 ]

@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 from fedsilo.silos.config import parse_config
-from fedsilo.silos.simulate import prepare_horizontal
+from fedsilo.silos.tasks.horizontal import prepare_horizontal
 
 
 @lru_cache(maxsize=8)
@@ -50,8 +50,11 @@ def base_kwargs(data: Any, **over: Any) -> dict[str, Any]:
 def central_accuracy(data: Any, *, model: dict[str, Any], training: dict[str, Any], seed: int = 7) -> float:
     """The same model trained on the pooled rows (epochs = rounds * local_epochs)."""
     from fedsilo.protocols.horizontal.models import build_model, get_flat_params
-    from fedsilo.protocols.horizontal.protocol import evaluate
     from fedsilo.protocols.horizontal.training import LocalConfig, train_local
+    from fedsilo.protocols.spec import ModelSection, section
+    from fedsilo.silos.tasks.horizontal import evaluate
+
+    model = section(ModelSection, model, key="model")
 
     x = np.vstack([x for x, _ in data.silos.values()])
     y = np.concatenate([y for _, y in data.silos.values()])
@@ -82,3 +85,18 @@ def backend_available(name: str, **params: Any) -> bool:
     except (FedsiloError, ImportError):
         return False
     return True
+
+
+def hz_job(*, model: Any = None, training: Any = None, privacy: Any = None, **kw: Any) -> Any:
+    """A typed HorizontalJob for tests that drive the party functions directly: mappings are
+    validated as the config sections, and the job-level keys get their config defaults."""
+    from fedsilo.protocols.horizontal.protocol import HorizontalJob
+    from fedsilo.protocols.spec import ModelSection, PrivacySection, TrainingSection, section
+
+    defaults: dict[str, Any] = {"n_classes": 2, "seed": 0, "min_silos": 2, "round_timeout": 120.0, "insecure": False}
+    return HorizontalJob(
+        model=section(ModelSection, model or {}, key="model"),
+        training=section(TrainingSection, training or {}, key="training"),
+        privacy=None if privacy is None else section(PrivacySection, privacy, key="privacy"),
+        **{**defaults, **kw},
+    )

@@ -7,7 +7,8 @@ from typing import Any
 import pytest
 
 from fedsilo.silos.config import apply_overrides, load_config
-from fedsilo.silos.simulate import prepare_horizontal, run_job
+from fedsilo.silos.runner import run_job
+from fedsilo.silos.tasks.horizontal import prepare_horizontal
 from hz_data import backend_available, central_accuracy
 
 ROOT = Path(__file__).resolve().parents[3]

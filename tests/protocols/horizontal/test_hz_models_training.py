@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 import pytest
+
+from fedsilo.protocols.spec import ModelSection, section
 import torch
 from torch.utils.data import TensorDataset
 
@@ -41,11 +43,11 @@ def _data(n: int = 120, d: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarr
     ],
 )
 def test_build_and_flat_roundtrip(spec: dict, cls: type) -> None:
-    m = build_model(spec, n_features=5, seed=1)
+    m = build_model(section(ModelSection, spec, key="model"), n_features=5, seed=1)
     assert isinstance(m, cls)
     p = get_flat_params(m)
-    np.testing.assert_array_equal(p, get_flat_params(build_model(spec, n_features=5, seed=1)))  # deterministic init
-    assert not np.array_equal(p, get_flat_params(build_model(spec, n_features=5, seed=2)))
+    np.testing.assert_array_equal(p, get_flat_params(build_model(section(ModelSection, spec, key="model"), n_features=5, seed=1)))  # deterministic init
+    assert not np.array_equal(p, get_flat_params(build_model(section(ModelSection, spec, key="model"), n_features=5, seed=2)))
     set_flat_params(m, p + 1.0)
     np.testing.assert_allclose(get_flat_params(m), p + 1.0, atol=1e-6)
 
@@ -61,26 +63,26 @@ def test_build_and_flat_roundtrip(spec: dict, cls: type) -> None:
 )
 def test_bad_model_specs(spec: dict, match: str) -> None:
     with pytest.raises(ConfigError, match=match):
-        build_model(spec, n_features=3, seed=0)
+        build_model(section(ModelSection, spec, key="model"), n_features=3, seed=0)
 
 
 def test_training_is_deterministic_and_learns() -> None:
     x, y = _data()
-    m = build_model({"kind": "logistic"}, n_features=5, seed=0)
+    m = build_model(ModelSection(kind="logistic"), n_features=5, seed=0)
     p0 = get_flat_params(m)
     cfg = LocalConfig(epochs=3, batch_size=16, lr=0.5)
     a = train_local(m, x, y, global_params=p0, config=cfg, n_classes=2, seed=5)
-    b = train_local(build_model({"kind": "logistic"}, n_features=5, seed=0), x, y, global_params=p0, config=cfg, n_classes=2, seed=5)
+    b = train_local(build_model(ModelSection(kind="logistic"), n_features=5, seed=0), x, y, global_params=p0, config=cfg, n_classes=2, seed=5)
     np.testing.assert_array_equal(a.update, b.update)
     assert a.steps == 3 * 8 and a.loss < 0.5
 
 
 def test_fedprox_pulls_towards_global() -> None:
     x, y = _data()
-    p0 = get_flat_params(build_model({"kind": "logistic"}, n_features=5, seed=0))
-    far = train_local(build_model({"kind": "logistic"}, n_features=5, seed=0), x, y, global_params=p0,
+    p0 = get_flat_params(build_model(ModelSection(kind="logistic"), n_features=5, seed=0))
+    far = train_local(build_model(ModelSection(kind="logistic"), n_features=5, seed=0), x, y, global_params=p0,
                       config=LocalConfig(epochs=3, lr=0.5, batch_size=16), n_classes=2, seed=1)
-    near = train_local(build_model({"kind": "logistic"}, n_features=5, seed=0), x, y, global_params=p0,
+    near = train_local(build_model(ModelSection(kind="logistic"), n_features=5, seed=0), x, y, global_params=p0,
                        config=LocalConfig(epochs=3, lr=0.5, batch_size=16, proximal_mu=1.0), n_classes=2, seed=1)
     assert np.linalg.norm(near.update) < np.linalg.norm(far.update)
 
@@ -89,7 +91,7 @@ def test_adam_and_multiclass() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(90, 4))
     y = rng.integers(0, 3, size=90)
-    m = build_model({"kind": "mlp", "hidden": [8]}, n_features=4, n_classes=3, seed=0)
+    m = build_model(ModelSection(kind="mlp", hidden=[8]), n_features=4, n_classes=3, seed=0)
     r = train_local(m, x, y, global_params=get_flat_params(m), config=LocalConfig(optimizer="adam", lr=0.01), n_classes=3, seed=0)
     assert r.update.shape == get_flat_params(m).shape and np.isfinite(r.loss)
 
@@ -101,10 +103,10 @@ def test_record_dp_plan_meets_target_and_trains() -> None:
     eps = epsilon(type(total)(total.noise_multiplier, total.sample_rate, total.steps * 5), delta=1e-5)
     assert 3.9 < eps <= 4.0
     x, y = _data()
-    m = build_model({"kind": "logistic"}, n_features=5, seed=0)
+    m = build_model(ModelSection(kind="logistic"), n_features=5, seed=0)
     p0 = get_flat_params(m)
     a = train_local(m, x, y, global_params=p0, config=LocalConfig(epochs=2, batch_size=16, lr=0.5), n_classes=2, seed=3, record_dp=plan)
-    b = train_local(build_model({"kind": "logistic"}, n_features=5, seed=0), x, y, global_params=p0,
+    b = train_local(build_model(ModelSection(kind="logistic"), n_features=5, seed=0), x, y, global_params=p0,
                     config=LocalConfig(epochs=2, batch_size=16, lr=0.5), n_classes=2, seed=3, record_dp=plan)
     np.testing.assert_array_equal(a.update, b.update)  # seeded sampling and noise
     assert a.steps == 16 and np.all(np.isfinite(a.update))
@@ -137,7 +139,7 @@ def test_dp_sgd_takes_exactly_the_charged_steps(n: int) -> None:
     plan = record_dp_plan(n_examples=n, batch_size=64, local_epochs=2, rounds=3, target_epsilon=4.0, delta=1e-5,
                           max_grad_norm=1.0)
     assert plan.steps_per_epoch == max(1, round(n / 64)) and plan.sample_rate == 1 / plan.steps_per_epoch
-    m = build_model({"kind": "logistic"}, n_features=3, seed=0)
+    m = build_model(ModelSection(kind="logistic"), n_features=3, seed=0)
     with _count_optimizer_steps() as taken:
         res = train_local(m, x, y, global_params=get_flat_params(m), config=LocalConfig(epochs=2, batch_size=64),
                           n_classes=2, seed=n, record_dp=plan)
@@ -172,7 +174,7 @@ def test_empty_poisson_batches_still_take_a_noised_step() -> None:
                             steps=50, generator=torch.Generator().manual_seed(0))
     shapes = [tuple(xb.shape) for xb, _ in loader]
     assert (0, 2) in shapes and len(shapes) == 50  # empty batches happen and keep their shape
-    m = build_model({"kind": "logistic"}, n_features=2, seed=0)
+    m = build_model(ModelSection(kind="logistic"), n_features=2, seed=0)
     with _count_optimizer_steps() as taken:
         res = train_local(m, x, y, global_params=get_flat_params(m), config=LocalConfig(epochs=4, batch_size=1),
                           n_classes=2, seed=0, record_dp=plan)
@@ -182,7 +184,7 @@ def test_empty_poisson_batches_still_take_a_noised_step() -> None:
 def test_record_level_job_charges_the_steps_its_silos_take(tmp_path: Path) -> None:
     """Through run_job: the steps in each silo's DP record equal the optimizer steps taken."""
     from fedsilo.silos.config import parse_config
-    from fedsilo.silos.simulate import run_job
+    from fedsilo.silos.runner import run_job
 
     cfg = parse_config({
         "federation": {"name": "steps", "task": "horizontal", "seed": 2},

@@ -15,10 +15,10 @@ from fedsilo.privacy.events import ComposedEvent, GaussianEvent
 from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.protocols import codec
 from fedsilo.protocols.channel import InProcessHub, run_parties
-from fedsilo.protocols.horizontal import simulate_horizontal
+from fedsilo.silos.tasks.horizontal import simulate_horizontal
 from fedsilo.protocols.horizontal.dp import silo_noise_multiplier
-from fedsilo.protocols.horizontal.protocol import AGGREGATOR, HorizontalJob, aggregator, silo
-from hz_data import backend_available, base_kwargs, central_accuracy
+from fedsilo.protocols.horizontal.protocol import AGGREGATOR, aggregator, silo
+from hz_data import backend_available, base_kwargs, central_accuracy, hz_job
 
 #: No-DP configuration used for the accuracy comparisons (converged on breast_cancer).
 TRAINING = {"rounds": 10, "local_epochs": 2, "batch_size": 32, "lr": 0.5, "optimizer": "sgd", "strategy": "fedavg"}
@@ -40,7 +40,7 @@ def run_direct(data: Any, *, backend: str = "plain", backend_params: dict | None
     """Run the production party functions on an in-process hub we can inspect (``seeded=False``:
     noise and sampling from OS entropy, as in production)."""
     names = list(data.silos)
-    job = HorizontalJob(
+    job = hz_job(
         job="direct", backend=backend, backend_params=backend_params or {}, model={"kind": "logistic"},
         training=training, privacy=privacy, n_features=data.silos[names[0]][0].shape[1], seed=7,
         min_silos=min_silos, round_timeout=round_timeout,
@@ -266,7 +266,7 @@ def test_metrics_leave_a_silo_only_as_a_secure_sum_of_its_held_out_inputs(bc3: A
     """Each silo scores its own held-out rows; what leaves it is one ciphertext per release:
     after every round without DP, once (charged) under record-level DP, never at silo level."""
     names = list(bc3.silos)
-    job = HorizontalJob(job="ev", backend="plain", backend_params={}, model={"kind": "logistic"},
+    job = hz_job(job="ev", backend="plain", backend_params={}, model={"kind": "logistic"},
                         training={**TRAINING, "rounds": 2}, privacy=privacy, n_features=bc3.silos[names[0]][0].shape[1],
                         seed=7, insecure=True)
     assert job.evaluation == expected
@@ -326,7 +326,7 @@ def test_declared_colluders_size_the_record_level_release_and_the_exposure_rule(
     with pytest.raises(ConfigError, match="3 silos .* with 2 colluding silos tolerated"):
         simulate_horizontal(**{**base_kwargs(bc3, training={**TRAINING, "rounds": 1}, privacy=record), "insecure": False,
                                "backend": "ckks"})
-    job = HorizontalJob(job="c", backend="plain", backend_params={}, model={"kind": "logistic"}, training=TRAINING,
+    job = hz_job(job="c", backend="plain", backend_params={}, model={"kind": "logistic"}, training=TRAINING,
                         privacy=record, n_features=30, insecure=True)
     assert job.colluders == 2
 

@@ -17,10 +17,10 @@ import pytest
 
 from fedsilo.privacy.accounting import epsilon
 from fedsilo.privacy.events import GaussianEvent
-from fedsilo.protocols.horizontal import simulate_horizontal
+from fedsilo.silos.tasks.horizontal import simulate_horizontal
 from fedsilo.protocols.horizontal.dp import DPFedAvg, silo_noise_multiplier
 from fedsilo.silos.config import apply_overrides, load_config
-from fedsilo.silos.simulate import run_job
+from fedsilo.silos.runner import run_job
 from hz_data import base_kwargs
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -16,7 +16,8 @@ from fedsilo.privacy.events import GaussianEvent
 from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.privacy.mechanisms import noise_share_sigma, noise_share_topup_sigma, secure_rng
 from fedsilo.protocols.channel import InProcessHub
-from fedsilo.protocols.horizontal import simulate_statistics, statistics_silo
+from fedsilo.protocols.horizontal import statistics_silo
+from fedsilo.silos.tasks.statistics import simulate_statistics
 from fedsilo.protocols.horizontal.statistics import (
     FINEST_GRANULARITY,
     _noise,
@@ -32,6 +33,16 @@ PAILLIER = pytest.param(
     "paillier", id="paillier",
     marks=[pytest.mark.slow, pytest.mark.skipif(not backend_available("paillier", packed=True), reason="paillier backend not installed")],
 )
+
+def plan_for(*, columns: Any, queries: Any, bins: int, ranges: Any, privacy: Any, silos: int) -> Any:
+    """plan_statistics on mappings validated as the [statistics] and [privacy] sections."""
+    from fedsilo.protocols.spec import PrivacySection, StatisticsSection, section
+
+    request = section(StatisticsSection, {"columns": list(columns), "queries": list(queries), "bins": bins,
+                                          "range": dict(ranges)}, key="statistics")
+    return plan_statistics(request, None if privacy is None else section(PrivacySection, privacy, key="privacy"),
+                           silos=silos)
+
 
 
 @pytest.fixture(scope="module")
@@ -131,14 +142,14 @@ def test_dropout_gets_topup(frames: dict[str, pd.DataFrame]) -> None:
 
 def test_plan_validation() -> None:
     with pytest.raises(ConfigError, match="range.age is required for histogram"):
-        plan_statistics(columns=["age"], queries=["histogram"], bins=4, ranges={}, privacy=None, silos=2)
+        plan_for(columns=["age"], queries=["histogram"], bins=4, ranges={}, privacy=None, silos=2)
     with pytest.raises(ConfigError, match="DP sum"):
-        plan_statistics(columns=["age"], queries=["mean"], bins=4, ranges={}, privacy={"epsilon": 1.0}, silos=2)
+        plan_for(columns=["age"], queries=["mean"], bins=4, ranges={}, privacy={"epsilon": 1.0}, silos=2)
     with pytest.raises(ConfigError, match="queries"):
-        plan_statistics(columns=["age"], queries=["median"], bins=4, ranges={}, privacy=None, silos=2)
+        plan_for(columns=["age"], queries=["median"], bins=4, ranges={}, privacy=None, silos=2)
     with pytest.raises(ConfigError, match="cannot tolerate 1 colluding"):
-        plan_statistics(columns=["age"], queries=["count"], bins=4, ranges={}, privacy={"epsilon": 1.0}, silos=1)
-    plan = plan_statistics(columns=["age"], queries=["mean"], bins=4, ranges={}, privacy=None, silos=2)
+        plan_for(columns=["age"], queries=["count"], bins=4, ranges={}, privacy={"epsilon": 1.0}, silos=1)
+    plan = plan_for(columns=["age"], queries=["mean"], bins=4, ranges={}, privacy=None, silos=2)
     assert [r.query for r in plan.releases] == ["count", "sum"]
 
 
@@ -164,7 +175,7 @@ def _check_plan(plan: Any, silos: int, colluders: int) -> None:
 def test_counts_get_a_finer_grid_when_shares_are_narrow() -> None:
     # eps = 8 over 3 releases, 3 silos, colluders 1: sigma = 1.105, shares 0.78 -- too narrow for
     # the integer grid (the sum of shares would not be the discrete Gaussian the accountant assumes)
-    plan = plan_statistics(columns=["a"], queries=["count", "sum", "histogram"], bins=4, ranges={"a": (0.0, 1.0)},
+    plan = plan_for(columns=["a"], queries=["count", "sum", "histogram"], bins=4, ranges={"a": (0.0, 1.0)},
                            privacy={"epsilon": 8.0, "delta": 1e-5}, silos=3)
     count, total, hist = plan.releases
     assert count.sigma / math.sqrt(2) == pytest.approx(0.7816, abs=1e-4)
@@ -172,7 +183,7 @@ def test_counts_get_a_finer_grid_when_shares_are_narrow() -> None:
     assert count.share_steps == pytest.approx(0.7816 / 0.25, abs=1e-3)
     _check_plan(plan, 3, 1)
     # wide shares keep the integer grid
-    wide = plan_statistics(columns=["a"], queries=["count"], bins=4, ranges={}, privacy={"epsilon": 0.5}, silos=3)
+    wide = plan_for(columns=["a"], queries=["count"], bins=4, ranges={}, privacy={"epsilon": 0.5}, silos=3)
     assert wide.releases[0].granularity == 1.0
 
 
@@ -187,7 +198,7 @@ def test_counts_get_a_finer_grid_when_shares_are_narrow() -> None:
 def test_every_noise_draw_is_at_least_three_grid_steps(eps: float, silos: int, colluders: int, bound: float, queries: list) -> None:
     privacy = {"epsilon": eps, "delta": 1e-5, "colluders": colluders}
     try:
-        plan = plan_statistics(columns=["x"], queries=queries, bins=3, ranges={"x": (-bound, bound / 2)},
+        plan = plan_for(columns=["x"], queries=queries, bins=3, ranges={"x": (-bound, bound / 2)},
                                privacy=privacy, silos=silos)
     except ConfigError as exc:
         assert silos < colluders + 1 or "narrower than 3 steps" in str(exc)
@@ -197,19 +208,19 @@ def test_every_noise_draw_is_at_least_three_grid_steps(eps: float, silos: int, c
 
 def test_plan_refuses_zero_colluders() -> None:
     """A silo knows its own share and sees the decrypted sum: 0 colluders is never safe."""
-    with pytest.raises(ConfigError, match="colluders must be an integer >= 1"):
-        plan_statistics(columns=["x"], queries=["count"], bins=3, ranges={}, privacy={"epsilon": 1.0, "colluders": 0}, silos=3)
+    with pytest.raises(ConfigError, match=r"privacy.colluders': Input should be greater than or equal to 1"):
+        plan_for(columns=["x"], queries=["count"], bins=3, ranges={}, privacy={"epsilon": 1.0, "colluders": 0}, silos=3)
 
 
 def test_plan_refuses_shares_it_cannot_widen() -> None:
     # a range of 1e-9 needs a sum grid far below 2**-24 for shares 3 steps wide
     with pytest.raises(ConfigError, match="narrower than 3 steps of the finest grid"):
-        plan_statistics(columns=["x"], queries=["sum"], bins=2, ranges={"x": (0.0, 1e-9)},
+        plan_for(columns=["x"], queries=["sum"], bins=2, ranges={"x": (0.0, 1e-9)},
                         privacy={"epsilon": 8.0}, silos=3)
 
 
 def test_silos_refuse_narrow_draws_and_plans_for_fewer_silos(frames: dict[str, pd.DataFrame]) -> None:
-    plan = plan_statistics(columns=["age"], queries=["count"], bins=2, ranges={}, privacy={"epsilon": 8.0}, silos=2)
+    plan = plan_for(columns=["age"], queries=["count"], bins=2, ranges={}, privacy={"epsilon": 8.0}, silos=2)
     with pytest.raises(ProtocolError, match="narrower than 3 steps"):
         _noise(plan, lambda s: s / 100, secure_rng(0))  # e.g. an aggregator claiming 10^4 present silos
     hub = InProcessHub("s", ["h0", "h1", "h2", "aggregator"])
@@ -257,7 +268,7 @@ def test_paillier_overflow_is_still_detected(frames: dict[str, pd.DataFrame]) ->
 
 # --------------------------------------------------------------------------------- post-processing
 def test_post_processing_clamps_counts_and_keeps_raw() -> None:
-    plan = plan_statistics(columns=["x"], queries=["count", "sum", "mean", "histogram"], bins=3,
+    plan = plan_for(columns=["x"], queries=["count", "sum", "mean", "histogram"], bins=3,
                            ranges={"x": (0.0, 10.0)}, privacy={"epsilon": 1.0}, silos=3)
     layout = {(r.column, r.query): r for r in plan.releases}
     total = np.zeros(plan.size)

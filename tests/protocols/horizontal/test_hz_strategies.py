@@ -106,10 +106,9 @@ def test_a_registered_strategy_with_its_own_server_state_runs_from_a_config() ->
     from dataclasses import replace as _replace
     from typing import Any, ClassVar
 
-    from fedsilo.protocols.horizontal import simulate_horizontal
+    from fedsilo.silos.tasks.horizontal import simulate_horizontal
     from fedsilo.protocols.horizontal.strategies import (
         STRATEGIES,
-        AggregateResult,
         FedAvg,
         ServerState,
         register_strategy,

@@ -7,8 +7,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from fedsilo.protocols.vertical import DpConfig, Topology, TrainingConfig, VerticalSpec
+from fedsilo.protocols.spec import PrivacySection
+from fedsilo.protocols.vertical import Topology, TrainingConfig
 from vt_data import (
+    vt_spec,
+    vt_training,
     aligned_matrix,
     bank_tables,
     breast_cancer_bounds,
@@ -26,7 +29,7 @@ BACKENDS = {
 
 def _fit(tables, top: Topology, backend: str, params, training: TrainingConfig, label: str, id_column: str, dp=None,
          noise_seed=None):
-    spec = VerticalSpec(topology=top, id_column=id_column, label=label, backend=backend, backend_params=params,
+    spec = vt_spec(topology=top, id_column=id_column, label=label, backend=backend, backend_params=params,
                         training=training, dp=dp, bounds=breast_cancer_bounds() if dp is not None else {},
                         insecure=True)  # plain, 1024-bit Paillier and no-DP runs: test baselines
     with warnings.catch_warnings():
@@ -62,7 +65,7 @@ def _auc_gaps(tables, out, top: Topology, label: str, id_column: str) -> dict[st
 def test_encrypted_training_matches_plaintext_and_sklearn(backend: str, arbiter: bool) -> None:
     top = Topology(guest="g", hosts=("h0",), arbiter="a" if arbiter else None)
     tables = breast_cancer_tables(1, guest_cols=5, host_cols=5, drop=0.05)
-    training = TrainingConfig(epochs=3, batch_size=128, lr=0.3)
+    training = vt_training(epochs=3, batch_size=128, lr=0.3)
     _, plain = _fit(tables, top, "plain", {}, training, "target", "pid")
     hub, enc = _fit(tables, top, backend, BACKENDS[backend], training, "target", "pid")
     # same seed -> same batches; the masks (OS CSPRNG) cancel exactly: the encrypted run follows the plaintext one
@@ -81,11 +84,11 @@ def test_encrypted_training_matches_plaintext_and_sklearn(backend: str, arbiter:
 def test_encrypted_training_with_dp_and_three_parties(backend: str) -> None:
     top = Topology(guest="g", hosts=("h0", "h1"), arbiter="a")
     tables = breast_cancer_tables(2, guest_cols=4, host_cols=4, drop=0.05)
-    training = TrainingConfig(epochs=2, batch_size=128, lr=0.3)
+    training = vt_training(epochs=2, batch_size=128, lr=0.3)
     # test-only reproducible noise: the same noise_seed draws the same noise, so even the DP
     # run follows plaintext (a private run never takes a noise seed)
-    _, plain = _fit(tables, top, "plain", {}, training, "target", "pid", dp=DpConfig(epsilon=8.0), noise_seed=11)
-    _, enc = _fit(tables, top, backend, BACKENDS[backend], training, "target", "pid", dp=DpConfig(epsilon=8.0), noise_seed=11)
+    _, plain = _fit(tables, top, "plain", {}, training, "target", "pid", dp=PrivacySection(epsilon=8.0), noise_seed=11)
+    _, enc = _fit(tables, top, backend, BACKENDS[backend], training, "target", "pid", dp=PrivacySection(epsilon=8.0), noise_seed=11)
     tol = 1e-3 if backend == "ckks" else 1e-7
     for p in top.data_parties:
         np.testing.assert_allclose(enc[p]["model"].weights, plain[p]["model"].weights, atol=tol)
@@ -96,7 +99,7 @@ def test_encrypted_training_with_dp_and_three_parties(backend: str) -> None:
 def test_bank_example_ckks_auc_matches_sklearn() -> None:
     tables = bank_tables()
     top = Topology(guest="bank", hosts=("partner",), arbiter="arbiter")
-    training = TrainingConfig(epochs=4, batch_size=128, lr=0.3)
+    training = vt_training(epochs=4, batch_size=128, lr=0.3)
     _, out = _fit(tables, top, "ckks", {}, training, "default", "customer_id")
     gaps = _auc_gaps(tables, out, top, "default", "customer_id")
     # on all aligned rows the Taylor model is within 0.01 of exact logistic regression; on the

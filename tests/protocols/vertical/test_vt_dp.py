@@ -14,30 +14,37 @@ from fedsilo.errors import BudgetExceededError, ConfigError, ProtocolError
 from fedsilo.privacy.accounting import epsilon
 from fedsilo.privacy.events import GaussianEvent
 from fedsilo.privacy.ledger import PrivacyLedger
-from fedsilo.protocols.channel import InProcessHub, run_parties
+from fedsilo.protocols.channel import InProcessHub
 from fedsilo.protocols.scaling import scale_with_bounds
+from fedsilo.protocols.spec import PrivacySection
 from fedsilo.protocols.vertical import (
-    DpConfig,
     Topology,
-    TrainingConfig,
     VerticalSpec,
     guest_train,
     host_train,
-    simulate_vertical,
     vertical_party,
 )
 from fedsilo.protocols.vertical.data import check_bounds
 from fedsilo.protocols.vertical.lr import _clip_logits
 from fedsilo.protocols.vertical.taylor import calibrate, epoch_partition, guest_residual_part, host_residual_part
-from vt_data import aligned_matrix, breast_cancer_bounds, breast_cancer_tables, epoch_batches, run_job
+from vt_data import (
+    aligned_matrix,
+    breast_cancer_bounds,
+    breast_cancer_tables,
+    epoch_batches,
+    run_job,
+    simulate,
+    vt_spec,
+    vt_training,
+)
 
 ARBITER = Topology(guest="g", hosts=("h0",), arbiter="a")
 
 
 def _dp_spec(top: Topology = ARBITER, **kw) -> VerticalSpec:
-    kw.setdefault("training", TrainingConfig(epochs=2, batch_size=40, lr=0.3))
+    kw.setdefault("training", vt_training(epochs=2, batch_size=40, lr=0.3))
     kw.setdefault("bounds", breast_cancer_bounds())
-    return VerticalSpec(topology=top, id_column="pid", label="target", backend="plain", insecure=True, dp=DpConfig(epsilon=8.0), **kw)
+    return vt_spec(topology=top, id_column="pid", label="target", backend="plain", insecure=True, dp=PrivacySection(epsilon=8.0), **kw)
 
 
 # ------------------------------------------------------------------------------ H1: batches and accounting
@@ -56,7 +63,7 @@ def test_epoch_partition_puts_every_row_in_exactly_one_batch(rows: int, batch_si
 @pytest.mark.parametrize("name", ["arbiter", "two-party"])
 def test_dp_batches_partition_the_training_rows_every_epoch(name: str) -> None:
     top = ARBITER if name == "arbiter" else Topology(guest="g", hosts=("h0",))
-    hub, out = run_job(_dp_spec(top, training=TrainingConfig(epochs=3, batch_size=40, lr=0.3)), breast_cancer_tables(1))
+    hub, out = run_job(_dp_spec(top, training=vt_training(epochs=3, batch_size=40, lr=0.3)), breast_cancer_tables(1))
     n_train = out["g"]["rows"]["train"]
     epochs = epoch_batches(hub, "h0")
     assert len(epochs) == 3
@@ -86,14 +93,14 @@ def test_calibration_never_overshoots_epsilon(eps: float, epochs: int, parties: 
 
 
 def test_host_refuses_batches_that_are_not_a_partition(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import fedsilo.protocols.vertical.lr as lr
+    import fedsilo.protocols.vertical.parties as lr
 
     def overlapping(*, rows: int, batch_size: int, rng: np.random.Generator) -> list[np.ndarray]:
         return [np.arange(0, rows // 2), np.arange(0, rows // 2), np.arange(rows // 2, rows)]  # rows 0.. twice
 
     monkeypatch.setattr(lr, "epoch_partition", overlapping)
     with pytest.raises(ProtocolError, match="do not partition"):
-        simulate_vertical(tables=breast_cancer_tables(1), roles={"g": "guest", "h0": "host", "a": "arbiter"},
+        simulate(tables=breast_cancer_tables(1), roles={"g": "guest", "h0": "host", "a": "arbiter"},
                           id_column="pid", label="target", backend="plain", insecure=True, epochs=1, dp={"epsilon": 8.0},
                           ledger_dir=tmp_path, bounds=breast_cancer_bounds())
     with PrivacyLedger(tmp_path / "h0.sqlite", silo="h0") as led:
@@ -144,10 +151,10 @@ def test_dp_without_bounds_for_every_feature_is_a_config_error() -> None:
     kw = dict(tables=tables, roles={"g": "guest", "h0": "host", "a": "arbiter"}, id_column="pid", label="target",
               backend="plain", insecure=True, epochs=1, dp={"epsilon": 8.0})
     with pytest.raises(ConfigError, match=r"g: \['mean radius'\]; h0: \['mean compactness'\].*\[data\] bounds"):
-        simulate_vertical(**kw, bounds=bounds)
+        simulate(**kw, bounds=bounds)
     with pytest.raises(ConfigError, match=r"\[data\] bounds"):
-        simulate_vertical(**kw)
-    simulate_vertical(**{**kw, "dp": None}, bounds=bounds)  # without DP the party's own statistics may stay
+        simulate(**kw)
+    simulate(**{**kw, "dp": None}, bounds=bounds)  # without DP the party's own statistics may stay
 
 
 def test_party_functions_refuse_dp_without_bounds(tmp_path) -> None:
@@ -158,8 +165,8 @@ def test_party_functions_refuse_dp_without_bounds(tmp_path) -> None:
     hub = InProcessHub("b", ["g", "h"])
     with pytest.raises(ConfigError, match=r"\['b'\].*\[data\] bounds"):
         guest_train(hub.channel("g"), topology=Topology(guest="g", hosts=("h",)), x=x, y=y, train_rows=np.arange(30),
-                    eval_rows=np.arange(0), backend=get_backend("plain"), config=TrainingConfig(),
-                    dp=DpConfig(epsilon=8.0), ledger=led, dataset="g", columns=["a", "b"], bounds={"a": (-3.0, 3.0)},
+                    eval_rows=np.arange(0), backend=get_backend("plain"), config=vt_training(),
+                    dp=PrivacySection(epsilon=8.0), ledger=led, dataset="g", columns=["a", "b"], bounds={"a": (-3.0, 3.0)},
                     rng=rng, batch_rng=rng)
     led.close()
     assert hub.log == []  # refused before anything was sent
@@ -180,7 +187,7 @@ def test_dp_scaling_of_other_rows_does_not_depend_on_one_customer() -> None:
                 t.loc[row, c] = 1e6
         if "target" in t:
             t.loc[row, "target"] = 1 - t.loc[row, "target"]
-    spec = _dp_spec(training=TrainingConfig(epochs=1, batch_size=64, lr=0.3))
+    spec = _dp_spec(training=vt_training(epochs=1, batch_size=64, lr=0.3))
     _, a = run_job(spec, tables)
     _, b = run_job(spec, changed)
     others = ids[1:]
@@ -192,7 +199,7 @@ def test_dp_scaling_of_other_rows_does_not_depend_on_one_customer() -> None:
 
 def test_bounds_scaling_maps_the_public_box_to_minus_one_one() -> None:
     bounds = breast_cancer_bounds()
-    hub, out = run_job(_dp_spec(training=TrainingConfig(epochs=1, batch_size=64)), breast_cancer_tables(1))
+    hub, out = run_job(_dp_spec(training=vt_training(epochs=1, batch_size=64)), breast_cancer_tables(1))
     model = out["h0"]["model"]
     lo = np.array([bounds[c][0] for c in model.columns])
     hi = np.array([bounds[c][1] for c in model.columns])
@@ -209,7 +216,7 @@ def test_bad_bounds_are_refused(bad) -> None:
     with pytest.raises(ConfigError, match=r"\[data\] bounds: 'a'"):
         check_bounds(bad)
     with pytest.raises(ConfigError, match=r"\[data\] bounds"):
-        VerticalSpec(topology=ARBITER, id_column="pid", label="target", bounds=bad)
+        vt_spec(topology=ARBITER, id_column="pid", label="target", bounds=bad)
 
 
 # ------------------------------------------------------------------------------ H3: ledgers
@@ -222,7 +229,7 @@ def test_dp_without_a_ledger_is_refused_before_anything_is_sent(role: str) -> No
     top = Topology(guest="g", hosts=("h",))
     hub = InProcessHub("l", ["g", "h"])
     common = dict(topology=top, x=x, train_rows=np.arange(30), eval_rows=np.arange(0), backend=get_backend("plain"),
-                  config=TrainingConfig(), dp=DpConfig(epsilon=8.0), columns=["a", "b"],
+                  config=vt_training(), dp=PrivacySection(epsilon=8.0), columns=["a", "b"],
                   bounds={"a": (-3.0, 3.0), "b": (-3.0, 3.0)}, rng=rng)
     with pytest.raises(ConfigError, match="needs a privacy ledger"):
         if role == "guest":
@@ -238,8 +245,8 @@ def test_dp_without_a_ledger_is_refused_before_anything_is_sent(role: str) -> No
 def test_simulate_without_ledger_dir_still_charges_a_ledger() -> None:
     kw = dict(tables=breast_cancer_tables(1), roles={"g": "guest", "h0": "host"}, id_column="pid", label="target",
               backend="plain", insecure=True, epochs=2, dp={"epsilon": 4.0}, bounds=breast_cancer_bounds())
-    res = simulate_vertical(**kw)
+    res = simulate(**kw)
     for e in res["epsilon"].values():
         assert 3.9 < e["epsilon"] <= 4.0 and e["ledger_spent"] == pytest.approx(e["epsilon"])
     with pytest.raises(BudgetExceededError, match="'h0'"):  # budgets hold without a ledger_dir too
-        simulate_vertical(**kw, budgets={"g": (10.0, 1e-5), "h0": (1.0, 1e-5)})
+        simulate(**kw, budgets={"g": (10.0, 1e-5), "h0": (1.0, 1e-5)})

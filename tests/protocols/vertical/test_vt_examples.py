@@ -37,7 +37,7 @@ def test_bank_data_has_partial_overlap_and_a_label() -> None:
 @pytest.mark.parametrize("folder", [BANK, HOSPITAL])
 def test_example_configs_run_end_to_end(tmp_path: Path, folder: Path) -> None:
     from fedsilo.silos.config import apply_overrides, load_config
-    from fedsilo.silos.simulate import run_job
+    from fedsilo.silos.runner import run_job
 
     file = load_config(folder / "federation.toml")
     insecure = file.model_copy(update={"crypto": file.crypto.model_copy(update={"insecure": True})})  # plain backend
@@ -69,13 +69,13 @@ def test_example_bounds_are_the_generators_public_bounds_and_cover_every_feature
 @pytest.mark.parametrize("folder", [BANK, HOSPITAL])
 def test_example_runs_under_dp_with_its_public_bounds(tmp_path: Path, folder: Path) -> None:
     """The examples through simulate_vertical with the config's [data] bounds, as the glue passes them."""
-    from fedsilo.protocols.vertical import simulate_vertical
     from fedsilo.silos.config import load_config
+    from vt_data import simulate
 
     cfg = load_config(folder / "federation.toml")
     tables = {s.name: pd.read_csv(folder / s.data) for s in cfg.silos if s.data}
     assert cfg.privacy is not None
-    res = simulate_vertical(
+    res = simulate(
         tables=tables, roles={s.name: s.role for s in cfg.silos}, id_column=cfg.data.id_column, label=cfg.data.label,
         backend="plain", insecure=True, epochs=2, batch_size=cfg.training.batch_size, lr=cfg.training.lr,
         dp={"epsilon": cfg.privacy.epsilon, "delta": cfg.privacy.delta, "clip": cfg.privacy.clip},

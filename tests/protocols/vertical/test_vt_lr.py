@@ -11,18 +11,19 @@ from fedsilo.errors import BudgetExceededError, ConfigError, DataError, Protocol
 from fedsilo.privacy.events import GaussianEvent
 from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.protocols.channel import InProcessHub, run_parties
+from fedsilo.protocols.spec import PrivacySection
 from fedsilo.protocols.vertical import (
-    DpConfig,
     Topology,
-    TrainingConfig,
     VerticalSpec,
     guest_train,
     host_train,
     serve_predictions,
-    simulate_vertical,
 )
 from fedsilo.crypto.registry import get_backend
 from vt_data import (
+    simulate,
+    vt_spec,
+    vt_training,
     aligned_matrix,
     breast_cancer_bounds,
     breast_cancer_tables,
@@ -43,10 +44,10 @@ TOPOLOGIES = {
 
 
 def _spec(top: Topology, **kw) -> VerticalSpec:
-    training = kw.pop("training", TrainingConfig(epochs=3, batch_size=40, lr=0.3, l2=0.01))
+    training = kw.pop("training", vt_training(epochs=3, batch_size=40, lr=0.3, l2=0.01))
     if kw.get("dp") is not None:
         kw.setdefault("bounds", breast_cancer_bounds())
-    return VerticalSpec(topology=top, id_column="pid", label="target", backend="plain", insecure=True, training=training, **kw)
+    return vt_spec(topology=top, id_column="pid", label="target", backend="plain", insecure=True, training=training, **kw)
 
 
 @pytest.mark.parametrize("name", list(TOPOLOGIES))
@@ -119,11 +120,11 @@ def _assert_no_raw_data_reaches_others(hub: InProcessHub, tables, top: Topology,
 
 
 @pytest.mark.parametrize("name", ["arbiter-2hosts", "two-party"])
-@pytest.mark.parametrize("dp", [None, DpConfig(epsilon=8.0)])
+@pytest.mark.parametrize("dp", [None, PrivacySection(epsilon=8.0)])
 def test_no_party_receives_another_party_s_raw_features_or_labels(name: str, dp) -> None:
     top = TOPOLOGIES[name]
     tables = breast_cancer_tables(len(top.hosts), drop=0.1, seed=2)
-    training = TrainingConfig(epochs=2, batch_size=64, lr=0.3)
+    training = vt_training(epochs=2, batch_size=64, lr=0.3)
     hub, out = run_job(_spec(top, training=training, dp=dp), tables)
     _assert_no_raw_data_reaches_others(hub, tables, top, out, training.mask_scale)
     if top.arbiter:  # the arbiter gets nothing but ciphertexts, masked gradients' ciphertexts and noise
@@ -151,7 +152,7 @@ def test_host_refuses_to_score_training_rows() -> None:
 
 def test_dp_charges_every_data_party_per_epoch_and_reports_epsilon(tmp_path) -> None:
     tables = breast_cancer_tables(1, drop=0.0)
-    res = simulate_vertical(
+    res = simulate(
         tables={"bank": tables["g"], "partner": tables["h0"]},
         roles={"bank": "guest", "partner": "host", "arb": "arbiter"},
         id_column="pid", label="target", backend="plain", insecure=True, epochs=3, batch_size=50,
@@ -178,7 +179,7 @@ def test_dp_charges_every_data_party_per_epoch_and_reports_epsilon(tmp_path) -> 
 
 @pytest.mark.parametrize("arbiter", [True, False])
 def test_budget_exceeded_stops_before_any_decryption(tmp_path, monkeypatch: pytest.MonkeyPatch, arbiter: bool) -> None:
-    import fedsilo.protocols.vertical.job as job
+    import fedsilo.silos.runner as job  # where the threads engine builds its hub
 
     tables = breast_cancer_tables(1)
     roles = {"g": "guest", "h0": "host", **({"a": "arbiter"} if arbiter else {})}
@@ -190,7 +191,7 @@ def test_budget_exceeded_stops_before_any_decryption(tmp_path, monkeypatch: pyte
 
     monkeypatch.setattr(job, "InProcessHub", capture)
     with pytest.raises(BudgetExceededError, match="'h0'"):
-        simulate_vertical(
+        simulate(
             tables=tables, roles=roles, id_column="pid", label="target", backend="plain", insecure=True, epochs=4,
             dp={"epsilon": 8.0}, ledger_dir=tmp_path, budgets={"g": (100.0, 1e-5), "h0": (0.5, 1e-5)},
             bounds=breast_cancer_bounds(),
@@ -205,8 +206,8 @@ def test_dp_auc_loss_is_moderate_at_epsilon_8() -> None:
     tables = breast_cancer_tables(1, guest_cols=10, host_cols=10)
     kw = dict(tables=tables, roles={"g": "guest", "h0": "host", "a": "arbiter"}, id_column="pid", label="target",
               backend="plain", insecure=True, epochs=5, batch_size=64, lr=0.3, bounds=breast_cancer_bounds())
-    plain = simulate_vertical(**kw)
-    private = simulate_vertical(**kw, dp={"epsilon": 8.0, "delta": 1e-5})
+    plain = simulate(**kw)
+    private = simulate(**kw, dp={"epsilon": 8.0, "delta": 1e-5})
     # every party now adds a share of every gradient's noise and all P gradients are composed per
     # epoch (z = sqrt(P)·z_event), so the loss is larger than with noise from the others only:
     # measured 0.01–0.12 with seeded noise; the noise now comes from the OS CSPRNG (a fresh draw
@@ -221,19 +222,19 @@ def test_dp_auc_loss_is_moderate_at_epsilon_8() -> None:
 
 def _sim(tables, **kw):
     kw.setdefault("roles", {"g": "guest", "h0": "host", "a": "arbiter"})
-    return simulate_vertical(tables=tables, id_column="pid", label="target", backend="plain", insecure=True, epochs=1, **kw)
+    return simulate(tables=tables, id_column="pid", label="target", backend="plain", insecure=True, epochs=1, **kw)
 
 
 def test_missing_id_column_is_a_data_error() -> None:
     tables = breast_cancer_tables(1)
     tables["h0"] = tables["h0"].rename(columns={"pid": "patient"})
-    with pytest.raises(DataError, match="h0: no ID column 'pid'"):
+    with pytest.raises(DataError, match=r"h0: missing column\(s\) \['pid'\]"):
         _sim(tables)
 
 
 def test_missing_label_and_bad_labels_are_data_errors() -> None:
     tables = breast_cancer_tables(1)
-    with pytest.raises(DataError, match="no label column 'target'"):
+    with pytest.raises(DataError, match=r"g: missing column\(s\) \['target'\]"):
         _sim({**tables, "g": tables["g"].drop(columns=["target"])})
     three = tables["g"].copy()
     three.loc[:5, "target"] = 2
@@ -252,11 +253,11 @@ def test_non_numeric_feature_is_a_data_error_naming_party_and_column() -> None:
     tables = breast_cancer_tables(1)
     bad = tables["h0"].astype({"mean concavity": object})
     bad.loc[3, "mean concavity"] = "high"
-    with pytest.raises(DataError, match=r"h0: column 'mean concavity' is not numeric \(e\.g\. 'high'"):
+    with pytest.raises(DataError, match=r"h0: column 'mean concavity' is not numeric \(row \d+ of the file has 'high'\)"):
         _sim({**tables, "h0": bad})
     nan = tables["g"].copy()
     nan.loc[2, "mean radius"] = np.nan
-    with pytest.raises(DataError, match="missing or infinite"):
+    with pytest.raises(DataError, match=r"has 1 missing/NaN/infinite value\(s\) \(first at row \d+ of the file\)"):
         _sim({**tables, "g": nan})
 
 
@@ -271,7 +272,7 @@ def test_mismatched_row_counts_are_a_data_error() -> None:
     rng = np.random.default_rng(0)
     top = Topology(guest="g", hosts=("h",), arbiter="a")
     backend = get_backend("plain")
-    cfg = TrainingConfig(epochs=1)
+    cfg = vt_training(epochs=1)
     xg, y, xh = rng.normal(size=(100, 3)), rng.integers(0, 2, 100), rng.normal(size=(90, 2))
     from fedsilo.protocols.vertical import arbiter_train
 
@@ -301,10 +302,10 @@ def test_parties_with_different_settings_refuse_to_train() -> None:
             hub,
             {
                 "g": lambda ch: guest_train(ch, topology=top, x=x, y=y, train_rows=np.arange(50), eval_rows=np.arange(0),
-                                            backend=backend, config=TrainingConfig(lr=0.1), rng=np.random.default_rng(1),
+                                            backend=backend, config=vt_training(lr=0.1), rng=np.random.default_rng(1),
                                             batch_rng=np.random.default_rng(3)),
                 "h": lambda ch: host_train(ch, topology=top, x=x, train_rows=np.arange(50), eval_rows=np.arange(0),
-                                           backend=backend, config=TrainingConfig(lr=0.2), rng=np.random.default_rng(2)),
+                                           backend=backend, config=vt_training(lr=0.2), rng=np.random.default_rng(2)),
             },
         )
 
@@ -317,18 +318,18 @@ def test_role_and_setting_errors() -> None:
         _sim(tables, roles={"g": "host", "h0": "host", "a": "arbiter"})
     with pytest.raises(ConfigError, match="unknown vertical roles"):
         _sim(tables, roles={"g": "guest", "h0": "boss"})
-    with pytest.raises(ConfigError, match="unknown DP settings"):
+    with pytest.raises(ConfigError, match="unknown key 'privacy.clipp'; did you mean 'clip'"):
         _sim(breast_cancer_tables(1), dp={"epsilon": 1.0, "clipp": 1.0})
     with pytest.raises(ConfigError, match="holds no data"):
         _sim({**breast_cancer_tables(1), "a": breast_cancer_tables(1)["h0"]})
     with pytest.raises(ConfigError, match="batch_size"):
-        TrainingConfig(batch_size=0)
+        vt_training(batch_size=0)
 
 
 def test_early_stopping_on_loss_tolerance() -> None:
     res = _sim(breast_cancer_tables(1), tol=0.5)
     assert res["epochs"] == 1  # one epoch was asked; tolerance never triggers on the first epoch
-    res = simulate_vertical(tables=breast_cancer_tables(1), roles={"g": "guest", "h0": "host"}, id_column="pid",
+    res = simulate(tables=breast_cancer_tables(1), roles={"g": "guest", "h0": "host"}, id_column="pid",
                             label="target", backend="plain", insecure=True, epochs=8, tol=0.5)
     assert res["epochs"] == 2 and res["stopped_early"] and len(res["rounds"]) == 2
 
@@ -341,13 +342,13 @@ def test_held_out_scores_are_released_once_without_dp_and_never_under_dp() -> No
     without DP the hosts send their held-out scores exactly once, after training; under DP never."""
     top = TOPOLOGIES["arbiter-2hosts"]
     tables = breast_cancer_tables(2, guest_cols=4, host_cols=4)
-    training = TrainingConfig(epochs=3, batch_size=64, lr=0.3)
+    training = vt_training(epochs=3, batch_size=64, lr=0.3)
     hub, out = run_job(_spec(top, training=training), tables)
     scores = payloads(hub, "g", "vlr/score")
     assert sorted(s for s, *_ in scores) == ["h0", "h1"]  # one message per host, after the last epoch
     assert len({r for _, _, r, _ in scores}) == 1 and out["g"]["final"]["auc"] > 0.9
     assert all(len(p) == out["g"]["rows"]["test"] for *_, p in scores)
-    hub, out = run_job(_spec(top, training=training, dp=DpConfig(epsilon=8.0)), tables)
+    hub, out = run_job(_spec(top, training=training, dp=PrivacySection(epsilon=8.0)), tables)
     assert payloads(hub, "g", "vlr/score") == [] and payloads(hub, "h0", "vlr/predict") == []
     assert out["g"]["final"] == {}
 
@@ -356,13 +357,13 @@ def test_training_without_dp_is_refused_when_a_party_has_as_many_features_as_a_b
     """With d_p >= batch size, X_p^T d = n g_p can be solved for the residuals (the labels)."""
     tables = breast_cancer_tables(1, guest_cols=4, host_cols=12)
     with pytest.raises(ConfigError, match=r"h0 \(12\)"):
-        simulate_vertical(tables=tables, roles={"g": "guest", "h0": "host"}, id_column="pid", label="target",
+        simulate(tables=tables, roles={"g": "guest", "h0": "host"}, id_column="pid", label="target",
                           backend="plain", insecure=True, epochs=1, batch_size=12)
     # under DP the exact gradient never leaves the key holder unnoised: allowed
-    res = simulate_vertical(tables=tables, roles={"g": "guest", "h0": "host"}, id_column="pid", label="target",
+    res = simulate(tables=tables, roles={"g": "guest", "h0": "host"}, id_column="pid", label="target",
                             backend="plain", insecure=True, epochs=1, batch_size=12, dp={"epsilon": 8.0}, bounds=breast_cancer_bounds())
     assert res["dp"] is not None
     # and one feature fewer than the batch is allowed without DP, with a note saying what leaks
-    ok = simulate_vertical(tables=tables, roles={"g": "guest", "h0": "host"}, id_column="pid", label="target",
+    ok = simulate(tables=tables, roles={"g": "guest", "h0": "host"}, id_column="pid", label="target",
                            backend="plain", insecure=True, epochs=1, batch_size=13)
     assert any("no DP (insecure)" in n for n in ok["notes"])

@@ -19,9 +19,10 @@ import pytest
 from fedsilo.crypto.registry import get_backend
 from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.protocols.channel import InProcessHub, run_parties
-from fedsilo.protocols.vertical import DpConfig, Topology, TrainingConfig, arbiter_train, guest_train, host_train
+from fedsilo.protocols.spec import PrivacySection
+from fedsilo.protocols.vertical import Topology, arbiter_train, guest_train, host_train
 from fedsilo.protocols.vertical.lr import NoiseDraw
-from vt_data import exact_matches, readable_values
+from vt_data import exact_matches, readable_values, vt_training
 
 ROWS = 40
 FEATURES = 1500  # per data party: the noise is checked over this many gradient coordinates
@@ -41,8 +42,8 @@ def _run(top: Topology, colluders: int) -> tuple[InProcessHub, dict, list[NoiseD
     cols = {p: [f"{p}_{j}" for j in range(FEATURES)] for p in top.data_parties}
     bounds = {c: (-1.0, 1.0) for p in top.data_parties for c in cols[p]}
     # one epoch of one batch, constant lr, no L2: w_q = -lr * (g_q + noise_q) after the step
-    config = TrainingConfig(epochs=1, batch_size=ROWS, lr=LR, lr_schedule="constant", track_loss=False, timeout=60.0)
-    dp = DpConfig(epsilon=8.0, colluders=colluders)
+    config = vt_training(epochs=1, batch_size=ROWS, lr=LR, lr_schedule="constant", track_loss=False, timeout=60.0)
+    dp = PrivacySection(epsilon=8.0, colluders=colluders)
     backend = get_backend("plain")
     draws: list[NoiseDraw] = []
     everyone = [*top.data_parties, *([top.arbiter] if top.arbiter else [])]

@@ -11,10 +11,9 @@ import pandas as pd
 from sklearn.datasets import load_breast_cancer
 
 from fedsilo.crypto.base import WIRE_MAGIC
-from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.protocols import codec
 from fedsilo.protocols.channel import InProcessHub, run_parties
-from fedsilo.protocols.vertical import VerticalSpec, vertical_parties
+from fedsilo.protocols.vertical import VerticalSpec
 from fedsilo.protocols.vertical.taylor import LOG2_MINUS_HALF, learning_rate
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -62,24 +61,24 @@ def bank_tables() -> dict[str, pd.DataFrame]:
     return {"bank": pd.read_csv(BANK / "bank.csv"), "partner": pd.read_csv(BANK / "partner.csv")}
 
 
-def run_job(spec: VerticalSpec, tables: Mapping[str, pd.DataFrame], *, seed: int = 0, **kw: Any) -> tuple[InProcessHub, dict[str, Any]]:
-    """Run every party of ``spec``; under DP without ``ledgers``, each data party charges a
-    throw-away ledger with a large budget. ``noise_seed=`` (in ``kw``) makes the secret streams
-    reproducible (test-only, not private); by default they come from the OS CSPRNG."""
+def run_job(spec: VerticalSpec, tables: Mapping[str, pd.DataFrame], *, seed: int = 0, noise_seed: int | None = None,
+            **kw: Any) -> tuple[InProcessHub, dict[str, Any]]:
+    """Run every party of ``spec`` (the vertical task's own party entry points, each loading its
+    own table) on a hub the test can inspect; under DP each data party charges a throw-away
+    ledger with a large budget. ``noise_seed`` makes the secret streams reproducible (test-only,
+    not private); by default they come from the OS CSPRNG."""
+    from fedsilo.silos.data import FrameSource
+    from fedsilo.silos.runner import party_functions
+    from fedsilo.silos.tasks.vertical import VERTICAL, VerticalPlan, parties_for
+
     top = spec.topology
+    plan = VerticalPlan("job-test", spec, seed)
+    sources = {n: FrameSource(t, n, origin=n) for n, t in tables.items()}
     hub = InProcessHub("job-test", [*top.data_parties, *([top.arbiter] if top.arbiter else [])])
-    if spec.dp is None or "ledgers" in kw:
-        return hub, run_parties(hub, vertical_parties(spec, tables, seed=seed, **kw))
     with tempfile.TemporaryDirectory() as tmp:
-        ledgers = {p: PrivacyLedger(Path(tmp) / f"{p}.sqlite", silo=p) for p in top.data_parties}
-        try:
-            for p, led in ledgers.items():
-                led.register_dataset(p, epsilon=1e3, delta=spec.dp.delta)
-            out = run_parties(hub, vertical_parties(spec, tables, seed=seed, ledgers=ledgers, **kw))
-        finally:
-            for led in ledgers.values():
-                led.close()
-    return hub, out
+        budgets = {p: (1e3, spec.dp.delta) for p in top.data_parties} if spec.dp is not None else {}
+        parties = parties_for(plan, sources, ledger_dir=Path(tmp), budgets=budgets, noise_seed=noise_seed)
+        return hub, run_parties(hub, party_functions(VERTICAL, plan, parties, **kw))
 
 
 def payloads(hub: InProcessHub, party: str, kind: str | None = None) -> list[tuple[str, str, int, Any]]:
@@ -208,3 +207,49 @@ def standardize(train: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
     sd[~(sd > 0)] = 1.0
     return [(a - mean) / sd for a in (train, *others)]
 
+
+
+#: the learning rate these tests were tuned with (the examples' lr; [training] lr's default is 0.1)
+TEST_LR = 0.3
+
+
+def training_section(*, epochs: int = 10, batch_size: int = 64, lr: float = TEST_LR, l2: float = 0.0,
+                     tol: float | None = None) -> Any:
+    """The [training] section of a vertical test job (rounds = epochs)."""
+    from fedsilo.protocols.spec import TrainingSection, section
+
+    return section(TrainingSection, {"rounds": epochs, "batch_size": batch_size, "lr": lr, "l2": l2,
+                                     "early_stopping_tol": tol}, key="training")
+
+
+def vt_training(*, epochs: int = 10, batch_size: int = 64, lr: float = TEST_LR, l2: float = 0.0,
+                tol: float | None = None, timeout: float = 600.0, **constants: Any) -> Any:
+    """The protocol's TrainingConfig of a test job: the [training] keys through their section,
+    plus the protocol's own constants (``lr_schedule``, ``track_loss``, ``mask_scale``)."""
+    from fedsilo.protocols.vertical.lr import TrainingConfig
+
+    cfg = TrainingConfig.from_sections(training_section(epochs=epochs, batch_size=batch_size, lr=lr, l2=l2, tol=tol),
+                                       timeout=timeout)
+    if constants:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, **constants)
+    return cfg
+
+
+def simulate(*, epochs: int = 10, batch_size: int = 64, lr: float = TEST_LR, l2: float = 0.0,
+             tol: float | None = None, dp: Any = None, **kw: Any) -> dict[str, Any]:
+    """simulate_vertical with the training keys of these tests."""
+    from fedsilo.silos.tasks.vertical import simulate_vertical
+
+    return simulate_vertical(training=training_section(epochs=epochs, batch_size=batch_size, lr=lr, l2=l2, tol=tol),
+                             dp=dp, **kw)
+
+
+def vt_spec(**kw: Any) -> Any:
+    """A VerticalSpec of a test job: what these tests leave out gets the config's defaults."""
+    from fedsilo.protocols.vertical import VerticalSpec
+
+    defaults: dict[str, Any] = {"backend": "ckks", "backend_params": {}, "training": vt_training(), "dp": None,
+                                "test_fraction": 0.2, "bounds": {}, "insecure": False}
+    return VerticalSpec(**{**defaults, **kw})

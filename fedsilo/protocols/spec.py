@@ -1,0 +1,229 @@
+"""The typed job sections the protocols receive: the one definition of each key, default and range.
+
+These are the ``[privacy]``, ``[model]``, ``[training]`` and ``[statistics]`` tables of a
+federation file (docs/config.md). :mod:`fedsilo.silos.config` composes them into the whole
+:class:`~fedsilo.silos.config.JobConfig` (with the federation, crypto, data and silo tables, which
+only the runner reads); the protocols take the validated, frozen section objects themselves and
+never re-read a dict with defaults of their own. They live here, one layer below the config,
+because the layer rule (``silos -> protocols``) forbids a protocol importing from
+:mod:`fedsilo.silos`.
+
+:func:`section` validates a mapping into a section with errors naming each key (the form every
+``fedsilo`` error takes), for callers that build a job without a file (tests, benchmarks).
+"""
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, TypeVar
+
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+
+from fedsilo.errors import ConfigError
+
+__all__ = [
+    "Bool",
+    "Float",
+    "Int",
+    "ModelSection",
+    "PrivacySection",
+    "Range",
+    "Section",
+    "StatisticsSection",
+    "TrainingSection",
+    "explicit_keys",
+    "format_errors",
+    "ordered_ranges",
+    "section",
+]
+
+# TOML has real types: a count must be an integer (not `true`, `"3"` or `2.5`), a number a number
+# (not `"1"` or `true`), a switch a boolean. Lax coercion would let `rounds = true` run 1 round.
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]  # strict floats still accept TOML integers (epsilon = 1)
+Bool = Annotated[bool, Strict()]
+Range = tuple[Float, Float]
+
+S = TypeVar("S", bound=BaseModel)
+
+
+class Section(BaseModel):
+    """A frozen config table: unknown keys are errors, and so are ``inf`` and ``nan``."""
+
+    # allow_inf_nan=False: `epsilon = inf`, `lr = nan`, `round_timeout = inf` are config errors
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+
+
+def ordered_ranges(ranges: dict[str, tuple[float, float]]) -> dict[str, tuple[float, float]]:
+    """Every ``[lo, hi]`` of a bounds/range table has ``lo < hi``."""
+    bad = [f"{col!r} = [{lo:g}, {hi:g}]" for col, (lo, hi) in ranges.items() if not lo < hi]
+    if bad:
+        raise ValueError(f"each entry must be [lo, hi] with lo < hi; got {', '.join(bad)}")
+    return ranges
+
+
+class PrivacySection(Section):
+    """``[privacy]``: the DP target of one job, per silo (docs/privacy.md)."""
+
+    epsilon: Float = Field(gt=0)
+    delta: Float = Field(1e-5, gt=0, lt=1)
+    #: L2 bound of one contribution: a silo's update (silo level), one record's gradient (record
+    #: level, horizontal), one scaled feature row (vertical)
+    clip: Float = Field(1.0, gt=0)
+    #: vertical only: bound B on each party's partial logit during training
+    logit_clip: Float = Field(2.0, gt=0)
+    accountant: Literal["rdp", "pld"] = "rdp"
+    level: Literal["silo", "record"] = "silo"
+    # Each contributing silo knows its own noise share and (shared key) sees the decrypted sum,
+    # so shares must be sized for at least one party subtracting its own: 0 is never safe here.
+    colluders: Int = Field(1, ge=1)
+
+
+class ModelSection(Section):
+    """``[model]``: ``logistic``, ``mlp`` (with ``hidden``) or ``package.module:Class`` (with
+    ``params``, passed to the class as keyword arguments)."""
+
+    kind: str = "logistic"
+    hidden: list[Annotated[Int, Field(ge=1)]] = Field(default_factory=lambda: [32], min_length=1)
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TrainingSection(Section):
+    """``[training]``: rounds (vertical: epochs), local optimization and the server strategy."""
+
+    rounds: Int = Field(10, ge=1)
+    local_epochs: Int = Field(1, ge=1)
+    batch_size: Int = Field(64, ge=1)
+    lr: Float = Field(0.1, gt=0)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    strategy: str = "fedavg"  # a registered strategy (fedsilo.protocols.horizontal.strategies.STRATEGIES)
+    strategy_params: dict[str, Float] = Field(default_factory=dict)
+    l2: Float = Field(0.0, ge=0)
+    early_stopping_tol: Float | None = Field(None, gt=0)
+
+    @field_validator("strategy")
+    @classmethod
+    def _registered_strategy(cls, name: str) -> str:
+        from fedsilo.protocols.horizontal.strategies import STRATEGIES
+
+        if name not in STRATEGIES:
+            near = difflib.get_close_matches(name, list(STRATEGIES), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ValueError(f"unknown strategy {name!r}{hint} (registered: {', '.join(STRATEGIES)})")
+        return name
+
+
+class StatisticsSection(Section):
+    """``[statistics]``: which columns, which queries, and the public range of each column."""
+
+    columns: list[str] = Field(min_length=1)
+    queries: list[Literal["count", "sum", "mean", "histogram"]] = Field(
+        default_factory=lambda: ["count", "sum", "mean"], min_length=1
+    )
+    bins: Int = Field(10, ge=1, le=1000)
+    range: dict[str, Range] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "StatisticsSection":
+        for key, items in (("columns", self.columns), ("queries", self.queries)):
+            dup = sorted({c for c in items if items.count(c) > 1})
+            if dup:
+                raise ValueError(f"statistics.{key} lists {dup} more than once")
+        stray = [c for c in self.range if c not in self.columns]
+        if stray:
+            raise ValueError(
+                f"statistics.range has {stray} which {'is' if len(stray) == 1 else 'are'} not in "
+                f"statistics.columns {list(self.columns)}"
+            )
+        return self
+
+    _range_ordered = field_validator("range")(ordered_ranges)
+
+
+def explicit_keys(obj: BaseModel) -> list[str]:
+    """The keys a section was given explicitly (not defaulted), for "does this task read it"
+    checks."""
+    return sorted(obj.model_fields_set)
+
+
+# ------------------------------------------------------------------------------ error messages
+
+
+def _valid_keys(model: type[BaseModel]) -> list[str]:
+    return [k for k in model.model_fields if k != "base_dir"]
+
+
+def _model_at(root: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The section model that owns the key at ``loc`` (for nearest-key hints)."""
+    model: Any = root
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue
+        field = model.model_fields.get(part) if isinstance(model, type) else None
+        if field is None:
+            return None
+        ann = field.annotation
+        for cand in getattr(ann, "__args__", ()) + (ann,):
+            inner = getattr(cand, "__args__", None)
+            if isinstance(cand, type) and issubclass(cand, BaseModel):
+                model = cand
+                break
+            if inner:
+                sub = [c for c in inner if isinstance(c, type) and issubclass(c, BaseModel)]
+                if sub:
+                    model = sub[0]
+                    break
+        else:
+            return None
+    return model if isinstance(model, type) and issubclass(model, BaseModel) else None
+
+
+def _format_loc(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part in ("function-after", "function-before"):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def format_errors(exc: ValidationError, source: str, root: type[BaseModel], prefix: tuple[str, ...] = ()) -> str:
+    """One line per problem: ``source: key 'a.b': what is wrong (got ...)``, with the nearest
+    valid key for an unknown one. ``prefix`` is the section's own key (e.g. ``("privacy",)``)."""
+    lines = []
+    for err in exc.errors():
+        loc = tuple(p for p in err["loc"] if not (isinstance(p, str) and p.startswith("function-")))
+        key = _format_loc(prefix + loc)
+        if err["type"] == "extra_forbidden":
+            model = _model_at(root, loc)
+            hint = ""
+            if model is not None:
+                near = difflib.get_close_matches(str(loc[-1]), _valid_keys(model), n=1, cutoff=0.5)
+                hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(_valid_keys(model))}"
+            lines.append(f"{source}: unknown key {key!r}{hint}")
+        elif err["type"] == "missing":
+            lines.append(f"{source}: missing required key {key!r}")
+        else:
+            msg = re.sub(r"^Value error, ", "", err["msg"])
+            got = err.get("input")
+            shown = f" (got {got!r})" if got is not None and not isinstance(got, dict) and len(repr(got)) < 80 else ""
+            where = f"key {key!r}: " if loc or prefix else ""
+            lines.append(f"{source}: {where}{msg}{shown}")
+    return "\n".join(lines)
+
+
+def section(cls: type[S], data: S | Mapping[str, Any], *, key: str, source: str = "<job>") -> S:
+    """``data`` validated as the section ``cls`` (an instance passes through unchanged);
+    ConfigError naming ``key`` and every problem otherwise."""
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, Mapping):
+        raise ConfigError(f"{source}: [{key}] must be a table, got {type(data).__name__}")
+    try:
+        return cls.model_validate(dict(data))
+    except ValidationError as exc:
+        raise ConfigError(format_errors(exc, source, cls, (key,))) from None

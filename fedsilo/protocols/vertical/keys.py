@@ -1,0 +1,268 @@
+"""Keys, masks and DP noise shares: the crypto and privacy plumbing under the steps.
+
+* :class:`Keys` and :func:`setup_keys` — the few recipes on top of the backend, and who holds
+  which key (the arbiter's, or in the two-party topology each party's own);
+* :func:`capped_mask_scale` — the scale ``M`` of the uniform masks, and what they leak;
+* :func:`draw_share`, :func:`noise_shares`, :func:`own_share`, :func:`decrypt_for_peer` — every
+  party's noise share of every gradient (:meth:`.taylor.DpPlan.share_sigma`), so that no
+  ``colluders`` parties know the whole noise on any gradient;
+* :func:`epoch_charge` — the ledger charge each data party makes once per epoch, before it
+  contributes the noise shares that every decryption of that epoch waits for.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Any, ContextManager
+
+import numpy as np
+
+from fedsilo.crypto.base import Ciphertext, CryptoBackend, PublicContext, SecretKey
+from fedsilo.errors import ConfigError, ProtocolError
+from fedsilo.privacy.ledger import PrivacyLedger
+from fedsilo.privacy.mechanisms import gaussian_noise
+from fedsilo.privacy.relations import REPLACE_RECORD
+from fedsilo.protocols.channel import Channel
+from fedsilo.protocols.vertical.config import Topology, TrainingConfig
+from fedsilo.protocols.vertical.messages import GRAD, KEY, PLAIN, PROTOCOL
+from fedsilo.protocols.vertical.taylor import DpPlan
+
+__all__ = [
+    "Keys",
+    "NoiseDraw",
+    "NoiseTap",
+    "PartyKeys",
+    "capped_mask_scale",
+    "decrypt_for_peer",
+    "draw_share",
+    "epoch_charge",
+    "noise_shares",
+    "own_share",
+    "setup_keys",
+]
+
+
+# ------------------------------------------------------------------------------ crypto recipes
+
+
+class Keys:
+    """The few recipes the protocol needs on top of the backend (serialize on every send)."""
+
+    def __init__(self, backend: CryptoBackend, public: PublicContext, secret: SecretKey | None = None) -> None:
+        self.backend = backend
+        self.public = public
+        self.secret = secret
+
+    def enc(self, values: np.ndarray) -> Ciphertext:
+        """Encrypt ``values`` (as float64) under this public key."""
+        return self.backend.encrypt(self.public, np.asarray(values, dtype=np.float64))
+
+    def ser(self, ct: Ciphertext) -> bytes:
+        """The wire form of ``ct``."""
+        return self.backend.serialize(ct)
+
+    def de(self, data: Any, *, sender: str) -> Ciphertext:
+        """A ciphertext under this key from ``sender``'s wire bytes.
+
+        Raises:
+            ProtocolError: ``data`` is not bytes.
+        """
+        if not isinstance(data, bytes):
+            raise ProtocolError(f"expected a ciphertext from {sender!r}, got {type(data).__name__}")
+        return self.backend.deserialize(self.public, data)
+
+    def dec(self, ct: Ciphertext) -> np.ndarray:
+        """Decrypt ``ct`` (only the key holder can)."""
+        if self.secret is None:  # pragma: no cover - programming error
+            raise ProtocolError("this party holds no secret key")
+        return self.backend.decrypt(self.secret, ct)
+
+
+@dataclass(frozen=True, slots=True)
+class PartyKeys:
+    """Every data party's view of the keys: ``grad`` (keys of its own gradient's holder: the
+    arbiter's, which every party shares, or two-party the peer's public key) and ``own`` (its
+    secret keys, two-party only)."""
+
+    grad: Keys
+    own: Keys | None = None
+
+
+def setup_keys(ch: Channel, topology: Topology, backend: CryptoBackend, *, round: int, timeout: float) -> PartyKeys:
+    """A data party's side of the key set-up round: receive the arbiter's public key, or
+    (two-party) generate its own key pair and swap public keys with the other party."""
+    me = ch.party
+    if topology.arbiter is not None:
+        msg = ch.recv(topology.arbiter, KEY, round=round, timeout=timeout)
+        pub = backend.load_public(msg["public"] if isinstance(msg, dict) else b"")
+        return PartyKeys(grad=Keys(backend, pub))
+    other = topology.hosts[0] if me == topology.guest else topology.guest
+    sk = backend.keygen()
+    own = Keys(backend, sk.public(), sk)
+    ch.send(other, KEY, {"public": own.public.serialize()}, round=round)
+    msg = ch.recv(other, KEY, round=round, timeout=timeout)
+    peer = Keys(backend, backend.load_public(msg["public"] if isinstance(msg, dict) else b""))
+    return PartyKeys(grad=peer, own=own)
+
+
+def capped_mask_scale(backend: CryptoBackend, config: TrainingConfig) -> float:
+    """``M``, capped at half the backend's ``value_bound`` (CKKS and Paillier refuse larger
+    plaintext operands).
+
+    Leakage: with ``m ~ U(−M, M)`` the key holder sees ``g + m``, which falls outside
+    ``[−M, M]`` (revealing the sign of ``g`` and a lower bound on ``|g|``) with probability
+    ``|g| / (2M)`` per coordinate per step — the statistical distance between ``g + m`` and
+    ``m``. Over T steps these add up (up to ``Σ_t |g_t| / (2M)``), and when ``g`` changes little
+    between steps, averaging T masked values shrinks the mask's spread to ``M / sqrt(3T)``: without DP there is no run-level
+    guarantee. The CKKS default ``M = 2048`` gives 2.4e-4 per coordinate and step for
+    ``|g| = 1``.
+    """
+    # the interface's bound (BackendInfo.value_bound, inf when the backend has none)
+    return min(config.mask_scale, 0.5 * backend.info().value_bound)
+
+
+# ------------------------------------------------------------------------------ noise shares
+
+
+@dataclass(frozen=True, slots=True)
+class NoiseDraw:
+    """One noise share as drawn (a test hook's view; never sent in the clear): ``drawer`` added
+    ``share`` (already divided by the batch size, like the gradient) to ``owner``'s gradient in
+    the step of ``round``."""
+
+    round: int
+    drawer: str
+    owner: str
+    share: np.ndarray
+
+
+#: Optional hook called with every :class:`NoiseDraw` a party makes (tests inspect the shares).
+NoiseTap = Callable[[NoiseDraw], None]
+
+
+def draw_share(
+    plan: DpPlan,
+    *,
+    owner: str,
+    me: str,
+    topology: Topology,
+    dims: Mapping[str, int],
+    norm: float,
+    rng: np.random.Generator,
+    round: int,
+    tap: NoiseTap | None,
+) -> np.ndarray:
+    """One noise share of ``owner``'s gradient, at mean scale (divided by the public batch size)."""
+    sigma = plan.share_sigma(intercept=owner == topology.guest) / norm
+    share = gaussian_noise(sigma=sigma, size=dims[owner], rng=rng)
+    if tap is not None:
+        tap(NoiseDraw(round, me, owner, share.copy()))
+    return share
+
+
+def noise_shares(
+    keys_for: Mapping[str, Keys],
+    *,
+    plan: DpPlan,
+    me: str,
+    topology: Topology,
+    dims: Mapping[str, int],
+    norm: float,
+    rng: np.random.Generator,
+    round: int,
+    tap: NoiseTap | None,
+) -> dict[str, bytes]:
+    """This party's encrypted noise share for every other data party's gradient (its share of
+    its own gradient is added with its mask, see :func:`own_share`)."""
+    out: dict[str, bytes] = {}
+    for p in topology.data_parties:
+        if p == me:
+            continue
+        noise = draw_share(plan, owner=p, me=me, topology=topology, dims=dims, norm=norm, rng=rng, round=round, tap=tap)
+        out[p] = keys_for[p].ser(keys_for[p].enc(noise))
+    return out
+
+
+def own_share(
+    plan: DpPlan | None,
+    *,
+    me: str,
+    topology: Topology,
+    dims: Mapping[str, int],
+    norm: float,
+    rng: np.random.Generator,
+    round: int,
+    tap: NoiseTap | None,
+) -> np.ndarray | float:
+    """This party's noise share of its *own* gradient (0 without DP). It is added under
+    encryption together with the mask, and only the mask is removed after decryption, so the
+    share stays in the gradient and no other party learns it."""
+    if plan is None:
+        return 0.0
+    return draw_share(plan, owner=me, me=me, topology=topology, dims=dims, norm=norm, rng=rng, round=round, tap=tap)
+
+
+def decrypt_for_peer(
+    ch: Channel,
+    own: Keys,
+    *,
+    peer: str,
+    plan: DpPlan | None,
+    me: str,
+    topology: Topology,
+    dims: Mapping[str, int],
+    norm: float,
+    rng: np.random.Generator,
+    round: int,
+    timeout: float,
+    tap: NoiseTap | None,
+) -> None:
+    """Two-party: decrypt the peer's masked gradient, adding this party's DP noise share first
+    (the peer has added its own share under encryption before masking)."""
+    ct = own.de(ch.recv(peer, GRAD, round=round, timeout=timeout), sender=peer)
+    if plan is not None:
+        noise = draw_share(plan, owner=peer, me=me, topology=topology, dims=dims, norm=norm, rng=rng, round=round, tap=tap)
+        ct = own.backend.add(ct, own.enc(noise))
+    ch.send(peer, PLAIN, own.dec(ct), round=round)
+
+
+# ------------------------------------------------------------------------------ ledger charge
+
+
+def epoch_charge(
+    ledger: PrivacyLedger | None, dataset: str | None, plan: DpPlan | None, *, job: str, epoch: int, recipients: Sequence[str]
+) -> ContextManager[Any]:
+    """This data party's charge for one epoch (``plan.epoch_event()``), to hold while the epoch's
+    steps run: every noise share the party contributes is drawn inside it. No charge without DP."""
+    if plan is None:
+        return nullcontext()
+    if ledger is None or dataset is None:  # pragma: no cover - refused when training starts
+        raise ConfigError("differential privacy needs a privacy ledger and the dataset name to charge")
+    return ledger.charge(
+        dataset,
+        plan.epoch_event(),
+        job=job,
+        round=epoch,
+        protocol=PROTOCOL,
+        mechanism={
+            "name": "gaussian_noise_shares",
+            "released": "every data party's gradient (its own included: it moves its weights)",
+            "neighbours": plan.neighbouring,
+            "noise_multiplier": plan.noise_multiplier,
+            "event_multiplier": plan.event_multiplier,
+            "clip": plan.clip,
+            "logit_clip": plan.logit_clip,
+            "residual_bound": plan.residual_bound,
+            "sensitivity_guest": plan.sensitivity(intercept=True),
+            "sensitivity_host": plan.sensitivity(intercept=False),
+            "sample_rate": plan.sample_rate,
+            "batches": "public to every party, disjoint: one release per customer per epoch",
+            "batches_per_epoch": plan.steps_per_epoch,
+            "shares": len(recipients) + 1,
+            "noise_adders": plan.noise_adders,
+            "colluders": plan.colluders,
+        },
+        recipient=",".join(sorted(recipients)),
+        relation=REPLACE_RECORD,
+    )

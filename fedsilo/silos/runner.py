@@ -1,0 +1,433 @@
+"""One job runner for every task: plan the job, start its parties on an engine, collect results.
+
+A **task** (:class:`Task`, registered with :func:`register_task`) is what a federation file's
+``[federation] task`` names. It says which config keys it reads (:meth:`Task.check`), plans a
+job from the validated config (:meth:`Task.plan`: the public job spec every party agrees on and
+the list of :class:`Party`), runs one party (:meth:`Task.party`: the function an agent runs,
+over whatever channel the engine gives it) and assembles the results contract from the parties'
+reports (:meth:`Task.results`).
+
+A party owns its world: a :class:`Party` carries its own data source (it loads and splits its
+table itself), its own ledger (a :class:`~fedsilo.silos.ledgers.LedgerSpec` it opens itself) and
+its own secret randomness (the OS CSPRNG, or a test-only ``noise_seed``). Nothing of a table is
+prepared centrally.
+
+An **engine** (:class:`Engine`, :data:`ENGINES`) starts the parties and connects them:
+``threads`` runs each party as a thread over an :class:`~fedsilo.protocols.channel.InProcessHub`.
+The silo agents add engines over gRPC with the same parties.
+
+Path of one job: ``load_config`` (validated sections) → :func:`run_job` → ``task.check`` →
+``task.plan`` → ``engine.run`` → ``task.party`` per party (protocol party functions, ledger
+charges) → ``task.results``.
+"""
+from __future__ import annotations
+
+import abc
+import contextlib
+import difflib
+import functools
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from fedsilo.errors import ConfigError
+from fedsilo.protocols.channel import Channel, InProcessHub, run_parties
+from fedsilo.silos.config import JobConfig, check_insecure_settings
+from fedsilo.silos.data import BuiltinShare, DataSource, FileSource
+from fedsilo.silos.ledgers import LedgerSpec
+
+__all__ = [
+    "ENGINES",
+    "TASKS",
+    "Engine",
+    "JobRun",
+    "Party",
+    "Progress",
+    "Task",
+    "ThreadsEngine",
+    "get_engine",
+    "get_task",
+    "party_functions",
+    "register_engine",
+    "register_task",
+    "check_task",
+    "run_job",
+    "run_plan",
+]
+
+Progress = Callable[[dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class Party:
+    """One party of a job and what it owns.
+
+    ``source``: its table (None for parties without data: an aggregator, an arbiter);
+    ``ledger``: where it charges its releases (None without DP); ``noise_seed``: **tests only**,
+    makes its secret randomness reproducible (the run is then not private); None draws every
+    secret from the OS CSPRNG.
+    """
+
+    name: str
+    role: str
+    source: DataSource | None = None
+    ledger: LedgerSpec | None = None
+    noise_seed: int | None = None
+
+
+@dataclass(frozen=True)
+class JobRun:
+    """What an engine hands back: each party's report and the transport's byte counts."""
+
+    reports: Mapping[str, Any]
+    bytes_sent: Mapping[str, int]
+    engine: str
+    transport: str
+    seconds: float
+
+
+class Engine(abc.ABC):
+    """Starts a job's parties, connects them, and waits for their reports."""
+
+    name: str
+    transport: str
+
+    @abc.abstractmethod
+    def run(self, job: str, parties: Mapping[str, Callable[[Channel], Any]]) -> JobRun:
+        """Run ``{party: fn(channel) -> report}``; a failing party's own error is raised, and
+        the others are stopped."""
+
+
+class ThreadsEngine(Engine):
+    """Every party a thread of this process, over one :class:`InProcessHub` (tests, quick
+    simulations). Payloads still go through the wire codec, so byte counts are honest."""
+
+    name = "threads"
+    transport = "in-process"
+
+    def run(self, job: str, parties: Mapping[str, Callable[[Channel], Any]]) -> JobRun:
+        hub = InProcessHub(job, list(parties))
+        start = time.perf_counter()
+        reports = run_parties(hub, parties)
+        return JobRun(reports, {p: int(b) for p, b in hub.bytes_sent().items()}, self.name, self.transport,
+                      time.perf_counter() - start)
+
+
+class Task(abc.ABC):
+    """A kind of job: its config checks, its plan, its party entry point and its results."""
+
+    #: the ``[federation] task`` value
+    name: str
+    #: the ``[[silos]] role`` values a job of this task may use
+    roles: tuple[str, ...]
+
+    def check(self, cfg: JobConfig, source: str) -> None:
+        """Refuse (ConfigError naming ``source`` and the key) a config this task cannot run:
+        keys it does not read, missing keys it needs, inconsistent ones."""
+
+    def insecure_settings(self, cfg: JobConfig) -> list[tuple[str, str]]:
+        """``(key, why + remedy)`` for each setting of this task that only ``[crypto] insecure
+        = true`` allows (the config appends how to allow it)."""
+        return []
+
+    @abc.abstractmethod
+    def plan(self, cfg: JobConfig, *, ledger_dir: Path, noise_seed: int | None) -> tuple[Any, Sequence[Party]]:
+        """The public job spec every party receives, and the parties."""
+
+    @abc.abstractmethod
+    def party(self, plan: Any, party: Party, channel: Channel, progress: Progress | None = None) -> Any:
+        """Run one party of the job (what an agent runs), returning its report."""
+
+    @abc.abstractmethod
+    def results(self, plan: Any, parties: Sequence[Party], run: JobRun) -> dict[str, Any]:
+        """The results contract (docs/results.md) from the parties' reports."""
+
+
+_TASKS: dict[str, Task] = {}
+#: Registered tasks by ``[federation] task`` name (read-only view; add with :func:`register_task`).
+TASKS: Mapping[str, Task] = MappingProxyType(_TASKS)
+_ENGINES: dict[str, Callable[[], Engine]] = {"threads": ThreadsEngine}
+#: Engines by ``--engine`` name (read-only view; add with :func:`register_engine`).
+ENGINES: Mapping[str, Callable[[], Engine]] = MappingProxyType(_ENGINES)
+
+
+def register_task(task: Task) -> Task:
+    """Make ``task`` available as ``[federation] task = task.name``."""
+    if not getattr(task, "name", None) or not getattr(task, "roles", None):
+        raise ConfigError("a task needs a name and its roles")
+    _TASKS[task.name] = task
+    return task
+
+
+def register_engine(name: str, factory: Callable[[], Engine]) -> None:
+    """Make an engine available to :func:`run_job` (``engine=name``)."""
+    _ENGINES[name] = factory
+
+
+def _load_builtin_tasks() -> None:
+    # the built-in tasks register themselves on import (kept lazy: the config imports this
+    # module to validate task names)
+    from fedsilo.silos.tasks import horizontal, statistics, vertical  # noqa: F401
+
+
+def get_task(name: str) -> Task:
+    """The registered task ``name``; ConfigError with the nearest name otherwise."""
+    _load_builtin_tasks()
+    if name not in _TASKS:
+        near = difflib.get_close_matches(name, list(_TASKS), n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"unknown task {name!r}{hint} (registered: {', '.join(_TASKS)})")
+    return _TASKS[name]
+
+
+def task_names() -> list[str]:
+    _load_builtin_tasks()
+    return list(_TASKS)
+
+
+def check_task(cfg: JobConfig, source: str) -> None:
+    """The task's own checks of a validated config (called by the config loader): the silos'
+    roles are the task's, then :meth:`Task.check`."""
+    task = get_task(cfg.federation.task)
+    for i, silo in enumerate(cfg.silos):
+        if silo.role not in task.roles:
+            raise ConfigError(
+                f"{source}: key 'silos[{i}].role': {silo.role!r} is not a role of a {task.name!r} job "
+                f"(roles: {', '.join(task.roles)})"
+            )
+    task.check(cfg, source)
+
+
+def check_silo_job(cfg: JobConfig, source: str) -> None:
+    """Checks shared by the jobs of silos and one aggregator (horizontal, statistics): a
+    built-in data set has a partition, no silo takes the aggregator's name, and the noise
+    shares can survive ``privacy.colluders`` key holders."""
+    if cfg.data.source is not None and cfg.data.partition is None:
+        raise ConfigError(f"{source}: [data] source needs a partition = {{kind, silos}} to split it into silos")
+    if "aggregator" in [s.name for s in cfg.silos]:
+        raise ConfigError(
+            f"{source}: key 'silos[].name': 'aggregator' is the aggregator's party name; name the silo differently"
+        )
+    n = len(cfg.silo_names())
+    if cfg.privacy is not None and n <= cfg.privacy.colluders:
+        raise ConfigError(
+            f"{source}: privacy.colluders = {cfg.privacy.colluders} but the job has {n} silo(s): noise "
+            "shares cannot survive that many colluding key holders (each silo knows its own); lower "
+            "privacy.colluders or add silos"
+        )
+
+
+def exposure_settings(cfg: JobConfig, what: str, remedy: str) -> list[tuple[str, str]]:
+    """The insecure setting of a job of secure sums whose every sum would let the colluders
+    compute one silo's exact ``what`` (the decrypted sum minus their own): 2 to ``colluders + 1``
+    silos. The same rule, per round, is
+    :func:`fedsilo.protocols.horizontal.secure_aggregation.exposed_sums_allowed`."""
+    colluders = cfg.privacy.colluders if cfg.privacy is not None else 1
+    n = len(cfg.silo_names())
+    if not 2 <= n <= colluders + 1:
+        return []
+    why = (
+        f"a {cfg.federation.task} job with exactly 2 silos lets each silo compute the other's {what} "
+        "(the decrypted sum minus its own)"
+        if n == 2
+        else f"a {cfg.federation.task} job with {n} silos and privacy.colluders = {colluders} lets the colluders "
+        f"compute another silo's {what} (the decrypted sum minus their own)"
+    )
+    key = "data.partition.silos" if cfg.data.partition is not None else "silos"
+    return [(key, f"{why}; {remedy}")]
+
+
+def get_engine(name: str) -> Engine:
+    if name not in _ENGINES:
+        raise ConfigError(f"unknown engine {name!r} (available: {', '.join(_ENGINES)})")
+    return _ENGINES[name]()
+
+
+def party_functions(task: Task, plan: Any, parties: Sequence[Party], *,
+                    progress: Progress | None = None) -> dict[str, Callable[[Channel], Any]]:
+    """``{party: fn(channel) -> report}``: what an engine starts, one per party."""
+    shown = _OncePerRound(progress) if progress is not None else None
+    return {p.name: functools.partial(task.party, plan, p, progress=shown) for p in parties}
+
+
+def run_plan(task: Task, plan: Any, parties: Sequence[Party], *, job: str, engine: Engine,
+             progress: Progress | None = None) -> dict[str, Any]:
+    """Run planned parties on ``engine`` and return ``task.results`` with ``engine`` and
+    ``transport`` named."""
+    run = engine.run(job, party_functions(task, plan, parties, progress=progress))
+    results = task.results(plan, parties, run)
+    results["engine"], results["transport"] = run.engine, run.transport
+    return results
+
+
+class _OncePerRound:
+    """Progress shown once per round: every silo reports each round it saw (they all receive the
+    same released values), the first report of a round is the one shown."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._seen: set[Any] = set()
+        self._lock = threading.Lock()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        with self._lock:
+            key = event.get("round")
+            if key is not None and key in self._seen:
+                return
+            self._seen.add(key)
+        self._progress(event)
+
+
+def _check_noise_seed(noise_seed: int | None) -> None:
+    if noise_seed is not None and (isinstance(noise_seed, bool) or not isinstance(noise_seed, int) or noise_seed < 0):
+        raise ConfigError(f"noise_seed (test-only) must be an integer >= 0 or None, got {noise_seed!r}")
+
+
+def run_job(
+    cfg: JobConfig,
+    *,
+    ledger_dir: Path | None = None,
+    progress: Progress | None = None,
+    noise_seed: int | None = None,
+    engine: str = "threads",
+) -> dict[str, Any]:
+    """Run the job the config describes and return the results contract (see docs/results.md).
+
+    ``noise_seed`` is a **test-only** switch (not in the TOML, not on the command line): it
+    makes the secret randomness (DP noise, masks, DP-SGD sampling) reproducible, so the run is
+    not private; its results say ``"private": false`` and its ledger entries
+    ``"reproducible_noise": true``. Without it every secret stream comes from the OS CSPRNG and
+    ``federation.seed`` decides only public choices (splits, initial weights, batch order).
+    """
+    check_insecure_settings(cfg)  # a config built or changed without validation is checked too
+    _check_noise_seed(noise_seed)
+    task = get_task(cfg.federation.task)
+    check_task(cfg, cfg._source)
+    runner = get_engine(engine)
+    notes = []
+    if cfg.crypto.insecure:
+        notes.append(
+            "NOT PRIVATE: [crypto] insecure = true allowed insecure settings (the plain backend, weak keys, "
+            "no-DP vertical training or sums of two silos): tests and baselines only"
+        )
+    if ledger_dir is None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        ledger_dir = Path("runs") / f"{cfg.federation.name}-{stamp}" / "ledgers"
+        if cfg.privacy is not None:
+            notes.append(
+                f"ledgers are new for this run ({ledger_dir}); pass --ledger-dir DIR to every run "
+                "on the same data so their releases compose against one budget"
+            )
+    if ledger_dir.exists() and not ledger_dir.is_dir():
+        raise ConfigError(f"ledger directory {ledger_dir} is a file, not a directory")
+    try:
+        ledger_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create ledger directory {ledger_dir}: {exc.strerror or exc}") from None
+    plan, parties = task.plan(cfg, ledger_dir=ledger_dir, noise_seed=noise_seed)
+    results = run_plan(task, plan, parties, job=job_id(cfg), engine=runner, progress=progress)
+    results["notes"] = list(results.get("notes") or []) + notes
+    results["private"] = bool(results.get("private", True)) and not cfg.crypto.insecure and noise_seed is None
+    results["ledger_dir"] = str(ledger_dir)
+    return results
+
+
+def job_id(cfg: JobConfig) -> str:
+    return f"{cfg.federation.name}-{int(time.time())}"
+
+
+# ------------------------------------------------------------------------------ helpers for tasks
+
+
+def budgets_for(cfg: JobConfig) -> dict[str, tuple[float, float]]:
+    """Each silo's ledger budget: its own ``budget`` or, by default, the job's target epsilon."""
+    default = (cfg.privacy.epsilon, cfg.privacy.delta) if cfg.privacy else (float("inf"), 1e-5)
+    out = {}
+    for name in cfg.silo_names():
+        silo = next((s for s in cfg.silos if s.name == name), None)
+        out[name] = (silo.budget.epsilon, silo.budget.delta) if silo and silo.budget else default
+    return out
+
+
+def sources_for(cfg: JobConfig) -> dict[str, DataSource]:
+    """Each data party's source: its own file, or its share of a built-in data set."""
+    if cfg.silos and any(s.data for s in cfg.silos):
+        missing = [s.name for s in cfg.silos if not s.data and s.role != "arbiter"]
+        if missing:
+            raise ConfigError(f"silos {missing} have no data file (key 'silos[].data')")
+        return {s.name: FileSource(cfg.resolve(s.data), s.name) for s in cfg.silos if s.data}
+    assert cfg.data.source is not None and cfg.data.partition is not None
+    spec = cfg.data.partition
+    label = cfg.data.label or "target"
+    return {
+        name: BuiltinShare(cfg.data.source, label, spec.kind, spec.silos, spec.alpha, cfg.federation.seed, i, name)
+        for i, name in enumerate(cfg.silo_names())
+    }
+
+
+def party_noise_seeds(names: Sequence[str], noise_seed: int | None) -> dict[str, int | None]:
+    """Each party's test-only noise seed, spawned from ``noise_seed`` (None: the OS CSPRNG)."""
+    if noise_seed is None:
+        return {n: None for n in names}
+    import numpy as np
+
+    spawned = np.random.SeedSequence(int(noise_seed)).spawn(len(names))
+    return {n: int(s.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1)) for n, s in zip(names, spawned)}
+
+
+@contextlib.contextmanager
+def ledger_directory(ledger_dir: str | Path | None) -> Iterator[Path]:
+    """``ledger_dir``, or a temporary directory removed afterwards: a DP job never runs without
+    ledgers, so a run without a directory still charges and checks every release."""
+    if ledger_dir is not None:
+        yield Path(ledger_dir)
+        return
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="fedsilo-ledgers-") as tmp:
+        yield Path(tmp)
+
+
+def ledger_specs(
+    ledger_dir: Path | None, names: Sequence[str], *, budgets: Mapping[str, tuple[float, float]], accountant: str,
+    datasets: Mapping[str, str] | None = None, reproducible_noise: bool = False,
+) -> dict[str, LedgerSpec]:
+    """``LEDGER_DIR/<party>.sqlite`` for each party, its dataset (default: its name) at its
+    budget (``ledger_dir=None``: see :func:`ledger_directory`)."""
+    if ledger_dir is None:
+        raise ConfigError("a DP job needs a ledger directory (a DP job never runs without ledgers)")
+    missing = [n for n in names if n not in budgets]
+    if missing:
+        raise ConfigError(f"no privacy budget for silo(s) {missing}")
+    return {
+        n: LedgerSpec(Path(ledger_dir) / f"{n}.sqlite", silo=n, dataset=(datasets or {}).get(n, n),
+                      budget=(float(budgets[n][0]), float(budgets[n][1])), accountant=accountant,
+                      reproducible_noise=reproducible_noise)
+        for n in names
+    }
+
+
+def refuse_unread(cfg: JobConfig, source: str, task: str, reads: Mapping[str, Sequence[str] | None]) -> None:
+    """ConfigError for the first key the config sets explicitly that ``task`` does not read.
+
+    ``reads`` maps a section name to the keys the task reads (None: the whole section is not
+    read). Sections not listed are read whole."""
+    for name, keys in reads.items():
+        value = getattr(cfg, name)
+        if value is None:
+            continue
+        given = sorted(value.model_fields_set) if hasattr(value, "model_fields_set") else []
+        if keys is None:
+            if name in cfg.model_fields_set and (given or not hasattr(value, "model_fields_set")):
+                raise ConfigError(f"{source}: [{name}] is not read by a {task!r} job; remove it")
+            continue
+        extra = [k for k in given if k not in keys]
+        if extra:
+            raise ConfigError(
+                f"{source}: key '{name}.{extra[0]}' is not read by a {task!r} job "
+                f"(it reads {', '.join(f'{name}.{k}' for k in keys) or f'no {name} keys'}); remove it"
+            )

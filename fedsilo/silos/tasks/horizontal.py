@@ -1,0 +1,538 @@
+"""The ``horizontal`` task: secure FedAvg (and DP-FedAvg, DP-SGD) across silos sharing columns.
+
+Each silo party loads its own table, checks it against the job's public schema (the feature
+columns, the label, the public bounds), scales it with the public bounds, holds out its own
+evaluation rows and runs :func:`fedsilo.protocols.horizontal.protocol.silo` with its own ledger
+and its own secret randomness. The aggregator party holds no data and no key. Results follow
+docs/results.md.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from fedsilo.crypto.registry import get_backend, get_backend_class
+from fedsilo.errors import ConfigError, DataError, NotEnoughSilosError
+from fedsilo.privacy.accounting import epsilon as _epsilon
+from fedsilo.privacy.events import ComposedEvent
+from fedsilo.protocols.channel import Channel
+from fedsilo.protocols.horizontal import protocol as hz
+from fedsilo.protocols.horizontal.models import build_model, loss_fn, predict_scores, set_flat_params
+from fedsilo.protocols.horizontal.secure_aggregation import check_federation, required_contributors
+from fedsilo.protocols.spec import ModelSection, PrivacySection, TrainingSection, section
+from fedsilo.silos.config import JobConfig
+from fedsilo.silos.data import DataSource, LocalTable, binary_labels, require_columns, require_numeric, scale_with_bounds
+from fedsilo.silos.ledgers import opened
+from fedsilo.silos.runner import (
+    JobRun,
+    Party,
+    Progress,
+    Task,
+    budgets_for,
+    check_silo_job,
+    exposure_settings,
+    get_engine,
+    ledger_directory,
+    job_id,
+    ledger_specs,
+    party_noise_seeds,
+    refuse_unread,
+    register_task,
+    run_plan,
+    sources_for,
+)
+
+__all__ = ["HORIZONTAL", "HorizontalData", "HorizontalPlan", "Schema", "SiloRows", "evaluate", "held_out_rows",
+           "prepare_horizontal", "silo_rows", "simulate_horizontal"]
+
+AGGREGATOR = hz.AGGREGATOR
+
+
+@dataclass(frozen=True)
+class Schema:
+    """The public description of every silo's table: what a silo checks its own file against."""
+
+    features: tuple[str, ...]
+    label: str
+    id_column: str | None
+    #: public bounds per feature (``[data] bounds`` over the data set's published ones)
+    bounds: Mapping[str, tuple[float, float]]
+    test_fraction: float
+    #: the job's public seed: decides which rows each silo holds out
+    split_seed: int
+
+
+@dataclass(frozen=True, eq=False)
+class SiloRows:
+    """A silo's rows already prepared in memory (tests, benchmarks): scaled training rows and
+    its own held-out rows, which never leave it."""
+
+    x: np.ndarray
+    y: np.ndarray
+    test: tuple[np.ndarray, np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class HorizontalPlan:
+    """What every party of one horizontal job receives."""
+
+    job: hz.HorizontalJob
+    silos: tuple[str, ...]
+    schema: Schema | None
+    notes: tuple[str, ...] = ()
+    #: test hook ``{silo: {round: "hello" | "update" | "topup"}}`` (see :func:`~.protocol.silo`)
+    faults: Mapping[str, Mapping[int, str]] = field(default_factory=dict)
+
+
+def held_out_rows(x: np.ndarray, y: np.ndarray, *, seed: int, silo: str, fraction: float) -> np.ndarray:
+    """Which of a silo's rows it holds out: a public coin per row, ``sha256(seed, silo, row) <
+    fraction``.
+
+    Each row's side depends on that row alone, never on how many rows the silo has, so adding
+    or removing one record moves no other record between training and evaluation — what the
+    add/remove accounting of DP-SGD plus the evaluation release assumes (a permutation of all
+    rows would reshuffle about a fifth of them). Identical rows share a side.
+    """
+    out = np.empty(len(y), dtype=bool)
+    prefix = f"fedsilo-split:{int(seed)}:{silo}:".encode()
+    for i in range(len(y)):
+        digest = hashlib.sha256(prefix + np.ascontiguousarray(x[i]).tobytes() + np.asarray(y[i]).tobytes()).digest()
+        out[i] = int.from_bytes(digest[:8], "big") / 2.0**64 < fraction
+    return out
+
+
+def silo_rows(schema: Schema, table: LocalTable) -> SiloRows:
+    """One silo's training and held-out rows from its own table, checked against the schema:
+    the same columns, numeric features, a 0/1 label; features clipped to the public bounds and
+    mapped to [-1, 1] (a feature without public bounds — allowed only without DP — by the
+    silo's own min/max)."""
+    require_columns(table, [schema.label])
+    own = {str(c) for c in table.frame.columns} - {schema.label} - ({schema.id_column} if schema.id_column else set())
+    if own != set(schema.features):
+        extra = sorted(own ^ set(schema.features))
+        raise DataError(
+            f"{table.where}: columns differ from the job's features: {extra} "
+            "(horizontal silos must share one feature space)"
+        )
+    features = list(schema.features)
+    x = require_numeric(table, features)
+    y = binary_labels(table, schema.label)
+    nan = (np.nan, np.nan)
+    lo = np.array([schema.bounds.get(f, nan)[0] for f in features])
+    hi = np.array([schema.bounds.get(f, nan)[1] for f in features])
+    lo = np.where(np.isnan(lo), x.min(axis=0), lo)
+    hi = np.where(np.isnan(hi), x.max(axis=0), hi)
+    xs = scale_with_bounds(x, lo, hi)
+    held = held_out_rows(x, y, seed=schema.split_seed, silo=table.name, fraction=schema.test_fraction)
+    if not held.any():
+        raise DataError(
+            f"{table.where}: holds out none of its {len(y)} rows at [data] test_fraction = {schema.test_fraction:g}, "
+            "so its rows never enter the federated metrics; raise test_fraction"
+        )
+    if held.all():
+        raise DataError(
+            f"{table.where}: kept no training rows after holding out [data] test_fraction = "
+            f"{schema.test_fraction:g} of its rows; lower test_fraction or give the silo more rows"
+        )
+    return SiloRows(xs[~held], y[~held], (xs[held], y[held]))
+
+
+def _silo(plan: HorizontalPlan, party: Party, channel: Channel, progress: Progress | None) -> hz.SiloReport:
+    source = party.source
+    if isinstance(source, SiloRows):
+        rows = source
+    elif isinstance(source, DataSource):
+        assert plan.schema is not None
+        rows = silo_rows(plan.schema, source.load())
+    else:
+        raise ConfigError(f"silo {party.name!r} has no data")
+    job = plan.job
+
+    def on_round(report: hz.RoundReport) -> None:
+        if progress is None:
+            return
+        row: dict[str, Any] = {"task": "horizontal", "rounds": job.rounds, "round": report.round,
+                               "silos": list(report.contributors)}
+        if report.metrics is not None:
+            row.update({k: report.metrics[k] for k in ("accuracy", "auc", "loss")})
+        progress(row)
+
+    with opened(party.ledger) as ledger:
+        return hz.silo(
+            channel, job=job, silos=plan.silos, aggregator=AGGREGATOR, x=np.asarray(rows.x), y=np.asarray(rows.y),
+            test=rows.test, ledger=ledger, dataset=party.ledger.dataset if party.ledger else None,
+            noise_seed=party.noise_seed, drop_rounds=plan.faults.get(party.name), on_round=on_round,
+        )
+
+
+class HorizontalTask(Task):
+    name = "horizontal"
+    roles = ("silo",)
+
+    def check(self, cfg: JobConfig, source: str) -> None:
+        refuse_unread(cfg, source, self.name, {
+            "statistics": None,
+            "privacy": ["epsilon", "delta", "clip", "accountant", "level", "colluders"],
+        })
+        check_silo_job(cfg, source)
+        if not cfg.data.label:
+            raise ConfigError(f"{source}: task 'horizontal' needs [data] label (the target column)")
+
+    def insecure_settings(self, cfg: JobConfig) -> list[tuple[str, str]]:
+        if cfg.privacy is not None and cfg.privacy.level == "silo":
+            return []  # silo-level noise shares protect a whole update against the colluders
+        return exposure_settings(cfg, "model update", 'add silos, use silo-level DP ([privacy] level = "silo"), or ')
+
+    def plan(self, cfg: JobConfig, *, ledger_dir: Path, noise_seed: int | None) -> tuple[HorizontalPlan, list[Party]]:
+        sources = sources_for(cfg)
+        names = list(sources)
+        assert cfg.data.label is not None
+        first = sources[names[0]]
+        columns = first.columns()
+        if cfg.data.label not in columns:
+            raise DataError(f"{first.where}: missing column(s) {[cfg.data.label]}; the file has {columns[:20]}")
+        features = [c for c in columns if c != cfg.data.label and c != cfg.data.id_column]
+        stray = [str(c) for c in cfg.data.bounds if c not in features]
+        if stray:
+            raise ConfigError(
+                f"{cfg._source}: key 'data.bounds': {stray} are not feature column(s) of the silos' data "
+                f"(features: {features[:12]}{' ...' if len(features) > 12 else ''})"
+            )
+        bounds = {**first.public_bounds(), **{k: (float(v[0]), float(v[1])) for k, v in cfg.data.bounds.items()}}
+        notes: list[str] = []
+        unbounded = [f for f in features if f not in bounds]
+        if unbounded and cfg.privacy is not None:
+            # Scaling by the silo's own min/max makes every scaled row depend on the extreme
+            # records, so one patient could move all rows: the DP sensitivity bound would not hold.
+            raise ConfigError(
+                f"{len(unbounded)} feature(s) have no public bounds (e.g. {unbounded[:3]}); with [privacy] "
+                "every feature needs [data] bounds = {column = [lo, hi]} so one record cannot change how "
+                "the others are scaled"
+            )
+        if unbounded:
+            notes.append(
+                f"no public bounds for {len(unbounded)} feature(s) (e.g. {unbounded[0]!r}); each silo scales "
+                "them with its own min/max, which is weaker when silos differ: add [data] bounds"
+            )
+        schema = Schema(tuple(features), cfg.data.label, cfg.data.id_column, bounds, cfg.data.test_fraction,
+                        cfg.federation.seed)
+        if cfg.federation.min_silos > len(names):
+            raise ConfigError(
+                f"{cfg._source}: key 'federation.min_silos': {cfg.federation.min_silos} but the job has only "
+                f"{len(names)} silo(s) with data: no round could ever complete (add silos or lower min_silos)"
+            )
+        job = make_job(
+            job=job_id(cfg), silos=names, backend=cfg.crypto.backend, backend_params=cfg.crypto.params,
+            model=cfg.model, training=cfg.training, privacy=cfg.privacy, n_features=len(features), n_classes=2,
+            seed=cfg.federation.seed, min_silos=cfg.federation.min_silos, round_timeout=cfg.federation.round_timeout,
+            insecure=cfg.crypto.insecure,
+        )
+        plan = HorizontalPlan(job, tuple(names), schema, tuple(notes))
+        return plan, parties_for(plan, {n: sources[n] for n in names}, ledger_dir=ledger_dir,
+                                 budgets=budgets_for(cfg), noise_seed=noise_seed)
+
+    def party(self, plan: HorizontalPlan, party: Party, channel: Channel, progress: Progress | None = None) -> Any:
+        if party.role == "aggregator":
+            return hz.aggregator(channel, job=plan.job, silos=plan.silos)
+        return _silo(plan, party, channel, progress)
+
+    def results(self, plan: HorizontalPlan, parties: Sequence[Party], run: JobRun) -> dict[str, Any]:
+        return _results(plan, parties, run)
+
+
+def make_job(
+    *, job: str, silos: Sequence[str], backend: str, backend_params: Mapping[str, Any], model: ModelSection,
+    training: TrainingSection, privacy: PrivacySection | None, n_features: int, n_classes: int, seed: int,
+    min_silos: int, round_timeout: float, insecure: bool,
+) -> hz.HorizontalJob:
+    """The typed job every party receives, checked before any party starts: the strategy and DP
+    settings, the exposure rule, the backend's precision against the metrics' grid, and
+    whether a sum can ever be decrypted with this many silos."""
+    if AGGREGATOR in silos:
+        raise ConfigError(f"a silo may not be named {AGGREGATOR!r}")
+    if len(silos) < 1:
+        raise ConfigError("a horizontal job needs at least one silo")
+    # each sum holds every silo's update plus its top-up share
+    params = get_backend_class(backend).params_for("aggregate", summands=2 * len(silos), params=backend_params)
+    spec = hz.HorizontalJob(
+        job=job, backend=backend, backend_params=params, model=model, training=training, privacy=privacy,
+        n_features=n_features, n_classes=n_classes, seed=seed, min_silos=min_silos, round_timeout=round_timeout,
+        insecure=insecure,
+    )
+    spec.strategy()  # validate strategy / DP settings before any party starts
+    check_federation(silos=list(silos), allow_exposed=spec.allow_exposed, colluders=spec.colluders)
+    hz.evaluation_scale(get_backend(backend, **params))  # precision vs the metrics' grid, before any ledger
+    if spec.privacy is not None and len(silos) <= spec.colluders:
+        raise ConfigError(
+            f"privacy.colluders = {spec.colluders} but the job has only {len(silos)} silos: noise shares cannot "
+            "survive that many colluding key holders; lower privacy.colluders or add silos"
+        )
+    need = required_contributors(min_silos=spec.min_silos, colluders=spec.colluders_in(len(silos)))
+    if len(silos) < need:
+        raise ConfigError(
+            f"a job of {len(silos)} silo(s) can never decrypt a sum: each needs {need} contributions "
+            f"(federation.min_silos = {spec.min_silos}, privacy.colluders = {spec.colluders}); add silos or lower them"
+        )
+    return spec
+
+
+def parties_for(
+    plan: HorizontalPlan, sources: Mapping[str, Any], *, ledger_dir: Path | None,
+    budgets: Mapping[str, tuple[float, float]], noise_seed: int | None,
+) -> list[Party]:
+    """The aggregator and one party per silo, each with its own data, ledger and noise seed."""
+    names = list(plan.silos)
+    job = plan.job
+    ledgers = (
+        ledger_specs(ledger_dir, names, budgets=budgets, accountant=job.privacy.accountant,
+                     reproducible_noise=noise_seed is not None)
+        if job.privacy is not None else {}
+    )
+    seeds = party_noise_seeds(names, noise_seed)
+    silos = [Party(n, "silo", sources[n], ledgers.get(n), seeds[n]) for n in names]
+    return [Party(AGGREGATOR, "aggregator"), *silos]
+
+
+def evaluate(model_spec: ModelSection, params: np.ndarray, x: np.ndarray, y: np.ndarray, *, n_features: int,
+             n_classes: int) -> dict[str, float]:
+    """Accuracy, AUC and mean loss of the global model ``params`` on ``(x, y)``.
+
+    A simulation and benchmark helper (rows pooled from several silos): no party calls it."""
+    import torch
+    from sklearn.metrics import roc_auc_score
+
+    model = build_model(model_spec, n_features=n_features, n_classes=n_classes, seed=0)
+    set_flat_params(model, params)
+    scores = predict_scores(model, x)
+    y = np.asarray(y)
+    if n_classes == 2:
+        pred = (scores >= 0.5).astype(y.dtype)
+        target = torch.as_tensor(y, dtype=torch.float32).reshape(-1, 1)
+    else:
+        pred = scores.argmax(axis=1)
+        target = torch.as_tensor(y, dtype=torch.int64)
+    with torch.no_grad():
+        logits = model(torch.as_tensor(np.asarray(x), dtype=torch.float32))
+        loss = float(loss_fn(n_classes)(logits, target))
+    try:
+        auc = float(roc_auc_score(y, scores, multi_class="ovr") if n_classes > 2 else roc_auc_score(y, scores))
+    except ValueError:
+        auc = float("nan")  # one class only in the test set
+    return {"accuracy": float(np.mean(pred == y)), "auc": auc, "loss": loss}
+
+
+def _simulation_metrics(plan: HorizontalPlan, parties: Sequence[Party], reports: Mapping[str, hz.SiloReport]) -> dict[str, float]:
+    """The final model on every silo's held-out rows pooled: computed by the *simulation*, which
+    can read every silo's data; not private, seen by no party."""
+    held: list[tuple[np.ndarray, np.ndarray]] = []
+    for p in parties:
+        if p.role != "silo":
+            continue
+        if isinstance(p.source, SiloRows):
+            test = p.source.test
+        else:
+            assert plan.schema is not None and isinstance(p.source, DataSource)
+            test = silo_rows(plan.schema, p.source.load()).test
+        if test is not None and len(test[1]):
+            held.append(test)
+    if not held:
+        return {}
+    done = [r for r in reports.values() if r.status == "completed"]
+    params = (done[0] if done else reports[plan.silos[0]]).params
+    job = plan.job
+    return evaluate(job.model, params, np.vstack([t[0] for t in held]), np.concatenate([t[1] for t in held]),
+                    n_features=job.n_features, n_classes=job.n_classes)
+
+
+def _results(plan: HorizontalPlan, parties: Sequence[Party], run: JobRun) -> dict[str, Any]:
+    job = plan.job
+    names = list(plan.silos)
+    agg: hz.AggregatorReport = run.reports[AGGREGATOR]
+    reports: dict[str, hz.SiloReport] = {n: run.reports[n] for n in names}
+    if agg.status == "stopped":
+        raise NotEnoughSilosError(agg.reason)
+    if agg.rounds and all(r["status"] != "ok" for r in agg.rounds):
+        # nothing was ever decrypted: reporting a trained model (and epsilon 0) would mislead
+        reasons = "; ".join(dict.fromkeys(r["reason"] for r in agg.rounds if r["reason"]))
+        raise NotEnoughSilosError(f"job {job.job!r}: no round completed, nothing was decrypted: {reasons}")
+    released = next((r.evaluation for r in reports.values() if r.evaluation), ())
+    by_round = {e["round"]: e for e in released}
+    summed = {r["round"]: r for r in agg.rounds}
+    rows: list[dict[str, Any]] = []
+    for rnd in range(1, job.rounds + 1):
+        done = summed.get(rnd)
+        row: dict[str, Any] = {"round": rnd, "silos": list(done["contributors"]) if done and done["status"] == "ok" else []}
+        if rnd in by_round and (job.evaluation == "every_round" or rnd == job.rounds):
+            row.update({k: by_round[rnd][k] for k in ("accuracy", "auc", "loss")})
+        rows.append(row)
+    last = released[-1] if released else None
+    final = (
+        {k: last[k] for k in ("accuracy", "auc", "loss", "rows")}
+        if last is not None
+        else {"accuracy": None, "auc": None, "loss": None, "rows": None}
+    )
+    notes = list(plan.notes)
+    notes += [r.reason for r in reports.values() if r.status == "withdrawn"]
+    notes += [f"round {r['round']} skipped: {r['reason']}" for r in agg.rounds if r["status"] == "aborted"]
+    notes += [
+        f"round {r['round']}: {', '.join(r['failures'])} missing; completed with "
+        f"{', '.join(r['contributors'])}" + (" and top-up noise" if r["topup"] else "")
+        for r in agg.rounds
+        if r["status"] == "ok" and r["failures"]
+    ]
+    if last is not None and not np.isfinite(last.get("auc", np.nan)):
+        notes.append("the federated held-out rows hold one class only: AUC is undefined; raise [data] test_fraction")
+    if job.evaluation == "none":
+        notes.append(
+            "silo-level DP: federated metrics are not released (a whole silo's held-out rows would move every "
+            "count); each silo knows only its own held-out metrics (silo_metrics)"
+        )
+    elif job.evaluation == "final":
+        notes.append(
+            "record-level DP: federated metrics are released once, after training, with Gaussian noise "
+            f"(z = {job.evaluation_noise_multiplier:.3g}) charged to every silo's ledger"
+        )
+    reproducible = any(p.noise_seed is not None for p in parties)
+    if reproducible:
+        notes.append("NOT PRIVATE: noise_seed was set (test-only); anyone with the seed can regenerate the noise")
+    eps: dict[str, dict[str, float | None]] = {}
+    for n in names:
+        if job.privacy is None:
+            eps[n] = {"epsilon": None, "delta": None}
+            continue
+        ev = reports[n].events
+        e = _epsilon(ComposedEvent(ev), delta=job.privacy.delta, accountant=job.privacy.accountant) if ev else 0.0
+        eps[n] = {"epsilon": e, "delta": job.privacy.delta}
+    dp = _summarize_dp(reports)
+    if dp is not None and job.evaluation == "final":
+        dp["evaluation_noise_multiplier"] = job.evaluation_noise_multiplier
+    return {
+        "task": "horizontal",
+        "backend": job.backend,
+        "private": not reproducible and not job.insecure,
+        "rounds": rows,
+        "final": final,
+        "evaluation": job.evaluation,
+        "silo_metrics": {n: dict(r.local_evaluation) if r.local_evaluation else None for n, r in reports.items()},
+        "simulation_metrics": _simulation_metrics(plan, parties, reports),
+        "epsilon": eps,
+        "dp": dp,
+        "bytes_sent": dict(run.bytes_sent),
+        "seconds": run.seconds,
+        "notes": notes,
+    }
+
+
+def _summarize_dp(reports: Mapping[str, hz.SiloReport]) -> dict[str, Any] | None:
+    infos = {n: r.dp for n, r in reports.items() if r.dp is not None}
+    if not infos:
+        return None
+    first = next(iter(infos.values()))
+    out = dict(first)
+    if first["level"] == "record":
+        out["noise_multiplier"] = min(i["noise_multiplier"] for i in infos.values())
+        out["sample_rate"] = max(i["sample_rate"] for i in infos.values())
+        out["steps"] = max(i["steps"] for i in infos.values())
+        out["silos"] = {n: {k: i[k] for k in ("noise_multiplier", "sample_rate", "steps")} for n, i in infos.items()}
+    return out
+
+
+HORIZONTAL = register_task(HorizontalTask())
+
+
+@dataclass(frozen=True)
+class HorizontalData:
+    """Every silo's prepared rows, read in one place: **baselines and tests only** (a party
+    prepares only its own rows, :func:`silo_rows`)."""
+
+    silos: dict[str, tuple[np.ndarray, np.ndarray]]
+    tests: dict[str, tuple[np.ndarray, np.ndarray]]
+    features: list[str]
+    notes: list[str]
+
+
+def prepare_horizontal(cfg: JobConfig) -> HorizontalData:
+    """Each silo's rows exactly as its party prepares them (:func:`silo_rows` on the job's
+    plan), gathered for centralized baselines and tests."""
+    plan, parties = HORIZONTAL.plan(cfg, ledger_dir=Path("."), noise_seed=None)
+    assert plan.schema is not None
+    silos: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    tests: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for p in parties:
+        if isinstance(p.source, DataSource):
+            rows = silo_rows(plan.schema, p.source.load())
+            silos[p.name] = (rows.x, rows.y)
+            assert rows.test is not None
+            tests[p.name] = rows.test
+    return HorizontalData(silos, tests, list(plan.schema.features), list(plan.notes))
+
+
+def simulate_horizontal(
+    *,
+    silos: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    tests: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    backend: str,
+    backend_params: Mapping[str, Any],
+    model: ModelSection | Mapping[str, Any],
+    training: TrainingSection | Mapping[str, Any],
+    privacy: PrivacySection | Mapping[str, Any] | None,
+    ledger_dir: Path | None,
+    budgets: Mapping[str, tuple[float, float]],
+    job: str,
+    seed: int,
+    min_silos: int,
+    round_timeout: float,
+    insecure: bool = False,
+    noise_seed: int | None = None,
+    progress: Progress | None = None,
+    faults: Mapping[str, Mapping[int, str]] | None = None,
+    engine: str = "threads",
+) -> dict[str, Any]:
+    """Run a horizontal job on silos whose rows are already in memory (tests, benchmarks),
+    through the same runner, parties and results as :func:`~fedsilo.silos.runner.run_job`.
+
+    ``silos``: ``{name: (X_train, y_train)}`` (scaled); ``tests``: each silo's own held-out rows;
+    ``model``, ``training``, ``privacy``: the sections (or mappings validated as them);
+    ``budgets``: ``{silo: (epsilon, delta)}``; ``noise_seed``: **tests only** (not private);
+    ``faults``: test hook ``{silo: {round: "hello" | "update" | "topup"}}``. Returns the results
+    contract of docs/results.md ("simulation_metrics" pools every silo's held-out rows).
+    """
+    names = list(silos)
+    if len(names) < 1:
+        raise ConfigError("a horizontal job needs at least one silo")
+    n_features = int(np.asarray(silos[names[0]][0]).shape[1])
+    for name, (x, y) in silos.items():
+        if np.asarray(x).ndim != 2 or np.asarray(x).shape[1] != n_features:
+            raise DataError(f"silo {name!r}: features have shape {np.shape(x)}, expected (n, {n_features})")
+        if len(x) != len(y) or len(x) == 0:
+            raise DataError(f"silo {name!r}: {len(x)} rows but {len(y)} labels")
+    for name, (x, y) in tests.items():
+        if name not in silos:
+            raise ConfigError(f"held-out rows for {name!r}, which is not a silo of the job")
+        if len(y) and (np.asarray(x).ndim != 2 or np.asarray(x).shape[1] != n_features or len(x) != len(y)):
+            raise DataError(f"silo {name!r}: held-out rows have shape {np.shape(x)} for {len(y)} labels")
+    labels = np.unique(np.concatenate([np.asarray(y) for _, y in silos.values()] + [np.asarray(t[1]) for t in tests.values()]))
+    n_classes = max(2, int(labels.max()) + 1) if labels.size else 2
+    spec = make_job(
+        job=job, silos=names, backend=backend, backend_params=backend_params,
+        model=section(ModelSection, model, key="model"), training=section(TrainingSection, training, key="training"),
+        privacy=None if privacy is None else section(PrivacySection, privacy, key="privacy"),
+        n_features=n_features, n_classes=n_classes, seed=int(seed), min_silos=int(min_silos),
+        round_timeout=float(round_timeout), insecure=bool(insecure),
+    )
+    plan = HorizontalPlan(spec, tuple(names), None, faults=dict(faults or {}))
+    rows = {n: SiloRows(np.asarray(x), np.asarray(y), tests.get(n)) for n, (x, y) in silos.items()}
+    with ledger_directory(ledger_dir) as directory:
+        parties = parties_for(plan, rows, ledger_dir=directory, budgets=budgets, noise_seed=noise_seed)
+        return run_horizontal(plan, parties, engine=engine, progress=progress)
+
+
+def run_horizontal(plan: HorizontalPlan, parties: Sequence[Party], *, engine: str = "threads",
+                   progress: Progress | None = None) -> dict[str, Any]:
+    """Run planned horizontal parties on an engine (the runner's :func:`run_plan`)."""
+    return run_plan(HORIZONTAL, plan, parties, job=plan.job.job, engine=get_engine(engine), progress=progress)

@@ -1,0 +1,396 @@
+"""The ``vertical`` task: PSI alignment and heterogeneous logistic regression across silos that
+hold different columns of the same customers.
+
+Each data party (guest, hosts) loads its own table and runs
+:func:`fedsilo.protocols.vertical.job.vertical_party` with its own ledger and secret randomness;
+the arbiter, if any, holds no data. The plan is public: roles, the typed training and privacy
+sections, public feature bounds. Results follow docs/results.md.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedsilo.crypto.registry import get_backend
+from fedsilo.errors import ConfigError
+from fedsilo.privacy.mechanisms import secure_rng
+from fedsilo.protocols.channel import Channel
+from fedsilo.protocols.spec import PrivacySection, TrainingSection, section
+from fedsilo.protocols.vertical.data import prepare_table
+from fedsilo.protocols.vertical.job import ROLES, VerticalSpec, backend_params_for, vertical_party
+from fedsilo.protocols.vertical.lr import Topology, TrainingConfig, evaluation_metrics
+from fedsilo.silos.config import JobConfig
+from fedsilo.protocols.psi import ids_from_column
+from fedsilo.silos.data import DataSource, FrameSource, LocalTable, require_columns, require_numeric
+from fedsilo.silos.ledgers import opened
+from fedsilo.silos.runner import (
+    JobRun,
+    Party,
+    Progress,
+    Task,
+    budgets_for,
+    get_engine,
+    ledger_directory,
+    job_id,
+    ledger_specs,
+    refuse_unread,
+    register_task,
+    run_plan,
+    sources_for,
+)
+
+__all__ = ["VERTICAL", "VerticalPlan", "simulate_vertical", "topology_of"]
+
+#: the [model] a vertical job trains: hetero logistic regression only
+_MODEL_KINDS = ("logistic",)
+
+
+@dataclass(frozen=True)
+class VerticalPlan:
+    """What every party of one vertical job receives (public)."""
+
+    job: str
+    spec: VerticalSpec
+    #: the job's public seed: the guest's train/test split and batch order
+    seed: int | None
+    notes: tuple[str, ...] = ()
+
+
+def topology_of(roles: Mapping[str, str]) -> Topology:
+    """The topology from ``{party: role}``: one guest, hosts, at most one arbiter."""
+    bad = {p: r for p, r in roles.items() if r not in ROLES}
+    if bad:
+        raise ConfigError(f"unknown vertical roles {bad}; expected one of {', '.join(ROLES)}")
+    guests = [p for p, r in roles.items() if r == "guest"]
+    arbiters = [p for p, r in roles.items() if r == "arbiter"]
+    if len(guests) != 1:
+        raise ConfigError(f"a vertical job needs exactly one guest (the label holder), got {guests}")
+    if len(arbiters) > 1:
+        raise ConfigError(f"a vertical job has at most one arbiter, got {arbiters}")
+    return Topology(guest=guests[0], hosts=tuple(p for p, r in roles.items() if r == "host"),
+                    arbiter=arbiters[0] if arbiters else None)
+
+
+def _level_note(privacy: PrivacySection | None) -> list[str]:
+    if privacy is not None and privacy.level == "silo" and "level" in privacy.model_fields_set:
+        return [
+            "vertical training protects records (one customer's row), not whole silos: every silo holds "
+            "every customer, so privacy.level = 'silo' is read as 'record'"
+        ]
+    return []
+
+
+def _public_rng(seed: int | None, index: int) -> np.random.Generator:
+    """Public choices only (split, batch order): reproducible from the job seed."""
+    return np.random.Generator(np.random.Philox(np.random.SeedSequence(None if seed is None else [int(seed), index])))
+
+
+def _secret_rng(noise_seed: int | None) -> np.random.Generator:
+    """Masks, noise, PSI shuffles: the OS CSPRNG; a ``noise_seed`` (tests only) makes the run
+    reproducible and **not private** (anyone with the seed can regenerate every noise share)."""
+    return secure_rng(noise_seed)
+
+
+def _features(spec: VerticalSpec, columns: Mapping[str, Sequence[str]]) -> dict[str, list[str]]:
+    top = spec.topology
+    return {p: [c for c in cols if c != spec.id_column and not (p == top.guest and c == spec.label)]
+            for p, cols in columns.items()}
+
+
+def check_bound_keys(spec: VerticalSpec, columns: Mapping[str, Sequence[str]], *, source: str) -> None:
+    """Every ``[data] bounds`` key of a config names a feature of some party: a typo must not
+    leave a feature unbounded."""
+    every = [c for cols in _features(spec, columns).values() for c in cols]
+    stray = [str(c) for c in spec.bounds if c not in every]
+    if stray:
+        raise ConfigError(
+            f"{source}: key 'data.bounds': {stray} are not feature column(s) of the silos' data "
+            f"(features: {every[:12]}{' ...' if len(every) > 12 else ''})"
+        )
+
+
+def check_schemas(spec: VerticalSpec, columns: Mapping[str, Sequence[str]], *, source: str) -> None:
+    """Public-schema check before any party starts: under DP every feature of every party has
+    public bounds (all named at once)."""
+    features = _features(spec, columns)
+    if spec.dp is None:
+        return
+    unbounded = {p: [c for c in cols if c not in spec.bounds] for p, cols in features.items()}
+    unbounded = {p: m for p, m in unbounded.items() if m}
+    if unbounded:
+        listed = "; ".join(f"{p}: {m}" for p, m in unbounded.items())
+        raise ConfigError(
+            f"differential privacy needs public bounds for every feature; none for {listed}. Add them to "
+            "[data] bounds = {column = [lo, hi]} (a data dictionary's range, not the data's own min/max)"
+        )
+
+
+def make_vertical_spec(
+    *, roles: Mapping[str, str], id_column: str, label: str, backend: str, backend_params: Mapping[str, Any],
+    training: TrainingSection, privacy: PrivacySection | None, round_timeout: float, test_fraction: float,
+    bounds: Mapping[str, tuple[float, float]], insecure: bool, psi_workers: int | None = 1,
+) -> VerticalSpec:
+    """The typed spec every party receives, with the backend's parameters checked before any
+    party starts."""
+    spec = VerticalSpec(
+        topology=topology_of(roles), id_column=id_column, label=label, backend=backend,
+        backend_params=dict(backend_params), training=TrainingConfig.from_sections(training, timeout=round_timeout),
+        dp=privacy, test_fraction=test_fraction, psi_workers=psi_workers, bounds=dict(bounds), insecure=insecure,
+    )
+    get_backend(backend, **backend_params_for(backend, backend_params))  # fail fast on bad parameters
+    return spec
+
+
+class VerticalTask(Task):
+    name = "vertical"
+    roles = ("guest", "host", "arbiter")
+
+    def check(self, cfg: JobConfig, source: str) -> None:
+        if cfg.model.kind not in _MODEL_KINDS:
+            raise ConfigError(
+                f"{source}: key 'model.kind': a vertical job trains hetero logistic regression "
+                f"({', '.join(repr(k) for k in _MODEL_KINDS)}); {cfg.model.kind!r} is not supported"
+            )
+        if not cfg.data.label:
+            raise ConfigError(f"{source}: task 'vertical' needs [data] label (the target column)")
+        if not cfg.data.id_column:
+            raise ConfigError(f"{source}: task 'vertical' needs [data] id_column (the column PSI aligns on)")
+        roles = [s.role for s in cfg.silos]
+        if roles.count("guest") != 1 or roles.count("host") < 1:
+            raise ConfigError(f"{source}: task 'vertical' needs exactly one silo with role 'guest' and at least one 'host'")
+        refuse_unread(cfg, source, self.name, {
+            "model": ["kind"],
+            "training": ["rounds", "batch_size", "lr", "l2", "early_stopping_tol"],
+            "statistics": None,
+        })
+
+    def insecure_settings(self, cfg: JobConfig) -> list[tuple[str, str]]:
+        if cfg.privacy is not None:
+            return []
+        return [(
+            "privacy",
+            "vertical training without [privacy] gives each party its exact decrypted gradient "
+            "X_p^T d / n, from which a party with enough features recovers the guest's labels; add a "
+            '[privacy] section (e.g. epsilon = 8, level = "record"), or ',
+        )]
+
+    def plan(self, cfg: JobConfig, *, ledger_dir: Path, noise_seed: int | None) -> tuple[VerticalPlan, list[Party]]:
+        assert cfg.data.label is not None and cfg.data.id_column is not None
+        sources = sources_for(cfg)
+        roles = {s.name: s.role for s in cfg.silos}
+        spec = make_vertical_spec(
+            roles=roles, id_column=cfg.data.id_column, label=cfg.data.label, backend=cfg.crypto.backend,
+            backend_params=cfg.crypto.params, training=cfg.training, privacy=cfg.privacy,
+            round_timeout=cfg.federation.round_timeout, test_fraction=cfg.data.test_fraction,
+            bounds={k: (float(v[0]), float(v[1])) for k, v in cfg.data.bounds.items()}, insecure=cfg.crypto.insecure,
+        )
+        plan = VerticalPlan(job_id(cfg), spec, cfg.federation.seed, tuple(_level_note(cfg.privacy)))
+        check_bound_keys(spec, {p: s.columns() for p, s in sources.items()}, source=cfg._source)
+        return plan, parties_for(plan, sources, ledger_dir=ledger_dir, budgets=budgets_for(cfg),
+                                 noise_seed=noise_seed, source=cfg._source)
+
+    def party(self, plan: VerticalPlan, party: Party, channel: Channel, progress: Progress | None = None) -> Any:
+        top = plan.spec.topology
+        names = [*top.data_parties, *([top.arbiter] if top.arbiter else [])]
+        index = names.index(party.name)
+        source = party.source
+        if party.name != top.arbiter and not isinstance(source, DataSource):
+            raise ConfigError(f"party {party.name!r} ({party.role}) has no table")
+        table = _checked_table(plan.spec, party, source.load()) if isinstance(source, DataSource) else None
+        with opened(party.ledger) as ledger:
+            report = vertical_party(
+                channel, spec=plan.spec, table=table, rng=_secret_rng(party.noise_seed),
+                public_rng=_public_rng(plan.seed, index), ledger=ledger,
+                dataset=party.ledger.dataset if party.ledger else None,
+                source=source.where if isinstance(source, DataSource) else party.name,
+                progress=progress if party.name == top.guest else None,
+            )
+            if ledger is not None:
+                report["ledger_spent"] = ledger.spent(party.ledger.dataset)
+        return report
+
+    def results(self, plan: VerticalPlan, parties: Sequence[Party], run: JobRun) -> dict[str, Any]:
+        return _results(plan, parties, run)
+
+
+def _checked_table(spec: VerticalSpec, party: Party, table: LocalTable) -> pd.DataFrame:
+    """The party's own table, checked where its file is known: the ID column (no missing or
+    repeated IDs), the guest's label, numeric features (naming the file's row)."""
+    guest = party.name == spec.topology.guest
+    require_columns(table, [spec.id_column, *([spec.label] if guest else [])])
+    ids_from_column(table.frame[spec.id_column], source=table.where, column=spec.id_column)
+    require_numeric(table, [c for c in table.frame.columns if c != spec.id_column and not (guest and c == spec.label)])
+    return table.frame
+
+
+def parties_for(
+    plan: VerticalPlan, sources: Mapping[str, DataSource], *, ledger_dir: Path | None,
+    budgets: Mapping[str, tuple[float, float]], noise_seed: int | None, source: str = "<job>",
+    datasets: Mapping[str, str] | None = None,
+) -> list[Party]:
+    """One party per role, each with its own table, ledger and noise seed; the public schemas
+    (column names) are checked first (:func:`check_schemas`)."""
+    spec = plan.spec
+    top = spec.topology
+    for p in top.data_parties:
+        if p not in sources:
+            raise ConfigError(f"party {p!r} ({'guest' if p == top.guest else 'host'}) has no table")
+    if top.arbiter is not None and top.arbiter in sources:
+        raise ConfigError(f"the arbiter {top.arbiter!r} holds no data; remove its table")
+    check_schemas(spec, {p: sources[p].columns() for p in top.data_parties}, source=source)
+    names = [*top.data_parties, *([top.arbiter] if top.arbiter else [])]
+    ledgers = (
+        ledger_specs(ledger_dir, top.data_parties,
+                     budgets={p: budgets.get(p, (spec.dp.epsilon, spec.dp.delta)) for p in top.data_parties},
+                     accountant=spec.dp.accountant, datasets=datasets, reproducible_noise=noise_seed is not None)
+        if spec.dp is not None else {}
+    )
+    # test-only seeds of the secret streams, one per party in role order (guest, hosts, arbiter)
+    seeds = {n: None if noise_seed is None else
+             int(np.random.SeedSequence([int(noise_seed), i]).generate_state(1, dtype=np.uint64)[0])
+             for i, n in enumerate(names)}
+    role = {top.guest: "guest", **{h: "host" for h in top.hosts}, **({top.arbiter: "arbiter"} if top.arbiter else {})}
+    return [Party(n, role[n], sources.get(n), ledgers.get(n), seeds[n]) for n in names]
+
+
+def _simulation_metrics(plan: VerticalPlan, parties: Sequence[Party], out: Mapping[str, Any]) -> dict[str, float]:
+    """Held-out metrics of the joint model computed by the *simulation*, which holds every
+    party's table and local model: simulation only, not private, never seen by any party."""
+    spec = plan.spec
+    top = spec.topology
+    test_ids = out[top.guest].get("test_ids") or []
+    if not test_ids:
+        return {}
+    sources = {p.name: p.source for p in parties if isinstance(p.source, DataSource)}
+    logits = np.zeros(len(test_ids))
+    labels = None
+    for p in top.data_parties:
+        data = prepare_table(sources[p].load().frame, source=p, id_column=spec.id_column,
+                             label=spec.label if p == top.guest else None)
+        where = {i: k for k, i in enumerate(data.ids)}
+        rows = np.array([where[i] for i in test_ids], dtype=np.int64)
+        logits = logits + out[p]["model"].partial_logits(data.features[rows])
+        if p == top.guest:
+            assert data.labels is not None
+            labels = data.labels[rows]
+    assert labels is not None
+    return evaluation_metrics(labels, 1.0 / (1.0 + np.exp(-logits)))
+
+
+def _results(plan: VerticalPlan, parties: Sequence[Party], run: JobRun) -> dict[str, Any]:
+    spec = plan.spec
+    top = spec.topology
+    out = run.reports
+    guest = out[top.guest]
+    dp_plan = guest["dp"]
+    notes = list(plan.notes)
+    eps: dict[str, dict[str, Any]] = {}
+    for p in top.data_parties if dp_plan is not None else ():
+        eps[p] = {"epsilon": out[p]["epsilon"], "delta": dp_plan.delta, "accountant": dp_plan.accountant,
+                  "ledger_spent": out[p].get("ledger_spent")}
+    dp_out = None
+    if dp_plan is not None:
+        dp_out = {
+            "noise_multiplier": dp_plan.noise_multiplier,
+            "event_noise_multiplier": dp_plan.event_multiplier,
+            "clip": dp_plan.clip,
+            "logit_clip": dp_plan.logit_clip,
+            "rounds": dp_plan.steps_per_epoch * guest["epochs"],
+            "sample_rate": dp_plan.sample_rate,
+            "neighbouring": dp_plan.neighbouring,
+            "delta": dp_plan.delta,
+            "target_epsilon": dp_plan.epsilon,
+            "accountant": dp_plan.accountant,
+            "colluders": dp_plan.colluders,
+            "noise_adders": dp_plan.noise_adders,
+            "level": "record",
+        }
+    if spec.dp is None:
+        notes.append(
+            "no DP (insecure): every party received its exact gradient and the guest the hosts' exact "
+            "held-out partial scores (docs/vertical.md, 'What each party learns')"
+        )
+    elif guest["rows"]["test"]:
+        notes.append(
+            "DP: no held-out scores were released (a per-customer score cannot be noised usefully), so the "
+            "guest has no held-out metrics ('final' is empty); 'simulation_metrics' are computed by the "
+            "simulation from every party's model: simulation only, not private, seen by no party"
+        )
+    reproducible = any(p.noise_seed is not None for p in parties)
+    if reproducible:
+        notes.append("NOT PRIVATE: noise_seed was set (test-only); anyone with the seed can regenerate the noise")
+    return {
+        "task": "vertical",
+        "backend": spec.backend,
+        "private": not reproducible and not spec.insecure,
+        "topology": {"guest": top.guest, "hosts": list(top.hosts), "arbiter": top.arbiter},
+        "rounds": guest["history"],
+        "final": guest.get("final", {}),
+        "simulation_metrics": _simulation_metrics(plan, parties, out),
+        "epsilon": eps,
+        "dp": dp_out,
+        "bytes_sent": dict(run.bytes_sent),
+        "psi": {"intersection": guest["psi"]["intersection"], "pairwise": guest["psi"]["pairwise"],
+                "sizes": {p: out[p]["psi"]["local"] for p in top.data_parties}},
+        "rows": guest["rows"],
+        "epochs": guest["epochs"],
+        "stopped_early": guest["stopped_early"],
+        "seconds": run.seconds,
+        "notes": notes,
+    }
+
+
+VERTICAL = register_task(VerticalTask())
+
+
+def simulate_vertical(
+    *,
+    tables: Mapping[str, pd.DataFrame],
+    roles: Mapping[str, str],
+    id_column: str,
+    label: str,
+    backend: str,
+    backend_params: Mapping[str, Any] | None = None,
+    training: TrainingSection | Mapping[str, Any],
+    dp: PrivacySection | Mapping[str, Any] | None,
+    ledger_dir: str | Path | None = None,
+    budgets: Mapping[str, tuple[float, float]] | None = None,
+    datasets: Mapping[str, str] | None = None,
+    job: str = "vertical",
+    seed: int | None = 0,
+    noise_seed: int | None = None,
+    insecure: bool = False,
+    test_fraction: float = 0.2,
+    psi_workers: int | None = 1,
+    timeout: float = 600.0,
+    progress: Progress | None = None,
+    bounds: Mapping[str, tuple[float, float]] | None = None,
+    engine: str = "threads",
+) -> dict[str, Any]:
+    """Run a vertical job on in-memory tables (tests, benchmarks) through the same runner,
+    parties and results as :func:`~fedsilo.silos.runner.run_job`.
+
+    ``tables``: one per guest/host party; ``roles``: party -> ``"guest" | "host" | "arbiter"``;
+    ``training``, ``dp``: the ``[training]`` and ``[privacy]`` sections (or mappings validated as
+    them; ``dp=None``: no DP, which needs ``insecure``); ``budgets`` (party -> (ε, δ), default the
+    DP target) and ``datasets`` (party -> dataset name) for each data party's ledger in
+    ``ledger_dir`` (None: a temporary directory); ``seed`` decides the public choices;
+    ``noise_seed``: **tests only** (not private); ``timeout``: seconds any party waits for one
+    message."""
+    spec = make_vertical_spec(
+        roles=roles, id_column=id_column, label=label, backend=backend, backend_params=dict(backend_params or {}),
+        training=section(TrainingSection, training, key="training"),
+        privacy=None if dp is None else section(PrivacySection, dp, key="privacy"), round_timeout=timeout,
+        test_fraction=test_fraction, bounds=dict(bounds or {}), insecure=insecure, psi_workers=psi_workers,
+    )
+    plan = VerticalPlan(job, spec, seed, tuple(_level_note(spec.dp)))
+    sources = {n: FrameSource(t, n, origin=n) for n, t in tables.items()}
+    with ledger_directory(ledger_dir) as directory:
+        parties = parties_for(plan, sources, ledger_dir=directory, budgets=budgets or {}, noise_seed=noise_seed,
+                              datasets=datasets)
+        return run_plan(VERTICAL, plan, parties, job=job, engine=get_engine(engine), progress=progress)
