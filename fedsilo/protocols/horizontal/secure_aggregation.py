@@ -65,6 +65,7 @@ import numpy as np
 from fedsilo.crypto.base import Ciphertext, CryptoBackend, PublicContext, SecretKey
 from fedsilo.errors import BudgetExceededError, ConfigError, ProtocolError
 from fedsilo.protocols.channel import Channel
+from fedsilo.protocols.horizontal import messages as msgs
 
 __all__ = [
     "KIND_HELLO",
@@ -95,12 +96,14 @@ __all__ = [
     "aggregator_secure_sum",
 ]
 
-KIND_KEY_SECRET = "key.secret"
-KIND_KEY_PUBLIC = "key.public"
-KIND_HELLO = "sum.hello"
-KIND_UPDATE = "sum.update"
-KIND_TOPUP = "sum.topup"
-KIND_CTL = "sum.ctl"
+# The message kinds and their payload types are listed in .messages (the protocol's figure);
+# the KIND_* names are kept for the tests and tools that inspect a hub's log.
+KIND_KEY_SECRET = msgs.KEY_SECRET
+KIND_KEY_PUBLIC = msgs.KEY_PUBLIC
+KIND_HELLO = msgs.HELLO
+KIND_UPDATE = msgs.UPDATE
+KIND_TOPUP = msgs.TOPUP
+KIND_CTL = msgs.CONTROL
 
 #: Where a silo can be made to go silent (test hook): before announcing, after announcing but
 #: before sending its update, or before sending its top-up share.
@@ -150,13 +153,11 @@ def silo_key_ceremony(
         exported = secret.export_secret()
         for peer in sorted(silos):
             if peer != leader:
-                channel.send(peer, KIND_KEY_SECRET, {"secret": exported}, round=0)
-        channel.send(aggregator, KIND_KEY_PUBLIC, {"public": secret.public().serialize()}, round=0)
+                channel.send(peer, KIND_KEY_SECRET, msgs.KeySecret(exported).wire(), round=0)
+        channel.send(aggregator, KIND_KEY_PUBLIC, msgs.KeyPublic(secret.public().serialize()).wire(), round=0)
         return secret
-    msg = channel.recv(leader, KIND_KEY_SECRET, round=0, timeout=timeout)
-    if not isinstance(msg, dict) or not isinstance(msg.get("secret"), bytes):
-        raise ProtocolError(f"{channel.party}: malformed key message from {leader!r}")
-    return backend.load_secret(msg["secret"])
+    key = _received(channel, KIND_KEY_SECRET, channel.recv(leader, KIND_KEY_SECRET, round=0, timeout=timeout), leader)
+    return backend.load_secret(key.secret)
 
 
 def aggregator_key_ceremony(
@@ -169,10 +170,8 @@ def aggregator_key_ceremony(
     """
     _refuse_aggregator_silo(channel.party, channel.party, silos)
     leader = key_leader(silos)
-    msg = channel.recv(leader, KIND_KEY_PUBLIC, round=0, timeout=timeout)
-    if not isinstance(msg, dict) or not isinstance(msg.get("public"), bytes):
-        raise ProtocolError(f"{channel.party}: malformed public-key message from {leader!r}")
-    return backend.load_public(msg["public"])
+    key = _received(channel, KIND_KEY_PUBLIC, channel.recv(leader, KIND_KEY_PUBLIC, round=0, timeout=timeout), leader)
+    return backend.load_public(key.public)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -365,17 +364,16 @@ def silo_secure_sum(
     me = channel.party
     participating = contribution is not None and drop != "hello"
     if participating:
-        channel.send(aggregator, KIND_HELLO, {"status": "ready"}, round=round)
+        channel.send(aggregator, KIND_HELLO, msgs.Hello().wire(), round=round)
     contributed = charged = False
     while True:
-        msg = channel.recv(aggregator, KIND_CTL, round=round, timeout=timeout)
-        kind = msg.get("type") if isinstance(msg, dict) else None
-        if kind == "present":
+        msg = _received(channel, KIND_CTL, channel.recv(aggregator, KIND_CTL, round=round, timeout=timeout), aggregator)
+        if isinstance(msg, msgs.Present):
             if not participating or drop == "update":
                 continue
             assert contribution is not None
-            if not allow_exposed and exposes_contribution(contributors=int(msg["n"]), other_recipients=0, colluders=colluders):
-                n = int(msg["n"])
+            n = msg.n
+            if not allow_exposed and exposes_contribution(contributors=n, other_recipients=0, colluders=colluders):
                 who = "each could compute the other's" if n == 2 else f"{n - 1} colluding silos could compute another's"
                 raise ProtocolError(
                     f"{me}: round {round}: the aggregator {aggregator!r} announced a sum of {n} silos, from which "
@@ -385,24 +383,24 @@ def silo_secure_sum(
             try:
                 with contribution.charge() if contribution.charge is not None else contextlib.nullcontext():
                     charged = contribution.charge is not None
-                    blob = encrypt_vector(backend, public, contribution.values(int(msg["n"])))
-                    channel.send(aggregator, KIND_UPDATE, {"status": "ok", "ct": blob}, round=round)
+                    blob = encrypt_vector(backend, public, contribution.values(n))
+                    channel.send(aggregator, KIND_UPDATE, msgs.Update("ok", blob).wire(), round=round)
                 contributed = True
             except BudgetExceededError as exc:
-                channel.send(aggregator, KIND_UPDATE, {"status": "withdraw"}, round=round)
+                channel.send(aggregator, KIND_UPDATE, msgs.Update("withdraw").wire(), round=round)
                 return SiloRoundOutcome("withdrawn", reason=str(exc))
-        elif kind == "topup":
+        elif isinstance(msg, msgs.TopupRequest):
             if not contributed or drop == "topup":
                 continue
             assert contribution is not None
-            noise = contribution.topup(int(msg["present"]), int(msg["contributors"]))
-            channel.send(aggregator, KIND_TOPUP, {"ct": encrypt_vector(backend, public, noise)}, round=round)
-        elif kind == "abort":
-            return SiloRoundOutcome("aborted", contributed=contributed, charged=charged, reason=str(msg.get("reason", "")))
-        elif kind == "stop":
-            return SiloRoundOutcome("stopped", contributed=contributed, charged=charged, reason=str(msg.get("reason", "")))
-        elif kind == "result":
-            summed = [str(c) for c in msg["contributors"]]
+            noise = contribution.topup(msg.present, msg.contributors)
+            channel.send(aggregator, KIND_TOPUP, msgs.Topup(encrypt_vector(backend, public, noise)).wire(), round=round)
+        elif isinstance(msg, msgs.Abort):
+            return SiloRoundOutcome("aborted", contributed=contributed, charged=charged, reason=msg.reason)
+        elif isinstance(msg, msgs.Stop):
+            return SiloRoundOutcome("stopped", contributed=contributed, charged=charged, reason=msg.reason)
+        else:
+            summed = list(msg.contributors)
             others = [c for c in summed if c != me]
             # what this silo, pooled with up to colluders - 1 others, can subtract from the sum:
             # one contribution must never be left alone
@@ -414,17 +412,15 @@ def silo_secure_sum(
                     + (" would learn " if len(others) == 1 else f" and {len(summed) - 2} colluding silo(s) would learn ")
                     + f"{others[-1]!r}'s exact update (allowed only with silo-level DP or [crypto] insecure = true)"
                 )
-            total = decrypt_vector(backend, secret, msg["ct"])
+            total = decrypt_vector(backend, secret, msg.ct)
             return SiloRoundOutcome(
                 "ok",
                 total=total,
-                contributors=tuple(msg["contributors"]),
-                failures=tuple(msg["failures"]),
+                contributors=msg.contributors,
+                failures=msg.failures,
                 contributed=contributed,
                 charged=charged,
             )
-        else:
-            raise ProtocolError(f"{channel.party}: unexpected control message {kind!r} in round {round}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -450,10 +446,23 @@ def _exposed_reason(contributors: int) -> str:
     return "a sum of 1 would give that silo's exact update to the others"
 
 
-def _ciphertext(payload: Any, key: str = "ct") -> bytes | None:
-    if isinstance(payload, dict) and isinstance(payload.get(key), bytes):
-        return payload[key]
-    return None
+def _received(channel: Channel, kind: str, payload: Any, sender: str) -> Any:
+    """The typed message (:mod:`.messages`); ProtocolError naming this party if malformed."""
+    try:
+        return msgs.parse(kind, payload, sender=sender)
+    except ProtocolError as exc:
+        raise ProtocolError(f"{channel.party}: {exc}") from None
+
+
+def _typed(kind: str, payloads: dict[str, Any]) -> dict[str, Any]:
+    """Each sender's typed message, or None where it is malformed (that sender counts as missing)."""
+    out: dict[str, Any] = {}
+    for sender, payload in payloads.items():
+        try:
+            out[sender] = msgs.parse(kind, payload, sender=sender)
+        except ProtocolError:
+            out[sender] = None
+    return out
 
 
 def aggregator_secure_sum(
@@ -482,11 +491,11 @@ def aggregator_secure_sum(
     def finish_abort(reason: str, *, failures: Sequence[str] = (), withdrawn: Sequence[str] = ()) -> AggregatorRoundOutcome:
         for s in active:
             if s not in withdrawn:
-                channel.send(s, KIND_CTL, {"type": "abort", "reason": reason}, round=round)
+                channel.send(s, KIND_CTL, msgs.Abort(reason).wire(), round=round)
         return AggregatorRoundOutcome("aborted", failures=tuple(sorted(failures)), withdrawn=tuple(sorted(withdrawn)), reason=reason)
 
-    hellos = channel.gather(active, KIND_HELLO, round=round, timeout=timeout)
-    ready = sorted(s for s, m in hellos.items() if isinstance(m, dict) and m.get("status") == "ready")
+    hellos = _typed(KIND_HELLO, channel.gather(active, KIND_HELLO, round=round, timeout=timeout))
+    ready = sorted(s for s, m in hellos.items() if isinstance(m, msgs.Hello))
     missing = sorted(set(active) - set(ready))
     if len(ready) < need:
         return finish_abort(
@@ -504,13 +513,15 @@ def aggregator_secure_sum(
         )
     n = len(ready)
     for s in ready:
-        channel.send(s, KIND_CTL, {"type": "present", "n": n}, round=round)
-    updates = channel.gather(ready, KIND_UPDATE, round=round, timeout=timeout)
-    withdrawn = sorted(s for s, m in updates.items() if isinstance(m, dict) and m.get("status") == "withdraw")
-    blobs = {s: _ciphertext(m) for s, m in updates.items() if isinstance(m, dict) and m.get("status") == "ok"}
-    bad = sorted(s for s, b in blobs.items() if b is None)
+        channel.send(s, KIND_CTL, msgs.Present(n).wire(), round=round)
+    received = channel.gather(ready, KIND_UPDATE, round=round, timeout=timeout)
+    updates = _typed(KIND_UPDATE, received)
+    # an "ok" update without a ciphertext is an error; any other unreadable update counts as missing
+    bad = sorted(s for s, m in updates.items() if m is None and isinstance(received[s], dict) and received[s].get("status") == "ok")
     if bad:
         raise ProtocolError(f"round {round}: malformed update from {bad}")
+    withdrawn = sorted(s for s, m in updates.items() if m is not None and m.status == "withdraw")
+    blobs = {s: m.ct for s, m in updates.items() if m is not None and m.status == "ok"}
     contributors = sorted(blobs)
     failures = sorted(set(active) - set(contributors))
     if len(contributors) < need:
@@ -536,9 +547,9 @@ def aggregator_secure_sum(
     topup = len(contributors) < n
     if topup:
         for s in contributors:
-            channel.send(s, KIND_CTL, {"type": "topup", "present": n, "contributors": len(contributors)}, round=round)
-        tops = channel.gather(contributors, KIND_TOPUP, round=round, timeout=timeout)
-        got = {s: _ciphertext(m) for s, m in tops.items()}
+            channel.send(s, KIND_CTL, msgs.TopupRequest(n, len(contributors)).wire(), round=round)
+        tops = _typed(KIND_TOPUP, channel.gather(contributors, KIND_TOPUP, round=round, timeout=timeout))
+        got = {s: m.ct if m is not None else None for s, m in tops.items()}
         if set(s for s, b in got.items() if b is not None) != set(contributors):
             late = sorted(set(contributors) - set(s for s, b in got.items() if b is not None))
             return finish_abort(
@@ -551,12 +562,7 @@ def aggregator_secure_sum(
     total = add_ciphertexts(backend, public, [blobs[s] for s in contributors] + extra)  # type: ignore[misc]
     for s in active:
         if s not in withdrawn:
-            channel.send(
-                s,
-                KIND_CTL,
-                {"type": "result", "ct": total, "contributors": contributors, "failures": failures},
-                round=round,
-            )
+            channel.send(s, KIND_CTL, msgs.Result(total, tuple(contributors), tuple(failures)).wire(), round=round)
     return AggregatorRoundOutcome(
         "ok", contributors=tuple(contributors), failures=tuple(failures), withdrawn=tuple(withdrawn), topup=topup
     )
@@ -565,7 +571,7 @@ def aggregator_secure_sum(
 def stop_silos(channel: Channel, *, silos: Sequence[str], round: int, reason: str) -> None:
     """Tell every remaining silo the job is over (they return without decrypting anything)."""
     for s in sorted(silos):
-        channel.send(s, KIND_CTL, {"type": "stop", "reason": reason}, round=round)
+        channel.send(s, KIND_CTL, msgs.Stop(reason).wire(), round=round)
 
 
 __all__.append("stop_silos")
