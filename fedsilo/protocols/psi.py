@@ -77,7 +77,19 @@ __all__ = [
     "psi_in_process",
     "psi_party",
     "LocalPsiRun",
+    "MESSAGE_KINDS",
 ]
+
+# Message kinds, in the order of one pairwise run (each party plays both sides):
+#: A -> B: ``{"points": bytes (n × 32, shuffled, masked by A), "n": int, "card": bool}``
+MASKED: Final = "psi/masked"
+#: B -> A: ``{"points": bytes}``, A's masked points masked again by B, in A's order
+DOUBLE: Final = "psi/double"
+#: A <-> B: ``{"digest": bytes}``, a hash of the intersection each computed (they must agree)
+CONFIRM: Final = "psi/confirm"
+#: guest -> host, once over all hosts: ``{"index": int64 array}``, the host's rows in the final order
+FINAL: Final = "psi/final"
+MESSAGE_KINDS: Final = (MASKED, DOUBLE, CONFIRM, FINAL)
 
 #: Bytes of one masked ID on the wire (an X25519 u-coordinate).
 POINT_BYTES: Final = 32
@@ -296,10 +308,10 @@ class _Session:
         n = len(masked) // POINT_BYTES
         self.order = rng.permutation(n)
         shuffled = _permute(masked, self.order)
-        self.ch.send(self.peer, "psi/masked", {"points": shuffled, "n": n, "card": self.cardinality_only}, round=self.round)
+        self.ch.send(self.peer, MASKED, {"points": shuffled, "n": n, "card": self.cardinality_only}, round=self.round)
 
     def respond(self, key: bytes, executor: Executor | None, rng: np.random.Generator) -> None:
-        msg = self.ch.recv(self.peer, "psi/masked", round=self.round, timeout=self.timeout)
+        msg = self.ch.recv(self.peer, MASKED, round=self.round, timeout=self.timeout)
         points = _points_of(msg, self.peer)
         if bool(msg.get("card")) != self.cardinality_only:
             raise ProtocolError(
@@ -310,11 +322,11 @@ class _Session:
         if self.cardinality_only:
             double = _permute(double, rng.permutation(self.peer_size))
         self.peer_double = _chunks_set(double)
-        self.ch.send(self.peer, "psi/double", {"points": double}, round=self.round)
+        self.ch.send(self.peer, DOUBLE, {"points": double}, round=self.round)
 
     def finish(self, n_own: int, ids: Sequence[str]) -> tuple[list[int], int]:
         """Own rows in the intersection, in the agreed order (sorted by ID), and its size."""
-        msg = self.ch.recv(self.peer, "psi/double", round=self.round, timeout=self.timeout)
+        msg = self.ch.recv(self.peer, DOUBLE, round=self.round, timeout=self.timeout)
         points = _points_of(msg, self.peer)
         if len(points) != n_own * POINT_BYTES:
             raise ProtocolError(
@@ -332,8 +344,8 @@ class _Session:
         return rows, len(rows)
 
     def _confirm(self, digest: bytes) -> None:
-        self.ch.send(self.peer, "psi/confirm", {"digest": digest}, round=self.round)
-        theirs = self.ch.recv(self.peer, "psi/confirm", round=self.round, timeout=self.timeout)
+        self.ch.send(self.peer, CONFIRM, {"digest": digest}, round=self.round)
+        theirs = self.ch.recv(self.peer, CONFIRM, round=self.round, timeout=self.timeout)
         if not isinstance(theirs, dict) or theirs.get("digest") != digest:
             raise ProtocolError(
                 f"PSI with {self.peer!r}: the two sides computed different intersections "
@@ -460,7 +472,7 @@ def align_guest(
     final = [row for row in pairwise[hosts[0]] if row in common]
     for h in hosts:
         where = {row: k for k, row in enumerate(pairwise[h])}
-        channel.send(h, "psi/final", {"index": np.asarray([where[r] for r in final], dtype=np.int64)}, round=round)
+        channel.send(h, FINAL, {"index": np.asarray([where[r] for r in final], dtype=np.int64)}, round=round)
     if not final:
         raise DataError(_no_overlap(source, {h: len(pairwise[h]) for h in hosts}))
     return Alignment(
@@ -487,7 +499,7 @@ def align_host(
     pair = psi_party(
         channel, peer=guest, ids=ids, rng=rng, round=round, timeout=timeout, executor=executor, domain=domain
     )
-    msg = channel.recv(guest, "psi/final", round=round, timeout=timeout)
+    msg = channel.recv(guest, FINAL, round=round, timeout=timeout)
     index = msg.get("index") if isinstance(msg, dict) else None
     if not isinstance(index, np.ndarray) or index.ndim != 1 or index.dtype.kind != "i":
         raise ProtocolError(f"malformed alignment message from {guest!r}")
