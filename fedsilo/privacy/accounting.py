@@ -50,6 +50,7 @@ from dp_accounting.rdp import rdp_privacy_accountant as _rdp_mod
 
 from fedsilo.errors import PrivacyError, PrivacyParameterError
 from fedsilo.privacy.events import ComposedEvent, DpEvent, GaussianEvent, LaplaceEvent
+from fedsilo.privacy.mechanisms import unit_interval
 
 __all__ = [
     "ACCOUNTANTS",
@@ -95,12 +96,7 @@ _PLD_INTERVAL = 1.0e-4
 
 
 def _check_delta(delta: float) -> float:
-    if isinstance(delta, bool) or not isinstance(delta, numbers.Real):
-        raise PrivacyParameterError(f"delta must be a number in (0, 1), got {delta!r}")
-    d = float(delta)
-    if not (0.0 < d < 1.0):
-        raise PrivacyParameterError(f"delta must be in (0, 1), got {delta!r}")
-    return d
+    return unit_interval("delta", delta)
 
 
 def _check_accountant(accountant: str) -> str:

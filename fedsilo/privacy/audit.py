@@ -44,7 +44,7 @@ import numpy as np
 from scipy import special, stats
 
 from fedsilo.errors import PrivacyParameterError
-from fedsilo.privacy.mechanisms import _positive
+from fedsilo.privacy.mechanisms import _positive, unit_interval
 
 __all__ = [
     "MAX_THRESHOLDS",
@@ -77,13 +77,6 @@ _FITS: Final = ("gaussian", "discrete-laplace", None)
 # --------------------------------------------------------------------------- validation
 
 
-def _unit_interval(name: str, value: object) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise PrivacyParameterError(f"{name} must be a number in (0, 1), got {value!r}")
-    v = float(value)
-    if not (0.0 < v < 1.0):
-        raise PrivacyParameterError(f"{name} must be in (0, 1), got {value!r}")
-    return v
 
 
 def _scalars(name: str, x: object) -> np.ndarray:
@@ -144,7 +137,7 @@ def clopper_pearson_upper(*, errors: np.ndarray | int, trials: int, alpha: float
     ``Beta⁻¹(1 − α; k + 1, n − k)``, and 1 when ``k = n`` (Clopper & Pearson, Biometrika 1934).
     Vectorized over ``errors``.
     """
-    a = _unit_interval("alpha", alpha)
+    a = unit_interval("alpha", alpha)
     if isinstance(trials, bool) or not isinstance(trials, numbers.Integral) or trials < 1:
         raise PrivacyParameterError(f"trials must be an integer >= 1, got {trials!r}")
     k = np.asarray(errors, dtype=np.float64)
@@ -161,7 +154,7 @@ def epsilon_from_error_rates(*, fpr: np.ndarray | float, fnr: np.ndarray | float
     """``max(log((1−δ−FPR)/FNR), log((1−δ−FNR)/FPR), 0)``: the ε any (ε, δ)-DP mechanism needs
     for a test with these error rates (Kairouz, Oh & Viswanath 2015, Thm. 2.1). With upper
     confidence bounds for the rates this is a lower confidence bound on ε (Jagielski et al. 2020)."""
-    d = _unit_interval("delta", delta)
+    d = unit_interval("delta", delta)
     p = np.asarray(fpr, dtype=np.float64)
     q = np.asarray(fnr, dtype=np.float64)
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -232,8 +225,8 @@ def threshold_audit(
         PrivacyParameterError: fewer than :data:`MIN_RUNS` runs on a side, non-finite values,
             δ or α outside (0, 1).
     """
-    d = _unit_interval("delta", delta)
-    a_ = _unit_interval("alpha", alpha)
+    d = unit_interval("delta", delta)
+    a_ = unit_interval("alpha", alpha)
     a = _scalars("statistic", statistic)
     b = _scalars("statistic_prime", statistic_prime)
     if a.size < MIN_RUNS or b.size < MIN_RUNS:
@@ -289,7 +282,7 @@ def gaussian_epsilon(*, mu: float, delta: float) -> float:
     and for fitted ones, so a comparison measures the mechanism, not two formulas.
     """
     m = _positive("mu", mu)
-    target = math.log(_unit_interval("delta", delta))
+    target = math.log(unit_interval("delta", delta))
     if _log_delta(m, 0.0) <= target:
         return 0.0
     lo, hi = 0.0, max(1.0, m)
@@ -341,7 +334,7 @@ def fit_gaussian(
     Raises:
         PrivacyParameterError: fewer than 2 runs on a side, zero spread, bad δ or direction.
     """
-    d = _unit_interval("delta", delta)
+    d = unit_interval("delta", delta)
     a = project(samples, direction=direction)
     b = project(samples_prime, direction=direction)
     if a.size < 2 or b.size < 2:

@@ -72,13 +72,19 @@ def _positive(name: str, value: object) -> float:
     return v
 
 
-def _delta(value: object) -> float:
+def unit_interval(name: str, value: object) -> float:
+    """``value`` as a float in the open interval (0, 1) (a delta, a sampling rate);
+    PrivacyParameterError naming ``name`` otherwise."""
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise PrivacyParameterError(f"delta must be a number in (0, 1), got {value!r}")
-    d = float(value)
-    if not (0.0 < d < 1.0):
-        raise PrivacyParameterError(f"delta must be in (0, 1), got {value!r}")
-    return d
+        raise PrivacyParameterError(f"{name} must be a number in (0, 1), got {value!r}")
+    v = float(value)
+    if not (0.0 < v < 1.0):
+        raise PrivacyParameterError(f"{name} must be in (0, 1), got {value!r}")
+    return v
+
+
+def _delta(value: object) -> float:
+    return unit_interval("delta", value)
 
 
 def _rng(rng: object) -> np.random.Generator:

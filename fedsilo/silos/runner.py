@@ -260,6 +260,10 @@ def run_plan(task: Task, plan: Any, parties: Sequence[Party], *, job: str, engin
     ``transport`` named."""
     run = engine.run(job, party_functions(task, plan, parties, progress=progress))
     results = task.results(plan, parties, run)
+    if any(p.noise_seed is not None for p in parties):  # a test run: anyone with the seed has the noise
+        results["private"] = False
+        results["notes"] = [*results.get("notes", []),
+                            "NOT PRIVATE: noise_seed was set (test-only); anyone with the seed can regenerate the noise"]
     results["engine"], results["transport"] = run.engine, run.transport
     return results
 

@@ -397,9 +397,6 @@ def _results(plan: HorizontalPlan, parties: Sequence[Party], run: JobRun) -> dic
             "record-level DP: federated metrics are released once, after training, with Gaussian noise "
             f"(z = {job.evaluation_noise_multiplier:.3g}) charged to every silo's ledger"
         )
-    reproducible = any(p.noise_seed is not None for p in parties)
-    if reproducible:
-        notes.append("NOT PRIVATE: noise_seed was set (test-only); anyone with the seed can regenerate the noise")
     eps: dict[str, dict[str, float | None]] = {}
     for n in names:
         if job.privacy is None:
@@ -414,7 +411,7 @@ def _results(plan: HorizontalPlan, parties: Sequence[Party], run: JobRun) -> dic
     return {
         "task": "horizontal",
         "backend": job.backend,
-        "private": not reproducible and not job.insecure,
+        "private": not job.insecure,
         "rounds": rows,
         "final": final,
         "evaluation": job.evaluation,

@@ -188,14 +188,11 @@ class StatisticsTask(Task):
                 "sigma": {f"{r.column}.{r.query}": r.sigma for r in st.releases},
                 "granularity": {f"{r.column}.{r.query}": r.granularity for r in st.releases},
             }
-        reproducible = any(p.noise_seed is not None for p in parties)
         notes = list(plan.notes)
-        if reproducible:
-            notes.append("NOT PRIVATE: noise_seed was set (test-only); anyone with the seed can regenerate the noise")
         return {
             "task": "statistics",
             "backend": plan.backend,
-            "private": not reproducible and not plan.insecure,
+            "private": not plan.insecure,
             "statistics": answer,
             "raw": raw,
             "silos": agg["contributors"],

@@ -321,13 +321,10 @@ def _results(plan: VerticalPlan, parties: Sequence[Party], run: JobRun) -> dict[
             "guest has no held-out metrics ('final' is empty); 'simulation_metrics' are computed by the "
             "simulation from every party's model: simulation only, not private, seen by no party"
         )
-    reproducible = any(p.noise_seed is not None for p in parties)
-    if reproducible:
-        notes.append("NOT PRIVATE: noise_seed was set (test-only); anyone with the seed can regenerate the noise")
     return {
         "task": "vertical",
         "backend": spec.backend,
-        "private": not reproducible and not spec.insecure,
+        "private": not spec.insecure,
         "topology": {"guest": top.guest, "hosts": list(top.hosts), "arbiter": top.arbiter},
         "rounds": guest["history"],
         "final": guest.get("final", {}),
