@@ -58,19 +58,12 @@ def check_output_path(path: Path, option: str) -> None:
     Checked: the path is not a directory, its nearest existing ancestor is a directory and
     writable (missing directories are created when the file is written). Nothing is created here.
     """
-    import os
-
     from fedsilo.errors import ConfigError
+    from fedsilo.silos.data import check_creatable
 
     if path.is_dir():
         raise ConfigError(f"{option} {path}: is a directory; give a file name")
-    ancestor = path.absolute().parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ConfigError(f"{option} {path}: {ancestor} is a file, not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConfigError(f"{option} {path}: directory {ancestor} is not writable")
+    check_creatable(path, option)
 
 
 def write_output(path: Path, text: str, option: str) -> None:

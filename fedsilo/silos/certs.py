@@ -43,6 +43,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from fedsilo.errors import ConfigError, PeerRejectedError
 from fedsilo.silos.config import _NAME
+from fedsilo.silos.data import check_creatable
 
 __all__ = [
     "CA_CERT",
@@ -238,13 +239,7 @@ def _check_out_dir(out: Path) -> None:
         if not os.access(out, os.W_OK | os.X_OK):
             raise ConfigError(f"--out {out}: directory is not writable")
         return
-    ancestor = out.absolute().parent
-    while not ancestor.exists() and ancestor != ancestor.parent:
-        ancestor = ancestor.parent
-    if not ancestor.is_dir():
-        raise ConfigError(f"--out {out}: {ancestor} is a file, not a directory")
-    if not os.access(ancestor, os.W_OK | os.X_OK):
-        raise ConfigError(f"--out {out}: directory {ancestor} is not writable")
+    check_creatable(out, "--out")
 
 
 # -- reading -------------------------------------------------------------------------------------

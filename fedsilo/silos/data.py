@@ -31,6 +31,7 @@ __all__ = [
     "FileSource",
     "FrameSource",
     "LocalTable",
+    "check_creatable",
     "check_input_file",
     "csv_header",
     "read_csv_checked",
@@ -115,6 +116,21 @@ def check_input_file(path: Path, *, who: str) -> None:
         raise DataError(f"{who}{path} is a directory, not a data file")
     if not path.is_file():
         raise DataError(f"{who}data file not found: {path}")
+
+
+def check_creatable(path: Path, option: str) -> None:
+    """ConfigError (naming ``option``) unless ``path`` can be created: its nearest existing
+    ancestor is a writable directory (missing directories are created later). Nothing is
+    created here."""
+    import os
+
+    ancestor = path.absolute().parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise ConfigError(f"{option} {path}: {ancestor} is a file, not a directory")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise ConfigError(f"{option} {path}: directory {ancestor} is not writable")
 
 
 def csv_header(path: Path, *, who: str = "") -> list[str]:
