@@ -44,6 +44,7 @@ __all__ = [
     "ENGINES",
     "TASKS",
     "Engine",
+    "JobContext",
     "JobRun",
     "Party",
     "Progress",
@@ -76,6 +77,18 @@ class Party:
     role: str
     source: DataSource | None = None
     ledger: LedgerSpec | None = None
+    noise_seed: int | None = None
+
+
+@dataclass(frozen=True)
+class JobContext:
+    """What a task plans a job with, besides the config: the job id every party uses, each data
+    party's source (``run_job``: the config's files or built-in shares; an agent: the peers'
+    declared schemas, never their rows), where ledgers live, and the test-only noise seed."""
+
+    job: str
+    sources: Mapping[str, DataSource]
+    ledger_dir: Path
     noise_seed: int | None = None
 
 
@@ -135,8 +148,11 @@ class Task(abc.ABC):
         return []
 
     @abc.abstractmethod
-    def plan(self, cfg: JobConfig, *, ledger_dir: Path, noise_seed: int | None) -> tuple[Any, Sequence[Party]]:
-        """The public job spec every party receives, and the parties."""
+    def plan(self, cfg: JobConfig, ctx: JobContext) -> tuple[Any, Sequence[Party]]:
+        """The public job spec every party receives, and the parties. Deterministic in
+        ``(cfg, ctx.job, the sources' schemas)``, so every agent of a job computes the same
+        spec; it reads only the sources' schemas (:meth:`DataSource.columns`,
+        :meth:`DataSource.public_bounds`), never their rows."""
 
     @abc.abstractmethod
     def party(self, plan: Any, party: Party, channel: Channel, progress: Progress | None = None) -> Any:
@@ -332,8 +348,9 @@ def run_job(
         ledger_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ConfigError(f"cannot create ledger directory {ledger_dir}: {exc.strerror or exc}") from None
-    plan, parties = task.plan(cfg, ledger_dir=ledger_dir, noise_seed=noise_seed)
-    results = run_plan(task, plan, parties, job=job_id(cfg), engine=runner, progress=progress)
+    ctx = JobContext(job_id(cfg), sources_for(cfg), ledger_dir, noise_seed)
+    plan, parties = task.plan(cfg, ctx)
+    results = run_plan(task, plan, parties, job=ctx.job, engine=runner, progress=progress)
     results["notes"] = list(results.get("notes") or []) + notes
     results["private"] = bool(results.get("private", True)) and not cfg.crypto.insecure and noise_seed is None
     results["ledger_dir"] = str(ledger_dir)

@@ -22,7 +22,7 @@ from fedsilo.protocols.horizontal.secure_aggregation import (
 from fedsilo.crypto.registry import get_backend
 from fedsilo.silos.config import JobConfig, parse_config
 from fedsilo.silos.data import DataSource, FrameSource
-from fedsilo.silos.runner import TASKS, JobRun, Party, Task, register_task, run_job
+from fedsilo.silos.runner import TASKS, JobContext, JobRun, Party, Task, register_task, run_job, sources_for
 from fedsilo.silos.tasks.horizontal import HORIZONTAL
 
 HZ = {
@@ -120,7 +120,8 @@ def test_each_silo_loads_only_its_own_share(tmp_path: Path, monkeypatch: pytest.
         return original(self)
 
     monkeypatch.setattr(FrameSource, "load", spy)
-    plan, parties = HORIZONTAL.plan(parse_config(HZ), ledger_dir=tmp_path, noise_seed=None)
+    cfg = parse_config(HZ)
+    plan, parties = HORIZONTAL.plan(cfg, JobContext("own", sources_for(cfg), tmp_path))
     frames = {p.name: p.source.load().frame for p in parties if p.source is not None}
     loaded.clear()
     own = [Party(p.name, p.role, FrameSource(frames[p.name], p.name) if p.source else None, p.ledger) for p in parties]
@@ -152,10 +153,8 @@ class _RowCountTask(Task):
         if cfg.privacy is not None:
             raise ConfigError(f"{source}: the row-count test task has no DP")
 
-    def plan(self, cfg: JobConfig, *, ledger_dir: Path, noise_seed: int | None) -> tuple[Any, Sequence[Party]]:
-        from fedsilo.silos.runner import sources_for
-
-        sources = sources_for(cfg)
+    def plan(self, cfg: JobConfig, ctx: JobContext) -> tuple[Any, Sequence[Party]]:
+        sources = ctx.sources
         return tuple(sources), [Party("aggregator", "aggregator"), *(Party(n, "silo", s) for n, s in sources.items())]
 
     def party(self, plan: Any, party: Party, channel: Channel, progress: Any = None) -> Any:

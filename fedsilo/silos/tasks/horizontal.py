@@ -29,6 +29,7 @@ from fedsilo.silos.config import JobConfig
 from fedsilo.silos.data import DataSource, LocalTable, binary_labels, require_columns, require_numeric, scale_with_bounds
 from fedsilo.silos.ledgers import opened
 from fedsilo.silos.runner import (
+    JobContext,
     JobRun,
     Party,
     Progress,
@@ -188,8 +189,8 @@ class HorizontalTask(Task):
             return []  # silo-level noise shares protect a whole update against the colluders
         return exposure_settings(cfg, "model update", 'add silos, use silo-level DP ([privacy] level = "silo"), or ')
 
-    def plan(self, cfg: JobConfig, *, ledger_dir: Path, noise_seed: int | None) -> tuple[HorizontalPlan, list[Party]]:
-        sources = sources_for(cfg)
+    def plan(self, cfg: JobConfig, ctx: JobContext) -> tuple[HorizontalPlan, list[Party]]:
+        sources = dict(ctx.sources)
         names = list(sources)
         assert cfg.data.label is not None
         first = sources[names[0]]
@@ -227,14 +228,14 @@ class HorizontalTask(Task):
                 f"{len(names)} silo(s) with data: no round could ever complete (add silos or lower min_silos)"
             )
         job = make_job(
-            job=job_id(cfg), silos=names, backend=cfg.crypto.backend, backend_params=cfg.crypto.params,
+            job=ctx.job, silos=names, backend=cfg.crypto.backend, backend_params=cfg.crypto.params,
             model=cfg.model, training=cfg.training, privacy=cfg.privacy, n_features=len(features), n_classes=2,
             seed=cfg.federation.seed, min_silos=cfg.federation.min_silos, round_timeout=cfg.federation.round_timeout,
             insecure=cfg.crypto.insecure,
         )
         plan = HorizontalPlan(job, tuple(names), schema, tuple(notes))
-        return plan, parties_for(plan, {n: sources[n] for n in names}, ledger_dir=ledger_dir,
-                                 budgets=budgets_for(cfg), noise_seed=noise_seed)
+        return plan, parties_for(plan, {n: sources[n] for n in names}, ledger_dir=ctx.ledger_dir,
+                                 budgets=budgets_for(cfg), noise_seed=ctx.noise_seed)
 
     def party(self, plan: HorizontalPlan, party: Party, channel: Channel, progress: Progress | None = None) -> Any:
         if party.role == "aggregator":
@@ -456,7 +457,7 @@ class HorizontalData:
 def prepare_horizontal(cfg: JobConfig) -> HorizontalData:
     """Each silo's rows exactly as its party prepares them (:func:`silo_rows` on the job's
     plan), gathered for centralized baselines and tests."""
-    plan, parties = HORIZONTAL.plan(cfg, ledger_dir=Path("."), noise_seed=None)
+    plan, parties = HORIZONTAL.plan(cfg, JobContext(job_id(cfg), sources_for(cfg), Path(".")))
     assert plan.schema is not None
     silos: dict[str, tuple[np.ndarray, np.ndarray]] = {}
     tests: dict[str, tuple[np.ndarray, np.ndarray]] = {}

@@ -32,6 +32,7 @@ from fedsilo.silos.config import JobConfig
 from fedsilo.silos.data import DataSource, FrameSource, require_numeric
 from fedsilo.silos.ledgers import opened
 from fedsilo.silos.runner import (
+    JobContext,
     JobRun,
     Party,
     Progress,
@@ -41,13 +42,11 @@ from fedsilo.silos.runner import (
     exposure_settings,
     get_engine,
     ledger_directory,
-    job_id,
     ledger_specs,
     party_noise_seeds,
     refuse_unread,
     register_task,
     run_plan,
-    sources_for,
 )
 
 __all__ = ["STATISTICS", "StatisticsJob", "simulate_statistics"]
@@ -115,9 +114,9 @@ class StatisticsTask(Task):
         # DP statistics protect single records, never a whole silo's statistics
         return exposure_settings(cfg, "statistics", "add silos, or ")
 
-    def plan(self, cfg: JobConfig, *, ledger_dir: Path, noise_seed: int | None) -> tuple[StatisticsJob, list[Party]]:
+    def plan(self, cfg: JobConfig, ctx: JobContext) -> tuple[StatisticsJob, list[Party]]:
         assert cfg.statistics is not None
-        sources = sources_for(cfg)
+        sources = dict(ctx.sources)
         names = list(sources)
         if cfg.federation.min_silos > len(names):
             raise ConfigError(
@@ -132,13 +131,14 @@ class StatisticsTask(Task):
             )
         try:
             job = make_statistics_job(
-                job=job_id(cfg), silos=names, request=cfg.statistics, privacy=cfg.privacy, backend=cfg.crypto.backend,
+                job=ctx.job, silos=names, request=cfg.statistics, privacy=cfg.privacy, backend=cfg.crypto.backend,
                 backend_params=cfg.crypto.params, min_silos=cfg.federation.min_silos,
                 round_timeout=cfg.federation.round_timeout, insecure=cfg.crypto.insecure, notes=notes,
             )
         except ConfigError as exc:
             raise ConfigError(f"{cfg._source}: {exc}") from None
-        return job, parties_for(job, sources, ledger_dir=ledger_dir, budgets=budgets_for(cfg), noise_seed=noise_seed)
+        return job, parties_for(job, sources, ledger_dir=ctx.ledger_dir, budgets=budgets_for(cfg),
+                                noise_seed=ctx.noise_seed)
 
     def party(self, plan: StatisticsJob, party: Party, channel: Channel, progress: Progress | None = None) -> Any:
         if party.role == "aggregator":

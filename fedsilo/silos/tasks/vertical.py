@@ -29,6 +29,7 @@ from fedsilo.protocols.psi import ids_from_column
 from fedsilo.silos.data import DataSource, FrameSource, LocalTable, require_columns, require_numeric
 from fedsilo.silos.ledgers import opened
 from fedsilo.silos.runner import (
+    JobContext,
     JobRun,
     Party,
     Progress,
@@ -36,12 +37,10 @@ from fedsilo.silos.runner import (
     budgets_for,
     get_engine,
     ledger_directory,
-    job_id,
     ledger_specs,
     refuse_unread,
     register_task,
     run_plan,
-    sources_for,
 )
 
 __all__ = ["VERTICAL", "VerticalPlan", "simulate_vertical", "topology_of"]
@@ -179,9 +178,9 @@ class VerticalTask(Task):
             '[privacy] section (e.g. epsilon = 8, level = "record"), or ',
         )]
 
-    def plan(self, cfg: JobConfig, *, ledger_dir: Path, noise_seed: int | None) -> tuple[VerticalPlan, list[Party]]:
+    def plan(self, cfg: JobConfig, ctx: JobContext) -> tuple[VerticalPlan, list[Party]]:
         assert cfg.data.label is not None and cfg.data.id_column is not None
-        sources = sources_for(cfg)
+        sources = dict(ctx.sources)
         roles = {s.name: s.role for s in cfg.silos}
         spec = make_vertical_spec(
             roles=roles, id_column=cfg.data.id_column, label=cfg.data.label, backend=cfg.crypto.backend,
@@ -189,10 +188,10 @@ class VerticalTask(Task):
             round_timeout=cfg.federation.round_timeout, test_fraction=cfg.data.test_fraction,
             bounds={k: (float(v[0]), float(v[1])) for k, v in cfg.data.bounds.items()}, insecure=cfg.crypto.insecure,
         )
-        plan = VerticalPlan(job_id(cfg), spec, cfg.federation.seed, tuple(_level_note(cfg.privacy)))
+        plan = VerticalPlan(ctx.job, spec, cfg.federation.seed, tuple(_level_note(cfg.privacy)))
         check_bound_keys(spec, {p: s.columns() for p, s in sources.items()}, source=cfg._source)
-        return plan, parties_for(plan, sources, ledger_dir=ledger_dir, budgets=budgets_for(cfg),
-                                 noise_seed=noise_seed, source=cfg._source)
+        return plan, parties_for(plan, sources, ledger_dir=ctx.ledger_dir, budgets=budgets_for(cfg),
+                                 noise_seed=ctx.noise_seed, source=cfg._source)
 
     def party(self, plan: VerticalPlan, party: Party, channel: Channel, progress: Progress | None = None) -> Any:
         top = plan.spec.topology
