@@ -49,7 +49,7 @@ from _report import machine_line, write_section  # noqa: E402
 from fedsilo.silos.tasks.horizontal import simulate_horizontal  # noqa: E402
 from fedsilo.protocols.horizontal.models import build_model, get_flat_params  # noqa: E402
 from fedsilo.silos.tasks.horizontal import evaluate  # noqa: E402
-from fedsilo.protocols.horizontal.training import local_config_from, train_local  # noqa: E402
+from fedsilo.protocols.horizontal.training import LocalConfig, train_local  # noqa: E402
 from fedsilo.silos.config import JobConfig, apply_overrides, load_config  # noqa: E402
 from fedsilo.silos.runner import budgets_for
 from fedsilo.silos.tasks.horizontal import HorizontalData, prepare_horizontal  # noqa: E402
@@ -98,9 +98,8 @@ def _central(cfg: JobConfig, data: HorizontalData) -> dict[str, float]:
     x = np.vstack([x for x, _ in data.silos.values()])
     y = np.concatenate([y for _, y in data.silos.values()])
     spec = cfg.model
-    training = cfg.training.model_dump()
     model = build_model(spec, n_features=x.shape[1], n_classes=2, seed=cfg.federation.seed)
-    local = local_config_from(dict(training, local_epochs=training["rounds"] * training["local_epochs"]))
+    local = LocalConfig.from_sections(cfg.training, epochs=cfg.training.rounds * cfg.training.local_epochs)
     p0 = get_flat_params(model)
     out = train_local(model, x, y, global_params=p0, config=local, n_classes=2, seed=cfg.federation.seed)
     pooled = (np.vstack([t[0] for t in data.tests.values()]), np.concatenate([t[1] for t in data.tests.values()]))

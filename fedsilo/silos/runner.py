@@ -258,6 +258,7 @@ def exposure_settings(cfg: JobConfig, what: str, remedy: str) -> list[tuple[str,
 
 
 def get_engine(name: str) -> Engine:
+    import fedsilo.silos.engines  # noqa: F401 - registers the processes engine (lazy: it imports the transport)
     if name not in _ENGINES:
         raise ConfigError(f"unknown engine {name!r} (available: {', '.join(_ENGINES)})")
     return _ENGINES[name]()

@@ -74,6 +74,11 @@ def test_vertical_keys_are_checked_against_what_the_task_reads(tmp_path: Path, p
         ({"silos": [{"name": "a", "role": "guest"}, {"name": "b"}, {"name": "c"}]},
          "key 'silos[0].role': 'guest' is not a role of a 'horizontal' job"),
         ({"federation": {"task": "horizonal"}}, "unknown task 'horizonal'; did you mean 'horizontal'?"),
+        # keys horizontal training would silently ignore
+        ({"training": {"rounds": 1, "l2": 0.1}}, "key 'training.l2' is not read by a 'horizontal' job"),
+        ({"training": {"rounds": 1, "early_stopping_tol": 0.1}}, "key 'training.early_stopping_tol' is not read"),
+        ({"model": {"kind": "logistic", "hidden": [8]}}, "key 'model.hidden' is not read by a 'horizontal' job"),
+        ({"model": {"kind": "mlp", "params": {"width": 3}}}, "key 'model.params' is not read by a 'horizontal' job"),
     ],
 )
 def test_horizontal_keys_are_checked_against_what_the_task_reads(patch: dict, expected: str) -> None:

@@ -135,10 +135,7 @@ class HorizontalJob:
         return 3 * self.round_timeout + 60.0
 
     def local_config(self, *, proximal_mu: float) -> LocalConfig:
-        t = self.training
-        return LocalConfig(
-            epochs=t.local_epochs, batch_size=t.batch_size, lr=t.lr, optimizer=t.optimizer, proximal_mu=proximal_mu
-        )
+        return LocalConfig.from_sections(self.training, proximal_mu=proximal_mu)
 
     def strategy(self) -> Strategy:
         """The configured strategy, wrapped in :class:`DPFedAvg` for silo-level DP."""

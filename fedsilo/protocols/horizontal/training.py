@@ -26,9 +26,7 @@ and the result is a small :class:`LocalResult`. Nothing is kept between rounds.
 """
 from __future__ import annotations
 
-import math
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +36,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
+from fedsilo.protocols.spec import TrainingSection
 from fedsilo.errors import ConfigError, DataError
 from fedsilo.privacy.accounting import noise_multiplier as _noise_multiplier
 from fedsilo.privacy.events import GaussianEvent
@@ -50,39 +49,37 @@ warnings.filterwarnings("ignore", message="Full backward hook is firing when gra
 __all__ = [
     "LocalConfig",
     "LocalResult",
-    "OPTIMIZERS",
     "PoissonBatchSampler",
     "RecordDP",
-    "local_config_from",
     "poisson_loader",
     "record_dp_plan",
     "train_local",
 ]
 
-OPTIMIZERS: tuple[str, ...] = ("sgd", "adam")
-
-
 @dataclass(frozen=True, slots=True)
 class LocalConfig:
-    """What one silo does with the global model in one round."""
+    """What one silo does with the global model in one round: the ``[training]`` section's
+    local keys (:meth:`from_sections`, where their defaults and ranges live) and the strategy's
+    FedProx ``mu``."""
 
-    epochs: int = 1
-    batch_size: int = 64
-    lr: float = 0.1
-    optimizer: str = "sgd"
+    epochs: int
+    batch_size: int
+    lr: float
+    optimizer: str
     proximal_mu: float = 0.0  #: FedProx mu (0 = plain FedAvg local training)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ConfigError(f"training.local_epochs must be an integer >= 1, got {self.epochs!r}")
-        if not isinstance(self.batch_size, int) or self.batch_size < 1:
-            raise ConfigError(f"training.batch_size must be an integer >= 1, got {self.batch_size!r}")
-        if not (isinstance(self.lr, (int, float)) and math.isfinite(self.lr) and self.lr > 0):
-            raise ConfigError(f"training.lr must be a number > 0, got {self.lr!r}")
-        if self.optimizer not in OPTIMIZERS:
-            raise ConfigError(f"training.optimizer must be one of {', '.join(OPTIMIZERS)}, got {self.optimizer!r}")
         if not (isinstance(self.proximal_mu, (int, float)) and self.proximal_mu >= 0):
             raise ConfigError(f"FedProx mu must be a number >= 0, got {self.proximal_mu!r}")
+
+    @classmethod
+    def from_sections(cls, training: TrainingSection, *, proximal_mu: float = 0.0, epochs: int | None = None) -> "LocalConfig":
+        """Local training of the validated ``[training]`` section (``epochs``: override of
+        ``local_epochs``, e.g. a centralized baseline's ``rounds × local_epochs``)."""
+        if not isinstance(training, TrainingSection):
+            raise TypeError(f"from_sections takes a TrainingSection (fedsilo.protocols.spec), got {type(training).__name__}")
+        return cls(epochs=training.local_epochs if epochs is None else int(epochs), batch_size=training.batch_size,
+                   lr=float(training.lr), optimizer=training.optimizer, proximal_mu=float(proximal_mu))
 
 
 @dataclass(frozen=True, slots=True)
@@ -303,14 +300,4 @@ def _run_epochs(
         last_epoch_loss = total / count if count else float("nan")
     return steps, last_epoch_loss
 
-
-def local_config_from(training: Mapping[str, Any], *, proximal_mu: float = 0.0) -> LocalConfig:
-    """Build a :class:`LocalConfig` from the ``[training]`` table (unknown keys are the loader's job)."""
-    return LocalConfig(
-        epochs=int(training.get("local_epochs", 1)),
-        batch_size=int(training.get("batch_size", 64)),
-        lr=float(training.get("lr", 0.1)),
-        optimizer=str(training.get("optimizer", "sgd")),
-        proximal_mu=float(proximal_mu),
-    )
 

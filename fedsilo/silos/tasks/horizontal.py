@@ -22,7 +22,7 @@ from fedsilo.privacy.accounting import epsilon as _epsilon
 from fedsilo.privacy.events import ComposedEvent
 from fedsilo.protocols.channel import Channel
 from fedsilo.protocols.horizontal import protocol as hz
-from fedsilo.protocols.horizontal.models import build_model, loss_fn, predict_scores, set_flat_params
+from fedsilo.protocols.horizontal.models import BUILTIN_MODELS, build_model, loss_fn, predict_scores, set_flat_params
 from fedsilo.protocols.horizontal.secure_aggregation import check_federation, required_contributors
 from fedsilo.protocols.spec import ModelSection, PrivacySection, TrainingSection, section
 from fedsilo.silos.config import JobConfig
@@ -176,9 +176,14 @@ class HorizontalTask(Task):
     roles = ("silo",)
 
     def check(self, cfg: JobConfig, source: str) -> None:
+        kind = cfg.model.kind
+        model_keys = ["kind"] + (["hidden"] if kind == "mlp" else ["params"] if kind not in BUILTIN_MODELS else [])
         refuse_unread(cfg, source, self.name, {
             "statistics": None,
             "privacy": ["epsilon", "delta", "clip", "accountant", "level", "colluders"],
+            # local training has no L2 penalty and no early stopping (a round count is the budget's)
+            "training": ["rounds", "local_epochs", "batch_size", "lr", "optimizer", "strategy", "strategy_params"],
+            "model": model_keys,
         })
         check_silo_job(cfg, source)
         if not cfg.data.label:

@@ -51,7 +51,7 @@ def central_accuracy(data: Any, *, model: dict[str, Any], training: dict[str, An
     """The same model trained on the pooled rows (epochs = rounds * local_epochs)."""
     from fedsilo.protocols.horizontal.models import build_model, get_flat_params
     from fedsilo.protocols.horizontal.training import LocalConfig, train_local
-    from fedsilo.protocols.spec import ModelSection, section
+    from fedsilo.protocols.spec import ModelSection, TrainingSection, section
     from fedsilo.silos.tasks.horizontal import evaluate
 
     model = section(ModelSection, model, key="model")
@@ -59,12 +59,8 @@ def central_accuracy(data: Any, *, model: dict[str, Any], training: dict[str, An
     x = np.vstack([x for x, _ in data.silos.values()])
     y = np.concatenate([y for _, y in data.silos.values()])
     m = build_model(model, n_features=x.shape[1], n_classes=2, seed=seed)
-    cfg = LocalConfig(
-        epochs=training["rounds"] * training.get("local_epochs", 1),
-        batch_size=training["batch_size"],
-        lr=training["lr"],
-        optimizer=training.get("optimizer", "sgd"),
-    )
+    section_ = section(TrainingSection, training, key="training")
+    cfg = LocalConfig.from_sections(section_, epochs=section_.rounds * section_.local_epochs)
     p0 = get_flat_params(m)
     res = train_local(m, x, y, global_params=p0, config=cfg, n_classes=2, seed=seed)
     return evaluate(model, p0 + res.update, *pooled_test(data), n_features=x.shape[1], n_classes=2)["accuracy"]
@@ -100,3 +96,13 @@ def hz_job(*, model: Any = None, training: Any = None, privacy: Any = None, **kw
         privacy=None if privacy is None else section(PrivacySection, privacy, key="privacy"),
         **{**defaults, **kw},
     )
+
+
+def local_cfg(*, proximal_mu: float = 0.0, epochs: int = 1, **training: Any) -> Any:
+    """A LocalConfig of a test: the [training] keys through their section (``epochs`` is
+    ``local_epochs``)."""
+    from fedsilo.protocols.horizontal.training import LocalConfig
+    from fedsilo.protocols.spec import TrainingSection, section
+
+    return LocalConfig.from_sections(section(TrainingSection, {"local_epochs": epochs, **training}, key="training"),
+                                     proximal_mu=proximal_mu)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fedsilo.protocols.spec import ModelSection, section
+from hz_data import local_cfg
 import torch
 from torch.utils.data import TensorDataset
 
@@ -19,7 +20,6 @@ from fedsilo.privacy.accounting import epsilon
 from fedsilo.privacy.events import GaussianEvent
 from fedsilo.protocols.horizontal.models import MLP, LogisticRegression, build_model, get_flat_params, set_flat_params
 from fedsilo.protocols.horizontal.training import (
-    LocalConfig,
     PoissonBatchSampler,
     poisson_loader,
     record_dp_plan,
@@ -70,7 +70,7 @@ def test_training_is_deterministic_and_learns() -> None:
     x, y = _data()
     m = build_model(ModelSection(kind="logistic"), n_features=5, seed=0)
     p0 = get_flat_params(m)
-    cfg = LocalConfig(epochs=3, batch_size=16, lr=0.5)
+    cfg = local_cfg(epochs=3, batch_size=16, lr=0.5)
     a = train_local(m, x, y, global_params=p0, config=cfg, n_classes=2, seed=5)
     b = train_local(build_model(ModelSection(kind="logistic"), n_features=5, seed=0), x, y, global_params=p0, config=cfg, n_classes=2, seed=5)
     np.testing.assert_array_equal(a.update, b.update)
@@ -81,9 +81,9 @@ def test_fedprox_pulls_towards_global() -> None:
     x, y = _data()
     p0 = get_flat_params(build_model(ModelSection(kind="logistic"), n_features=5, seed=0))
     far = train_local(build_model(ModelSection(kind="logistic"), n_features=5, seed=0), x, y, global_params=p0,
-                      config=LocalConfig(epochs=3, lr=0.5, batch_size=16), n_classes=2, seed=1)
+                      config=local_cfg(epochs=3, lr=0.5, batch_size=16), n_classes=2, seed=1)
     near = train_local(build_model(ModelSection(kind="logistic"), n_features=5, seed=0), x, y, global_params=p0,
-                       config=LocalConfig(epochs=3, lr=0.5, batch_size=16, proximal_mu=1.0), n_classes=2, seed=1)
+                       config=local_cfg(epochs=3, lr=0.5, batch_size=16, proximal_mu=1.0), n_classes=2, seed=1)
     assert np.linalg.norm(near.update) < np.linalg.norm(far.update)
 
 
@@ -92,7 +92,7 @@ def test_adam_and_multiclass() -> None:
     x = rng.normal(size=(90, 4))
     y = rng.integers(0, 3, size=90)
     m = build_model(ModelSection(kind="mlp", hidden=[8]), n_features=4, n_classes=3, seed=0)
-    r = train_local(m, x, y, global_params=get_flat_params(m), config=LocalConfig(optimizer="adam", lr=0.01), n_classes=3, seed=0)
+    r = train_local(m, x, y, global_params=get_flat_params(m), config=local_cfg(optimizer="adam", lr=0.01), n_classes=3, seed=0)
     assert r.update.shape == get_flat_params(m).shape and np.isfinite(r.loss)
 
 
@@ -105,9 +105,9 @@ def test_record_dp_plan_meets_target_and_trains() -> None:
     x, y = _data()
     m = build_model(ModelSection(kind="logistic"), n_features=5, seed=0)
     p0 = get_flat_params(m)
-    a = train_local(m, x, y, global_params=p0, config=LocalConfig(epochs=2, batch_size=16, lr=0.5), n_classes=2, seed=3, record_dp=plan)
+    a = train_local(m, x, y, global_params=p0, config=local_cfg(epochs=2, batch_size=16, lr=0.5), n_classes=2, seed=3, record_dp=plan)
     b = train_local(build_model(ModelSection(kind="logistic"), n_features=5, seed=0), x, y, global_params=p0,
-                    config=LocalConfig(epochs=2, batch_size=16, lr=0.5), n_classes=2, seed=3, record_dp=plan)
+                    config=local_cfg(epochs=2, batch_size=16, lr=0.5), n_classes=2, seed=3, record_dp=plan)
     np.testing.assert_array_equal(a.update, b.update)  # seeded sampling and noise
     assert a.steps == 16 and np.all(np.isfinite(a.update))
 
@@ -141,7 +141,7 @@ def test_dp_sgd_takes_exactly_the_charged_steps(n: int) -> None:
     assert plan.steps_per_epoch == max(1, round(n / 64)) and plan.sample_rate == 1 / plan.steps_per_epoch
     m = build_model(ModelSection(kind="logistic"), n_features=3, seed=0)
     with _count_optimizer_steps() as taken:
-        res = train_local(m, x, y, global_params=get_flat_params(m), config=LocalConfig(epochs=2, batch_size=64),
+        res = train_local(m, x, y, global_params=get_flat_params(m), config=local_cfg(epochs=2, batch_size=64),
                           n_classes=2, seed=n, record_dp=plan)
     assert taken[0] == res.steps == 2 * plan.steps_per_epoch
     # the round's event is exactly that run: T optimizer steps, each a Poisson batch at rate q
@@ -176,7 +176,7 @@ def test_empty_poisson_batches_still_take_a_noised_step() -> None:
     assert (0, 2) in shapes and len(shapes) == 50  # empty batches happen and keep their shape
     m = build_model(ModelSection(kind="logistic"), n_features=2, seed=0)
     with _count_optimizer_steps() as taken:
-        res = train_local(m, x, y, global_params=get_flat_params(m), config=LocalConfig(epochs=4, batch_size=1),
+        res = train_local(m, x, y, global_params=get_flat_params(m), config=local_cfg(epochs=4, batch_size=1),
                           n_classes=2, seed=0, record_dp=plan)
     assert taken[0] == res.steps == 4 * plan.steps_per_epoch and np.all(np.isfinite(res.update))
 
