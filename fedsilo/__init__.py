@@ -23,9 +23,11 @@ def simulate(
     rounds: int | None = None,
     epsilon: float | None = None,
     seed: int | None = None,
+    engine: str = "threads",
 ) -> dict[str, Any]:
     """Run a federation config like ``fedsilo simulate`` and return the results contract
-    (docs/results.md). Keyword overrides match the command-line flags."""
+    (docs/results.md). Keyword overrides match the command-line flags; ``engine`` is
+    ``--engine`` (``"threads"`` or ``"processes"``)."""
     from fedsilo.silos.config import apply_overrides, load_config
     from fedsilo.silos.runner import run_job
 
@@ -33,4 +35,4 @@ def simulate(
     overrides = dict(backend=backend, silos=silos, rounds=rounds, epsilon=epsilon, seed=seed)
     if any(v is not None for v in overrides.values()):
         cfg = apply_overrides(cfg, **overrides)
-    return run_job(cfg, ledger_dir=Path(ledger_dir) if ledger_dir is not None else None)
+    return run_job(cfg, ledger_dir=Path(ledger_dir) if ledger_dir is not None else None, engine=engine)

@@ -158,6 +158,7 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = None,
         ledger_dir: LedgerOpt = None,
         insecure: InsecureOpt = False,
+        engine: EngineOpt = "threads",
     ) -> None:
         """Federated statistics (sums, counts, means, histograms) of a statistics config."""
         from fedsilo.errors import ConfigError
@@ -168,7 +169,7 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"{config}: federation.task is {cfg.federation.task!r}; `fedsilo stats` needs 'statistics'")
         if json_out is not None:
             check_output_path(json_out, "--json")
-        results = run_job(cfg, ledger_dir=ledger_dir, progress=None)
+        results = run_job(cfg, ledger_dir=ledger_dir, progress=None, engine=engine)
         _save(json_out, results, _print_stats)
         _print_stats(results)
 

@@ -7,8 +7,9 @@ ones, so replays and strays never reach protocol code. Payloads go through
 :mod:`fedsilo.protocols.codec` on every transport, so byte counts are honest and nothing is
 shared by reference between parties.
 
-:class:`InProcessHub` connects parties inside one process (threads) for unit tests; the silo
-agents provide the same interface over gRPC with mutual TLS.
+:class:`InProcessHub` connects parties inside one process (threads): tests and the runner's
+``threads`` engine; :mod:`fedsilo.silos.transport` provides the same interface over gRPC with
+mutual TLS.
 """
 from __future__ import annotations
 
@@ -150,7 +151,7 @@ class Channel(abc.ABC):
 
 
 class InProcessHub:
-    """Mailboxes for parties running as threads in one process (unit tests only).
+    """Mailboxes for parties running as threads in one process (tests and the ``threads`` engine).
 
     ``log`` keeps every delivered envelope so tests can inspect exactly what a party received.
     ``abort`` wakes every waiting party with the failing party's error.

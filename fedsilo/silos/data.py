@@ -316,7 +316,15 @@ class FileSource(DataSource):
 
     def columns(self) -> list[str]:
         if self.path.suffix.lower() in (".parquet", ".pq"):
-            return super().columns()
+            try:
+                import pyarrow.parquet as pq
+            except ImportError:
+                return super().columns()  # load_table names the missing engine
+            check_input_file(self.path, who=f"silo {self.silo!r}: ")
+            try:
+                return [str(n) for n in pq.read_schema(self.path).names]  # the schema, not the rows
+            except Exception:  # pyarrow's own exception types for a corrupt file: load_table names them
+                return super().columns()
         return csv_header(self.path, who=f"silo {self.silo!r}: ")
 
 

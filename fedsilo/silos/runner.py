@@ -14,7 +14,8 @@ prepared centrally.
 
 An **engine** (:class:`Engine`, :data:`ENGINES`) starts the parties and connects them:
 ``threads`` runs each party as a thread over an :class:`~fedsilo.protocols.channel.InProcessHub`.
-The silo agents add engines over gRPC with the same parties.
+``processes`` (:mod:`fedsilo.silos.engines`) runs each party as its own OS process over gRPC
+with mutual TLS; the silo agents run the same parties as long-lived services.
 
 Path of one job: ``load_config`` (validated sections) → :func:`run_job` → ``task.check`` →
 ``task.plan`` → ``engine.run`` → ``task.party`` per party (protocol party functions, ledger
@@ -277,6 +278,7 @@ def run_plan(task: Task, plan: Any, parties: Sequence[Party], *, job: str, engin
     ``transport`` named."""
     run = engine.run(job, party_functions(task, plan, parties, progress=progress))
     results = task.results(plan, parties, run)
+    results.setdefault("seconds", run.seconds)
     if any(p.noise_seed is not None for p in parties):  # a test run: anyone with the seed has the noise
         results["private"] = False
         results["notes"] = [*results.get("notes", []),

@@ -58,6 +58,7 @@ def _vertical(tmp_path: Path, **sections: Any) -> dict[str, Any]:
         ({"training": {"rounds": 1, "strategy": "fedprox"}}, "key 'training.strategy' is not read by a 'vertical' job"),
         ({"training": {"rounds": 1, "local_epochs": 2}}, "key 'training.local_epochs' is not read"),
         ({"statistics": {"columns": ["g1"]}}, "[statistics] is not read by a 'vertical' job"),
+        ({"data": {"label": "y", "id_column": "cid", "partition": {"silos": 2}}}, "key 'data.partition' is not read"),
     ],
 )
 def test_vertical_keys_are_checked_against_what_the_task_reads(tmp_path: Path, patch: dict, expected: str) -> None:
@@ -101,6 +102,8 @@ def test_statistics_refuses_training_and_model_keys() -> None:
         parse_config({**base, "model": {"kind": "mlp"}})
     with pytest.raises(ConfigError, match="key 'privacy.clip' is not read by a 'statistics' job"):
         parse_config({**base, "privacy": {"epsilon": 1.0, "clip": 2.0}})
+    with pytest.raises(ConfigError, match="key 'data.test_fraction' is not read by a 'statistics' job"):
+        parse_config({**base, "data": {**base["data"], "test_fraction": 0.3}})
 
 
 def test_results_name_the_engine_and_an_unknown_engine_is_refused_before_any_ledger(tmp_path: Path) -> None:

@@ -7,16 +7,16 @@ Parties (see ``docs/horizontal.md``):
   sum and applies the strategy's server step, so every silo holds the same global model;
 * :func:`aggregator` — holds no key: counts who is present, adds ciphertexts, returns the sum.
 
-Both are plain functions over a :class:`~fedsilo.protocols.channel.Channel`, so the in-process
-simulation (:func:`simulate_horizontal`, used by ``fedsilo simulate``) and the gRPC silo agents
-run the same code. Round 0 is the key ceremony; rounds ``1..R`` are training rounds, each one
+Both are plain functions over a :class:`~fedsilo.protocols.channel.Channel`, so every engine of
+the runner (:mod:`fedsilo.silos.tasks.horizontal`: threads in one process, one process per party
+over gRPC, the silo agents) runs the same code. Round 0 is the key ceremony; rounds ``1..R`` are training rounds, each one
 noised secure sum (:mod:`.secure_aggregation`).
 
 Dropout: a silo missing at a deadline is left out of that round; the round completes if at least
 ``min_silos`` contributed, with top-up noise so the total noise never falls below target;
 otherwise the round is **skipped** (nothing decrypted, global model unchanged, recorded with
 ``silos = []``). If withdrawals (exhausted budgets) leave fewer than ``min_silos`` silos in the
-job, the job stops and :func:`simulate_horizontal` raises
+job, the job stops and the task's results raise
 :class:`~fedsilo.errors.NotEnoughSilosError`.
 """
 from __future__ import annotations

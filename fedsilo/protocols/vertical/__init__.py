@@ -2,8 +2,12 @@
 
 * :mod:`.taylor` — the maths (Taylor-approximated logistic loss, DP calibration), pure.
 * :mod:`.data` — checking one party's table (IDs, labels, numeric features).
-* :mod:`.lr` — heterogeneous logistic regression, one function per party over a channel
-  (arbiter or two-party topology), and the joint prediction protocol.
+* :mod:`.lr` — heterogeneous logistic regression: the overview (topologies, who learns what)
+  and the public names of its modules: :mod:`.messages` (the message kinds), :mod:`.config`
+  (agreed settings, digests, the DP plan), :mod:`.model` (each party's local model),
+  :mod:`.keys` (keys, masks, noise shares, ledger charges), :mod:`.loss` (the encrypted
+  Taylor loss), :mod:`.parties` (one step function per role and topology) and
+  :mod:`.prediction` (the joint prediction protocol).
 * :mod:`.job` — a whole job per party (PSI alignment, split, training, evaluation); the
   ``vertical`` task of :mod:`fedsilo.silos.tasks` starts the parties on an engine.
 

@@ -184,6 +184,7 @@ class HorizontalTask(Task):
             # local training has no L2 penalty and no early stopping (a round count is the budget's)
             "training": ["rounds", "local_epochs", "batch_size", "lr", "optimizer", "strategy", "strategy_params"],
             "model": model_keys,
+            "data": ["source", "label", "id_column", "partition", "test_fraction", "bounds"],
         })
         check_silo_job(cfg, source)
         if not cfg.data.label:

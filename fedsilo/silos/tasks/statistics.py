@@ -102,7 +102,11 @@ class StatisticsTask(Task):
     roles = ("silo",)
 
     def check(self, cfg: JobConfig, source: str) -> None:
-        refuse_unread(cfg, source, self.name, {"model": None, "training": None, "privacy": _PRIVACY_KEYS})
+        refuse_unread(cfg, source, self.name, {
+            "model": None, "training": None, "privacy": _PRIVACY_KEYS,
+            # the label only decides a built-in data set's label-skewed partition
+            "data": ["source", "label", "partition"],
+        })
         check_silo_job(cfg, source)
         if cfg.statistics is None:
             raise ConfigError(f"{source}: task 'statistics' needs a [statistics] section with columns")
@@ -124,7 +128,7 @@ class StatisticsTask(Task):
                 f"{len(names)} silo(s) with data: no round could ever complete (add silos or lower min_silos)"
             )
         notes = []
-        if cfg.privacy is not None and cfg.privacy.level == "silo":
+        if cfg.privacy is not None and cfg.privacy.level == "silo" and "level" in cfg.privacy.model_fields_set:
             notes.append(
                 "federated statistics protect records (add/remove one record), not whole silos: "
                 "privacy.level = 'silo' is read as record level (the ledger records add-remove-record)"

@@ -166,6 +166,7 @@ class VerticalTask(Task):
             "model": ["kind"],
             "training": ["rounds", "batch_size", "lr", "l2", "early_stopping_tol"],
             "statistics": None,
+            "data": ["label", "id_column", "test_fraction", "bounds"],
         })
 
     def insecure_settings(self, cfg: JobConfig) -> list[tuple[str, str]]:
