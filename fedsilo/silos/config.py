@@ -7,13 +7,13 @@ relative to the config file. Command-line flags override the matching keys throu
 
 The sections the protocols read (``[privacy]``, ``[model]``, ``[training]``, ``[statistics]``)
 are defined once, in :mod:`fedsilo.protocols.spec`; this module composes them with the tables
-only the runner reads. After the types, the job's task (:mod:`fedsilo.silos.runner`) checks the
-keys it reads and its own cross-checks (:meth:`~fedsilo.silos.runner.Task.check`).
+only the runner reads. After the types, the job's task (:mod:`fedsilo.silos.registry`) checks the
+keys it reads and its own cross-checks (:meth:`~fedsilo.silos.registry.Task.check`).
 
 ``[crypto] insecure = true`` is the one switch for every insecure setting, checked last
 (:func:`parse_config`): a backend instance that does not keep ciphertexts confidential
 (``plain``; Paillier keys below 2048 bits; whatever a plugin's ``confidentiality()`` says), and
-what the task calls insecure (:meth:`~fedsilo.silos.runner.Task.insecure_settings`: vertical
+what the task calls insecure (:meth:`~fedsilo.silos.registry.Task.insecure_settings`: vertical
 training without DP; a horizontal or statistics job whose every secure sum would let one silo
 compute another's exact contribution). The protocols refuse the same things at run time
 (:mod:`fedsilo.protocols.horizontal.secure_aggregation`).
@@ -43,6 +43,7 @@ from fedsilo.protocols.spec import (
     format_errors,
     ordered_ranges,
 )
+from fedsilo.silos.registry import check_task, get_task, task_names
 
 if TYPE_CHECKING:
     from fedsilo.crypto.base import Confidentiality
@@ -76,7 +77,7 @@ _ordered = ordered_ranges
 
 class FederationSection(_Section):
     name: str = Field("federation", pattern=_NAME)
-    task: str  # a registered task (fedsilo.silos.runner.TASKS)
+    task: str  # a task of the registry (fedsilo.silos.registry)
     seed: Int = Field(0, ge=0, le=MAX_SEED)
     min_silos: Int = Field(2, ge=1)
     round_timeout: Float = Field(120.0, gt=0, le=MAX_ROUND_TIMEOUT)
@@ -84,8 +85,6 @@ class FederationSection(_Section):
     @field_validator("task")
     @classmethod
     def _registered_task(cls, name: str) -> str:
-        from fedsilo.silos.runner import task_names
-
         names = task_names()
         if name not in names:
             near = difflib.get_close_matches(name, names, n=1)
@@ -217,8 +216,6 @@ def _check_insecure(cfg: JobConfig, source: str, flags: Mapping[str, str] | None
     if not conf.sufficient:
         key = f"crypto.params.{conf.param}" if conf.param else "crypto.backend"
         problems.append((key, f"{conf.why_not}; "))
-    from fedsilo.silos.runner import get_task
-
     problems += get_task(cfg.federation.task).insecure_settings(cfg)
     if not problems:
         return
@@ -256,8 +253,6 @@ def _parse(
         raise ConfigError(format_errors(exc, source, JobConfig)) from None
     cfg._source = origin or source
     _check_backend(cfg.crypto.backend, f"{source}: key 'crypto.backend'")
-    from fedsilo.silos.runner import check_task
-
     check_task(cfg, source)
     _check_insecure(cfg, source, flags)
     return cfg

@@ -1,6 +1,6 @@
 """One job runner for every task: plan the job, start its parties on an engine, collect results.
 
-A **task** (:class:`Task`, registered with :func:`register_task`) is what a federation file's
+A **task** (:class:`Task`, found by name in :mod:`fedsilo.silos.registry`) is what a federation file's
 ``[federation] task`` names. It says which config keys it reads (:meth:`Task.check`), plans a
 job from the validated config (:meth:`Task.plan`: the public job spec every party agrees on and
 the list of :class:`Party`), runs one party (:meth:`Task.party`: the function an agent runs,
@@ -12,7 +12,7 @@ table itself), its own ledger (a :class:`~fedsilo.silos.ledgers.LedgerSpec` it o
 its own secret randomness (the OS CSPRNG, or a test-only ``noise_seed``). Nothing of a table is
 prepared centrally.
 
-An **engine** (:class:`Engine`, :data:`ENGINES`) starts the parties and connects them:
+An **engine** (:class:`Engine`, found by ``--engine`` name in the registry) starts the parties and connects them:
 ``threads`` runs each party as a thread over an :class:`~fedsilo.protocols.channel.InProcessHub`.
 ``processes`` (:mod:`fedsilo.silos.engines`) runs each party as its own OS process over gRPC
 with mutual TLS; the silo agents run the same parties as long-lived services.
@@ -23,16 +23,12 @@ charges) → ``task.results``.
 """
 from __future__ import annotations
 
-import abc
 import contextlib
-import difflib
 import functools
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from fedsilo.errors import ConfigError
@@ -40,9 +36,27 @@ from fedsilo.protocols.channel import Channel, InProcessHub, run_parties
 from fedsilo.silos.config import JobConfig, check_insecure_settings
 from fedsilo.silos.data import BuiltinShare, DataSource, FileSource
 from fedsilo.silos.ledgers import LedgerSpec
+from fedsilo.silos.registry import (  # the runner's types and registries, re-exported
+    TASKS,
+    Engine,
+    JobContext,
+    JobRun,
+    Party,
+    Progress,
+    Task,
+    check_silo_job,
+    check_task,
+    engine_names,
+    exposure_settings,
+    get_engine,
+    get_task,
+    refuse_unread,
+    register_engine,
+    register_task,
+    task_names,
+)
 
 __all__ = [
-    "ENGINES",
     "TASKS",
     "Engine",
     "JobContext",
@@ -51,70 +65,26 @@ __all__ = [
     "Progress",
     "Task",
     "ThreadsEngine",
+    "budgets_for",
+    "check_silo_job",
+    "check_task",
+    "engine_names",
+    "exposure_settings",
     "get_engine",
     "get_task",
+    "job_id",
+    "ledger_directory",
+    "ledger_specs",
     "party_functions",
+    "party_noise_seeds",
+    "refuse_unread",
     "register_engine",
     "register_task",
-    "check_task",
     "run_job",
     "run_plan",
+    "sources_for",
+    "task_names",
 ]
-
-Progress = Callable[[dict[str, Any]], None]
-
-
-@dataclass(frozen=True)
-class Party:
-    """One party of a job and what it owns.
-
-    ``source``: its table (None for parties without data: an aggregator, an arbiter);
-    ``ledger``: where it charges its releases (None without DP); ``noise_seed``: **tests only**,
-    makes its secret randomness reproducible (the run is then not private); None draws every
-    secret from the OS CSPRNG.
-    """
-
-    name: str
-    role: str
-    source: DataSource | None = None
-    ledger: LedgerSpec | None = None
-    noise_seed: int | None = None
-
-
-@dataclass(frozen=True)
-class JobContext:
-    """What a task plans a job with, besides the config: the job id every party uses, each data
-    party's source (``run_job``: the config's files or built-in shares; an agent: the peers'
-    declared schemas, never their rows), where ledgers live, and the test-only noise seed."""
-
-    job: str
-    sources: Mapping[str, DataSource]
-    ledger_dir: Path
-    noise_seed: int | None = None
-
-
-@dataclass(frozen=True)
-class JobRun:
-    """What an engine hands back: each party's report and the transport's byte counts."""
-
-    reports: Mapping[str, Any]
-    bytes_sent: Mapping[str, int]
-    engine: str
-    transport: str
-    seconds: float
-
-
-class Engine(abc.ABC):
-    """Starts a job's parties, connects them, and waits for their reports."""
-
-    name: str
-    transport: str
-
-    @abc.abstractmethod
-    def run(self, job: str, parties: Mapping[str, Callable[[Channel], Any]]) -> JobRun:
-        """Run ``{party: fn(channel) -> report}``; a failing party's own error is raised, and
-        the others are stopped."""
-
 
 class ThreadsEngine(Engine):
     """Every party a thread of this process, over one :class:`InProcessHub` (tests, quick
@@ -129,140 +99,6 @@ class ThreadsEngine(Engine):
         reports = run_parties(hub, parties)
         return JobRun(reports, {p: int(b) for p, b in hub.bytes_sent().items()}, self.name, self.transport,
                       time.perf_counter() - start)
-
-
-class Task(abc.ABC):
-    """A kind of job: its config checks, its plan, its party entry point and its results."""
-
-    #: the ``[federation] task`` value
-    name: str
-    #: the ``[[silos]] role`` values a job of this task may use
-    roles: tuple[str, ...]
-
-    def check(self, cfg: JobConfig, source: str) -> None:
-        """Refuse (ConfigError naming ``source`` and the key) a config this task cannot run:
-        keys it does not read, missing keys it needs, inconsistent ones."""
-
-    def insecure_settings(self, cfg: JobConfig) -> list[tuple[str, str]]:
-        """``(key, why + remedy)`` for each setting of this task that only ``[crypto] insecure
-        = true`` allows (the config appends how to allow it)."""
-        return []
-
-    @abc.abstractmethod
-    def plan(self, cfg: JobConfig, ctx: JobContext) -> tuple[Any, Sequence[Party]]:
-        """The public job spec every party receives, and the parties. Deterministic in
-        ``(cfg, ctx.job, the sources' schemas)``, so every agent of a job computes the same
-        spec; it reads only the sources' schemas (:meth:`DataSource.columns`,
-        :meth:`DataSource.public_bounds`), never their rows."""
-
-    @abc.abstractmethod
-    def party(self, plan: Any, party: Party, channel: Channel, progress: Progress | None = None) -> Any:
-        """Run one party of the job (what an agent runs), returning its report."""
-
-    @abc.abstractmethod
-    def results(self, plan: Any, parties: Sequence[Party], run: JobRun) -> dict[str, Any]:
-        """The results contract (docs/results.md) from the parties' reports."""
-
-
-_TASKS: dict[str, Task] = {}
-#: Registered tasks by ``[federation] task`` name (read-only view; add with :func:`register_task`).
-TASKS: Mapping[str, Task] = MappingProxyType(_TASKS)
-_ENGINES: dict[str, Callable[[], Engine]] = {"threads": ThreadsEngine}
-#: Engines by ``--engine`` name (read-only view; add with :func:`register_engine`).
-ENGINES: Mapping[str, Callable[[], Engine]] = MappingProxyType(_ENGINES)
-
-
-def register_task(task: Task) -> Task:
-    """Make ``task`` available as ``[federation] task = task.name``."""
-    if not getattr(task, "name", None) or not getattr(task, "roles", None):
-        raise ConfigError("a task needs a name and its roles")
-    _TASKS[task.name] = task
-    return task
-
-
-def register_engine(name: str, factory: Callable[[], Engine]) -> None:
-    """Make an engine available to :func:`run_job` (``engine=name``)."""
-    _ENGINES[name] = factory
-
-
-def _load_builtin_tasks() -> None:
-    # the built-in tasks register themselves on import (kept lazy: the config imports this
-    # module to validate task names)
-    from fedsilo.silos.tasks import horizontal, statistics, vertical  # noqa: F401
-
-
-def get_task(name: str) -> Task:
-    """The registered task ``name``; ConfigError with the nearest name otherwise."""
-    _load_builtin_tasks()
-    if name not in _TASKS:
-        near = difflib.get_close_matches(name, list(_TASKS), n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ConfigError(f"unknown task {name!r}{hint} (registered: {', '.join(_TASKS)})")
-    return _TASKS[name]
-
-
-def task_names() -> list[str]:
-    _load_builtin_tasks()
-    return list(_TASKS)
-
-
-def check_task(cfg: JobConfig, source: str) -> None:
-    """The task's own checks of a validated config (called by the config loader): the silos'
-    roles are the task's, then :meth:`Task.check`."""
-    task = get_task(cfg.federation.task)
-    for i, silo in enumerate(cfg.silos):
-        if silo.role not in task.roles:
-            raise ConfigError(
-                f"{source}: key 'silos[{i}].role': {silo.role!r} is not a role of a {task.name!r} job "
-                f"(roles: {', '.join(task.roles)})"
-            )
-    task.check(cfg, source)
-
-
-def check_silo_job(cfg: JobConfig, source: str) -> None:
-    """Checks shared by the jobs of silos and one aggregator (horizontal, statistics): a
-    built-in data set has a partition, no silo takes the aggregator's name, and the noise
-    shares can survive ``privacy.colluders`` key holders."""
-    if cfg.data.source is not None and cfg.data.partition is None:
-        raise ConfigError(f"{source}: [data] source needs a partition = {{kind, silos}} to split it into silos")
-    if "aggregator" in [s.name for s in cfg.silos]:
-        raise ConfigError(
-            f"{source}: key 'silos[].name': 'aggregator' is the aggregator's party name; name the silo differently"
-        )
-    n = len(cfg.silo_names())
-    if cfg.privacy is not None and n <= cfg.privacy.colluders:
-        raise ConfigError(
-            f"{source}: privacy.colluders = {cfg.privacy.colluders} but the job has {n} silo(s): noise "
-            "shares cannot survive that many colluding key holders (each silo knows its own); lower "
-            "privacy.colluders or add silos"
-        )
-
-
-def exposure_settings(cfg: JobConfig, what: str, remedy: str) -> list[tuple[str, str]]:
-    """The insecure setting of a job of secure sums whose every sum would let the colluders
-    compute one silo's exact ``what`` (the decrypted sum minus their own): 2 to ``colluders + 1``
-    silos. The same rule, per round, is
-    :func:`fedsilo.protocols.horizontal.secure_aggregation.exposed_sums_allowed`."""
-    colluders = cfg.privacy.colluders if cfg.privacy is not None else 1
-    n = len(cfg.silo_names())
-    if not 2 <= n <= colluders + 1:
-        return []
-    why = (
-        f"a {cfg.federation.task} job with exactly 2 silos lets each silo compute the other's {what} "
-        "(the decrypted sum minus its own)"
-        if n == 2
-        else f"a {cfg.federation.task} job with {n} silos and privacy.colluders = {colluders} lets the colluders "
-        f"compute another silo's {what} (the decrypted sum minus their own)"
-    )
-    key = "data.partition.silos" if cfg.data.partition is not None else "silos"
-    return [(key, f"{why}; {remedy}")]
-
-
-def get_engine(name: str) -> Engine:
-    import fedsilo.silos.engines  # noqa: F401 - registers the processes engine (lazy: it imports the transport)
-    if name not in _ENGINES:
-        raise ConfigError(f"unknown engine {name!r} (available: {', '.join(_ENGINES)})")
-    return _ENGINES[name]()
 
 
 def party_functions(task: Task, plan: Any, parties: Sequence[Party], *,
@@ -433,25 +269,3 @@ def ledger_specs(
                       reproducible_noise=reproducible_noise)
         for n in names
     }
-
-
-def refuse_unread(cfg: JobConfig, source: str, task: str, reads: Mapping[str, Sequence[str] | None]) -> None:
-    """ConfigError for the first key the config sets explicitly that ``task`` does not read.
-
-    ``reads`` maps a section name to the keys the task reads (None: the whole section is not
-    read). Sections not listed are read whole."""
-    for name, keys in reads.items():
-        value = getattr(cfg, name)
-        if value is None:
-            continue
-        given = sorted(value.model_fields_set) if hasattr(value, "model_fields_set") else []
-        if keys is None:
-            if name in cfg.model_fields_set and (given or not hasattr(value, "model_fields_set")):
-                raise ConfigError(f"{source}: [{name}] is not read by a {task!r} job; remove it")
-            continue
-        extra = [k for k in given if k not in keys]
-        if extra:
-            raise ConfigError(
-                f"{source}: key '{name}.{extra[0]}' is not read by a {task!r} job "
-                f"(it reads {', '.join(f'{name}.{k}' for k in keys) or f'no {name} keys'}); remove it"
-            )

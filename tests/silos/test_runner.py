@@ -191,7 +191,7 @@ def test_a_task_registered_from_outside_runs_through_the_config_and_the_runner(t
         res = run_job(cfg, ledger_dir=tmp_path)
         assert res["rows"] == 569.0 and res["engine"] == "threads"
     finally:
-        from fedsilo.silos import runner
+        from fedsilo.silos import registry
 
-        runner._TASKS.pop("row_count_test", None)
+        registry._TASKS.pop("row_count_test", None)
     assert "row_count_test" not in TASKS
