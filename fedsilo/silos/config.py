@@ -141,6 +141,8 @@ class JobConfig(_Section):
     base_dir: Path = Field(default=Path("."), exclude=True)
     #: where the config came from (its file), for errors about later command-line overrides
     _source: str = PrivateAttr("<config>")
+    #: the command-line flag that set a key (``apply_overrides``), so an error names what was typed
+    _flags: dict[str, str] = PrivateAttr(default_factory=dict)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "JobConfig":
@@ -148,8 +150,13 @@ class JobConfig(_Section):
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
             raise ValueError(f"silo names must be unique; repeated: {dup}")
-        if self.data.source is None and not self.silos:
-            raise ValueError("no data: set [data] source (e.g. 'sklearn:breast_cancer') or add [[silos]] with data")
+        if self.data.source is None and not any(s.data for s in self.silos):
+            raise ValueError("no data: set [data] source (e.g. 'sklearn:breast_cancer') or give [[silos]] a data file")
+        if self.data.source is not None and any(s.data for s in self.silos):
+            raise ValueError(
+                "[data] source and [[silos]] data files are both set; a job reads one: remove [data] source "
+                "(and partition) to use the files, or the silos' data keys to use the built-in data set"
+            )
         if self.data.partition is not None and self.silos and len(self.silos) != self.data.partition.silos:
             raise ValueError(
                 f"[data] partition splits the data into {self.data.partition.silos} silos "
@@ -252,6 +259,7 @@ def _parse(
     except ValidationError as exc:
         raise ConfigError(format_errors(exc, source, JobConfig)) from None
     cfg._source = origin or source
+    cfg._flags = dict(flags or {})
     _check_backend(cfg.crypto.backend, f"{source}: key 'crypto.backend'")
     check_task(cfg, source)
     _check_insecure(cfg, source, flags)

@@ -142,7 +142,8 @@ def csv_header(path: Path, *, who: str = "") -> list[str]:
 
     check_input_file(path, who=who)
     try:
-        with path.open(newline="", encoding="utf-8") as fh:
+        # utf-8-sig: Excel's "CSV UTF-8" starts with a byte-order mark, which pandas strips too
+        with path.open(newline="", encoding="utf-8-sig") as fh:
             header = next(csv.reader(fh), None)
     except UnicodeDecodeError:
         raise DataError(f"{who}{path} is not a UTF-8 text CSV file") from None

@@ -287,6 +287,13 @@ def refuse_unread(cfg: JobConfig, source: str, task: str, reads: Mapping[str, Se
 
     ``reads`` maps a section name to the keys the task reads (None: the whole section is not
     read). Sections not listed are read whole."""
+    flags: Mapping[str, str] = getattr(cfg, "_flags", {}) or {}
+
+    def where(keys: Sequence[str]) -> str:
+        # a key set by a command-line flag is named by the flag the user typed
+        flag = next((flags[k] for k in keys if k in flags), None)
+        return f"{flag}" if flag else source
+
     for name, keys in reads.items():
         value = getattr(cfg, name)
         if value is None:
@@ -294,11 +301,12 @@ def refuse_unread(cfg: JobConfig, source: str, task: str, reads: Mapping[str, Se
         given = sorted(value.model_fields_set) if hasattr(value, "model_fields_set") else []
         if keys is None:
             if name in cfg.model_fields_set and (given or not hasattr(value, "model_fields_set")):
-                raise ConfigError(f"{source}: [{name}] is not read by a {task!r} job; remove it")
+                flagged = where([k for k in flags if k.startswith(f"{name}.")])
+                raise ConfigError(f"{flagged}: [{name}] is not read by a {task!r} job; remove it")
             continue
         extra = [k for k in given if k not in keys]
         if extra:
             raise ConfigError(
-                f"{source}: key '{name}.{extra[0]}' is not read by a {task!r} job "
+                f"{where([f'{name}.{extra[0]}'])}: key '{name}.{extra[0]}' is not read by a {task!r} job "
                 f"(it reads {', '.join(f'{name}.{k}' for k in keys) or f'no {name} keys'}); remove it"
             )

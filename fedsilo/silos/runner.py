@@ -188,7 +188,12 @@ def run_job(
     except OSError as exc:
         raise ConfigError(f"cannot create ledger directory {ledger_dir}: {exc.strerror or exc}") from None
     ctx = JobContext(job_id(cfg), sources_for(cfg), ledger_dir, noise_seed)
-    plan, parties = task.plan(cfg, ctx)
+    try:
+        plan, parties = task.plan(cfg, ctx)
+    except ConfigError as exc:  # every planning error names the config file
+        if cfg._source in str(exc):
+            raise
+        raise ConfigError(f"{cfg._source}: {exc}") from None
     results = run_plan(task, plan, parties, job=ctx.job, engine=runner, progress=progress)
     results["notes"] = list(results.get("notes") or []) + notes
     results["private"] = bool(results.get("private", True)) and not cfg.crypto.insecure and noise_seed is None

@@ -195,3 +195,49 @@ def test_a_task_registered_from_outside_runs_through_the_config_and_the_runner(t
 
         registry._TASKS.pop("row_count_test", None)
     assert "row_count_test" not in TASKS
+
+
+def test_a_csv_with_a_byte_order_mark_has_the_same_schema_as_its_rows(tmp_path: Path) -> None:
+    """Excel's "CSV UTF-8" starts with a BOM: the planner's schema and the party's rows agree."""
+    from fedsilo.silos.data import FileSource
+
+    p = tmp_path / "bom.csv"
+    p.write_bytes(b"\xef\xbb\xbfid,a,label\n1,0.5,1\n")
+    src = FileSource(p, "g")
+    assert src.columns() == list(src.load().frame.columns) == ["id", "a", "label"]
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        # silos listed without data and no built-in source: one clear error, not an assertion
+        ({"federation": {"task": "horizontal"}, "data": {"label": "y"}, "silos": [{"name": "a"}, {"name": "b"}]},
+         "no data: set [data] source"),
+        ({**HZ, "silos": [{"name": "a", "data": "a.csv"}, {"name": "b", "data": "b.csv"}, {"name": "c", "data": "c.csv"}],
+          "data": {**HZ["data"], "partition": {"kind": "iid", "silos": 3}}},
+         "[data] source and [[silos]] data files are both set"),
+    ],
+)
+def test_where_the_data_comes_from_is_unambiguous(data: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config(data, source="f.toml")
+    assert expected in str(err.value) and "f.toml" in str(err.value)
+
+
+def test_vertical_refuses_a_quorum_and_early_stopping_under_dp(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="key 'federation.min_silos' is not read by a 'vertical' job"):
+        parse_config(_vertical(tmp_path, federation={"name": "v", "task": "vertical", "min_silos": 2}), base_dir=tmp_path)
+    with pytest.raises(ConfigError, match="key 'training.early_stopping_tol': under DP"):
+        parse_config(_vertical(tmp_path, training={"rounds": 1, "early_stopping_tol": 0.1}), base_dir=tmp_path)
+
+
+def test_a_flag_a_task_does_not_read_is_named_as_typed() -> None:
+    from fedsilo.silos.config import apply_overrides
+
+    cfg = parse_config({
+        "federation": {"task": "statistics"}, "crypto": {"backend": "plain", "insecure": True},
+        "statistics": {"columns": ["mean radius"], "queries": ["count"]},
+        "data": {"source": "sklearn:breast_cancer", "label": "target", "partition": {"kind": "iid", "silos": 3}},
+    }, source="s.toml")
+    with pytest.raises(ConfigError, match=r"^--rounds 3: \[training\] is not read by a 'statistics' job"):
+        apply_overrides(cfg, rounds=3)

@@ -272,6 +272,10 @@ def make_job(
         insecure=insecure,
     )
     spec.strategy()  # validate strategy / DP settings before any party starts
+    try:  # the model every silo will build (an import path that does not load, bad params)
+        build_model(model, n_features=n_features, n_classes=n_classes, seed=seed)
+    except ConfigError as exc:
+        raise ConfigError(f"key 'model.kind': {exc}") from None
     check_federation(silos=list(silos), allow_exposed=spec.allow_exposed, colluders=spec.colluders)
     hz.evaluation_scale(get_backend(backend, **params))  # precision vs the metrics' grid, before any ledger
     if spec.privacy is not None and len(silos) <= spec.colluders:

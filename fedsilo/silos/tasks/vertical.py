@@ -167,7 +167,14 @@ class VerticalTask(Task):
             "training": ["rounds", "batch_size", "lr", "l2", "early_stopping_tol"],
             "statistics": None,
             "data": ["label", "id_column", "test_fraction", "bounds"],
+            # every party is needed in every step: there is no quorum
+            "federation": ["name", "task", "seed", "round_timeout"],
         })
+        if cfg.privacy is not None and cfg.training.early_stopping_tol is not None:
+            raise ConfigError(
+                f"{source}: key 'training.early_stopping_tol': under DP the training loss is not decrypted (it "
+                "would be a further release), so the planned epochs always run; remove it"
+            )
 
     def insecure_settings(self, cfg: JobConfig) -> list[tuple[str, str]]:
         if cfg.privacy is not None:
