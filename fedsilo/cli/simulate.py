@@ -30,7 +30,9 @@ LedgerOpt = Annotated[
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")]
 EngineOpt = Annotated[
-    str, typer.Option("--engine", help="How the parties run: 'threads' (one process, in-process channels).")
+    str,
+    typer.Option("--engine", help="How the parties run: 'threads' (one process, in-process channels) | 'processes' "
+                 "(one OS process per party on 127.0.0.1, gRPC with mutual TLS and a throw-away CA: the agents' path)."),
 ]
 
 

@@ -10,20 +10,24 @@ job's parties). The same ``Task.party`` function runs there as in an agent.
 One job, seen from the parent::
 
     init_federation(tmp)          a CA and one certificate per party (keys 0600), in a
-                                  TemporaryDirectory removed after the job
-    spawn one child per party     each: unpickle its party function, load_tls, PartyServer(port=0)
-                                  ──► ("ready", port)
+                                  TemporaryDirectory removed after the job; the CA key is
+                                  deleted at once (nothing more is ever issued)
+    spawn one child per party     each: lead its own process group, unpickle its party
+                                  function, load_tls, PartyServer(port=0) ──► ("ready", port)
     all ready ──► ("peers", {name: 127.0.0.1:port})        each: GrpcChannel, fn(channel)
     ◄── ("progress", event)*      relayed to the parent's progress callback
     ◄── ("report", report, bytes_sent) | ("error", ...)    first error: the others are terminated
     all reported ──► ("exit",)    each: close its channel and server, exit 0
 
 Messages travel over two ``multiprocessing`` pipes per child (``ctl``: parent → child, ``out``:
-child → parent), pickled: the children are this process's own, trusted. A child watches ``ctl``
-on a thread and exits at once when it reaches end-of-file (the parent died), so no child
-outlives its parent; the parent terminates (then kills, after ``grace`` seconds) and joins every
-child in ``finally``, on success, on a party's error and on KeyboardInterrupt. Children ignore
-SIGINT: Ctrl-C in a terminal reaches the whole process group, and only the parent decides.
+child → parent), pickled: the children are this process's own, trusted.
+
+No orphans: every child leads its own process group, so whatever it starts (a Paillier process
+pool, say) is stopped with it. The parent, in ``finally`` (success, a party's error,
+KeyboardInterrupt), sends SIGTERM to each child's group, SIGKILL after ``grace`` seconds, and
+joins every child. A child watches ``ctl`` on a thread: at end-of-file (the parent died, even by
+SIGKILL) it kills its own group at once. Children ignore SIGINT: Ctrl-C is the parent's to
+handle.
 
 Errors: a party's exception is sent back with its type, message, state and the child's
 traceback, and re-raised in the parent as the same class (a ``FedsiloError`` subclass stays
@@ -40,8 +44,9 @@ it on the parent's main thread (``shown`` still shows each round once).
 
 ``JobRun.bytes_sent`` is each party's ``channel.bytes_sent`` (the codec's envelope size, the
 same count as the threads engine). ``JobRun.seconds`` is the job's wall time from the moment
-every party is listening (peers sent) to the last report: process start-up (interpreter, torch
-import, certificates, servers) is excluded and logged at INFO.
+every party is listening (peers sent) to the last report: process start-up (interpreter, the
+task's imports, certificates, servers) is excluded and logged at INFO; what a party function
+imports or initializes lazily on first use (in a fresh process, every time) is included.
 """
 from __future__ import annotations
 
@@ -53,6 +58,7 @@ import os
 import pickle
 import queue
 import signal
+import sys
 import tempfile
 import threading
 import time
@@ -66,7 +72,7 @@ from typing import Any
 from fedsilo.errors import ConfigError, JobAbortedError, PeerTimeoutError, ProtocolError
 from fedsilo.protocols.channel import Channel
 from fedsilo.silos.certs import init_federation
-from fedsilo.silos.runner import Engine, JobRun, register_engine
+from fedsilo.silos.registry import Engine, JobRun, register_engine
 from fedsilo.silos.transport import TransportOptions
 
 __all__ = ["ProcessesEngine"]
@@ -77,6 +83,8 @@ log = logging.getLogger(__name__)
 CA_NAME = "fedsilo-simulation"
 #: Exit code of a child that found its parent gone.
 ORPHANED_EXIT = 75
+#: Seconds the parent waits, after a party's error, for other errors already sent.
+SETTLE = 0.2
 #: Errors that follow another party's failure (woken, or timed out waiting for it).
 _SECONDARY = (JobAbortedError, PeerTimeoutError)
 
@@ -109,6 +117,9 @@ class ProcessesEngine(Engine):
         ctx = multiprocessing.get_context("spawn")
         with tempfile.TemporaryDirectory(prefix="fedsilo-ca-") as tmp:
             fed = init_federation(Path(tmp) / "federation", federation=CA_NAME, silos=list(parties))
+            # nobody issues anything more: without its key the CA is dead even if a killed parent
+            # leaves the directory behind
+            fed.ca_key.unlink()
             files = {s.name: s for s in fed.silos}
             children: dict[str, _Child] = {}
             try:
@@ -176,7 +187,7 @@ def _start(ctx: Any, name: str, payload: bytes, *, has_progress: bool, job: str,
     ctl_child, ctl = ctx.Pipe(duplex=False)  # parent -> child
     out, out_child = ctx.Pipe(duplex=False)  # child -> parent
     process = ctx.Process(
-        target=_child_main, name=f"fedsilo-party-{name}", daemon=True,
+        target=_child_main, name=f"fedsilo-party-{name}",
         args=(name, payload, has_progress, job, names, str(ca), str(cert), str(key), options, ctl_child, out_child),
     )
     try:
@@ -206,9 +217,11 @@ def _pump(children: Mapping[str, _Child], *, until: str, deadline: float | None)
         ready = wait(list(waiting), timeout=left)
         for conn in ready:
             _drain(waiting[conn])  # type: ignore[index]
-        errors = [(at, c.name, e) for c in children.values() for at, e in c.errors]
-        if errors:
-            raise _primary(errors)
+        if any(c.errors for c in children.values()):
+            # a moment for errors already on their way, so the earliest one is chosen among all
+            for conn in wait([c.out for c in children.values() if not c.ended], timeout=SETTLE):
+                _drain(next(c for c in children.values() if c.out is conn))
+            raise _primary([(at, c.name, e) for c in children.values() for at, e in c.errors])
 
 
 def _drain(c: _Child) -> None:
@@ -340,6 +353,7 @@ def _child_main(name: str, payload: bytes, has_progress: bool, job: str, names: 
             out.send(msg)
 
     server = channel = None
+    clean = False
     try:
         from fedsilo.silos.certs import load_tls
         from fedsilo.silos.transport import GrpcChannel, PartyServer
@@ -350,7 +364,7 @@ def _child_main(name: str, payload: bytes, has_progress: bool, job: str, names: 
         send(("ready", server.port, time.perf_counter() - started))
         kind, peers = inbox.get()
         if kind != "peers":
-            return
+            raise ProtocolError(f"party {name!r}: expected its peers from the engine, got {kind!r}")
         channel = GrpcChannel(server, job=job, peers=peers, options=options)
         if has_progress:
             report = fn(channel, progress=lambda event: send(("progress", event)))
@@ -361,6 +375,7 @@ def _child_main(name: str, payload: bytes, has_progress: bool, job: str, names: 
         except (pickle.PicklingError, TypeError, AttributeError) as exc:
             raise ProtocolError(f"party {name!r}: its report cannot be sent to the parent ({exc})") from None
         inbox.get()  # "exit": the others may still be delivering to this party until every one reported
+        clean = True
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the parent
         try:
             send(("error", _error_info(exc)))
@@ -371,6 +386,13 @@ def _child_main(name: str, payload: bytes, has_progress: bool, job: str, names: 
             channel.close()
         if server is not None:
             server.stop(grace=0.5)
+    # The party's work is done and closed (its ledger by the party function, its channel and
+    # server above): skip the interpreter's finalization, which takes seconds with gRPC and
+    # torch loaded. The parent's SIGKILL of this process group ends anything this left behind.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(0 if clean else 1)
 
 
 def _watch_parent(ctl: Connection, inbox: queue.Queue[tuple[Any, ...]]) -> None:
