@@ -25,11 +25,14 @@ from typing import Any
 from fedsilo.errors import JobAbortedError, PeerRejectedError, PeerTimeoutError, ProtocolError
 from fedsilo.protocols import codec
 
-__all__ = ["Channel", "Envelope", "InProcessHub", "MAX_PENDING", "run_parties"]
+__all__ = ["Channel", "Envelope", "InProcessHub", "MAX_PENDING", "MAX_PENDING_BYTES", "run_parties"]
 
 #: Early messages (for a later kind or round) one party buffers before it refuses more: a peer
 #: cannot grow a receiver's memory without bound.
 MAX_PENDING = 10_000
+#: ... and the bytes of those early messages (bodies as received): a count alone would let a
+#: peer park 10 000 maximal ciphertexts here
+MAX_PENDING_BYTES = 2 * 1024**3
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,8 +66,9 @@ class Channel(abc.ABC):
         self.peers = frozenset(peers) - {party}
         self.bytes_sent = 0
         self.messages_sent = 0
-        self._pending: dict[tuple[str, str, int], list[Any]] = defaultdict(list)
+        self._pending: dict[tuple[str, str, int], list[tuple[Any, int]]] = defaultdict(list)
         self._pending_count = 0
+        self._pending_bytes = 0
         self._last_seq: dict[str, int] = defaultdict(int)
 
     # -- transport hooks ----------------------------------------------------------------------
@@ -85,9 +89,12 @@ class Channel(abc.ABC):
                 f"(peers: {', '.join(sorted(self.peers))})"
             )
         env = Envelope(self.job, round, self.party, recipient, kind, codec.encode(payload), self.messages_sent + 1)
+        # the number is used up even if delivery fails: after a lost acknowledgement the receiver
+        # may hold this envelope, so the next message must not reuse its number (it would be
+        # taken for a replay and dropped)
+        self.messages_sent += 1
         self._deliver(env)
         self.bytes_sent += env.size
-        self.messages_sent += 1
         return env.size
 
     def broadcast(self, recipients: Iterable[str], kind: str, payload: Any, *, round: int) -> int:
@@ -116,8 +123,9 @@ class Channel(abc.ABC):
         for s in list(wanted):
             queue = self._pending.get((s, kind, round))
             if queue:
-                out[s] = queue.pop(0)
+                out[s], size = queue.pop(0)
                 self._pending_count -= 1
+                self._pending_bytes -= size
                 wanted.discard(s)
         self._drop_past_rounds(round)
         deadline = time.monotonic() + timeout
@@ -135,19 +143,23 @@ class Channel(abc.ABC):
                 out[env.sender] = payload
                 wanted.discard(env.sender)
             else:
-                if self._pending_count >= MAX_PENDING:
+                size = len(env.body)
+                if self._pending_count >= MAX_PENDING or self._pending_bytes + size > MAX_PENDING_BYTES:
                     raise ProtocolError(
-                        f"{self.party}: more than {MAX_PENDING} early messages buffered "
-                        f"(latest from {env.sender!r}, kind {env.kind!r}, round {env.round}); refusing to buffer more"
+                        f"{self.party}: more than {MAX_PENDING} early messages or {MAX_PENDING_BYTES} bytes of them "
+                        f"buffered (latest from {env.sender!r}, kind {env.kind!r}, round {env.round}); refusing to buffer more"
                     )
-                self._pending[(env.sender, env.kind, env.round)].append(payload)
+                self._pending[(env.sender, env.kind, env.round)].append((payload, size))
                 self._pending_count += 1
+                self._pending_bytes += size
         return out
 
     def _drop_past_rounds(self, round: int) -> None:
         """Messages buffered for rounds before ``round`` can never be asked for again."""
         for key in [k for k in self._pending if k[2] < round]:
-            self._pending_count -= len(self._pending.pop(key))
+            dropped = self._pending.pop(key)
+            self._pending_count -= len(dropped)
+            self._pending_bytes -= sum(size for _, size in dropped)
 
 
 class InProcessHub:

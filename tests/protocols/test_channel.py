@@ -127,3 +127,39 @@ def test_failing_party_aborts_others_with_its_error() -> None:
         run_parties(hub, {"a": waits, "b": fails})
     with pytest.raises(JobAbortedError, match="party 'b' failed: ValueError: disk on fire"):
         hub.channel("a").recv("b", "x", round=0, timeout=1)
+
+
+def test_early_message_buffer_is_bounded_in_bytes(monkeypatch) -> None:
+    """A peer cannot park large early messages past the byte bound (a count alone allows
+    MAX_PENDING maximal ciphertexts)."""
+    from fedsilo.protocols import channel as channel_mod
+
+    monkeypatch.setattr(channel_mod, "MAX_PENDING_BYTES", 10_000)
+    hub = InProcessHub("j", ["a", "b"])
+    a, b = hub.channel("a"), hub.channel("b")
+    for r in range(2, 6):
+        a.send("b", "junk", b"x" * 4000, round=r)
+    with pytest.raises(ProtocolError, match="10000 bytes of them buffered"):
+        b.recv("a", "x", round=1, timeout=1)
+
+
+def test_a_failed_delivery_uses_up_its_sequence_number() -> None:
+    """After a send that raised (e.g. a lost acknowledgement), the next message gets a new
+    number: the receiver, which may hold the first, must not drop the second as a replay."""
+    hub = InProcessHub("j", ["a", "b"])
+    a, b = hub.channel("a"), hub.channel("b")
+    delivered: list[int] = []
+    real = a._deliver
+
+    def flaky(env) -> None:
+        real(env)  # the receiver got it ...
+        delivered.append(env.seq)
+        if len(delivered) == 1:
+            raise TimeoutError("ack lost")  # ... but the sender never learns
+
+    a._deliver = flaky  # type: ignore[method-assign]
+    with pytest.raises(TimeoutError):
+        a.send("b", "m", "first", round=1)
+    a.send("b", "m2", "second", round=1)
+    assert delivered == [1, 2]
+    assert b.recv("a", "m", round=1, timeout=1) == "first" and b.recv("a", "m2", round=1, timeout=1) == "second"
