@@ -81,6 +81,16 @@ DEFAULT_CA_DAYS = 3650
 CLOCK_SKEW = dt.timedelta(minutes=5)
 #: Silo names that would be confused with the CA's files.
 RESERVED_NAMES = frozenset({"ca"})
+#: Every silo certificate carries ``<silo>.<IDENTITY_DOMAIN>`` as a DNS SAN, and a client checks
+#: the server it dials against that name (``grpc.ssl_target_name_override``). Only the CA mints
+#: names in this domain (``--host`` may not), so no other silo's certificate can pass for the
+#: dialled one; a plain name or ``localhost`` SAN, which any silo may carry, never decides.
+IDENTITY_DOMAIN = "silo.fedsilo.invalid"
+
+
+def identity_name(silo: str) -> str:
+    """The DNS name only ``silo``'s certificate carries (see :data:`IDENTITY_DOMAIN`)."""
+    return f"{silo.lower()}.{IDENTITY_DOMAIN}"
 #: Upper bound on ``days``: far beyond any sane validity, below datetime's overflow.
 MAX_DAYS = 100 * 366
 
@@ -196,6 +206,8 @@ def _check_hosts(hosts: Iterable[str]) -> list[x509.GeneralName]:
         if not isinstance(h, str) or not h.strip():
             raise ConfigError(f"invalid host {h!r}: give a DNS name or an IP address")
         h = h.strip()
+        if "*" in h or h.rstrip(".").lower().endswith(IDENTITY_DOMAIN):
+            raise ConfigError(f"invalid host {h!r}: wildcards and names under {IDENTITY_DOMAIN} are reserved for the CA")
         try:
             ip = ipaddress.ip_address(h.strip("[]"))
         except ValueError:
@@ -208,7 +220,7 @@ def _check_hosts(hosts: Iterable[str]) -> list[x509.GeneralName]:
 
 
 def _sans(name: str, hosts: Iterable[str]) -> list[x509.GeneralName]:
-    names: list[x509.GeneralName] = [x509.DNSName(name)]
+    names: list[x509.GeneralName] = [x509.DNSName(name), x509.DNSName(identity_name(name))]
     for g in _check_hosts(hosts):
         if g not in names and not (isinstance(g, x509.DNSName) and g.value.lower() == name.lower()):
             names.append(g)
@@ -283,6 +295,8 @@ def _check_key_mode(path: Path, role: str) -> None:
         mode = os.stat(path).st_mode
     except OSError as exc:
         raise ConfigError(f"{role} {path}: cannot stat: {exc.strerror or exc}") from None
+    if os.stat(path).st_uid != os.geteuid():
+        raise ConfigError(f"{role} {path}: owned by another user; a key must belong to the user who runs the silo")
     if mode & 0o077:
         raise ConfigError(
             f"{role} {path}: readable by group or others (mode {mode & 0o777:o}); "
@@ -345,8 +359,11 @@ def peer_name_from_cert(pem: bytes) -> str:
         check_silo_name(cn)
     except ConfigError as exc:
         raise PeerRejectedError(f"peer certificate: {exc}") from None
-    if cn.lower() not in {s.lower() for s in _dns_sans(cert)}:
-        raise PeerRejectedError(f"peer certificate for {cn!r} does not carry its name as a DNS SAN")
+    sans = {s.lower() for s in _dns_sans(cert)}
+    if cn.lower() not in sans or identity_name(cn) not in sans:
+        raise PeerRejectedError(f"peer certificate for {cn!r} does not carry its name and identity as DNS SANs")
+    if _is_ca(cert):
+        raise PeerRejectedError(f"peer certificate for {cn!r} is a CA certificate, not a silo's")
     return cn
 
 
@@ -557,14 +574,14 @@ def init_federation(
     ca_cert = _ca_certificate(ca_key, federation, moment, ca_days)
     written: list[SiloFiles] = []
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        out.mkdir(mode=0o700, parents=True, exist_ok=True)
         _write_new(out / CA_KEY, _key_pem(ca_key), 0o600)
         _write_new(out / CA_CERT, _cert_pem(ca_cert), 0o644)
         for n in names:
             key = _new_key()
             cert = _silo_certificate(ca_cert=ca_cert, ca_key=ca_key, key=key, name=n, sans=sans[n], now=moment, days=days)
             d = out / n
-            d.mkdir()
+            d.mkdir(mode=0o700)
             _write_new(d / SILO_KEY, _key_pem(key), 0o600)
             _write_new(d / SILO_CERT, _cert_pem(cert), 0o644)
             written.append(SiloFiles(n, d / SILO_CERT, d / SILO_KEY))
@@ -612,6 +629,10 @@ def issue_silo(
             f"(it expires on {ca_cert.not_valid_after_utc.date().isoformat()}); use --days {max(left, 1)} or less"
         )
     d = ca_dir / name
+    clash = [p.name for p in ca_dir.iterdir() if p.is_dir() and p.name != name and p.name.lower() == name.lower()]
+    if clash:
+        # DNS names, and so the TLS name checks, ignore case: the two would be one identity
+        raise ConfigError(f"silo {name!r}: {clash[0]!r} exists in {ca_dir} (names are compared ignoring case)")
     if d.exists() and not d.is_dir():
         raise ConfigError(f"{d}: exists and is not a directory")
     for other in (d / SILO_CERT, d / SILO_KEY):
@@ -622,7 +643,7 @@ def issue_silo(
     cert = _silo_certificate(ca_cert=ca_cert, ca_key=ca_key, key=key, name=name, sans=sans, now=moment, days=days)
     tmps: list[Path] = []
     try:
-        d.mkdir(exist_ok=True)
+        d.mkdir(mode=0o700, exist_ok=True)
         tmps.append(_write_replacing(d / SILO_KEY, _key_pem(key), 0o600))
         tmps.append(_write_replacing(d / SILO_CERT, _cert_pem(cert), 0o644))
         os.replace(tmps[0], d / SILO_KEY)

@@ -59,7 +59,7 @@ def test_init_output_names_files_and_fingerprint(tmp_path: Path) -> None:
     assert "silo x:" in res.output and "silo y:" in res.output
     show = _run("show", str(tmp_path / "f" / "x" / "cert.pem"), "--json")
     info = json.loads(show.output)
-    assert info["sans"] == ["DNS:x", "IP:10.0.0.9", "DNS:silo.example.org"]
+    assert info["sans"] == ["DNS:x", "DNS:x.silo.fedsilo.invalid", "IP:10.0.0.9", "DNS:silo.example.org"]
 
 
 def test_show_prints_subject_issuer_sans_validity_fingerprint(fed: Path) -> None:
@@ -69,7 +69,7 @@ def test_show_prints_subject_issuer_sans_validity_fingerprint(fed: Path) -> None
     out = res.output
     assert "subject     CN=b,O=labs" in out
     assert "issuer      CN=labs federation CA,O=labs" in out
-    assert "DNS:b, DNS:localhost, IP:127.0.0.1" in out
+    assert "DNS:b, DNS:b.silo.fedsilo.invalid, DNS:localhost, IP:127.0.0.1" in out
     assert cert.not_valid_before_utc.isoformat() in out
     assert f"{cert.not_valid_after_utc.isoformat()} (valid)" in out
     assert cert.fingerprint(hashes.SHA256()).hex(":").upper() in out

@@ -19,6 +19,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 from fedsilo.errors import ConfigError, PeerRejectedError
 from fedsilo.silos.certs import (
     describe,
+    identity_name,
     init_federation,
     issue_silo,
     load_tls,
@@ -92,7 +93,7 @@ def test_silo_profile_chains_to_the_ca(fed: Path) -> None:
         assert c.subject.get_attributes_for_oid(NameOID.COMMON_NAME)[0].value == s
         assert c.issuer == ca.subject
         san = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-        assert san.get_values_for_type(x509.DNSName) == [s, "localhost"]
+        assert san.get_values_for_type(x509.DNSName) == [s, identity_name(s), "localhost"]
         assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("127.0.0.1")]
         assert not c.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
         ku = c.extensions.get_extension_for_class(x509.KeyUsage).value
@@ -110,7 +111,7 @@ def test_custom_hosts_replace_the_defaults(tmp_path: Path) -> None:
     init_federation(tmp_path / "f", federation="banks", silos=["b1"], hosts=["10.1.2.3", "::1", "Silo.Example.org"], days=30)
     c = _cert(tmp_path / "f" / "b1" / "cert.pem")
     san = c.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
-    assert san.get_values_for_type(x509.DNSName) == ["b1", "silo.example.org"]
+    assert san.get_values_for_type(x509.DNSName) == ["b1", identity_name("b1"), "silo.example.org"]
     assert san.get_values_for_type(x509.IPAddress) == [ipaddress.ip_address("10.1.2.3"), ipaddress.ip_address("::1")]
     assert c.not_valid_after_utc - c.not_valid_before_utc == dt.timedelta(days=30, minutes=5)
 
@@ -129,7 +130,7 @@ def test_describe(fed: Path) -> None:
     c = _cert(fed / "h1" / "cert.pem")
     assert info.common_name == "h1" and info.subject == "CN=h1,O=hospitals"
     assert info.issuer == "CN=hospitals federation CA,O=hospitals"
-    assert info.sans == ("DNS:h1", "DNS:localhost", "IP:127.0.0.1")
+    assert info.sans == ("DNS:h1", f"DNS:{identity_name('h1')}", "DNS:localhost", "IP:127.0.0.1")
     assert info.fingerprint_sha256 == c.fingerprint(hashes.SHA256()).hex(":").upper()
     assert not info.expired and not info.is_ca and info.key_type == "EC secp256r1"
     assert info.to_dict()["not_after"] == c.not_valid_after_utc.isoformat()
@@ -155,7 +156,7 @@ def test_issue_adds_a_silo(own_fed: Path) -> None:
     files = issue_silo(own_fed, silo="h2", hosts=["192.168.0.7"])
     assert files.cert == own_fed / "h2" / "cert.pem" and _mode(files.key) == 0o600
     assert all(p.read_bytes() == b for p, b in before.items())
-    assert describe(files.cert).sans == ("DNS:h2", "IP:192.168.0.7")
+    assert describe(files.cert).sans == ("DNS:h2", f"DNS:{identity_name('h2')}", "IP:192.168.0.7")
 
 
 # -- bad input: one clear ConfigError each, nothing written ----------------------------------------
@@ -320,7 +321,7 @@ def _leaf(cn: str | None, dns: list[str]) -> bytes:
 
 
 def test_peer_name_needs_cn_and_matching_dns_san() -> None:
-    assert peer_name_from_cert(_leaf("h0", ["h0", "localhost"])) == "h0"
+    assert peer_name_from_cert(_leaf("h0", ["h0", identity_name("h0"), "localhost"])) == "h0"
     with pytest.raises(PeerRejectedError, match="does not carry its name"):
         peer_name_from_cert(_leaf("h0", ["localhost"]))
     with pytest.raises(PeerRejectedError, match="no common name"):
@@ -329,3 +330,24 @@ def test_peer_name_needs_cn_and_matching_dns_san() -> None:
         peer_name_from_cert(_leaf("evil name", ["evil name"]))
     with pytest.raises(PeerRejectedError, match="not a PEM certificate"):
         peer_name_from_cert(b"junk")
+
+
+def test_no_certificate_can_carry_another_silos_identity(tmp_path: Path) -> None:
+    """The dialled name is ``<silo>.silo.fedsilo.invalid`` (security review: a --host equal to
+    another silo's name, or a case variant, let one silo's certificate pass for another's)."""
+    init_federation(tmp_path / "fed", federation="f", silos=["alice", "bob"])
+    for host in (identity_name("alice"), "ALICE.silo.fedsilo.invalid.", "*.example.org"):
+        with pytest.raises(ConfigError, match="reserved for the CA"):
+            issue_silo(tmp_path / "fed", silo="mallory", hosts=[host])
+    with pytest.raises(ConfigError, match="'alice' exists .* ignoring case"):
+        issue_silo(tmp_path / "fed", silo="ALICE")
+    # a mallory certificate naming "alice" as a plain host still lacks alice's identity
+    files = issue_silo(tmp_path / "fed", silo="mallory", hosts=["alice"])
+    pem = files.cert.read_bytes()
+    assert f"DNS:{identity_name('alice')}" not in describe(files.cert).sans and peer_name_from_cert(pem) == "mallory"
+
+
+def test_a_ca_certificate_is_not_a_peer(tmp_path: Path) -> None:
+    fed = init_federation(tmp_path / "fed", federation="f", silos=["a"])
+    with pytest.raises(PeerRejectedError):
+        peer_name_from_cert(fed.ca_cert.read_bytes())
