@@ -111,13 +111,15 @@ def _root(
 
 
 def _mount() -> None:
-    from fedsilo.cli import certs, crypto, privacy, psi, simulate
+    from fedsilo.cli import certs, crypto, job, privacy, psi, silo, simulate
 
     app.add_typer(certs.app, name="certs", help="Federation CA and silo certificates for mTLS.")
     crypto.register(app)
     app.add_typer(privacy.app, name="privacy", help="Privacy accounting and ledgers.")
     psi.register(app)
     simulate.register(app)
+    app.add_typer(silo.app, name="silo", help="Run and inspect this organization's silo agent (silo.toml).")
+    app.add_typer(job.app, name="job", help="Jobs across silo agents, submitted through this silo's agent.")
 
 
 _mount()

@@ -84,7 +84,7 @@ from fedsilo.errors import (
 )
 from fedsilo.protocols import codec
 from fedsilo.protocols.channel import Channel, Envelope
-from fedsilo.silos.certs import TlsFiles, check_silo_name, peer_name_from_cert
+from fedsilo.silos.certs import TlsFiles, check_silo_name, identity_name, peer_name_from_cert
 
 __all__ = [
     "DELIVER",
@@ -325,7 +325,7 @@ class _AllowList(grpc.ServerInterceptor):
 
         def guarded(request: Any, context: grpc.ServicerContext) -> Any:
             try:
-                server._admit(context)
+                server._admit(context, method)
             except _Refusal as r:
                 server._refused(server._claimed(context), f"{method}: {r.message}")
                 context.abort(r.code, r.message)
@@ -352,6 +352,12 @@ class PartyServer:
     ``on_refused(peer, reason)`` is called for every refused call or envelope (``peer`` is the
     claimed name, or None), next to a ``WARNING`` log line.
 
+    ``handlers`` (grpc generic handlers, e.g. a silo agent's control service) are served on the
+    same port behind the same allow-list interceptor; ``own_methods`` lists full method names
+    (``/package.Service/Method``) that this party's *own* identity may also call (its operator's
+    command line, authenticated with the silo's own certificate). Every other method admits
+    only the peers on ``allow``.
+
     The server starts in the constructor and stops with :meth:`stop` (or as a context manager).
     """
 
@@ -366,6 +372,8 @@ class PartyServer:
         insecure: bool = False,
         options: TransportOptions | None = None,
         on_refused: OnRefused | None = None,
+        handlers: Iterable[grpc.GenericRpcHandler] = (),
+        own_methods: Iterable[str] = (),
     ) -> None:
         self.options = options or TransportOptions()
         if tls is None:
@@ -385,6 +393,7 @@ class PartyServer:
         self.allow = frozenset(check_silo_name(a, what="allowed peer") for a in allow) - {self.party}
         self.host = host
         self.on_refused = on_refused
+        self.own_methods = frozenset(own_methods)
         self._protocol_version = PROTOCOL_VERSION
         self._inboxes: dict[str, _Inbox] = {}
         self._closed_jobs: set[str] = set()
@@ -415,7 +424,7 @@ class PartyServer:
         )
         self._server = grpc.server(
             self._executor,
-            handlers=[handler],
+            handlers=[handler, *handlers],
             interceptors=[_AllowList(self)],
             options=server_options,
             maximum_concurrent_rpcs=o.max_concurrent_rpcs,
@@ -520,8 +529,19 @@ class PartyServer:
                 return str(v)
         return None
 
-    def _admit(self, context: grpc.ServicerContext) -> str:
+    def caller(self, context: grpc.ServicerContext) -> str:
+        """The authenticated name of the caller of a call this server admitted (for handlers
+        passed as ``handlers``): its certificate's silo name (insecure mode: its claim)."""
+        try:
+            return self._identify(context)
+        except _Refusal as r:
+            context.abort(r.code, r.message)
+            raise  # pragma: no cover - abort raises
+
+    def _admit(self, context: grpc.ServicerContext, method: str | None = None) -> str:
         peer = self._identify(context)
+        if peer == self.party and method is not None and method in self.own_methods:
+            return peer
         if peer not in self.allow:
             raise _Refusal(grpc.StatusCode.PERMISSION_DENIED, f"silo {peer!r} is not on the allow-list of {self.party!r}")
         return peer
@@ -688,7 +708,9 @@ class _PeerLink:
         else:
             creds = grpc.ssl_channel_credentials(root_certificates=tls.ca, private_key=tls.key, certificate_chain=tls.cert)
             # the server's certificate must name the peer we mean to reach, whatever the address
-            channel_options.append(("grpc.ssl_target_name_override", peer))
+            # the name only the peer's own certificate carries (certs.IDENTITY_DOMAIN), never a
+            # plain host name another silo's certificate may also list
+            channel_options.append(("grpc.ssl_target_name_override", identity_name(peer)))
             self.channel = grpc.secure_channel(address, creds, options=channel_options)
             self.metadata = ()
         self._hello = self.channel.unary_unary(HELLO)
