@@ -397,6 +397,10 @@ class PartyServer:
         self._protocol_version = PROTOCOL_VERSION
         self._inboxes: dict[str, _Inbox] = {}
         self._closed_jobs: set[str] = set()
+        #: each local job's peers (GrpcChannel registers them): nobody else may fill its inbox
+        self._members: dict[str, frozenset[str]] = {}
+        #: Deliver streams in progress per peer: one peer cannot hold every worker thread
+        self._streams: dict[str, int] = {}
         self._lock = threading.Lock()
         self._stopped = False
 
@@ -492,10 +496,16 @@ class PartyServer:
                 box = self._inboxes[job] = _Inbox(job, self.options.inbox_messages, self.options.inbox_bytes)
             return box
 
+    def register_job(self, job: str, peers: Iterable[str]) -> None:
+        """Only ``peers`` may deliver envelopes of ``job`` from now on (others: PERMISSION_DENIED)."""
+        with self._lock:
+            self._members[job] = frozenset(peers)
+
     def close_job(self, job: str) -> None:
         """Drop ``job``'s inbox; later envelopes for it are refused."""
         with self._lock:
             self._closed_jobs.add(job)
+            self._members.pop(job, None)
             box = self._inboxes.pop(job, None)
         if box is not None:
             box.close("the job's channel was closed")
@@ -582,6 +592,26 @@ class PartyServer:
 
     def _deliver(self, frames: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         peer = self._admit(context)
+        limit = max(1, self.options.max_workers // 4)
+        with self._lock:
+            busy = self._streams.get(peer, 0)
+            if busy < limit:
+                self._streams[peer] = busy + 1
+        if busy >= limit:
+            self._abort(context, peer, grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"{peer!r} already has {busy} deliveries in progress (limit {limit})")
+        # the server's own deadline: a stream that stalls is cancelled, whatever the client asked
+        watchdog = threading.Timer(self.options.rpc_timeout, context.cancel)
+        watchdog.daemon = True
+        watchdog.start()
+        try:
+            return self._receive(peer, frames, context)
+        finally:
+            watchdog.cancel()
+            with self._lock:
+                self._streams[peer] -= 1
+
+    def _receive(self, peer: str, frames: Iterator[bytes], context: grpc.ServicerContext) -> bytes:
         first = next(frames, None)
         if first is None:
             self._abort(context, peer, grpc.StatusCode.INVALID_ARGUMENT, "empty Deliver stream (no header)")
@@ -609,10 +639,10 @@ class PartyServer:
         if size > limit:
             self._abort(context, peer, grpc.StatusCode.RESOURCE_EXHAUSTED,
                         f"{what} of {size} bytes exceeds the limit of {self.party!r}, {limit} bytes (max_message_bytes)")
-        try:
-            box = self.inbox(header["job"])
-        except ProtocolError as exc:
-            self._abort(context, peer, grpc.StatusCode.FAILED_PRECONDITION, f"{what}: {exc}")
+        with self._lock:
+            members = self._members.get(header["job"])
+        if members is not None and peer not in members:
+            self._abort(context, peer, grpc.StatusCode.PERMISSION_DENIED, f"{what}: {peer!r} is not a peer of that job")
         body = bytearray()
         for frame in frames:
             if len(body) + len(frame) > size:
@@ -623,6 +653,10 @@ class PartyServer:
             self._abort(context, peer, grpc.StatusCode.INVALID_ARGUMENT,
                         f"{what} body is truncated ({len(body)} of {size} bytes)")
         env = Envelope(header["job"], header["round"], peer, self.party, header["kind"], bytes(body), header["seq"])
+        try:  # the job's inbox exists only once a whole envelope arrived (a bare header claims nothing)
+            box = self.inbox(header["job"])
+        except ProtocolError as exc:
+            self._abort(context, peer, grpc.StatusCode.FAILED_PRECONDITION, f"{what}: {exc}")
         try:
             status = box.put(env)
         except _InboxClosed as exc:
@@ -796,9 +830,20 @@ class _PeerLink:
 
             timeout = self.owner.options.rpc_timeout
             what = f"delivery of {env.kind!r} seq {env.seq}"
-            reply = _decode_dict(self._call(what, lambda: self._deliver(frames(), timeout=timeout, metadata=self.metadata)))
+            attempts = 0
+
+            def attempt() -> bytes:
+                nonlocal attempts
+                attempts += 1
+                return self._deliver(frames(), timeout=timeout, metadata=self.metadata)
+
+            reply = _decode_dict(self._call(what, attempt))
             if reply is None or reply.get("status") not in ("delivered", "duplicate"):
                 raise PeerRejectedError(f"{self._where()}: malformed Deliver reply")
+            if reply["status"] == "duplicate" and attempts == 1:
+                # only a retry of this very envelope may find it delivered already: on a first
+                # attempt the peer holds another envelope under this number, and this one is lost
+                raise ProtocolError(f"{self._where()}: {what} was taken for a replay (its number was already used)")
             return str(reply["status"])
 
 
@@ -842,6 +887,7 @@ class GrpcChannel(Channel):
                 if server.insecure:
                     _refuse_insecure(host, f"peer {name!r} address")
                 self._links[name] = _PeerLink(self, name, address)
+            server.register_job(job, self.peers)
             self._inbox = server.inbox(job)
         except BaseException:
             self.close()

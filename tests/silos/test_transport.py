@@ -453,3 +453,40 @@ def test_stop_wakes_waiting_parties_and_leaves_no_threads(net: Net) -> None:
     while time.monotonic() < deadline and set(threading.enumerate()) - before:
         time.sleep(0.05)
     assert not set(threading.enumerate()) - before
+
+
+@pytest.mark.network
+@pytest.mark.timeout(60)
+def test_only_a_jobs_peers_may_fill_its_inbox(net: Net) -> None:
+    """An allowed silo that is not a peer of a job cannot deliver into that job (security
+    review: it could fill the inbox and fail the job)."""
+    server = net.server("h2")
+    net.channel(server, "job", {"h0": "127.0.0.1:1"})
+    with net.raw(server.address, net.pki["tls"]["h1"], "h2") as raw:
+        with pytest.raises(grpc.RpcError) as err:
+            _deliver(raw, _frames(sender="h1", recipient="h2", body=codec.encode("junk")))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "not a peer of that job" in err.value.details()
+    _works(net, server)
+
+
+@pytest.mark.network
+@pytest.mark.timeout(60)
+def test_a_stalled_delivery_is_cancelled_by_the_server(net: Net) -> None:
+    """A stream that sends its header and then nothing holds no worker past the server's own
+    deadline (security review: slowloris)."""
+    import threading
+
+    server = net.server("h2", options=TransportOptions(rpc_timeout=1.0, retry=FAST.retry))
+    stall = threading.Event()
+
+    def frames():
+        yield _frames(sender="h1", recipient="h2", body=b"x" * 10)[0]
+        stall.wait(30)  # never sends the body
+
+    with net.raw(server.address, net.pki["tls"]["h1"], "h2") as raw:
+        start = time.monotonic()
+        with pytest.raises(grpc.RpcError) as err:
+            raw.stream_unary(DELIVER)(frames(), timeout=30)
+        stall.set()
+        assert err.value.code() == grpc.StatusCode.CANCELLED and time.monotonic() - start < 10
+    _works(net, server)
