@@ -655,6 +655,14 @@ class Agent:
                 raise _Refused(f"dataset {dataset!r}: its schema ({len(columns)} columns) is too large for the control plane")
             if cfg.privacy is not None:
                 cap = self._check_budget(cfg, entry, ds, source)
+            elif not ds.allow_no_dp:
+                # without [privacy] a job releases exact sums of this dataset, which no ledger
+                # entry accounts for: only the operator may allow that, per dataset
+                raise _Refused(
+                    f"{source}: silo {self.name!r} runs no job without [privacy] on dataset {ds.name!r} (exact "
+                    "releases are not accounted in its ledger); add a [privacy] section, or the operator sets "
+                    "allow_no_dp = true for that dataset in silo.toml"
+                )
         return _Job(job, text, source, cfg, coordinator, parties, dataset, cap, schema)
 
     def _check_columns(self, cfg: JobConfig, role: str, dataset: str, columns: list[str]) -> None:
@@ -694,10 +702,11 @@ class Agent:
         limit = cap if cap is not None else float(op.epsilon)
         spent = self.ledger.spent(ds.name)
         if cfg.privacy.epsilon > limit - spent + 1e-12:
+            # the ledger's totals stay here (the audit log): a submitter learns only that it does not fit
+            self.audit.write("budget_refused", dataset=ds.name, target=cfg.privacy.epsilon, spent=spent, budget=limit)
             raise _Refused(
-                f"silo {self.name!r}, dataset {ds.name!r}: the job's target epsilon={cfg.privacy.epsilon:g} does not fit: "
-                f"spent {spent:.4g} of the budget epsilon={limit:g}"
-                + (" (lowered by the job)" if cap is not None else "") + f", {max(0.0, limit - spent):.4g} left"
+                f"silo {self.name!r}, dataset {ds.name!r}: the job's target epsilon={cfg.privacy.epsilon:g} does not "
+                "fit in the dataset's remaining budget"
             )
         return cap
 
@@ -1047,6 +1056,7 @@ class Agent:
             if js.abort.is_set() and not isinstance(exc, (DataError, ConfigError)):
                 exc = JobAbortedError(js.abort_reason)
             error = PartyError.from_exception(self.name, js.step, exc)
+            self.audit.write("party_failed", job=js.job, step=js.step, error=type(exc).__name__, message=one_line(exc))
             if not isinstance(exc, FedsiloError):
                 log.exception("party %s of job %s failed", self.name, js.job)
             else:

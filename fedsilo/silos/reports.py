@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from fedsilo.errors import ConfigError, ProtocolError
+from fedsilo.errors import ConfigError, DataError, ProtocolError
 from fedsilo.privacy.events import event_from_json
 
 __all__ = [
@@ -152,7 +152,13 @@ class PartyError:
 
     @classmethod
     def from_exception(cls, party: str, step: str, exc: BaseException) -> "PartyError":
-        return cls(party, step, type(exc).__name__[:64], one_line(exc) or type(exc).__name__)
+        """The error as another silo may see it. A data error's text quotes the silo's own data
+        (a cell's value, an ID, a file path), so only its kind travels; the operator of that silo
+        has the full text in its log and audit log."""
+        kind = type(exc).__name__[:64]
+        if isinstance(exc, DataError):
+            return cls(party, step, kind, "its data failed the job's checks (the details stay in that silo's audit log)")
+        return cls(party, step, kind, one_line(exc) or kind)
 
 
 @dataclass(frozen=True)

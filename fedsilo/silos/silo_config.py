@@ -107,6 +107,8 @@ class DatasetSection(Section):
     path: str
     #: the operator's budget for this dataset: registered in the ledger, never raised by a job
     budget: Budget
+    #: run jobs without [privacy] on this dataset (their exact releases are not accounted)
+    allow_no_dp: Bool = False
 
 
 class LedgerSection(Section):

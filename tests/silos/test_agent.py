@@ -238,6 +238,8 @@ class Federation:
         d.mkdir(parents=True, exist_ok=True)
         peers = "\n".join(f'{p} = "127.0.0.1:{ports.get(p, 1)}"' for p in self.names if p != name)
         ds = "".join(f'[[datasets]]\nname = "{n}"\npath = "{p}"\nbudget = {{ epsilon = 10.0, delta = 1e-5 }}\n'
+                     # these test jobs also run without DP (the operator's opt-in), except on "strict"
+                     + ('allow_no_dp = true\n' if n != "strict" else '')
                      for n, p in datasets.items())
         (d / "silo.toml").write_text(
             f'[silo]\nname = "{name}"\nlisten = "127.0.0.1:0"\n[tls]\nca = "{self.pki}/ca.pem"\n'
@@ -288,7 +290,8 @@ def fed(tmp_path_factory: pytest.TempPathFactory, pki: dict[str, Path]) -> Itera
     pd.read_csv(HOSPITALS["h2"]).drop(columns=["mean area"]).to_csv(broken, index=False)
     f = Federation(root, pki["fed"])
     try:
-        f.start({"h1": {"patients": HOSPITALS["h1"]}, "h2": {"patients": HOSPITALS["h2"], "broken": broken}})
+        f.start({"h1": {"patients": HOSPITALS["h1"]},
+                 "h2": {"patients": HOSPITALS["h2"], "broken": broken, "strict": HOSPITALS["h2"]}})
         yield f
     finally:
         f.close()
@@ -328,7 +331,7 @@ def test_jobs_against_local_policy_are_refused_with_the_reason_and_agents_keep_s
     missing = fed.run(_job(dp=False, silos={"h1": "patients", "h2": "nope"}))
     assert missing["status"] == "refused"
     (r,) = missing["reasons"]
-    assert r["silo"] == "h2" and "has no dataset 'nope' (its datasets: patients, broken)" in r["reason"]
+    assert r["silo"] == "h2" and "has no dataset 'nope' (its datasets: patients, broken, strict)" in r["reason"]
 
     above = fed.run(_job(dp=True, budgets={"h2": 50.0}))
     (r,) = above["reasons"]
@@ -340,7 +343,13 @@ def test_jobs_against_local_policy_are_refused_with_the_reason_and_agents_keep_s
 
     lower = fed.run(_job(dp=True, budgets={"h2": 2.0}))  # a lower budget is fine, but 3.0 does not fit under it
     (r,) = lower["reasons"]
-    assert r["silo"] == "h2" and "target epsilon=3 does not fit" in r["reason"] and "(lowered by the job)" in r["reason"]
+    # the submitter learns that it does not fit, not the silo's ledger totals (they stay in its audit log)
+    assert r["silo"] == "h2" and "target epsilon=3 does not fit in the dataset's remaining budget" in r["reason"]
+    assert "spent" not in r["reason"] and any(a["event"] == "budget_refused" for a in fed.audit("h2"))
+
+    no_dp = fed.run(_job(dp=False, silos={"h1": "patients", "h2": "strict"}))  # no opt-in: exact releases refused
+    (r,) = no_dp["reasons"]
+    assert r["silo"] == "h2" and "runs no job without [privacy] on dataset 'strict'" in r["reason"]
 
     offers = [a for a in fed.audit("h2") if a["event"] == "job_offer" and a["decision"] == "refused"]
     assert any("nope" in a["reason"] for a in offers) and any("above the operator's" in a["reason"] for a in offers)
@@ -353,7 +362,10 @@ def test_a_remote_data_error_reaches_the_submitter_with_silo_step_and_message(fe
     got = fed.run(_job(dp=False, silos={"h1": "patients", "h2": "broken"}))
     assert got["status"] == "failed"
     assert got["error"].startswith("silo 'h2' failed at start: DataError: ")
-    assert "broken.csv: columns differ from the job's features: ['mean area']" in got["error"]
+    # the remote silo's data error names its kind, not its data (values, IDs, paths stay in its audit log)
+    assert "its data failed the job's checks" in got["error"] and "broken.csv" not in got["error"]
+    failed = [a for a in fed.audit("h2") if a["event"] == "party_failed"]
+    assert failed and "columns differ from the job's features: ['mean area']" in failed[-1]["message"]
     assert "\n" not in got["error"]
     assert fed.run(_job(dp=False, rounds=1))["status"] == "completed"
 
