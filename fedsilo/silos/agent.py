@@ -403,6 +403,7 @@ class Agent:
             self.server = PartyServer(
                 allow=list(cfg.peers), tls=self.tls, party=self.name if self.tls is None else None, host=host,
                 port=port, insecure=self.tls is None, options=self.options, on_refused=self._on_refused,
+                registered_jobs_only=True,
                 handlers=[self._control_handler()], own_methods=[HEALTH, *(f"/{CONTROL_SERVICE}/{m}" for m in OWN)],
             )
         except BaseException:
@@ -735,6 +736,7 @@ class Agent:
         js.submitted = _now()
         with self._lock:
             self._jobs[job] = js
+        self.server.register_job(job, [p for p in js.parties if p != self.name])
         self.audit.write("job_offer", job=job, coordinator=self.name, decision="accepted", task=js.task,
                          party=self.name, role=js.parties[self.name], dataset=js.dataset)
         others = [p for p in js.parties if p != self.name]
@@ -889,6 +891,8 @@ class Agent:
             if job in self._jobs:
                 return {"accepted": False, "reason": f"job {job!r} is already known to silo {self.name!r}"}
             self._jobs[job] = js
+        # only the job's parties may deliver into it, and only once this agent accepted it
+        self.server.register_job(job, [p for p in js.parties if p != self.name])
         self.audit.write("job_offer", job=job, coordinator=caller, decision="accepted", task=js.task, party=self.name,
                          role=js.parties[self.name], dataset=js.dataset)
         return {"accepted": True, "schema": js.schema}

@@ -374,6 +374,7 @@ class PartyServer:
         on_refused: OnRefused | None = None,
         handlers: Iterable[grpc.GenericRpcHandler] = (),
         own_methods: Iterable[str] = (),
+        registered_jobs_only: bool = False,
     ) -> None:
         self.options = options or TransportOptions()
         if tls is None:
@@ -394,6 +395,9 @@ class PartyServer:
         self.host = host
         self.on_refused = on_refused
         self.own_methods = frozenset(own_methods)
+        #: an agent accepts envelopes only for jobs it agreed to (register_job), so no peer can
+        #: open inboxes for made-up jobs; an engine's parties register as they start instead
+        self.registered_jobs_only = registered_jobs_only
         self._protocol_version = PROTOCOL_VERSION
         self._inboxes: dict[str, _Inbox] = {}
         self._closed_jobs: set[str] = set()
@@ -641,6 +645,8 @@ class PartyServer:
                         f"{what} of {size} bytes exceeds the limit of {self.party!r}, {limit} bytes (max_message_bytes)")
         with self._lock:
             members = self._members.get(header["job"])
+        if members is None and self.registered_jobs_only:
+            self._abort(context, peer, grpc.StatusCode.PERMISSION_DENIED, f"{what}: no such job on {self.party!r}")
         if members is not None and peer not in members:
             self._abort(context, peer, grpc.StatusCode.PERMISSION_DENIED, f"{what}: {peer!r} is not a peer of that job")
         body = bytearray()

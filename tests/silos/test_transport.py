@@ -490,3 +490,18 @@ def test_a_stalled_delivery_is_cancelled_by_the_server(net: Net) -> None:
         stall.set()
         assert err.value.code() == grpc.StatusCode.CANCELLED and time.monotonic() - start < 10
     _works(net, server)
+
+
+@pytest.mark.network
+@pytest.mark.timeout(60)
+def test_an_agent_server_refuses_envelopes_of_jobs_it_never_accepted(net: Net) -> None:
+    """registered_jobs_only (the agents): a peer cannot open inboxes for made-up jobs (agent
+    review: 64 junk jobs blocked every later job)."""
+    server = PartyServer(tls=net.pki["tls"]["h2"], allow=[*SILOS, AGG], options=FAST, registered_jobs_only=True)
+    net.opened.append(server)
+    with net.raw(server.address, net.pki["tls"]["h1"], "h2") as raw:
+        with pytest.raises(grpc.RpcError) as err:
+            _deliver(raw, _frames(sender="h1", recipient="h2", body=codec.encode("junk"), job="made-up"))
+        assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED and "no such job" in err.value.details()
+    assert not server._inboxes
+    _works(net, server)
