@@ -1,0 +1,138 @@
+"""Transport: loopback gRPC throughput with mutual TLS against plaintext gRPC, and one horizontal
+job on the ``processes`` engine (one OS process per party, gRPC + mTLS) against ``threads``.
+
+Throughput: two parties on 127.0.0.1, each a :class:`~fedsilo.silos.transport.PartyServer`
+with a :class:`~fedsilo.silos.transport.GrpcChannel`; one sends ``--messages`` envelopes of
+``--mib`` MiB (chunked, acknowledged one by one, as every protocol message travels) and the other
+receives them; MB/s over the whole transfer, mTLS (throw-away CA, ECDSA P-256) and plaintext
+(insecure loopback mode) measured side by side in one run.
+
+Job: the hospitals example (3 silos + aggregator, plain backend, ``--rounds`` rounds, no DP)
+through ``run_job`` on both engines; the job's own ``seconds`` (parties listening → last report)
+and the wall time including process start-up.
+
+    .venv/bin/python benchmarks/transport.py              # writes the "transport" section of docs/benchmarks.md
+    .venv/bin/python benchmarks/transport.py --no-write
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import machine_line, write_section  # noqa: E402
+
+from fedsilo.silos.certs import init_federation, load_tls  # noqa: E402
+from fedsilo.silos.transport import GrpcChannel, PartyServer  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+COMMAND = ".venv/bin/python benchmarks/transport.py"
+
+
+def throughput(*, tls: bool, messages: int, mib: int) -> float:
+    """MB/s of ``messages`` payloads of ``mib`` MiB from one party to the other."""
+    payload = b"\x5a" * (mib * 1024 * 1024)
+    with tempfile.TemporaryDirectory() as d:
+        files = {}
+        if tls:
+            fed = init_federation(Path(d) / "pki", federation="bench", silos=["a", "b"])
+            files = {s.name: load_tls(fed.ca_cert, s.cert, s.key) for s in fed.silos}
+        servers = {
+            n: PartyServer(allow=["a", "b"], tls=files.get(n), party=None if tls else n, insecure=not tls)
+            for n in ("a", "b")
+        }
+        try:
+            peers = {n: s.address for n, s in servers.items()}
+            a = GrpcChannel(servers["a"], job="bench", peers=peers)
+            b = GrpcChannel(servers["b"], job="bench", peers=peers)
+            a.connect()
+            got: list[int] = []
+            receiver = threading.Thread(
+                target=lambda: got.extend(len(b.recv("a", "m", round=i, timeout=300)) for i in range(messages))
+            )
+            start = time.perf_counter()
+            receiver.start()
+            for i in range(messages):
+                a.send("b", "m", payload, round=i)
+            receiver.join()
+            seconds = time.perf_counter() - start
+            a.close()
+            b.close()
+        finally:
+            for s in servers.values():
+                s.stop()
+    assert got == [len(payload)] * messages
+    return messages * len(payload) / 1e6 / seconds
+
+
+def job(engine: str, rounds: int) -> tuple[float, float]:
+    """(job seconds, wall seconds) of the hospitals example on ``engine``."""
+    from fedsilo.silos.config import apply_overrides, load_config
+    from fedsilo.silos.runner import run_job
+
+    cfg = load_config(ROOT / "examples" / "hospitals_horizontal" / "federation.toml")
+    cfg = apply_overrides(cfg, backend="plain", insecure=True, rounds=rounds, epsilon=0)
+    with tempfile.TemporaryDirectory() as d:
+        start = time.perf_counter()
+        res = run_job(cfg, ledger_dir=Path(d), engine=engine)
+        wall = time.perf_counter() - start
+    return float(res["seconds"]), wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--messages", type=int, default=20)
+    ap.add_argument("--mib", type=int, default=8)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    args = ap.parse_args()
+
+    rows = {"mTLS": [], "plaintext": []}
+    for _ in range(args.repeats):  # interleaved, so drift on the machine hits both alike
+        rows["mTLS"].append(throughput(tls=True, messages=args.messages, mib=args.mib))
+        rows["plaintext"].append(throughput(tls=False, messages=args.messages, mib=args.mib))
+    tls_mbs, plain_mbs = statistics.median(rows["mTLS"]), statistics.median(rows["plaintext"])
+    jobs = {e: [job(e, args.rounds) for _ in range(args.repeats)] for e in ("threads", "processes")}
+    med = {e: (statistics.median(s for s, _ in v), statistics.median(w for _, w in v)) for e, v in jobs.items()}
+
+    md = [
+        "## Transport (loopback gRPC, `benchmarks/transport.py`)",
+        "",
+        machine_line(),
+        "",
+        f"Throughput: {args.messages} envelopes of {args.mib} MiB from one party to another on 127.0.0.1, "
+        f"each chunked and acknowledged before the next (median of {args.repeats}, interleaved).",
+        "",
+        "| transport | MB/s | runs |",
+        "|---|---|---|",
+        f"| gRPC + mutual TLS | {tls_mbs:.0f} | {', '.join(f'{v:.0f}' for v in rows['mTLS'])} |",
+        f"| gRPC plaintext (insecure loopback) | {plain_mbs:.0f} | {', '.join(f'{v:.0f}' for v in rows['plaintext'])} |",
+        f"| ratio mTLS / plaintext | {tls_mbs / plain_mbs:.2f} | |",
+        "",
+        f"One horizontal job: the hospitals example, 3 silos + aggregator, plain backend, {args.rounds} rounds, "
+        f"no DP (median of {args.repeats}). `seconds`: from every party listening to the last report; wall: "
+        "including process start-up (each party process imports torch).",
+        "",
+        "| engine | job seconds | wall seconds |",
+        "|---|---|---|",
+        f"| threads (in-process) | {med['threads'][0]:.2f} | {med['threads'][1]:.2f} |",
+        f"| processes (gRPC + mTLS) | {med['processes'][0]:.2f} | {med['processes'][1]:.2f} |",
+        f"| ratio processes / threads | {med['processes'][0] / med['threads'][0]:.2f} | "
+        f"{med['processes'][1] / med['threads'][1]:.2f} |",
+        "",
+        f"Reproduce: `{COMMAND}`.",
+    ]
+    text = "\n".join(md)
+    print(text)
+    if not args.no_write:
+        write_section("transport", text)
+
+
+if __name__ == "__main__":
+    main()
