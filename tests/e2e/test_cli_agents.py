@@ -370,14 +370,18 @@ def test_a_job_continues_per_its_quorum_when_one_of_three_silos_is_killed(cluste
     c = cluster(third=True)
     silos = {"h1": "patients", "h2": "patients", "h3": "patients"}
     with c.client() as client:
-        job = client.submit(job_toml(rounds=60, silos=silos, round_timeout=4.0), source="job.toml")["job"]
-        first = _first_round(client, job)
-        assert first["silos"] == ["h1", "h2", "h3"]
+        # a round with every silo first (on a loaded machine an early round may be skipped: a
+        # party's first training round imports torch), then the kill
+        job = client.submit(job_toml(rounds=60, silos=silos, round_timeout=15.0), source="job.toml")["job"]
+        deadline = time.monotonic() + 120
+        while not any(e.get("silos") == ["h1", "h2", "h3"] for e in client.status(job)["events"]):
+            assert time.monotonic() < deadline and client.status(job)["state"] == "running", client.status(job)
+            time.sleep(0.05)
         os.kill(c.procs["h3"].proc.pid, signal.SIGKILL)
         c.procs["h3"].proc.wait(timeout=30)
         st = client.wait(job, timeout=120)
         assert st["state"] == "completed", st
         res = client.results(job)["results"]
-    assert res["rounds"][-1]["silos"] == ["h1", "h2"] and "h3" in res["rounds"][0]["silos"]
+    assert res["rounds"][-1]["silos"] == ["h1", "h2"] and any("h3" in r["silos"] for r in res["rounds"])
     assert any("silo 'h3' went missing during the job" in n for n in res["notes"])
     assert st["parties"]["h3"] == "missing"
