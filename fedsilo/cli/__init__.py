@@ -81,20 +81,10 @@ def to_json(obj: Any) -> str:
     """JSON text of a results dict: numpy values as Python numbers, NaN/infinity as null
     (strict JSON has neither), anything else unknown as its string."""
     import json
-    import math
 
-    def clean(o: Any) -> Any:
-        if isinstance(o, dict):
-            return {str(k): clean(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            return [clean(v) for v in o]
-        if hasattr(o, "tolist") and not isinstance(o, (str, bytes)):
-            return clean(o.tolist())
-        if isinstance(o, float) and not math.isfinite(o):
-            return None
-        return o
+    from fedsilo.silos.reports import jsonable
 
-    return json.dumps(clean(obj), indent=2, allow_nan=False, default=str)
+    return json.dumps(jsonable(obj), indent=2, allow_nan=False)
 
 
 def _version(value: bool) -> None:

@@ -85,6 +85,7 @@ from fedsilo.silos.config import JobConfig, parse_config
 from fedsilo.silos.data import DataSource, FileSource
 from fedsilo.silos.ledgers import LedgerSpec
 from fedsilo.silos.reports import (
+    jsonable,
     PartyError,
     PartyOutcome,
     check_progress,
@@ -139,21 +140,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
 
 
-def _jsonable(obj: Any) -> Any:
-    """Results as plain JSON values: numpy as Python numbers, NaN/infinity as None."""
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
-        return _jsonable(obj.tolist())
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if obj is None or isinstance(obj, (bool, int, float, str)):
-        return obj
-    return str(obj)
-
-
 # -- audit -------------------------------------------------------------------------------------------
 class AuditLog:
     """Append-only JSON lines: every job offer (accepted or refused, with the reason), every
@@ -170,7 +156,7 @@ class AuditLog:
             raise ConfigError(f"cannot open the audit log {self.path}: {exc.strerror or exc}") from None
 
     def write(self, kind: str, /, **fields: Any) -> None:
-        line = json.dumps({"time": _now(), "silo": self.silo, "event": kind, **_jsonable(fields)},
+        line = json.dumps({"time": _now(), "silo": self.silo, "event": kind, **jsonable(fields)},
                           sort_keys=False, allow_nan=False) + "\n"
         with self._lock:
             if self._fd is None:
@@ -1131,7 +1117,7 @@ class Agent:
             if not isinstance(rnd, int) or rnd in js.rounds_seen:
                 return
             js.rounds_seen.add(rnd)
-            js.events.append(_jsonable({**event, "party": party, "time": time.time()}))
+            js.events.append(jsonable({**event, "party": party, "time": time.time()}))
 
     def _record_outcome(self, js: _Job, outcome: PartyOutcome) -> None:
         with self._lock:
@@ -1235,7 +1221,7 @@ class Agent:
         results["job"] = js.job
         results["submitted_by"] = self.name
         results["party_seconds"] = {p: o.seconds for p, o in js.outcomes.items()}
-        return _jsonable(results)
+        return jsonable(results)
 
     def _save(self, js: _Job) -> None:
         record = {**self._summary(js), "rounds": _rounds_of(js.cfg), "parties": self._party_states(js),
@@ -1244,7 +1230,7 @@ class Agent:
         try:
             self.cfg.jobs_dir.mkdir(parents=True, exist_ok=True)
             tmp = path.with_name(path.name + ".tmp")
-            tmp.write_text(json.dumps(_jsonable(record), allow_nan=False))
+            tmp.write_text(json.dumps(jsonable(record), allow_nan=False))
             os.replace(tmp, path)
         except OSError as exc:
             log.warning("cannot save job %s: %s", js.job, exc)

@@ -266,24 +266,30 @@ def _parse(
     return cfg
 
 
+def read_toml(p: Path, *, what: str) -> dict[str, Any]:
+    """A TOML file's table; ConfigError naming the file for a directory, a missing or unreadable
+    file, a binary file or invalid TOML."""
+    if p.is_dir():
+        raise ConfigError(f"{p}: is a directory, not a {what}")
+    if not p.is_file():
+        raise ConfigError(f"{what} not found: {p}")
+    try:
+        return tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{p}: not a text file") from None
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the {what}: {exc.strerror or exc}") from None
+
+
 def load_config(path: str | Path, *, insecure: bool = False) -> JobConfig:
     """Read and validate a federation TOML file.
 
     ``insecure=True`` (the ``--insecure`` flag) sets ``[crypto] insecure = true`` before the file
     is validated, so it also allows the insecure settings written in the file itself."""
     p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"{p}: is a directory, not a config file")
-    if not p.is_file():
-        raise ConfigError(f"config file not found: {p}")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p}: not a text file") from None
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read the config file: {exc.strerror or exc}") from None
+    data = read_toml(p, what="config file")
     if insecure:
         crypto = data.get("crypto")
         if crypto is not None and not isinstance(crypto, dict):

@@ -42,6 +42,7 @@ from fedsilo.errors import ConfigError, DataError, ProtocolError
 from fedsilo.privacy.events import event_from_json
 
 __all__ = [
+    "jsonable",
     "MAX_MESSAGE_CHARS",
     "PartyError",
     "PartyOutcome",
@@ -341,3 +342,18 @@ def check_progress(wire: Any, *, party: str) -> dict[str, Any]:
     if "silos" in d:
         out["silos"] = c.names(d["silos"], "silos")
     return out
+
+
+def jsonable(obj: Any) -> Any:
+    """Results as plain JSON values: numpy as Python numbers, NaN/infinity as None."""
+    if isinstance(obj, dict):
+        return {str(k): jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonable(v) for v in obj]
+    if hasattr(obj, "tolist") and not isinstance(obj, (str, bytes)):
+        return jsonable(obj.tolist())
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if obj is None or isinstance(obj, (bool, int, float, str)):
+        return obj
+    return str(obj)

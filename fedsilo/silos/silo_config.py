@@ -30,7 +30,6 @@ file, the key and the nearest valid key, exactly like the federation config
 """
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,7 @@ from pydantic import AfterValidator, Field, StringConstraints, ValidationError, 
 
 from fedsilo.errors import ConfigError
 from fedsilo.protocols.spec import Bool, Section, format_errors
-from fedsilo.silos.config import _NAME, Budget
+from fedsilo.silos.config import _NAME, Budget, read_toml
 
 __all__ = [
     "AuditSection",
@@ -222,16 +221,5 @@ def parse_silo_config(data: dict[str, Any], *, source: str = "<silo.toml>", base
 def load_silo_config(path: str | Path) -> SiloConfig:
     """Read and validate a ``silo.toml`` file (paths in it resolve against its directory)."""
     p = Path(path)
-    if p.is_dir():
-        raise ConfigError(f"{p}: is a directory, not a silo.toml file")
-    if not p.is_file():
-        raise ConfigError(f"silo config not found: {p}")
-    try:
-        data = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{p}: not a text file") from None
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read the silo config: {exc.strerror or exc}") from None
+    data = read_toml(p, what="silo config")
     return parse_silo_config(data, source=str(p), base_dir=p.resolve().parent)
