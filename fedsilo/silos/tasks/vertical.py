@@ -197,9 +197,8 @@ class VerticalTask(Task):
             bounds={k: (float(v[0]), float(v[1])) for k, v in cfg.data.bounds.items()}, insecure=cfg.crypto.insecure,
         )
         plan = VerticalPlan(ctx.job, spec, cfg.federation.seed, tuple(_level_note(cfg.privacy)))
-        check_bound_keys(spec, {p: s.columns() for p, s in sources.items()}, source=cfg._source)
         return plan, parties_for(plan, sources, ledger_dir=ctx.ledger_dir, budgets=budgets_for(cfg),
-                                 noise_seed=ctx.noise_seed, source=cfg._source)
+                                 noise_seed=ctx.noise_seed, source=cfg._source, bounds_from_config=True)
 
     def party(self, plan: VerticalPlan, party: Party, channel: Channel, progress: Progress | None = None) -> Any:
         top = plan.spec.topology
@@ -238,10 +237,12 @@ def _checked_table(spec: VerticalSpec, party: Party, table: LocalTable) -> pd.Da
 def parties_for(
     plan: VerticalPlan, sources: Mapping[str, DataSource], *, ledger_dir: Path | None,
     budgets: Mapping[str, tuple[float, float]], noise_seed: int | None, source: str = "<job>",
-    datasets: Mapping[str, str] | None = None,
+    datasets: Mapping[str, str] | None = None, bounds_from_config: bool = False,
 ) -> list[Party]:
     """One party per role, each with its own table, ledger and noise seed; the public schemas
-    (column names) are checked first (:func:`check_schemas`)."""
+    (column names, read once) are checked first: :func:`check_schemas`, and with
+    ``bounds_from_config`` (a config file's ``[data] bounds``, where a stray key is a typo)
+    :func:`check_bound_keys`."""
     spec = plan.spec
     top = spec.topology
     for p in top.data_parties:
@@ -249,7 +250,10 @@ def parties_for(
             raise ConfigError(f"party {p!r} ({'guest' if p == top.guest else 'host'}) has no table")
     if top.arbiter is not None and top.arbiter in sources:
         raise ConfigError(f"the arbiter {top.arbiter!r} holds no data; remove its table")
-    check_schemas(spec, {p: sources[p].columns() for p in top.data_parties}, source=source)
+    columns = {p: sources[p].columns() for p in top.data_parties}
+    if bounds_from_config:
+        check_bound_keys(spec, columns, source=source)
+    check_schemas(spec, columns, source=source)
     names = [*top.data_parties, *([top.arbiter] if top.arbiter else [])]
     ledgers = (
         ledger_specs(ledger_dir, top.data_parties,
