@@ -454,3 +454,40 @@ def test_the_bank_vertical_example_across_three_agent_processes(banks: Cluster, 
         _verify(banks.root / name / "ledger.sqlite")
         with PrivacyLedger.open(banks.root / name / "ledger.sqlite") as ledger:
             assert sum(1 for e in ledger.entries("customers") if e.job == got["job"]) >= 2
+
+
+@pytest.mark.network
+@pytest.mark.slow
+@pytest.mark.timeout(480)
+def test_ten_agent_processes_complete_a_five_round_job(tmp_path: Path) -> None:
+    """Ten hospitals' agents and the aggregator's, each its own `fedsilo silo start` process
+    with its own certificate, run a 5-round record-level DP job submitted through one
+    hospital's agent; every silo is in every round and each one's ledger verifies."""
+    names = [f"h{i}" for i in range(1, 11)]
+    init_federation(tmp_path / "pki", federation="hospitals", silos=[*names, "aggregator"])
+    rows = pd.concat([pd.read_csv(DATA / "st_marys.csv"), pd.read_csv(DATA / "city_general.csv")])
+    rows = rows.sample(frac=1.0, random_state=3).reset_index(drop=True)
+    datasets: dict[str, dict[str, Path]] = {}
+    for i, name in enumerate(names):
+        path = tmp_path / f"{name}.csv"
+        rows.iloc[i::len(names)].to_csv(path, index=False)
+        datasets[name] = {"patients": path}
+    c = Cluster(tmp_path / "agents", tmp_path / "pki", {**datasets, "aggregator": {}})
+    try:
+        c.start(*c.names)
+        job = tmp_path / "job.toml"
+        job.write_text(job_toml(dp=True, rounds=5, silos={n: "patients" for n in names}, min_silos=10,
+                                round_timeout=60.0))
+        out = tmp_path / "results.json"
+        res = cli("job", "submit", job, "--silo-config", c.config("h1"), "--json", out, "-q")
+        assert res.exit_code == 0, res.output
+        got = json.loads(out.read_text())
+        assert len(got["rounds"]) == 5 and all(r["silos"] == sorted(names) for r in got["rounds"]), got["rounds"]
+        assert set(got["party_seconds"]) == {*names, "aggregator"} and got["transport"] == "grpc+mtls"
+        # each silo's sample rate is its own batch over its own rows: epsilons differ, none above the job's
+        assert set(got["epsilon"]) == set(names) and all(0 < e["epsilon"] <= 3.0 for e in got["epsilon"].values())
+        print(f"\n10 agents, 5 rounds: job {got['seconds']:.2f}s")
+        for name in names:
+            _verify(c.root / name / "ledger.sqlite")
+    finally:
+        c.close()
