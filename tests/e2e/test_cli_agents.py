@@ -157,9 +157,14 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _hospitals(root: Path, *, third: bool = False) -> dict[str, dict[str, Path]]:
-    broken = root / "broken.csv"
-    pd.read_csv(DATA / "city_general.csv").drop(columns=["worst symmetry"]).to_csv(broken, index=False)
-    out = {"h1": {"patients": DATA / "st_marys.csv"}, "h2": {"patients": DATA / "city_general.csv", "broken": broken}}
+    broken = root / "broken.csv"  # the job's columns, a missing value (found when h2's party loads its rows)
+    frame = pd.read_csv(DATA / "city_general.csv").astype({"worst symmetry": object})
+    frame.loc[3, "worst symmetry"] = ""
+    frame.to_csv(broken, index=False)
+    narrow = root / "narrow.csv"  # a column short: seen in its declared schema, refused at submission
+    pd.read_csv(DATA / "city_general.csv").drop(columns=["worst symmetry"]).to_csv(narrow, index=False)
+    out = {"h1": {"patients": DATA / "st_marys.csv"},
+           "h2": {"patients": DATA / "city_general.csv", "broken": broken, "narrow": narrow}}
     if third:
         both = pd.concat([pd.read_csv(DATA / "st_marys.csv"), pd.read_csv(DATA / "city_general.csv")])
         both.sample(n=200, random_state=1).to_csv(root / "h3.csv", index=False)
@@ -245,6 +250,9 @@ def test_jobs_across_three_agent_processes(trio: Cluster, tmp_path: Path, pki: d
     job.write_text(job_toml(silos={"h1": "patients", "h2": "patients", "h9": "patients"}))
     res = cli("job", "submit", job, "--silo-config", trio.config("h1"), "-q")
     assert res.exit_code == 2 and "['h9'] is not on the allow-list of silo 'h1'" in res.output
+    job.write_text(job_toml(silos={"h1": "patients", "h2": "narrow"}))
+    res = cli("job", "submit", job, "--silo-config", trio.config("h1"), "-q")
+    assert res.exit_code == 2 and "missing at 'h2': ['worst symmetry']" in res.output, res.output
 
     # a remote party's error: the silo, the step and the message on one line, exit 1
     job.write_text(job_toml(silos={"h1": "patients", "h2": "broken"}))

@@ -286,12 +286,16 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 @pytest.fixture(scope="module")
 def fed(tmp_path_factory: pytest.TempPathFactory, pki: dict[str, Path]) -> Iterator[Federation]:
     root = tmp_path_factory.mktemp("agents")
-    broken = root / "broken.csv"
-    pd.read_csv(HOSPITALS["h2"]).drop(columns=["mean area"]).to_csv(broken, index=False)
+    broken = root / "broken.csv"  # the job's columns, a value no feature can hold (found when h2 loads its rows)
+    frame = pd.read_csv(HOSPITALS["h2"]).astype({"mean area": object})
+    frame.loc[7, "mean area"] = "n/a"
+    frame.to_csv(broken, index=False)
+    pd.read_csv(HOSPITALS["h2"]).drop(columns=["mean area"]).to_csv(root / "narrow.csv", index=False)
     f = Federation(root, pki["fed"])
     try:
         f.start({"h1": {"patients": HOSPITALS["h1"]},
-                 "h2": {"patients": HOSPITALS["h2"], "broken": broken, "strict": HOSPITALS["h2"]}})
+                 "h2": {"patients": HOSPITALS["h2"], "broken": broken, "narrow": root / "narrow.csv",
+                        "strict": HOSPITALS["h2"]}})
         yield f
     finally:
         f.close()
@@ -331,7 +335,7 @@ def test_jobs_against_local_policy_are_refused_with_the_reason_and_agents_keep_s
     missing = fed.run(_job(dp=False, silos={"h1": "patients", "h2": "nope"}))
     assert missing["status"] == "refused"
     (r,) = missing["reasons"]
-    assert r["silo"] == "h2" and "has no dataset 'nope' (its datasets: patients, broken, strict)" in r["reason"]
+    assert r["silo"] == "h2" and "has no dataset 'nope' (its datasets: patients, broken, narrow, strict)" in r["reason"]
 
     above = fed.run(_job(dp=True, budgets={"h2": 50.0}))
     (r,) = above["reasons"]
@@ -365,8 +369,12 @@ def test_a_remote_data_error_reaches_the_submitter_with_silo_step_and_message(fe
     # the remote silo's data error names its kind, not its data (values, IDs, paths stay in its audit log)
     assert "its data failed the job's checks" in got["error"] and "broken.csv" not in got["error"]
     failed = [a for a in fed.audit("h2") if a["event"] == "party_failed"]
-    assert failed and "columns differ from the job's features: ['mean area']" in failed[-1]["message"]
+    assert failed and "column 'mean area' has 1 missing/NaN/infinite value(s)" in failed[-1]["message"], failed[-1]
     assert "\n" not in got["error"]
+    # columns that differ between silos: seen in the declared schemas, refused before any party starts
+    got = fed.run(_job(dp=False, silos={"h1": "patients", "h2": "narrow"}))
+    assert got["status"] == "refused", got
+    assert "columns differ from those of silo 'h1': only at 'h2': [], missing at 'h2': ['mean area']" in got["reasons"][0]["reason"]
     assert fed.run(_job(dp=False, rounds=1))["status"] == "completed"
 
 

@@ -204,6 +204,15 @@ class HorizontalTask(Task):
         if cfg.data.label not in columns:
             raise DataError(f"{first.where}: missing column(s) {[cfg.data.label]}; the file has {columns[:20]}")
         features = [c for c in columns if c != cfg.data.label and c != cfg.data.id_column]
+        for name in names[1:]:  # one feature space: refused at planning (an agent: before any party starts)
+            other = sources[name].columns()
+            if set(other) != set(columns):
+                raise DataError(
+                    f"{sources[name].where}: columns differ from those of silo {names[0]!r}: "
+                    f"only at {name!r}: {sorted(set(other) - set(columns))[:12]}, "
+                    f"missing at {name!r}: {sorted(set(columns) - set(other))[:12]} (a horizontal job needs the "
+                    "same columns at every silo)"
+                )
         stray = [str(c) for c in cfg.data.bounds if c not in features]
         if stray:
             raise ConfigError(
