@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,12 +28,25 @@ def start(config: ConfigOpt, log_level: LogOpt = "info") -> None:
     Prints one JSON line when it serves: {"event": "listening", "silo", "address", "pid", ...}
     (with `listen = "HOST:0"` the address has the port it bound)."""
     from fedsilo.errors import ConfigError
+
+    # The agent audits refused TLS handshakes from gRPC core's log, where a failed handshake is
+    # an INFO line (gRPC's default level; no Python code runs for it). GRPC_VERBOSITY = ERROR,
+    # WARNING or NONE would silence it, and the audit with it. gRPC reads it once, when it loads
+    # (below).
+    quieter = os.environ.get("GRPC_VERBOSITY", "").strip().upper()
+    raised = quieter not in ("", "INFO", "DEBUG")
+    if raised:
+        os.environ["GRPC_VERBOSITY"] = "INFO"
     from fedsilo.silos.agent import serve
 
     level = getattr(logging, log_level.upper(), None)
     if not isinstance(level, int):
         raise ConfigError(f"--log-level {log_level!r}: expected debug, info, warning or error")
     logging.basicConfig(level=level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if raised:
+        logging.getLogger("fedsilo.silos.agent").warning(
+            "GRPC_VERBOSITY=%s raised to INFO: the audit log records failed TLS handshakes from gRPC's INFO log",
+            quieter)
 
     def announce(event: dict[str, Any]) -> None:
         typer.echo(json.dumps(event))

@@ -62,13 +62,13 @@ def job_toml(*, dp: bool = False, rounds: int = 2, silos: dict[str, str] | None 
 class AgentProcess:
     """One `fedsilo silo start` process; ready once its state file names its pid and address."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
         self.cfg = load_silo_config(config)
         self.log = config.with_name(f"agent-{time.time_ns()}.log")
         self._log = self.log.open("wb")
         self.proc = subprocess.Popen([str(FEDSILO), "silo", "start", "--config", str(config)], stdout=self._log,
-                                     stderr=subprocess.STDOUT)
+                                     stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
 
     def ready(self, timeout: float = 90.0) -> str:
         deadline = time.monotonic() + timeout
@@ -102,8 +102,9 @@ class AgentProcess:
 class Cluster:
     """silo.toml files for the agents of a federation and their processes."""
 
-    def __init__(self, root: Path, pki: Path, datasets: dict[str, dict[str, Path]]) -> None:
-        self.root, self.pki, self.datasets = root, pki, datasets
+    def __init__(self, root: Path, pki: Path, datasets: dict[str, dict[str, Path]],
+                 env: dict[str, str] | None = None) -> None:
+        self.root, self.pki, self.datasets, self.env = root, pki, datasets, env
         self.names = list(datasets)
         self.procs: dict[str, AgentProcess] = {}
         self.ports: dict[str, int] = {}
@@ -125,7 +126,7 @@ class Cluster:
 
     def start(self, *names: str) -> None:
         for n in names:
-            self.procs[n] = AgentProcess(self.write(n))
+            self.procs[n] = AgentProcess(self.write(n), self.env)
         for n in names:
             self.ports[n] = int(self.procs[n].ready().rsplit(":", 1)[1])
         for n in self.names:  # every agent re-reads its peers' addresses for each job
@@ -175,7 +176,8 @@ def _hospitals(root: Path, *, third: bool = False) -> dict[str, dict[str, Path]]
 @pytest.fixture(scope="module")
 def trio(tmp_path_factory: pytest.TempPathFactory, pki: dict[str, Path]) -> Iterator[Cluster]:
     root = tmp_path_factory.mktemp("trio")
-    c = Cluster(root, pki["fed"], _hospitals(root))
+    # gRPC's log silenced: the agents still audit the failed TLS handshake (_strangers_are_refused_and_audited)
+    c = Cluster(root, pki["fed"], _hospitals(root), env={"GRPC_VERBOSITY": "NONE"})
     try:
         c.start("h1", "h2", "aggregator")
         yield c
