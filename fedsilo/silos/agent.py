@@ -930,9 +930,13 @@ class Agent:
     def _rpc_cancel(self, caller: str, msg: dict[str, Any]) -> dict[str, Any]:
         js = self._coordinated_by(caller, msg)
         with self._lock:
-            if js.state == "offered":
+            state = js.state
+            if state == "offered":
                 js.state = "aborted"
-        self.audit.write("job_aborted", job=js.job, reason=one_line(msg.get("reason") or "cancelled by the submitter"))
+        if state != "offered":  # a Cancel withdraws an offer; a started job stops by Abort only
+            self.audit.write("job_cancel_ignored", job=js.job, state=state)
+            return {"status": state}
+        self.audit.write("job_cancelled", job=js.job, reason=one_line(msg.get("reason") or "cancelled by the submitter"))
         return {"status": "cancelled"}
 
     def _rpc_abort(self, caller: str, msg: dict[str, Any]) -> dict[str, Any]:

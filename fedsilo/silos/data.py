@@ -26,6 +26,8 @@ from fedsilo.protocols.scaling import scale_with_bounds
 
 __all__ = [
     "BUILTIN_SOURCES",
+    "DATASET_SUFFIXES",
+    "PARQUET_SUFFIXES",
     "BuiltinShare",
     "DataSource",
     "FileSource",
@@ -181,11 +183,16 @@ def read_csv_checked(path: Path, *, who: str = "", **kwargs) -> pd.DataFrame:
     return frame
 
 
+#: the file kinds a silo's table may be (anything else is read as CSV by :func:`load_table`)
+PARQUET_SUFFIXES = (".parquet", ".pq")
+DATASET_SUFFIXES = (".csv", *PARQUET_SUFFIXES)
+
+
 def load_table(path: Path, *, name: str) -> LocalTable:
     """Read a silo's CSV or Parquet file with clear errors."""
     who = f"silo {name!r}: "
     check_input_file(path, who=who)
-    if path.suffix.lower() in (".parquet", ".pq"):
+    if path.suffix.lower() in PARQUET_SUFFIXES:
         try:
             frame = pd.read_parquet(path)
         except ImportError:
@@ -316,7 +323,7 @@ class FileSource(DataSource):
         return load_table(self.path, name=self.silo)
 
     def columns(self) -> list[str]:
-        if self.path.suffix.lower() in (".parquet", ".pq"):
+        if self.path.suffix.lower() in PARQUET_SUFFIXES:
             try:
                 import pyarrow.parquet as pq
             except ImportError:

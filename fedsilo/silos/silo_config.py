@@ -40,6 +40,7 @@ from pydantic import AfterValidator, Field, StringConstraints, ValidationError, 
 from fedsilo.errors import ConfigError
 from fedsilo.protocols.spec import Bool, Section, format_errors
 from fedsilo.silos.config import _NAME, Budget, read_toml
+from fedsilo.silos.data import DATASET_SUFFIXES
 
 __all__ = [
     "AuditSection",
@@ -104,6 +105,14 @@ class DatasetSection(Section):
     name: str = Field(pattern=_NAME)
     #: a CSV or Parquet file
     path: str
+
+    @field_validator("path")
+    @classmethod
+    def _table_file(cls, value: str) -> str:
+        if Path(value).suffix.lower() not in DATASET_SUFFIXES:
+            raise ValueError(f"not a table file fedsilo reads: expected a name ending in {', '.join(DATASET_SUFFIXES)}")
+        return value
+
     #: the operator's budget for this dataset: registered in the ledger, never raised by a job
     budget: Budget
     #: run jobs without [privacy] on this dataset (their exact releases are not accounted)
@@ -145,10 +154,10 @@ class SiloConfig(Section):
         me = self.silo.name
         if me.lower() in (p.lower() for p in self.peers):
             raise ValueError(f"[peers] lists this silo itself ({me!r}); list only the other silos")
-        names = [d.name for d in self.datasets]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        names = [d.name.lower() for d in self.datasets]  # a job names one: no two a case apart
+        dup = sorted({d.name for d in self.datasets if names.count(d.name.lower()) > 1})
         if dup:
-            raise ValueError(f"dataset names must be unique; repeated: {dup}")
+            raise ValueError(f"dataset names must be unique, ignoring case; repeated: {dup}")
         host, _ = split_address(self.silo.listen, allow_port_zero=True)
         if self.silo.insecure:
             if not is_loopback(host):

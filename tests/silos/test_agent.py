@@ -476,3 +476,17 @@ def test_the_bank_vertical_job_across_agents_spends_the_threads_epsilon(tmp_path
     assert res["psi"] == ref["psi"] and res["rows"] == ref["rows"]
     assert res["epsilon"]["partner"]["ledger_spent"] is None  # the host's ledger stays with the host
     assert res["simulation_metrics"] == {} and res["engine"] == "agents"
+
+
+@pytest.mark.parametrize("datasets, message", [
+    ('[[datasets]]\nname = "p"\npath = "a.xlsx"\nbudget = { epsilon = 1.0 }\n',
+     "key 'datasets[0].path': not a table file fedsilo reads: expected a name ending in .csv, .parquet, .pq (got 'a.xlsx')"),
+    ('[[datasets]]\nname = "Patients"\npath = "a.csv"\nbudget = { epsilon = 1.0 }\n'
+     '[[datasets]]\nname = "patients"\npath = "b.csv"\nbudget = { epsilon = 1.0 }\n',
+     "dataset names must be unique, ignoring case; repeated: ['Patients', 'patients']"),
+])
+def test_silo_toml_refuses_unreadable_dataset_files_and_case_twins(datasets: str, message: str) -> None:
+    text = '[silo]\nname = "h1"\nlisten = "127.0.0.1:0"\ninsecure = true\n' + datasets
+    with pytest.raises(ConfigError) as err:
+        parse_silo_config(tomllib.loads(text), source="silo.toml")
+    assert message in str(err.value) and "silo.toml" in str(err.value)
