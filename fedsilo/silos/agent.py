@@ -409,10 +409,16 @@ class Agent:
         path = self.cfg.ledger_path
         if path.is_dir():
             raise ConfigError(f"ledger.path {path} is a directory, not a ledger file")
-        ledger = PrivacyLedger.open(path) if path.exists() else PrivacyLedger(path, silo=self.name)
+        want = self.cfg.ledger.accountant
+        ledger = PrivacyLedger.open(path) if path.exists() else PrivacyLedger(path, silo=self.name, accountant=want)
         try:
             if ledger.silo != self.name:
                 raise ConfigError(f"ledger {path} belongs to silo {ledger.silo!r}, not {self.name!r}")
+            if ledger.accountant != want:
+                raise ConfigError(
+                    f"key 'ledger.accountant': {want!r}, but ledger {path} was created with the {ledger.accountant!r} "
+                    "accountant (fixed for a ledger's life): set it back, or start a new ledger file"
+                )
             for d in self.cfg.datasets:  # the operator's budget, registered once; a changed one is refused
                 ledger.register_dataset(d.name, epsilon=float(d.budget.epsilon), delta=float(d.budget.delta))
         except BaseException:
@@ -641,6 +647,14 @@ class Agent:
             if len(codec.encode(schema)) > _PAGE:
                 raise _Refused(f"dataset {dataset!r}: its schema ({len(columns)} columns) is too large for the control plane")
             if cfg.privacy is not None:
+                if cfg.privacy.accountant != self.ledger.accountant:
+                    # the job's noise is calibrated with its accountant; this ledger composes with
+                    # its own, so the job's epsilon would not be the one charged here
+                    raise _Refused(
+                        f"{source}: key 'privacy.accountant': the job is calibrated with {cfg.privacy.accountant!r}, "
+                        f"but silo {self.name!r}'s ledger accounts with {self.ledger.accountant!r}: set accountant = "
+                        f"{self.ledger.accountant!r}"
+                    )
                 cap = self._check_budget(cfg, entry, ds, source)
             elif not ds.allow_no_dp:
                 # without [privacy] a job releases exact sums of this dataset, which no ledger

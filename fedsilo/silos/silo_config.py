@@ -31,7 +31,7 @@ file, the key and the nearest valid key, exactly like the federation config
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from typing import Annotated
 
@@ -121,6 +121,8 @@ class DatasetSection(Section):
 
 class LedgerSection(Section):
     path: str = "ledger.sqlite"
+    #: the ledger's accountant, fixed when the ledger is created; jobs must be calibrated with it
+    accountant: Literal["rdp", "pld"] = "rdp"
 
 
 class AuditSection(Section):

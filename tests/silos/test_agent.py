@@ -106,6 +106,19 @@ def test_an_agent_without_its_certificate_files_refuses_to_start(tmp_path: Path)
     assert not (tmp_path / "ledger.sqlite").exists()  # nothing was created
 
 
+def test_an_agent_refuses_a_ledger_of_another_accountant(tmp_path: Path) -> None:
+    text = (ISSUE_EXAMPLE.split("[tls]")[0].replace('name = "alpha"\n', 'name = "alpha"\ninsecure = true\n')
+            + f'[[datasets]]\nname = "patients"\npath = "{HOSPITALS["h1"]}"\nbudget = {{ epsilon = 10.0 }}\n'
+            '[ledger]\npath = "ledger.sqlite"\naccountant = "pld"\n')
+    (tmp_path / "silo.toml").write_text(text)
+    PrivacyLedger(tmp_path / "ledger.sqlite", silo="alpha", accountant="rdp").close()
+    with pytest.raises(ConfigError, match="key 'ledger.accountant': 'pld', but ledger .* was created with the 'rdp'"):
+        Agent(load_silo_config(tmp_path / "silo.toml"))
+    (tmp_path / "silo.toml").write_text(text.replace('path = "ledger.sqlite"', 'path = "fresh.sqlite"'))
+    with Agent(load_silo_config(tmp_path / "silo.toml")) as agent:  # a new ledger takes the configured one
+        assert agent.ledger.accountant == "pld"
+
+
 # -- reports and schemas ----------------------------------------------------------------------------
 def test_declared_schema_has_columns_but_never_rows() -> None:
     s = DeclaredSchema("h2", ("a", "b"), {"a": (0.0, 1.0)})
@@ -354,6 +367,10 @@ def test_jobs_against_local_policy_are_refused_with_the_reason_and_agents_keep_s
     no_dp = fed.run(_job(dp=False, silos={"h1": "patients", "h2": "strict"}))  # no opt-in: exact releases refused
     (r,) = no_dp["reasons"]
     assert r["silo"] == "h2" and "runs no job without [privacy] on dataset 'strict'" in r["reason"]
+
+    pld = fed.run(_job(dp=True).replace('level = "record"', 'level = "record"\naccountant = "pld"'))
+    (r,) = pld["reasons"]  # calibrated with PLD, charged with RDP: the plan's epsilon would not be the ledger's
+    assert r["silo"] == "h1" and "key 'privacy.accountant': the job is calibrated with 'pld'" in r["reason"]
 
     offers = [a for a in fed.audit("h2") if a["event"] == "job_offer" and a["decision"] == "refused"]
     assert any("nope" in a["reason"] for a in offers) and any("above the operator's" in a["reason"] for a in offers)
