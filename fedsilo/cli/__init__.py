@@ -101,7 +101,7 @@ def _root(
 
 
 def _mount() -> None:
-    from fedsilo.cli import certs, crypto, job, privacy, psi, silo, simulate
+    from fedsilo.cli import certs, crypto, federation, job, privacy, psi, silo, simulate
 
     app.add_typer(certs.app, name="certs", help="Federation CA and silo certificates for mTLS.")
     crypto.register(app)
@@ -110,6 +110,7 @@ def _mount() -> None:
     simulate.register(app)
     app.add_typer(silo.app, name="silo", help="Run and inspect this organization's silo agent (silo.toml).")
     app.add_typer(job.app, name="job", help="Jobs across silo agents, submitted through this silo's agent.")
+    app.add_typer(federation.app, name="federation", help="A job's federation: parties, roles, who sends what to whom.")
 
 
 _mount()

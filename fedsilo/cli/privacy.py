@@ -19,6 +19,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
+from fedsilo.cli.plotting import check_plot_path
 from fedsilo.errors import ConfigError, FedsiloError, LedgerIntegrityError
 
 __all__ = ["app"]
@@ -248,26 +249,6 @@ def _plot(ledger: Any, out: Path) -> None:
         plt.close(fig)
 
 
-def _check_plot_path(plot: Path) -> None:
-    """Before the ledger is opened: a writable image path with a format matplotlib can write
-    (matplotlib would silently append .png to a name without one)."""
-    from matplotlib.backend_bases import FigureCanvasBase
-
-    if plot.is_dir():
-        _fail(f"cannot write plot {plot}: it is a directory; give a file name such as {plot / 'ledger.png'}", EXIT_USAGE)
-    if not plot.parent.is_dir():
-        _fail(f"cannot write plot {plot}: directory {plot.parent} does not exist", EXIT_USAGE)
-    formats = sorted(FigureCanvasBase.get_supported_filetypes())
-    suffix = plot.suffix.lower().lstrip(".")
-    if suffix not in formats:
-        _fail(
-            f"cannot write plot {plot}: "
-            + (f"unknown image format {suffix!r}" if suffix else "no file extension")
-            + f" (use one of: {', '.join(formats)})",
-            EXIT_USAGE,
-        )
-
-
 @app.command("report")
 def report_cmd(
     ledger_path: LedgerOpt,
@@ -283,7 +264,7 @@ def report_cmd(
     """Per dataset: relation, budget, spent and remaining epsilon, releases. Verifies the chain first."""
     try:
         if plot is not None:
-            _check_plot_path(plot)
+            check_plot_path(plot, example="ledger.png")
     except FedsiloError as exc:
         _fail(str(exc), EXIT_USAGE)
     ledger = _open_ledger(ledger_path)

@@ -29,6 +29,8 @@ from fedsilo.silos.data import DataSource
 from fedsilo.silos.ledgers import LedgerSpec
 
 if TYPE_CHECKING:
+    import networkx as nx
+
     from fedsilo.silos.config import JobConfig
 
 __all__ = [
@@ -63,6 +65,7 @@ _BUILTIN_TASKS = {
 _BUILTIN_ENGINES = {
     "threads": "fedsilo.silos.runner:ThreadsEngine",
     "processes": "fedsilo.silos.engines:ProcessesEngine",
+    "ray": "fedsilo.silos.ray_engine:RayEngine",
 }
 
 Progress = Callable[[dict[str, Any]], None]
@@ -136,6 +139,15 @@ class Task(abc.ABC):
         """``(key, why + remedy)`` for each setting of this task that only ``[crypto] insecure
         = true`` allows (the config appends how to allow it)."""
         return []
+
+    def topology(self, cfg: JobConfig) -> nx.DiGraph | None:
+        """The job's federation: a ``networkx.DiGraph`` of its parties (with their roles) and an
+        edge for each sender → receiver of the protocol, with what travels; build it with
+        :func:`fedsilo.silos.topology.new_federation`, ``add_party`` and ``add_flow``. Checked
+        (:func:`~fedsilo.silos.topology.check_topology`) before a job is planned. None: the
+        built-in topology of this task's name, if any; otherwise the job's federation is not
+        checked."""
+        return None
 
     @abc.abstractmethod
     def plan(self, cfg: JobConfig, ctx: JobContext) -> tuple[Any, Sequence[Party]]:

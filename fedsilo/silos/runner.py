@@ -55,6 +55,7 @@ from fedsilo.silos.registry import (  # the runner's types and registries, re-ex
     register_task,
     task_names,
 )
+from fedsilo.silos.topology import check_job_topology
 
 __all__ = [
     "TASKS",
@@ -166,6 +167,7 @@ def run_job(
     _check_noise_seed(noise_seed)
     task = get_task(cfg.federation.task)
     check_task(cfg, cfg._source)
+    check_job_topology(cfg)  # the federation graph: who sends to whom (fedsilo.silos.topology), before any plan
     runner = get_engine(engine)
     notes = []
     if cfg.crypto.insecure:
