@@ -96,6 +96,7 @@ from fedsilo.silos.reports import (
     progress_out,
 )
 from fedsilo.silos.silo_config import SiloConfig, load_silo_config, split_address
+from fedsilo.silos.topology import federation, neighbours
 from fedsilo.silos.transport import HEALTH, GrpcChannel, PartyServer, RetryPolicy, TransportOptions, is_loopback
 
 __all__ = [
@@ -314,6 +315,8 @@ class _Job:
     dataset: str | None
     cap: float | None
     schema: dict[str, Any] | None
+    #: the parties this one exchanges protocol messages with (the federation graph's neighbours)
+    talks_to: frozenset[str] = frozenset()
     state: str = "offered"
     created: float = dataclasses.field(default_factory=time.time)
     step: str = "plan"
@@ -606,7 +609,14 @@ class Agent:
             raise _Refused(f"silo {self.name!r} is not a party of this job (parties: {', '.join(parties)})")
         if coordinator not in parties:
             raise _Refused(f"the submitting silo {coordinator!r} is not a party of this job")
-        strangers = sorted(p for p in parties if p != self.name and p not in self.server.allow)
+        try:
+            talks_to = frozenset(neighbours(federation(cfg), self.name))
+        except ConfigError as exc:
+            raise _Refused(one_line(exc)) from None
+        # on the allow-list: the parties this one exchanges messages with (the federation graph),
+        # and the coordinator; the coordinator itself offers the job to, and hears from, every party
+        needed = set(parties) if coordinator == self.name else talks_to | {coordinator}
+        strangers = sorted(p for p in needed if p != self.name and p not in self.server.allow)
         if strangers:
             raise _Refused(
                 f"{strangers} {'is' if len(strangers) == 1 else 'are'} not on the allow-list of silo {self.name!r} "
@@ -664,7 +674,7 @@ class Agent:
                     "releases are not accounted in its ledger); add a [privacy] section, or the operator sets "
                     "allow_no_dp = true for that dataset in silo.toml"
                 )
-        return _Job(job, text, source, cfg, coordinator, parties, dataset, cap, schema)
+        return _Job(job, text, source, cfg, coordinator, parties, dataset, cap, schema, talks_to)
 
     def _check_columns(self, cfg: JobConfig, role: str, dataset: str, columns: list[str]) -> None:
         need: list[tuple[str, str]] = []
@@ -736,7 +746,7 @@ class Agent:
         js.submitted = _now()
         with self._lock:
             self._jobs[job] = js
-        self.server.register_job(job, [p for p in js.parties if p != self.name])
+        self.server.register_job(job, js.talks_to)  # envelopes from its neighbours only
         self.audit.write("job_offer", job=job, coordinator=self.name, decision="accepted", task=js.task,
                          party=self.name, role=js.parties[self.name], dataset=js.dataset)
         others = [p for p in js.parties if p != self.name]
@@ -892,7 +902,7 @@ class Agent:
                 return {"accepted": False, "reason": f"job {job!r} is already known to silo {self.name!r}"}
             self._jobs[job] = js
         # only the job's parties may deliver into it, and only once this agent accepted it
-        self.server.register_job(job, [p for p in js.parties if p != self.name])
+        self.server.register_job(job, js.talks_to)  # envelopes from its neighbours only
         self.audit.write("job_offer", job=job, coordinator=caller, decision="accepted", task=js.task, party=self.name,
                          role=js.parties[self.name], dataset=js.dataset)
         return {"accepted": True, "schema": js.schema}
@@ -1050,7 +1060,9 @@ class Agent:
                 js.plan, js.planned = plan, parties
             js.step = "start"
             addresses = self.peer_addresses()
-            peers = {p.name: addresses[p.name] for p in parties if p.name != self.name}
+            peers = {p: addresses[p] for p in sorted(js.talks_to) if p in addresses}
+            if len(peers) != len(js.talks_to):
+                raise ConfigError(f"silo {self.name!r}: no address for {sorted(js.talks_to - set(peers))} in [peers]")
             droppable = {p for p, r in js.parties.items() if r == "silo"}
             if js.abort.is_set():
                 raise JobAbortedError(js.abort_reason)

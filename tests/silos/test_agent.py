@@ -242,14 +242,17 @@ class Federation:
     ports and writes each one's peers' real ports back into the files (agents re-read the
     addresses for every job)."""
 
-    def __init__(self, root: Path, pki: Path, names: list[str] = NAMES) -> None:
+    def __init__(self, root: Path, pki: Path, names: list[str] = NAMES, *,
+                 unlisted: dict[str, set[str]] | None = None) -> None:
         self.root, self.pki, self.names = root, pki, list(names)
+        self.unlisted = unlisted or {}  # silo -> peers left off its allow-list
         self.agents: dict[str, Agent] = {}
 
     def toml(self, name: str, ports: dict[str, int], datasets: dict[str, Path]) -> Path:
         d = self.root / name
         d.mkdir(parents=True, exist_ok=True)
-        peers = "\n".join(f'{p} = "127.0.0.1:{ports.get(p, 1)}"' for p in self.names if p != name)
+        peers = "\n".join(f'{p} = "127.0.0.1:{ports.get(p, 1)}"' for p in self.names
+                          if p != name and p not in self.unlisted.get(name, ()))
         ds = "".join(f'[[datasets]]\nname = "{n}"\npath = "{p}"\nbudget = {{ epsilon = 10.0, delta = 1e-5 }}\n'
                      # these test jobs also run without DP (the operator's opt-in), except on "strict"
                      + ('allow_no_dp = true\n' if n != "strict" else '')
@@ -507,3 +510,26 @@ def test_silo_toml_refuses_unreadable_dataset_files_and_case_twins(datasets: str
     with pytest.raises(ConfigError) as err:
         parse_silo_config(tomllib.loads(text), source="silo.toml")
     assert message in str(err.value) and "silo.toml" in str(err.value)
+
+
+@pytest.mark.network
+@pytest.mark.timeout(180)
+def test_a_silo_lists_only_the_parties_it_exchanges_messages_with(tmp_path: Path) -> None:
+    """h2 and h3 never exchange a message in a horizontal job (the federation graph): neither
+    lists the other, and the job runs. h2's channel takes envelopes from its neighbours only.
+    The coordinator (h1) must list every party: it offers the job to each."""
+    names = ["h1", "h2", "h3", "aggregator"]
+    init_federation(tmp_path / "pki", federation="hospitals", silos=names)
+    f = Federation(tmp_path, tmp_path / "pki", names, unlisted={"h2": {"h3"}, "h3": {"h2"}})
+    try:
+        f.start({n: {"patients": HOSPITALS["h1" if n == "h3" else n]} for n in ("h1", "h2", "h3")})
+        silos = {"h1": "patients", "h2": "patients", "h3": "patients"}
+        got = f.run(_job(dp=False, rounds=1, silos=silos))
+        assert got["status"] == "completed", got
+        assert got["results"]["rounds"][0]["silos"] == ["h1", "h2", "h3"]
+        assert f.agents["h2"].server.allow == frozenset({"h1", "aggregator"})
+        # through h2, the job needs h3 on h2's list: h2 would have to offer it to h3
+        (r,) = f.run(_job(dp=False, rounds=1, silos=silos), name="h2")["reasons"]
+        assert r["silo"] == "h2" and "['h3'] is not on the allow-list of silo 'h2'" in r["reason"]
+    finally:
+        f.close()
