@@ -150,13 +150,16 @@ def test_the_vertical_example_spends_the_threads_epsilon_per_party(tmp_path: Pat
 
 
 def _silo_files(tmp_path: Path) -> dict[str, Any]:
-    """Two silos' CSVs of breast-cancer rows; the second lacks the column 'mean area' (two silos
-    and an aggregator keep the start-up short; the plan reads only the first silo's header)."""
+    """Two silos' CSVs of breast-cancer rows; the second has an empty cell in 'mean area' (the
+    plan reads only headers, so the party finds it when it loads its rows; two silos and an
+    aggregator keep the start-up short)."""
     from sklearn.datasets import load_breast_cancer
 
     frame = load_breast_cancer(as_frame=True).frame[["mean radius", "mean texture", "mean area", "target"]]
     frame.iloc[0::2].to_csv(tmp_path / "s0.csv", index=False)
-    frame.iloc[1::2].drop(columns=["mean area"]).to_csv(tmp_path / "s1.csv", index=False)
+    broken = frame.iloc[1::2].astype({"mean area": object})
+    broken.iloc[4, broken.columns.get_loc("mean area")] = ""
+    broken.to_csv(tmp_path / "s1.csv", index=False)
     return {
         "federation": {"name": "files", "task": "horizontal", "seed": 1},
         "crypto": {"backend": "plain", "insecure": True},
