@@ -16,6 +16,11 @@ SiloOpt = Annotated[Path, typer.Option("--silo-config", "-s", help="This silo's 
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write the results contract as JSON to this file.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; print only the results.")]
 JobArg = Annotated[str, typer.Argument(help="The job id `fedsilo job submit` printed.")]
+PlotsOpt = Annotated[
+    Optional[Path],
+    typer.Option("--plots", help="Write metrics.png (metrics per round) and epsilon.png (epsilon per party per round) "
+                 "to this directory (created if missing; checked before anything is sent)."),
+]
 
 
 def _client(silo_config: Path) -> Any:
@@ -86,9 +91,11 @@ def submit(
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,
     detach: Annotated[bool, typer.Option("--detach", help="Return once every agent accepted; print the job id.")] = False,
+    plots: PlotsOpt = None,
 ) -> None:
     """Submit a job through this silo's agent; every party's agent validates it against its own
     policy. Shows per-round progress, then the results (exit 1 if a party failed, 2 if refused)."""
+    from fedsilo.cli.simulate import check_plots, write_plots
     from fedsilo.errors import ConfigError, JobAbortedError
 
     if not job_file.is_file():
@@ -99,6 +106,7 @@ def submit(
         raise ConfigError(f"{job_file}: cannot read the job file: {exc}") from None
     if json_out is not None:
         check_output_path(json_out, "--json")
+    check_plots(plots)  # before the job is submitted: no budget is spent for plots that cannot be written
     with _client(silo_config) as client:
         reply = client.submit(text, source=str(job_file))
         if reply.get("status") != "accepted":
@@ -119,6 +127,7 @@ def submit(
     if json_out is not None:
         write_output(json_out, to_json(results), "--json")
     _show(results)
+    write_plots(plots, results)
 
 
 @app.command("status")
@@ -138,10 +147,12 @@ def status(job: JobArg, silo_config: SiloOpt) -> None:
 
 @app.command("results")
 @cli_errors
-def results(job: JobArg, silo_config: SiloOpt, json_out: JsonOpt = None) -> None:
+def results(job: JobArg, silo_config: SiloOpt, json_out: JsonOpt = None, plots: PlotsOpt = None) -> None:
     """The results of a completed job (the simulate contract plus engine, transport, party wall times)."""
+    from fedsilo.cli.simulate import check_plots, write_plots
     from fedsilo.errors import JobAbortedError, ProtocolError
 
+    check_plots(plots)
     with _client(silo_config) as client:
         got = client.results(job)
     if got.get("results") is None:
@@ -152,6 +163,7 @@ def results(job: JobArg, silo_config: SiloOpt, json_out: JsonOpt = None) -> None
         check_output_path(json_out, "--json")
         write_output(json_out, to_json(got["results"]), "--json")
     _show(got["results"])
+    write_plots(plots, got["results"])
 
 
 @app.command("list")

@@ -8,7 +8,7 @@ import typer
 
 from fedsilo.cli import check_output_path, cli_errors, to_json, write_output
 
-__all__ = ["register"]
+__all__ = ["check_plots", "register", "write_plots"]
 
 ConfigArg = Annotated[Path, typer.Argument(help="Federation TOML file (see docs/config.md).")]
 BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="Crypto backend: plain | paillier | ckks | a plugin's name.")]
@@ -29,10 +29,17 @@ LedgerOpt = Annotated[
     typer.Option("--ledger-dir", help="Ledger directory; reuse one to enforce budgets across runs (default: a new runs/<job>-<time>/ledgers)."),
 ]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="Print only the final summary.")]
+PlotsOpt = Annotated[
+    Optional[Path],
+    typer.Option("--plots", help="Write metrics.png (metrics per round) and epsilon.png (epsilon per party per round) "
+                 "to this directory (created if missing; checked before the job runs)."),
+]
 EngineOpt = Annotated[
     str,
     typer.Option("--engine", help="How the parties run: 'threads' (one process, in-process channels) | 'processes' "
-                 "(one OS process per party on 127.0.0.1, gRPC with mutual TLS and a throw-away CA: the agents' path)."),
+                 "(one OS process per party on 127.0.0.1, gRPC with mutual TLS and a throw-away CA: the agents' path) | "
+                 "'ray' (each party a Ray actor with its own gRPC server and certificate, mutual TLS, for 50+ silos; "
+                 "a private local Ray, or the cluster RAY_ADDRESS names; needs pip install 'fedsilo[ray]')."),
 ]
 
 
@@ -139,6 +146,7 @@ def register(app: typer.Typer) -> None:
         quiet: QuietOpt = False,
         insecure: InsecureOpt = False,
         engine: EngineOpt = "threads",
+        plots: PlotsOpt = None,
     ) -> None:
         """Run every silo of a federation on this machine and print per-round metrics and epsilon."""
         from fedsilo.silos.runner import run_job
@@ -147,9 +155,11 @@ def register(app: typer.Typer) -> None:
                     insecure=True if insecure else None)
         if json_out is not None:  # checked before the run spends any privacy budget
             check_output_path(json_out, "--json")
+        check_plots(plots)
         results = run_job(cfg, ledger_dir=ledger_dir, progress=_progress_printer(quiet), engine=engine)
         _save(json_out, results, _print_results)
         _print_results(results)
+        write_plots(plots, results)
 
     @app.command("stats")
     @cli_errors
@@ -161,6 +171,7 @@ def register(app: typer.Typer) -> None:
         ledger_dir: LedgerOpt = None,
         insecure: InsecureOpt = False,
         engine: EngineOpt = "threads",
+        plots: PlotsOpt = None,
     ) -> None:
         """Federated statistics (sums, counts, means, histograms) of a statistics config."""
         from fedsilo.errors import ConfigError
@@ -171,9 +182,37 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"{config}: federation.task is {cfg.federation.task!r}; `fedsilo stats` needs 'statistics'")
         if json_out is not None:
             check_output_path(json_out, "--json")
+        check_plots(plots)
         results = run_job(cfg, ledger_dir=ledger_dir, progress=None, engine=engine)
         _save(json_out, results, _print_stats)
         _print_stats(results)
+        write_plots(plots, results)
+
+
+def check_plots(plots: Path | None) -> None:
+    """``--plots DIR`` refused before the job runs (a file, an unwritable or uncreatable directory)."""
+    if plots is not None:
+        from fedsilo.silos.plots import check_plot_dir
+
+        check_plot_dir(plots, "--plots")
+
+
+def write_plots(plots: Path | None, results: dict[str, Any]) -> None:
+    """Write the figures of ``results`` into ``--plots DIR`` and print each path written, and
+    why a figure was not (after the results are saved and shown: a plot never loses them)."""
+    if plots is None:
+        return
+    from fedsilo.errors import ConfigError
+    from fedsilo.silos.plots import plot_results, skipped_plots
+
+    try:
+        written = plot_results(results, plots)
+    except ConfigError as exc:
+        raise ConfigError(f"--plots {plots}: {exc}") from None
+    for path in written:
+        typer.echo(f"plot: {path}")
+    for name, why in skipped_plots(results).items():
+        typer.echo(f"plot: no {name}: {why}")
 
 
 def _save(json_out: Path | None, results: dict[str, Any], show: Any) -> None:

@@ -9,6 +9,7 @@ docs/results.md.
 from __future__ import annotations
 
 import hashlib
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +18,9 @@ from typing import Any
 import numpy as np
 
 from fedsilo.crypto.registry import get_backend, get_backend_class
-from fedsilo.errors import ConfigError, DataError, NotEnoughSilosError
+from fedsilo.errors import ConfigError, DataError, NotEnoughSilosError, ProtocolError
 from fedsilo.privacy.accounting import epsilon as _epsilon
-from fedsilo.privacy.events import ComposedEvent
+from fedsilo.privacy.events import ComposedEvent, DpEvent
 from fedsilo.protocols.channel import Channel
 from fedsilo.protocols.horizontal import protocol as hz
 from fedsilo.protocols.horizontal.models import BUILTIN_MODELS, build_model, loss_fn, predict_scores, set_flat_params
@@ -48,8 +49,8 @@ from fedsilo.silos.runner import (
     sources_for,
 )
 
-__all__ = ["HORIZONTAL", "HorizontalData", "HorizontalPlan", "Schema", "SiloRows", "evaluate", "held_out_rows",
-           "prepare_horizontal", "silo_rows", "simulate_horizontal"]
+__all__ = ["HORIZONTAL", "HorizontalData", "HorizontalPlan", "SiloCharges", "Schema", "SiloRows", "epsilon_per_round",
+           "evaluate", "held_out_rows", "prepare_horizontal", "silo_charges", "silo_rows", "simulate_horizontal"]
 
 AGGREGATOR = hz.AGGREGATOR
 
@@ -383,12 +384,16 @@ def _results(plan: HorizontalPlan, parties: Sequence[Party], run: JobRun) -> dic
     released = next((r.evaluation for r in reports.values() if r.evaluation), ())
     by_round = {e["round"]: e for e in released}
     summed = {r["round"]: r for r in agg.rounds}
+    charges = {n: silo_charges(job, reports[n]) for n in names} if job.privacy is not None else {}
+    per_round = epsilon_per_round(job, charges) if job.privacy is not None else {}
     rows: list[dict[str, Any]] = []
     for rnd in range(1, job.rounds + 1):
         done = summed.get(rnd)
         row: dict[str, Any] = {"round": rnd, "silos": list(done["contributors"]) if done and done["status"] == "ok" else []}
         if rnd in by_round and (job.evaluation == "every_round" or rnd == job.rounds):
             row.update({k: by_round[rnd][k] for k in ("accuracy", "auc", "loss")})
+        if job.privacy is not None:
+            row["epsilon"] = {n: per_round[n][rnd - 1] for n in names}
         rows.append(row)
     last = released[-1] if released else None
     final = (
@@ -422,7 +427,7 @@ def _results(plan: HorizontalPlan, parties: Sequence[Party], run: JobRun) -> dic
         if job.privacy is None:
             eps[n] = {"epsilon": None, "delta": None}
             continue
-        ev = reports[n].events
+        ev = charges[n].events  # the report's events, in the order charged
         e = _epsilon(ComposedEvent(ev), delta=job.privacy.delta, accountant=job.privacy.accountant) if ev else 0.0
         eps[n] = {"epsilon": e, "delta": job.privacy.delta}
     dp = _summarize_dp(reports)
@@ -443,6 +448,89 @@ def _results(plan: HorizontalPlan, parties: Sequence[Party], run: JobRun) -> dic
         "seconds": run.seconds,
         "notes": notes,
     }
+
+
+@dataclass(frozen=True)
+class SiloCharges:
+    """One silo's DP events by when they were charged: ``rounds[i]`` is the training round of
+    ``events[i]``; the events after ``len(rounds)`` were charged after training (the final
+    metrics release of a record-level job)."""
+
+    silo: str
+    rounds: tuple[int, ...]
+    events: tuple[DpEvent, ...]
+
+    @property
+    def after_training(self) -> tuple[DpEvent, ...]:
+        return self.events[len(self.rounds):]
+
+
+def silo_charges(job: hz.HorizontalJob, report: hz.SiloReport) -> SiloCharges:
+    """The round of each DP event in a silo's report (local or from another agent), under DP.
+
+    A silo is charged for a training round exactly when it sends that round's update: the
+    ledger charge is taken as the update leaves it (:func:`~fedsilo.protocols.horizontal.
+    secure_aggregation.silo_secure_sum`: charged ⇔ contributed under DP), and events are kept
+    in the order charged. So the report's ``events`` are its ``rounds_contributed`` one for one,
+    in order, followed by at most one event charged after training (the final metrics release,
+    record-level DP only). A report that does not fit that shape is refused, not guessed.
+
+    Raises:
+        ProtocolError: the events do not match the rounds the silo contributed to.
+    """
+    rounds, events = tuple(report.rounds_contributed), tuple(report.events)
+    after = len(events) - len(rounds)
+    if (
+        after < 0
+        or after > (1 if job.evaluation == "final" else 0)
+        or any(not 1 <= r <= job.rounds for r in rounds)
+        or any(a >= b for a, b in zip(rounds, rounds[1:]))
+    ):
+        raise ProtocolError(
+            f"malformed report from silo {report.silo!r}: {len(events)} DP event(s) for the rounds it contributed to "
+            f"{list(rounds)[:20]} (expected one per round, in order, of rounds 1..{job.rounds}"
+            + (", plus the final metrics release)" if job.evaluation == "final" else ")")
+        )
+    return SiloCharges(report.silo, rounds, events)
+
+
+def epsilon_per_round(job: hz.HorizontalJob, charges: Mapping[str, SiloCharges]) -> dict[str, list[float]]:
+    """Each silo's cumulative ε after every round ``1..job.rounds``: the job's accountant on the
+    events the silo was charged in that round and before (0 before its first charge; a round it
+    sat out or came after its withdrawal repeats the previous value).
+
+    Charges after training are not in any round: after the last round the value is the ε of
+    every training charge, and the job's ``epsilon`` adds the final metrics release
+    (record-level DP) to exactly that composition; without such a release the two are equal.
+
+    Cost: one accountant call per silo per round a silo contributed to (a composition of the
+    prefix; dp-accounting's RDP is cheap, PLD is not); silos with the same charges share one
+    curve, and equal prefixes hit the accountant's memo.
+    """
+    assert job.privacy is not None
+    delta, accountant = job.privacy.delta, job.privacy.accountant
+    curves: dict[tuple[tuple[int, ...], tuple[DpEvent, ...]], list[float]] = {}
+    out: dict[str, list[float]] = {}
+    for name, c in charges.items():
+        key = (c.rounds, c.events[:len(c.rounds)])
+        if key not in curves:
+            curve: list[float] = []
+            k, eps = 0, 0.0
+            with warnings.catch_warnings():
+                # the job's own epsilon (the whole composition) warns if the RDP optimum sits at
+                # the grid's edge; its prefixes would repeat that warning once per round
+                warnings.simplefilter("ignore", RuntimeWarning)
+                for rnd in range(1, job.rounds + 1):
+                    n = k
+                    while n < len(c.rounds) and c.rounds[n] <= rnd:
+                        n += 1
+                    if n != k:
+                        k = n
+                        eps = _epsilon(ComposedEvent(c.events[:k]), delta=delta, accountant=accountant)
+                    curve.append(eps)
+            curves[key] = curve
+        out[name] = list(curves[key])
+    return out
 
 
 def _summarize_dp(reports: Mapping[str, hz.SiloReport]) -> dict[str, Any] | None:

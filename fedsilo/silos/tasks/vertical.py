@@ -8,6 +8,7 @@ sections, public feature bounds. Results follow docs/results.md.
 """
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +22,11 @@ from fedsilo.errors import ConfigError
 from fedsilo.privacy.mechanisms import secure_rng
 from fedsilo.protocols.channel import Channel
 from fedsilo.protocols.spec import PrivacySection, TrainingSection, section
+from fedsilo.protocols.vertical.config import spent_epsilon
 from fedsilo.protocols.vertical.data import prepare_table
 from fedsilo.protocols.vertical.job import ROLES, VerticalSpec, backend_params_for, vertical_party
 from fedsilo.protocols.vertical.lr import Topology, TrainingConfig, evaluation_metrics
+from fedsilo.protocols.vertical.taylor import DpPlan
 from fedsilo.silos.config import JobConfig
 from fedsilo.protocols.psi import ids_from_column
 from fedsilo.silos.data import DataSource, FrameSource, LocalTable, require_columns, require_numeric
@@ -43,7 +46,7 @@ from fedsilo.silos.runner import (
     run_plan,
 )
 
-__all__ = ["VERTICAL", "VerticalPlan", "simulate_vertical", "topology_of"]
+__all__ = ["VERTICAL", "VerticalPlan", "epsilon_per_epoch", "simulate_vertical", "topology_of"]
 
 #: the [model] a vertical job trains: hetero logistic regression only
 _MODEL_KINDS = ("logistic",)
@@ -293,6 +296,18 @@ def _simulation_metrics(plan: VerticalPlan, parties: Sequence[Party], out: Mappi
     return evaluation_metrics(labels, 1.0 / (1.0 + np.exp(-logits)))
 
 
+def epsilon_per_epoch(dp_plan: DpPlan, epochs: int) -> list[float]:
+    """A data party's cumulative ε after each epoch ``1..epochs``: what its report's ``epsilon``
+    is after that many (:func:`~fedsilo.protocols.vertical.config.spent_epsilon`, the plan's
+    accountant on ``plan.job_event(e)``). Every data party charges the same event once per
+    epoch, so one curve serves them all; vertical charges nothing after training, so the last
+    value is each party's reported ε."""
+    with warnings.catch_warnings():
+        # the parties' own epsilon (the whole run) already warns if the RDP optimum is at the grid's edge
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return [float(spent_epsilon(dp_plan, e) or 0.0) for e in range(1, epochs + 1)]
+
+
 def _results(plan: VerticalPlan, parties: Sequence[Party], run: JobRun) -> dict[str, Any]:
     spec = plan.spec
     top = spec.topology
@@ -300,6 +315,11 @@ def _results(plan: VerticalPlan, parties: Sequence[Party], run: JobRun) -> dict[
     guest = out[top.guest]
     dp_plan = guest["dp"]
     notes = list(plan.notes)
+    history = [dict(h) for h in guest["history"]]  # the guest's own records stay as they were
+    if dp_plan is not None:
+        curve = epsilon_per_epoch(dp_plan, max((int(h["round"]) for h in history), default=0))
+        for h in history:
+            h["epsilon"] = {p: curve[int(h["round"]) - 1] for p in top.data_parties}
     eps: dict[str, dict[str, Any]] = {}
     for p in top.data_parties if dp_plan is not None else ():
         eps[p] = {"epsilon": out[p]["epsilon"], "delta": dp_plan.delta, "accountant": dp_plan.accountant,
@@ -337,7 +357,7 @@ def _results(plan: VerticalPlan, parties: Sequence[Party], run: JobRun) -> dict[
         "backend": spec.backend,
         "private": not spec.insecure,
         "topology": {"guest": top.guest, "hosts": list(top.hosts), "arbiter": top.arbiter},
-        "rounds": guest["history"],
+        "rounds": history,
         "final": guest.get("final", {}),
         "simulation_metrics": _simulation_metrics(plan, parties, out),
         "epsilon": eps,
