@@ -18,7 +18,12 @@ event. The only arithmetic added here is
   added to the RDP vector that dp-accounting's ``RdpAccountant`` computes for the Gaussian
   parts, and the total is converted with dp-accounting's own ``compute_epsilon``;
 * for compositions made only of pure-DP events, the result is capped at the basic-composition
-  bound ``Σ T·ε`` (Dwork & Roth 2014, Thm 3.16), which is valid for every δ.
+  bound ``Σ T·ε`` (Dwork & Roth 2014, Thm 3.16), which is valid for every δ;
+* the distributed discrete Gaussian (:class:`~fedsilo.privacy.events.DistributedDiscreteGaussianEvent`):
+  its Proposition 14 RDP curve (Kairouz, Liu & Steinke, ICML 2021;
+  :mod:`fedsilo.privacy.distributed`) is added to the same RDP vector. The ``"pld"`` accountant
+  refuses it: the bound is a Rényi (zCDP-type) bound, with no privacy loss distribution to
+  compose, and fedsilo does not guess one.
 
 Accountants:
 
@@ -42,14 +47,23 @@ import numbers
 import warnings
 from collections import Counter
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 from dp_accounting import pld as _pld
+from dp_accounting.pld import privacy_loss_distribution as _pld_lib
+from dp_accounting.privacy_accountant import NeighboringRelation as _NeighboringRelation
 from dp_accounting import rdp as _rdp
 from dp_accounting.rdp import rdp_privacy_accountant as _rdp_mod
 
 from fedsilo.errors import PrivacyError, PrivacyParameterError
-from fedsilo.privacy.events import ComposedEvent, DpEvent, GaussianEvent, LaplaceEvent
+from fedsilo.privacy.events import (
+    ComposedEvent,
+    DistributedDiscreteGaussianEvent,
+    DpEvent,
+    GaussianEvent,
+    LaplaceEvent,
+)
 from fedsilo.privacy.mechanisms import unit_interval
 
 __all__ = [
@@ -107,20 +121,23 @@ def _check_accountant(accountant: str) -> str:
     return accountant
 
 
-def _leaves(event: DpEvent, depth: int = 0) -> Iterator[GaussianEvent | LaplaceEvent]:
+Leaf = GaussianEvent | LaplaceEvent | DistributedDiscreteGaussianEvent
+
+
+def _leaves(event: DpEvent, depth: int = 0) -> Iterator[Leaf]:
     if depth > 64:
         raise PrivacyError("DP event nested too deeply")
     if isinstance(event, ComposedEvent):
         for e in event.events:
             yield from _leaves(e, depth + 1)
-    elif isinstance(event, (GaussianEvent, LaplaceEvent)):
+    elif isinstance(event, (GaussianEvent, LaplaceEvent, DistributedDiscreteGaussianEvent)):
         yield event
     else:
         # Refuse, never guess: an unknown event has no known privacy cost.
         raise PrivacyError(f"unsupported DP event {event!r}")
 
 
-def normalize(event: DpEvent) -> tuple[GaussianEvent | LaplaceEvent, ...]:
+def normalize(event: DpEvent) -> tuple[Leaf, ...]:
     """Flatten ``event`` and merge leaves with equal parameters, summing their steps.
 
     The result has the same privacy cost under RDP and PLD (composition does not depend on
@@ -130,15 +147,19 @@ def normalize(event: DpEvent) -> tuple[GaussianEvent | LaplaceEvent, ...]:
         raise PrivacyError(f"not a fedsilo DP event: {event!r}")
     gauss: Counter[tuple[float, float]] = Counter()
     lap: Counter[float] = Counter()
+    ddg: Counter[tuple[float, int, float, float, int]] = Counter()
     for leaf in _leaves(event):
         if isinstance(leaf, GaussianEvent):
             gauss[(leaf.noise_multiplier, leaf.sample_rate)] += leaf.steps
-        else:
+        elif isinstance(leaf, LaplaceEvent):
             lap[leaf.epsilon] += leaf.steps
-    out: list[GaussianEvent | LaplaceEvent] = [
+        else:
+            ddg[(leaf.noise_sigma, leaf.shares, leaf.l2_sensitivity, leaf.l1_sensitivity, leaf.dimension)] += leaf.steps
+    out: list[Leaf] = [
         GaussianEvent(z, q, t) for (z, q), t in sorted(gauss.items())
     ]
     out.extend(LaplaceEvent(e, t) for e, t in sorted(lap.items()))
+    out.extend(DistributedDiscreteGaussianEvent(*key, steps=t) for key, t in sorted(ddg.items()))
     return tuple(out)
 
 
@@ -171,7 +192,7 @@ _RDP_ORDERS.setflags(write=False)
 
 
 def _epsilon_rdp(
-    groups: tuple[GaussianEvent | LaplaceEvent, ...], delta: float
+    groups: tuple[Leaf, ...], delta: float
 ) -> tuple[float, bool]:
     """RDP ε and whether the optimum sat at the largest order of the grid.
 
@@ -183,23 +204,53 @@ def _epsilon_rdp(
     for g in groups:
         if isinstance(g, GaussianEvent):
             total += g.steps * _gaussian_rdp_curve(g.noise_multiplier, g.sample_rate)
-        else:
+        elif isinstance(g, LaplaceEvent):
             total += g.steps * pure_dp_rdp(epsilon=g.epsilon, orders=_RDP_ORDERS)
+        else:
+            total += g.rdp(_RDP_ORDERS)
     eps, order = _rdp_mod.compute_epsilon(_RDP_ORDERS, total, delta)
     eps = float(eps)
     return eps, bool(math.isfinite(eps) and eps > 0 and order == _RDP_ORDERS[-1])
 
 
-def _epsilon_pld(groups: tuple[GaussianEvent | LaplaceEvent, ...], delta: float) -> float:
+def _epsilon_pld(groups: tuple[Leaf, ...], delta: float) -> float:
+    ddg = [g for g in groups if isinstance(g, DistributedDiscreteGaussianEvent)]
+    if ddg:
+        raise PrivacyError(
+            "the 'pld' accountant cannot compose a distributed discrete Gaussian release: its bound "
+            "(Kairouz, Liu & Steinke 2021, Prop. 14) is a Renyi-DP bound with no privacy loss distribution; "
+            "account secure-aggregation DP with accountant 'rdp'"
+        )
+    if all(isinstance(g, GaussianEvent) and g.noise_multiplier > 0 and 0 < g.sample_rate <= 1 for g in groups):
+        # What PLDAccountant composes for these events, with each step's PLD built once: building
+        # a subsampled Gaussian's PLD takes seconds, composing it milliseconds, and a job's
+        # epsilon per round asks for every prefix of one composition.
+        total = _pld_lib.identity(value_discretization_interval=_PLD_INTERVAL)
+        for g in groups:
+            if g.sample_rate < 1:
+                total = total.compose(_gaussian_pld(g.noise_multiplier, g.sample_rate).self_compose(g.steps))
+            else:  # unsampled: one Gaussian of sigma / sqrt(steps), as the accountant composes it
+                total = total.compose(_gaussian_pld(g.noise_multiplier / math.sqrt(g.steps), 1.0))
+        return float(total.get_epsilon_for_delta(delta))
     acc = _pld.PLDAccountant(value_discretization_interval=_PLD_INTERVAL)
     for g in groups:
         acc.compose(g.to_dp_accounting())
     return float(acc.get_epsilon(delta))
 
 
+@functools.lru_cache(maxsize=256)
+def _gaussian_pld(standard_deviation: float, sample_rate: float) -> Any:
+    """dp-accounting's PLD of one (Poisson-subsampled) Gaussian step, exactly as its
+    ``PLDAccountant`` builds it (add/remove neighbours, fedsilo's discretization); memoized."""
+    kwargs = {"sampling_prob": sample_rate} if sample_rate < 1 else {}
+    return _pld_lib.from_gaussian_mechanism(
+        standard_deviation=standard_deviation, value_discretization_interval=_PLD_INTERVAL,
+        neighboring_relation=_NeighboringRelation.ADD_OR_REMOVE_ONE, **kwargs)
+
+
 @functools.lru_cache(maxsize=1024)
 def _epsilon_groups(
-    groups: tuple[GaussianEvent | LaplaceEvent, ...], delta: float, accountant: str
+    groups: tuple[Leaf, ...], delta: float, accountant: str
 ) -> tuple[float, bool]:
     """ε of normalized groups (memoized: events are immutable and hashable)."""
     at_edge = False

@@ -36,6 +36,11 @@ Events:
   (``dp_accounting.DiscreteLaplaceDpEvent(ε, 1)``). Every ε-DP mechanism is a post-processing
   of that pair (Kairouz, Oh & Viswanath, ICML 2015), so the accounting is never an
   under-count, whatever ε-DP sampler produced the release.
+* :class:`DistributedDiscreteGaussianEvent` ``(σ, n, Δ₂, Δ₁, d, T)`` — ``T`` releases of a
+  sum of ``n`` discrete Gaussian noise shares of scale σ on the integer grid (secure aggregation
+  with the distributed discrete Gaussian; Kairouz, Liu & Steinke, ICML 2021). Accounted with their
+  Proposition 14 RDP curve (:mod:`fedsilo.privacy.distributed`); ``to_dp_accounting`` gives the
+  zCDP form of the same bound.
 * :class:`ComposedEvent` — several events applied to the same dataset (possibly adaptively).
 """
 from __future__ import annotations
@@ -49,12 +54,14 @@ from typing import Any, ClassVar
 import dp_accounting
 
 from fedsilo.errors import PrivacyError, PrivacyParameterError
+from fedsilo.privacy import distributed as _ddg
 
 __all__ = [
     "DpEvent",
     "GaussianEvent",
     "LaplaceEvent",
     "ComposedEvent",
+    "DistributedDiscreteGaussianEvent",
     "event_from_json",
     "EVENT_KINDS",
 ]
@@ -182,6 +189,84 @@ class LaplaceEvent(DpEvent):
         return dp_accounting.SelfComposedDpEvent(one, self.steps)
 
 
+def _check_count(name: str, value: object, owner: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise PrivacyParameterError(f"{owner}: {name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+@dataclass(frozen=True, slots=True)
+class DistributedDiscreteGaussianEvent(DpEvent):
+    """``steps`` releases of the distributed discrete Gaussian: a sum of ``shares`` independent
+    discrete Gaussians ``N_Z(0, noise_sigma²)`` added to an integer vector (Kairouz, Liu & Steinke,
+    ICML 2021).
+
+    All quantities are in grid units (multiples of the fixed-point granularity), under the
+    neighbouring relation the protocol charges with.
+
+    Args:
+        noise_sigma: σ of one share, in grid steps, >= 0.5.
+        shares: how many shares the adversary cannot subtract (honest contributors guaranteed by
+            the protocol's threshold, ``t − colluders``).
+        l2_sensitivity: ``Δ₂``, the L2 sensitivity after rotation and conditional rounding
+            (:func:`fedsilo.privacy.distributed.rounded_l2_bound`).
+        l1_sensitivity: ``Δ₁`` (:func:`fedsilo.privacy.distributed.rounded_l1_bound`).
+        dimension: ``d``, coordinates of the noised vector (after padding for the rotation).
+        steps: ``T >= 1``.
+    """
+
+    kind: ClassVar[str] = "distributed_discrete_gaussian"
+    noise_sigma: float
+    shares: int
+    l2_sensitivity: float
+    l1_sensitivity: float
+    dimension: int
+    steps: int = 1
+
+    def __post_init__(self) -> None:
+        owner = "DistributedDiscreteGaussianEvent"
+        sigma = _check_positive_finite("noise_sigma", self.noise_sigma, owner)
+        if sigma < _ddg.MIN_SIGMA:
+            raise PrivacyParameterError(f"{owner}: noise_sigma must be >= {_ddg.MIN_SIGMA} grid steps, got {self.noise_sigma!r}")
+        object.__setattr__(self, "noise_sigma", sigma)
+        object.__setattr__(self, "shares", _check_count("shares", self.shares, owner))
+        object.__setattr__(self, "l2_sensitivity", _check_positive_finite("l2_sensitivity", self.l2_sensitivity, owner))
+        object.__setattr__(self, "l1_sensitivity", _check_positive_finite("l1_sensitivity", self.l1_sensitivity, owner))
+        object.__setattr__(self, "dimension", _check_count("dimension", self.dimension, owner))
+        object.__setattr__(self, "steps", _check_steps(self.steps, owner))
+
+    def rdp(self, orders: Any) -> Any:
+        """RDP of all ``steps`` releases at ``orders`` (Proposition 14, see the class docstring)."""
+        return self.steps * _ddg.ddg_rdp(
+            orders=orders, sigma=self.noise_sigma, shares=self.shares, l2_sensitivity=self.l2_sensitivity,
+            l1_sensitivity=self.l1_sensitivity, dimension=self.dimension,
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "noise_sigma": self.noise_sigma,
+            "shares": self.shares,
+            "l2_sensitivity": self.l2_sensitivity,
+            "l1_sensitivity": self.l1_sensitivity,
+            "dimension": self.dimension,
+            "steps": self.steps,
+        }
+
+    def to_dp_accounting(self) -> dp_accounting.DpEvent:
+        """``ZCDpEvent(ρ)`` with the smaller of the two zCDP lines of Proposition 14 (its
+        ``(α/2)·x`` forms); fedsilo's own RDP accountant uses the full curve, which is never larger."""
+        tau = _ddg.ddg_tau(sigma=self.noise_sigma, shares=self.shares)
+        scale = math.sqrt(self.shares) * self.noise_sigma
+        z2 = (self.l2_sensitivity / scale) ** 2
+        rho = 0.5 * min(
+            z2 + 2.0 * (self.l1_sensitivity / scale) * tau + tau * tau * self.dimension,
+            (self.l2_sensitivity / scale + tau * math.sqrt(self.dimension)) ** 2,
+        )
+        one = dp_accounting.ZCDpEvent(rho)
+        return one if self.steps == 1 else dp_accounting.SelfComposedDpEvent(one, self.steps)
+
+
 @dataclass(frozen=True, slots=True)
 class ComposedEvent(DpEvent):
     """Sequential (possibly adaptive) composition of events on one dataset.
@@ -216,6 +301,7 @@ class ComposedEvent(DpEvent):
 EVENT_KINDS: Mapping[str, type[DpEvent]] = {
     GaussianEvent.kind: GaussianEvent,
     LaplaceEvent.kind: LaplaceEvent,
+    DistributedDiscreteGaussianEvent.kind: DistributedDiscreteGaussianEvent,
     ComposedEvent.kind: ComposedEvent,
 }
 
@@ -224,6 +310,10 @@ _FIELDS: Mapping[str, tuple[frozenset[str], frozenset[str]]] = {
     "gaussian": (frozenset({"noise_multiplier"}), frozenset({"sample_rate", "steps"})),
     "laplace": (frozenset({"epsilon"}), frozenset({"steps"})),
     "composed": (frozenset({"events"}), frozenset()),
+    "distributed_discrete_gaussian": (
+        frozenset({"noise_sigma", "shares", "l2_sensitivity", "l1_sensitivity", "dimension"}),
+        frozenset({"steps"}),
+    ),
 }
 
 _MAX_DEPTH = 32

@@ -1,0 +1,802 @@
+"""SecAgg+ secure sum with distributed discrete Gaussian noise: no key, dropout-tolerant.
+
+The rounds of Bonawitz et al., "Practical Secure Aggregation for Privacy-Preserving Machine
+Learning" (CCS 2017, Fig. 4, semi-honest variant), over the neighbourhood graph of Bell et al.,
+"Secure Single-Server Aggregation with (Poly)Logarithmic Overhead" (CCS 2020), with the noise of
+Kairouz, Liu & Steinke, "The Distributed Discrete Gaussian Mechanism" (ICML 2021) added under the
+masks. The maths is :mod:`fedsilo.crypto.secagg`; the accounting
+:mod:`fedsilo.privacy.distributed`. Every silo ↔ silo message is relayed (sealed) by the
+aggregator, which holds no key of any kind. ``N(u)`` is silo ``u``'s neighbourhood in the public
+graph (:func:`round_graph`), ``t`` the threshold::
+
+    0  silo u     -- ADVERTISE  Advertise(c_pk, s_pk)              --> aggregator
+       aggregator -- CONTROL    Keys({v: (c_pk, s_pk)})            --> u in U1, for v in N(u) ∩ U1
+    1  silo u     -- SHARES     Shares({v: seal(b_u, s_u shares)}) --> aggregator
+       aggregator -- CONTROL    Forward({u: sealed for v})         --> v in U2
+    2  silo u     -- MASKED     Masked(y_u)                         --> aggregator
+       aggregator -- CONTROL    Unmask(self_mask, pairwise)        --> v in U3
+    3  silo v     -- REVEAL     Reveal({u: b_u share} | {u: s_u share}) --> aggregator
+       aggregator -- CONTROL    Result(sum, contributors, dropped) | Abort(reason) --> every silo
+
+* **Advertise keys.** Each silo makes two fresh X25519 key pairs for the round: ``c`` (to seal
+  the Shamir shares it sends its neighbours) and ``s`` (for the pairwise masks). U1: the silos
+  whose keys arrived.
+* **Share keys.** Each silo draws a self-mask seed ``b_u`` and Shamir-shares ``b_u`` and its
+  masking secret ``s_u`` ``t``-of-``|N(u)|`` among its neighbours (share index: the neighbour's
+  position in sorted ``N(u)``, plus one), each neighbour's pair of shares sealed with
+  ChaCha20-Poly1305 under the HKDF of their ``c`` agreement. U2: the silos whose shares arrived.
+* **Masked input.** ``y_u = x_u + PRG(b_u) + Σ_{v ∈ N(u) ∩ U2} ±PRG(s_uv)`` in ``Z_{2^b}`` (``+``
+  when ``u < v``), where ``x_u`` is the fixed-point update, or under DP the rotated, scaled,
+  conditionally rounded update plus the silo's discrete Gaussian share. The silo's ledger is
+  charged *before* ``y_u`` leaves it. U3: the silos whose masked input arrived.
+* **Unmasking.** Each survivor ``v`` is asked, for every neighbour ``u``, for **either** its
+  share of ``b_u`` (``u`` ∈ U3: its self mask must be removed) **or** its share of ``s_u``
+  (``u`` ∈ U2 \\ U3: its pairwise masks with U3 did not cancel) — **never both**: with both, the
+  aggregator could unmask ``u``'s input alone. The silo enforces it (:class:`ProtocolError`,
+  nothing sent) and answers one unmasking request per round. U4: the silos whose reveal arrived.
+* **Result.** The aggregator reconstructs every needed secret from ``t`` shares (checking each
+  reconstructed ``s_u`` against its advertised public key), removes the masks, decodes (and under
+  DP undoes the rotation) and sends the sum to every silo.
+
+Abort rule: when any of U1..U4 has fewer than ``t`` silos, or a silo's secret has fewer than
+``t`` holders left, the round aborts *before anything is reconstructed*; the reason names how
+many silos were left and ``t``. Fewer than ``t`` shares of a secret are, information
+theoretically, independent of it, so an aborted round unmasks nothing.
+
+Threat model (docs/secagg.md): an honest-but-curious aggregator colluding with fewer than ``t``
+silos learns nothing about an honest silo's input beyond the sum of the honest survivors (plus,
+under DP, the noise); ``t`` colluding neighbours of a silo can reconstruct both its secrets.
+Advertised public keys are relayed by the aggregator and not yet signed: an *active* aggregator
+could substitute them (Bonawitz et al.'s malicious variant signs them; the silo agents' mTLS
+certificates are the intended signing keys). Participation (U1..U3) is public to the aggregator.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, ContextManager, Literal
+
+import numpy as np
+
+from fedsilo.crypto import secagg as sa
+from fedsilo.errors import (
+    BudgetExceededError,
+    CiphertextFormatError,
+    ConfigError,
+    CryptoError,
+    EncodingOverflowError,
+    ProtocolError,
+)
+from fedsilo.privacy.distributed import ddg_noise_sigma, rounded_l1_bound, rounded_l2_bound
+from fedsilo.privacy.events import DistributedDiscreteGaussianEvent
+from fedsilo.protocols import codec
+from fedsilo.protocols.channel import Channel
+
+__all__ = [
+    "KIND_ADVERTISE",
+    "KIND_SHARES",
+    "KIND_MASKED",
+    "KIND_REVEAL",
+    "KIND_CONTROL",
+    "MESSAGE_KINDS",
+    "DROP_PHASES",
+    "DEFAULT_BAD_FRACTION",
+    "DEFAULT_BETA",
+    "RoundSecrets",
+    "SecAggDP",
+    "SecAggSpec",
+    "SiloSecAggOutcome",
+    "AggregatorSecAggOutcome",
+    "secagg_spec",
+    "calibrate_dp",
+    "default_threshold",
+    "round_graph",
+    "rotation_seed",
+    "share_key",
+    "mask_seed",
+    "share_aad",
+    "open_share",
+    "silo_secagg_sum",
+    "aggregator_secagg_sum",
+]
+
+# ---------------------------------------------------------------------------------------------
+# The message kinds (the protocol's figure above)
+# ---------------------------------------------------------------------------------------------
+KIND_ADVERTISE = "secagg.advertise"  #: silo -> aggregator: Advertise
+KIND_SHARES = "secagg.shares"  #: silo -> aggregator: Shares (sealed, one per neighbour)
+KIND_MASKED = "secagg.masked"  #: silo -> aggregator: Masked
+KIND_REVEAL = "secagg.reveal"  #: silo -> aggregator: Reveal
+KIND_CONTROL = "secagg.ctl"  #: aggregator -> silo: Keys | Forward | Unmask | Result | Abort
+MESSAGE_KINDS = (KIND_ADVERTISE, KIND_SHARES, KIND_MASKED, KIND_REVEAL, KIND_CONTROL)
+
+#: Where a silo can be made to go silent (test hook, a real missing message): before advertising
+#: its keys, after advertising (no shares), after its shares (no masked input), after its masked
+#: input (no unmasking shares: "dropped mid-round", recovered from the survivors).
+DROP_PHASES: tuple[str, ...] = ("advertise", "shares", "masked", "reveal")
+
+#: Colluding plus dropped fraction the default degree is sized for (:func:`secagg.secagg_plus_degree`).
+DEFAULT_BAD_FRACTION = 1.0 / 3.0
+#: Conditional rounding's β (Kairouz, Liu & Steinke 2021 use e^{-0.5}; each try is accepted with
+#: probability at least 1 − β, and the norm bound grows with log(1/β)).
+DEFAULT_BETA = math.exp(-0.5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Public parameters of one job's secure sums
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SecAggDP:
+    """Public parameters of the distributed discrete Gaussian (grid units unless said otherwise).
+
+    Attributes:
+        clip: L2 bound ``C`` of each silo's vector, in data units (the caller clips).
+        noise_sigma: σ of each silo's discrete Gaussian share, in grid steps.
+        colluders: silos whose shares an adversary may subtract; each round's event counts
+            ``threshold − colluders`` shares.
+        beta: conditional rounding's β.
+    """
+
+    clip: float
+    noise_sigma: float
+    colluders: int = 1
+    beta: float = DEFAULT_BETA
+
+
+@dataclass(frozen=True, slots=True)
+class SecAggSpec:
+    """Everything every party of a secure sum agrees on; build it with :func:`secagg_spec`.
+
+    Attributes:
+        silos: the silos of the job, sorted.
+        length: values per vector.
+        threshold: ``t``, shares needed to reconstruct a secret, and the fewest silos a round
+            goes on with.
+        degree: ``k``, neighbours per silo (``len(silos) − 1``: SecAgg's complete graph).
+        granularity: fixed-point grid step (a power of two).
+        bits: ring ``Z_{2^bits}``.
+        value_bound: largest ``|x|`` per value without DP (data units); ``None`` under DP.
+        dp: distributed discrete Gaussian parameters, or ``None`` (exact sums).
+        prg: mask generator (``"aes-ctr"`` or ``"chacha20"``).
+        norm_bound: under DP, the L2 bound (grid steps) of a rounded vector.
+    """
+
+    silos: tuple[str, ...]
+    length: int
+    threshold: int
+    degree: int
+    granularity: float
+    bits: int
+    value_bound: float | None = None
+    dp: SecAggDP | None = None
+    prg: str = "aes-ctr"
+    norm_bound: float | None = None
+
+    @property
+    def dimension(self) -> int:
+        """Coordinates of a masked input: ``length``, padded to a power of two under DP."""
+        return sa.padded_dimension(self.length) if self.dp is not None else self.length
+
+    @property
+    def bytes_per_value(self) -> int:
+        """Wire bytes of one masked coordinate (4 up to 32 bits, else 8)."""
+        return np.dtype(sa.ring_dtype(self.bits)).itemsize
+
+    def dp_event(self) -> DistributedDiscreteGaussianEvent:
+        """The DP event one round's release costs each contributing silo (``shares = t − colluders``)."""
+        if self.dp is None or self.norm_bound is None:
+            raise ConfigError("this secure sum has no DP noise (spec.dp is None)")
+        d = self.dimension
+        return DistributedDiscreteGaussianEvent(
+            noise_sigma=self.dp.noise_sigma,
+            shares=self.threshold - self.dp.colluders,
+            l2_sensitivity=self.norm_bound,
+            l1_sensitivity=rounded_l1_bound(l2_bound=self.norm_bound, dimension=d),
+            dimension=d,
+        )
+
+    def mechanism(self) -> dict[str, Any]:
+        """Mechanism parameters for the ledger (JSON-safe)."""
+        out: dict[str, Any] = {"name": "secagg+", "threshold": self.threshold, "degree": self.degree,
+                               "bits": self.bits, "granularity": self.granularity, "prg": self.prg}
+        if self.dp is not None:
+            out.update({"noise": "distributed discrete gaussian", "clip": self.dp.clip,
+                        "noise_sigma_steps": self.dp.noise_sigma, "colluders": self.dp.colluders,
+                        "beta": self.dp.beta, "norm_bound_steps": self.norm_bound,
+                        "rotation": "randomized walsh-hadamard"})
+        return out
+
+
+def default_threshold(degree: int) -> int:
+    """``⌊k/2⌋ + 1``: a majority of each neighbourhood (Bonawitz et al. require ``t > n/2`` so
+    that a server cannot obtain both kinds of shares of one silo from two disjoint halves)."""
+    return max(2, int(degree) // 2 + 1)
+
+
+def secagg_spec(
+    *,
+    silos: Sequence[str],
+    length: int,
+    granularity: float,
+    threshold: int | None = None,
+    value_bound: float | None = None,
+    dp: SecAggDP | None = None,
+    degree: int | None = None,
+    bad_fraction: float = DEFAULT_BAD_FRACTION,
+    prg: str = "aes-ctr",
+) -> SecAggSpec:
+    """Validate and complete the public parameters (degree, ring bits, the rounded norm bound).
+
+    Exactly one of ``value_bound`` (exact sums of ``|x| <= value_bound``) and ``dp`` is given.
+    Ring bits: without DP from ``value_bound``; under DP from the rounded norm bound (a coordinate
+    is at most the vector's L2 norm) and the noise, for ``len(silos)`` summands
+    (:func:`fedsilo.crypto.secagg.ring_bits`).
+
+    Raises:
+        ConfigError: naming the parameter (a threshold outside ``[2, degree]``, ``colluders >=
+            threshold``, more than 64 ring bits, ...).
+    """
+    names = tuple(sorted(silos))
+    n = len(names)
+    if n < 2 or len(set(names)) != n:
+        raise ConfigError(f"a secure sum needs at least 2 distinct silos, got {list(silos)!r}")
+    if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+        raise ConfigError(f"length must be an integer >= 1, got {length!r}")
+    if prg not in sa.PRGS:
+        raise ConfigError(f"unknown mask generator {prg!r}; expected one of {', '.join(sa.PRGS)}")
+    if (value_bound is None) == (dp is None):
+        raise ConfigError("give exactly one of value_bound (exact sums) and dp (distributed discrete Gaussian)")
+    k = sa.secagg_plus_degree(n, bad_fraction=bad_fraction) if degree is None else degree
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n - 1:
+        raise ConfigError(f"degree must be an integer in [1, {n - 1}] for {n} silos, got {degree!r}")
+    if k < n - 1 and k % 2:
+        raise ConfigError(f"degree must be even below {n - 1} (Harary graph), got {k}")
+    t = default_threshold(k) if threshold is None else threshold
+    if isinstance(t, bool) or not isinstance(t, int) or not 2 <= t <= k:
+        raise ConfigError(f"threshold must be an integer in [2, degree = {k}], got {threshold!r}")
+    g = sa.check_granularity(granularity)
+    if dp is None:
+        assert value_bound is not None
+        bits = sa.fixed_point_bits(value_bound=value_bound, granularity=g, summands=n)
+        return SecAggSpec(names, length, t, k, g, bits, value_bound=float(value_bound), prg=prg)
+    if not isinstance(dp, SecAggDP):
+        raise ConfigError(f"dp must be a SecAggDP, got {type(dp).__name__}")
+    if isinstance(dp.colluders, bool) or not isinstance(dp.colluders, int) or not 0 <= dp.colluders < t:
+        raise ConfigError(f"colluders must be an integer in [0, threshold = {t}), got {dp.colluders!r}")
+    if not (math.isfinite(dp.clip) and dp.clip > 0) or not (math.isfinite(dp.noise_sigma) and dp.noise_sigma >= 0.5):
+        raise ConfigError(f"dp needs clip > 0 and noise_sigma >= 0.5 grid steps, got {dp!r}")
+    sa.check_granularity(g)
+    dim = sa.padded_dimension(length)
+    bound = rounded_l2_bound(norm=dp.clip / g, dimension=dim, beta=dp.beta)
+    bits = sa.ring_bits(value_bound=math.floor(bound), summands=n, noise_sigma=dp.noise_sigma)
+    return SecAggSpec(names, length, t, k, g, bits, dp=dp, prg=prg, norm_bound=bound)
+
+
+def calibrate_dp(
+    *,
+    epsilon: float,
+    delta: float,
+    rounds: int,
+    clip: float,
+    granularity: float,
+    length: int,
+    threshold: int,
+    colluders: int = 1,
+    beta: float = DEFAULT_BETA,
+) -> SecAggDP:
+    """The per-share σ meeting ``epsilon`` over ``rounds`` secure sums (RDP, Proposition 14 of
+    Kairouz, Liu & Steinke 2021, ``threshold − colluders`` shares counted)."""
+    if isinstance(colluders, bool) or not isinstance(colluders, int) or not 0 <= colluders < threshold:
+        raise ConfigError(f"colluders must be an integer in [0, threshold = {threshold}), got {colluders!r}")
+    dim = sa.padded_dimension(length)
+    l2 = rounded_l2_bound(norm=clip / granularity, dimension=dim, beta=beta)
+    sigma = ddg_noise_sigma(target_epsilon=epsilon, delta=delta, steps=rounds, shares=threshold - colluders,
+                            l2_sensitivity=l2, l1_sensitivity=rounded_l1_bound(l2_bound=l2, dimension=dim),
+                            dimension=dim)
+    return SecAggDP(clip=float(clip), noise_sigma=sigma, colluders=colluders, beta=beta)
+
+
+def round_graph(spec: SecAggSpec, *, job: str, round: int) -> dict[str, tuple[str, ...]]:
+    """The neighbourhood graph of one round, from public randomness (every party computes it)."""
+    return sa.neighbourhood_graph(spec.silos, degree=spec.degree, seed=sa.public_seed(job=job, round=round, purpose="graph"))
+
+
+def rotation_seed(*, job: str, round: int) -> bytes:
+    """The public seed of one round's random sign flip."""
+    return sa.public_seed(job=job, round=round, purpose="rotation")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairwise keys and sealed shares (used by silos, the aggregator's recovery and audit tests)
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, repr=False)
+class RoundSecrets:
+    """One silo's secrets for one round: two X25519 key pairs and the self-mask seed.
+
+    ``fresh()`` draws them from the OS CSPRNG (what production uses); passing them in is how a
+    test plays a colluding silo that knows its own secrets.
+    """
+
+    c: sa.AgreementKey
+    s: sa.AgreementKey
+    self_seed: bytes
+
+    @classmethod
+    def fresh(cls) -> "RoundSecrets":
+        return cls(sa.AgreementKey.generate(), sa.AgreementKey.generate(), os.urandom(sa.SEED_BYTES))
+
+    def __repr__(self) -> str:
+        return f"<RoundSecrets c={self.c!r} s={self.s!r} (self seed hidden)>"
+
+
+def share_key(c: sa.AgreementKey, peer_c_public: bytes, *, job: str, round: int, me: str, peer: str) -> bytes:
+    """The key that seals the Shamir shares between ``me`` and ``peer`` (both directions)."""
+    return sa.derive_seed(c.agree(peer_c_public), job=job, round=round, a=me, b=peer, purpose="share-key")
+
+
+def mask_seed(s: sa.AgreementKey, peer_s_public: bytes, *, job: str, round: int, me: str, peer: str) -> bytes:
+    """The seed of the pairwise mask between ``me`` and ``peer``."""
+    return sa.derive_seed(s.agree(peer_s_public), job=job, round=round, a=me, b=peer, purpose="mask")
+
+
+def share_aad(*, job: str, round: int, sender: str, recipient: str) -> bytes:
+    """Associated data of a sealed share: binds job, round and direction."""
+    return codec.encode(["secagg-share", job, int(round), sender, recipient])
+
+
+def _seal_share(key: bytes, *, job: str, round: int, sender: str, recipient: str, index: int,
+                self_share: bytes, key_share: bytes) -> bytes:
+    plain = codec.encode({"from": sender, "to": recipient, "index": index, "b": self_share, "s": key_share})
+    return sa.seal(key, plain, aad=share_aad(job=job, round=round, sender=sender, recipient=recipient))
+
+
+def open_share(key: bytes, blob: bytes, *, job: str, round: int, sender: str, recipient: str) -> tuple[int, bytes, bytes]:
+    """``(index, share of b_sender, share of s_sender)`` from a sealed share; ProtocolError if it
+    does not authenticate or is not what ``sender`` should have sealed for ``recipient``."""
+    try:
+        plain = codec.decode(sa.unseal(key, blob, aad=share_aad(job=job, round=round, sender=sender, recipient=recipient)))
+    except (CryptoError, ProtocolError) as exc:
+        raise ProtocolError(f"{recipient}: the sealed shares from {sender!r} do not open: {exc}") from None
+    ok = (isinstance(plain, dict) and plain.get("from") == sender and plain.get("to") == recipient
+          and isinstance(plain.get("index"), int) and isinstance(plain.get("b"), bytes) and len(plain["b"]) == 32
+          and isinstance(plain.get("s"), bytes) and len(plain["s"]) == 32)
+    if not ok:
+        raise ProtocolError(f"{recipient}: malformed sealed shares from {sender!r}")
+    return plain["index"], plain["b"], plain["s"]
+
+
+def _holder_index(graph: Mapping[str, tuple[str, ...]], owner: str, holder: str) -> int:
+    """Shamir index of ``holder``'s share of ``owner``'s secrets: position in sorted N(owner), + 1."""
+    return graph[owner].index(holder) + 1
+
+
+def _sign(me: str, peer: str) -> int:
+    """``+1`` when ``me < peer``: the smaller name adds the pairwise mask, the larger subtracts it."""
+    return 1 if me < peer else -1
+
+
+# ---------------------------------------------------------------------------------------------
+# Control messages (aggregator -> silo)
+# ---------------------------------------------------------------------------------------------
+def _ctl(kind: str, **fields: Any) -> dict[str, Any]:
+    return {"type": kind, **fields}
+
+
+def _names(v: Any) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v)
+
+
+def _expect_ctl(channel: Channel, aggregator: str, round: int, timeout: float) -> dict[str, Any]:
+    payload = channel.recv(aggregator, KIND_CONTROL, round=round, timeout=timeout)
+    if not isinstance(payload, dict) or payload.get("type") not in ("keys", "forward", "unmask", "result", "abort"):
+        raise ProtocolError(f"{channel.party}: round {round}: malformed control message from {aggregator!r}")
+    return payload
+
+
+def _ring_bytes(ring: np.ndarray, bits: int) -> bytes:
+    return np.ascontiguousarray(ring, dtype=np.dtype(sa.ring_dtype(bits)).newbyteorder("<")).tobytes()
+
+
+def _ring_from(data: Any, *, bits: int, length: int) -> np.ndarray | None:
+    """A masked input from the wire, or None if it is not exactly ``length`` ring words."""
+    dt = np.dtype(sa.ring_dtype(bits))
+    if not isinstance(data, bytes) or len(data) != length * dt.itemsize:
+        return None
+    ring = np.frombuffer(data, dtype=dt.newbyteorder("<")).astype(dt)
+    if bits < 8 * dt.itemsize and np.any(ring >> dt.type(bits)):
+        return None  # a word outside Z_{2^b}
+    return ring
+
+
+# ---------------------------------------------------------------------------------------------
+# Outcomes
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class SiloSecAggOutcome:
+    """How one secure sum ended for one silo.
+
+    ``revealed`` maps each neighbour this silo sent a share of to what it revealed
+    (``"self-mask"`` or ``"pairwise"``), never both. ``"withdrawn"``: the ledger refused the
+    charge, so no masked input left the silo (the round goes on without it, as after a dropout).
+    """
+
+    status: Literal["ok", "aborted", "dropped", "withdrawn"]
+    total: np.ndarray | None = None
+    contributors: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    contributed: bool = False
+    charged: bool = False
+    reason: str = ""
+    revealed: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class AggregatorSecAggOutcome:
+    """How one secure sum ended on the aggregator.
+
+    ``total`` is the released (under DP: noised) sum; ``stage`` where an abort happened
+    (``"advertise"``, ``"shares"``, ``"masked"``, ``"reveal"``); ``recovered`` the dropped
+    silos whose pairwise masks were removed from their masking secret.
+    """
+
+    status: Literal["ok", "aborted"]
+    total: np.ndarray | None = None
+    contributors: tuple[str, ...] = ()
+    dropped: tuple[str, ...] = ()
+    recovered: tuple[str, ...] = ()
+    stage: str = ""
+    reason: str = ""
+
+
+# ---------------------------------------------------------------------------------------------
+# Silo side
+# ---------------------------------------------------------------------------------------------
+def _encode_input(spec: SecAggSpec, values: np.ndarray, *, job: str, round: int, stream: sa.SecretStream) -> np.ndarray:
+    """The silo's vector in ``Z_{2^b}`` before masking: fixed point, or under DP the rotated,
+    scaled, conditionally rounded vector plus the silo's discrete Gaussian share."""
+    if spec.dp is None:
+        return sa.encode_fixed(values, granularity=spec.granularity, bits=spec.bits)
+    assert spec.norm_bound is not None
+    rotated = sa.hadamard_rotate(values, seed=rotation_seed(job=job, round=round)) / spec.granularity
+    rounded = sa.conditional_round(rotated, norm_bound=spec.norm_bound, stream=stream)
+    noise = sa.discrete_gaussian_integers(sigma=spec.dp.noise_sigma, size=rounded.shape[0], stream=stream)
+    return sa.encode_integers(rounded + noise, bits=spec.bits)
+
+
+def _masked_input(channel: Channel, spec: SecAggSpec, x: np.ndarray, keys: RoundSecrets,
+                  held: Mapping[str, Any], pub: Mapping[str, tuple[bytes, bytes]], *,
+                  aggregator: str, round: int, stream: sa.SecretStream) -> None:
+    """Encode (and noise), add the self mask and the pairwise masks with every neighbour that sent
+    shares (``held``), send ``y_u``."""
+    me, job = channel.party, channel.job
+    ring = _encode_input(spec, x, job=job, round=round, stream=stream)
+    ring += sa.expand_mask(keys.self_seed, ring.shape[0], bits=spec.bits, prg=spec.prg)  # type: ignore[arg-type]
+    for v in sorted(held):
+        m = sa.expand_mask(mask_seed(keys.s, pub[v][1], job=job, round=round, me=me, peer=v), ring.shape[0],
+                           bits=spec.bits, prg=spec.prg)  # type: ignore[arg-type]
+        if _sign(me, v) > 0:
+            ring += m
+        else:
+            ring -= m
+    sa.ring_reduce(ring, bits=spec.bits)
+    channel.send(aggregator, KIND_MASKED, {"y": _ring_bytes(ring, spec.bits)}, round=round)
+
+
+def _check_values(spec: SecAggSpec, values: Any, me: str) -> np.ndarray:
+    """Check the silo's vector before anything is charged or sent."""
+    try:
+        x = np.asarray(values, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{me}: the values of a secure sum must be numeric") from None
+    if x.shape != (spec.length,):
+        raise ConfigError(f"{me}: expected {spec.length} values, got shape {x.shape}")
+    if not np.all(np.isfinite(x)):
+        raise ConfigError(f"{me}: the values of a secure sum contain NaN or infinite values")
+    if spec.dp is not None:
+        if float(np.linalg.norm(x)) > spec.dp.clip * (1.0 + 1e-12):
+            raise ConfigError(f"{me}: the vector's L2 norm exceeds the clip {spec.dp.clip:g}; clip it before the secure sum")
+    elif spec.value_bound is not None and float(np.max(np.abs(x), initial=0.0)) > spec.value_bound:
+        raise EncodingOverflowError(f"{me}: a value exceeds the secure sum's value_bound {spec.value_bound:g}")
+    return x
+
+
+def silo_secagg_sum(
+    channel: Channel,
+    *,
+    round: int,
+    aggregator: str,
+    spec: SecAggSpec,
+    values: Any,
+    timeout: float,
+    charge: Callable[[], ContextManager[Any]] | None = None,
+    drop: str | None = None,
+    stream: sa.SecretStream | None = None,
+    round_secrets: RoundSecrets | None = None,
+) -> SiloSecAggOutcome:
+    """A silo's side of one SecAgg+ sum (see the module docstring for the rounds).
+
+    Args:
+        values: this silo's vector of ``spec.length`` values (under DP already clipped to
+            ``spec.dp.clip``; checked before anything is charged or sent).
+        charge: the ledger charge (a context manager raising
+            :class:`~fedsilo.errors.BudgetExceededError`), entered before the masked input
+            leaves the silo; ``None`` without DP. A refused charge sends nothing more and returns
+            ``"withdrawn"``.
+        drop: test hook, one of :data:`DROP_PHASES`: go silent there (returns ``"dropped"``).
+        stream: secret randomness for the noise and the rounding (default: a fresh
+            :func:`~fedsilo.crypto.secagg.secret_stream`, the OS CSPRNG).
+        round_secrets: this round's key pairs and self-mask seed (default: fresh from the OS CSPRNG).
+
+    Raises:
+        ProtocolError: the aggregator asked for both shares of one peer, for shares this silo does
+            not hold, or sent malformed or unauthenticated material; nothing further was sent.
+        ConfigError / EncodingOverflowError: bad values (nothing sent).
+    """
+    if drop is not None and drop not in DROP_PHASES:
+        raise ConfigError(f"drop phase must be one of {DROP_PHASES}, got {drop!r}")
+    me, job = channel.party, channel.job
+    if me not in spec.silos:
+        raise ConfigError(f"{me} is not a silo of this secure sum ({', '.join(spec.silos)})")
+    if aggregator in spec.silos:
+        raise ConfigError(f"{me}: the aggregator {aggregator!r} must not be a silo of the secure sum")
+    x = _check_values(spec, values, me)
+    graph = round_graph(spec, job=job, round=round)
+    mine = graph[me]
+    if drop == "advertise":
+        return SiloSecAggOutcome("dropped", reason="dropped before advertising its keys (test hook)")
+    keys = round_secrets if round_secrets is not None else RoundSecrets.fresh()
+    channel.send(aggregator, KIND_ADVERTISE, {"c": keys.c.public, "s": keys.s.public}, round=round)
+    if drop == "shares":
+        return SiloSecAggOutcome("dropped", reason="dropped after advertising its keys (test hook)")
+
+    def finish(msg: dict[str, Any], *, contributed: bool = False, charged: bool = False,
+               revealed: Mapping[str, str] | None = None) -> SiloSecAggOutcome:
+        if msg["type"] == "abort":
+            return SiloSecAggOutcome("aborted", contributed=contributed, charged=charged,
+                                     reason=str(msg.get("reason", "")), revealed=dict(revealed or {}))
+        total = msg.get("total")
+        if msg["type"] != "result" or not isinstance(total, np.ndarray) or total.shape != (spec.length,) \
+                or not _names(msg.get("contributors")) or not _names(msg.get("dropped")):
+            raise ProtocolError(f"{me}: round {round}: unexpected {msg['type']!r} message from {aggregator!r}")
+        return SiloSecAggOutcome("ok", total=total.astype(np.float64), contributors=tuple(msg["contributors"]),
+                                 dropped=tuple(msg["dropped"]), contributed=contributed, charged=charged,
+                                 revealed=dict(revealed or {}))
+
+    # -- round 1: share keys ----------------------------------------------------------------------
+    msg = _expect_ctl(channel, aggregator, round, timeout)
+    if msg["type"] != "keys":
+        return finish(msg)
+    peers = msg.get("peers")
+    if not isinstance(peers, dict) or not set(peers) <= set(mine):
+        raise ProtocolError(f"{me}: round {round}: the aggregator sent keys of silos that are not its neighbours")
+    pub: dict[str, tuple[bytes, bytes]] = {}
+    for v, pair in peers.items():
+        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, bytes) and len(p) == 32 for p in pair)):
+            raise ProtocolError(f"{me}: round {round}: malformed public keys of {v!r}")
+        pub[v] = (pair[0], pair[1])
+    try:
+        sealing = {v: share_key(keys.c, pub[v][0], job=job, round=round, me=me, peer=v) for v in pub}
+    except (CryptoError, CiphertextFormatError) as exc:
+        raise ProtocolError(f"{me}: round {round}: unusable public key: {exc}") from None
+    b_shares = sa.share_secret(keys.self_seed, threshold=spec.threshold, holders=len(mine))
+    s_shares = sa.share_secret(keys.s.export_secret(), threshold=spec.threshold, holders=len(mine))
+    sealed = {}
+    for v in sorted(pub):
+        i = _holder_index(graph, me, v)
+        sealed[v] = _seal_share(sealing[v], job=job, round=round, sender=me, recipient=v, index=i,
+                                self_share=b_shares[i - 1][1], key_share=s_shares[i - 1][1])
+    del b_shares, s_shares
+    channel.send(aggregator, KIND_SHARES, {"sealed": sealed}, round=round)
+    if drop == "masked":
+        return SiloSecAggOutcome("dropped", reason="dropped after sending its shares (test hook)")
+
+    # -- round 2: masked input ----------------------------------------------------------------------
+    msg = _expect_ctl(channel, aggregator, round, timeout)
+    if msg["type"] != "forward":
+        return finish(msg)
+    forwarded = msg.get("sealed")
+    if not isinstance(forwarded, dict) or not set(forwarded) <= set(pub):
+        raise ProtocolError(f"{me}: round {round}: the aggregator forwarded shares from silos that are not its neighbours")
+    held: dict[str, tuple[int, bytes, bytes]] = {}
+    for u, blob in forwarded.items():
+        index, b_share, s_share = open_share(sealing[u], blob, job=job, round=round, sender=u, recipient=me)
+        if index != _holder_index(graph, u, me):
+            raise ProtocolError(f"{me}: round {round}: {u!r} sealed shares with the wrong index")
+        held[u] = (index, b_share, s_share)
+    rng = stream if stream is not None else sa.secret_stream()
+    charged = False
+    try:
+        with charge() if charge is not None else contextlib.nullcontext():
+            charged = charge is not None
+            _masked_input(channel, spec, x, keys, held, pub, aggregator=aggregator, round=round, stream=rng)
+    except BudgetExceededError as exc:
+        # nothing of this silo's data left it; to the aggregator it is a silo that dropped after
+        # sharing, whose pairwise masks come off through its reconstructed key
+        return SiloSecAggOutcome("withdrawn", reason=str(exc))
+    if drop == "reveal":
+        return SiloSecAggOutcome("dropped", contributed=True, charged=charged,
+                                 reason="dropped after sending its masked input (test hook)")
+
+    # -- round 3: unmasking ----------------------------------------------------------------------------
+    msg = _expect_ctl(channel, aggregator, round, timeout)
+    if msg["type"] != "unmask":
+        return finish(msg, contributed=True, charged=charged)
+    want_self, want_pair = msg.get("self_mask"), msg.get("pairwise")
+    if not _names(want_self) or not _names(want_pair):
+        raise ProtocolError(f"{me}: round {round}: malformed unmasking request from {aggregator!r}")
+    both = sorted(set(want_self) & set(want_pair))
+    if both:
+        # the safety rule: with both shares of one peer the aggregator could remove that peer's
+        # self mask *and* its pairwise masks, i.e. read its input alone
+        raise ProtocolError(
+            f"{me}: round {round}: the aggregator {aggregator!r} asked for both the self-mask and the pairwise "
+            f"share of {', '.join(both)}; refusing (SecAgg never reveals both for one silo), nothing was sent"
+        )
+    unknown = sorted((set(want_self) | set(want_pair)) - set(held))
+    if unknown:
+        raise ProtocolError(f"{me}: round {round}: the aggregator asked for shares of {', '.join(unknown)}, which {me} does not hold")
+    if len(set(want_self)) != len(want_self) or len(set(want_pair)) != len(want_pair):
+        raise ProtocolError(f"{me}: round {round}: the unmasking request repeats a silo")
+    reveal = {"self_mask": {u: held[u][1] for u in want_self}, "pairwise": {u: held[u][2] for u in want_pair}}
+    revealed = {**{u: "self-mask" for u in want_self}, **{u: "pairwise" for u in want_pair}}
+    channel.send(aggregator, KIND_REVEAL, reveal, round=round)
+
+    # -- the result ------------------------------------------------------------------------------------------
+    msg = _expect_ctl(channel, aggregator, round, timeout)
+    if msg["type"] not in ("result", "abort"):
+        raise ProtocolError(f"{me}: round {round}: a second {msg['type']!r} request from {aggregator!r}; each is answered once")
+    return finish(msg, contributed=True, charged=charged, revealed=revealed)
+
+
+# ---------------------------------------------------------------------------------------------
+# Aggregator side
+# ---------------------------------------------------------------------------------------------
+def _parse_advertise(payload: Any) -> tuple[bytes, bytes] | None:
+    if not isinstance(payload, dict):
+        return None
+    c, s = payload.get("c"), payload.get("s")
+    try:
+        sa.load_public_key(c)
+        sa.load_public_key(s)
+    except CiphertextFormatError:
+        return None
+    return c, s
+
+
+def aggregator_secagg_sum(channel: Channel, *, round: int, spec: SecAggSpec, timeout: float) -> AggregatorSecAggOutcome:
+    """The aggregator's side of one SecAgg+ sum: relay, check the thresholds, unmask, decode.
+
+    Never holds a key: it sees public keys, sealed shares, masked inputs and, at unmasking, one
+    kind of share per silo. Returns ``"aborted"`` (and tells every silo) when fewer than
+    ``spec.threshold`` silos are left at any stage or a secret has fewer than ``t`` holders left;
+    nothing is reconstructed then.
+
+    Raises:
+        ProtocolError: a reconstructed masking secret does not match its advertised public key
+            (a corrupt share).
+    """
+    me, job, t = channel.party, channel.job, spec.threshold
+    if me in spec.silos:
+        raise ConfigError(f"the aggregator {me!r} must not be a silo of the secure sum")
+    graph = round_graph(spec, job=job, round=round)
+    silos = list(spec.silos)
+    n = len(silos)
+
+    def abort(stage: str, reason: str, *, contributors: Sequence[str] = ()) -> AggregatorSecAggOutcome:
+        for s in silos:
+            channel.send(s, KIND_CONTROL, _ctl("abort", reason=reason), round=round)
+        return AggregatorSecAggOutcome("aborted", contributors=tuple(sorted(contributors)),
+                                       dropped=tuple(sorted(set(silos) - set(contributors))), stage=stage, reason=reason)
+
+    def too_few(stage: str, left: Sequence[str], what: str) -> AggregatorSecAggOutcome | None:
+        if len(left) >= t:
+            return None
+        return abort(stage, f"round {round}: only {len(left)} of {n} silos {what} (threshold t = {t}); "
+                            "the round is aborted and nothing was unmasked")
+
+    def holders_short(stage: str, owners: Sequence[str], holders: set[str], what: str) -> AggregatorSecAggOutcome | None:
+        for u in owners:
+            left = sorted(set(graph[u]) & holders)
+            if len(left) < t:
+                return abort(stage, f"round {round}: only {len(left)} neighbours of {u!r} {what} (threshold t = {t}); "
+                                    "the round is aborted and nothing was unmasked")
+        return None
+
+    # -- advertise keys -------------------------------------------------------------------------------
+    adverts = {s: _parse_advertise(p) for s, p in channel.gather(silos, KIND_ADVERTISE, round=round, timeout=timeout).items()}
+    keys = {s: k for s, k in adverts.items() if k is not None}
+    u1 = sorted(keys)
+    stop = too_few("advertise", u1, "advertised their keys") or holders_short("advertise", u1, set(u1), "advertised their keys")
+    if stop:
+        return stop
+    for u in u1:
+        peers = {v: [keys[v][0], keys[v][1]] for v in graph[u] if v in keys}
+        channel.send(u, KIND_CONTROL, _ctl("keys", peers=peers), round=round)
+
+    # -- share keys -----------------------------------------------------------------------------------
+    sealed: dict[str, dict[str, bytes]] = {}
+    for u, p in channel.gather(u1, KIND_SHARES, round=round, timeout=timeout).items():
+        blobs = p.get("sealed") if isinstance(p, dict) else None
+        expected = {v for v in graph[u] if v in keys}
+        if isinstance(blobs, dict) and set(blobs) == expected and all(isinstance(b, bytes) for b in blobs.values()):
+            sealed[u] = blobs
+    u2 = sorted(sealed)
+    stop = too_few("shares", u2, "sent their shares") or holders_short("shares", u2, set(u2), "sent their shares")
+    if stop:
+        return stop
+    for v in u2:
+        fwd = {u: sealed[u][v] for u in graph[v] if u in sealed}
+        channel.send(v, KIND_CONTROL, _ctl("forward", sealed=fwd), round=round)
+
+    # -- masked input -----------------------------------------------------------------------------------
+    dim = spec.dimension
+    masked: dict[str, np.ndarray] = {}
+    for u, p in channel.gather(u2, KIND_MASKED, round=round, timeout=timeout).items():
+        ring = _ring_from(p.get("y") if isinstance(p, dict) else None, bits=spec.bits, length=dim)
+        if ring is not None:
+            masked[u] = ring
+    u3 = sorted(masked)
+    stop = too_few("masked", u3, "sent their masked input")
+    if stop:
+        return stop
+    dropped_after_shares = set(u2) - set(u3)
+    for v in u3:
+        near = set(graph[v]) & set(u2)
+        channel.send(v, KIND_CONTROL, _ctl("unmask", self_mask=sorted(near & set(u3)), pairwise=sorted(near & dropped_after_shares)),
+                     round=round)
+
+    # -- unmasking ------------------------------------------------------------------------------------------
+    reveals: dict[str, dict[str, dict[str, bytes]]] = {}
+    for v, p in channel.gather(u3, KIND_REVEAL, round=round, timeout=timeout).items():
+        if not isinstance(p, dict):
+            continue
+        own, pair = p.get("self_mask"), p.get("pairwise")
+        near = set(graph[v]) & set(u2)
+        if (isinstance(own, dict) and isinstance(pair, dict) and set(own) == near & set(u3)
+                and set(pair) == near & dropped_after_shares
+                and all(isinstance(x, bytes) and len(x) == 32 for x in (*own.values(), *pair.values()))):
+            reveals[v] = {"self_mask": own, "pairwise": pair}
+    u4 = set(reveals)
+    stop = too_few("reveal", sorted(u4), "survived to unmasking") or holders_short(
+        "reveal", u3, u4, "survived to unmasking")
+    needs_pairwise = sorted(u for u in dropped_after_shares if set(graph[u]) & set(u3))
+    stop = stop or holders_short("reveal", needs_pairwise, u4, "survived to unmasking")
+    if stop:
+        return stop
+
+    # -- reconstruct and remove the masks (only now: every check has passed) ------------------------------
+    def secret_of(u: str, kind: str) -> bytes:
+        shares = [(_holder_index(graph, u, v), reveals[v][kind][u]) for v in sorted(set(graph[u]) & u4)]
+        return sa.combine_shares(shares, threshold=t)
+
+    total = np.zeros(dim, dtype=sa.ring_dtype(spec.bits))
+    for u in u3:
+        total += masked[u]
+        total -= sa.expand_mask(secret_of(u, "self_mask"), dim, bits=spec.bits, prg=spec.prg)  # type: ignore[arg-type]
+    for u in needs_pairwise:
+        key = sa.AgreementKey.from_secret(secret_of(u, "pairwise"))
+        if key.public != keys[u][1]:
+            raise ProtocolError(f"{me}: round {round}: the masking secret of {u!r} reconstructed from its shares does not "
+                                "match its advertised public key (a corrupt share)")
+        for v in sorted(set(graph[u]) & set(u3)):
+            m = sa.expand_mask(mask_seed(key, keys[v][1], job=job, round=round, me=u, peer=v), dim, bits=spec.bits,
+                               prg=spec.prg)  # type: ignore[arg-type]
+            # v added sign(v, u)·m; take it out
+            if _sign(v, u) > 0:
+                total -= m
+            else:
+                total += m
+    sa.ring_reduce(total, bits=spec.bits)
+    if spec.dp is None:
+        result = sa.decode_fixed(total, granularity=spec.granularity, bits=spec.bits)
+    else:
+        steps = sa.decode_integers(total, bits=spec.bits).astype(np.float64) * spec.granularity
+        result = sa.hadamard_unrotate(steps, seed=rotation_seed(job=job, round=round), dim=spec.length)
+    dropped = tuple(sorted(set(silos) - set(u3)))
+    for s in silos:
+        channel.send(s, KIND_CONTROL, _ctl("result", total=result, contributors=list(u3), dropped=list(dropped)), round=round)
+    return AggregatorSecAggOutcome("ok", total=result, contributors=tuple(u3), dropped=dropped,
+                                   recovered=tuple(needs_pairwise))
