@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch._dynamo  # noqa: F401 - torch.optim's first optimizer imports it (~3 s): at import, so a
+# long-lived agent pays it once at start-up and a party's first round is not the one that does
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 from torch.utils.data._utils.collate import default_collate
