@@ -228,8 +228,9 @@ def _epsilon_pld(groups: tuple[Leaf, ...], delta: float) -> float:
         total = _pld_lib.identity(value_discretization_interval=_PLD_INTERVAL)
         for g in groups:
             if g.sample_rate < 1:
-                total = total.compose(_gaussian_pld(g.noise_multiplier, g.sample_rate).self_compose(g.steps))
-            else:  # unsampled: one Gaussian of sigma / sqrt(steps), as the accountant composes it
+                total = total.compose(_subsampled_gaussian_pld(g.noise_multiplier, g.sample_rate).self_compose(g.steps))
+            else:  # unsampled: one Gaussian of sigma / sqrt(steps), as the accountant composes it (not
+                # memoized: each count is another sigma, and such a PLD can be ~100 MB)
                 total = total.compose(_gaussian_pld(g.noise_multiplier / math.sqrt(g.steps), 1.0))
         return float(total.get_epsilon_for_delta(delta))
     acc = _pld.PLDAccountant(value_discretization_interval=_PLD_INTERVAL)
@@ -238,10 +239,16 @@ def _epsilon_pld(groups: tuple[Leaf, ...], delta: float) -> float:
     return float(acc.get_epsilon(delta))
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=32)
+def _subsampled_gaussian_pld(noise_multiplier: float, sample_rate: float) -> Any:
+    """:func:`_gaussian_pld` of one Poisson-subsampled step, memoized (a job's per-round epsilon
+    composes the same step for every prefix; 32 entries of a few MB each)."""
+    return _gaussian_pld(noise_multiplier, sample_rate)
+
+
 def _gaussian_pld(standard_deviation: float, sample_rate: float) -> Any:
     """dp-accounting's PLD of one (Poisson-subsampled) Gaussian step, exactly as its
-    ``PLDAccountant`` builds it (add/remove neighbours, fedsilo's discretization); memoized."""
+    ``PLDAccountant`` builds it (add/remove neighbours, fedsilo's discretization)."""
     kwargs = {"sampling_prob": sample_rate} if sample_rate < 1 else {}
     return _pld_lib.from_gaussian_mechanism(
         standard_deviation=standard_deviation, value_discretization_interval=_PLD_INTERVAL,

@@ -317,6 +317,8 @@ class _Job:
     schema: dict[str, Any] | None
     #: the parties this one exchanges protocol messages with (the federation graph's neighbours)
     talks_to: frozenset[str] = frozenset()
+    #: the parties that send it protocol messages: its job inbox takes envelopes from these only
+    senders: frozenset[str] = frozenset()
     state: str = "offered"
     created: float = dataclasses.field(default_factory=time.time)
     step: str = "plan"
@@ -610,13 +612,15 @@ class Agent:
         if coordinator not in parties:
             raise _Refused(f"the submitting silo {coordinator!r} is not a party of this job")
         try:
-            talks_to = frozenset(neighbours(federation(cfg), self.name))
+            graph = federation(cfg)
+            talks_to = frozenset(neighbours(graph, self.name))
+            senders = frozenset(graph.predecessors(self.name))
         except ConfigError as exc:
             raise _Refused(one_line(exc)) from None
-        # on the allow-list: the parties this one exchanges messages with (the federation graph),
-        # and the coordinator; the coordinator itself offers the job to, and hears from, every party
-        needed = set(parties) if coordinator == self.name else talks_to | {coordinator}
-        strangers = sorted(p for p in needed if p != self.name and p not in self.server.allow)
+        # Every party must be on the allow-list, not only those this one exchanges messages with:
+        # every silo receives the releases derived from this silo's data (and with a shared-key
+        # backend holds the key to its ciphertexts), so the operator vets each participant.
+        strangers = sorted(p for p in parties if p != self.name and p not in self.server.allow)
         if strangers:
             raise _Refused(
                 f"{strangers} {'is' if len(strangers) == 1 else 'are'} not on the allow-list of silo {self.name!r} "
@@ -674,7 +678,7 @@ class Agent:
                     "releases are not accounted in its ledger); add a [privacy] section, or the operator sets "
                     "allow_no_dp = true for that dataset in silo.toml"
                 )
-        return _Job(job, text, source, cfg, coordinator, parties, dataset, cap, schema, talks_to)
+        return _Job(job, text, source, cfg, coordinator, parties, dataset, cap, schema, talks_to, senders)
 
     def _check_columns(self, cfg: JobConfig, role: str, dataset: str, columns: list[str]) -> None:
         need: list[tuple[str, str]] = []
@@ -746,7 +750,7 @@ class Agent:
         js.submitted = _now()
         with self._lock:
             self._jobs[job] = js
-        self.server.register_job(job, js.talks_to)  # envelopes from its neighbours only
+        self.server.register_job(job, js.senders)  # envelopes from the parties that send to it only
         self.audit.write("job_offer", job=job, coordinator=self.name, decision="accepted", task=js.task,
                          party=self.name, role=js.parties[self.name], dataset=js.dataset)
         others = [p for p in js.parties if p != self.name]
@@ -769,9 +773,10 @@ class Agent:
             self._plan(js)
         except FedsiloError as exc:
             reason = one_line(exc)
-            for p in others:
+            for p in others:  # the reason (it may name another silo's columns) stays with the submitter
                 with contextlib.suppress(FedsiloError):
-                    self._call(p, "Cancel", {"job": job, "reason": reason}, attempts=1)
+                    self._call(p, "Cancel", {"job": job, "reason": "the submitting silo could not plan the job"},
+                               attempts=1)
             with self._lock:
                 js.state, js.error, js.finished = "refused", f"silo {self.name!r}: {reason}", time.time()
             self.audit.write("job_offer", job=job, coordinator=self.name, decision="refused", reason=reason)
@@ -902,7 +907,7 @@ class Agent:
                 return {"accepted": False, "reason": f"job {job!r} is already known to silo {self.name!r}"}
             self._jobs[job] = js
         # only the job's parties may deliver into it, and only once this agent accepted it
-        self.server.register_job(job, js.talks_to)  # envelopes from its neighbours only
+        self.server.register_job(job, js.senders)  # envelopes from the parties that send to it only
         self.audit.write("job_offer", job=job, coordinator=caller, decision="accepted", task=js.task, party=self.name,
                          role=js.parties[self.name], dataset=js.dataset)
         return {"accepted": True, "schema": js.schema}
@@ -1067,7 +1072,7 @@ class Agent:
             if js.abort.is_set():
                 raise JobAbortedError(js.abort_reason)
             with _AgentChannel(self.server, job=js.job, peers=peers, options=self.options, abort=js.abort,
-                               droppable=droppable, gone=js.gone) as channel:
+                               droppable=droppable, gone=js.gone, senders=js.senders) as channel:
                 try:
                     report = task.party(plan, mine, channel, progress=lambda ev: self._party_progress(js, ev))
                 finally:
@@ -1240,6 +1245,9 @@ class Agent:
         for party, why in js.missing.items():
             if isinstance(results.get("epsilon"), dict) and party in results["epsilon"]:
                 results["epsilon"][party] = {**results["epsilon"][party], "epsilon": None}
+            for row in results.get("rounds") or ():  # its charges are in its own ledger, not in any report here
+                if isinstance(row.get("epsilon"), dict) and party in row["epsilon"]:
+                    row["epsilon"][party] = None
             notes.append(f"silo {party!r} went missing during the job ({why}); the job continued per its quorum, and "
                          f"{party!r}'s own ledger holds what it spent")
         if js.cfg.crypto.insecure:
@@ -1344,8 +1352,9 @@ class _AgentChannel(GrpcChannel):
     POLL = 0.5
 
     def __init__(self, server: PartyServer, *, job: str, peers: Mapping[str, str], options: TransportOptions,
-                 abort: threading.Event, droppable: set[str], gone: set[str] | None = None) -> None:
-        super().__init__(server, job=job, peers=peers, options=options)
+                 abort: threading.Event, droppable: set[str], gone: set[str] | None = None,
+                 senders: frozenset[str] | None = None) -> None:
+        super().__init__(server, job=job, peers=peers, options=options, senders=senders)
         self._abort = abort
         self._droppable = droppable
         self.gone: set[str] = gone if gone is not None else set()

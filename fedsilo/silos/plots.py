@@ -157,12 +157,14 @@ def _totals(results: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
-def _grouped(series: Mapping[str, list[tuple[int, float]]]) -> dict[tuple[str, ...], list[tuple[int, float]]]:
-    """Parties with the same curve as one entry (one line, not lines hidden under each other)."""
-    by_points: dict[tuple[tuple[int, float], ...], list[str]] = {}
+def _grouped(series: Mapping[str, list[tuple[int, float]]],
+             totals: Mapping[str, float] | None = None) -> dict[tuple[str, ...], list[tuple[int, float]]]:
+    """Parties with the same curve and the same job total as one entry (one line, not lines
+    hidden under each other; a total after the last round is drawn per line)."""
+    by_points: dict[tuple[Any, ...], list[str]] = {}
     for party, points in series.items():
-        by_points.setdefault(tuple(points), []).append(party)
-    return {tuple(parties): list(points) for points, parties in by_points.items()}
+        by_points.setdefault((tuple(points), (totals or {}).get(party)), []).append(party)
+    return {tuple(parties): list(key[0]) for key, parties in by_points.items()}
 
 
 def _names(parties: tuple[str, ...], limit: int = 3) -> str:
@@ -275,7 +277,7 @@ def _draw_epsilon(results: Mapping[str, Any]) -> Any:
         fig.suptitle(f"statistics job: ε per silo ({what})", fontsize=10)
     else:
         starred = False
-        for parties, points in _grouped(_epsilon_series(results)).items():
+        for parties, points in _grouped(_epsilon_series(results), totals).items():
             xs, ys = zip(*points)
             (line,) = ax.plot(xs, ys, marker="o", markersize=3, label=_names(parties))
             total = max((totals[p] for p in parties if p in totals), default=None)

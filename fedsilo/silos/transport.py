@@ -871,6 +871,7 @@ class GrpcChannel(Channel):
         job: str,
         peers: Mapping[str, str],
         options: TransportOptions | None = None,
+        senders: Iterable[str] | None = None,
     ) -> None:
         super().__init__(party=server.party, job=job, peers=peers)
         if not isinstance(job, str) or not 0 < len(job) <= 256:
@@ -893,7 +894,12 @@ class GrpcChannel(Channel):
                 if server.insecure:
                     _refuse_insecure(host, f"peer {name!r} address")
                 self._links[name] = _PeerLink(self, name, address)
-            server.register_job(job, self.peers)
+            # the job's inbox takes envelopes from the peers that send to this party (``senders``,
+            # e.g. its predecessors in the federation graph), by default from every peer
+            admitted = self.peers if senders is None else frozenset(senders)
+            if not admitted <= self.peers:
+                raise ConfigError(f"{self.party}: senders {sorted(admitted - self.peers)} of job {job!r} are not its peers")
+            server.register_job(job, admitted)
             self._inbox = server.inbox(job)
         except BaseException:
             self.close()

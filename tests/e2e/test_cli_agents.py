@@ -382,7 +382,7 @@ def test_a_job_continues_per_its_quorum_when_one_of_three_silos_is_killed(cluste
     with c.client() as client:
         # a round with every silo first (on a loaded machine an early round may be skipped: a
         # party's first training round imports torch), then the kill
-        job = client.submit(job_toml(rounds=60, silos=silos, round_timeout=15.0), source="job.toml")["job"]
+        job = client.submit(job_toml(dp=True, rounds=60, silos=silos, round_timeout=15.0), source="job.toml")["job"]
         deadline = time.monotonic() + 120
         while not any(e.get("silos") == ["h1", "h2", "h3"] for e in client.status(job)["events"]):
             assert time.monotonic() < deadline and client.status(job)["state"] == "running", client.status(job)
@@ -395,6 +395,10 @@ def test_a_job_continues_per_its_quorum_when_one_of_three_silos_is_killed(cluste
     assert res["rounds"][-1]["silos"] == ["h1", "h2"] and any("h3" in r["silos"] for r in res["rounds"])
     assert any("silo 'h3' went missing during the job" in n for n in res["notes"])
     assert st["parties"]["h3"] == "missing"
+    # h3's charges are in its own ledger only: no round shows an epsilon for it, h1's grows
+    assert all(r["epsilon"]["h3"] is None for r in res["rounds"]) and res["epsilon"]["h3"]["epsilon"] is None
+    # (the job's total adds the final metrics release, charged after the last round)
+    assert 0 < res["rounds"][0]["epsilon"]["h1"] < res["rounds"][-1]["epsilon"]["h1"] < res["epsilon"]["h1"]["epsilon"]
 
 
 def _bank_job(*, backend: str, dp: bool, rounds: int) -> str:

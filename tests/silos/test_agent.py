@@ -514,22 +514,32 @@ def test_silo_toml_refuses_unreadable_dataset_files_and_case_twins(datasets: str
 
 @pytest.mark.network
 @pytest.mark.timeout(180)
-def test_a_silo_lists_only_the_parties_it_exchanges_messages_with(tmp_path: Path) -> None:
-    """h2 and h3 never exchange a message in a horizontal job (the federation graph): neither
-    lists the other, and the job runs. h2's channel takes envelopes from its neighbours only.
-    The coordinator (h1) must list every party: it offers the job to each."""
+def test_every_party_must_be_allow_listed_and_a_job_inbox_admits_only_its_senders(tmp_path: Path) -> None:
+    """h2 and h3 never exchange a message in a horizontal job, but each receives the sums of the
+    other's data (and, with a shared key, could decrypt its ciphertexts): an agent whose
+    allow-list leaves out h3 refuses the job. With full allow-lists the job runs, and h2's job
+    inbox admits only the parties that send to it (the aggregator and the key leader h1), not h3."""
     names = ["h1", "h2", "h3", "aggregator"]
     init_federation(tmp_path / "pki", federation="hospitals", silos=names)
-    f = Federation(tmp_path, tmp_path / "pki", names, unlisted={"h2": {"h3"}, "h3": {"h2"}})
+    silos = {"h1": "patients", "h2": "patients", "h3": "patients"}
+    datasets = {n: {"patients": HOSPITALS["h1" if n == "h3" else n]} for n in ("h1", "h2", "h3")}
+    f = Federation(tmp_path / "narrow", tmp_path / "pki", names, unlisted={"h2": {"h3"}})
     try:
-        f.start({n: {"patients": HOSPITALS["h1" if n == "h3" else n]} for n in ("h1", "h2", "h3")})
-        silos = {"h1": "patients", "h2": "patients", "h3": "patients"}
-        got = f.run(_job(dp=False, rounds=1, silos=silos))
-        assert got["status"] == "completed", got
-        assert got["results"]["rounds"][0]["silos"] == ["h1", "h2", "h3"]
-        assert f.agents["h2"].server.allow == frozenset({"h1", "aggregator"})
-        # through h2, the job needs h3 on h2's list: h2 would have to offer it to h3
-        (r,) = f.run(_job(dp=False, rounds=1, silos=silos), name="h2")["reasons"]
+        f.start(datasets)
+        (r,) = f.run(_job(dp=False, rounds=1, silos=silos))["reasons"]
         assert r["silo"] == "h2" and "['h3'] is not on the allow-list of silo 'h2'" in r["reason"]
     finally:
         f.close()
+    f = Federation(tmp_path / "full", tmp_path / "pki", names)
+    admitted: list[frozenset[str]] = []
+    try:
+        f.start(datasets)
+        server = f.agents["h2"].server
+        register = server.register_job
+        server.register_job = lambda job, peers: (admitted.append(frozenset(peers)), register(job, peers))[1]
+        got = f.run(_job(dp=False, rounds=1, silos=silos))
+        assert got["status"] == "completed", got
+        assert got["results"]["rounds"][0]["silos"] == ["h1", "h2", "h3"]
+    finally:
+        f.close()
+    assert admitted and set(admitted) == {frozenset({"h1", "aggregator"})}, admitted
