@@ -96,7 +96,7 @@ from fedsilo.silos.reports import (
     progress_out,
 )
 from fedsilo.silos.silo_config import SiloConfig, load_silo_config, split_address
-from fedsilo.silos.topology import federation, neighbours
+from fedsilo.silos.topology import check_topology, federation, neighbours
 from fedsilo.silos.transport import HEALTH, GrpcChannel, PartyServer, RetryPolicy, TransportOptions, is_loopback
 
 __all__ = [
@@ -613,6 +613,7 @@ class Agent:
             raise _Refused(f"the submitting silo {coordinator!r} is not a party of this job")
         try:
             graph = federation(cfg)
+            check_topology(graph, cfg)  # as run_job does before it plans
             talks_to = frozenset(neighbours(graph, self.name))
             senders = frozenset(graph.predecessors(self.name))
         except ConfigError as exc:
