@@ -26,7 +26,7 @@ lint: $(STAMP)
 
 # pytest exits 5 when it collects nothing: that is not a code failure, every other status is.
 test: $(STAMP) lint
-	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --timeout=900; s=$$?; \
+	$(BIN)/python -m pytest -n $(PYTEST_WORKERS) --dist loadgroup --timeout=900; s=$$?; \
 	if [ $$s -eq 5 ]; then echo "pytest collected no tests"; exit 0; fi; exit $$s
 
 bench: $(STAMP)

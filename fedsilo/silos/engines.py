@@ -47,6 +47,10 @@ same count as the threads engine). ``JobRun.seconds`` is the job's wall time fro
 every party is listening (peers sent) to the last report: process start-up (interpreter, the
 task's imports, certificates, servers) is excluded and logged at INFO; what a party function
 imports or initializes lazily on first use (in a fresh process, every time) is included.
+
+The ray engine (:mod:`fedsilo.silos.ray_engine`) ships party functions and brings their errors
+back with the same helpers: :func:`ship_party`, :func:`error_info`, :func:`rebuild_error` and
+:func:`primary_error`.
 """
 from __future__ import annotations
 
@@ -75,7 +79,16 @@ from fedsilo.silos.certs import init_federation
 from fedsilo.silos.registry import Engine, JobRun, register_engine
 from fedsilo.silos.transport import TransportOptions
 
-__all__ = ["ProcessesEngine"]
+__all__ = [
+    "CA_NAME",
+    "SECONDARY_ERRORS",
+    "SETTLE",
+    "ProcessesEngine",
+    "error_info",
+    "primary_error",
+    "rebuild_error",
+    "ship_party",
+]
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +99,7 @@ ORPHANED_EXIT = 75
 #: Seconds the parent waits, after a party's error, for other errors already sent.
 SETTLE = 0.2
 #: Errors that follow another party's failure (woken, or timed out waiting for it).
-_SECONDARY = (JobAbortedError, PeerTimeoutError)
+SECONDARY_ERRORS = (JobAbortedError, PeerTimeoutError)
 
 
 class ProcessesEngine(Engine):
@@ -113,7 +126,7 @@ class ProcessesEngine(Engine):
     def run(self, job: str, parties: Mapping[str, Callable[[Channel], Any]]) -> JobRun:
         if not parties:
             raise ConfigError("processes engine: a job needs at least one party")
-        shipped = {name: _ship(name, fn) for name, fn in parties.items()}  # refused before any process starts
+        shipped = {name: ship_party(name, fn) for name, fn in parties.items()}  # refused before any process starts
         ctx = multiprocessing.get_context("spawn")
         with tempfile.TemporaryDirectory(prefix="fedsilo-ca-") as tmp:
             fed = init_federation(Path(tmp) / "federation", federation=CA_NAME, silos=list(parties))
@@ -167,21 +180,6 @@ class _Child:
     errors: list[tuple[float, BaseException]] = field(default_factory=list)
 
 
-def _ship(name: str, fn: Callable[..., Any]) -> tuple[bytes, Callable[[dict[str, Any]], None] | None]:
-    """The party function pickled for a child, without its progress callable (kept here)."""
-    progress = None
-    if isinstance(fn, functools.partial) and "progress" in fn.keywords:
-        progress = fn.keywords["progress"]
-        fn = functools.partial(fn.func, *fn.args, **{k: v for k, v in fn.keywords.items() if k != "progress"})
-    try:
-        return pickle.dumps(fn), progress
-    except Exception as exc:  # noqa: BLE001 - any pickling failure means the same thing
-        raise ConfigError(
-            f"processes engine: the party function of {name!r} cannot be sent to its process "
-            f"({type(exc).__name__}: {exc}); its task, plan and Party must be picklable"
-        ) from None
-
-
 def _start(ctx: Any, name: str, payload: bytes, *, has_progress: bool, job: str, names: list[str], ca: Path,
            cert: Path, key: Path, options: TransportOptions) -> _Child:
     ctl_child, ctl = ctx.Pipe(duplex=False)  # parent -> child
@@ -221,7 +219,7 @@ def _pump(children: Mapping[str, _Child], *, until: str, deadline: float | None)
             # a moment for errors already on their way, so the earliest one is chosen among all
             for conn in wait([c.out for c in children.values() if not c.ended], timeout=SETTLE):
                 _drain(next(c for c in children.values() if c.out is conn))
-            raise _primary([(at, c.name, e) for c in children.values() for at, e in c.errors])
+            raise primary_error([(at, c.name, e) for c in children.values() for at, e in c.errors])
 
 
 def _drain(c: _Child) -> None:
@@ -251,42 +249,7 @@ def _drain(c: _Child) -> None:
         elif kind == "report":
             c.report, c.bytes_sent, c.reported = msg[1], int(msg[2]), True
         elif kind == "error":
-            c.errors.append((msg[1]["at"], _rebuild(c.name, msg[1])))
-
-
-def _primary(errors: list[tuple[float, str, BaseException]]) -> BaseException:
-    """The error to raise: the earliest, preferring one that is not a consequence of another's."""
-    errors = sorted(errors, key=lambda e: e[0])
-    first = [e for _, _, e in errors if not isinstance(e, _SECONDARY)]
-    return first[0] if first else errors[0][2]
-
-
-def _rebuild(name: str, info: dict[str, Any]) -> BaseException:
-    """The child's exception, as the same class where possible, with its traceback as a note."""
-    exc: BaseException | None = None
-    if info.get("pickled") is not None:
-        try:
-            exc = pickle.loads(info["pickled"])
-        except Exception:  # noqa: BLE001 - fall back to the type and message
-            exc = None
-    if not isinstance(exc, BaseException):
-        cls = _error_class(info["module"], info["qualname"])
-        if cls is not None:
-            exc = cls.__new__(cls)
-            BaseException.__init__(exc, info["message"])
-            exc.__dict__.update(info.get("state") or {})
-        else:
-            exc = ProtocolError(f"party {name!r} failed: {info['qualname']}: {info['message']}")
-    exc.add_note(f"raised in the process of party {name!r}:\n{info['traceback'].rstrip()}")
-    return exc
-
-
-def _error_class(module: str, qualname: str) -> type[BaseException] | None:
-    """fedsilo's own error classes and the builtins', by name; nothing else is imported."""
-    if module not in ("builtins", "fedsilo.errors"):
-        return None
-    cls = getattr(importlib.import_module(module), qualname, None)
-    return cls if isinstance(cls, type) and issubclass(cls, BaseException) else None
+            c.errors.append((msg[1]["at"], rebuild_error(c.name, msg[1])))
 
 
 def _send_quietly(conn: Connection, msg: Any) -> None:
@@ -378,7 +341,7 @@ def _child_main(name: str, payload: bytes, has_progress: bool, job: str, names: 
         clean = True
     except BaseException as exc:  # noqa: BLE001 - every failure goes to the parent
         try:
-            send(("error", _error_info(exc)))
+            send(("error", error_info(exc)))
         except (OSError, ValueError):
             pass
     finally:
@@ -410,7 +373,63 @@ def _watch_parent(ctl: Connection, inbox: queue.Queue[tuple[Any, ...]]) -> None:
             return
 
 
-def _error_info(exc: BaseException) -> dict[str, Any]:
+# -- shared with the other engines (fedsilo.silos.ray_engine): a party's function out, its error back
+def ship_party(name: str, fn: Callable[..., Any], *, engine: str = "processes",
+               where: str = "process") -> tuple[bytes, Callable[[dict[str, Any]], None] | None]:
+    """``fn`` pickled for the party's own ``where`` (its process, its actor), without its
+    progress callable (returned apart: it stays with the caller); ConfigError if it cannot be."""
+    progress = None
+    if isinstance(fn, functools.partial) and "progress" in fn.keywords:
+        progress = fn.keywords["progress"]
+        fn = functools.partial(fn.func, *fn.args, **{k: v for k, v in fn.keywords.items() if k != "progress"})
+    try:
+        return pickle.dumps(fn), progress
+    except Exception as exc:  # noqa: BLE001 - any pickling failure means the same thing
+        raise ConfigError(
+            f"{engine} engine: the party function of {name!r} cannot be sent to its {where} "
+            f"({type(exc).__name__}: {exc}); its task, plan and Party must be picklable"
+        ) from None
+
+
+def primary_error(errors: list[tuple[float, str, BaseException]]) -> BaseException:
+    """The error to raise: the earliest, preferring one that is not a consequence of another's."""
+    errors = sorted(errors, key=lambda e: e[0])
+    first = [e for _, _, e in errors if not isinstance(e, SECONDARY_ERRORS)]
+    return first[0] if first else errors[0][2]
+
+
+def rebuild_error(name: str, info: dict[str, Any], *, where: str = "process") -> BaseException:
+    """The party's exception from its :func:`error_info`, as the same class where possible, with
+    its traceback as a note naming the party's ``where`` (its process, its actor)."""
+    exc: BaseException | None = None
+    if info.get("pickled") is not None:
+        try:
+            exc = pickle.loads(info["pickled"])
+        except Exception:  # noqa: BLE001 - fall back to the type and message
+            exc = None
+    if not isinstance(exc, BaseException):
+        cls = _error_class(info["module"], info["qualname"])
+        if cls is not None:
+            exc = cls.__new__(cls)
+            BaseException.__init__(exc, info["message"])
+            exc.__dict__.update(info.get("state") or {})
+        else:
+            exc = ProtocolError(f"party {name!r} failed: {info['qualname']}: {info['message']}")
+    exc.add_note(f"raised in the {where} of party {name!r}:\n{info['traceback'].rstrip()}")
+    return exc
+
+
+def _error_class(module: str, qualname: str) -> type[BaseException] | None:
+    """fedsilo's own error classes and the builtins', by name; nothing else is imported."""
+    if module not in ("builtins", "fedsilo.errors"):
+        return None
+    cls = getattr(importlib.import_module(module), qualname, None)
+    return cls if isinstance(cls, type) and issubclass(cls, BaseException) else None
+
+
+def error_info(exc: BaseException) -> dict[str, Any]:
+    """What :func:`rebuild_error` needs to raise ``exc`` again in another process: its class by
+    name, message, traceback, the time it happened, and the exception pickled (or its state)."""
     pickled: bytes | None
     try:
         pickled = pickle.dumps(exc)

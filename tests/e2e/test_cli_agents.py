@@ -472,6 +472,7 @@ def test_the_bank_vertical_example_across_three_agent_processes(banks: Cluster, 
 
 @pytest.mark.network
 @pytest.mark.slow
+@pytest.mark.xdist_group("heavy")  # not beside the 50-silo Ray job (tests/silos/test_engine_ray.py)
 @pytest.mark.timeout(480)
 def test_ten_agent_processes_complete_a_five_round_job(tmp_path: Path) -> None:
     """Ten hospitals' agents and the aggregator's, each its own `fedsilo silo start` process
