@@ -58,6 +58,10 @@ def _backend_rows() -> list[dict[str, Any]]:
                 "error_bound": info.error_bound,
                 "supports": list(info.supports),
                 "description": info.description,
+                # keyless backends (SecAgg+): no party holds a key; threshold None = the default rule
+                "key_model": info.key_model,
+                "dropout_tolerant": info.dropout_tolerant,
+                "threshold": info.threshold,
             }
         )
     return rows
@@ -76,18 +80,22 @@ def backends(
     from rich.table import Table
 
     table = Table(title="fedsilo crypto backends (default parameters)")
-    for col in ("backend", "arithmetic", "values/ct", "bytes/value", "error bound", "operations", "description"):
+    for col in ("backend", "keys", "arithmetic", "values/ct", "bytes/value", "error bound", "operations", "description"):
         table.add_column(col, overflow="fold")
     for row in rows:
         label = row["name"] + "".join(f" {k}={v}" for k, v in row["params"].items())
         if "error" in row:
-            table.add_row(label, "-", "-", "-", "-", "-", f"[red]{row['error']}[/red]")
+            table.add_row(label, "-", "-", "-", "-", "-", "-", f"[red]{row['error']}[/red]")
             continue
+        keys = "none (keyless)" if row["key_model"] == "keyless" else "shared key"
+        if row["dropout_tolerant"]:
+            keys += ", dropout-tolerant"
         arithmetic = "exact" if row["exact"] else "approx"
         if not row["secure"]:
             arithmetic += " (INSECURE)"
         table.add_row(
             label,
+            keys,
             arithmetic,
             str(row["values_per_ciphertext"]) if row["values_per_ciphertext"] else "-",
             f"{row['bytes_per_value']:.1f}",

@@ -11,7 +11,7 @@ from fedsilo.cli import check_output_path, cli_errors, to_json, write_output
 __all__ = ["check_plots", "register", "write_plots"]
 
 ConfigArg = Annotated[Path, typer.Argument(help="Federation TOML file (see docs/config.md).")]
-BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="Crypto backend: plain | paillier | ckks | a plugin's name.")]
+BackendOpt = Annotated[Optional[str], typer.Option("--backend", help="Crypto backend: plain | paillier | ckks | secagg | a plugin's name.")]
 SilosOpt = Annotated[Optional[int], typer.Option("--silos", min=1, help="Number of silos (built-in data only).")]
 RoundsOpt = Annotated[Optional[int], typer.Option("--rounds", min=1, help="Training rounds (vertical: epochs).")]
 EpsilonOpt = Annotated[Optional[float], typer.Option("--epsilon", min=0.0, help="Per-silo target epsilon; 0 turns DP off.")]

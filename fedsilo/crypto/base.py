@@ -37,6 +37,7 @@ import numpy as np
 from fedsilo.errors import CiphertextFormatError, ConfigError, KeyMismatchError
 
 __all__ = [
+    "KEY_MODELS",
     "BackendInfo",
     "Capabilities",
     "Ciphertext",
@@ -75,6 +76,9 @@ MIN_SECURITY_BITS = 112
 #:   backend allows (what ``fedsilo bench crypto`` measures).
 Use = Literal["aggregate", "statistics", "matmul", "benchmark"]
 USES: tuple[str, ...] = get_args(Use)
+
+#: The key models a backend class can declare (:attr:`Capabilities.key_model`).
+KEY_MODELS: tuple[str, ...] = ("shared-key", "keyless")
 
 
 def fingerprint_of(*parts: bytes | str) -> str:
@@ -153,6 +157,14 @@ class BackendInfo:
     #: largest ``|x|`` an input, plaintext operand or decrypted sum may have (``inf``: no bound);
     #: protocols scale what they encrypt to stay inside it
     value_bound: float = math.inf
+    #: ``"shared-key"`` (the silos share one secret key) or ``"keyless"`` (no party holds a key
+    #: that opens another's input: masking, :class:`Capabilities`)
+    key_model: str = "shared-key"
+    #: the fewest silos a keyless sum goes on with (``t`` of ``t``-of-``n``); None: not applicable,
+    #: or it depends on the federation (the default threshold follows the silo count)
+    threshold: int | None = None
+    #: a sum survives silos that drop mid-round (recovered from the others' shares)
+    dropout_tolerant: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,11 +180,26 @@ class Capabilities:
             ciphertext; off by default): Paillier's ``{"packed": True}``. None when packing is not a choice (CKKS
             always packs, ``plain`` never encrypts). ``fedsilo backends`` and ``fedsilo bench
             crypto`` show both variants of such a backend (``NAME-packed`` / ``NAME-unpacked``).
+        key_model: ``"shared-key"``: the backend encrypts under a key pair the silos share
+            (``keygen`` / ``encrypt`` / ``decrypt``, after a key ceremony). ``"keyless"``: a
+            *session* backend with no keys at all (pairwise masking, SecAgg+): its primitive
+            methods raise :class:`~fedsilo.errors.UnsupportedOperationError`, and a protocol
+            sums through the secure-sum session this flag selects
+            (:mod:`fedsilo.protocols.horizontal.sums`).
+        dropout_tolerant: a sum completes when silos drop mid-round (their part is recovered
+            from the others' shares), so no top-up round is needed.
     """
 
     exact_sums: bool
     plaintext_matmul: bool = True
     packing: Mapping[str, Any] | None = None
+    key_model: Literal["shared-key", "keyless"] = "shared-key"
+    dropout_tolerant: bool = False
+
+    @property
+    def keyless(self) -> bool:
+        """No party holds a decryption key (a session backend)."""
+        return self.key_model == "keyless"
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ _BUILTIN = {
     "plain": "fedsilo.crypto.plain:PlainBackend",
     "paillier": "fedsilo.crypto.paillier:PaillierBackend",
     "ckks": "fedsilo.crypto.ckks:CKKSBackend",
+    "secagg": "fedsilo.crypto.secagg_backend:SecAggBackend",
 }
 _registered: dict[str, type[CryptoBackend]] = {}
 

@@ -28,7 +28,9 @@ with :class:`~fedsilo.errors.PrivacyError`. The rules, with their reasons:
   Hence ``GaussianEvent(z, 1, T) → GaussianEvent(z/2, 1, T)`` (the Gaussian mechanism's privacy
   profile depends only on ``Δ/σ``, so group privacy of size 2 is exactly a halved multiplier)
   and ``LaplaceEvent(ε, T) → LaplaceEvent(2ε, T)`` (group privacy of a pure ε-DP mechanism, valid
-  for any ε-DP sampler). A silo-level guarantee does **not** imply the same record-level one.
+  for any ε-DP sampler). The distributed discrete Gaussian (SecAgg+) doubles both its
+  sensitivities (``l2_sensitivity``, ``l1_sensitivity``): its RDP bound depends on the data only
+  through them. A silo-level guarantee does **not** imply the same record-level one.
 * **add-remove-record → replace-record.** Replacing ``x`` by ``x'`` is removing ``x`` then adding
   ``x'``: a sum's sensitivity doubles (``‖−x + x'‖ ≤ 2C``), group privacy of size 2 again:
   Gaussian ``q = 1`` → ``z/2``, Laplace → ``2ε``.
@@ -47,12 +49,13 @@ strongest requirement present), and :func:`to_composition_target` converts every
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterable
 from typing import Final
 
 from fedsilo.errors import PrivacyError, PrivacyParameterError
-from fedsilo.privacy.events import ComposedEvent, DpEvent, GaussianEvent, LaplaceEvent
+from fedsilo.privacy.events import ComposedEvent, DistributedDiscreteGaussianEvent, DpEvent, GaussianEvent, LaplaceEvent
 
 __all__ = [
     "ZERO_OUT_SILO",
@@ -173,6 +176,11 @@ def _double(event: DpEvent, source: str, target: str, depth: int) -> DpEvent:
             return LaplaceEvent(event.epsilon * 2.0, event.steps)
         except PrivacyParameterError as exc:
             raise _refuse(source, target, f"the converted event is invalid ({exc})") from None
+    if isinstance(event, DistributedDiscreteGaussianEvent):
+        # Proposition 14's bound is a function of the sensitivities alone: a neighbour at distance
+        # two moves the rounded vector by at most twice each bound (triangle inequality)
+        return dataclasses.replace(event, l2_sensitivity=2.0 * event.l2_sensitivity,
+                                   l1_sensitivity=2.0 * event.l1_sensitivity)
     raise _refuse(source, target, f"unsupported DP event {event!r}")
 
 

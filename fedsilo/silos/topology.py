@@ -17,7 +17,8 @@
 The edges are read off the protocols, not guessed: the horizontal and statistics jobs run the
 secure sum of :mod:`fedsilo.protocols.horizontal.secure_aggregation` (silos never talk to each
 other except in the key ceremony, where the *leader* — the first silo in sorted order — sends the
-shared secret key to every other silo: that is the only silo-to-silo edge, whatever the backend),
+shared secret key to every other silo: that is the only silo-to-silo edge of a shared-key
+backend; a keyless backend's SecAgg+ sums have none, the aggregator relays every sealed share),
 the vertical job runs PSI with the guest (:mod:`fedsilo.protocols.psi`) and the parties of
 :mod:`fedsilo.protocols.vertical.parties` (hosts never talk to each other; with an arbiter every
 data party talks to it; without one the guest and its one host exchange everything). A flow that
@@ -164,10 +165,52 @@ def _secure_sum(cfg: JobConfig, *, update: str, evaluation: bool) -> nx.DiGraph:
     return graph
 
 
+def _keyless_sum(cfg: JobConfig, *, update: str, evaluation: bool) -> nx.DiGraph:
+    """Silos and one aggregator running SecAgg+ (:mod:`fedsilo.protocols.horizontal.secagg`), the
+    secure sum of a keyless backend: no key ceremony and **no silo-to-silo edge**. Every
+    silo-to-silo message of the protocol (public keys, Shamir shares sealed for one neighbour)
+    is relayed by the aggregator: each silo sends it its public keys, its sealed shares, its
+    masked ``update`` (and evaluation counts) and its unmasking shares; the aggregator answers
+    with the round's control messages (the neighbours' keys, the shares sealed for this silo,
+    the unmasking request and the unmasked sum)."""
+    from fedsilo.protocols.horizontal import secagg as sg
+
+    names = cfg.silo_names()
+    data = _data(cfg)
+    graph = new_federation(cfg, hub=AGGREGATOR)
+    add_party(graph, AGGREGATOR, role="aggregator")
+    noised = "noised " if cfg.privacy is not None else ""
+    for n in names:
+        add_party(graph, n, role="silo", data=data.get(n), budget=_budget(cfg, n))
+        add_flow(graph, n, AGGREGATOR, Flow("round public keys", (sg.KIND_ADVERTISE,)),
+                 Flow("Shamir shares sealed for each neighbour", (sg.KIND_SHARES,)),
+                 Flow(f"masked {noised}{update}", (sg.KIND_MASKED,)),
+                 *([Flow("masked evaluation counts", (sg.KIND_MASKED,))] if evaluation else []),
+                 Flow("unmasking shares", (sg.KIND_REVEAL,)),
+                 *([Flow("withdrawal notice", (sg.KIND_WITHDRAW,), when="when its budget is exhausted")]
+                   if cfg.privacy is not None else []))
+        add_flow(graph, AGGREGATOR, n, Flow("relayed keys and sealed shares, round control and the unmasked sum",
+                                            (sg.KIND_CONTROL,)))
+    return graph
+
+
+def _keyless(cfg: JobConfig) -> bool:
+    """Whether the job's backend is a keyless session backend (asked of its capabilities)."""
+    from fedsilo.crypto.registry import get_backend_class
+    from fedsilo.errors import FedsiloError
+
+    try:
+        return get_backend_class(cfg.crypto.backend).capabilities().keyless
+    except FedsiloError:
+        return False  # an unknown backend is the config check's error, not the graph's
+
+
 def _horizontal(cfg: JobConfig) -> nx.DiGraph:
     # federated metrics are released every round without DP, once under record-level DP, never
     # under silo-level DP (HorizontalJob.evaluation)
     evaluation = cfg.privacy is None or cfg.privacy.level == "record"
+    if _keyless(cfg):
+        return _keyless_sum(cfg, update="model update", evaluation=evaluation)
     return _secure_sum(cfg, update="model update", evaluation=evaluation)
 
 

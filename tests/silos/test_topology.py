@@ -95,6 +95,16 @@ def _two_party(dp: bool) -> JobConfig:
     return parse_config(data, source="two_party.toml", base_dir=BANK.parent)
 
 
+def _secagg_silo_level() -> JobConfig:
+    """The silo-level example on the keyless backend (its distributed discrete Gaussian is
+    accounted with RDP; the example's PLD would be refused)."""
+    data = tomllib.loads(SILO_LEVEL.read_text())
+    data["crypto"] = {"backend": "secagg"}
+    data["privacy"]["accountant"] = "rdp"
+    data["training"]["rounds"] = 1
+    return parse_config(data, source="silo_level_secagg.toml", base_dir=SILO_LEVEL.parent)
+
+
 RUNS = {
     "hospitals-plain": lambda: _plain(HOSPITALS, rounds=1),
     "hospitals-ckks": lambda: apply_overrides(load_config(HOSPITALS), rounds=1),
@@ -106,6 +116,10 @@ RUNS = {
     "hospital-vertical-no-dp": lambda: _plain(HOSPITAL_VT, rounds=1, epsilon=0),
     "two-party-dp": lambda: _two_party(dp=True),
     "two-party-no-dp": lambda: _two_party(dp=False),
+    # the keyless backend: SecAgg+ rounds, every silo-to-silo message relayed by the aggregator
+    "hospitals-secagg": lambda: apply_overrides(load_config(HOSPITALS), backend="secagg", rounds=1),
+    "hospitals-secagg-no-dp": lambda: apply_overrides(load_config(HOSPITALS), backend="secagg", rounds=1, epsilon=0),
+    "hospitals-secagg-silo-level": lambda: _secagg_silo_level(),
 }
 
 
@@ -149,6 +163,22 @@ def test_horizontal_silos_talk_to_each_other_only_in_the_key_ceremony() -> None:
     assert graph.nodes["aggregator"] == {"role": "aggregator", "data": None, "budget": None}
     assert graph.nodes["st_marys"]["budget"] == (10.0, 1e-5)
     assert graph.nodes["st_marys"]["data"].startswith("sklearn:breast_cancer (share 1 of 3")
+
+
+def test_a_keyless_backend_has_no_silo_to_silo_edge() -> None:
+    from fedsilo.protocols.horizontal import secagg as sg
+
+    graph = federation(apply_overrides(load_config(HOSPITALS), backend="secagg"))
+    assert {(s, r) for s, r in graph.edges if "aggregator" not in (s, r)} == set()
+    assert set(graph.edges) == {(n, "aggregator") for n in ("st_marys", "city_general", "riverside")} | {
+        ("aggregator", n) for n in ("st_marys", "city_general", "riverside")}
+    kinds = {k for f in graph.edges["riverside", "aggregator"]["flows"] for k in f.kinds}
+    # (under DP a silo whose budget is exhausted says so: a conditional flow)
+    assert kinds == {sg.KIND_ADVERTISE, sg.KIND_SHARES, sg.KIND_MASKED, sg.KIND_REVEAL, sg.KIND_WITHDRAW}
+    assert [f.when for f in graph.edges["riverside", "aggregator"]["flows"] if sg.KIND_WITHDRAW in f.kinds] == [
+        "when its budget is exhausted"]
+    assert hz_msgs.KEY_SECRET not in kinds and hz_msgs.KEY_PUBLIC not in kinds
+    assert neighbours(graph, "city_general") == {"aggregator"}  # no key leader any more
 
 
 def test_the_neighbours_are_the_peers_an_allow_list_needs() -> None:

@@ -52,7 +52,7 @@ from fedsilo.protocols.horizontal.strategies import (
     Strategy,
 )
 
-__all__ = ["DPFedAvg", "NEIGHBOURS", "gaussian_share", "gaussian_topup", "silo_noise_multiplier"]
+__all__ = ["DPFedAvg", "SessionNoiseDPFedAvg", "NEIGHBOURS", "gaussian_share", "gaussian_topup", "silo_noise_multiplier"]
 
 #: Neighbouring relation of silo-level DP, recorded with every ledger entry.
 NEIGHBOURS = "zero-out: one silo's update replaced by zero (participation is public)"
@@ -172,3 +172,41 @@ class DPFedAvg(Strategy):
 
     def describe(self) -> dict[str, Any]:
         return {"name": self.name, "clip": self.clip, "noise_multiplier": self.noise_multiplier, "inner": self.inner.describe()}
+
+
+class SessionNoiseDPFedAvg(DPFedAvg):
+    """Silo-level DP whose noise the secure-sum session adds (a keyless session's distributed
+    discrete Gaussian, :mod:`.sums`): this strategy only clips; its silos send the clipped update
+    and the session noises it under the masks. The DP event of a round is the session's
+    (``round_event``), calibrated at planning so the job's ε is the accountant's value for
+    ``rounds`` of them.
+
+    Args:
+        strategy, clip, colluders: as :class:`DPFedAvg`.
+        session_noise: the session's noise parameters (passed with every contribution).
+        round_event: the DP event one round's release costs each contributing silo.
+        noise_multiplier: the equivalent continuous-Gaussian multiplier, for reports only.
+        mechanism: the ledger's mechanism record of the session's noise.
+    """
+
+    name: ClassVar[str] = "dp-fedavg"
+
+    def __init__(self, strategy: Strategy, *, clip: float, session_noise: Any, round_event: Any,
+                 noise_multiplier: float, mechanism: dict[str, Any], colluders: int = 1) -> None:
+        super().__init__(strategy, clip=clip, noise_multiplier=noise_multiplier, colluders=colluders)
+        self.session_noise = session_noise
+        self.round_event = round_event
+        self._mechanism = dict(mechanism)
+
+    def noise_share(self, *, present: int, size: int, rng: np.random.Generator) -> np.ndarray:
+        return np.zeros(size)  # the session adds the noise
+
+    def topup_share(self, *, present: int, contributors: int, size: int, rng: np.random.Generator) -> np.ndarray:
+        return np.zeros(size)
+
+    def event(self, *, round: int) -> Any:
+        return self.round_event
+
+    def mechanism(self) -> dict[str, Any]:
+        return {**self._mechanism, "neighbours": NEIGHBOURS, "clip": self.clip, "colluders": self.colluders,
+                "strategy": self.inner.describe()}

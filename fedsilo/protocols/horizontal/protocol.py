@@ -9,8 +9,11 @@ Parties (see ``docs/horizontal.md``):
 
 Both are plain functions over a :class:`~fedsilo.protocols.channel.Channel`, so every engine of
 the runner (:mod:`fedsilo.silos.tasks.horizontal`: threads in one process, one process per party
-over gRPC, the silo agents) runs the same code. Round 0 is the key ceremony; rounds ``1..R`` are training rounds, each one
-noised secure sum (:mod:`.secure_aggregation`).
+over gRPC, the silo agents) runs the same code. Sums go through the secure-sum session the
+backend's key model selects (:mod:`.sums`): with a shared-key backend round 0 is the key ceremony
+and rounds ``1..R`` are training rounds, each one noised secure sum (:mod:`.secure_aggregation`);
+with a keyless backend (SecAgg+, :mod:`.secagg`) there is no key and each round is one masked sum,
+silo-level DP noise being the session's distributed discrete Gaussian.
 
 Dropout: a silo missing at a deadline is left out of that round; the round completes if at least
 ``min_silos`` contributed, with top-up noise so the total noise never falls below target;
@@ -30,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fedsilo.crypto.registry import get_backend
+from fedsilo.crypto.registry import get_backend, get_backend_class
 from fedsilo.errors import ConfigError, DataError, PrivacyParameterError
 from fedsilo.privacy.accounting import epsilon as _epsilon
 from fedsilo.privacy.events import ComposedEvent, DpEvent, GaussianEvent
@@ -42,21 +45,23 @@ from fedsilo.protocols.horizontal import evaluation as fed_eval
 from fedsilo.protocols.channel import Channel
 from fedsilo.protocols.spec import ModelSection, PrivacySection, TrainingSection
 from fedsilo.protocols.policy import require_confidential
-from fedsilo.protocols.horizontal.dp import DPFedAvg, gaussian_share, gaussian_topup, silo_noise_multiplier
+from fedsilo.protocols.horizontal.dp import (
+    DPFedAvg,
+    SessionNoiseDPFedAvg,
+    gaussian_share,
+    gaussian_topup,
+    silo_noise_multiplier,
+)
 from fedsilo.protocols.horizontal.models import build_model, get_flat_params, predict_scores, set_flat_params
 from fedsilo.protocols.horizontal.secure_aggregation import (
     Contribution,
     SiloRoundOutcome,
-    aggregator_key_ceremony,
-    aggregator_secure_sum,
     exposed_sums_allowed,
     ledger_recipient,
     recipients_mechanism,
     required_contributors,
-    silo_key_ceremony,
-    silo_secure_sum,
-    stop_silos,
 )
+from fedsilo.protocols.horizontal.sums import SumPlan, ddg_granularity, open_aggregator_sum, open_silo_sum, plan_sums
 from fedsilo.protocols.horizontal.strategies import AggregateResult, Strategy, make_strategy
 from fedsilo.protocols.horizontal.training import LocalConfig, RecordDP, record_dp_plan, train_local
 
@@ -137,12 +142,62 @@ class HorizontalJob:
     def local_config(self, *, proximal_mu: float) -> LocalConfig:
         return LocalConfig.from_sections(self.training, proximal_mu=proximal_mu)
 
-    def strategy(self) -> Strategy:
-        """The configured strategy, wrapped in :class:`DPFedAvg` for silo-level DP."""
+    def sum_plan(self, silos: Sequence[str]) -> SumPlan:
+        """The public parameters of this job's secure sums over ``silos``, chosen by the
+        backend's key model (:mod:`.sums`)."""
+        return plan_sums(
+            get_backend_class(self.backend), silos=silos, min_silos=self.min_silos,
+            colluders=self.colluders_in(len(silos)), allow_exposed=self.allow_exposed,
+            backend_params=self.backend_params,
+        )
+
+    @property
+    def update_length(self) -> int:
+        """Values per model update: the model's parameter count (public)."""
+        template = build_model(self.model, n_features=self.n_features, n_classes=self.n_classes, seed=self.seed)
+        return int(get_flat_params(template).shape[0])
+
+    def strategy(self, silos: Sequence[str] | None = None) -> Strategy:
+        """The configured strategy, wrapped in :class:`DPFedAvg` for silo-level DP.
+
+        With a keyless backend (SecAgg+) the silo-level noise is the session's distributed
+        discrete Gaussian (:class:`SessionNoiseDPFedAvg`, which only clips), calibrated so that
+        ``rounds`` of its event meet the target ε; that needs the job's ``silos``.
+
+        Raises:
+            ConfigError: a keyless backend with ``accountant = "pld"`` (the DDG bound is a Rényi
+                bound: account it with ``rdp``), or ``silos`` missing for a keyless job.
+        """
         base = make_strategy(self.training.strategy, self.training.strategy_params)
         if self.privacy is None or self.level != "silo":
             return base
         p = self.privacy
+        if get_backend_class(self.backend).capabilities().keyless:
+            if p.accountant != "rdp":
+                raise ConfigError(
+                    f"privacy.accountant = {p.accountant!r} cannot account crypto.backend = {self.backend!r} under "
+                    "silo-level DP: its distributed discrete Gaussian has a Renyi-DP bound only (Kairouz, Liu & "
+                    'Steinke 2021); set privacy.accountant = "rdp"'
+                )
+            if silos is None:
+                raise ConfigError("a keyless secure-sum job's DP strategy needs the job's silos")
+            sums = self.sum_plan(silos)
+            length = self.update_length
+            colluders = self.colluders_in(len(silos))
+            try:
+                ddg = sums.ddg(length=length, epsilon=p.epsilon, delta=p.delta, rounds=self.rounds, clip=p.clip,
+                               colluders=colluders)
+            except PrivacyParameterError as exc:
+                raise ConfigError(f"privacy.epsilon = {p.epsilon:g}: {exc}") from None
+            event = sums.ddg_event(length=length, dp=ddg)
+            spec = sums.spec(length, dp=ddg, granularity=ddg_granularity(clip=ddg.clip, length=length))
+            # the continuous Gaussian with the same Renyi curve at large sigma: z = sqrt(n)·sigma/Delta2
+            z = float(np.sqrt(event.shares) * event.noise_sigma / event.l2_sensitivity)
+            return SessionNoiseDPFedAvg(
+                base, clip=p.clip, session_noise=ddg, round_event=event, noise_multiplier=z,
+                mechanism={**spec.mechanism(), "name": "distributed discrete gaussian", "shares": event.shares},
+                colluders=max(1, colluders),
+            )
         z = silo_noise_multiplier(epsilon=p.epsilon, delta=p.delta, rounds=self.rounds, accountant=p.accountant)
         return DPFedAvg(base, clip=p.clip, noise_multiplier=z, colluders=self.colluders)
 
@@ -351,7 +406,9 @@ def silo(
             ``docs/horizontal.md``, "Randomness"). Public choices (initial model, batch order
             outside record-level DP) come from ``job.seed``.
         drop_rounds: test hook ``{round: phase}`` (phase in ``"hello" | "update" | "topup"``): the
-            silo goes silent at that phase of that round, a real missing message.
+            silo goes silent at that phase of that round, a real missing message (a keyless
+            session maps them to SecAgg+'s stages: before its keys, before its masked input,
+            before its unmasking shares).
         on_round: called with a :class:`RoundReport` after every round (progress).
     """
     me = channel.party
@@ -365,9 +422,11 @@ def silo(
             "cannot survive that many colluding key holders"
         )
     drops = dict(drop_rounds or {})
-    secret = silo_key_ceremony(channel, backend, silos=silos, aggregator=aggregator, timeout=job.silo_wait)
-    public = secret.public()
-    strategy = job.strategy()
+    sums = open_silo_sum(
+        channel, backend, plan=job.sum_plan(silos), aggregator=aggregator, timeout=job.silo_wait,
+        allow_exposed=job.allow_exposed, colluders=job.colluders_in(len(silos)), noise_seed=noise_seed,
+    )
+    strategy = job.strategy(silos)
     plan = job.record_plan(len(x))
     template = build_model(job.model, n_features=job.n_features, n_classes=job.n_classes, seed=job.seed)
     state = strategy.initialize(get_flat_params(template))
@@ -386,11 +445,7 @@ def silo(
             job, inputs, dp=dp, rng=noise_rng, ledger=ledger, dataset=dataset, round=job.evaluation_round(rnd),
             recipients=silos, aggregator=aggregator, scale=scale,
         )
-        outcome = silo_secure_sum(
-            channel, round=job.evaluation_round(rnd), aggregator=aggregator, backend=backend, secret=secret,
-            public=public, contribution=contribution, timeout=job.silo_wait, allow_exposed=job.allow_exposed,
-            colluders=job.colluders_in(len(silos)),
-        )
+        outcome = sums.sum(round=job.evaluation_round(rnd), contribution=contribution, length=int(inputs.size))
         if outcome.charged:
             events.append(job.evaluation_event())
         if outcome.status == "ok" and outcome.total is not None:
@@ -421,19 +476,7 @@ def silo(
                 strategy, update, rng=noise_rng, plan=plan, job=job,
                 ledger=ledger, dataset=dataset, round=rnd, recipients=silos, aggregator=aggregator,
             )
-        outcome = silo_secure_sum(
-            channel,
-            round=rnd,
-            aggregator=aggregator,
-            backend=backend,
-            secret=secret,
-            public=public,
-            contribution=contribution,
-            timeout=job.silo_wait,
-            drop=drop,
-            allow_exposed=job.allow_exposed,
-            colluders=job.colluders_in(len(silos)),
-        )
+        outcome = sums.sum(round=rnd, contribution=contribution, length=int(state.params.shape[0]), drop=drop)
         if outcome.charged:
             events.append(_round_event(strategy, plan, job, rnd))
         if outcome.contributed:
@@ -582,7 +625,7 @@ def _dp_info(strategy: Strategy, plan: RecordDP | None, job: HorizontalJob) -> d
     # the results contract (docs/results.md) names the accountant the reported epsilon comes from
     accountant = job.privacy.accountant
     if isinstance(strategy, DPFedAvg):
-        return {
+        info: dict[str, Any] = {
             "level": "silo",
             "noise_multiplier": strategy.noise_multiplier,
             "clip": strategy.clip,
@@ -592,6 +635,14 @@ def _dp_info(strategy: Strategy, plan: RecordDP | None, job: HorizontalJob) -> d
             "delta": delta,
             "accountant": accountant,
         }
+        if isinstance(strategy, SessionNoiseDPFedAvg):
+            # the session's distributed discrete Gaussian; noise_multiplier is its continuous
+            # equivalent sqrt(shares)·sigma/Delta2 (the same Renyi curve at large sigma)
+            ev = strategy.round_event
+            info["mechanism"] = {"name": "distributed discrete gaussian", "noise_sigma_steps": ev.noise_sigma,
+                                 "shares": ev.shares, "l2_sensitivity_steps": ev.l2_sensitivity,
+                                 "dimension": ev.dimension}
+        return info
     assert plan is not None
     epochs = job.local_config(proximal_mu=0.0).epochs
     return {
@@ -651,8 +702,9 @@ def _contribution(
                 "neighbours": RECORD_NEIGHBOURS,
             }
         relation = ADD_REMOVE_RECORD
+    session_noise = strategy.session_noise if isinstance(strategy, SessionNoiseDPFedAvg) else None
     if ledger is None or mechanism is None:
-        return Contribution(values=values, topup=topup)
+        return Contribution(values=values, topup=topup, session_noise=session_noise)
     event = _round_event(strategy, plan, job, round)
     assert dataset is not None
 
@@ -664,7 +716,7 @@ def _contribution(
             mechanism=mechanism, recipient=ledger_recipient(recipients), relation=relation,
         )
 
-    return Contribution(values=values, topup=topup, charge=charge)
+    return Contribution(values=values, topup=topup, charge=charge, session_noise=session_noise)
 
 
 def aggregator(channel: Channel, *, job: HorizontalJob, silos: Sequence[str]) -> AggregatorReport:
@@ -674,7 +726,14 @@ def aggregator(channel: Channel, *, job: HorizontalJob, silos: Sequence[str]) ->
     round needs; a round with too few *present* silos is skipped instead.
     """
     backend = get_backend(job.backend, **dict(job.backend_params))
-    public = aggregator_key_ceremony(channel, backend, silos=silos, timeout=job.silo_wait)
+    colluders = job.colluders_in(len(silos))
+    sums = open_aggregator_sum(
+        channel, backend, plan=job.sum_plan(silos), timeout=job.silo_wait, round_timeout=job.round_timeout,
+        min_silos=job.min_silos, colluders=colluders, allow_exposed=job.allow_exposed,
+    )
+    strategy = job.strategy(silos)
+    training_noise = strategy.session_noise if isinstance(strategy, SessionNoiseDPFedAvg) else None
+    update_length = job.update_length
     active = sorted(silos)
     rounds: list[dict[str, Any]] = []
     left: dict[str, int] = {}
@@ -683,7 +742,6 @@ def aggregator(channel: Channel, *, job: HorizontalJob, silos: Sequence[str]) ->
         """One secure sum: its status (``"ok"`` or ``"aborted"``) and the reason the job
         stops, or None."""
         nonlocal active
-        colluders = job.colluders_in(len(silos))
         need = required_contributors(min_silos=job.min_silos, colluders=colluders)
         exposed = not job.allow_exposed and 2 <= len(active) <= colluders + 1
         if len(active) < need or exposed:
@@ -697,19 +755,12 @@ def aggregator(channel: Channel, *, job: HorizontalJob, silos: Sequence[str]) ->
                 f"({', '.join(active) or 'none'}), {why}; "
                 + "; ".join(f"{s} withdrew in round {r} (privacy budget exhausted)" for s, r in sorted(left.items()))
             )
-            stop_silos(channel, silos=active, round=channel_round, reason=reason)
+            sums.stop(silos=active, round=channel_round, reason=reason)
             return "aborted", reason
-        out = aggregator_secure_sum(
-            channel,
-            round=channel_round,
-            silos=active,
-            backend=backend,
-            public=public,
-            min_silos=job.min_silos,
-            colluders=colluders,
-            timeout=job.round_timeout,
-            allow_exposed=job.allow_exposed,
-        )
+        if what == "round":
+            out = sums.sum(round=channel_round, silos=active, length=update_length, session_noise=training_noise)
+        else:
+            out = sums.sum(round=channel_round, silos=active, length=fed_eval.input_size(job.n_classes))
         for s in out.withdrawn:
             left[s] = rnd
         active = [s for s in active if s not in out.withdrawn]

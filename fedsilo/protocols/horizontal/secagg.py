@@ -81,6 +81,7 @@ __all__ = [
     "KIND_MASKED",
     "KIND_REVEAL",
     "KIND_CONTROL",
+    "KIND_WITHDRAW",
     "MESSAGE_KINDS",
     "DROP_PHASES",
     "DEFAULT_BAD_FRACTION",
@@ -101,6 +102,7 @@ __all__ = [
     "open_share",
     "silo_secagg_sum",
     "aggregator_secagg_sum",
+    "stop_secagg_silos",
 ]
 
 # ---------------------------------------------------------------------------------------------
@@ -110,8 +112,9 @@ KIND_ADVERTISE = "secagg.advertise"  #: silo -> aggregator: Advertise
 KIND_SHARES = "secagg.shares"  #: silo -> aggregator: Shares (sealed, one per neighbour)
 KIND_MASKED = "secagg.masked"  #: silo -> aggregator: Masked
 KIND_REVEAL = "secagg.reveal"  #: silo -> aggregator: Reveal
-KIND_CONTROL = "secagg.ctl"  #: aggregator -> silo: Keys | Forward | Unmask | Result | Abort
-MESSAGE_KINDS = (KIND_ADVERTISE, KIND_SHARES, KIND_MASKED, KIND_REVEAL, KIND_CONTROL)
+KIND_CONTROL = "secagg.ctl"  #: aggregator -> silo: Keys | Forward | Unmask | Result | Abort | Stop
+KIND_WITHDRAW = "secagg.withdraw"  #: silo -> aggregator: its ledger refused the charge (no data)
+MESSAGE_KINDS = (KIND_ADVERTISE, KIND_SHARES, KIND_MASKED, KIND_REVEAL, KIND_CONTROL, KIND_WITHDRAW)
 
 #: Where a silo can be made to go silent (test hook, a real missing message): before advertising
 #: its keys, after advertising (no shares), after its shares (no masked input), after its masked
@@ -162,6 +165,9 @@ class SecAggSpec:
         dp: distributed discrete Gaussian parameters, or ``None`` (exact sums).
         prg: mask generator (``"aes-ctr"`` or ``"chacha20"``).
         norm_bound: under DP, the L2 bound (grid steps) of a rounded vector.
+        quorum: the fewest contributions a released sum may hold when a protocol needs more than
+            ``threshold`` (its exposure rule, ``min_silos``): the aggregator aborts before
+            unmasking below it, and under DP the noise is sized for it. ``None``: ``threshold``.
     """
 
     silos: tuple[str, ...]
@@ -174,6 +180,12 @@ class SecAggSpec:
     dp: SecAggDP | None = None
     prg: str = "aes-ctr"
     norm_bound: float | None = None
+    quorum: int | None = None
+
+    @property
+    def min_contributors(self) -> int:
+        """Fewest masked inputs a released sum holds: ``max(threshold, quorum)``."""
+        return max(self.threshold, self.quorum or 0)
 
     @property
     def dimension(self) -> int:
@@ -186,13 +198,14 @@ class SecAggSpec:
         return np.dtype(sa.ring_dtype(self.bits)).itemsize
 
     def dp_event(self) -> DistributedDiscreteGaussianEvent:
-        """The DP event one round's release costs each contributing silo (``shares = t − colluders``)."""
+        """The DP event one round's release costs each contributing silo (``shares =
+        min_contributors − colluders``: ``t − colluders`` unless a quorum is set)."""
         if self.dp is None or self.norm_bound is None:
             raise ConfigError("this secure sum has no DP noise (spec.dp is None)")
         d = self.dimension
         return DistributedDiscreteGaussianEvent(
             noise_sigma=self.dp.noise_sigma,
-            shares=self.threshold - self.dp.colluders,
+            shares=self.min_contributors - self.dp.colluders,
             l2_sensitivity=self.norm_bound,
             l1_sensitivity=rounded_l1_bound(l2_bound=self.norm_bound, dimension=d),
             dimension=d,
@@ -201,7 +214,8 @@ class SecAggSpec:
     def mechanism(self) -> dict[str, Any]:
         """Mechanism parameters for the ledger (JSON-safe)."""
         out: dict[str, Any] = {"name": "secagg+", "threshold": self.threshold, "degree": self.degree,
-                               "bits": self.bits, "granularity": self.granularity, "prg": self.prg}
+                               "bits": self.bits, "granularity": self.granularity, "prg": self.prg,
+                               "min_contributors": self.min_contributors}
         if self.dp is not None:
             out.update({"noise": "distributed discrete gaussian", "clip": self.dp.clip,
                         "noise_sigma_steps": self.dp.noise_sigma, "colluders": self.dp.colluders,
@@ -227,6 +241,7 @@ def secagg_spec(
     degree: int | None = None,
     bad_fraction: float = DEFAULT_BAD_FRACTION,
     prg: str = "aes-ctr",
+    quorum: int | None = None,
 ) -> SecAggSpec:
     """Validate and complete the public parameters (degree, ring bits, the rounded norm bound).
 
@@ -257,22 +272,26 @@ def secagg_spec(
     t = default_threshold(k) if threshold is None else threshold
     if isinstance(t, bool) or not isinstance(t, int) or not 2 <= t <= k:
         raise ConfigError(f"threshold must be an integer in [2, degree = {k}], got {threshold!r}")
+    if quorum is not None and (isinstance(quorum, bool) or not isinstance(quorum, int) or not 1 <= quorum <= n):
+        raise ConfigError(f"quorum must be an integer in [1, {n}] for {n} silos, got {quorum!r}")
+    q = None if quorum is None or quorum <= t else quorum
     g = sa.check_granularity(granularity)
     if dp is None:
         assert value_bound is not None
         bits = sa.fixed_point_bits(value_bound=value_bound, granularity=g, summands=n)
-        return SecAggSpec(names, length, t, k, g, bits, value_bound=float(value_bound), prg=prg)
+        return SecAggSpec(names, length, t, k, g, bits, value_bound=float(value_bound), prg=prg, quorum=q)
     if not isinstance(dp, SecAggDP):
         raise ConfigError(f"dp must be a SecAggDP, got {type(dp).__name__}")
-    if isinstance(dp.colluders, bool) or not isinstance(dp.colluders, int) or not 0 <= dp.colluders < t:
-        raise ConfigError(f"colluders must be an integer in [0, threshold = {t}), got {dp.colluders!r}")
+    least = max(t, q or 0)
+    if isinstance(dp.colluders, bool) or not isinstance(dp.colluders, int) or not 0 <= dp.colluders < least:
+        raise ConfigError(f"colluders must be an integer in [0, threshold = {least}), got {dp.colluders!r}")
     if not (math.isfinite(dp.clip) and dp.clip > 0) or not (math.isfinite(dp.noise_sigma) and dp.noise_sigma >= 0.5):
         raise ConfigError(f"dp needs clip > 0 and noise_sigma >= 0.5 grid steps, got {dp!r}")
     sa.check_granularity(g)
     dim = sa.padded_dimension(length)
     bound = rounded_l2_bound(norm=dp.clip / g, dimension=dim, beta=dp.beta)
     bits = sa.ring_bits(value_bound=math.floor(bound), summands=n, noise_sigma=dp.noise_sigma)
-    return SecAggSpec(names, length, t, k, g, bits, dp=dp, prg=prg, norm_bound=bound)
+    return SecAggSpec(names, length, t, k, g, bits, dp=dp, prg=prg, norm_bound=bound, quorum=q)
 
 
 def calibrate_dp(
@@ -391,7 +410,7 @@ def _names(v: Any) -> bool:
 
 def _expect_ctl(channel: Channel, aggregator: str, round: int, timeout: float) -> dict[str, Any]:
     payload = channel.recv(aggregator, KIND_CONTROL, round=round, timeout=timeout)
-    if not isinstance(payload, dict) or payload.get("type") not in ("keys", "forward", "unmask", "result", "abort"):
+    if not isinstance(payload, dict) or payload.get("type") not in ("keys", "forward", "unmask", "result", "abort", "stop"):
         raise ProtocolError(f"{channel.party}: round {round}: malformed control message from {aggregator!r}")
     return payload
 
@@ -423,7 +442,7 @@ class SiloSecAggOutcome:
     charge, so no masked input left the silo (the round goes on without it, as after a dropout).
     """
 
-    status: Literal["ok", "aborted", "dropped", "withdrawn"]
+    status: Literal["ok", "aborted", "dropped", "withdrawn", "stopped"]
     total: np.ndarray | None = None
     contributors: tuple[str, ...] = ()
     dropped: tuple[str, ...] = ()
@@ -449,6 +468,8 @@ class AggregatorSecAggOutcome:
     recovered: tuple[str, ...] = ()
     stage: str = ""
     reason: str = ""
+    #: silos that withdrew this round (their ledger refused the charge; no masked input)
+    withdrawn: tuple[str, ...] = ()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -554,9 +575,9 @@ def silo_secagg_sum(
 
     def finish(msg: dict[str, Any], *, contributed: bool = False, charged: bool = False,
                revealed: Mapping[str, str] | None = None) -> SiloSecAggOutcome:
-        if msg["type"] == "abort":
-            return SiloSecAggOutcome("aborted", contributed=contributed, charged=charged,
-                                     reason=str(msg.get("reason", "")), revealed=dict(revealed or {}))
+        if msg["type"] in ("abort", "stop"):
+            return SiloSecAggOutcome("aborted" if msg["type"] == "abort" else "stopped", contributed=contributed,
+                                     charged=charged, reason=str(msg.get("reason", "")), revealed=dict(revealed or {}))
         total = msg.get("total")
         if msg["type"] != "result" or not isinstance(total, np.ndarray) or total.shape != (spec.length,) \
                 or not _names(msg.get("contributors")) or not _names(msg.get("dropped")):
@@ -614,7 +635,9 @@ def silo_secagg_sum(
             _masked_input(channel, spec, x, keys, held, pub, aggregator=aggregator, round=round, stream=rng)
     except BudgetExceededError as exc:
         # nothing of this silo's data left it; to the aggregator it is a silo that dropped after
-        # sharing, whose pairwise masks come off through its reconstructed key
+        # sharing, whose pairwise masks come off through its reconstructed key. It says so (no
+        # data in the message) so the aggregator stops waiting for it in later rounds.
+        channel.send(aggregator, KIND_WITHDRAW, {"withdraw": True}, round=round)
         return SiloSecAggOutcome("withdrawn", reason=str(exc))
     if drop == "reveal":
         return SiloSecAggOutcome("dropped", contributed=True, charged=charged,
@@ -646,7 +669,7 @@ def silo_secagg_sum(
 
     # -- the result ------------------------------------------------------------------------------------------
     msg = _expect_ctl(channel, aggregator, round, timeout)
-    if msg["type"] not in ("result", "abort"):
+    if msg["type"] not in ("result", "abort", "stop"):
         raise ProtocolError(f"{me}: round {round}: a second {msg['type']!r} request from {aggregator!r}; each is answered once")
     return finish(msg, contributed=True, charged=charged, revealed=revealed)
 
@@ -666,13 +689,16 @@ def _parse_advertise(payload: Any) -> tuple[bytes, bytes] | None:
     return c, s
 
 
-def aggregator_secagg_sum(channel: Channel, *, round: int, spec: SecAggSpec, timeout: float) -> AggregatorSecAggOutcome:
+def aggregator_secagg_sum(channel: Channel, *, round: int, spec: SecAggSpec, timeout: float,
+                          absent: Sequence[str] = ()) -> AggregatorSecAggOutcome:
     """The aggregator's side of one SecAgg+ sum: relay, check the thresholds, unmask, decode.
 
     Never holds a key: it sees public keys, sealed shares, masked inputs and, at unmasking, one
     kind of share per silo. Returns ``"aborted"`` (and tells every silo) when fewer than
     ``spec.threshold`` silos are left at any stage or a secret has fewer than ``t`` holders left;
-    nothing is reconstructed then.
+    nothing is reconstructed then; likewise, before any unmasking, when fewer than
+    ``spec.min_contributors`` masked inputs arrived (a quorum). ``absent``: silos known to have
+    left the job (not waited for; they count as dropped before advertising).
 
     Raises:
         ProtocolError: a reconstructed masking secret does not match its advertised public key
@@ -685,11 +711,14 @@ def aggregator_secagg_sum(channel: Channel, *, round: int, spec: SecAggSpec, tim
     silos = list(spec.silos)
     n = len(silos)
 
+    withdrawn: list[str] = []
+
     def abort(stage: str, reason: str, *, contributors: Sequence[str] = ()) -> AggregatorSecAggOutcome:
         for s in silos:
             channel.send(s, KIND_CONTROL, _ctl("abort", reason=reason), round=round)
         return AggregatorSecAggOutcome("aborted", contributors=tuple(sorted(contributors)),
-                                       dropped=tuple(sorted(set(silos) - set(contributors))), stage=stage, reason=reason)
+                                       dropped=tuple(sorted(set(silos) - set(contributors))), stage=stage, reason=reason,
+                                       withdrawn=tuple(sorted(withdrawn)))
 
     def too_few(stage: str, left: Sequence[str], what: str) -> AggregatorSecAggOutcome | None:
         if len(left) >= t:
@@ -706,7 +735,8 @@ def aggregator_secagg_sum(channel: Channel, *, round: int, spec: SecAggSpec, tim
         return None
 
     # -- advertise keys -------------------------------------------------------------------------------
-    adverts = {s: _parse_advertise(p) for s, p in channel.gather(silos, KIND_ADVERTISE, round=round, timeout=timeout).items()}
+    waited = [s for s in silos if s not in set(absent)]
+    adverts = {s: _parse_advertise(p) for s, p in channel.gather(waited, KIND_ADVERTISE, round=round, timeout=timeout).items()}
     keys = {s: k for s, k in adverts.items() if k is not None}
     u1 = sorted(keys)
     stop = too_few("advertise", u1, "advertised their keys") or holders_short("advertise", u1, set(u1), "advertised their keys")
@@ -739,9 +769,15 @@ def aggregator_secagg_sum(channel: Channel, *, round: int, spec: SecAggSpec, tim
         if ring is not None:
             masked[u] = ring
     u3 = sorted(masked)
+    # a silo whose ledger refused the charge says so (no data); it is a dropout of this round
+    notices = channel.gather(sorted(set(u2) - set(u3)), KIND_WITHDRAW, round=round, timeout=0.0)
+    withdrawn.extend(sorted(u for u, p in notices.items() if isinstance(p, dict) and p.get("withdraw") is True))
     stop = too_few("masked", u3, "sent their masked input")
     if stop:
         return stop
+    if len(u3) < spec.min_contributors:
+        return abort("masked", f"round {round}: only {len(u3)} of {n} silos sent their masked input and a released sum "
+                               f"needs {spec.min_contributors} contributions; the round is aborted and nothing was unmasked")
     dropped_after_shares = set(u2) - set(u3)
     for v in u3:
         near = set(graph[v]) & set(u2)
@@ -799,4 +835,10 @@ def aggregator_secagg_sum(channel: Channel, *, round: int, spec: SecAggSpec, tim
     for s in silos:
         channel.send(s, KIND_CONTROL, _ctl("result", total=result, contributors=list(u3), dropped=list(dropped)), round=round)
     return AggregatorSecAggOutcome("ok", total=result, contributors=tuple(u3), dropped=dropped,
-                                   recovered=tuple(needs_pairwise))
+                                   recovered=tuple(needs_pairwise), withdrawn=tuple(sorted(withdrawn)))
+
+
+def stop_secagg_silos(channel: Channel, *, silos: Sequence[str], round: int, reason: str) -> None:
+    """Tell every remaining silo the job is over: each returns ``"stopped"`` without sending more."""
+    for s in sorted(silos):
+        channel.send(s, KIND_CONTROL, _ctl("stop", reason=reason), round=round)

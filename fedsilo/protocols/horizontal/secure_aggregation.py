@@ -311,11 +311,14 @@ class Contribution:
     when some announced silos did not send; ``charge()`` is the ledger charge (a context
     manager raising :class:`~fedsilo.errors.BudgetExceededError`) entered before the ciphertext
     leaves the silo, or ``None`` when the release is not a DP release (no DP configured).
+    ``session_noise``: noise the secure-sum session itself adds (a keyless session's distributed
+    discrete Gaussian, :mod:`.sums`); ``None`` for shared-key sums, whose noise is in ``values``.
     """
 
     values: Callable[[int], np.ndarray]
     topup: Callable[[int, int], np.ndarray]
     charge: Callable[[], ContextManager[Any]] | None = None
+    session_noise: Any = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -281,7 +281,8 @@ def make_job(
         n_features=n_features, n_classes=n_classes, seed=seed, min_silos=min_silos, round_timeout=round_timeout,
         insecure=insecure,
     )
-    spec.strategy()  # validate strategy / DP settings before any party starts
+    spec.strategy(list(silos))  # validate strategy / DP settings (and calibrate a session's noise) before any party starts
+    spec.sum_plan(list(silos))  # the secure sums' public parameters (a keyless backend's threshold vs the silos)
     try:  # the model every silo will build (an import path that does not load, bad params)
         build_model(model, n_features=n_features, n_classes=n_classes, seed=seed)
     except ConfigError as exc:

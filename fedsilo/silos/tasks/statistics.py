@@ -87,6 +87,12 @@ def make_statistics_job(
     touched: the noise grids, the backend's precision, the exposure rule."""
     if AGGREGATOR in silos:
         raise ConfigError(f"a silo may not be named {AGGREGATOR!r}")
+    if get_backend_class(backend).capabilities().keyless:
+        # the statistics rounds are written over a shared key (key ceremony, encrypt, decrypt)
+        raise ConfigError(
+            f"crypto.backend = {backend!r} is a keyless secure-sum backend: it is supported for horizontal jobs "
+            "only (statistics: coming); use paillier for federated statistics"
+        )
     plan = plan_statistics(request, privacy, silos=len(silos))
     # each sum holds every silo's contribution plus its top-up share
     params = get_backend_class(backend).params_for("statistics", summands=2 * len(silos), params=backend_params)
