@@ -106,7 +106,7 @@ def submit(
         raise ConfigError(f"{job_file}: cannot read the job file: {exc}") from None
     if json_out is not None:
         check_output_path(json_out, "--json")
-    check_plots(plots)  # before the job is submitted: no budget is spent for plots that cannot be written
+    check_plots(plots, json_out)  # before the job is submitted: no budget is spent for plots that cannot be written
     with _client(silo_config) as client:
         reply = client.submit(text, source=str(job_file))
         if reply.get("status") != "accepted":
@@ -152,7 +152,7 @@ def results(job: JobArg, silo_config: SiloOpt, json_out: JsonOpt = None, plots: 
     from fedsilo.cli.simulate import check_plots, write_plots
     from fedsilo.errors import JobAbortedError, ProtocolError
 
-    check_plots(plots)
+    check_plots(plots, json_out)
     with _client(silo_config) as client:
         got = client.results(job)
     if got.get("results") is None:

@@ -18,11 +18,17 @@ def check_plot_path(plot: Path, *, example: str = "plot.png") -> None:
 
     from fedsilo.errors import ConfigError
 
-    if plot.is_dir():
-        raise ConfigError(f"cannot write plot {plot}: it is a directory; give a file name such as {plot / example}")
-    if not plot.parent.is_dir():
-        raise ConfigError(f"cannot write plot {plot}: directory {plot.parent} does not exist")
-    formats = sorted(FigureCanvasBase.get_supported_filetypes())
+    try:
+        if plot.is_dir():
+            raise ConfigError(f"cannot write plot {plot}: it is a directory; give a file name such as {plot / example}")
+        if plot.parent.exists() and not plot.parent.is_dir():
+            raise ConfigError(f"cannot write plot {plot}: {plot.parent} is a file, not a directory")
+        if not plot.parent.is_dir():
+            raise ConfigError(f"cannot write plot {plot}: directory {plot.parent} does not exist")
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise ConfigError(f"cannot write plot {plot}: {exc.strerror or exc}") from None
+    # pgf and ps-via-LaTeX formats need a TeX installation; the rest are matplotlib's own
+    formats = sorted(set(FigureCanvasBase.get_supported_filetypes()) - {"pgf"})
     suffix = plot.suffix.lower().lstrip(".")
     if suffix not in formats:
         raise ConfigError(

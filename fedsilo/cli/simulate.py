@@ -1,6 +1,7 @@
 """``fedsilo simulate`` and ``fedsilo stats``: run a federation config and report."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -155,7 +156,7 @@ def register(app: typer.Typer) -> None:
                     insecure=True if insecure else None)
         if json_out is not None:  # checked before the run spends any privacy budget
             check_output_path(json_out, "--json")
-        check_plots(plots)
+        check_plots(plots, json_out)
         results = run_job(cfg, ledger_dir=ledger_dir, progress=_progress_printer(quiet), engine=engine)
         _save(json_out, results, _print_results)
         _print_results(results)
@@ -182,18 +183,23 @@ def register(app: typer.Typer) -> None:
             raise ConfigError(f"{config}: federation.task is {cfg.federation.task!r}; `fedsilo stats` needs 'statistics'")
         if json_out is not None:
             check_output_path(json_out, "--json")
-        check_plots(plots)
+        check_plots(plots, json_out)
         results = run_job(cfg, ledger_dir=ledger_dir, progress=None, engine=engine)
         _save(json_out, results, _print_stats)
         _print_stats(results)
         write_plots(plots, results)
 
 
-def check_plots(plots: Path | None) -> None:
-    """``--plots DIR`` refused before the job runs (a file, an unwritable or uncreatable directory)."""
+def check_plots(plots: Path | None, json_out: Path | None = None) -> None:
+    """``--plots DIR`` refused before the job runs (a file, an unwritable or uncreatable
+    directory, the ``--json`` file's own path)."""
     if plots is not None:
+        from fedsilo.errors import ConfigError
         from fedsilo.silos.plots import check_plot_dir
 
+        if json_out is not None and Path(os.path.abspath(plots)) == Path(os.path.abspath(json_out)):
+            raise ConfigError(f"--plots {plots}: the same path as --json {json_out} (a directory of figures, "
+                              "not the results file)")
         check_plot_dir(plots, "--plots")
 
 

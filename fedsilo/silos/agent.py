@@ -387,8 +387,13 @@ class Agent:
         self._pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix=f"agent-{self.name}")
         self._progress_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"agent-{self.name}-progress")
         self._clients: dict[str, AgentClient] = {}
-        self.audit = AuditLog(cfg.audit_path, silo=self.name)
-        self.ledger = self._open_ledger()
+        self._instance = _one_agent_per_ledger(cfg)
+        try:
+            self.audit = AuditLog(cfg.audit_path, silo=self.name)
+            self.ledger = self._open_ledger()
+        except BaseException:
+            os.close(self._instance)
+            raise
         try:
             host, port = split_address(cfg.silo.listen, allow_port_zero=True)
             self.server = PartyServer(
@@ -400,6 +405,7 @@ class Agent:
         except BaseException:
             self.ledger.close()
             self.audit.close()
+            os.close(self._instance)
             raise
         self.address = self.server.address
         self._write_state()
@@ -479,6 +485,7 @@ class Agent:
             state = json.loads(self.cfg.state_path.read_text())
             if state.get("pid") == os.getpid():
                 self.cfg.state_path.unlink()
+        os.close(self._instance)  # releases the lock: another agent may serve this ledger now
         log.info("silo agent %s stopped", self.name)
 
     def __enter__(self) -> "Agent":
@@ -1396,6 +1403,29 @@ class _AgentChannel(GrpcChannel):
 
 
 # -- the client (the operator's CLI, and one agent calling another) -----------------------------------------
+def _one_agent_per_ledger(cfg: SiloConfig) -> int:
+    """An exclusive lock beside the ledger, held while the agent runs (the descriptor): a
+    second agent on the same ledger would overwrite the first one's state file and mix two
+    processes' charges in one ledger."""
+    import fcntl
+
+    path = cfg.ledger_path.with_name(f"{cfg.ledger_path.stem}.agent.lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise ConfigError(f"key 'ledger.path': cannot create the agent lock {path}: {exc.strerror or exc}") from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        raise ConfigError(
+            f"another agent already serves ledger {cfg.ledger_path} (its state: {cfg.state_path}); stop it first, "
+            "or give this agent its own [ledger] path"
+        ) from None
+    return fd
+
+
 class AgentClient:
     """Calls the ``Control`` service of one agent: ``me`` authenticates with ``tls`` (its
     certificate), and the server's certificate must name ``peer``."""

@@ -146,10 +146,15 @@ class JobConfig(_Section):
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "JobConfig":
-        names = [s.name for s in self.silos]
-        dup = sorted({n for n in names if names.count(n) > 1})
+        # compared ignoring case: a name is a certificate's identity and a file name at every
+        # engine and agent, and those are case-insensitive somewhere
+        names = [s.name.lower() for s in self.silos]
+        dup = sorted({s.name for s in self.silos if names.count(s.name.lower()) > 1})
         if dup:
-            raise ValueError(f"silo names must be unique; repeated: {dup}")
+            raise ValueError(f"silo names must be unique, ignoring case; repeated: {dup}")
+        near = [s.name for s in self.silos if s.name.lower() == "aggregator" and s.name != "aggregator"]
+        if near:
+            raise ValueError(f"silo name {near[0]!r} differs from the aggregator's party name only by case; rename it")
         if self.data.source is None and not any(s.data for s in self.silos):
             raise ValueError("no data: set [data] source (e.g. 'sklearn:breast_cancer') or give [[silos]] a data file")
         if self.data.source is not None and any(s.data for s in self.silos):

@@ -52,16 +52,26 @@ def check_plot_dir(path: Path, option: str = "--plots") -> None:
     Raises:
         ConfigError: naming ``option``, the path and what is wrong.
     """
-    if path.exists() and not path.is_dir():
-        raise ConfigError(f"{option} {path}: is a file, not a directory")
-    if not path.exists():
-        check_creatable(path, option)
-        return
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise ConfigError(f"{option} {path}: directory {path} is not writable")
-    for name in (METRICS_PNG, EPSILON_PNG):
-        if (path / name).is_dir():
-            raise ConfigError(f"{option} {path}: {path / name} is a directory, not an image")
+    try:
+        if path.is_symlink() and not path.exists():
+            raise ConfigError(f"{option} {path}: is a dangling symbolic link")
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{option} {path}: is a file, not a directory")
+        if not path.exists():
+            check_creatable(path, option)
+            return
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ConfigError(f"{option} {path}: directory {path} is not writable")
+        for name in (METRICS_PNG, EPSILON_PNG):
+            figure = path / name
+            if figure.is_dir():
+                raise ConfigError(f"{option} {path}: {figure} is a directory, not an image")
+            if figure.is_symlink() and not figure.exists():
+                raise ConfigError(f"{option} {path}: {figure} is a dangling symbolic link")
+            if figure.exists() and not os.access(figure, os.W_OK):
+                raise ConfigError(f"{option} {path}: {figure} exists and is not writable")
+    except OSError as exc:  # e.g. a name too long for the file system
+        raise ConfigError(f"{option} {path}: {exc.strerror or exc}") from None
 
 
 def skipped_plots(results: Mapping[str, Any]) -> dict[str, str]:

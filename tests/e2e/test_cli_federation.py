@@ -167,3 +167,12 @@ def test_a_task_without_a_topology_cannot_be_shown(plugin_config: Path, monkeypa
     monkeypatch.setattr(_Gather, "topology", Task.topology)
     res = runner.invoke(app, ["federation", "show", str(plugin_config)])
     _one_error_line(res, "task 'cli_topology_test' declares no topology")
+
+
+@pytest.mark.parametrize("plot", ["x.pgf", "z" * 300 + ".png"])
+def test_a_plot_path_matplotlib_cannot_write_here_is_one_line(tmp_path: Path, plot: str) -> None:
+    """.pgf needs a TeX installation; a name too long for the file system is an OSError."""
+    res = runner.invoke(app, ["federation", "show", str(HOSPITALS),
+                              "--plot", str(tmp_path / plot)])
+    assert res.exit_code == 2, res.output
+    assert "Traceback" not in res.output and "cannot write plot" in res.output

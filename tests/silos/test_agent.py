@@ -543,3 +543,15 @@ def test_every_party_must_be_allow_listed_and_a_job_inbox_admits_only_its_sender
     finally:
         f.close()
     assert admitted and set(admitted) == {frozenset({"h1", "aggregator"})}, admitted
+
+
+def test_a_second_agent_on_the_same_ledger_is_refused(tmp_path: Path) -> None:
+    text = (ISSUE_EXAMPLE.split("[tls]")[0].replace('name = "alpha"\n', 'name = "alpha"\ninsecure = true\n')
+            + f'[[datasets]]\nname = "patients"\npath = "{HOSPITALS["h1"]}"\nbudget = {{ epsilon = 10.0 }}\n')
+    (tmp_path / "silo.toml").write_text(text)
+    with Agent(load_silo_config(tmp_path / "silo.toml")) as first:
+        with pytest.raises(ConfigError, match="another agent already serves ledger .*ledger.sqlite"):
+            Agent(load_silo_config(tmp_path / "silo.toml"))
+        assert json.loads(load_silo_config(tmp_path / "silo.toml").state_path.read_text())["address"] == first.address
+    with Agent(load_silo_config(tmp_path / "silo.toml")):  # released when the first one stopped
+        pass

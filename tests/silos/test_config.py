@@ -52,6 +52,8 @@ data = "a.csv"
         ({"crypto": {"backend": "ckks", "parms": {}}}, "did you mean 'params'?"),
         ({"training": {"rounds": 0}}, "key 'training.rounds'"),
         ({"silos": [{"name": "a"}, {"name": "a"}]}, "silo names must be unique"),
+        ({"silos": [{"name": "h1"}, {"name": "H1"}]}, "silo names must be unique, ignoring case; repeated: ['H1', 'h1']"),
+        ({"silos": [{"name": "h1"}, {"name": "Aggregator"}]}, "'Aggregator' differs from the aggregator's party name only by case"),
         ({"federation": {"task": "statistics"}}, "needs a [statistics] section"),
     ],
 )

@@ -311,3 +311,23 @@ def test_plot_directory_checks(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) 
             check_plot_dir(ro / "new")
     finally:
         ro.chmod(0o700)
+
+
+def test_plot_dirs_that_would_fail_after_the_job_are_refused_before_it(tmp_path: Path) -> None:
+    """Found by the bad-input sweep: each of these passed the check, the job ran (and charged
+    the ledgers), and only writing the figures failed."""
+    from fedsilo.cli.simulate import check_plots
+    from fedsilo.errors import ConfigError
+    from fedsilo.silos.plots import check_plot_dir
+
+    (tmp_path / "gone").symlink_to(tmp_path / "missing")
+    with pytest.raises(ConfigError, match="is a dangling symbolic link"):
+        check_plot_dir(tmp_path / "gone")
+    (tmp_path / "plots").mkdir()
+    (tmp_path / "plots" / "metrics.png").symlink_to(tmp_path / "missing" / "m.png")
+    with pytest.raises(ConfigError, match="metrics.png is a dangling symbolic link"):
+        check_plot_dir(tmp_path / "plots")
+    with pytest.raises(ConfigError, match="--plots .*: File name too long|--plots .*name too long"):
+        check_plot_dir(tmp_path / ("z" * 300))
+    with pytest.raises(ConfigError, match="the same path as --json"):
+        check_plots(tmp_path / "out", tmp_path / "out")
