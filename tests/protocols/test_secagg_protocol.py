@@ -93,20 +93,21 @@ def test_ten_silos_three_dropping_after_their_masked_input_give_the_exact_sum() 
 
 def test_silos_dropping_before_their_masked_input_are_recovered_from_pairwise_shares() -> None:
     names = _silos(10)
-    spec = P.secagg_spec(silos=names, length=64, granularity=GRID, threshold=5, value_bound=1.0)
+    spec = P.secagg_spec(silos=names, length=64, granularity=GRID, threshold=6, value_bound=1.0)
     values = _values(names, 64, seed=1)
-    drops = {"site0": "masked", "site4": "masked", "site6": "reveal", "site9": "shares"}
+    # t = 6 of 9 neighbours (2t > k + 1 colluder): three silos may drop
+    drops = {"site0": "masked", "site4": "masked", "site6": "reveal"}
     _, out = _run(spec, values, drops=drops)
     agg = out[AGG]
     assert agg.status == "ok", agg.reason
-    assert set(agg.contributors) == set(names) - {"site0", "site4", "site9"}
+    assert set(agg.contributors) == set(names) - {"site0", "site4"}
     assert agg.recovered == ("site0", "site4")  # shared their keys, then sent no masked input
     assert np.array_equal(agg.total, np.sum([values[s] for s in agg.contributors], axis=0))
     for s in set(names) - set(drops):
         o = out[s]
         # the safety rule as the silo applied it: one kind of share per peer
         assert o.revealed["site0"] == o.revealed["site4"] == "pairwise"
-        assert o.revealed["site6"] == "self-mask" and "site9" not in o.revealed
+        assert o.revealed["site6"] == "self-mask"
 
 
 def test_a_sparse_secagg_plus_graph_gives_the_exact_sum() -> None:
@@ -367,13 +368,42 @@ def test_refusals_before_anything_is_sent() -> None:
         P.secagg_spec(silos=names, length=4, granularity=GRID, threshold=2)
     with pytest.raises(ConfigError, match="colluders"):
         P.secagg_spec(silos=names, length=4, granularity=GRID, threshold=2, dp=P.SecAggDP(clip=1.0, noise_sigma=10.0, colluders=2))
+    # 2t <= k + colluders: two disjoint halves of the neighbours could be told different stories
+    with pytest.raises(ConfigError, match=r"needs colluders < t and 2t > k \+ colluders"):
+        P.secagg_spec(silos=names, length=4, granularity=GRID, threshold=2, value_bound=1.0)
+    assert P.secagg_spec(silos=names, length=4, granularity=GRID, value_bound=1.0).threshold == 3  # the default
     with pytest.raises(ConfigError, match="more than the 64"):
-        P.secagg_spec(silos=names, length=4, granularity=2.0**-60, threshold=2, value_bound=2.0**10)
+        P.secagg_spec(silos=names, length=4, granularity=2.0**-60, threshold=3, value_bound=2.0**10)
     dp = P.SecAggDP(clip=1.0, noise_sigma=10.0)
-    spec = P.secagg_spec(silos=names, length=4, granularity=GRID, threshold=2, dp=dp)
+    spec = P.secagg_spec(silos=names, length=4, granularity=GRID, threshold=3, dp=dp)
     hub = InProcessHub("job", [*names, AGG])
     with pytest.raises(ConfigError, match="exceeds the clip"):
         P.silo_secagg_sum(hub.channel("site0"), round=1, aggregator=AGG, spec=spec, values=np.ones(4), timeout=1)
     with pytest.raises(ConfigError, match="must not be a silo"):
         P.silo_secagg_sum(hub.channel("site0"), round=1, aggregator="site1", spec=spec, values=np.zeros(4), timeout=1)
     assert hub.log == []
+
+
+def test_a_silo_sends_no_masked_input_when_too_few_shares_were_forwarded() -> None:
+    """An aggregator that forwards a silo no shares would make it mask with its self mask alone,
+    and its neighbours' self-mask shares would then open its input (Bonawitz et al. 2017, Fig. 4:
+    a user aborts if |U2| < t). The silo refuses: it never sends a masked input."""
+    names = _silos(5)
+    spec = P.secagg_spec(silos=names, length=16, granularity=GRID, value_bound=1.0)
+    target = "site0"
+
+    class _EmptyForward:
+        def __init__(self, ch: Any) -> None:
+            self._ch = ch
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self._ch, name)
+
+        def send(self, recipient: str, kind: str, payload: Any, *, round: int) -> None:
+            if recipient == target and kind == P.KIND_CONTROL and payload.get("type") == "forward":
+                payload = {**payload, "sealed": {}}
+            return self._ch.send(recipient, kind, payload, round=round)
+
+    with pytest.raises(ProtocolError, match=r"site0: round 1: shares from only 1 silos were forwarded .* the masked "
+                                            r"input is not sent"):
+        _run(spec, _values(names, 16, seed=3), job="job-empty", round=1, wrap_aggregator=_EmptyForward)

@@ -224,10 +224,14 @@ class SecAggSpec:
         return out
 
 
-def default_threshold(degree: int) -> int:
-    """``⌊k/2⌋ + 1``: a majority of each neighbourhood (Bonawitz et al. require ``t > n/2`` so
-    that a server cannot obtain both kinds of shares of one silo from two disjoint halves)."""
-    return max(2, int(degree) // 2 + 1)
+def default_threshold(degree: int, colluders: int = 0) -> int:
+    """``⌊(k + c)/2⌋ + 1`` for ``c`` colluding silos: the smallest t with ``2t > k + c``.
+
+    Without the consistency round of Bonawitz et al.'s malicious-server protocol, an
+    aggregator can tell two disjoint sets of honest neighbours different stories about one
+    silo (dropped / survived) and collect t shares of each of its two secrets; with ``c``
+    colluders that needs ``2t <= k + c``, so ``2t > k + c`` rules it out."""
+    return max(2, (int(degree) + int(colluders)) // 2 + 1)
 
 
 def secagg_spec(
@@ -242,6 +246,7 @@ def secagg_spec(
     bad_fraction: float = DEFAULT_BAD_FRACTION,
     prg: str = "aes-ctr",
     quorum: int | None = None,
+    colluders: int = 1,
 ) -> SecAggSpec:
     """Validate and complete the public parameters (degree, ring bits, the rounded norm bound).
 
@@ -269,9 +274,22 @@ def secagg_spec(
         raise ConfigError(f"degree must be an integer in [1, {n - 1}] for {n} silos, got {degree!r}")
     if k < n - 1 and k % 2:
         raise ConfigError(f"degree must be even below {n - 1} (Harary graph), got {k}")
-    t = default_threshold(k) if threshold is None else threshold
+    c = dp.colluders if isinstance(dp, SecAggDP) else colluders
+    if isinstance(c, bool) or not isinstance(c, int) or c < 0:
+        raise ConfigError(f"colluders must be an integer >= 0, got {c!r}")
+    t = default_threshold(k, c) if threshold is None else threshold
     if isinstance(t, bool) or not isinstance(t, int) or not 2 <= t <= k:
-        raise ConfigError(f"threshold must be an integer in [2, degree = {k}], got {threshold!r}")
+        raise ConfigError(
+            f"threshold must be an integer in [2, degree = {k}], got {t!r}"
+            + (f" (the default for {c} colluder(s) among {k} neighbours: add silos or lower colluders)"
+               if threshold is None else "")
+        )
+    if c >= t or 2 * t <= k + c:
+        raise ConfigError(
+            f"threshold {t} with {c} colluder(s) among {k} neighbours: SecAgg+ needs colluders < t and "
+            f"2t > k + colluders (else the aggregator and the colluders could rebuild a silo's masks); "
+            f"use threshold >= {default_threshold(k, c)} or fewer colluders"
+        )
     if quorum is not None and (isinstance(quorum, bool) or not isinstance(quorum, int) or not 1 <= quorum <= n):
         raise ConfigError(f"quorum must be an integer in [1, {n}] for {n} silos, got {quorum!r}")
     q = None if quorum is None or quorum <= t else quorum
@@ -598,6 +616,9 @@ def silo_secagg_sum(
         if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, bytes) and len(p) == 32 for p in pair)):
             raise ProtocolError(f"{me}: round {round}: malformed public keys of {v!r}")
         pub[v] = (pair[0], pair[1])
+    if len(pub) + 1 < spec.threshold:  # U1, itself included (Bonawitz et al. 2017, Fig. 4)
+        raise ProtocolError(f"{me}: round {round}: only {len(pub) + 1} silos advertised keys (threshold "
+                            f"t = {spec.threshold}): the round is refused before anything is shared")
     try:
         sealing = {v: share_key(keys.c, pub[v][0], job=job, round=round, me=me, peer=v) for v in pub}
     except (CryptoError, CiphertextFormatError) as exc:
@@ -627,6 +648,11 @@ def silo_secagg_sum(
         if index != _holder_index(graph, u, me):
             raise ProtocolError(f"{me}: round {round}: {u!r} sealed shares with the wrong index")
         held[u] = (index, b_share, s_share)
+    if len(held) + 1 < spec.threshold:
+        # U2, itself included: with fewer pairwise masks its masked input could be opened with
+        # its self-mask shares alone (Bonawitz et al. 2017, Fig. 4)
+        raise ProtocolError(f"{me}: round {round}: shares from only {len(held) + 1} silos were forwarded "
+                            f"(threshold t = {spec.threshold}): the masked input is not sent")
     rng = stream if stream is not None else sa.secret_stream()
     charged = False
     try:

@@ -85,6 +85,9 @@ class SumPlan:
     silos: tuple[str, ...]
     quorum: int
     backend_params: Mapping[str, Any]
+    #: silos that may collude with the aggregator (``[privacy] colluders``; 1 without DP): the
+    #: SecAgg+ threshold is sized against them
+    colluders: int = 1
 
     def spec(self, length: int, *, dp: sg.SecAggDP | None = None, granularity: float | None = None) -> sg.SecAggSpec:
         """The SecAgg+ spec of one sum of ``length`` values (exact, or with the DDG ``dp``)."""
@@ -106,7 +109,7 @@ class SumPlan:
             granularity=float(granularity if granularity is not None else p["granularity"]),
             threshold=None if threshold is None else int(threshold), degree=k,
             value_bound=None if dp is not None else float(p["value_bound"]), dp=dp, prg=str(p["prg"]),
-            quorum=self.quorum,
+            quorum=self.quorum, colluders=self.colluders,
         )
 
     def ddg(self, *, length: int, epsilon: float, delta: float, rounds: int, clip: float, colluders: int) -> sg.SecAggDP:
@@ -149,7 +152,7 @@ def plan_sums(
         params = dict(built.params())
         if len(silos) < 2:
             raise ConfigError("crypto.backend: a keyless secure sum (SecAgg+) needs at least 2 silos")
-    return SumPlan(keyless, tuple(sorted(silos)), min(quorum, max(1, len(silos))), params)
+    return SumPlan(keyless, tuple(sorted(silos)), min(quorum, max(1, len(silos))), params, colluders)
 
 
 # ---------------------------------------------------------------------------------------------
