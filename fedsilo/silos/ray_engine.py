@@ -255,7 +255,18 @@ def _init(ray: Any, *, address: str | None, num_cpus: int | None, parties: int) 
         if not isinstance(exc, Exception):
             raise
         raise ConfigError(f"ray engine: cannot start a local Ray: {_first_line(exc)}") from None
+    _private_token()
     return tmp
+
+
+def _private_token() -> None:
+    """Ray (2.60) writes the token of its token authentication to ``~/.ray/auth_token`` with
+    the process umask (often 0644), and a local Ray listens on every interface: anyone on the
+    host who reads the token could run code in the party actors. Keep it the user's own."""
+    token = Path.home() / ".ray" / "auth_token"
+    with contextlib.suppress(OSError):
+        if token.is_file() and token.stat().st_uid == os.getuid() and token.stat().st_mode & 0o077:
+            os.chmod(token, 0o600)
 
 
 def _cpus() -> int:
