@@ -1087,7 +1087,8 @@ class Agent:
                     sent = channel.bytes_sent
         except BaseException as exc:  # noqa: BLE001 - reported to the submitter
             if js.abort.is_set() and not isinstance(exc, (DataError, ConfigError)):
-                exc = JobAbortedError(js.abort_reason)
+                # this agent stopping is the cause of the others' failures; an abort it was sent is not
+                exc = (AgentStoppingError if self._draining else JobAbortedError)(js.abort_reason)
             error = PartyError.from_exception(self.name, js.step, exc)
             self.audit.write("party_failed", job=js.job, step=js.step, error=type(exc).__name__, message=one_line(exc))
             if not isinstance(exc, FedsiloError):
@@ -1171,9 +1172,24 @@ class Agent:
             first_failure = outcome.status == "failed" and js.error is None and js.state == "running"
         if first_failure:
             assert outcome.error is not None
+            if outcome.error.type in _SECONDARY and not done:
+                # a party woken by another's failure (aborted, timed out waiting) often reports
+                # first: give the cause SETTLE seconds to arrive and name the job's error
+                threading.Timer(SETTLE, self._settle, args=(js, outcome.error.line())).start()
+                return
             self._fail(js, outcome.error.line())
         elif done and js.state == "running":
-            self._finish(js)
+            failed = [o.error for o in js.outcomes.values() if o.status == "failed" and o.error is not None]
+            if failed and js.error is None:  # only secondary failures, every outcome in: the first one
+                self._fail(js, failed[0].line())
+            else:
+                self._finish(js)
+
+    def _settle(self, js: _Job, line: str) -> None:
+        with self._lock:
+            pending = js.error is None and js.state == "running"
+        if pending:
+            self._fail(js, line)
 
     def _fail(self, js: _Job, message: str, *, state: str = "failed") -> None:
         with self._lock:
@@ -1403,6 +1419,17 @@ class _AgentChannel(GrpcChannel):
 
 
 # -- the client (the operator's CLI, and one agent calling another) -----------------------------------------
+class AgentStoppingError(JobAbortedError):
+    """A party's job ended because its own agent is stopping (SIGTERM): the cause of the
+    other parties' aborts, so the job's error names it."""
+
+
+#: failures that follow another party's (woken by its abort, timed out waiting for it)
+_SECONDARY = frozenset({"JobAbortedError", "PeerTimeoutError"})
+#: seconds the coordinator waits, after a secondary failure, for the failure that caused it
+SETTLE = 2.0
+
+
 def _one_agent_per_ledger(cfg: SiloConfig) -> int:
     """An exclusive lock beside the ledger, held while the agent runs (the descriptor): a
     second agent on the same ledger would overwrite the first one's state file and mix two

@@ -645,6 +645,11 @@ class PartyServer:
                         f"{what} of {size} bytes exceeds the limit of {self.party!r}, {limit} bytes (max_message_bytes)")
         with self._lock:
             members = self._members.get(header["job"])
+            closed = header["job"] in self._closed_jobs
+        if members is None and closed:
+            # the job ended here (done, aborted, the agent stopping): the sender's failure follows
+            # this party's, and says so (ABORTED -> JobAbortedError), so this party's own error wins
+            self._abort(context, peer, grpc.StatusCode.ABORTED, f"{what}: the job is closed at {self.party!r}")
         if members is None and self.registered_jobs_only:
             self._abort(context, peer, grpc.StatusCode.PERMISSION_DENIED, f"{what}: no such job on {self.party!r}")
         if members is not None and peer not in members:
@@ -796,6 +801,8 @@ class _PeerLink:
             return PeerTimeoutError(f"{where}: {what} did not complete before its deadline ({details})")
         if code == grpc.StatusCode.UNIMPLEMENTED:
             return PeerRejectedError(f"{where}: does not serve {SERVICE} ({details})")
+        if code == grpc.StatusCode.ABORTED:
+            return JobAbortedError(f"{where} refused {what}: {details}")
         return PeerRejectedError(f"{where} refused {what}: {code.name}: {details}")
 
     def hello(self) -> None:
