@@ -1175,7 +1175,9 @@ class Agent:
             if outcome.error.type in _SECONDARY and not done:
                 # a party woken by another's failure (aborted, timed out waiting) often reports
                 # first: give the cause SETTLE seconds to arrive and name the job's error
-                threading.Timer(SETTLE, self._settle, args=(js, outcome.error.line())).start()
+                timer = threading.Timer(SETTLE, self._settle, args=(js, outcome.error.line()))
+                timer.daemon = True  # never holds a stopping agent's process
+                timer.start()
                 return
             self._fail(js, outcome.error.line())
         elif done and js.state == "running":
