@@ -24,6 +24,7 @@ from typing import Any
 
 from fedsilo.errors import JobAbortedError, PeerRejectedError, PeerTimeoutError, ProtocolError
 from fedsilo.protocols import codec
+from fedsilo.protocols.identity import LocalDirectory, PartyIdentity
 
 __all__ = ["Channel", "Envelope", "InProcessHub", "MAX_PENDING", "MAX_PENDING_BYTES", "run_parties"]
 
@@ -60,8 +61,9 @@ class Envelope:
 class Channel(abc.ABC):
     """One party's endpoint. Subclasses implement ``_deliver`` and ``_next``."""
 
-    def __init__(self, *, party: str, job: str, peers: Iterable[str]) -> None:
+    def __init__(self, *, party: str, job: str, peers: Iterable[str], identity: PartyIdentity | None = None) -> None:
         self.party = party
+        self._identity = identity
         self.job = job
         self.peers = frozenset(peers) - {party}
         self.bytes_sent = 0
@@ -70,6 +72,12 @@ class Channel(abc.ABC):
         self._pending_count = 0
         self._pending_bytes = 0
         self._last_seq: dict[str, int] = defaultdict(int)
+
+    @property
+    def identity(self) -> PartyIdentity | None:
+        """This party's signing identity (:mod:`fedsilo.protocols.identity`), for material another
+        party relays; None on a transport without one (plaintext loopback gRPC)."""
+        return self._identity
 
     # -- transport hooks ----------------------------------------------------------------------
     @abc.abstractmethod
@@ -177,6 +185,15 @@ class InProcessHub:
         self._cond = threading.Condition()
         self._aborted: str | None = None
         self._channels: dict[str, _InProcessChannel] = {}
+        self._directory: LocalDirectory | None = None
+
+    @property
+    def directory(self) -> LocalDirectory:
+        """The parties' Ed25519 identities (made on first use: most jobs never sign anything)."""
+        with self._cond:
+            if self._directory is None:
+                self._directory = LocalDirectory(self.parties)
+            return self._directory
 
     def channel(self, party: str) -> "_InProcessChannel":
         if party not in self._boxes:
@@ -225,6 +242,12 @@ class _InProcessChannel(Channel):
     def __init__(self, hub: InProcessHub, party: str) -> None:
         super().__init__(party=party, job=hub.job, peers=hub.parties)
         self._hub = hub
+
+    @property
+    def identity(self) -> PartyIdentity:
+        if self._identity is None:
+            self._identity = self._hub.directory.identity(self.party)
+        return self._identity
 
     def _deliver(self, envelope: Envelope) -> None:
         self._hub._put(envelope)

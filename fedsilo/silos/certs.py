@@ -38,10 +38,11 @@ from typing import Any
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from fedsilo.errors import ConfigError, PeerRejectedError
+from fedsilo.errors import ConfigError, PeerRejectedError, ProtocolError
+from fedsilo.protocols.identity import PartyIdentity
 from fedsilo.silos.config import _NAME
 from fedsilo.silos.data import check_creatable
 
@@ -53,6 +54,7 @@ __all__ = [
     "DEFAULT_HOSTS",
     "SILO_CERT",
     "SILO_KEY",
+    "CertificateIdentity",
     "CertificateInfo",
     "FederationFiles",
     "SiloFiles",
@@ -653,3 +655,82 @@ def issue_silo(
             t.unlink(missing_ok=True)
         raise _os_error(Path(exc.filename) if exc.filename else d, exc) from None
     return SiloFiles(name, d / SILO_CERT, d / SILO_KEY)
+
+
+class CertificateIdentity(PartyIdentity):
+    """A silo agent's signing identity: its mTLS certificate and key, checked against the federation CA.
+
+    What the silo signs (SecAgg+'s advertised keys and survivor set, which the aggregator relays)
+    is signed with the same key that proves the silo's name in TLS, over a domain-separated digest
+    (:func:`fedsilo.protocols.identity.signed_message`; TLS 1.3 signs under its own context
+    string, so neither signature can be replayed as the other). A peer's credential is its
+    certificate PEM: accepted only if the federation CA issued it directly, it is valid now, it
+    is not a CA, and it proves exactly the peer's silo name (:func:`peer_name_from_cert`).
+    """
+
+    def __init__(self, tls: TlsFiles) -> None:
+        self.name = tls.name
+        self._cert = tls.cert
+        self._key = serialization.load_pem_private_key(tls.key, password=None)
+        self._ca = x509.load_pem_x509_certificate(tls.ca)
+
+    def __repr__(self) -> str:
+        return f"<CertificateIdentity {self.name!r} (key hidden)>"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a party identity holds a private key and is not picklable")
+
+    @property
+    def credential(self) -> bytes:
+        return self._cert
+
+    def sign(self, message: bytes) -> bytes:
+        return _sign_with(self._key, message)
+
+    def verify(self, peer: str, credential: bytes, message: bytes, signature: bytes) -> None:
+        credential, signature = self.check_sizes(peer, credential, signature)
+        try:
+            cert = x509.load_pem_x509_certificate(credential)
+        except ValueError:
+            raise ProtocolError(f"{self.name}: the credential presented for {peer!r} is not a PEM certificate") from None
+        try:
+            cert.verify_directly_issued_by(self._ca)
+        except (ValueError, TypeError, InvalidSignature):
+            raise ProtocolError(
+                f"{self.name}: the certificate presented for {peer!r} was not issued by this federation's CA"
+            ) from None
+        try:
+            name = peer_name_from_cert(credential)
+        except PeerRejectedError as exc:
+            raise ProtocolError(f"{self.name}: the certificate presented for {peer!r}: {exc}") from None
+        if name.lower() != peer.lower():
+            raise ProtocolError(f"{self.name}: the certificate presented for {peer!r} is {name!r}'s")
+        moment = _now(None)
+        if not cert.not_valid_before_utc <= moment <= cert.not_valid_after_utc:
+            raise ProtocolError(f"{self.name}: the certificate of {peer!r} is not valid now "
+                                f"(valid {cert.not_valid_before_utc.isoformat()} to {cert.not_valid_after_utc.isoformat()})")
+        try:
+            _verify_with(cert.public_key(), signature, message)
+        except (InvalidSignature, ValueError, TypeError, UnsupportedAlgorithm):
+            raise ProtocolError(f"{self.name}: the signature of {peer!r} does not verify against its certificate") from None
+
+
+def _sign_with(key: Any, message: bytes) -> bytes:
+    if isinstance(key, ec.EllipticCurvePrivateKey):
+        return key.sign(message, ec.ECDSA(hashes.SHA256()))
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        return key.sign(message)
+    if isinstance(key, rsa.RSAPrivateKey):
+        return key.sign(message, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32), hashes.SHA256())
+    raise ConfigError(f"a silo key of type {type(key).__name__} cannot sign (EC, Ed25519 or RSA keys can)")
+
+
+def _verify_with(key: Any, signature: bytes, message: bytes) -> None:
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        key.verify(signature, message, ec.ECDSA(hashes.SHA256()))
+    elif isinstance(key, ed25519.Ed25519PublicKey):
+        key.verify(signature, message)
+    elif isinstance(key, rsa.RSAPublicKey):
+        key.verify(signature, message, padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=32), hashes.SHA256())
+    else:
+        raise InvalidSignature("unsupported key type")

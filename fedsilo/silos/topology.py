@@ -169,10 +169,11 @@ def _keyless_sum(cfg: JobConfig, *, update: str, evaluation: bool) -> nx.DiGraph
     """Silos and one aggregator running SecAgg+ (:mod:`fedsilo.protocols.horizontal.secagg`), the
     secure sum of a keyless backend: no key ceremony and **no silo-to-silo edge**. Every
     silo-to-silo message of the protocol (public keys, Shamir shares sealed for one neighbour)
-    is relayed by the aggregator: each silo sends it its public keys, its sealed shares, its
-    masked ``update`` (and evaluation counts) and its unmasking shares; the aggregator answers
-    with the round's control messages (the neighbours' keys, the shares sealed for this silo,
-    the unmasking request and the unmasked sum)."""
+    is relayed by the aggregator: each silo sends it its signed public keys, its sealed shares,
+    its masked ``update`` (and evaluation counts), its signature on the survivor set and its
+    unmasking shares; the aggregator answers with the round's control messages (the neighbours'
+    signed keys, the shares sealed for this silo, the survivor set, the unmasking request with
+    the survivors' signatures, and the unmasked sum)."""
     from fedsilo.protocols.horizontal import secagg as sg
 
     names = cfg.silo_names()
@@ -186,6 +187,7 @@ def _keyless_sum(cfg: JobConfig, *, update: str, evaluation: bool) -> nx.DiGraph
                  Flow("Shamir shares sealed for each neighbour", (sg.KIND_SHARES,)),
                  Flow(f"masked {noised}{update}", (sg.KIND_MASKED,)),
                  *([Flow("masked evaluation counts", (sg.KIND_MASKED,))] if evaluation else []),
+                 Flow("signature on the round's survivor set", (sg.KIND_CONSISTENCY,)),
                  Flow("unmasking shares", (sg.KIND_REVEAL,)),
                  *([Flow("withdrawal notice", (sg.KIND_WITHDRAW,), when="when its budget is exhausted")]
                    if cfg.privacy is not None else []))

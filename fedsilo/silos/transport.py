@@ -84,7 +84,7 @@ from fedsilo.errors import (
 )
 from fedsilo.protocols import codec
 from fedsilo.protocols.channel import Channel, Envelope
-from fedsilo.silos.certs import TlsFiles, check_silo_name, identity_name, peer_name_from_cert
+from fedsilo.silos.certs import CertificateIdentity, TlsFiles, check_silo_name, identity_name, peer_name_from_cert
 
 __all__ = [
     "DELIVER",
@@ -390,6 +390,9 @@ class PartyServer:
             raise ConfigError(f"party {party!r} does not match the name in its certificate ({tls.name!r})")
         self.party: str = check_silo_name(party if tls is None else tls.name, what="party name")  # type: ignore[arg-type]
         self.tls = tls
+        #: what this party signs relayed protocol material with (its certificate's key); None in
+        #: plaintext mode, where nothing can be signed
+        self.identity = CertificateIdentity(tls) if tls is not None else None
         self.insecure = tls is None
         self.allow = frozenset(check_silo_name(a, what="allowed peer") for a in allow) - {self.party}
         self.host = host
@@ -880,7 +883,7 @@ class GrpcChannel(Channel):
         options: TransportOptions | None = None,
         senders: Iterable[str] | None = None,
     ) -> None:
-        super().__init__(party=server.party, job=job, peers=peers)
+        super().__init__(party=server.party, job=job, peers=peers, identity=server.identity)
         if not isinstance(job, str) or not 0 < len(job) <= 256:
             raise ConfigError(f"invalid job id {job!r}: 1-256 characters")
         self.server = server

@@ -174,7 +174,8 @@ def test_a_keyless_backend_has_no_silo_to_silo_edge() -> None:
         ("aggregator", n) for n in ("st_marys", "city_general", "riverside")}
     kinds = {k for f in graph.edges["riverside", "aggregator"]["flows"] for k in f.kinds}
     # (under DP a silo whose budget is exhausted says so: a conditional flow)
-    assert kinds == {sg.KIND_ADVERTISE, sg.KIND_SHARES, sg.KIND_MASKED, sg.KIND_REVEAL, sg.KIND_WITHDRAW}
+    assert kinds == {sg.KIND_ADVERTISE, sg.KIND_SHARES, sg.KIND_MASKED, sg.KIND_CONSISTENCY, sg.KIND_REVEAL,
+                     sg.KIND_WITHDRAW}
     assert [f.when for f in graph.edges["riverside", "aggregator"]["flows"] if sg.KIND_WITHDRAW in f.kinds] == [
         "when its budget is exhausted"]
     assert hz_msgs.KEY_SECRET not in kinds and hz_msgs.KEY_PUBLIC not in kinds

@@ -9,18 +9,23 @@ masks. The maths is :mod:`fedsilo.crypto.secagg`; the accounting
 aggregator, which holds no key of any kind. ``N(u)`` is silo ``u``'s neighbourhood in the public
 graph (:func:`round_graph`), ``t`` the threshold::
 
-    0  silo u     -- ADVERTISE  Advertise(c_pk, s_pk)              --> aggregator
-       aggregator -- CONTROL    Keys({v: (c_pk, s_pk)})            --> u in U1, for v in N(u) ∩ U1
-    1  silo u     -- SHARES     Shares({v: seal(b_u, s_u shares)}) --> aggregator
-       aggregator -- CONTROL    Forward({u: sealed for v})         --> v in U2
-    2  silo u     -- MASKED     Masked(y_u)                         --> aggregator
-       aggregator -- CONTROL    Unmask(self_mask, pairwise)        --> v in U3
-    3  silo v     -- REVEAL     Reveal({u: b_u share} | {u: s_u share}) --> aggregator
-       aggregator -- CONTROL    Result(sum, contributors, dropped) | Abort(reason) --> every silo
+    0  silo u     -- ADVERTISE    Advertise(c_pk, s_pk, cert_u, sig_u)   --> aggregator
+       aggregator -- CONTROL      Keys({v: (c_pk, s_pk, cert_v, sig_v)}) --> u in U1, for v in N(u) ∩ U1
+    1  silo u     -- SHARES       Shares({v: seal(b_u, s_u shares)})     --> aggregator
+       aggregator -- CONTROL      Forward({u: sealed for v})             --> v in U2
+    2  silo u     -- MASKED       Masked(y_u)                             --> aggregator
+       aggregator -- CONTROL      Survivors(U2, U3)                       --> v in U3
+    3  silo v     -- CONSISTENCY  Consistency(cert_v, sig_v(U2, U3))      --> aggregator
+       aggregator -- CONTROL      Unmask(self_mask, pairwise, {w: sig_w}) --> v in U3' (the signers)
+    4  silo v     -- REVEAL       Reveal({u: b_u share} | {u: s_u share}) --> aggregator
+       aggregator -- CONTROL      Result(sum, contributors, dropped) | Abort(reason) --> every silo
 
 * **Advertise keys.** Each silo makes two fresh X25519 key pairs for the round: ``c`` (to seal
-  the Shamir shares it sends its neighbours) and ``s`` (for the pairwise masks). U1: the silos
-  whose keys arrived.
+  the Shamir shares it sends its neighbours) and ``s`` (for the pairwise masks), and signs them
+  with its identity (:mod:`fedsilo.protocols.identity`: the agent's certificate key; in-process,
+  the hub's Ed25519 directory). Each neighbour checks the signature against the signer's
+  certificate before sealing anything for it, so the relaying aggregator cannot substitute keys.
+  U1: the silos whose keys arrived.
 * **Share keys.** Each silo draws a self-mask seed ``b_u`` and Shamir-shares ``b_u`` and its
   masking secret ``s_u`` ``t``-of-``|N(u)|`` among its neighbours (share index: the neighbour's
   position in sorted ``N(u)``, plus one), each neighbour's pair of shares sealed with
@@ -29,11 +34,18 @@ graph (:func:`round_graph`), ``t`` the threshold::
   when ``u < v``), where ``x_u`` is the fixed-point update, or under DP the rotated, scaled,
   conditionally rounded update plus the silo's discrete Gaussian share. The silo's ledger is
   charged *before* ``y_u`` leaves it. U3: the silos whose masked input arrived.
-* **Unmasking.** Each survivor ``v`` is asked, for every neighbour ``u``, for **either** its
+* **Consistency check.** The aggregator sends every silo of U3 the survivor sets (U2, U3). A silo
+  signs them only if they agree with what it saw (it is in U3, its forwarded shares came from
+  exactly ``N(v) ∩ U2``), U3 holds at least ``max(quorum, ⌊(n + c)/2⌋ + 1)`` silos and is
+  connected in the graph (each part of a disconnected U3 could be unmasked alone). Signers: U3'.
+* **Unmasking.** Each signer ``v`` is asked, for every neighbour ``u``, for **either** its
   share of ``b_u`` (``u`` ∈ U3: its self mask must be removed) **or** its share of ``s_u``
   (``u`` ∈ U2 \\ U3: its pairwise masks with U3 did not cancel) — **never both**: with both, the
   aggregator could unmask ``u``'s input alone. The silo enforces it (:class:`ProtocolError`,
-  nothing sent) and answers one unmasking request per round. U4: the silos whose reveal arrived.
+  nothing sent), answers one unmasking request per round, and only with the signatures of at
+  least ``⌊(n + c)/2⌋ + 1`` silos on the survivor set it signed itself
+  (:func:`required_signatures`: no second set can be certified, so every honest silo is asked
+  for the shares of the same U3) and a request that follows it. U4: the silos whose reveal arrived.
 * **Result.** The aggregator reconstructs every needed secret from ``t`` shares (checking each
   reconstructed ``s_u`` against its advertised public key), removes the masks, decodes (and under
   DP undoes the rotation) and sends the sum to every silo.
@@ -46,9 +58,12 @@ theoretically, independent of it, so an aborted round unmasks nothing.
 Threat model (docs/secagg.md): an honest-but-curious aggregator colluding with fewer than ``t``
 silos learns nothing about an honest silo's input beyond the sum of the honest survivors (plus,
 under DP, the noise); ``t`` colluding neighbours of a silo can reconstruct both its secrets.
-Advertised public keys are relayed by the aggregator and not yet signed: an *active* aggregator
-could substitute them (Bonawitz et al.'s malicious variant signs them; the silo agents' mTLS
-certificates are the intended signing keys). Participation (U1..U3) is public to the aggregator.
+Against an *active* aggregator (Bonawitz et al.'s malicious variant): the advertised keys and the
+survivor set are signed, the never-both rule and ``2t > k + c`` keep one silo's two secrets
+apart, and the certified U3 keeps every silo's request consistent. Participation (U1..U3) is
+public to the aggregator. The neighbourhood graph comes from public randomness the submitter's
+job id feeds (:func:`round_graph`); the threshold needs ``c < t`` colluders *in total*, so no
+choice of graph puts ``t`` colluders next to a silo.
 """
 from __future__ import annotations
 
@@ -74,11 +89,13 @@ from fedsilo.privacy.distributed import ddg_noise_sigma, rounded_l1_bound, round
 from fedsilo.privacy.events import DistributedDiscreteGaussianEvent
 from fedsilo.protocols import codec
 from fedsilo.protocols.channel import Channel
+from fedsilo.protocols.identity import PartyIdentity, signed_message
 
 __all__ = [
     "KIND_ADVERTISE",
     "KIND_SHARES",
     "KIND_MASKED",
+    "KIND_CONSISTENCY",
     "KIND_REVEAL",
     "KIND_CONTROL",
     "KIND_WITHDRAW",
@@ -94,6 +111,9 @@ __all__ = [
     "secagg_spec",
     "calibrate_dp",
     "default_threshold",
+    "required_signatures",
+    "advert_digest",
+    "survivors_digest",
     "round_graph",
     "rotation_seed",
     "share_key",
@@ -111,15 +131,17 @@ __all__ = [
 KIND_ADVERTISE = "secagg.advertise"  #: silo -> aggregator: Advertise
 KIND_SHARES = "secagg.shares"  #: silo -> aggregator: Shares (sealed, one per neighbour)
 KIND_MASKED = "secagg.masked"  #: silo -> aggregator: Masked
+KIND_CONSISTENCY = "secagg.consistency"  #: silo -> aggregator: Consistency (its signature on the survivor set)
 KIND_REVEAL = "secagg.reveal"  #: silo -> aggregator: Reveal
 KIND_CONTROL = "secagg.ctl"  #: aggregator -> silo: Keys | Forward | Unmask | Result | Abort | Stop
 KIND_WITHDRAW = "secagg.withdraw"  #: silo -> aggregator: its ledger refused the charge (no data)
-MESSAGE_KINDS = (KIND_ADVERTISE, KIND_SHARES, KIND_MASKED, KIND_REVEAL, KIND_CONTROL, KIND_WITHDRAW)
+MESSAGE_KINDS = (KIND_ADVERTISE, KIND_SHARES, KIND_MASKED, KIND_CONSISTENCY, KIND_REVEAL, KIND_CONTROL, KIND_WITHDRAW)
 
 #: Where a silo can be made to go silent (test hook, a real missing message): before advertising
 #: its keys, after advertising (no shares), after its shares (no masked input), after its masked
-#: input (no unmasking shares: "dropped mid-round", recovered from the survivors).
-DROP_PHASES: tuple[str, ...] = ("advertise", "shares", "masked", "reveal")
+#: input (no signature, no unmasking shares: "dropped mid-round", recovered from the survivors),
+#: after signing the survivor set (no unmasking shares).
+DROP_PHASES: tuple[str, ...] = ("advertise", "shares", "masked", "reveal", "unmask")
 
 #: Colluding plus dropped fraction the default degree is sized for (:func:`secagg.secagg_plus_degree`).
 DEFAULT_BAD_FRACTION = 1.0 / 3.0
@@ -168,6 +190,9 @@ class SecAggSpec:
         quorum: the fewest contributions a released sum may hold when a protocol needs more than
             ``threshold`` (its exposure rule, ``min_silos``): the aggregator aborts before
             unmasking below it, and under DP the noise is sized for it. ``None``: ``threshold``.
+        colluders: silos that may collude with the aggregator (under DP, ``dp.colluders``): the
+            threshold and the survivor-set certificate (:func:`required_signatures`) are sized
+            against them.
     """
 
     silos: tuple[str, ...]
@@ -181,6 +206,12 @@ class SecAggSpec:
     prg: str = "aes-ctr"
     norm_bound: float | None = None
     quorum: int | None = None
+    colluders: int = 1
+
+    @property
+    def min_survivors(self) -> int:
+        """Fewest signatures that certify a round's survivor set: :func:`required_signatures`."""
+        return required_signatures(len(self.silos), self.colluders)
 
     @property
     def min_contributors(self) -> int:
@@ -232,6 +263,48 @@ def default_threshold(degree: int, colluders: int = 0) -> int:
     silo (dropped / survived) and collect t shares of each of its two secrets; with ``c``
     colluders that needs ``2t <= k + c``, so ``2t > k + c`` rules it out."""
     return max(2, (int(degree) + int(colluders)) // 2 + 1)
+
+
+def required_signatures(silos: int, colluders: int) -> int:
+    """``⌊(n + c)/2⌋ + 1``: signatures that certify one round's survivor set (U2, U3).
+
+    Every honest silo signs one survivor set per round. Two different certified sets would need
+    two signer sets of more than ``(n + c)/2`` silos each, sharing at most the ``c`` colluders
+    (who sign anything): more than ``n`` silos. So an active aggregator can certify at most one
+    set, and every honest silo it asks to unmask sees the same U2 and U3 (the consistency check
+    of Bonawitz et al. 2017, §4, with a majority in place of their ``t > 2n/3`` rule)."""
+    return (int(silos) + int(colluders)) // 2 + 1
+
+
+def advert_digest(*, job: str, round: int, silo: str, c: bytes, s: bytes) -> bytes:
+    """What a silo signs when it advertises its round keys (Bonawitz et al. 2017, Fig. 4, round 0)."""
+    return signed_message(purpose="secagg-advertise", job=job, round=round, signer=silo, content=[c, s])
+
+
+def survivors_digest(*, job: str, round: int, silo: str, u2: Sequence[str], u3: Sequence[str]) -> bytes:
+    """What a silo signs when it accepts a round's survivor set (Bonawitz et al. 2017, Fig. 4, round 3)."""
+    return signed_message(purpose="secagg-survivors", job=job, round=round, signer=silo,
+                          content=[sorted(u2), sorted(u3)])
+
+
+def connected(graph: Mapping[str, Sequence[str]], nodes: Sequence[str]) -> bool:
+    """Whether ``nodes`` induce a connected subgraph of ``graph``.
+
+    A sum over survivors that fall apart into components would let the aggregator unmask each
+    component's sum on its own (no pairwise mask joins two components): Bell et al. 2020 need the
+    honest survivors connected."""
+    left = set(nodes)
+    if not left:
+        return False
+    stack = [min(left)]
+    seen = {stack[0]}
+    while stack:
+        u = stack.pop()
+        for v in graph[u]:
+            if v in left and v not in seen:
+                seen.add(v)
+                stack.append(v)
+    return seen == left
 
 
 def secagg_spec(
@@ -297,7 +370,7 @@ def secagg_spec(
     if dp is None:
         assert value_bound is not None
         bits = sa.fixed_point_bits(value_bound=value_bound, granularity=g, summands=n)
-        return SecAggSpec(names, length, t, k, g, bits, value_bound=float(value_bound), prg=prg, quorum=q)
+        return SecAggSpec(names, length, t, k, g, bits, value_bound=float(value_bound), prg=prg, quorum=q, colluders=c)
     if not isinstance(dp, SecAggDP):
         raise ConfigError(f"dp must be a SecAggDP, got {type(dp).__name__}")
     least = max(t, q or 0)
@@ -309,7 +382,7 @@ def secagg_spec(
     dim = sa.padded_dimension(length)
     bound = rounded_l2_bound(norm=dp.clip / g, dimension=dim, beta=dp.beta)
     bits = sa.ring_bits(value_bound=math.floor(bound), summands=n, noise_sigma=dp.noise_sigma)
-    return SecAggSpec(names, length, t, k, g, bits, dp=dp, prg=prg, norm_bound=bound, quorum=q)
+    return SecAggSpec(names, length, t, k, g, bits, dp=dp, prg=prg, norm_bound=bound, quorum=q, colluders=c)
 
 
 def calibrate_dp(
@@ -428,9 +501,33 @@ def _names(v: Any) -> bool:
 
 def _expect_ctl(channel: Channel, aggregator: str, round: int, timeout: float) -> dict[str, Any]:
     payload = channel.recv(aggregator, KIND_CONTROL, round=round, timeout=timeout)
-    if not isinstance(payload, dict) or payload.get("type") not in ("keys", "forward", "unmask", "result", "abort", "stop"):
+    if not isinstance(payload, dict) or payload.get("type") not in ("keys", "forward", "survivors", "unmask", "result", "abort", "stop"):
         raise ProtocolError(f"{channel.party}: round {round}: malformed control message from {aggregator!r}")
     return payload
+
+
+def _identity(channel: Channel) -> PartyIdentity:
+    """The party's signing identity; SecAgg+ relays keys and survivor sets through the aggregator,
+    so without one nothing could stop the relay from substituting them."""
+    ident = channel.identity
+    if ident is None:
+        raise ConfigError(
+            f"{channel.party}: a keyless secure sum needs signing identities (the silos' certificates): this "
+            "channel has none (plaintext transport); run the job with TLS"
+        )
+    return ident
+
+
+def _signed_sets(payload: Any, silos: Sequence[str]) -> tuple[list[str], list[str]] | None:
+    """``(U2, U3)`` from a survivors message: sorted, distinct silos of the sum, ``U3 ⊆ U2``."""
+    if not isinstance(payload, dict):
+        return None
+    u2, u3 = payload.get("u2"), payload.get("u3")
+    if not (_names(u2) and _names(u3)) or u2 != sorted(set(u2)) or u3 != sorted(set(u3)):
+        return None
+    if not set(u3) <= set(u2) <= set(silos):
+        return None
+    return u2, u3
 
 
 def _ring_bytes(ring: np.ndarray, bits: int) -> bytes:
@@ -475,7 +572,7 @@ class AggregatorSecAggOutcome:
     """How one secure sum ended on the aggregator.
 
     ``total`` is the released (under DP: noised) sum; ``stage`` where an abort happened
-    (``"advertise"``, ``"shares"``, ``"masked"``, ``"reveal"``); ``recovered`` the dropped
+    (``"advertise"``, ``"shares"``, ``"masked"``, ``"consistency"``, ``"reveal"``); ``recovered`` the dropped
     silos whose pairwise masks were removed from their masking secret.
     """
 
@@ -586,8 +683,11 @@ def silo_secagg_sum(
     mine = graph[me]
     if drop == "advertise":
         return SiloSecAggOutcome("dropped", reason="dropped before advertising its keys (test hook)")
+    ident = _identity(channel)
     keys = round_secrets if round_secrets is not None else RoundSecrets.fresh()
-    channel.send(aggregator, KIND_ADVERTISE, {"c": keys.c.public, "s": keys.s.public}, round=round)
+    signature = ident.sign(advert_digest(job=job, round=round, silo=me, c=keys.c.public, s=keys.s.public))
+    channel.send(aggregator, KIND_ADVERTISE, {"c": keys.c.public, "s": keys.s.public, "cred": ident.credential,
+                                              "sig": signature}, round=round)
     if drop == "shares":
         return SiloSecAggOutcome("dropped", reason="dropped after advertising its keys (test hook)")
 
@@ -612,10 +712,14 @@ def silo_secagg_sum(
     if not isinstance(peers, dict) or not set(peers) <= set(mine):
         raise ProtocolError(f"{me}: round {round}: the aggregator sent keys of silos that are not its neighbours")
     pub: dict[str, tuple[bytes, bytes]] = {}
-    for v, pair in peers.items():
-        if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, bytes) and len(p) == 32 for p in pair)):
+    for v, item in peers.items():
+        if not (isinstance(item, list) and len(item) == 4 and all(isinstance(p, bytes) for p in item)
+                and len(item[0]) == 32 and len(item[1]) == 32):
             raise ProtocolError(f"{me}: round {round}: malformed public keys of {v!r}")
-        pub[v] = (pair[0], pair[1])
+        # the keys came through the aggregator: only v's own signature makes them v's (an
+        # aggregator that substituted them would hold the keys sealing v's shares and masks)
+        ident.verify(v, item[2], advert_digest(job=job, round=round, silo=v, c=item[0], s=item[1]), item[3])
+        pub[v] = (item[0], item[1])
     if len(pub) + 1 < spec.threshold:  # U1, itself included (Bonawitz et al. 2017, Fig. 4)
         raise ProtocolError(f"{me}: round {round}: only {len(pub) + 1} silos advertised keys (threshold "
                             f"t = {spec.threshold}): the round is refused before anything is shared")
@@ -669,10 +773,46 @@ def silo_secagg_sum(
         return SiloSecAggOutcome("dropped", contributed=True, charged=charged,
                                  reason="dropped after sending its masked input (test hook)")
 
-    # -- round 3: unmasking ----------------------------------------------------------------------------
+    # -- round 3: consistency check (sign the survivor set) ---------------------------------------------
+    msg = _expect_ctl(channel, aggregator, round, timeout)
+    if msg["type"] != "survivors":
+        return finish(msg, contributed=True, charged=charged)
+    sets = _signed_sets(msg, spec.silos)
+    if sets is None:
+        raise ProtocolError(f"{me}: round {round}: malformed survivor set from {aggregator!r}")
+    u2, u3 = sets
+    if me not in u3:
+        raise ProtocolError(f"{me}: round {round}: the survivor set leaves out {me}, whose masked input was sent; refusing")
+    if set(held) != set(mine) & set(u2):
+        raise ProtocolError(f"{me}: round {round}: the survivor set disagrees with the shares forwarded to {me}; refusing")
+    least = max(spec.min_contributors, spec.min_survivors)
+    if len(u3) < least:
+        raise ProtocolError(f"{me}: round {round}: a survivor set of {len(u3)} silos, below the {least} a released "
+                            "sum needs; refusing")
+    if not connected(graph, u3):
+        raise ProtocolError(f"{me}: round {round}: the survivors fall apart in the neighbourhood graph (each part's "
+                            "sum could be unmasked alone); refusing")
+    channel.send(aggregator, KIND_CONSISTENCY, {"cred": ident.credential, "sig": ident.sign(
+        survivors_digest(job=job, round=round, silo=me, u2=u2, u3=u3))}, round=round)
+    if drop == "unmask":
+        return SiloSecAggOutcome("dropped", contributed=True, charged=charged,
+                                 reason="dropped after signing the survivor set (test hook)")
+
+    # -- round 4: unmasking ----------------------------------------------------------------------------
     msg = _expect_ctl(channel, aggregator, round, timeout)
     if msg["type"] != "unmask":
         return finish(msg, contributed=True, charged=charged)
+    signatures = msg.get("signatures")
+    if not isinstance(signatures, dict) or not set(signatures) <= set(u3):
+        raise ProtocolError(f"{me}: round {round}: the unmasking request carries signatures of silos outside the "
+                            "survivor set")
+    for w, item in sorted(signatures.items()):
+        if not (isinstance(item, list) and len(item) == 2):
+            raise ProtocolError(f"{me}: round {round}: malformed signature of {w!r}")
+        ident.verify(w, item[0], survivors_digest(job=job, round=round, silo=w, u2=u2, u3=u3), item[1])
+    if len(signatures) < spec.min_survivors:
+        raise ProtocolError(f"{me}: round {round}: the survivor set is signed by {len(signatures)} silos, fewer than the "
+                            f"{spec.min_survivors} that certify it; refusing, nothing was sent")
     want_self, want_pair = msg.get("self_mask"), msg.get("pairwise")
     if not _names(want_self) or not _names(want_pair):
         raise ProtocolError(f"{me}: round {round}: malformed unmasking request from {aggregator!r}")
@@ -689,6 +829,9 @@ def silo_secagg_sum(
         raise ProtocolError(f"{me}: round {round}: the aggregator asked for shares of {', '.join(unknown)}, which {me} does not hold")
     if len(set(want_self)) != len(want_self) or len(set(want_pair)) != len(want_pair):
         raise ProtocolError(f"{me}: round {round}: the unmasking request repeats a silo")
+    if sorted(want_self) != sorted(set(mine) & set(u3)) or sorted(want_pair) != sorted(set(mine) & (set(u2) - set(u3))):
+        raise ProtocolError(f"{me}: round {round}: the unmasking request does not follow the certified survivor set; "
+                            "refusing, nothing was sent")
     reveal = {"self_mask": {u: held[u][1] for u in want_self}, "pairwise": {u: held[u][2] for u in want_pair}}
     revealed = {**{u: "self-mask" for u in want_self}, **{u: "pairwise" for u in want_pair}}
     channel.send(aggregator, KIND_REVEAL, reveal, round=round)
@@ -703,16 +846,27 @@ def silo_secagg_sum(
 # ---------------------------------------------------------------------------------------------
 # Aggregator side
 # ---------------------------------------------------------------------------------------------
-def _parse_advertise(payload: Any) -> tuple[bytes, bytes] | None:
+def _parse_advertise(payload: Any, *, silo: str, job: str, round: int,
+                     ident: PartyIdentity | None) -> tuple[bytes, bytes, bytes, bytes] | None:
+    """``(c_pk, s_pk, credential, signature)`` of a well-formed advert whose signature verifies
+    (checked here too when the aggregator has an identity, so that one silo's bad advert drops
+    that silo instead of derailing its neighbours), else None."""
     if not isinstance(payload, dict):
         return None
-    c, s = payload.get("c"), payload.get("s")
+    c, s, cred, sig = payload.get("c"), payload.get("s"), payload.get("cred"), payload.get("sig")
     try:
         sa.load_public_key(c)
         sa.load_public_key(s)
     except CiphertextFormatError:
         return None
-    return c, s
+    if not isinstance(cred, bytes) or not isinstance(sig, bytes):
+        return None
+    if ident is not None:
+        try:
+            ident.verify(silo, cred, advert_digest(job=job, round=round, silo=silo, c=c, s=s), sig)
+        except ProtocolError:
+            return None
+    return c, s, cred, sig
 
 
 def aggregator_secagg_sum(channel: Channel, *, round: int, spec: SecAggSpec, timeout: float,
@@ -762,14 +916,16 @@ def aggregator_secagg_sum(channel: Channel, *, round: int, spec: SecAggSpec, tim
 
     # -- advertise keys -------------------------------------------------------------------------------
     waited = [s for s in silos if s not in set(absent)]
-    adverts = {s: _parse_advertise(p) for s, p in channel.gather(waited, KIND_ADVERTISE, round=round, timeout=timeout).items()}
+    ident = channel.identity
+    adverts = {s: _parse_advertise(p, silo=s, job=job, round=round, ident=ident)
+               for s, p in channel.gather(waited, KIND_ADVERTISE, round=round, timeout=timeout).items()}
     keys = {s: k for s, k in adverts.items() if k is not None}
     u1 = sorted(keys)
     stop = too_few("advertise", u1, "advertised their keys") or holders_short("advertise", u1, set(u1), "advertised their keys")
     if stop:
         return stop
     for u in u1:
-        peers = {v: [keys[v][0], keys[v][1]] for v in graph[u] if v in keys}
+        peers = {v: list(keys[v]) for v in graph[u] if v in keys}
         channel.send(u, KIND_CONTROL, _ctl("keys", peers=peers), round=round)
 
     # -- share keys -----------------------------------------------------------------------------------
@@ -804,15 +960,40 @@ def aggregator_secagg_sum(channel: Channel, *, round: int, spec: SecAggSpec, tim
     if len(u3) < spec.min_contributors:
         return abort("masked", f"round {round}: only {len(u3)} of {n} silos sent their masked input and a released sum "
                                f"needs {spec.min_contributors} contributions; the round is aborted and nothing was unmasked")
+    if len(u3) < spec.min_survivors:
+        return abort("masked", f"round {round}: only {len(u3)} of {n} silos sent their masked input and the survivor set "
+                               f"must be certified by {spec.min_survivors} of them; the round is aborted and nothing was unmasked")
+    if not connected(graph, u3):
+        return abort("masked", f"round {round}: the {len(u3)} silos that sent their masked input fall apart in the "
+                               "neighbourhood graph; the round is aborted and nothing was unmasked")
     dropped_after_shares = set(u2) - set(u3)
+
+    # -- consistency check: every survivor signs (U2, U3) --------------------------------------------------
     for v in u3:
+        channel.send(v, KIND_CONTROL, _ctl("survivors", u2=list(u2), u3=list(u3)), round=round)
+    signatures: dict[str, list[bytes]] = {}
+    for v, p in channel.gather(u3, KIND_CONSISTENCY, round=round, timeout=timeout).items():
+        cred, sig = (p.get("cred"), p.get("sig")) if isinstance(p, dict) else (None, None)
+        if not isinstance(cred, bytes) or not isinstance(sig, bytes):
+            continue
+        if ident is not None:
+            try:
+                ident.verify(v, cred, survivors_digest(job=job, round=round, silo=v, u2=u2, u3=u3), sig)
+            except ProtocolError:
+                continue
+        signatures[v] = [cred, sig]
+    signers = sorted(signatures)
+    if len(signers) < spec.min_survivors:
+        return abort("consistency", f"round {round}: only {len(signers)} of {n} silos signed the survivor set (it needs "
+                                    f"{spec.min_survivors}); the round is aborted and nothing was unmasked")
+    for v in signers:
         near = set(graph[v]) & set(u2)
-        channel.send(v, KIND_CONTROL, _ctl("unmask", self_mask=sorted(near & set(u3)), pairwise=sorted(near & dropped_after_shares)),
-                     round=round)
+        channel.send(v, KIND_CONTROL, _ctl("unmask", self_mask=sorted(near & set(u3)), pairwise=sorted(near & dropped_after_shares),
+                                           signatures=signatures), round=round)
 
     # -- unmasking ------------------------------------------------------------------------------------------
     reveals: dict[str, dict[str, dict[str, bytes]]] = {}
-    for v, p in channel.gather(u3, KIND_REVEAL, round=round, timeout=timeout).items():
+    for v, p in channel.gather(signers, KIND_REVEAL, round=round, timeout=timeout).items():
         if not isinstance(p, dict):
             continue
         own, pair = p.get("self_mask"), p.get("pairwise")
