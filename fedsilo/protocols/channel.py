@@ -119,22 +119,29 @@ class Channel(abc.ABC):
         return got[sender]
 
     def gather(
-        self, senders: Iterable[str], kind: str, *, round: int, timeout: float
+        self, senders: Iterable[str], kind: str | tuple[str, ...], *, round: int, timeout: float
     ) -> dict[str, Any]:
         """Payloads of ``kind`` for ``round`` from those ``senders`` whose message arrives before
-        the deadline (partial participation is the caller's decision, not an error here)."""
+        the deadline (partial participation is the caller's decision, not an error here).
+
+        ``kind`` may be a tuple of kinds: each sender's first message of any of them is taken
+        (e.g. a masked input *or* a withdrawal notice), so a sender that answered with the other
+        kind is not waited for."""
+        kinds = (kind,) if isinstance(kind, str) else tuple(kind)
         wanted = set(senders)
         unknown = wanted - self.peers
         if unknown:
             raise PeerRejectedError(f"{self.party}: unknown peers {sorted(unknown)}")
         out: dict[str, Any] = {}
         for s in list(wanted):
-            queue = self._pending.get((s, kind, round))
-            if queue:
-                out[s], size = queue.pop(0)
-                self._pending_count -= 1
-                self._pending_bytes -= size
-                wanted.discard(s)
+            for k in kinds:
+                queue = self._pending.get((s, k, round))
+                if queue:
+                    out[s], size = queue.pop(0)
+                    self._pending_count -= 1
+                    self._pending_bytes -= size
+                    wanted.discard(s)
+                    break
         self._drop_past_rounds(round)
         deadline = time.monotonic() + timeout
         while wanted:
@@ -147,7 +154,7 @@ class Channel(abc.ABC):
                 continue  # a replay (or a transport that reordered): never delivered twice
             self._last_seq[env.sender] = env.seq
             payload = codec.decode(env.body)
-            if env.sender in wanted and env.kind == kind and env.round == round:
+            if env.sender in wanted and env.kind in kinds and env.round == round:
                 out[env.sender] = payload
                 wanted.discard(env.sender)
             else:

@@ -163,3 +163,15 @@ def test_a_failed_delivery_uses_up_its_sequence_number() -> None:
     a.send("b", "m2", "second", round=1)
     assert delivered == [1, 2]
     assert b.recv("a", "m", round=1, timeout=1) == "first" and b.recv("a", "m2", round=1, timeout=1) == "second"
+
+
+def test_gather_of_several_kinds_takes_each_senders_first_answer() -> None:
+    hub = InProcessHub("j", ["a", "b", "c", "agg"])
+    a, b, c, agg = (hub.channel(p) for p in ("a", "b", "c", "agg"))
+    b.send("agg", "withdraw", {"withdraw": True}, round=2)  # b answers with the other kind
+    agg.gather(["c"], "other", round=1, timeout=0.0)  # nothing yet: b's message is buffered for round 2
+    a.send("agg", "masked", {"y": 1}, round=2)
+    c.send("agg", "unrelated", {"z": 0}, round=2)  # a kind not asked for: buffered, not taken
+    got = agg.gather(["a", "b", "c"], ("masked", "withdraw"), round=2, timeout=0.2)
+    assert got == {"a": {"y": 1}, "b": {"withdraw": True}}
+    assert agg.recv("c", "unrelated", round=2, timeout=0.0) == {"z": 0}

@@ -361,6 +361,25 @@ def test_a_refused_ledger_charge_withdraws_the_silo_and_the_round_goes_on() -> N
     assert np.array_equal(agg.total, np.sum([values[s] for s in names if s != "site1"], axis=0))
 
 
+@pytest.mark.timeout(120)
+def test_a_withdrawal_is_not_waited_for() -> None:
+    """The aggregator takes a silo's withdrawal notice in place of its masked input: with a
+    10-minute stage deadline the round still ends at once (the test's own 120 s timeout would
+    fail it otherwise)."""
+    names = _silos(6)
+    spec = P.secagg_spec(silos=names, length=16, granularity=GRID, threshold=4, value_bound=1.0)
+    values = _values(names, 16, seed=5)
+    hub = InProcessHub("job-secagg", [*names, AGG])
+    parties: dict[str, Any] = {
+        s: (lambda ch, s=s: P.silo_secagg_sum(ch, round=1, aggregator=AGG, spec=spec, values=values[s], timeout=SILO_TIMEOUT,
+                                              charge=_refused_charge if s == "site1" else None))
+        for s in names
+    }
+    parties[AGG] = lambda ch: P.aggregator_secagg_sum(ch, round=1, spec=spec, timeout=600.0)
+    out = run_parties(hub, parties)
+    assert out[AGG].status == "ok" and out[AGG].withdrawn == ("site1",) and out[AGG].recovered == ("site1",)
+
+
 # ------------------------------------------------------------------------------------- refusals
 def test_refusals_before_anything_is_sent() -> None:
     names = _silos(4)

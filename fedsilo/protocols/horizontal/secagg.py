@@ -946,14 +946,17 @@ def aggregator_secagg_sum(channel: Channel, *, round: int, spec: SecAggSpec, tim
     # -- masked input -----------------------------------------------------------------------------------
     dim = spec.dimension
     masked: dict[str, np.ndarray] = {}
-    for u, p in channel.gather(u2, KIND_MASKED, round=round, timeout=timeout).items():
+    # a silo whose ledger refused the charge says so instead (no data): a dropout of this round,
+    # and not waited for
+    for u, p in channel.gather(u2, (KIND_MASKED, KIND_WITHDRAW), round=round, timeout=timeout).items():
+        if isinstance(p, dict) and p.get("withdraw") is True and "y" not in p:
+            withdrawn.append(u)
+            continue
         ring = _ring_from(p.get("y") if isinstance(p, dict) else None, bits=spec.bits, length=dim)
         if ring is not None:
             masked[u] = ring
     u3 = sorted(masked)
-    # a silo whose ledger refused the charge says so (no data); it is a dropout of this round
-    notices = channel.gather(sorted(set(u2) - set(u3)), KIND_WITHDRAW, round=round, timeout=0.0)
-    withdrawn.extend(sorted(u for u, p in notices.items() if isinstance(p, dict) and p.get("withdraw") is True))
+    withdrawn.sort()
     stop = too_few("masked", u3, "sent their masked input")
     if stop:
         return stop
