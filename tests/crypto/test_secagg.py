@@ -88,6 +88,60 @@ def test_masks_are_uniform_on_a_small_ring() -> None:
     assert stats.chisquare(counts).pvalue > 1e-6
 
 
+def _reference_keystream(seed: bytes, nbytes: int, prg: str) -> bytes:
+    """The PRG's keystream from pycryptodome, an implementation independent of ``cryptography``."""
+    from Crypto.Cipher import AES, ChaCha20
+
+    if prg == "aes-ctr":  # AES-256, the whole 16-byte block a big-endian counter from 0
+        return AES.new(seed, AES.MODE_CTR, nonce=b"", initial_value=0).encrypt(bytes(nbytes))
+    # RFC 8439 ChaCha20, block counter 0, all-zero 96-bit nonce (cryptography's 16-byte zero nonce)
+    return ChaCha20.new(key=seed, nonce=bytes(12)).encrypt(bytes(nbytes))
+
+
+@pytest.mark.parametrize("prg", sa.PRGS)
+@pytest.mark.parametrize("bits", [1, 5, 31, 32, 33, 50, 63, 64])
+@pytest.mark.parametrize("length", [0, 1, 3, 1001, 70_001])
+def test_masks_are_the_keystream_read_as_little_endian_ring_words(prg: str, bits: int, length: int) -> None:
+    # known answer against another library: pins every value expand_mask produces, so a faster
+    # path can only be a faster way to the same words
+    width = 4 if bits <= 32 else 8
+    words = np.frombuffer(_reference_keystream(SEED, width * length, prg), dtype=f"<u{width}").astype(np.uint64)
+    want = words & np.uint64((1 << bits) - 1) if bits < 64 else words
+    got = sa.expand_mask(SEED, length, bits=bits, prg=prg)
+    assert got.dtype == sa.ring_dtype(bits) and got.shape == (length,)
+    assert np.array_equal(got.astype(np.uint64), want)
+
+
+def test_masks_do_not_share_memory_and_callers_own_them() -> None:
+    # the protocol adds masks into the silo's vector in place; one mask must not alias another
+    a = sa.expand_mask(SEED, 5000, bits=64)
+    b = sa.expand_mask(SEED, 5000, bits=64)
+    assert not np.shares_memory(a, b)
+    a += np.uint64(1)
+    assert np.array_equal(b, sa.expand_mask(SEED, 5000, bits=64))
+    assert a.flags.writeable and a.flags.c_contiguous
+
+
+@settings(max_examples=40)
+@given(
+    bits=st.integers(min_value=1, max_value=64),
+    signs=st.lists(st.sampled_from([1, -1]), min_size=1, max_size=12),
+    length=st.integers(min_value=1, max_value=40),
+)
+def test_wrapping_ring_arithmetic_then_one_reduction_is_the_exact_modular_sum(bits: int, signs: list[int], length: int) -> None:
+    # what a silo does: add or subtract each neighbour's mask with numpy's unsigned wrap-around and
+    # reduce once at the end; 2^bits divides the word's modulus, so this equals the sum mod 2^bits
+    seeds = [bytes([i]) * 32 for i in range(len(signs))]
+    ring = np.zeros(length, dtype=sa.ring_dtype(bits))
+    exact = [0] * length
+    for seed, sign in zip(seeds, signs):
+        m = sa.expand_mask(seed, length, bits=bits)
+        ring = ring + m if sign > 0 else ring - m
+        exact = [e + sign * int(v) for e, v in zip(exact, m)]
+    got = sa.ring_reduce(ring, bits=bits)
+    assert [int(v) for v in got] == [e % (1 << bits) for e in exact]
+
+
 def _masked_inputs(names, graph, keys, selfs, inputs, bits, participants):
     """Every silo's masked input as the protocol computes it (masks with the neighbours that took part)."""
     out = {}
