@@ -1042,8 +1042,7 @@ def aggregator_secagg_sum(channel: Channel, *, round: int, spec: SecAggSpec, tim
         steps = sa.decode_integers(total, bits=spec.bits).astype(np.float64) * spec.granularity
         result = sa.hadamard_unrotate(steps, seed=rotation_seed(job=job, round=round), dim=spec.length)
     dropped = tuple(sorted(set(silos) - set(u3)))
-    for s in silos:
-        channel.send(s, KIND_CONTROL, _ctl("result", total=result, contributors=list(u3), dropped=list(dropped)), round=round)
+    channel.broadcast(silos, KIND_CONTROL, _ctl("result", total=result, contributors=list(u3), dropped=list(dropped)), round=round)
     return AggregatorSecAggOutcome("ok", total=result, contributors=tuple(u3), dropped=dropped,
                                    recovered=tuple(needs_pairwise), withdrawn=tuple(sorted(withdrawn)))
 

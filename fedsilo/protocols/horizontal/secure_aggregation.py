@@ -563,9 +563,9 @@ def aggregator_secure_sum(
             )
         extra = [got[s] for s in contributors]  # type: ignore[misc]
     total = add_ciphertexts(backend, public, [blobs[s] for s in contributors] + extra)  # type: ignore[misc]
-    for s in active:
-        if s not in withdrawn:
-            channel.send(s, KIND_CTL, msgs.Result(total, tuple(contributors), tuple(failures)).wire(), round=round)
+    # one serialization of the encrypted sum for every silo
+    channel.broadcast([s for s in active if s not in withdrawn], KIND_CTL,
+                      msgs.Result(total, tuple(contributors), tuple(failures)).wire(), round=round)
     return AggregatorRoundOutcome(
         "ok", contributors=tuple(contributors), failures=tuple(failures), withdrawn=tuple(withdrawn), topup=topup
     )
