@@ -173,12 +173,13 @@ def register(app: typer.Typer) -> None:
         insecure: InsecureOpt = False,
         engine: EngineOpt = "threads",
         plots: PlotsOpt = None,
+        backend: BackendOpt = None,
     ) -> None:
         """Federated statistics (sums, counts, means, histograms) of a statistics config."""
         from fedsilo.errors import ConfigError
         from fedsilo.silos.runner import run_job
 
-        cfg = _load(config, epsilon=epsilon, seed=seed, insecure=True if insecure else None)
+        cfg = _load(config, backend=backend, epsilon=epsilon, seed=seed, insecure=True if insecure else None)
         if cfg.federation.task != "statistics":
             raise ConfigError(f"{config}: federation.task is {cfg.federation.task!r}; `fedsilo stats` needs 'statistics'")
         if json_out is not None:

@@ -13,13 +13,14 @@ sums through the secure-sum session that flag selects
 Parameters (``[crypto] params``):
 
 * ``threshold``: ``t``, shares that reconstruct a secret and the fewest silos a sum goes on
-  with; default ``⌊k/2⌋ + 1`` for the neighbourhood degree ``k`` (a protocol may raise it to its
-  own minimum of contributors).
+  with; default ``⌊(k + c)/2⌋ + 1`` for the neighbourhood degree ``k`` and ``c`` colluders (a
+  protocol may raise it to its own minimum of contributors).
 * ``degree``: neighbours per silo; default from the silo count (SecAgg's complete graph up to 11
   silos, ``O(log n)`` above).
 * ``granularity``: the fixed-point grid of exact sums (a power of two, default ``2^-24``).
 * ``value_bound``: largest ``|x|`` per value of an exact sum (default ``2^21``, so the federated
-  metrics' counts need no scaling).
+  metrics' counts need no scaling; for federated statistics up to ``2^32``, what the 64-bit ring
+  holds for the job's silos: :meth:`SecAggBackend.defaults_for`).
 * ``prg``: ``"aes-ctr"`` (default) or ``"chacha20"``.
 """
 from __future__ import annotations
@@ -80,6 +81,22 @@ class SecAggBackend(CryptoBackend):
     @classmethod
     def capabilities(cls) -> Capabilities:
         return Capabilities(exact_sums=True, plaintext_matmul=False, key_model="keyless", dropout_tolerant=True)
+
+    @classmethod
+    def defaults_for(cls, use: Any, *, summands: int) -> dict[str, Any]:
+        """Statistics sum raw counts and column sums (a silo may hold millions of rows): the
+        largest power-of-two ``value_bound`` up to ``2^32`` whose ring still fits 64 bits for
+        ``summands`` contributions at the default grid. Other uses keep the class defaults."""
+        if use != "statistics":
+            return {}
+        bound = 2.0**32
+        while bound > DEFAULT_VALUE_BOUND:
+            try:
+                sa.fixed_point_bits(value_bound=bound, granularity=DEFAULT_GRANULARITY, summands=summands)
+                break
+            except ConfigError:
+                bound /= 2
+        return {"value_bound": bound}
 
     def params(self) -> dict[str, Any]:
         out: dict[str, Any] = {"granularity": self.granularity, "value_bound": self.value_bound, "prg": self.prg}

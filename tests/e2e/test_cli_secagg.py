@@ -133,18 +133,6 @@ def test_silo_level_secagg_with_pld_is_refused_before_anything_runs(tmp_path: Pa
     assert not (tmp_path / "ledgers").exists() or not any((tmp_path / "ledgers").iterdir())
 
 
-def test_statistics_with_secagg_is_refused_clearly(tmp_path: Path) -> None:
-    text = STATS.read_text()
-    swap = {"backend": 'backend = "secagg"', "params": "params = {}"}  # Paillier's packing is not secagg's
-    lines = [next((v for k, v in swap.items() if line.startswith(k)), line) for line in text.splitlines()]
-    assert lines != text.splitlines()
-    cfg = tmp_path / "stats_secagg.toml"
-    cfg.write_text("\n".join(lines) + "\n")  # built-in data: no paths to rebase
-    res = run("stats", cfg, "--ledger-dir", tmp_path / "ledgers")
-    assert res.exit_code == 2, res.output
-    assert "supported for horizontal jobs only (statistics: coming)" in res.output
-
-
 def test_backends_lists_secagg_with_its_properties() -> None:
     res = run("backends", "--json")
     assert res.exit_code == 0, res.output
@@ -173,3 +161,61 @@ def test_processes_engine_runs_a_secagg_job_over_grpc(tmp_path: Path) -> None:
     for k in ("accuracy", "auc", "loss"):
         assert procs["final"][k] == pytest.approx(threads["final"][k], abs=1e-12), k
     assert set(procs["bytes_sent"]) == {"aggregator", *SILOS}
+
+
+@pytest.mark.timeout(300)
+def test_stats_on_secagg_costs_paillier_s_epsilon_and_gives_plain_s_exact_answers(tmp_path: Path) -> None:
+    """`fedsilo stats` on the statistics example with `backend = "secagg"`: under the example's DP
+    (ε = 1 over 6 releases) every silo is charged the very GaussianEvent of the Paillier run,
+    before its masked vector left it, with the aggregator named as a recipient (it unmasks the
+    noised sum); without DP the answers are plain's (counts exact, sums within 2^-24 per silo);
+    the federation has no silo-to-silo edge."""
+    from fedsilo.privacy.events import GaussianEvent
+
+    def config(backend: str) -> Path:
+        swap = {"backend": f'backend = "{backend}"', "params": "params = {}"}  # Paillier's packing is not secagg's
+        lines = [next((v for k, v in swap.items() if line.startswith(k)), line) for line in STATS.read_text().splitlines()]
+        path = tmp_path / f"stats_{backend}.toml"
+        path.write_text("\n".join(lines) + "\n")  # built-in data: no paths to rebase
+        return path
+
+    def stats(name: str, cfg: Path, *args: object) -> dict:
+        out = tmp_path / f"{name}.json"
+        res = run("stats", cfg, *args, "--json", out, "--ledger-dir", tmp_path / f"{name}-ledgers")
+        assert res.exit_code == 0, res.output
+        return json.loads(out.read_text())
+
+    secagg_cfg = config("secagg")
+    paillier, secagg = stats("paillier", STATS), stats("secagg", secagg_cfg)
+    assert secagg["backend"] == "secagg" and secagg["private"] is True
+    assert secagg["dp"]["noise_multiplier"] == paillier["dp"]["noise_multiplier"] and secagg["dp"]["releases"] == 6
+    event = GaussianEvent(paillier["dp"]["noise_multiplier"], 1.0, 6)
+    want = accountant_epsilon(event, delta=1e-5, accountant="rdp")
+    assert 0 < want <= 1.0
+    for silo in SILOS:
+        assert secagg["epsilon"][silo]["epsilon"] == paillier["epsilon"][silo]["epsilon"] == pytest.approx(want, rel=1e-12)
+        ledger = PrivacyLedger.open(tmp_path / "secagg-ledgers" / f"{silo}.sqlite")
+        try:
+            (entry,) = ledger.entries()
+        finally:
+            ledger.close()
+        assert entry.event == event and entry.status == "committed" and entry.level == "record"
+        assert entry.mechanism["quorum"] == 3 and entry.mechanism["unmasked_by"] == "aggregator"
+        assert entry.recipient == "aggregator+silos:city_general,riverside,st_marys"
+
+    # the --backend flag of `fedsilo stats` selects it too (the config's Paillier params dropped)
+    flagged = stats("flagged", STATS, "--backend", "secagg")
+    assert flagged["backend"] == "secagg" and flagged["epsilon"] == secagg["epsilon"]
+
+    plain = stats("plain", config("plain"), "--epsilon", "0", "--insecure")
+    exact = stats("exact", secagg_cfg, "--epsilon", "0")
+    assert exact["dp"] is None and exact["silos"] == plain["silos"]
+    for col, answers in plain["statistics"].items():
+        got = exact["statistics"][col]
+        assert got["count"] == answers["count"] > 0 and got["histogram"] == answers["histogram"]
+        assert abs(got["sum"] - answers["sum"]) <= 3 * 2.0**-25
+
+    shown = run("federation", "show", secagg_cfg, "--json")
+    assert shown.exit_code == 0, shown.output
+    edges = json.loads(shown.output)["edges"]
+    assert edges and all("aggregator" in (e["from"], e["to"]) for e in edges)  # no silo-to-silo edge

@@ -118,6 +118,7 @@ RUNS = {
     "two-party-no-dp": lambda: _two_party(dp=False),
     # the keyless backend: SecAgg+ rounds, every silo-to-silo message relayed by the aggregator
     "hospitals-secagg": lambda: apply_overrides(load_config(HOSPITALS), backend="secagg", rounds=1),
+    "statistics-secagg": lambda: apply_overrides(load_config(STATISTICS), backend="secagg"),
     "hospitals-secagg-no-dp": lambda: apply_overrides(load_config(HOSPITALS), backend="secagg", rounds=1, epsilon=0),
     "hospitals-secagg-silo-level": lambda: _secagg_silo_level(),
 }

@@ -112,6 +112,8 @@ __all__ = [
     "calibrate_dp",
     "default_threshold",
     "required_signatures",
+    "noised_input",
+    "decode_sum",
     "advert_digest",
     "survivors_digest",
     "round_graph",
@@ -215,8 +217,9 @@ class SecAggSpec:
 
     @property
     def min_contributors(self) -> int:
-        """Fewest masked inputs a released sum holds: ``max(threshold, quorum)``."""
-        return max(self.threshold, self.quorum or 0)
+        """Fewest masked inputs a released sum holds: ``max(threshold, quorum, min_survivors)``
+        (the aggregator aborts below it, and an honest silo signs no smaller survivor set)."""
+        return max(self.threshold, self.quorum or 0, self.min_survivors)
 
     @property
     def dimension(self) -> int:
@@ -230,7 +233,8 @@ class SecAggSpec:
 
     def dp_event(self) -> DistributedDiscreteGaussianEvent:
         """The DP event one round's release costs each contributing silo (``shares =
-        min_contributors − colluders``: ``t − colluders`` unless a quorum is set)."""
+        min_contributors − colluders``: every released sum holds at least ``min_contributors``
+        noised inputs, which honest silos enforce by signing no smaller survivor set)."""
         if self.dp is None or self.norm_bound is None:
             raise ConfigError("this secure sum has no DP noise (spec.dp is None)")
         d = self.dimension
@@ -590,9 +594,10 @@ class AggregatorSecAggOutcome:
 # ---------------------------------------------------------------------------------------------
 # Silo side
 # ---------------------------------------------------------------------------------------------
-def _encode_input(spec: SecAggSpec, values: np.ndarray, *, job: str, round: int, stream: sa.SecretStream) -> np.ndarray:
+def noised_input(spec: SecAggSpec, values: np.ndarray, *, job: str, round: int, stream: sa.SecretStream) -> np.ndarray:
     """The silo's vector in ``Z_{2^b}`` before masking: fixed point, or under DP the rotated,
-    scaled, conditionally rounded vector plus the silo's discrete Gaussian share."""
+    scaled, conditionally rounded vector plus the silo's discrete Gaussian share (public so that
+    the privacy audit runs exactly this)."""
     if spec.dp is None:
         return sa.encode_fixed(values, granularity=spec.granularity, bits=spec.bits)
     assert spec.norm_bound is not None
@@ -608,7 +613,7 @@ def _masked_input(channel: Channel, spec: SecAggSpec, x: np.ndarray, keys: Round
     """Encode (and noise), add the self mask and the pairwise masks with every neighbour that sent
     shares (``held``), send ``y_u``."""
     me, job = channel.party, channel.job
-    ring = _encode_input(spec, x, job=job, round=round, stream=stream)
+    ring = noised_input(spec, x, job=job, round=round, stream=stream)
     ring += sa.expand_mask(keys.self_seed, ring.shape[0], bits=spec.bits, prg=spec.prg)  # type: ignore[arg-type]
     for v in sorted(held):
         m = sa.expand_mask(mask_seed(keys.s, pub[v][1], job=job, round=round, me=me, peer=v), ring.shape[0],
@@ -619,6 +624,16 @@ def _masked_input(channel: Channel, spec: SecAggSpec, x: np.ndarray, keys: Round
             ring -= m
     sa.ring_reduce(ring, bits=spec.bits)
     channel.send(aggregator, KIND_MASKED, {"y": _ring_bytes(ring, spec.bits)}, round=round)
+
+
+def decode_sum(spec: SecAggSpec, total: np.ndarray, *, job: str, round: int) -> np.ndarray:
+    """The released sum from the unmasked total in ``Z_{2^b}`` (reduced in place): exact fixed
+    point, or under DP the signed integers times the grid with the round's rotation undone."""
+    sa.ring_reduce(total, bits=spec.bits)
+    if spec.dp is None:
+        return sa.decode_fixed(total, granularity=spec.granularity, bits=spec.bits)
+    steps = sa.decode_integers(total, bits=spec.bits).astype(np.float64) * spec.granularity
+    return sa.hadamard_unrotate(steps, seed=rotation_seed(job=job, round=round), dim=spec.length)
 
 
 def _check_values(spec: SecAggSpec, values: Any, me: str) -> np.ndarray:
@@ -1035,12 +1050,7 @@ def aggregator_secagg_sum(channel: Channel, *, round: int, spec: SecAggSpec, tim
                 total -= m
             else:
                 total += m
-    sa.ring_reduce(total, bits=spec.bits)
-    if spec.dp is None:
-        result = sa.decode_fixed(total, granularity=spec.granularity, bits=spec.bits)
-    else:
-        steps = sa.decode_integers(total, bits=spec.bits).astype(np.float64) * spec.granularity
-        result = sa.hadamard_unrotate(steps, seed=rotation_seed(job=job, round=round), dim=spec.length)
+    result = decode_sum(spec, total, job=job, round=round)
     dropped = tuple(sorted(set(silos) - set(u3)))
     channel.broadcast(silos, KIND_CONTROL, _ctl("result", total=result, contributors=list(u3), dropped=list(dropped)), round=round)
     return AggregatorSecAggOutcome("ok", total=result, contributors=tuple(u3), dropped=dropped,

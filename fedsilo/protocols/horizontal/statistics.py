@@ -1,12 +1,22 @@
 """Federated statistics: counts, sums, means and histograms of columns across silos.
 
 Each silo encodes its local statistics on a fixed-point grid, adds its share of **discrete
-Gaussian** noise on that grid, encrypts the vector (Paillier by default: exact integer sums) and
-sends only the ciphertext. The aggregator (no key) adds the ciphertexts; the silos, as key
-holders, decrypt only the noised sum. Noise is therefore in the aggregate *before* anything is
-decrypted, and each silo's ledger is charged before its ciphertext leaves it. The two-phase
-round, dropout top-ups and colluder-robust share sizing are those of
-:mod:`.secure_aggregation`.
+Gaussian** noise on that grid and puts the vector into one secure sum, the session the backend's
+key model selects (:mod:`.sums`; no code here names a backend):
+
+* **shared key** (Paillier by default: exact integer sums): the silo encrypts the vector and
+  sends only the ciphertext; the aggregator (no key) adds the ciphertexts and the silos, as key
+  holders, decrypt only the noised sum. The two-phase round, dropout top-ups and colluder-robust
+  share sizing are those of :mod:`.secure_aggregation`.
+* **keyless** (SecAgg+ masking, :mod:`.secagg`): the silo masks the vector; the aggregator
+  unmasks only the sum of at least the session's quorum of masked vectors and sends it to every
+  silo. Each share is drawn once, sized for that quorum (:attr:`StatisticsPlan.quorum`), so no
+  top-up round exists; a silo that drops after its masked vector is recovered from the others'
+  shares, one that drops before it is left out, and below the quorum (or SecAgg's threshold)
+  the round aborts before anything is unmasked.
+
+Either way the noise is in the aggregate *before* anything is decrypted or unmasked, and each
+silo's ledger is charged before its ciphertext or masked vector leaves it.
 
 Releases and their sensitivity (neighbouring datasets: add or remove one record of a silo;
 values clipped to the public ``range`` ``[lo, hi]`` of the column, ``M = max(|lo|, |hi|)``):
@@ -30,9 +40,10 @@ by terms ``~ exp(−2π² (σ_share/g)² · k/(k+1))``, about ``e^-89`` at ``σ_
 ``e^-6`` at ``0.78`` (counts on the integer grid, ε = 8 over 3 releases, 3 silos). So
 :func:`plan_statistics` chooses each release's grid ``g`` (a power of two: at most 1 for counts
 and histograms, at most ``granularity`` for sums) so that **every** discrete-Gaussian draw a silo
-can make — its share with all ``silos`` present, or the smallest top-up after one dropout — has
-``σ/g >= MIN_SHARE_STEPS`` (3), and raises :class:`~fedsilo.errors.ConfigError` if that needs a
-grid finer than :data:`FINEST_GRANULARITY`. Counts may therefore live on a finer grid than 1
+can make — its share with all ``silos`` present, or the smallest top-up after one dropout; under
+a keyless sum its one share sized for the quorum — has ``σ/g >= MIN_SHARE_STEPS`` (3), and
+raises :class:`~fedsilo.errors.ConfigError` if that needs a grid finer than
+:data:`FINEST_GRANULARITY`. Counts may therefore live on a finer grid than 1
 (the decrypted value is ``count + noise`` on that grid); the silos check again at every draw.
 
 Released answers are post-processed (free under DP): counts and histogram counts rounded to
@@ -75,15 +86,12 @@ from fedsilo.protocols.horizontal.statistics_plan import (  # the planning maths
 )
 from fedsilo.protocols.horizontal.secure_aggregation import (
     Contribution,
-    aggregator_key_ceremony,
-    aggregator_secure_sum,
     ledger_recipient,
     recipients_mechanism,
     share_parties,
-    silo_key_ceremony,
-    silo_secure_sum,
     topup_parties,
 )
+from fedsilo.protocols.horizontal.sums import SumPlan, open_aggregator_sum, open_silo_sum, plan_sums
 
 __all__ = [
     "QUERIES",
@@ -100,13 +108,59 @@ __all__ = [
     "statistics_silo",
     "statistics_aggregator",
     "exposure_colluders",
+    "coalition_size",
 ]
 
+
+def coalition_size(*, colluders: int, silos: int) -> int:
+    """Curious silos no released sum may let pool down to one silo's exact statistics:
+    ``colluders`` under DP (``[privacy] colluders``; pass 0 without DP), at least one (a silo
+    subtracting its own), never more than the other silos (a one-silo job has none)."""
+    return max(0, min(max(1, int(colluders)), int(silos) - 1))
+
+
 def exposure_colluders(plan: StatisticsPlan) -> int:
-    """Curious silos no decrypted sum may let pool down to one silo's exact statistics: the
-    plan's ``colluders`` under DP, one (a silo subtracting its own) without DP — never more
-    than the other silos (a one-silo job has none)."""
-    return max(0, min(max(1, plan.colluders), plan.silos - 1))
+    """:func:`coalition_size` of a plan: its ``colluders`` under DP, one without DP."""
+    return coalition_size(colluders=plan.colluders, silos=plan.silos)
+
+
+def _check_quorum(who: str, plan: StatisticsPlan, sums: SumPlan) -> None:
+    """Refuse a statistics plan whose noise shares were sized for another session than ``sums``:
+    a shared-key plan sizes shares and top-ups for the announced silos, a keyless one a single
+    share for the session's quorum (the fewest contributions a released sum holds)."""
+    if not sums.keyless:
+        if plan.quorum is not None:
+            raise ConfigError(
+                f"{who}: the statistics plan drew its noise shares once for a keyless sum's quorum of {plan.quorum}, "
+                "but this backend runs the two-phase round (shares and top-ups); plan with quorum=None"
+            )
+        return
+    if plan.quorum is None and plan.event() is not None:
+        raise ConfigError(
+            f"{who}: the statistics plan sized its noise shares for the two-phase round of a shared-key backend, "
+            f"but this backend is keyless (one share per silo, no top-up); plan with quorum={sums.quorum} "
+            "(plan_sums(...).quorum)"
+        )
+    if plan.quorum is not None and plan.quorum != sums.quorum:
+        raise ConfigError(
+            f"{who}: the statistics plan drew its noise shares for a quorum of {plan.quorum} contributions but "
+            f"this secure sum releases sums of at least {sums.quorum}; plan with quorum={sums.quorum}"
+        )
+
+
+def _recipients(sums: SumPlan, silos: Sequence[str], aggregator: str) -> tuple[str, dict[str, Any]]:
+    """The ledger's ``recipient`` and the mechanism's recipient fields of the released sum.
+
+    Shared key: the silos decrypt it, the aggregator only relays ciphertexts. Keyless: the
+    aggregator unmasks the (noised) sum itself before sending it to the silos, so it is a
+    recipient too."""
+    mechanism = recipients_mechanism(silos, aggregator=aggregator)
+    recipient = ledger_recipient(silos)
+    if sums.keyless:
+        mechanism = {**mechanism, "unmasked_by": aggregator}
+        both = f"{aggregator}+{recipient}"
+        recipient = both if len(both) <= 256 else f"{aggregator}+silos:{len(set(silos))} silos"
+    return recipient, mechanism
 
 
 def statistics_silo(
@@ -131,31 +185,39 @@ def statistics_silo(
 
     ``noise_seed=None`` (production) draws noise from the OS's secure randomness (256 bits,
     :func:`~fedsilo.privacy.mechanisms.secure_rng`). ``drop`` is the test hook of
-    :func:`~.secure_aggregation.silo_secure_sum`. Returns ``{"status", "reason", "charged",
-    "contributors", "statistics", "raw"}`` (``statistics``: post-processed answers of
-    :func:`finalize_statistics`; ``raw``: the decrypted values, :func:`raw_statistics`).
+    :meth:`~.sums.SiloSum.sum` (``"hello" | "update" | "topup"``). Returns ``{"status", "reason",
+    "charged", "contributors", "statistics", "raw"}`` (``statistics``: post-processed answers of
+    :func:`finalize_statistics`; ``raw``: the decrypted or unmasked values, :func:`raw_statistics`).
 
     Raises:
-        ConfigError: the plan was sized for fewer silos than the job has, or the backend's
+        ConfigError: the plan was sized for fewer silos than the job has, for another key model
+            or quorum than this backend's session (:func:`~.sums.plan_sums`), or the backend's
             fixed-point precision is coarser than the plan's noise grid.
     """
+    who = f"silo {channel.party!r}"
     if len(silos) > plan.silos:
         raise ConfigError(
-            f"silo {channel.party!r}: the statistics plan sized its noise grids for {plan.silos} silos "
+            f"{who}: the statistics plan sized its noise grids for {plan.silos} silos "
             f"but the job has {len(silos)}; plan with silos={len(silos)}"
         )
     event = plan.event()
     if event is not None and (ledger is None or dataset is None):
-        raise ConfigError(f"silo {channel.party!r}: a DP statistics job needs the silo's ledger and dataset")
+        raise ConfigError(f"{who}: a DP statistics job needs the silo's ledger and dataset")
     be = get_backend(backend, **dict(backend_params))
-    require_confidential(be, insecure=insecure, who=f"silo {channel.party!r}")
+    require_confidential(be, insecure=insecure, who=who)
     check_encoding(plan, be)
-    secret = silo_key_ceremony(channel, be, silos=silos, aggregator=aggregator, timeout=timeout)
-    public = secret.public()
+    # the plan's quorum already is max(min_silos, colluders + 1[, colluders + 2]) capped at the
+    # silos (what plan_sums computes), so planning with it as min_silos gives it back: a silo
+    # needs no min_silos of its own, and _check_quorum refuses a plan made for another quorum
+    sums_plan = plan_sums(be, silos=silos, min_silos=plan.quorum or 1, colluders=exposure_colluders(plan),
+                          allow_exposed=allow_exposed)
+    _check_quorum(who, plan, sums_plan)
+    # the silo's own data is read before anything leaves it (or any key is made)
     values = local_statistics(frame, plan)
     rng = secure_rng(noise_seed)
 
     def contribute(present: int) -> np.ndarray:
+        # shared key: ``present`` announced silos; keyless: the session's quorum (checked above)
         if event is None:
             return values
         parties = share_parties(present=present, colluders=plan.colluders)
@@ -170,27 +232,21 @@ def statistics_silo(
     charge = None
     if event is not None:
         assert ledger is not None and dataset is not None
+        recipient, recipients = _recipients(sums_plan, silos, aggregator)
 
         def charge() -> Any:
             return ledger.charge(
                 dataset, event, job=job, round=1, protocol=PROTOCOL,
-                mechanism={**plan.mechanism(), **recipients_mechanism(silos, aggregator=aggregator)},
-                recipient=ledger_recipient(silos), relation=ADD_REMOVE_RECORD,
+                mechanism={**plan.mechanism(), **recipients}, recipient=recipient, relation=ADD_REMOVE_RECORD,
             )
 
-    outcome = silo_secure_sum(
-        channel,
-        round=1,
-        aggregator=aggregator,
-        backend=be,
-        secret=secret,
-        public=public,
-        contribution=Contribution(values=contribute, topup=topup, charge=charge),
-        timeout=3 * timeout + 60.0,
-        drop=drop,
-        allow_exposed=allow_exposed,
-        colluders=exposure_colluders(plan),
+    # noise_seed stays with the statistics' own shares: an exact keyless sum draws no session noise
+    sums = open_silo_sum(
+        channel, be, plan=sums_plan, aggregator=aggregator, timeout=3 * timeout + 60.0,
+        allow_exposed=allow_exposed, colluders=exposure_colluders(plan),
     )
+    outcome = sums.sum(round=1, contribution=Contribution(values=contribute, topup=topup, charge=charge),
+                       length=plan.size, drop=drop)
     return {
         "status": outcome.status,
         "reason": outcome.reason,
@@ -211,14 +267,31 @@ def statistics_aggregator(
     colluders: int,
     timeout: float = 120.0,
     allow_exposed: bool = False,
+    plan: StatisticsPlan | None = None,
 ) -> dict[str, Any]:
-    """The aggregator of a statistics job: adds ciphertexts, holds no key."""
+    """The aggregator of a statistics job: adds ciphertexts (shared key) or unmasks the sum of
+    masked vectors (keyless); holds no key either way.
+
+    ``plan``: the job's statistics plan; a keyless session needs it (the vector's length, and the
+    quorum the silos' shares were drawn for).
+
+    Raises:
+        ConfigError: a keyless backend without ``plan``, or a plan drawn for another quorum than
+            this aggregator's sums hold.
+    """
     be = get_backend(backend, **dict(backend_params))
-    public = aggregator_key_ceremony(channel, be, silos=silos, timeout=3 * timeout + 60.0)
-    out = aggregator_secure_sum(
-        channel, round=1, silos=silos, backend=be, public=public, min_silos=min_silos, colluders=colluders,
-        timeout=timeout, allow_exposed=allow_exposed,
+    sums_plan = plan_sums(be, silos=silos, min_silos=min_silos, colluders=colluders, allow_exposed=allow_exposed)
+    who = f"the aggregator {channel.party!r}"
+    if sums_plan.keyless and plan is None:
+        raise ConfigError(f"{who} of a keyless secure sum needs the statistics plan (its vector's length)")
+    if plan is not None:
+        _check_quorum(who, plan, sums_plan)
+    sums = open_aggregator_sum(
+        channel, be, plan=sums_plan, timeout=3 * timeout + 60.0, round_timeout=timeout, min_silos=min_silos,
+        colluders=colluders, allow_exposed=allow_exposed,
     )
+    # a shared-key sum adds ciphertexts of whatever length arrives; a keyless one unmasks plan.size words
+    out = sums.sum(round=1, silos=silos, length=plan.size if plan is not None else 0)
     return {
         "status": out.status,
         "contributors": list(out.contributors),

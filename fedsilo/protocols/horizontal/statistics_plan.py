@@ -77,7 +77,10 @@ class StatisticsPlan:
     """The public layout of the statistics vector and its noise (identical in every silo).
 
     ``silos`` is the number of silos the noise grids were sized for; a job with more silos
-    (or a ``present`` count above it) is refused.
+    (or a ``present`` count above it) is refused. ``quorum`` is set for a keyless secure sum
+    (:mod:`.sums`): each silo draws its share once, for the ``quorum`` contributions every
+    released sum holds at least, and there is no top-up; ``None``: the two-phase round's shares
+    (sized for the announced silos) and top-ups.
     """
 
     columns: tuple[str, ...]
@@ -90,6 +93,7 @@ class StatisticsPlan:
     accountant: str
     colluders: int
     silos: int
+    quorum: int | None = None
 
     @property
     def size(self) -> int:
@@ -102,7 +106,7 @@ class StatisticsPlan:
         return GaussianEvent(self.noise_multiplier, 1.0, len(self.releases))
 
     def mechanism(self) -> dict[str, Any]:
-        return {
+        out: dict[str, Any] = {
             "name": "discrete-gaussian-shares",
             "neighbours": NEIGHBOURS,
             "noise_multiplier": self.noise_multiplier,
@@ -116,21 +120,32 @@ class StatisticsPlan:
                 for r in self.releases
             ],
         }
+        if self.quorum is not None:
+            # shares drawn once for the quorum (keyless sum, no top-up); absent for the two-phase round
+            out["quorum"] = self.quorum
+        return out
 
 
 def _grid_ceil(value: float, granularity: float) -> float:
     return math.ceil(value / granularity) * granularity
 
 
-def smallest_share_sigma(*, sigma: float, silos: int, colluders: int) -> float:
+def smallest_share_sigma(*, sigma: float, silos: int, colluders: int, quorum: int | None = None) -> float:
     """Smallest std of any discrete-Gaussian draw one silo can make for a release of std ``sigma``.
 
-    A share is ``σ/sqrt(n − colluders)`` for ``n <= silos`` present silos (smallest at
-    ``n = silos``). A top-up after ``n − k`` of ``n`` announced silos dropped is
-    ``sqrt(σ²/(k − c) − σ²/(n − c))`` (:func:`~fedsilo.privacy.mechanisms.noise_share_topup_sigma`),
-    smallest at ``n = silos``, ``k = silos − 1``: ``σ/sqrt((silos − 1 − c)(silos − c))``; it exists
-    only when ``silos − 1 >= c + 1`` contributors can still be decrypted.
+    Two-phase round (``quorum=None``): a share is ``σ/sqrt(n − colluders)`` for ``n <= silos``
+    present silos (smallest at ``n = silos``). A top-up after ``n − k`` of ``n`` announced silos
+    dropped is ``sqrt(σ²/(k − c) − σ²/(n − c))``
+    (:func:`~fedsilo.privacy.mechanisms.noise_share_topup_sigma`), smallest at ``n = silos``,
+    ``k = silos − 1``: ``σ/sqrt((silos − 1 − c)(silos − c))``; it exists only when
+    ``silos − 1 >= c + 1`` contributors can still be decrypted.
+
+    Keyless sum (``quorum`` set): the only draw is the share sized once for the ``quorum``
+    contributions every released sum holds, ``σ/sqrt(quorum − c)``; no top-up exists (a sum
+    with more contributors only carries more noise).
     """
+    if quorum is not None:
+        return noise_share_sigma(sigma=sigma, parties=share_parties(present=quorum, colluders=colluders))
     parties = share_parties(present=silos, colluders=colluders)
     smallest = noise_share_sigma(sigma=sigma, parties=parties)
     if silos - 1 - colluders >= 1:
@@ -140,7 +155,8 @@ def smallest_share_sigma(*, sigma: float, silos: int, colluders: int) -> float:
 
 
 def _choose_grid(
-    *, column: str, query: str, coarsest: float, z: float, bound: float | None, silos: int, colluders: int
+    *, column: str, query: str, coarsest: float, z: float, bound: float | None, silos: int, colluders: int,
+    quorum: int | None,
 ) -> tuple[float, float, float]:
     """``(granularity, sensitivity, share_sigma)`` of one DP release: the coarsest power-of-two
     grid ``<= coarsest`` on which every share is at least :data:`MIN_SHARE_STEPS` steps wide.
@@ -151,12 +167,13 @@ def _choose_grid(
     g = coarsest
     while True:
         sens = 1.0 if bound is None else _grid_ceil(bound, g)
-        share = smallest_share_sigma(sigma=z * sens, silos=silos, colluders=colluders)
+        share = smallest_share_sigma(sigma=z * sens, silos=silos, colluders=colluders, quorum=quorum)
         if share / g >= MIN_SHARE_STEPS:
             return g, sens, share
         if g / 2 < FINEST_GRANULARITY:
+            sized = f"{silos} silos" if quorum is None else f"a quorum of {quorum} of {silos} silos"
             raise ConfigError(
-                f"statistics {column}.{query}: noise shares of std {share:.3g} over {silos} silos "
+                f"statistics {column}.{query}: noise shares of std {share:.3g} over {sized} "
                 f"(colluders {colluders}) are narrower than {MIN_SHARE_STEPS:g} steps of the finest grid "
                 f"{FINEST_GRANULARITY:g}, so their sum would not be the discrete Gaussian the accountant "
                 "assumes; lower epsilon or widen the column's range"
@@ -197,6 +214,7 @@ def plan_statistics(
     *,
     silos: int,
     granularity: float = DEFAULT_GRANULARITY,
+    quorum: int | None = None,
 ) -> StatisticsPlan:
     """Lay out the releases of a validated request (pure; every silo computes the same plan).
 
@@ -205,15 +223,21 @@ def plan_statistics(
         silos: number of silos in the job: the noise grids are sized so that every share and
             top-up any of them can draw is at least :data:`MIN_SHARE_STEPS` grid steps wide.
         granularity: coarsest grid of sums (a power of two; default ``2**-16``).
+        quorum: for a keyless secure sum, the session's quorum
+            (:attr:`~fedsilo.protocols.horizontal.sums.SumPlan.quorum`): shares are then drawn
+            once for it, with no top-up, and the grids are sized for that draw. ``None``: the
+            two-phase round of a shared-key backend.
 
     Raises:
-        ConfigError: a histogram or a DP sum/mean without a range, a silo count or granularity
-            out of range, fewer silos than ``colluders + 1``, or a release whose noise shares
-            cannot be made :data:`MIN_SHARE_STEPS` steps wide on a grid no finer than
-            :data:`FINEST_GRANULARITY`.
+        ConfigError: a histogram or a DP sum/mean without a range, a silo count, quorum or
+            granularity out of range, fewer silos (or a smaller quorum) than ``colluders + 1``,
+            or a release whose noise shares cannot be made :data:`MIN_SHARE_STEPS` steps wide
+            on a grid no finer than :data:`FINEST_GRANULARITY`.
     """
     if isinstance(silos, bool) or not isinstance(silos, int) or silos < 1:
         raise ConfigError(f"a statistics job needs an integer number of silos >= 1, got {silos!r}")
+    if quorum is not None and (isinstance(quorum, bool) or not isinstance(quorum, int) or not 1 <= quorum <= silos):
+        raise ConfigError(f"a statistics quorum must be an integer in [1, {silos}] for {silos} silo(s), got {quorum!r}")
     if (
         isinstance(granularity, bool)
         or not isinstance(granularity, (int, float))
@@ -237,6 +261,11 @@ def plan_statistics(
         delta, accountant, colluders = privacy.delta, privacy.accountant, privacy.colluders
         if silos < colluders + 1:
             raise ConfigError(f"{silos} silo(s) cannot tolerate {colluders} colluding key holder(s): need at least {colluders + 1}")
+        if quorum is not None and quorum < colluders + 1:
+            raise ConfigError(
+                f"a quorum of {quorum} contribution(s) cannot tolerate {colluders} colluding silo(s): noise shares "
+                f"drawn for it need at least {colluders + 1}"
+            )
         z = _noise_multiplier(
             target_epsilon=privacy.epsilon, delta=delta, sample_rate=1.0, steps=len(blocks), accountant=accountant
         )
@@ -249,11 +278,12 @@ def plan_statistics(
         else:
             bound = max(abs(v) for v in rng_out[c]) if q == "sum" else None
             g, sens, share = _choose_grid(
-                column=c, query=q, coarsest=coarsest, z=z, bound=bound, silos=silos, colluders=colluders
+                column=c, query=q, coarsest=coarsest, z=z, bound=bound, silos=silos, colluders=colluders,
+                quorum=quorum,
             )
             releases.append(Release(c, q, offset, length, sens, g, z * sens, share))
         offset += length
-    return StatisticsPlan(cols, qs, bins, rng_out, tuple(releases), z, delta, accountant, colluders, silos)
+    return StatisticsPlan(cols, qs, bins, rng_out, tuple(releases), z, delta, accountant, colluders, silos, quorum)
 
 
 def local_statistics(frame: pd.DataFrame, plan: StatisticsPlan) -> np.ndarray:
@@ -357,8 +387,9 @@ def finalize_statistics(total: np.ndarray, plan: StatisticsPlan) -> dict[str, di
 def check_encoding(plan: StatisticsPlan, backend: CryptoBackend) -> None:
     """Refuse an exact backend whose fixed-point step is coarser than a DP release's grid.
 
-    An exact backend (Paillier) rounds every value to ``2**-precision``, twice its documented
-    ``error_bound``; noise on a finer grid would be rounded off it. Approximate backends (CKKS)
+    An exact backend rounds every value to a fixed-point step twice its documented
+    ``error_bound`` (Paillier: ``2**-precision``; a keyless masking backend: its sums' grid);
+    noise on a finer grid would be rounded off it. Approximate backends (CKKS)
     keep no value on any grid: their decryption error (``info().error_bound``) comes on top of
     the discrete noise, see ``docs/horizontal.md``.
 
@@ -375,5 +406,6 @@ def check_encoding(plan: StatisticsPlan, backend: CryptoBackend) -> None:
         bits = 1 - math.frexp(finest)[1]
         raise ConfigError(
             f"the {info.name} backend rounds values to a {step:g} grid but the statistics plan needs a "
-            f"{finest:g} grid (2^-{bits}) for its noise; set its precision to at least {bits} fractional bits"
+            f"{finest:g} grid (2^-{bits}) for its noise; set its precision to at least {bits} fractional bits "
+            f"(a grid of 2^-{bits} or finer)"
         )

@@ -76,7 +76,8 @@ class SumPlan:
         keyless: the backend's key model is ``"keyless"`` (SecAgg+ session).
         silos: every silo of the job, sorted.
         quorum: the fewest contributions any released sum holds (``min_silos``, colluders + 1,
-            and without ``allow_exposed`` colluders + 2, so no sum is left to one silo).
+            and without ``allow_exposed`` colluders + 2, so no sum is left to one silo; keyless:
+            also the certified survivor set's ``⌊(n + c)/2⌋ + 1``).
         backend_params: the keyless backend's parameters (threshold, degree, granularity,
             value_bound, prg); empty for shared-key backends.
     """
@@ -152,6 +153,9 @@ def plan_sums(
         params = dict(built.params())
         if len(silos) < 2:
             raise ConfigError("crypto.backend: a keyless secure sum (SecAgg+) needs at least 2 silos")
+        # a released SecAgg+ sum holds a certified survivor set, at least floor((n + c)/2) + 1
+        # silos (sg.required_signatures): noise shares sized for that many are never too few
+        quorum = max(quorum, sg.required_signatures(len(silos), colluders))
     return SumPlan(keyless, tuple(sorted(silos)), min(quorum, max(1, len(silos))), params, colluders)
 
 

@@ -2,7 +2,9 @@
 
 Each silo party loads its own table, checks the requested columns and runs
 :func:`fedsilo.protocols.horizontal.statistics.statistics_silo` with its own ledger and its own
-noise; the aggregator adds ciphertexts. Results follow docs/results.md.
+noise; the aggregator adds ciphertexts (a shared-key backend) or unmasks the sum of masked
+vectors (a keyless one: the secure-sum session the backend's key model selects). Results follow
+docs/results.md.
 """
 from __future__ import annotations
 
@@ -21,11 +23,13 @@ from fedsilo.protocols.horizontal.secure_aggregation import check_federation, ex
 from fedsilo.protocols.horizontal.statistics import (
     StatisticsPlan,
     check_encoding,
+    coalition_size,
     exposure_colluders,
     plan_statistics,
     statistics_aggregator,
     statistics_silo,
 )
+from fedsilo.protocols.horizontal.sums import plan_sums
 from fedsilo.protocols.horizontal.statistics_plan import AGGREGATOR, unranged_columns
 from fedsilo.protocols.spec import PrivacySection, StatisticsSection, section
 from fedsilo.silos.config import JobConfig
@@ -84,18 +88,22 @@ def make_statistics_job(
     notes: Sequence[str] = (), faults: Mapping[str, str] | None = None,
 ) -> StatisticsJob:
     """The plan and the checks every party relies on, before any party starts or any ledger is
-    touched: the noise grids, the backend's precision, the exposure rule."""
+    touched: the secure sum the backend's key model selects (a keyless sum's threshold, quorum and
+    ring against the silos), the noise grids (sized for that sum's draws), the backend's
+    precision, the exposure rule."""
     if AGGREGATOR in silos:
         raise ConfigError(f"a silo may not be named {AGGREGATOR!r}")
-    if get_backend_class(backend).capabilities().keyless:
-        # the statistics rounds are written over a shared key (key ceremony, encrypt, decrypt)
-        raise ConfigError(
-            f"crypto.backend = {backend!r} is a keyless secure-sum backend: it is supported for horizontal jobs "
-            "only (statistics: coming); use paillier for federated statistics"
-        )
-    plan = plan_statistics(request, privacy, silos=len(silos))
-    # each sum holds every silo's contribution plus its top-up share
-    params = get_backend_class(backend).params_for("statistics", summands=2 * len(silos), params=backend_params)
+    cls = get_backend_class(backend)
+    # a shared-key sum holds every silo's contribution plus its top-up share
+    params = cls.params_for("statistics", summands=2 * len(silos), params=backend_params)
+    allow_exposed = exposed_sums_allowed(insecure=insecure, silo_level_dp=False)
+    colluders = coalition_size(colluders=0 if privacy is None else privacy.colluders, silos=len(silos))
+    sums = plan_sums(cls, silos=silos, min_silos=min_silos, colluders=colluders, allow_exposed=allow_exposed,
+                     backend_params=params)
+    # keyless: one noise share per silo, drawn for the quorum every released sum holds (no top-up)
+    plan = plan_statistics(request, privacy, silos=len(silos), quorum=sums.quorum if sums.keyless else None)
+    if sums.keyless:
+        sums.spec(plan.size)  # threshold vs neighbours, ring bits: refused here, not in a party
     check_encoding(plan, get_backend(backend, **params))
     spec = StatisticsJob(job, tuple(silos), plan, backend, params, min_silos, round_timeout, insecure, tuple(notes),
                          dict(faults or {}))
@@ -155,7 +163,7 @@ class StatisticsTask(Task):
             return statistics_aggregator(
                 channel, silos=plan.silos, backend=plan.backend, backend_params=plan.backend_params,
                 min_silos=plan.min_silos, colluders=exposure_colluders(plan.plan), timeout=plan.round_timeout,
-                allow_exposed=plan.allow_exposed,
+                allow_exposed=plan.allow_exposed, plan=plan.plan,
             )
         if not isinstance(party.source, DataSource):
             raise ConfigError(f"silo {party.name!r} has no data")

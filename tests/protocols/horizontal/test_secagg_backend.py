@@ -74,7 +74,9 @@ def test_the_plan_sizes_the_quorum_by_the_exposure_rule_and_refuses_a_threshold_
     names = ["a", "b", "c"]
     # without DP a sum of 2 of 3 would let each read the other's update: every sum needs all 3
     assert plan_sums(cls, silos=names, min_silos=2, colluders=1, allow_exposed=False).quorum == 3
-    assert plan_sums(cls, silos=names, min_silos=2, colluders=1, allow_exposed=True).quorum == 2
+    # exposed sums allowed, but a certified survivor set needs floor((3 + 1)/2) + 1 = 3 silos
+    assert plan_sums(cls, silos=names, min_silos=2, colluders=1, allow_exposed=True).quorum == 3
+    assert plan_sums(cls, silos=list("abcdef"), min_silos=2, colluders=1, allow_exposed=True).quorum == 4
     spec = plan_sums(cls, silos=names, min_silos=2, colluders=1, allow_exposed=False).spec(10)
     assert spec.threshold == 2 and spec.min_contributors == 3 and spec.degree == 2
     with pytest.raises(ConfigError, match="threshold = 3 but each of the 3 silos has only 2 neighbours"):
@@ -195,8 +197,9 @@ def test_silo_level_dp_charges_the_sessions_ddg_event(bc3: Any, tmp_path: Any) -
     events = {n: out[n].events for n in bc3.silos}
     (event,) = set(events["site0"])
     assert isinstance(event, DistributedDiscreteGaussianEvent) and len(events["site0"]) == 3
-    # quorum 2 (min_silos) with 1 colluder: one honest share is counted
-    assert event.shares == 1
+    # min_silos 2, but a certified survivor set needs floor((3 + 1)/2) + 1 = 3 silos: every sum
+    # holds all three, and with 1 colluder two honest shares are counted
+    assert event.shares == 2
     total = epsilon(ComposedEvent(events["site0"]), delta=1e-5, accountant="rdp")
     assert 8.0 * 0.99 <= total <= 8.0
     for n, led in ledgers.items():
