@@ -1,7 +1,7 @@
 """Fixed-point encoding and BatchCrypt-style packing: pure functions on floats and integers.
 
 Encryption never sees a float. A vector is first *encoded* here into integers, then the Paillier
-backend encrypts those integers with ``raw_encrypt`` (the same layering as python-paillier's
+backend encrypts those integers (``(1 + mn)·h^α``, or phe's ``raw_encrypt`` for format-1 keys; the same layering as python-paillier's
 ``EncodedNumber`` / ``EncryptedNumber`` split, but with one fixed scale for the whole vector).
 
 Fixed point (one scale per vector)

@@ -1,9 +1,9 @@
-"""The ``paillier`` backend: exact additive HE with python-paillier (phe) on gmpy2.
+"""The ``paillier`` backend: exact additive HE on gmpy2, decryption by python-paillier (phe).
 
 Scheme: Paillier, "Public-Key Cryptosystems Based on Composite Degree Residuosity Classes",
 EUROCRYPT 1999, with ``g = n + 1`` (so ``g**m = 1 + m*n mod n**2``) and CRT decryption
-(phe's ``raw_decrypt``). fedsilo only uses phe's *raw* layer (``raw_encrypt`` / ``raw_decrypt``
-on integers); floats are turned into integers by :mod:`fedsilo.crypto.encoding` with one fixed
+(phe's ``raw_decrypt``). fedsilo uses phe's *raw* layer only (``raw_decrypt``, and
+``raw_encrypt`` for format-1 keys) on integers; floats are turned into integers by :mod:`fedsilo.crypto.encoding` with one fixed
 scale per vector, never phe's per-value exponents (they leak each value's magnitude and cost a
 powmod per mismatched addition).
 
@@ -23,18 +23,30 @@ Two modes, chosen by the ``packed`` parameter (part of the public context, so bo
   summand count travels with the ciphertext; exceeding ``max_summands`` raises
   :class:`~fedsilo.errors.EncodingOverflowError` before anything is computed.
 
-Encryption (the ``r**n mod n**2`` obfuscator dominates), decryption, re-randomization and the
-exponentiations of ``mul_plain`` / ``matmul_plain`` run on a process pool of ``workers``
-processes (``workers=1``: in-process; the pool and its worker functions live in
-:mod:`fedsilo.crypto.pool`). Outbound ciphertexts are re-randomized on ``serialize``
+Encryption and re-randomization draw their randomness as ``h**α mod n**2`` (Damgård, Jurik &
+Nielsen, "A generalization of Paillier's public-key system with applications to electronic
+voting", Int. J. Inf. Secur. 9(6), 2010): ``h = (-x**2)**n mod n**2`` for a random ``x`` is part
+of the public key (generated at keygen, public-context format 2), ``α`` is a short exponent of
+:data:`RANDOMNESS_BITS` bits from the OS CSPRNG, and ``h**α`` comes from a fixed-base table
+(:class:`FixedBaseTable`: no squarings). A ciphertext that was raised to a plaintext factor
+(``mul_plain`` / ``matmul_plain``) is re-randomized with a full-length exponent instead, so its
+randomness is statistically independent of the factors even for the key holder. Keys of format
+1 (written before format 2; no ``h``) keep phe's ``r**n``. The security argument and its
+assumptions are in docs/crypto.md ("Fast encryption").
+
+Encryption, decryption, re-randomization and the exponentiations of ``mul_plain`` /
+``matmul_plain`` run on a process pool of ``workers`` processes (``workers=1``: in-process; the
+pool lives in :mod:`fedsilo.crypto.pool`). Outbound ciphertexts are re-randomized on ``serialize``
 unless they come straight from ``encrypt`` (a result of ``add_plain`` would otherwise let anyone
 who knows the input ciphertext recover the added plaintext). On the wire a ciphertext is a
 fixed-width big-endian integer (``2 * key_bits / 8`` bytes), never a decimal string.
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
+import secrets
 import struct
 import warnings
 from collections.abc import Sequence
@@ -45,7 +57,6 @@ import numpy as np
 
 try:
     import gmpy2
-    from phe import paillier as _phe
     from phe import util as _phe_util
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(f"fedsilo's paillier backend needs phe and gmpy2: {exc}") from exc
@@ -101,17 +112,30 @@ from fedsilo.errors import (
 )
 
 __all__ = [
+    "FULL_RANDOMNESS_MARGIN",
+    "RANDOMNESS_BITS",
+    "FixedBaseTable",
     "InsecureParametersWarning",
     "PaillierBackend",
     "PaillierCiphertext",
     "PaillierEncoding",
     "PaillierPublic",
     "PaillierSecret",
+    "djn_encrypt_batch",
+    "djn_rerandomize_batch",
+    "full_randomness_bits",
+    "generate_primes",
+    "is_nth_residue",
+    "random_exponents",
+    "randomness_base",
 ]
 
 #: Key sizes accepted, with their approximate security level (NIST SP 800-57 part 1, table 2).
 KEY_BITS_SECURITY = {1024: 80, 2048: 112, 3072: 128, 4096: 152}
-_WIRE_VERSION = 1
+_WIRE_VERSION = 1  # ciphertexts (unchanged by the randomness base: they are ordinary Paillier ciphertexts)
+#: Public-context / secret-key formats: 1 = ``n`` only (phe-style ``r**n`` randomness), 2 = ``n`` and ``h``.
+_KEY_VERSION = 2
+_KEY_VERSIONS = (1, 2)
 _PUB_STRUCT = struct.Struct(">BHHBId")  # version, key_bits, precision, packed, max_summands, value_bound
 _CT_STRUCT = struct.Struct(">BBHQQI")  # version, packed, scale_bits, length, summands, count
 _MAX_PRECISION = 64
@@ -121,6 +145,161 @@ DEFAULT_MAX_SUMMANDS = 16
 
 class InsecureParametersWarning(UserWarning):
     """Parameters that are fine for tests but too weak for real data (e.g. 1024-bit keys)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Fast randomness (Damgård-Jurik-Nielsen): pure functions on ints, run in-process or on the pool
+# --------------------------------------------------------------------------------------------
+#: Length of the short exponent ``α`` of a fresh encryption's randomness ``h**α``: ``2·max(128, λ)``
+#: bits for a key of ``λ``-bit security, so the generic attack on a short exponent (Pollard's
+#: kangaroo, ``2**(bits/2)`` group operations) costs at least as much as factoring ``n``
+#: (docs/crypto.md, "Fast encryption").
+RANDOMNESS_BITS = {bits: 2 * max(128, security) for bits, security in KEY_BITS_SECURITY.items()}
+#: A full-length exponent has ``key_bits + FULL_RANDOMNESS_MARGIN`` bits: ``β mod ord(h)`` is then
+#: within statistical distance ``2**-128`` of uniform, whatever the group order (``ord(h) < n``).
+FULL_RANDOMNESS_MARGIN = 128
+#: Window widths of the fixed-base tables: 8 bits (32 multiplications, ~4 MB at 2048 bits) for
+#: the short exponents; 6 bits for the full-length ones (~12 MB, built only where used).
+_SHORT_WINDOW = 8
+_FULL_WINDOW = 6
+_SHORT_WINDOW_MAX_BITS = 512
+#: Fewest items worth a trip to the process pool (a fresh encryption costs ~0.2 ms at 2048 bits).
+_POOL_MIN_ITEMS = 32
+
+
+def full_randomness_bits(key_bits: int) -> int:
+    """Bits of the exponent that re-randomizes a ciphertext raised to a plaintext factor."""
+    return key_bits + FULL_RANDOMNESS_MARGIN
+
+
+class FixedBaseTable:
+    """``base**e mod modulus`` for ``0 <= e < 2**bits`` with a precomputed table and no squarings.
+
+    ``rows[i][d] = base**(d * 2**(window*i))``, so with ``e = Σ_i d_i 2**(window*i)`` (digits
+    ``d_i < 2**window``) the power is ``Π_i rows[i][d_i]``: ``ceil(bits / window)`` modular
+    multiplications instead of ``bits`` squarings. Fixed-base windowing with every digit's power
+    stored (Menezes, van Oorschot & Vanstone, *Handbook of Applied Cryptography*, §14.6.3; Brickell,
+    Gordon, McCurley & Wilson, EUROCRYPT 1992). Building costs ``rows * (2**window - 1)``
+    multiplications, once per process and key (:func:`_table` caches a few).
+    """
+
+    __slots__ = ("bits", "modulus", "window", "_rows")
+
+    def __init__(self, base: int, modulus: int, *, bits: int, window: int) -> None:
+        if bits < 1 or not 1 <= window <= 16:
+            raise ValueError(f"FixedBaseTable: bits >= 1 and window in [1, 16] needed, got {bits}, {window}")
+        mod = gmpy2.mpz(modulus)
+        step = gmpy2.mpz(base) % mod
+        rows = []
+        for _ in range(-(-bits // window)):
+            row = [gmpy2.mpz(1)]
+            acc = gmpy2.mpz(1)
+            for _ in range((1 << window) - 1):
+                acc = acc * step % mod
+                row.append(acc)
+            rows.append(row)
+            step = acc * step % mod  # base**(2**(window*(i+1)))
+        self.bits = bits
+        self.modulus = mod
+        self.window = window
+        self._rows = rows
+
+    def pow(self, exponent: int) -> Any:
+        """``base**exponent mod modulus`` (an mpz); ``0 <= exponent < 2**bits``."""
+        if not 0 <= exponent < (1 << self.bits):
+            raise ValueError(f"FixedBaseTable: exponent outside [0, 2**{self.bits})")
+        mod, window, mask = self.modulus, self.window, (1 << self.window) - 1
+        out = None
+        e = int(exponent)
+        for row in self._rows:
+            if not e:
+                break
+            digit = e & mask
+            e >>= window
+            if digit:
+                out = row[digit] if out is None else out * row[digit] % mod
+        return gmpy2.mpz(1) if out is None else out
+
+
+@functools.lru_cache(maxsize=4)
+def _table(base: int, modulus: int, bits: int, window: int) -> FixedBaseTable:
+    # A few keys per process (a silo rarely uses more than one); each table is a few MB.
+    return FixedBaseTable(base, modulus, bits=bits, window=window)
+
+
+def random_exponents(count: int, bits: int) -> list[int]:
+    """``count`` integers uniform in ``[0, 2**bits)`` from the OS CSPRNG (never seeded)."""
+    size = (bits + 7) // 8
+    drop = 8 * size - bits
+    raw = os.urandom(size * count)
+    return [int.from_bytes(raw[i * size : (i + 1) * size], "big") >> drop for i in range(count)]
+
+
+def generate_primes(key_bits: int) -> tuple[int, int]:
+    """Two random primes ``p, q ≡ 3 (mod 4)`` of ``key_bits/2`` bits with ``gcd(p-1, q-1) = 2``.
+
+    ``n = p·q`` has exactly ``key_bits`` bits (the top two bits of each prime are set) and
+    ``|p - q| > 2**(key_bits/2 - 16)`` (Fermat's method needs ``|p - q|`` near ``n**(1/4)``). With
+    these conditions the Jacobi-symbol-1 subgroup of ``Z*_n`` is cyclic and ``-1`` lies in it
+    but is not a square: the structure the DJN randomness base relies on. Candidates come from
+    :mod:`secrets`; primality is BPSW plus Miller-Rabin rounds (GMP's ``mpz_probab_prime_p``).
+    """
+    half = key_bits // 2
+
+    def prime() -> Any:
+        while True:
+            candidate = gmpy2.mpz(secrets.randbits(half) | (3 << (half - 2)) | 3)
+            if gmpy2.is_prime(candidate, 40):
+                return candidate
+
+    while True:
+        p, q = prime(), prime()
+        if gmpy2.gcd(p - 1, q - 1) == 2 and abs(p - q).bit_length() > half - 16:
+            return int(p), int(q)
+
+
+def randomness_base(n: int) -> int:
+    """``h = (-x**2)**n mod n**2`` for ``x`` uniform in ``Z*_n`` (OS CSPRNG): the public base of
+    the DJN randomness ``h**α``. ``-x**2`` lies in the Jacobi-symbol-1 subgroup of ``Z*_n``, and
+    ``h`` is an ``n``-th residue mod ``n**2`` by construction, so ``h**α`` encrypts zero."""
+    n = gmpy2.mpz(n)
+    while True:
+        x = gmpy2.mpz(secrets.randbelow(int(n) - 2) + 2)
+        if gmpy2.gcd(x, n) == 1:
+            return int(gmpy2.powmod(-x * x % n, n, n * n))
+
+
+def is_nth_residue(h: int, p: int, q: int) -> bool:
+    """Whether ``h`` is an ``n``-th residue mod ``n**2`` (``n = p·q``): ``h**lcm(p-1, q-1) == 1``.
+
+    The ``n``-th residues are exactly the elements whose order divides ``φ(n)`` (``gcd(n, φ(n)) =
+    1``); only the key holder can check this, with the factors."""
+    n = gmpy2.mpz(p) * gmpy2.mpz(q)
+    lam = gmpy2.lcm(gmpy2.mpz(p) - 1, gmpy2.mpz(q) - 1)
+    return bool(gmpy2.powmod(gmpy2.mpz(h), lam, n * n) == 1)
+
+
+def djn_encrypt_batch(n: int, h: int, bits: int, plaintexts: list[int]) -> list[Any]:
+    """``(1 + m·n) · h**α mod n**2`` per plaintext ``0 <= m < n``, ``α`` uniform of ``bits`` bits."""
+    if not plaintexts:
+        return []
+    n = gmpy2.mpz(n)
+    nsq = n * n
+    table = _table(int(h), int(nsq), bits, _SHORT_WINDOW)
+    alphas = random_exponents(len(plaintexts), bits)
+    return [(1 + gmpy2.mpz(m) * n) * table.pow(a) % nsq for m, a in zip(plaintexts, alphas)]
+
+
+def djn_rerandomize_batch(n: int, h: int, bits: int, ciphertexts: list[int]) -> list[Any]:
+    """``c · h**β mod n**2`` per ciphertext: a fresh encryption of zero, ``β`` of ``bits`` bits."""
+    if not ciphertexts:
+        return []
+    n = gmpy2.mpz(n)
+    nsq = n * n
+    window = _SHORT_WINDOW if bits <= _SHORT_WINDOW_MAX_BITS else _FULL_WINDOW
+    table = _table(int(h), int(nsq), bits, window)
+    betas = random_exponents(len(ciphertexts), bits)
+    return [gmpy2.mpz(c) * table.pow(b) % nsq for c, b in zip(ciphertexts, betas)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -144,15 +323,23 @@ class PaillierEncoding:
 
 @dataclass(frozen=True, repr=False)
 class PaillierPublic(PublicContext):
-    """Public key ``n`` plus the encoding parameters; fingerprint covers both."""
+    """Public key ``n``, the DJN randomness base ``h`` and the encoding parameters.
+
+    The fingerprint covers all three. ``h is None`` only for a key loaded from format 1 (written
+    before ``h`` existed): it encrypts with phe's ``r**n`` and keeps its old fingerprint.
+    """
 
     n: int
     encoding: PaillierEncoding
+    h: int | None = None
     backend: ClassVar[str] = "paillier"
     _fp: str = field(init=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "_fp", fingerprint_of("paillier", _int_bytes(self.n), self.encoding.describe()))
+        parts: list[bytes | str] = [_int_bytes(self.n), self.encoding.describe()]
+        if self.h is not None:
+            parts += ["djn-h", _int_bytes(self.h)]
+        object.__setattr__(self, "_fp", fingerprint_of("paillier", *parts))
 
     @property
     def fingerprint(self) -> str:
@@ -175,11 +362,19 @@ class PaillierPublic(PublicContext):
     def ciphertext_bytes(self) -> int:
         return (self.nsquare.bit_length() + 7) // 8
 
+    @property
+    def fast_randomness(self) -> bool:
+        """Encryption uses the DJN base ``h`` (format 2), not phe's ``r**n`` (format 1)."""
+        return self.h is not None
+
     def _payload(self) -> bytes:
         e = self.encoding
-        return _PUB_STRUCT.pack(
-            _WIRE_VERSION, self.key_bits, e.precision, int(e.packed), e.max_summands, e.value_bound
-        ) + _int_bytes(self.n)
+        version = 1 if self.h is None else _KEY_VERSION
+        head = _PUB_STRUCT.pack(version, self.key_bits, e.precision, int(e.packed), e.max_summands, e.value_bound)
+        body = head + _int_bytes(self.n)
+        if self.h is not None:
+            body += int(self.h).to_bytes(self.ciphertext_bytes, "big")
+        return body
 
     def serialize(self) -> bytes:
         return CryptoBackend._header(b"PUBK", self.fingerprint) + self._payload()
@@ -187,7 +382,9 @@ class PaillierPublic(PublicContext):
 
 @dataclass(frozen=True, repr=False, eq=False)
 class PaillierSecret(SecretKey):
-    """The primes ``p, q``. ``repr`` shows only the fingerprint (see :class:`SecretKey`)."""
+    """The primes ``p, q`` (and the public context, ``h`` included, they belong to).
+
+    ``repr`` shows only the fingerprint (see :class:`SecretKey`)."""
 
     public_context: PaillierPublic
     p: int
@@ -195,7 +392,8 @@ class PaillierSecret(SecretKey):
     backend: ClassVar[str] = "paillier"
 
     def public(self) -> PaillierPublic:
-        return PaillierPublic(self.public_context.n, self.public_context.encoding)
+        pub = self.public_context
+        return PaillierPublic(pub.n, pub.encoding, pub.h)
 
     @property
     def fingerprint(self) -> str:
@@ -227,7 +425,10 @@ class PaillierCiphertext(Ciphertext):
     ``scale_bits``: values are integers over ``2**scale_bits``. ``summands``: how many fresh
     vectors were added (packed mode: the offset multiplier and the headroom check). ``bound``:
     public upper bound on ``|plaintext integer|`` (unpacked mode). ``obfuscated``: straight
-    from ``encrypt`` (no need to re-randomize before sending).
+    from ``encrypt`` (no need to re-randomize before sending). ``multiplied``: raised to a
+    plaintext factor since its randomness was last refreshed, so its randomness depends on the
+    factors; ``serialize`` then re-randomizes with a full-length exponent
+    (:func:`full_randomness_bits`) rather than a short one.
     """
 
     backend: ClassVar[str] = "paillier"
@@ -243,6 +444,7 @@ class PaillierCiphertext(Ciphertext):
         bound: int,
         obfuscated: bool,
         ops: "PaillierBackend",
+        multiplied: bool = False,
     ) -> None:
         self.values = values
         self.length = length
@@ -253,6 +455,7 @@ class PaillierCiphertext(Ciphertext):
         self.summands = summands
         self.bound = bound
         self.obfuscated = obfuscated
+        self.multiplied = multiplied
         self._ops = ops
 
 
@@ -427,34 +630,50 @@ class PaillierBackend(CryptoBackend):
 
     # --- keys -------------------------------------------------------------------------------
     def keygen(self) -> PaillierSecret:
-        pub, priv = _phe.generate_paillier_keypair(n_length=self.key_bits)
-        public = PaillierPublic(int(pub.n), self.encoding)
-        return PaillierSecret(public, int(priv.p), int(priv.q))
+        """Primes from :func:`generate_primes`, ``h`` from :func:`randomness_base` (OS CSPRNG)."""
+        p, q = generate_primes(self.key_bits)
+        n = p * q
+        public = PaillierPublic(n, self.encoding, randomness_base(n))
+        return PaillierSecret(public, p, q)
 
     def _parse_public_payload(self, body: bytes, *, what: str) -> tuple[PaillierPublic, bytes]:
         try:
             version, key_bits, precision, packed, max_summands, value_bound = _PUB_STRUCT.unpack_from(body)
         except struct.error as exc:
             raise CiphertextFormatError(f"paillier: truncated {what}") from exc
-        if version != _WIRE_VERSION:
-            raise CiphertextFormatError(f"paillier: {what} has format version {version}, expected {_WIRE_VERSION}")
+        if version not in _KEY_VERSIONS:
+            raise CiphertextFormatError(
+                f"paillier: {what} has format version {version}; this fedsilo reads versions "
+                f"{', '.join(map(str, _KEY_VERSIONS))} (a newer fedsilo wrote it?)"
+            )
         n_len = (key_bits + 7) // 8
+        h_len = 2 * n_len if version >= 2 else 0
         start = _PUB_STRUCT.size
         raw_n = body[start : start + n_len]
-        if len(raw_n) != n_len or packed not in (0, 1):
+        raw_h = body[start + n_len : start + n_len + h_len]
+        if len(raw_n) != n_len or len(raw_h) != h_len or packed not in (0, 1):
             raise CiphertextFormatError(f"paillier: truncated or corrupt {what}")
         n = int.from_bytes(raw_n, "big")
         if n.bit_length() != key_bits or n % 2 == 0:
             raise CiphertextFormatError(f"paillier: {what} holds an invalid modulus")
+        h = None
+        if version >= 2:
+            h = int.from_bytes(raw_h, "big")
+            # What a peer can check without the factors (n-th residuosity itself is the DCR
+            # problem; the key holder checks it in load_secret): keygen's n is 1 mod 4 and h,
+            # an n-th power of -x**2, has Jacobi symbol 1 mod n.
+            if not (1 < h < n * n and n % 4 == 1 and gmpy2.gcd(h, n) == 1 and gmpy2.jacobi(h % n, n) == 1):
+                raise CiphertextFormatError(f"paillier: {what} holds an invalid randomness base h")
         encoding = PaillierEncoding(precision, value_bound, bool(packed), max_summands)
         if encoding != self.encoding or key_bits != self.key_bits:
             raise ConfigError(
                 f"paillier: the {what} was made with key_bits={key_bits}, {encoding.describe()} but this "
                 f"backend has key_bits={self.key_bits}, {self.encoding.describe()}; use the federation's parameters"
             )
-        return PaillierPublic(n, encoding), body[start + n_len :]
+        return PaillierPublic(n, encoding, h), body[start + n_len + h_len :]
 
     def load_public(self, data: bytes) -> PaillierPublic:
+        """Formats 1 (``n`` only: phe-style randomness, fingerprint unchanged) and 2 (``n`` and ``h``)."""
         fp, body = self._split_header(data, kind=b"PUBK", backend=self.name)
         public, rest = self._parse_public_payload(body, what="public context")
         if rest or public.fingerprint != fp:
@@ -462,6 +681,7 @@ class PaillierBackend(CryptoBackend):
         return public
 
     def load_secret(self, data: bytes) -> PaillierSecret:
+        """Formats 1 and 2; a format-2 key whose ``h`` is not an ``n``-th residue is refused."""
         fp, body = self._split_header(data, kind=b"SECK", backend=self.name)
         public, rest = self._parse_public_payload(body, what="secret key")
         primes = []
@@ -476,6 +696,9 @@ class PaillierBackend(CryptoBackend):
         p, q = primes
         if rest or p * q != public.n or public.fingerprint != fp:
             raise CiphertextFormatError("paillier: secret key is corrupt (primes do not match the modulus)")
+        if public.h is not None and not is_nth_residue(public.h, p, q):
+            # Encryptions with such an h would decrypt to garbage (h**α would not encrypt zero).
+            raise CiphertextFormatError("paillier: secret key is corrupt (its randomness base h is not an n-th residue)")
         return PaillierSecret(public, p, q)
 
     # --- helpers ----------------------------------------------------------------------------
@@ -513,9 +736,30 @@ class PaillierBackend(CryptoBackend):
             bound=ct.bound,
             obfuscated=False,  # any homomorphic result is re-randomized before it leaves
             ops=self,
+            multiplied=ct.multiplied,
         )
         fields.update(changes)
         return PaillierCiphertext(**fields)
+
+    def _pool_for(self, items: int) -> int:
+        """Pool size for ``items`` fast encryptions: below a few dozen the IPC costs more."""
+        return self.workers if items >= _POOL_MIN_ITEMS else 1
+
+    def _rerandomize(self, pub: PaillierPublic, values: list[int], *, full: bool) -> list[int]:
+        """Multiply every ciphertext by a fresh encryption of zero.
+
+        ``full``: after a multiplication by plaintext factors the randomness is ``h**(Σ α_i k_i)``,
+        which a key holder able to take discrete logarithms mod p and q could relate to the
+        factors ``k_i``; a full-length ``β`` (``key_bits + 128`` bits) makes ``h**β``, hence the
+        product, statistically independent of them. Otherwise (sums, ``add_plain``, forwarding)
+        the randomness does not depend on any plaintext and a short ``β`` hides the result from
+        whoever knows the inputs, as a fresh encryption does.
+        """
+        if pub.h is None:  # a format-1 key: phe's r**n (uniform, so full or not makes no difference)
+            return parallel_map(obfuscate_batch, (pub.n,), values, self.workers)
+        bits = full_randomness_bits(self.key_bits) if full else RANDOMNESS_BITS[self.key_bits]
+        out = parallel_map(djn_rerandomize_batch, (pub.n, pub.h, bits), values, self._pool_for(len(values)))
+        return [int(v) for v in out]
 
     def _check_summands(self, total: int) -> None:
         if total > self.encoding.max_summands:
@@ -568,9 +812,13 @@ class PaillierBackend(CryptoBackend):
         if self.layout is not None:
             plaintexts = pack(ints, layout=self.layout)
         else:
-            # Negative values become n - |m|; phe's raw_encrypt handles that range with an inverse.
+            # Negative values become n - |m| (g**(n - |m|) = g**(-|m|) mod n**2).
             plaintexts = [m % pub.n for m in ints]
-        cts = parallel_map(encrypt_batch, (pub.n,), plaintexts, self.workers)
+        if pub.h is None:  # a format-1 key: phe's raw_encrypt, r**n
+            cts = parallel_map(encrypt_batch, (pub.n,), plaintexts, self.workers)
+        else:
+            common = (pub.n, pub.h, RANDOMNESS_BITS[self.key_bits])
+            cts = parallel_map(djn_encrypt_batch, common, plaintexts, self._pool_for(len(plaintexts)))
         return PaillierCiphertext(
             values=[gmpy2.mpz(c) for c in cts],
             length=int(vec.shape[0]),
@@ -637,7 +885,8 @@ class PaillierBackend(CryptoBackend):
         out = list(columns[0])
         for vals in columns[1:]:
             out = [x * y % nsq for x, y in zip(out, vals)]
-        return self._wrap(first, out, scale_bits=scale, summands=total, bound=bound)
+        multiplied = any(c.multiplied for c in checked)
+        return self._wrap(first, out, scale_bits=scale, summands=total, bound=bound, multiplied=multiplied)
 
     def add_plain(self, a: Ciphertext, values: Any) -> PaillierCiphertext:
         """Enc(x) * (1 + m n) = Enc(x + m): no randomness, hence re-randomized on serialize."""
@@ -676,13 +925,15 @@ class PaillierBackend(CryptoBackend):
             self._check_summands(c.summands * int(k))
             pairs = [(int(v), int(k)) for v in c.values]
             out = parallel_map(pow_batch, (pub.nsquare,), pairs, self.workers)
-            return self._wrap(c, [gmpy2.mpz(v) for v in out], summands=c.summands * int(k))
+            return self._wrap(c, [gmpy2.mpz(v) for v in out], summands=c.summands * int(k), multiplied=True)
         ks = encode_fixed(vec, precision=e.precision, value_bound=e.value_bound, what="plaintext factor")
         bound = c.bound * fixed_point_bound(value_bound=e.value_bound, precision=e.precision)
         self._check_bound(pub, bound, "mul_plain")
         pairs = [(int(v), k) for v, k in zip(c.values, ks)]
         out = parallel_map(pow_batch, (pub.nsquare,), pairs, self.workers)
-        return self._wrap(c, [gmpy2.mpz(v) for v in out], scale_bits=c.scale_bits + e.precision, bound=bound)
+        return self._wrap(
+            c, [gmpy2.mpz(v) for v in out], scale_bits=c.scale_bits + e.precision, bound=bound, multiplied=True
+        )
 
     def matmul_plain(self, a: Ciphertext, matrix: Any) -> PaillierCiphertext:
         """Enc(v) @ M: column j is ``prod_i Enc(v_i)**round(M_ij 2**precision)``."""
@@ -712,6 +963,7 @@ class PaillierBackend(CryptoBackend):
             bound=bound,
             obfuscated=False,
             ops=self,
+            multiplied=True,
         )
 
     # --- wire -------------------------------------------------------------------------------
@@ -720,7 +972,7 @@ class PaillierBackend(CryptoBackend):
         pub = c.public
         values = [int(v) for v in c.values]
         if not c.obfuscated:
-            values = parallel_map(obfuscate_batch, (pub.n,), values, self.workers)
+            values = self._rerandomize(pub, values, full=c.multiplied)
         width = pub.ciphertext_bytes
         bound_raw = _int_bytes(c.bound)
         head = _CT_STRUCT.pack(_WIRE_VERSION, int(c.packed), c.scale_bits, c.length, c.summands, len(values))

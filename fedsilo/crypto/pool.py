@@ -108,9 +108,10 @@ _POOL_FAILED = (
 def _get_pool(workers: int) -> ProcessPoolExecutor:
     pool = _POOLS.get(workers)
     if pool is None:
-        # forkserver, not fork (see the module docstring); the forkserver preloads this module.
+        # forkserver, not fork (see the module docstring); the forkserver preloads this module
+        # and the Paillier backend, whose fast encryption runs in the workers
         ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload([__name__])
+        ctx.set_forkserver_preload([__name__, "fedsilo.crypto.paillier"])
         pool = _POOLS[workers] = ProcessPoolExecutor(max_workers=workers, mp_context=ctx)
     return pool
 

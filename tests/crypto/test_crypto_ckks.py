@@ -1,10 +1,14 @@
 """CKKS specifics: profiles and 128-bit checks, public context without secret, chunking,
-capacity, depth, Galois keys, hostile bytes."""
+capacity, depth, Galois keys, hostile bytes, seeded secret-key encryption, the raw TenSEAL bench."""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 import pytest
 import tenseal as ts
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from fedsilo.crypto import get_backend
 from fedsilo.crypto.ckks import MAX_COEFF_BITS_128, PROFILES, CKKSBackend
@@ -13,6 +17,7 @@ from fedsilo.errors import (
     ConfigError,
     CryptoError,
     EncodingOverflowError,
+    KeyMismatchError,
     UnsupportedOperationError,
 )
 
@@ -247,3 +252,205 @@ def test_ciphertexts_refuse_pickling(agg):
         pickle.dumps(ct)
     with pytest.raises(TypeError, match="serialize"):
         copy.deepcopy(ct)
+
+
+# --- secret-key (seeded) encryption for key holders; no re-randomization of plain sums --------
+needs_memfd = pytest.mark.skipif(not hasattr(os, "memfd_create"), reason="seeded encryption needs Linux memfd")
+
+
+@needs_memfd
+def test_secret_key_encryption_is_seeded_and_takes_half_the_bytes(agg):
+    b, k = agg.backend, agg
+    assert k.secret.seeded_encryption and k.secret.fallback_reason == ""
+    slots = b.p.slots
+    x = np.random.default_rng(20).uniform(-1, 1, 3 * slots)
+    sym, asym = b.encrypt_with_secret(k.secret, x), b.encrypt(k.public, x)
+    sym_blob, asym_blob = b.serialize(sym), b.serialize(asym)
+    # c0 and a seed instead of (c0, c1): 16.1 instead of 32.1 bytes per value at N = 4096
+    assert len(sym_blob) / x.size < 0.52 * len(asym_blob) / x.size
+    assert len(sym_blob) == b.wire_size(sym)
+    # the aggregator's view: an ordinary ciphertext under the same key
+    aggregator = b.load_public(k.public.serialize())
+    received = b.deserialize(aggregator, sym_blob)
+    assert received.fingerprint == k.public.fingerprint == sym.fingerprint
+    out = b.decrypt(k.secret, received)
+    assert np.max(np.abs(out - x)) <= b.info().error_bound
+    # a key loaded from its export (no public key in its private context) encrypts seeded too,
+    # and the original key decrypts it
+    loaded = b.load_secret(k.secret.export_secret())
+    again = b.encrypt_with_secret(loaded, x[:10])
+    assert loaded.seeded_encryption and again.blobs is not None
+    assert np.max(np.abs(b.decrypt(k.secret, again) - x[:10])) <= b.info().error_bound
+
+
+values_and_kinds = st.integers(1, 5).flatmap(
+    lambda n: st.tuples(
+        st.lists(st.floats(-100, 100, allow_nan=False), min_size=n, max_size=n).map(np.array),
+        st.lists(st.integers(0, 2), min_size=1, max_size=6),
+    )
+)
+
+
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(values_and_kinds, st.integers(0, 2**32 - 1))
+def test_secret_and_public_key_ciphertexts_add_within_the_error_bound(keyset_factory, case, seed):
+    """Any mix of secret-key and public-key ciphertexts, summed by an aggregator that holds
+    only the public context (from the wire), decrypts within the documented bound."""
+    k = keyset_factory("ckks")
+    b = k.backend
+    base, kinds = case
+    rng = np.random.default_rng(seed)
+    xs = [base * rng.uniform(-1, 1, base.size) for _ in kinds]
+    encrypt = {0: lambda v: b.encrypt(k.public, v), 1: lambda v: b.encrypt_with_secret(k.secret, v)}
+    # kind 2: a secret-key ciphertext that went over the wire before the sum
+    blobs = [b.serialize(encrypt[min(kind, 1)](x)) for x, kind in zip(xs, kinds)]
+    aggregator = b.load_public(k.public.serialize())
+    total = b.serialize(b.sum([b.deserialize(aggregator, blob) for blob in blobs]))
+    out = b.decrypt(k.secret, b.deserialize(k.public, total))
+    bound = b.info().error_bound * sum(1 + np.abs(x) for x in xs)
+    assert np.all(np.abs(out - sum(xs)) <= bound + 1e-12 * np.abs(sum(xs)))
+    # the key holder may also add its own ciphertext to a received one, in-process
+    mixed = b.add(b.encrypt_with_secret(k.secret, xs[0]), b.deserialize(k.public, blobs[0]))
+    assert np.all(np.abs(b.decrypt(k.secret, mixed) - 2 * xs[0]) <= 2 * b.info().error_bound * (1 + np.abs(xs[0])) + 1e-12)
+
+
+@pytest.mark.parametrize("scale_bits", [25, 40])
+def test_secret_key_error_bound_follows_the_scale(keyset_factory, scale_bits):
+    k = keyset_factory("ckks", scale_bits=scale_bits)
+    b = k.backend
+    rng = np.random.default_rng(100 + scale_bits)
+    xs = [rng.uniform(-1, 1, b.p.slots) for _ in range(10)]
+    total = b.sum([b.encrypt_with_secret(k.secret, x) if i % 2 else b.encrypt(k.public, x) for i, x in enumerate(xs)])
+    assert float(np.max(np.abs(b.decrypt(k.secret, total) - sum(xs)))) <= b.info().error_bound
+
+
+def test_secret_key_ciphertexts_of_another_key_are_refused(agg):
+    b, k = agg.backend, agg
+    ours = b.encrypt_with_secret(k.secret, [1.0, 2.0])
+    theirs = b.encrypt_with_secret(k.other_secret, [1.0, 2.0])
+    assert ours.fingerprint != theirs.fingerprint
+    for op in (lambda: b.add(ours, theirs), lambda: b.sum([ours, b.encrypt(k.public, [0.0, 0.0]), theirs])):
+        with pytest.raises(KeyMismatchError, match="different keys"):
+            op()
+    with pytest.raises(KeyMismatchError, match="different keys"):
+        b.decrypt(k.other_secret, ours)
+    with pytest.raises(KeyMismatchError, match="different keys"):
+        b.deserialize(k.other_public, b.serialize(ours))
+    # a public context is not a secret key; other parameters are refused by name
+    with pytest.raises(KeyMismatchError, match="CKKSSecret"):
+        b.encrypt_with_secret(k.public, [1.0])
+    with pytest.raises(ConfigError, match="parameters"):
+        CKKSBackend(value_bound=2.0).encrypt_with_secret(k.secret, [1.0])
+    with pytest.raises(EncodingOverflowError, match="value_bound"):
+        b.encrypt_with_secret(k.secret, [b.p.value_bound * 2])
+    with pytest.raises(ConfigError, match="NaN"):
+        b.encrypt_with_secret(k.secret, [float("nan")])
+
+
+def test_plain_sums_are_sent_as_they_are_and_plaintext_results_re_randomized(agg, mul):
+    b, k = agg.backend, agg
+    x = np.arange(5.0)
+    a, c = b.encrypt_with_secret(k.secret, x), b.encrypt(k.public, x)
+    total = b.sum([a, c])
+    # Subtracting the operands one knows from a sum leaves ciphertexts, never a plaintext:
+    # serialize adds no fresh encryption of zero (it would cost one more encryption per chunk).
+    assert b.serialize(total) == b.serialize(total)
+    received = b.deserialize(k.public, b.serialize(a))
+    assert b.serialize(received) == b.serialize(received)  # (TenSEAL re-serializes it unseeded)
+    # c + encode(p) with c known reveals p: such results get a fresh encryption of zero.
+    shifted = b.add_plain(a, x)
+    assert b.serialize(shifted) != b.serialize(shifted)
+    assert b.serialize(b.sum([shifted, c])) != b.serialize(b.sum([shifted, c]))
+    assert np.allclose(b.decrypt(k.secret, b.deserialize(k.public, b.serialize(shifted))), 2 * x, atol=1e-6)
+    m = mul.backend
+    scaled = m.mul_plain(m.encrypt_with_secret(mul.secret, x), 3.0)
+    assert m.serialize(scaled) != m.serialize(scaled)
+    assert np.allclose(m.decrypt(mul.secret, m.deserialize(mul.public, m.serialize(scaled))), 3 * x, atol=1e-5)
+
+
+def test_secret_key_ciphertexts_support_every_operation_of_the_profile(keyset_factory):
+    ks = keyset_factory("ckks", profile="matmul", value_bound=1.0)
+    b = ks.backend
+    rng = np.random.default_rng(21)
+    x, m = rng.uniform(-1, 1, 300), rng.uniform(-1, 1, (300, 3)) / 300
+    ct = b.encrypt_with_secret(ks.secret, x)
+    out = b.decrypt(ks.secret, b.deserialize(ks.public, b.serialize(b.matmul_plain(ct, m))))
+    assert np.max(np.abs(out - x @ m)) < 1e-5
+
+
+def test_secret_key_encryption_falls_back_to_public_key_encryption(monkeypatch):
+    from fedsilo.crypto import ckks
+
+    def unavailable(*args, **kwargs):
+        raise OSError("memfd_create is not available")
+
+    monkeypatch.setattr(ckks, "_SeededEncryptor", unavailable)
+    b = CKKSBackend(value_bound=1.0)
+    secret = b.keygen()
+    x = np.linspace(-1, 1, 7)
+    ct = b.encrypt_with_secret(secret, x)
+    assert not secret.seeded_encryption and "memfd_create" in secret.fallback_reason
+    assert ct.blobs is None  # an ordinary public-key ciphertext: full size
+    assert len(b.serialize(ct)) == len(b.serialize(b.encrypt(secret.public(), x)))
+    assert np.max(np.abs(b.decrypt(secret, ct) - x)) <= b.info().error_bound
+
+
+@needs_memfd
+def test_tampered_seeded_ciphertexts_never_crash(agg):
+    b, k = agg.backend, agg
+    blob = b.serialize(b.encrypt_with_secret(k.secret, [1.0, 2.0, 3.0]))
+    rng = np.random.default_rng(22)
+    for _ in range(40):
+        data = bytearray(blob)
+        for _ in range(int(rng.integers(1, 6))):
+            pos = int(rng.integers(40, len(data)))
+            data[pos] = int(rng.integers(0, 256))
+        try:
+            b.decrypt(k.secret, b.deserialize(k.public, bytes(data)))
+        except (CiphertextFormatError, CryptoError):
+            pass
+    # the deserializer reads through a view: bytearray and memoryview input parse the same
+    for view in (bytearray(blob), memoryview(blob)):
+        assert np.allclose(b.decrypt(k.secret, b.deserialize(k.public, view)), [1.0, 2.0, 3.0], atol=1e-6)
+
+
+def test_vector_proto_is_tenseals_wire_format():
+    from fedsilo.crypto.ckks import _varint, _vector_proto
+
+    assert _varint(0) == b"\x00" and _varint(300) == b"\xac\x02" and _varint(2**32) == b"\x80\x80\x80\x80\x10"
+    # A TenSEAL vector's own serialization, re-built from its parts, is byte-identical.
+    ctx = ts.context(ts.SCHEME_TYPE.CKKS, poly_modulus_degree=4096, coeff_mod_bit_sizes=[60, 49])
+    ctx.global_scale = 2.0**40
+    own = ts.ckks_vector(ctx, [0.5] * 2048).serialize()
+    head = b"\x0a\x02" + _varint(2048) + b"\x12"
+    assert own.startswith(head)
+    n, pos = 0, len(head)
+    shift = 0
+    while True:  # the ciphertext's length varint
+        byte = own[pos]
+        n |= (byte & 0x7F) << shift
+        pos, shift = pos + 1, shift + 7
+        if not byte & 0x80:
+            break
+    assert _vector_proto(own[pos : pos + n], size=2048, scale=2.0**40) == own
+
+
+def test_ckks_vs_tenseal_benchmark_rows():
+    from fedsilo.crypto.bench import CKKS_VARIANTS, measure_ckks_vs_tenseal
+
+    result = measure_ckks_vs_tenseal(size=3000, parties=2, repeats=1)
+    rows = {(r["variant"], r["encryption"]): r for r in result["rows"]}
+    assert list(rows) == list(CKKS_VARIANTS)
+    assert result["params"]["poly_modulus_degree"] == 4096 and result["params"]["coeff_mod_bit_sizes"] == [60, 49]
+    for row in rows.values():
+        assert row["max_abs_error"] < 1e-6 and row["seconds"] > 0
+    # the same chunking: raw TenSEAL uploads as many bytes as fedsilo's public-key path, minus headers
+    fed, raw = rows[("fedsilo", "public-key")], rows[("tenseal", "public-key")]
+    assert 0 < fed["bytes_per_value"] - raw["bytes_per_value"] < 0.1
+    if result["seeded"]:
+        assert rows[("fedsilo", "secret-key")]["bytes_per_value"] < 0.52 * rows[("tenseal", "secret-key")]["bytes_per_value"]
+    assert {(r["encryption"], r["baseline"]) for r in result["ratios"]} == {
+        (enc, name) for name, enc in CKKS_VARIANTS if name != "fedsilo"
+    }
+    with pytest.raises(ConfigError):
+        measure_ckks_vs_tenseal(size=0)

@@ -1,19 +1,34 @@
-"""Paillier specifics: packing edges and overflow, scales, re-randomization, wire format, params."""
+"""Paillier specifics: packing edges and overflow, scales, re-randomization, wire format, params,
+and the fast (Damgård-Jurik-Nielsen) randomness: its sizes, its base, its key formats."""
 from __future__ import annotations
 
 import pickle
+import random
 import subprocess
 import sys
 import warnings
 
+import gmpy2
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fedsilo.crypto import get_backend
+from fedsilo.crypto import paillier as paillier_module
+from fedsilo.crypto.base import fingerprint_of
 from fedsilo.crypto.paillier import (
+    FULL_RANDOMNESS_MARGIN,
+    RANDOMNESS_BITS,
+    FixedBaseTable,
     InsecureParametersWarning,
     PaillierBackend,
     PaillierCiphertext,
+    PaillierPublic,
+    PaillierSecret,
+    full_randomness_bits,
+    is_nth_residue,
+    random_exponents,
 )
 from fedsilo.crypto.pool import encrypt_batch as _encrypt_batch
 from fedsilo.errors import (
@@ -140,10 +155,13 @@ def test_out_of_range_plaintext_is_reported_not_wrapped(unpacked):
 def test_parallel_encryption_gives_the_same_plaintexts(keyset_factory):
     ks = keyset_factory("paillier", key_bits=1024, workers=1, packed=True, value_bound=1.0, max_summands=10)
     two = get_backend("paillier", key_bits=1024, workers=2, packed=True, value_bound=1.0, max_summands=10)
-    x = np.random.default_rng(0).uniform(-1, 1, 27 * 12)
+    x = np.random.default_rng(0).uniform(-1, 1, 27 * 40)  # 40 ciphertexts: enough to go to the pool
     ct = two.encrypt(ks.public, x)
     assert np.max(np.abs(two.decrypt(ks.secret, two.sum([ct, ct])) - 2 * x)) <= 2 * 2.0**-33
-    assert two.serialize(two.add(ct, ct))  # re-randomization on the pool
+    for out in (two.add(ct, ct), two.mul_plain(ct, 2)):  # short and full re-randomization on the pool
+        back = two.deserialize(ks.public, two.serialize(out))
+        assert [int(v) for v in back.values] != [int(v) for v in out.values]
+        assert np.max(np.abs(two.decrypt(ks.secret, back) - 2 * x)) <= 2 * 2.0**-33
 
 
 # --- wire --------------------------------------------------------------------------------------------
@@ -293,3 +311,245 @@ def test_ciphertexts_refuse_pickling(unpacked):
     ct = unpacked.backend.encrypt(unpacked.public, np.ones(2))
     with pytest.raises(TypeError, match="serialize"):
         pickle.dumps(ct)
+
+
+# --- fast randomness: h**α with a short α, fixed-base tables, key formats ---------------------------
+GRID = 2.0**-32  # the default precision: values on this grid encrypt and decrypt exactly
+
+
+def grid_vectors(max_abs_steps: int = 2**52, max_size: int = 6) -> st.SearchStrategy:
+    """Vectors of multiples of 2**-32 within the default value_bound (2**20)."""
+    ints = st.lists(st.integers(-max_abs_steps, max_abs_steps), min_size=1, max_size=max_size)
+    return ints.map(lambda v: np.array(v, dtype=np.float64) * GRID)
+
+
+class _Recorder:
+    """Wraps ``random_exponents`` to record what each call asked for and returned."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, list[int]]] = []
+
+    def __call__(self, count: int, bits: int) -> list[int]:
+        out = random_exponents(count, bits)
+        self.calls.append((bits, out))
+        return out
+
+
+@pytest.fixture()
+def recorder(monkeypatch) -> _Recorder:
+    rec = _Recorder()
+    monkeypatch.setattr(paillier_module, "random_exponents", rec)
+    return rec
+
+
+def test_keygen_makes_the_modulus_and_base_the_argument_needs(unpacked):
+    sk, pub = unpacked.secret, unpacked.public
+    p, q, n, h = sk.p, sk.q, pub.n, pub.h
+    assert n == p * q and n.bit_length() == 1024 and p.bit_length() == q.bit_length() == 512
+    assert p % 4 == 3 and q % 4 == 3 and gmpy2.gcd(p - 1, q - 1) == 2
+    assert abs(p - q).bit_length() > 512 - 16
+    assert h is not None and 1 < h < n * n and gmpy2.jacobi(h % n, n) == 1
+    assert is_nth_residue(h, p, q)  # h**α encrypts zero: decryption stays exact
+    assert not is_nth_residue(h * (1 + n) % (n * n), p, q)  # the check bites
+    # h is part of the key: another h under the same n is another fingerprint
+    assert PaillierPublic(n, pub.encoding, h).fingerprint == pub.fingerprint
+    assert PaillierPublic(n, pub.encoding, h * h % (n * n)).fingerprint != pub.fingerprint
+
+
+def test_stated_sizes():
+    assert RANDOMNESS_BITS == {1024: 256, 2048: 256, 3072: 256, 4096: 304}  # 2·max(128, λ)
+    assert FULL_RANDOMNESS_MARGIN == 128 and full_randomness_bits(2048) == 2176
+
+
+def test_fresh_ciphertexts_are_h_to_a_short_alpha(unpacked, recorder):
+    b, k = unpacked.backend, unpacked
+    x = np.array([1.5, -2.0, 0.0, 3.25])
+    ct = b.encrypt(k.public, x)
+    (bits, alphas), = recorder.calls
+    assert bits == RANDOMNESS_BITS[1024] == 256 and len(alphas) == 4
+    assert all(0 <= a < 2**256 for a in alphas) and len(set(alphas)) == 4
+    n, nsq, h = k.public.n, k.public.nsquare, k.public.h
+    for c, value, a in zip(ct.values, x, alphas):
+        m = int(round(value / GRID)) % n
+        assert int(c) == (1 + m * n) * pow(h, a, nsq) % nsq  # exactly (1 + m n) h^α
+
+
+@settings(max_examples=25, deadline=None)
+@given(bits=st.integers(1, 2400), count=st.integers(1, 40))
+def test_random_exponents_have_exactly_the_asked_length(bits, count):
+    out = random_exponents(count, bits)
+    assert len(out) == count and all(0 <= a < 2**bits for a in out)
+
+
+def test_random_exponents_are_uniform_over_the_full_length():
+    for bits in (256, 2176, 13):
+        out = random_exponents(4000, bits)
+        top = sum(a >> (bits - 1) for a in out)  # the top bit is set about half the time
+        assert 1800 < top < 2200, (bits, top)
+        assert sum(a & 1 for a in out) > 1800  # and so is the bottom bit
+
+
+def test_randomness_is_not_seeded(unpacked):
+    b, k = unpacked.backend, unpacked
+    cts, keys = [], []
+    for _ in range(2):
+        # Seeding Python's and numpy's global generators must not repeat anything: the
+        # randomness comes from os.urandom / secrets.
+        random.seed(0)
+        np.random.seed(0)
+        cts.append([int(v) for v in b.encrypt(k.public, [1.0, 1.0]).values])
+        keys.append(b.keygen().public())
+    assert cts[0][0] != cts[0][1] and cts[0] != cts[1]
+    assert keys[0].n != keys[1].n and keys[0].h != keys[1].h
+
+
+def test_rerandomization_uses_a_full_exponent_only_after_multiplications(unpacked, recorder):
+    b, k = unpacked.backend, unpacked
+    x = np.array([0.5, -1.25])
+    ct = b.encrypt(k.public, x)
+    recorder.calls.clear()
+    full = full_randomness_bits(1024)
+    cases = [
+        (b.add(ct, ct), 256, 2 * x),  # sums and add_plain: the randomness depends on no plaintext
+        (b.add_plain(ct, 1.0), 256, x + 1.0),
+        (b.mul_plain(ct, 0.5), full, 0.5 * x),  # raised to a plaintext factor
+        (b.add(b.mul_plain(ct, -2.0), ct), full, -x),  # ... and still so after an addition
+        (b.matmul_plain(ct, np.array([[1.0], [2.0]])), full, np.array([x @ [1.0, 2.0]])),
+    ]
+    for out, bits, expected in cases:
+        recorder.calls.clear()
+        blob = b.serialize(out)
+        (asked, betas), = recorder.calls
+        assert asked == bits and all(0 <= v < 2**bits for v in betas)
+        received = b.deserialize(k.public, blob)
+        assert [int(v) for v in received.values] != [int(v) for v in out.values]
+        assert np.array_equal(b.decrypt(k.secret, received), expected)
+        # forwarding a received ciphertext: its sender already refreshed the randomness
+        recorder.calls.clear()
+        b.serialize(received)
+        assert recorder.calls[0][0] == 256
+    recorder.calls.clear()
+    b.serialize(ct)  # a fresh ciphertext leaves as it is
+    assert recorder.calls == []
+
+
+@settings(max_examples=15, deadline=None)
+@given(x=grid_vectors())
+def test_property_round_trip_is_exact(unpacked, x):
+    b, k = unpacked.backend, unpacked
+    assert np.array_equal(b.decrypt(k.secret, b.encrypt(k.public, x)), x)
+    assert np.array_equal(b.decrypt(k.secret, b.deserialize(k.public, b.serialize(b.encrypt(k.public, x)))), x)
+
+
+@settings(max_examples=15, deadline=None)
+@given(data=st.integers(1, 6).flatmap(lambda n: st.tuples(grid_vectors(2**50, n), grid_vectors(2**50, n))))
+def test_property_homomorphic_addition_is_exact(unpacked, data):
+    b, k = unpacked.backend, unpacked
+    x, y = (v[: min(len(data[0]), len(data[1]))] for v in data)
+    total = b.add(b.encrypt(k.public, x), b.encrypt(k.public, y))
+    assert np.array_equal(b.decrypt(k.secret, total), x + y)
+
+
+@settings(max_examples=15, deadline=None)
+@given(x=grid_vectors(2**30), factor=st.integers(-8, 8))
+def test_property_rerandomization_changes_the_ciphertext_not_the_plaintext(unpacked, x, factor):
+    b, k = unpacked.backend, unpacked
+    ct = b.encrypt(k.public, x)
+    for out, expected in ((b.add_plain(ct, x), 2 * x), (b.mul_plain(ct, float(factor)), factor * x)):
+        first, second = b.serialize(out), b.serialize(out)
+        assert first != second
+        for blob in (first, second):
+            back = b.deserialize(k.public, blob)
+            assert all(int(u) != int(v) for u, v in zip(back.values, out.values))
+            assert np.array_equal(b.decrypt(k.secret, back), expected)
+
+
+@settings(max_examples=10, deadline=None)
+@given(rows=st.integers(1, 60).flatmap(
+    lambda n: st.lists(st.lists(st.integers(-(2**32), 2**32), min_size=n, max_size=n), min_size=1, max_size=10)
+))
+def test_property_packed_sums_are_exact(packed, rows):
+    b, k = packed.backend, packed
+    vectors = [np.array(r, dtype=np.float64) * GRID for r in rows]  # |x| <= 1 = value_bound
+    blobs = [b.serialize(b.encrypt(k.public, v)) for v in vectors]
+    total = b.sum([b.deserialize(k.public, blob) for blob in blobs])
+    out = b.decrypt(k.secret, b.deserialize(k.public, b.serialize(total)))
+    assert np.array_equal(out, np.sum(vectors, axis=0))
+
+
+@settings(max_examples=30, deadline=None)
+@given(window=st.integers(1, 9), bits=st.integers(1, 300), data=st.data())
+def test_fixed_base_table_matches_powmod(window, bits, data):
+    modulus = (2**127 - 1) * (2**89 - 1)
+    base = data.draw(st.integers(2, modulus - 1))
+    table = FixedBaseTable(base, modulus, bits=bits, window=window)
+    for e in (0, 1, 2**bits - 1, data.draw(st.integers(0, 2**bits - 1))):
+        assert int(table.pow(e)) == pow(base, e, modulus)
+    with pytest.raises(ValueError):
+        table.pow(2**bits)
+
+
+def _format1(public: PaillierPublic) -> PaillierPublic:
+    return PaillierPublic(public.n, public.encoding)  # h None: written before h existed
+
+
+def test_format1_keys_still_load_and_work_phe_style(unpacked, monkeypatch):
+    b, k = unpacked.backend, unpacked
+    old_pub = _format1(k.public)
+    old_sec = PaillierSecret(old_pub, k.secret.p, k.secret.q)
+    pub_blob, sec_blob = old_pub.serialize(), old_sec.export_secret()
+    assert pub_blob[40] == 1 and sec_blob[40] == 1  # format byte after the 40-byte header
+    assert len(pub_blob) == len(k.public.serialize()) - 2 * 1024 // 8  # no h on the wire
+    pub, sec = b.load_public(pub_blob), b.load_secret(sec_blob)
+    assert pub.h is None and not pub.fast_randomness and sec.public().h is None
+    # the fingerprint of format 1 is what it always was: peers and old ciphertexts still match
+    assert pub.fingerprint == fingerprint_of("paillier", k.public.n.to_bytes(128, "big"), k.public.encoding.describe())
+
+    def refuse(*_args):
+        raise AssertionError("a format-1 key must not use the DJN base")
+
+    monkeypatch.setattr(paillier_module, "djn_encrypt_batch", refuse)
+    monkeypatch.setattr(paillier_module, "djn_rerandomize_batch", refuse)
+    x = np.array([1.0, -0.5])
+    ct = b.encrypt(pub, x)
+    blob = b.serialize(b.mul_plain(ct, 2.0))
+    assert np.array_equal(b.decrypt(sec, b.deserialize(pub, blob)), 2 * x)
+
+
+def test_unknown_key_format_is_a_clear_error(unpacked):
+    b = unpacked.backend
+    blob = bytearray(unpacked.public.serialize())
+    blob[40] = 3
+    with pytest.raises(CiphertextFormatError, match="format version 3; this fedsilo reads versions 1, 2"):
+        b.load_public(bytes(blob))
+    with pytest.raises(CiphertextFormatError, match="truncated"):
+        b.load_public(unpacked.public.serialize()[:-1])  # h cut short
+
+
+def test_a_bad_randomness_base_is_refused(unpacked):
+    b, k = unpacked.backend, unpacked
+    n, nsq, h = k.public.n, k.public.nsquare, k.public.h
+    z = next(v for v in range(2, 1000) if gmpy2.jacobi(v, n) == -1)
+    for bad in (1, nsq + 1, n, h * pow(z, n, nsq) % nsq):  # range, gcd, Jacobi symbol -1
+        blob = PaillierPublic(n, k.public.encoding, bad).serialize()
+        with pytest.raises(CiphertextFormatError, match="randomness base"):
+            b.load_public(blob)
+    # h (1 + n) passes every public check (n-th residuosity is the DCR problem itself) but
+    # would make every encryption decrypt to garbage: the key holder refuses it.
+    forged = PaillierSecret(PaillierPublic(n, k.public.encoding, h * (1 + n) % nsq), k.secret.p, k.secret.q)
+    assert b.load_public(forged.public().serialize()).h == forged.public_context.h
+    with pytest.raises(CiphertextFormatError, match="not an n-th residue"):
+        b.load_secret(forged.export_secret())
+
+
+def test_fast_vs_phe_benchmark_contract():
+    from fedsilo.crypto.bench import PAILLIER_ROWS, measure_paillier_encryption
+
+    result = measure_paillier_encryption(key_bits=1024, values=6, repeats=1)  # checks every result exactly
+    assert (result["short_bits"], result["full_bits"]) == (256, 1152)
+    assert [(r["name"], r["operation"]) for r in result["rows"]] == [(n, op) for n, op, _ in PAILLIER_ROWS]
+    for row in result["rows"]:
+        assert row["per_s"] > 0 and "{" not in row["label"]
+    assert result["rows"][0]["vs_phe"] == 1.0 and result["rows"][3]["vs_phe"] == 1.0  # the baselines
+    with pytest.raises(ConfigError, match="values"):
+        measure_paillier_encryption(key_bits=1024, values=0)
