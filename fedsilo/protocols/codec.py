@@ -52,9 +52,10 @@ def _enc(obj: Any, out: bytearray, depth: int) -> None:
         out.append(_STR)
         out += struct.pack("<I", len(data)) + data
     elif isinstance(obj, (bytes, bytearray, memoryview)):
-        data = bytes(obj)
+        data = obj if isinstance(obj, (bytes, bytearray)) else memoryview(obj).cast("B")
         out.append(_BYTES)
-        out += struct.pack("<Q", len(data)) + data
+        out += struct.pack("<Q", len(data))
+        out += data  # appended in place: no intermediate copy of a large body
     elif isinstance(obj, np.ndarray):
         arr = np.ascontiguousarray(obj)
         dt = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
@@ -65,8 +66,9 @@ def _enc(obj: Any, out: bytearray, depth: int) -> None:
         out.append(_ARRAY)
         out += struct.pack("<B", len(dstr)) + dstr + struct.pack("<B", arr.ndim)
         out += struct.pack(f"<{arr.ndim}Q", *arr.shape)
-        raw = arr.tobytes()
-        out += struct.pack("<Q", len(raw)) + raw
+        raw = memoryview(arr).cast("B") if arr.size else b""
+        out += struct.pack("<Q", len(raw))
+        out += raw
     elif isinstance(obj, (list, tuple)):
         out.append(_LIST)
         out += struct.pack("<I", len(obj))
