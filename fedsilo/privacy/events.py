@@ -207,7 +207,7 @@ class DistributedDiscreteGaussianEvent(DpEvent):
     Args:
         noise_sigma: σ of one share, in grid steps, >= 0.5.
         shares: how many shares the adversary cannot subtract (honest contributors guaranteed by
-            the protocol's threshold, ``t − colluders``).
+            the protocol's fewest contributions per released sum, ``min_contributors − colluders``).
         l2_sensitivity: ``Δ₂``, the L2 sensitivity after rotation and conditional rounding
             (:func:`fedsilo.privacy.distributed.rounded_l2_bound`).
         l1_sensitivity: ``Δ₁`` (:func:`fedsilo.privacy.distributed.rounded_l1_bound`).

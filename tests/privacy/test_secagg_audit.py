@@ -14,10 +14,9 @@ Everything public comes from the production planning: ``plan_sums`` → ``SumPla
 (``calibrate_dp``) → the session's spec (``sums._secagg_spec``: grid ``ddg_granularity`` =
 2^-7, padded dimension 4, ``t = 2``, quorum 3) → ``SumPlan.ddg_event``. With the quorum at three of three silos, every released sum
 holds exactly ``quorum − colluders = 2`` honest shares, the number the event counts, so the
-audited round is the accountant's worst case and the comparison is tight. (With a quorum at
-most ``t`` the event counts ``t − colluders`` shares, but a released SecAgg+ sum always holds at
-least ``t + 1`` contributions — each survivor needs ``t`` share holders *other than itself* —
-so real sums then carry one more honest share than the claim assumes: valid, looser.)
+audited round is the accountant's worst case and the comparison is tight. (In general the
+event counts ``min_contributors − colluders`` shares, ``min_contributors`` including the
+certified survivor set's ``⌊(n + c)/2⌋ + 1``, which honest silos enforce.)
 
 **What runs.** Each audit run is one round of the production code minus the masking and the
 key agreement (masks cancel exactly in ``Z_{2^b}``; ``tests/protocols/test_secagg_protocol.py``):

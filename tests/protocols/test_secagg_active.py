@@ -96,9 +96,9 @@ def test_an_advert_re_signed_by_the_aggregator_is_not_the_silos() -> None:
         ident = holder["agg"]
         peers = {v: list(item) for v, item in p["peers"].items()}
         if recipient == "site0":
-            c, s = fake.public, peers["site1"][1]
-            peers["site1"] = [c, s, ident.credential,
-                              ident.sign(P.advert_digest(job="job-active", round=1, silo="site1", c=c, s=s))]
+            c, s, commit = fake.public, peers["site1"][1], peers["site1"][2]
+            peers["site1"] = [c, s, commit, ident.credential,
+                              ident.sign(P.advert_digest(job="job-active", round=1, silo="site1", c=c, s=s, commit=commit))]
         return {**p, "peers": peers}
 
     spec = _spec()
@@ -255,3 +255,164 @@ def test_signatures_are_bound_to_job_round_purpose_and_signer() -> None:
         import pickle
 
         pickle.dumps(a)
+
+
+# ------------------------------------------------------------------ findings of the crypto review
+class _Blind(_Rewriting):
+    """A malicious aggregator: it rewrites one control type and skips its own signature checks."""
+
+    identity = None
+
+
+def test_a_silo_masked_with_chosen_shares_keeps_its_self_mask() -> None:
+    """The aggregator forwards the target only the colluder's shares, so the target masks with the
+    colluder alone; unmasking its self mask would then give its input to the colluder. The
+    target's signed mask list is not N(u) ∩ U2, so no honest holder reveals its self-mask share
+    (10 silos, degree 2, one colluder: a configuration secagg_spec accepts)."""
+    names = _silos(10)
+    spec = P.secagg_spec(silos=names, length=6, granularity=GRID, value_bound=1.0, degree=2, colluders=1)
+    graph = P.round_graph(spec, job="job-active", round=1)
+    target = names[3]
+    colluder, honest = graph[target]
+
+    def forward_only_the_colluders(recipient: str, p: dict[str, Any]) -> dict[str, Any]:
+        return {**p, "sealed": {colluder: p["sealed"][colluder]}} if recipient == target else p
+
+    hub = InProcessHub("job-active", [*names, AGG])
+    values = {s: np.full(6, 0.25) for s in names}
+    parties: dict[str, Any] = {}
+    for s in names:
+        def fn(ch: Channel, s: str = s) -> Any:
+            try:
+                return P.silo_secagg_sum(ch, round=1, aggregator=AGG, spec=spec, values=values[s], timeout=20.0)
+            except ProtocolError as exc:  # each silo is its own process in production: record, go on
+                return exc
+        parties[s] = fn
+    parties[AGG] = lambda ch: P.aggregator_secagg_sum(_Blind(ch, type="forward", rewrite=forward_only_the_colluders),  # type: ignore[arg-type]
+                                                      round=1, spec=spec, timeout=2.0)
+    out = run_parties(hub, parties)
+    from fedsilo.protocols import codec
+
+    revealed = [codec.decode(e.body)["self_mask"] for e in hub.log if e.kind == P.KIND_REVEAL]
+    assert not [r for r in revealed if target in r], "a share of the target's self mask was revealed"
+    assert isinstance(out[honest], ProtocolError) and "does not verify" in str(out[honest])
+
+
+def test_an_honest_aggregator_drops_a_masked_input_whose_mask_list_is_wrong() -> None:
+    """Its own check: the target's input leaves the sum (its pairwise masks come off its key)."""
+    names = _silos(6)
+    spec = P.secagg_spec(silos=names, length=4, granularity=GRID, value_bound=1.0)
+    graph = P.round_graph(spec, job="job-active", round=1)
+    target = names[2]
+    keep = graph[target][: spec.threshold]
+
+    def fewer(recipient: str, p: dict[str, Any]) -> dict[str, Any]:
+        return {**p, "sealed": {u: p["sealed"][u] for u in keep}} if recipient == target else p
+
+    hub, out = _run(spec, type="forward", rewrite=fewer)  # the honest code behind a rewriting relay
+    assert out[AGG].status == "ok" and target not in out[AGG].contributors
+    assert np.allclose(out[AGG].total, 0.25 * 5)
+
+
+@pytest.mark.parametrize("which", ["c", "s"])
+def test_a_signed_low_order_key_drops_only_its_silo(which: str) -> None:
+    spec = _spec(5)
+    bad = P.RoundSecrets.fresh()
+    getattr(bad, which).public = bytes(32)  # the all-zero point, correctly signed by site0
+    hub = InProcessHub("job-active", [*spec.silos, AGG])
+    parties: dict[str, Any] = {
+        s: (lambda ch, s=s: P.silo_secagg_sum(ch, round=1, aggregator=AGG, spec=spec, values=np.full(8, 0.25), timeout=30.0,
+                                              round_secrets=bad if s == "site0" else None)) for s in spec.silos
+    }
+    parties[AGG] = lambda ch: P.aggregator_secagg_sum(ch, round=1, spec=spec, timeout=2.0)
+    out = run_parties(hub, parties)
+    assert out[AGG].status == "ok" and out[AGG].contributors == tuple(spec.silos[1:])
+    assert np.allclose(out[AGG].total, 0.25 * 4)
+
+
+def test_a_low_order_key_relayed_by_an_aggregator_stops_a_silo_before_anything_is_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def poison(recipient: str, p: dict[str, Any]) -> dict[str, Any]:
+        return p
+
+    # an aggregator that relays site0's signed low-order advert unchecked
+    monkeypatch.setattr(P, "_parse_advertise", lambda p, **kw: (p["c"], p["s"], p["commit"], p["cred"], p["sig"]))
+    spec = _spec(5)
+    bad = P.RoundSecrets.fresh()
+    bad.s.public = bytes(32)
+    hub = InProcessHub("job-active", [*spec.silos, AGG])
+    parties: dict[str, Any] = {
+        s: (lambda ch, s=s: P.silo_secagg_sum(ch, round=1, aggregator=AGG, spec=spec, values=np.zeros(8), timeout=30.0,
+                                              round_secrets=bad if s == "site0" else None)) for s in spec.silos
+    }
+    parties[AGG] = lambda ch: P.aggregator_secagg_sum(_Blind(ch, type="keys", rewrite=poison), round=1, spec=spec,  # type: ignore[arg-type]
+                                                      timeout=2.0)
+    with pytest.raises(ProtocolError, match="unusable public key"):
+        run_parties(hub, parties)
+    assert not [e for e in hub.log if e.kind == P.KIND_SHARES and e.sender != "site0"]
+
+
+class _Corrupting:
+    """A silo that reveals all-zero shares (a malicious or broken holder)."""
+
+    def __init__(self, channel: Channel) -> None:
+        self._ch = channel
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._ch, name)
+
+    def send(self, recipient: str, kind: str, payload: Any, *, round: int) -> int:
+        if kind == P.KIND_REVEAL:
+            payload = {k: {u: bytes(32) for u in v} for k, v in payload.items()}
+        return self._ch.send(recipient, kind, payload, round=round)
+
+
+@pytest.mark.parametrize(("bad_holders", "drop", "ok"), [(1, None, True), (1, "masked", True), (4, None, False)])
+def test_corrupt_shares_are_detected_by_the_commitments(bad_holders: int, drop: str | None, ok: bool) -> None:
+    """One corrupt holder among 7: another t-subset reconstructs every committed secret, and the
+    sum is right; with more corrupt holders than spare shares the round aborts and every silo is
+    told (nothing wrong is released)."""
+    spec = _spec(7)
+    corrupt = set(spec.silos[1:1 + bad_holders])
+    hub = InProcessHub("job-active", [*spec.silos, AGG])
+    parties: dict[str, Any] = {
+        s: (lambda ch, s=s: P.silo_secagg_sum(_Corrupting(ch) if s in corrupt else ch, round=1, aggregator=AGG, spec=spec,  # type: ignore[arg-type]
+                                              values=np.full(8, 0.25), timeout=30.0, drop=drop if s == "site0" else None))
+        for s in spec.silos
+    }
+    parties[AGG] = lambda ch: P.aggregator_secagg_sum(ch, round=1, spec=spec, timeout=2.0)
+    out = run_parties(hub, parties)
+    if ok:
+        contributors = 7 if drop is None else 6
+        assert out[AGG].status == "ok" and np.allclose(out[AGG].total, 0.25 * contributors)
+    else:
+        assert out[AGG].status == "aborted" and "corrupt share" in out[AGG].reason
+        assert all(out[s].status == "aborted" for s in spec.silos if s not in corrupt)
+
+
+@pytest.mark.parametrize(
+    ("total", "contributors"),
+    [(np.zeros((2, 3)), ["site0", "site1", "site2"]), (np.zeros(3, dtype=np.uint8), ["site0", "site1", "site2"]),
+     (np.full(3, np.nan), ["site0", "site1", "site2"]), (np.zeros(3), "xyz"), (np.zeros(3), []),
+     (np.zeros(3), ["site0", "mallory", "site2"])],
+    ids=["shape", "dtype", "nan", "str-contributors", "no-contributors", "unknown-contributor"],
+)
+def test_a_silo_that_sat_out_checks_the_result_it_is_sent(total: np.ndarray, contributors: Any) -> None:
+    from fedsilo.crypto.secagg_backend import SecAggBackend
+    from fedsilo.protocols.horizontal.sums import open_silo_sum, plan_sums
+
+    names = ["site0", "site1", "site2"]
+    plan = plan_sums(SecAggBackend, silos=names, min_silos=2, colluders=1, allow_exposed=False)
+    hub = InProcessHub("job-sync", [*names, AGG])
+
+    def silo(ch: Channel) -> Any:
+        sums = open_silo_sum(ch, SecAggBackend(), plan=plan, aggregator=AGG, timeout=5.0, allow_exposed=False, colluders=1)
+        return sums.sum(round=1, contribution=None, length=3)
+
+    def agg(ch: Channel) -> None:
+        ch.send("site0", P.KIND_CONTROL, {"type": "result", "total": total, "contributors": contributors, "dropped": []},
+                round=1)
+
+    with pytest.raises(ProtocolError, match="malformed result"):
+        run_parties(hub, {"site0": silo, AGG: agg})

@@ -9,14 +9,14 @@ masks. The maths is :mod:`fedsilo.crypto.secagg`; the accounting
 aggregator, which holds no key of any kind. ``N(u)`` is silo ``u``'s neighbourhood in the public
 graph (:func:`round_graph`), ``t`` the threshold::
 
-    0  silo u     -- ADVERTISE    Advertise(c_pk, s_pk, cert_u, sig_u)   --> aggregator
-       aggregator -- CONTROL      Keys({v: (c_pk, s_pk, cert_v, sig_v)}) --> u in U1, for v in N(u) ∩ U1
+    0  silo u     -- ADVERTISE    Advertise(c_pk, s_pk, H(b_u), cert_u, sig_u) --> aggregator
+       aggregator -- CONTROL      Keys({v: (c_pk, s_pk, H(b_v), cert_v, sig_v)}) --> u in U1, v in N(u) ∩ U1
     1  silo u     -- SHARES       Shares({v: seal(b_u, s_u shares)})     --> aggregator
        aggregator -- CONTROL      Forward({u: sealed for v})             --> v in U2
-    2  silo u     -- MASKED       Masked(y_u)                             --> aggregator
+    2  silo u     -- MASKED       Masked(y_u, sig_u(N(u) ∩ U2))           --> aggregator
        aggregator -- CONTROL      Survivors(U2, U3)                       --> v in U3
     3  silo v     -- CONSISTENCY  Consistency(cert_v, sig_v(U2, U3))      --> aggregator
-       aggregator -- CONTROL      Unmask(self_mask, pairwise, {w: sig_w}) --> v in U3' (the signers)
+       aggregator -- CONTROL      Unmask(self_mask, pairwise, {w: sig_w}, {u: mask list sig_u}) --> v in U3' 
     4  silo v     -- REVEAL       Reveal({u: b_u share} | {u: s_u share}) --> aggregator
        aggregator -- CONTROL      Result(sum, contributors, dropped) | Abort(reason) --> every silo
 
@@ -33,7 +33,9 @@ graph (:func:`round_graph`), ``t`` the threshold::
 * **Masked input.** ``y_u = x_u + PRG(b_u) + Σ_{v ∈ N(u) ∩ U2} ±PRG(s_uv)`` in ``Z_{2^b}`` (``+``
   when ``u < v``), where ``x_u`` is the fixed-point update, or under DP the rotated, scaled,
   conditionally rounded update plus the silo's discrete Gaussian share. The silo's ledger is
-  charged *before* ``y_u`` leaves it. U3: the silos whose masked input arrived.
+  charged *before* ``y_u`` leaves it, and ``y_u`` carries ``u``'s signature on the list of
+  neighbours it masked with. U3: the silos whose masked input arrived (with that list equal to
+  ``N(u) ∩ U2``).
 * **Consistency check.** The aggregator sends every silo of U3 the survivor sets (U2, U3). A silo
   signs them only if they agree with what it saw (it is in U3, its forwarded shares came from
   exactly ``N(v) ∩ U2``), U3 holds at least ``max(quorum, ⌊(n + c)/2⌋ + 1)`` silos and is
@@ -45,7 +47,9 @@ graph (:func:`round_graph`), ``t`` the threshold::
   nothing sent), answers one unmasking request per round, and only with the signatures of at
   least ``⌊(n + c)/2⌋ + 1`` silos on the survivor set it signed itself
   (:func:`required_signatures`: no second set can be certified, so every honest silo is asked
-  for the shares of the same U3) and a request that follows it. U4: the silos whose reveal arrived.
+  for the shares of the same U3) and a request that follows it; and it reveals its share of
+  ``b_u`` only with ``u``'s signature on having masked with exactly ``N(u) ∩ U2`` (else an
+  aggregator that forwarded ``u`` only chosen shares could unmask a chosen partial sum). U4: the silos whose reveal arrived.
 * **Result.** The aggregator reconstructs every needed secret from ``t`` shares (checking each
   reconstructed ``s_u`` against its advertised public key), removes the masks, decodes (and under
   DP undoes the rotation) and sends the sum to every silo.
@@ -68,6 +72,8 @@ choice of graph puts ``t`` colluders next to a silo.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import itertools
 import math
 import os
 from collections.abc import Callable, Mapping, Sequence
@@ -115,6 +121,8 @@ __all__ = [
     "noised_input",
     "decode_sum",
     "advert_digest",
+    "masked_digest",
+    "self_mask_commitment",
     "survivors_digest",
     "round_graph",
     "rotation_seed",
@@ -163,7 +171,7 @@ class SecAggDP:
         clip: L2 bound ``C`` of each silo's vector, in data units (the caller clips).
         noise_sigma: σ of each silo's discrete Gaussian share, in grid steps.
         colluders: silos whose shares an adversary may subtract; each round's event counts
-            ``threshold − colluders`` shares.
+            ``min_contributors − colluders`` shares (:meth:`SecAggSpec.dp_event`).
         beta: conditional rounding's β.
     """
 
@@ -280,9 +288,24 @@ def required_signatures(silos: int, colluders: int) -> int:
     return (int(silos) + int(colluders)) // 2 + 1
 
 
-def advert_digest(*, job: str, round: int, silo: str, c: bytes, s: bytes) -> bytes:
-    """What a silo signs when it advertises its round keys (Bonawitz et al. 2017, Fig. 4, round 0)."""
-    return signed_message(purpose="secagg-advertise", job=job, round=round, signer=silo, content=[c, s])
+def advert_digest(*, job: str, round: int, silo: str, c: bytes, s: bytes, commit: bytes) -> bytes:
+    """What a silo signs when it advertises its round keys (Bonawitz et al. 2017, Fig. 4, round 0)
+    and its commitment ``SHA-256(b_u)`` to its self-mask seed (so a corrupt share is detected)."""
+    return signed_message(purpose="secagg-advertise", job=job, round=round, signer=silo, content=[c, s, commit])
+
+
+def masked_digest(*, job: str, round: int, silo: str, masked_with: Sequence[str]) -> bytes:
+    """What a silo signs with its masked input: the neighbours it added pairwise masks with.
+
+    A holder reveals its share of ``b_u`` only if ``u`` masked with exactly ``N(u) ∩ U2`` of the
+    certified survivor set: an aggregator that forwarded ``u`` only some shares (so that ``u``'s
+    input carries masks with chosen silos only) cannot have ``u``'s self mask removed."""
+    return signed_message(purpose="secagg-masked", job=job, round=round, signer=silo, content=sorted(masked_with))
+
+
+def self_mask_commitment(seed: bytes) -> bytes:
+    """``SHA-256`` of a self-mask seed (advertised, signed; checked after reconstruction)."""
+    return hashlib.sha256(b"fedsilo-secagg-self-mask" + seed).digest()
 
 
 def survivors_digest(*, job: str, round: int, silo: str, u2: Sequence[str], u3: Sequence[str]) -> bytes:
@@ -402,7 +425,8 @@ def calibrate_dp(
     beta: float = DEFAULT_BETA,
 ) -> SecAggDP:
     """The per-share σ meeting ``epsilon`` over ``rounds`` secure sums (RDP, Proposition 14 of
-    Kairouz, Liu & Steinke 2021, ``threshold − colluders`` shares counted)."""
+    Kairouz, Liu & Steinke 2021, ``threshold − colluders`` shares counted; callers pass the spec's
+    ``min_contributors`` as ``threshold``)."""
     if isinstance(colluders, bool) or not isinstance(colluders, int) or not 0 <= colluders < threshold:
         raise ConfigError(f"colluders must be an integer in [0, threshold = {threshold}), got {colluders!r}")
     dim = sa.padded_dimension(length)
@@ -608,22 +632,22 @@ def noised_input(spec: SecAggSpec, values: np.ndarray, *, job: str, round: int, 
 
 
 def _masked_input(channel: Channel, spec: SecAggSpec, x: np.ndarray, keys: RoundSecrets,
-                  held: Mapping[str, Any], pub: Mapping[str, tuple[bytes, bytes]], *,
+                  held: Mapping[str, Any], seeds: Mapping[str, bytes], ident: PartyIdentity, *,
                   aggregator: str, round: int, stream: sa.SecretStream) -> None:
     """Encode (and noise), add the self mask and the pairwise masks with every neighbour that sent
-    shares (``held``), send ``y_u``."""
+    shares (``held``), send ``y_u`` with the signed list of those neighbours."""
     me, job = channel.party, channel.job
     ring = noised_input(spec, x, job=job, round=round, stream=stream)
     ring += sa.expand_mask(keys.self_seed, ring.shape[0], bits=spec.bits, prg=spec.prg)  # type: ignore[arg-type]
     for v in sorted(held):
-        m = sa.expand_mask(mask_seed(keys.s, pub[v][1], job=job, round=round, me=me, peer=v), ring.shape[0],
-                           bits=spec.bits, prg=spec.prg)  # type: ignore[arg-type]
+        m = sa.expand_mask(seeds[v], ring.shape[0], bits=spec.bits, prg=spec.prg)  # type: ignore[arg-type]
         if _sign(me, v) > 0:
             ring += m
         else:
             ring -= m
     sa.ring_reduce(ring, bits=spec.bits)
-    channel.send(aggregator, KIND_MASKED, {"y": _ring_bytes(ring, spec.bits)}, round=round)
+    signature = ident.sign(masked_digest(job=job, round=round, silo=me, masked_with=sorted(held)))
+    channel.send(aggregator, KIND_MASKED, {"y": _ring_bytes(ring, spec.bits), "sig": signature}, round=round)
 
 
 def decode_sum(spec: SecAggSpec, total: np.ndarray, *, job: str, round: int) -> np.ndarray:
@@ -700,9 +724,10 @@ def silo_secagg_sum(
         return SiloSecAggOutcome("dropped", reason="dropped before advertising its keys (test hook)")
     ident = _identity(channel)
     keys = round_secrets if round_secrets is not None else RoundSecrets.fresh()
-    signature = ident.sign(advert_digest(job=job, round=round, silo=me, c=keys.c.public, s=keys.s.public))
-    channel.send(aggregator, KIND_ADVERTISE, {"c": keys.c.public, "s": keys.s.public, "cred": ident.credential,
-                                              "sig": signature}, round=round)
+    commit = self_mask_commitment(keys.self_seed)
+    signature = ident.sign(advert_digest(job=job, round=round, silo=me, c=keys.c.public, s=keys.s.public, commit=commit))
+    channel.send(aggregator, KIND_ADVERTISE, {"c": keys.c.public, "s": keys.s.public, "commit": commit,
+                                              "cred": ident.credential, "sig": signature}, round=round)
     if drop == "shares":
         return SiloSecAggOutcome("dropped", reason="dropped after advertising its keys (test hook)")
 
@@ -713,7 +738,9 @@ def silo_secagg_sum(
                                      charged=charged, reason=str(msg.get("reason", "")), revealed=dict(revealed or {}))
         total = msg.get("total")
         if msg["type"] != "result" or not isinstance(total, np.ndarray) or total.shape != (spec.length,) \
-                or not _names(msg.get("contributors")) or not _names(msg.get("dropped")):
+                or not np.issubdtype(total.dtype, np.floating) or not bool(np.all(np.isfinite(total))) \
+                or not _names(msg.get("contributors")) or not _names(msg.get("dropped")) \
+                or not set(msg["contributors"]) | set(msg["dropped"]) <= set(spec.silos):
             raise ProtocolError(f"{me}: round {round}: unexpected {msg['type']!r} message from {aggregator!r}")
         return SiloSecAggOutcome("ok", total=total.astype(np.float64), contributors=tuple(msg["contributors"]),
                                  dropped=tuple(msg["dropped"]), contributed=contributed, charged=charged,
@@ -727,19 +754,25 @@ def silo_secagg_sum(
     if not isinstance(peers, dict) or not set(peers) <= set(mine):
         raise ProtocolError(f"{me}: round {round}: the aggregator sent keys of silos that are not its neighbours")
     pub: dict[str, tuple[bytes, bytes]] = {}
+    creds: dict[str, bytes] = {}
     for v, item in peers.items():
-        if not (isinstance(item, list) and len(item) == 4 and all(isinstance(p, bytes) for p in item)
-                and len(item[0]) == 32 and len(item[1]) == 32):
+        if not (isinstance(item, list) and len(item) == 5 and all(isinstance(p, bytes) for p in item)
+                and len(item[0]) == 32 and len(item[1]) == 32 and len(item[2]) == 32):
             raise ProtocolError(f"{me}: round {round}: malformed public keys of {v!r}")
         # the keys came through the aggregator: only v's own signature makes them v's (an
         # aggregator that substituted them would hold the keys sealing v's shares and masks)
-        ident.verify(v, item[2], advert_digest(job=job, round=round, silo=v, c=item[0], s=item[1]), item[3])
+        ident.verify(v, item[3], advert_digest(job=job, round=round, silo=v, c=item[0], s=item[1], commit=item[2]),
+                     item[4])
         pub[v] = (item[0], item[1])
+        creds[v] = item[3]
     if len(pub) + 1 < spec.threshold:  # U1, itself included (Bonawitz et al. 2017, Fig. 4)
         raise ProtocolError(f"{me}: round {round}: only {len(pub) + 1} silos advertised keys (threshold "
                             f"t = {spec.threshold}): the round is refused before anything is shared")
     try:
+        # both agreements now, before anything is shared: a signed but unusable (low-order) key
+        # stops this silo here, not after its ledger was charged
         sealing = {v: share_key(keys.c, pub[v][0], job=job, round=round, me=me, peer=v) for v in pub}
+        seeds = {v: mask_seed(keys.s, pub[v][1], job=job, round=round, me=me, peer=v) for v in pub}
     except (CryptoError, CiphertextFormatError) as exc:
         raise ProtocolError(f"{me}: round {round}: unusable public key: {exc}") from None
     b_shares = sa.share_secret(keys.self_seed, threshold=spec.threshold, holders=len(mine))
@@ -777,7 +810,7 @@ def silo_secagg_sum(
     try:
         with charge() if charge is not None else contextlib.nullcontext():
             charged = charge is not None
-            _masked_input(channel, spec, x, keys, held, pub, aggregator=aggregator, round=round, stream=rng)
+            _masked_input(channel, spec, x, keys, held, seeds, ident, aggregator=aggregator, round=round, stream=rng)
     except BudgetExceededError as exc:
         # nothing of this silo's data left it; to the aggregator it is a silo that dropped after
         # sharing, whose pairwise masks come off through its reconstructed key. It says so (no
@@ -847,6 +880,15 @@ def silo_secagg_sum(
     if sorted(want_self) != sorted(set(mine) & set(u3)) or sorted(want_pair) != sorted(set(mine) & (set(u2) - set(u3))):
         raise ProtocolError(f"{me}: round {round}: the unmasking request does not follow the certified survivor set; "
                             "refusing, nothing was sent")
+    masked_with = msg.get("masked_with")
+    if not isinstance(masked_with, dict) or not set(want_self) <= set(masked_with):
+        raise ProtocolError(f"{me}: round {round}: the unmasking request lacks the signed mask lists of the silos whose "
+                            "self masks it asks for; refusing, nothing was sent")
+    for u in sorted(want_self):
+        # u's self mask comes off only if u masked with all of N(u) ∩ U2 (certified): else the
+        # sum of chosen silos, or u's input, could be unmasked
+        ident.verify(u, creds[u], masked_digest(job=job, round=round, silo=u, masked_with=sorted(set(graph[u]) & set(u2))),
+                     masked_with[u] if isinstance(masked_with[u], bytes) else b"")
     reveal = {"self_mask": {u: held[u][1] for u in want_self}, "pairwise": {u: held[u][2] for u in want_pair}}
     revealed = {**{u: "self-mask" for u in want_self}, **{u: "pairwise" for u in want_pair}}
     channel.send(aggregator, KIND_REVEAL, reveal, round=round)
@@ -862,26 +904,45 @@ def silo_secagg_sum(
 # Aggregator side
 # ---------------------------------------------------------------------------------------------
 def _parse_advertise(payload: Any, *, silo: str, job: str, round: int,
-                     ident: PartyIdentity | None) -> tuple[bytes, bytes, bytes, bytes] | None:
-    """``(c_pk, s_pk, credential, signature)`` of a well-formed advert whose signature verifies
-    (checked here too when the aggregator has an identity, so that one silo's bad advert drops
-    that silo instead of derailing its neighbours), else None."""
+                     ident: PartyIdentity | None) -> tuple[bytes, bytes, bytes, bytes, bytes] | None:
+    """``(c_pk, s_pk, commitment, credential, signature)`` of a well-formed advert with usable keys
+    whose signature verifies (checked here too when the aggregator has an identity), else None:
+    one silo's bad advert drops that silo instead of derailing its neighbours."""
     if not isinstance(payload, dict):
         return None
-    c, s, cred, sig = payload.get("c"), payload.get("s"), payload.get("cred"), payload.get("sig")
+    c, s, commit = payload.get("c"), payload.get("s"), payload.get("commit")
+    cred, sig = payload.get("cred"), payload.get("sig")
+    probe = sa.AgreementKey.generate()
     try:
-        sa.load_public_key(c)
-        sa.load_public_key(s)
-    except CiphertextFormatError:
+        probe.agree(c)  # a low-order point fails the agreement (cryptography refuses an all-zero secret)
+        probe.agree(s)
+    except (CiphertextFormatError, CryptoError):
         return None
-    if not isinstance(cred, bytes) or not isinstance(sig, bytes):
+    if not isinstance(commit, bytes) or len(commit) != 32 or not isinstance(cred, bytes) or not isinstance(sig, bytes):
         return None
     if ident is not None:
         try:
-            ident.verify(silo, cred, advert_digest(job=job, round=round, silo=silo, c=c, s=s), sig)
+            ident.verify(silo, cred, advert_digest(job=job, round=round, silo=silo, c=c, s=s, commit=commit), sig)
         except ProtocolError:
             return None
-    return c, s, cred, sig
+    return c, s, commit, cred, sig
+
+
+#: t-subsets of a secret's revealed shares tried before a corrupt share aborts the round
+MAX_RECONSTRUCTION_TRIES = 64
+
+
+def _reconstruct(shares: Sequence[tuple[int, bytes]], t: int, ok: Callable[[bytes], bool]) -> bytes | None:
+    """The secret of the first ``t``-subset of ``shares`` that passes ``ok`` (its commitment),
+    trying at most :data:`MAX_RECONSTRUCTION_TRIES` subsets; None if none does (corrupt shares)."""
+    for combo in itertools.islice(itertools.combinations(shares, t), MAX_RECONSTRUCTION_TRIES):
+        try:
+            secret = sa.combine_shares(list(combo), threshold=t)
+        except CryptoError:
+            continue
+        if ok(secret):
+            return secret
+    return None
 
 
 def aggregator_secagg_sum(channel: Channel, *, round: int, spec: SecAggSpec, timeout: float,
@@ -895,9 +956,11 @@ def aggregator_secagg_sum(channel: Channel, *, round: int, spec: SecAggSpec, tim
     ``spec.min_contributors`` masked inputs arrived (a quorum). ``absent``: silos known to have
     left the job (not waited for; they count as dropped before advertising).
 
-    Raises:
-        ProtocolError: a reconstructed masking secret does not match its advertised public key
-            (a corrupt share).
+    Masked inputs whose signed mask list is not ``N(u) ∩ U2`` are dropped (as if they never came).
+    Every reconstructed secret is checked against what its owner committed to in its signed advert
+    (``SHA-256`` of the self-mask seed, the masking public key); when a corrupt share spoils a
+    reconstruction, other ``t``-subsets of the revealed shares are tried, and if none works the
+    round aborts (every silo told) with nothing released.
     """
     me, job, t = channel.party, channel.job, spec.threshold
     if me in spec.silos:
@@ -961,6 +1024,7 @@ def aggregator_secagg_sum(channel: Channel, *, round: int, spec: SecAggSpec, tim
     # -- masked input -----------------------------------------------------------------------------------
     dim = spec.dimension
     masked: dict[str, np.ndarray] = {}
+    masked_sigs: dict[str, bytes] = {}
     # a silo whose ledger refused the charge says so instead (no data): a dropout of this round,
     # and not waited for
     for u, p in channel.gather(u2, (KIND_MASKED, KIND_WITHDRAW), round=round, timeout=timeout).items():
@@ -968,8 +1032,17 @@ def aggregator_secagg_sum(channel: Channel, *, round: int, spec: SecAggSpec, tim
             withdrawn.append(u)
             continue
         ring = _ring_from(p.get("y") if isinstance(p, dict) else None, bits=spec.bits, length=dim)
-        if ring is not None:
-            masked[u] = ring
+        sig = p.get("sig") if isinstance(p, dict) else None
+        if ring is None or not isinstance(sig, bytes):
+            continue
+        if ident is not None:
+            # u masked with every neighbour whose shares were forwarded to it (N(u) ∩ U2)
+            try:
+                ident.verify(u, keys[u][3], masked_digest(job=job, round=round, silo=u,
+                                                          masked_with=sorted(set(graph[u]) & set(u2))), sig)
+            except ProtocolError:
+                continue
+        masked[u], masked_sigs[u] = ring, sig
     u3 = sorted(masked)
     withdrawn.sort()
     stop = too_few("masked", u3, "sent their masked input")
@@ -1006,8 +1079,10 @@ def aggregator_secagg_sum(channel: Channel, *, round: int, spec: SecAggSpec, tim
                                     f"{spec.min_survivors}); the round is aborted and nothing was unmasked")
     for v in signers:
         near = set(graph[v]) & set(u2)
-        channel.send(v, KIND_CONTROL, _ctl("unmask", self_mask=sorted(near & set(u3)), pairwise=sorted(near & dropped_after_shares),
-                                           signatures=signatures), round=round)
+        own = sorted(near & set(u3))
+        channel.send(v, KIND_CONTROL, _ctl("unmask", self_mask=own, pairwise=sorted(near & dropped_after_shares),
+                                           signatures=signatures, masked_with={u: masked_sigs[u] for u in own}),
+                     round=round)
 
     # -- unmasking ------------------------------------------------------------------------------------------
     reveals: dict[str, dict[str, dict[str, bytes]]] = {}
@@ -1028,20 +1103,39 @@ def aggregator_secagg_sum(channel: Channel, *, round: int, spec: SecAggSpec, tim
     if stop:
         return stop
 
-    # -- reconstruct and remove the masks (only now: every check has passed) ------------------------------
-    def secret_of(u: str, kind: str) -> bytes:
-        shares = [(_holder_index(graph, u, v), reveals[v][kind][u]) for v in sorted(set(graph[u]) & u4)]
-        return sa.combine_shares(shares, threshold=t)
+    # -- reconstruct (only now: every check has passed), each secret checked against its commitment --------
+    def shares_of(u: str, kind: str) -> list[tuple[int, bytes]]:
+        return [(_holder_index(graph, u, v), reveals[v][kind][u]) for v in sorted(set(graph[u]) & u4)]
+
+    def pairwise_ok(u: str) -> Callable[[bytes], bool]:
+        def ok(secret: bytes) -> bool:
+            try:
+                return sa.AgreementKey.from_secret(secret).public == keys[u][1]
+            except (CryptoError, CiphertextFormatError):
+                return False
+        return ok
+
+    self_seeds: dict[str, bytes] = {}
+    pair_keys: dict[str, sa.AgreementKey] = {}
+    for u in u3:
+        seed = _reconstruct(shares_of(u, "self_mask"), t, lambda b, u=u: self_mask_commitment(b) == keys[u][2])
+        if seed is None:
+            return abort("reveal", f"round {round}: the self-mask shares of {u!r} do not reconstruct its committed seed "
+                                   "(a corrupt share); the round is aborted and nothing was released")
+        self_seeds[u] = seed
+    for u in needs_pairwise:
+        secret = _reconstruct(shares_of(u, "pairwise"), t, pairwise_ok(u))
+        if secret is None:
+            return abort("reveal", f"round {round}: the masking-key shares of {u!r} do not reconstruct its advertised "
+                                   "key (a corrupt share); the round is aborted and nothing was released")
+        pair_keys[u] = sa.AgreementKey.from_secret(secret)
 
     total = np.zeros(dim, dtype=sa.ring_dtype(spec.bits))
     for u in u3:
         total += masked[u]
-        total -= sa.expand_mask(secret_of(u, "self_mask"), dim, bits=spec.bits, prg=spec.prg)  # type: ignore[arg-type]
+        total -= sa.expand_mask(self_seeds[u], dim, bits=spec.bits, prg=spec.prg)  # type: ignore[arg-type]
     for u in needs_pairwise:
-        key = sa.AgreementKey.from_secret(secret_of(u, "pairwise"))
-        if key.public != keys[u][1]:
-            raise ProtocolError(f"{me}: round {round}: the masking secret of {u!r} reconstructed from its shares does not "
-                                "match its advertised public key (a corrupt share)")
+        key = pair_keys[u]
         for v in sorted(set(graph[u]) & set(u3)):
             m = sa.expand_mask(mask_seed(key, keys[v][1], job=job, round=round, me=u, peer=v), dim, bits=spec.bits,
                                prg=spec.prg)  # type: ignore[arg-type]

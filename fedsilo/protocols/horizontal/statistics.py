@@ -56,6 +56,7 @@ is exact up to the backend's fixed-point precision.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -216,12 +217,22 @@ def statistics_silo(
     values = local_statistics(frame, plan)
     rng = secure_rng(noise_seed)
 
+    bound = be.info().value_bound
+
     def contribute(present: int) -> np.ndarray:
         # shared key: ``present`` announced silos; keyless: the session's quorum (checked above)
         if event is None:
             return values
         parties = share_parties(present=present, colluders=plan.colluders)
-        return values + _noise(plan, lambda s: noise_share_sigma(sigma=s, parties=parties), rng)
+        noise = _noise(plan, lambda s: noise_share_sigma(sigma=s, parties=parties), rng)
+        # clamp the local block so that block + noise stays within the backend's value bound
+        # unless the noise exceeds 12 of its standard deviations: whether a silo fails must not
+        # depend on its data (the error would name it). Clamping is 1-Lipschitz, so the
+        # sensitivity is unchanged.
+        widest = max((noise_share_sigma(sigma=r.sigma, parties=parties) for r in plan.releases), default=0.0)
+        if bound is not None and math.isfinite(bound) and bound > 12.0 * widest:
+            return np.clip(values, -(bound - 12.0 * widest), bound - 12.0 * widest) + noise
+        return values + noise
 
     def topup(present: int, contributors: int) -> np.ndarray:
         if event is None:

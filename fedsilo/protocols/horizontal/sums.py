@@ -265,11 +265,15 @@ class _KeylessSilo(SiloSum):
         if kind != "result":
             return SiloRoundOutcome("aborted" if kind == "abort" else "stopped", contributed=contributed,
                                     charged=charged, reason=str(msg.get("reason", "")))
-        total = msg.get("total")
-        if not isinstance(total, np.ndarray):
+        total, contributors, dropped = msg.get("total"), msg.get("contributors"), msg.get("dropped")
+        known = set(self.plan.silos)
+        if not (isinstance(total, np.ndarray) and total.shape == (length,) and np.issubdtype(total.dtype, np.floating)
+                and bool(np.all(np.isfinite(total)))
+                and isinstance(contributors, list) and contributors and all(isinstance(c, str) for c in contributors)
+                and set(contributors) <= known
+                and isinstance(dropped, list) and all(isinstance(d, str) for d in dropped) and set(dropped) <= known):
             raise ProtocolError(f"{me}: round {round}: malformed result from {self.aggregator!r}")
-        return self._outcome("ok", total, tuple(msg.get("contributors", ())), tuple(msg.get("dropped", ())),
-                             contributed, charged, "")
+        return self._outcome("ok", total, tuple(contributors), tuple(dropped), contributed, charged, "")
 
     @staticmethod
     def _outcome(status: str, total: Any, contributors: Sequence[str], dropped: Sequence[str], contributed: bool,

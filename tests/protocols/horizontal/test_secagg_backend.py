@@ -151,7 +151,8 @@ def test_without_dp_the_model_is_plain_fedavgs_up_to_the_grid(bc3: Any) -> None:
     for e in hub.log:
         if e.recipient == AGGREGATOR and e.kind == sg.KIND_MASKED:
             payload = codec.decode(e.body)
-            assert set(payload) == {"y"} and isinstance(payload["y"], bytes)
+            # ring words and the silo's signature on the neighbours it masked with
+            assert set(payload) == {"y", "sig"} and isinstance(payload["y"], bytes) and isinstance(payload["sig"], bytes)
 
 
 @pytest.fixture(scope="module")
