@@ -256,7 +256,7 @@ PAILLIER_ROWS = (
     ("after", "encrypt", "fedsilo: h^α mod n², α of {short} bits, fixed-base table"),
     ("before", "rerandomize", "fedsilo before, any computed ciphertext (r^n)"),
     ("after", "rerandomize", "fedsilo, a sum or add_plain result (h^β, β of {short} bits)"),
-    ("after-full", "rerandomize", "fedsilo, after mul_plain / matmul_plain (h^β, β of {full} bits)"),
+    ("after-full", "rerandomize", "fedsilo, after mul_plain / matmul_plain (r^n, r < n: uniform whatever h)"),
 )
 
 

@@ -662,7 +662,11 @@ class PaillierBackend(CryptoBackend):
             # What a peer can check without the factors (n-th residuosity itself is the DCR
             # problem; the key holder checks it in load_secret): keygen's n is 1 mod 4 and h,
             # an n-th power of -x**2, has Jacobi symbol 1 mod n.
-            if not (1 < h < n * n and n % 4 == 1 and gmpy2.gcd(h, n) == 1 and gmpy2.jacobi(h % n, n) == 1):
+            # (These refuse malformed bases, not malicious ones: a key holder can always choose a
+            # weak h for its own key; products never rely on h, see _rerandomize.)
+            nsq = n * n
+            if not (1 < h < nsq and n % 4 == 1 and gmpy2.gcd(h, n) == 1 and gmpy2.jacobi(h % n, n) == 1
+                    and h * h % nsq != 1):
                 raise CiphertextFormatError(f"paillier: {what} holds an invalid randomness base h")
         encoding = PaillierEncoding(precision, value_bound, bool(packed), max_summands)
         if encoding != self.encoding or key_bits != self.key_bits:
@@ -750,14 +754,17 @@ class PaillierBackend(CryptoBackend):
 
         ``full``: after a multiplication by plaintext factors the randomness is ``h**(Σ α_i k_i)``,
         which a key holder able to take discrete logarithms mod p and q could relate to the
-        factors ``k_i``; a full-length ``β`` (``key_bits + 128`` bits) makes ``h**β``, hence the
-        product, statistically independent of them. Otherwise (sums, ``add_plain``, forwarding)
-        the randomness does not depend on any plaintext and a short ``β`` hides the result from
-        whoever knows the inputs, as a fresh encryption does.
+        factors ``k_i``. Re-randomizing within ``⟨h⟩`` (even with a full-length exponent) is not
+        enough against a key holder that chose ``h`` (or the inputs' randomness) itself: with
+        ``h = −1`` or a smooth-order ``h`` it reads the factors by Pohlig–Hellman (found by the
+        crypto review). So products leave with phe's ``r**n`` for a uniform ``r`` in ``Z*_n``
+        drawn here, uniform in the n-th residues whatever ``h`` and the inputs are. Otherwise
+        (sums, ``add_plain``, forwarding) the randomness depends on no plaintext and a short
+        ``β`` hides the result from whoever knows the inputs, as a fresh encryption does.
         """
-        if pub.h is None:  # a format-1 key: phe's r**n (uniform, so full or not makes no difference)
+        if pub.h is None or full:  # phe's r**n: uniform, whatever h and the inputs' randomness
             return parallel_map(obfuscate_batch, (pub.n,), values, self.workers)
-        bits = full_randomness_bits(self.key_bits) if full else RANDOMNESS_BITS[self.key_bits]
+        bits = RANDOMNESS_BITS[self.key_bits]
         out = parallel_map(djn_rerandomize_batch, (pub.n, pub.h, bits), values, self._pool_for(len(values)))
         return [int(v) for v in out]
 
@@ -1027,7 +1034,8 @@ class PaillierBackend(CryptoBackend):
         values = []
         for i in range(count):
             v = int.from_bytes(payload[i * width : (i + 1) * width], "big")
-            if not 0 < v < nsq:
+            if not 0 < v < nsq or gmpy2.gcd(v, pub.n) != 1:
+                # a non-unit (c ≡ 0 mod p or q) decrypts to a value that factors n
                 raise CiphertextFormatError(f"paillier: ciphertext {i} is not in Z*_(n^2)")
             values.append(gmpy2.mpz(v))
         return PaillierCiphertext(

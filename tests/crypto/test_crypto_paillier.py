@@ -403,24 +403,36 @@ def test_randomness_is_not_seeded(unpacked):
     assert keys[0].n != keys[1].n and keys[0].h != keys[1].h
 
 
-def test_rerandomization_uses_a_full_exponent_only_after_multiplications(unpacked, recorder):
+def test_rerandomization_uses_a_full_exponent_only_after_multiplications(unpacked, recorder, monkeypatch):
     b, k = unpacked.backend, unpacked
     x = np.array([0.5, -1.25])
     ct = b.encrypt(k.public, x)
     recorder.calls.clear()
-    full = full_randomness_bits(1024)
+    uniform: list[int] = []
+    real_obfuscate = paillier_module.obfuscate_batch
+
+    def spy(n, batch):  # phe's r**n with a uniform r: what products leave with
+        uniform.append(len(batch))
+        return real_obfuscate(n, batch)
+
+    monkeypatch.setattr(paillier_module, "obfuscate_batch", spy)
     cases = [
         (b.add(ct, ct), 256, 2 * x),  # sums and add_plain: the randomness depends on no plaintext
         (b.add_plain(ct, 1.0), 256, x + 1.0),
-        (b.mul_plain(ct, 0.5), full, 0.5 * x),  # raised to a plaintext factor
-        (b.add(b.mul_plain(ct, -2.0), ct), full, -x),  # ... and still so after an addition
-        (b.matmul_plain(ct, np.array([[1.0], [2.0]])), full, np.array([x @ [1.0, 2.0]])),
+        # raised to a plaintext factor: uniform r**n, not h**β (a key holder may have chosen h)
+        (b.mul_plain(ct, 0.5), None, 0.5 * x),
+        (b.add(b.mul_plain(ct, -2.0), ct), None, -x),  # ... and still so after an addition
+        (b.matmul_plain(ct, np.array([[1.0], [2.0]])), None, np.array([x @ [1.0, 2.0]])),
     ]
     for out, bits, expected in cases:
         recorder.calls.clear()
+        uniform.clear()
         blob = b.serialize(out)
-        (asked, betas), = recorder.calls
-        assert asked == bits and all(0 <= v < 2**bits for v in betas)
+        if bits is None:
+            assert recorder.calls == [] and sum(uniform) == len(out.values)
+        else:
+            (asked, betas), = recorder.calls
+            assert asked == bits and all(0 <= v < 2**bits for v in betas) and uniform == []
         received = b.deserialize(k.public, blob)
         assert [int(v) for v in received.values] != [int(v) for v in out.values]
         assert np.array_equal(b.decrypt(k.secret, received), expected)
@@ -553,3 +565,20 @@ def test_fast_vs_phe_benchmark_contract():
     assert result["rows"][0]["vs_phe"] == 1.0 and result["rows"][3]["vs_phe"] == 1.0  # the baselines
     with pytest.raises(ConfigError, match="values"):
         measure_paillier_encryption(key_bits=1024, values=0)
+
+
+
+def test_a_degenerate_base_and_non_unit_ciphertexts_are_refused(unpacked):
+    """From the crypto review: h = n² − 1 (order 2) passed every load check, and a ciphertext
+    ≡ 0 mod n decrypts (phe's CRT) to a value that factors n."""
+    b, k = unpacked.backend, unpacked
+    pub = k.public
+    n, nsq = pub.n, pub.n * pub.n
+    weak = PaillierPublic(n, pub.encoding, nsq - 1)
+    with pytest.raises(CiphertextFormatError, match="invalid randomness base"):
+        b.load_public(weak.serialize())
+    blob = bytearray(b.serialize(b.encrypt(pub, np.array([0.5]))))
+    width = (nsq.bit_length() + 7) // 8
+    blob[-width:] = int(n).to_bytes(width, "big")  # c = n: not a unit
+    with pytest.raises(CiphertextFormatError, match="not in Z"):
+        b.deserialize(pub, bytes(blob))
