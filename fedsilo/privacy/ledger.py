@@ -89,7 +89,7 @@ import sqlite3
 import stat
 import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -117,6 +117,10 @@ __all__ = [
     "Reservation",
     "LedgerEntry",
     "DatasetReport",
+    "BudgetCheck",
+    "JobBudgetError",
+    "budget_check",
+    "composed_epsilon",
     "anchor_path",
     "key_path",
 ]
@@ -418,6 +422,128 @@ class DatasetReport:
             "level": self.level,
             "accountant": self.accountant,
         }
+
+
+def composed_epsilon(
+    releases: Sequence[tuple[DpEvent, str]], *, delta: float, accountant: str
+) -> tuple[str | None, tuple[DpEvent, ...], float]:
+    """The composition target of ``releases`` (``(event, relation)`` pairs of one dataset), the
+    events converted to it (in order) and their composed ε: what every charge, report and
+    pre-check of a ledger computes (:func:`fedsilo.privacy.relations.to_composition_target`,
+    then :func:`fedsilo.privacy.accounting.epsilon` at the dataset's δ, never a sum).
+
+    Raises:
+        PrivacyError: the relations cannot be composed under one target, or an unsupported event.
+    """
+    target, events = to_composition_target(releases)
+    if not events:
+        return None, (), 0.0
+    return target, events, epsilon(ComposedEvent(events), delta=delta, accountant=accountant)
+
+
+#: What a refused job's submitter can do.
+REMEDY: Final = "lower privacy.epsilon (--epsilon) or raise the budget"
+
+
+@dataclass(frozen=True, slots=True)
+class BudgetCheck:
+    """A dry run of a set of planned releases against one dataset's budget (nothing written).
+
+    ``spent`` is ε of the releases already reserved (as :meth:`PrivacyLedger.spent` reports
+    it), ``need`` ε of the planned releases alone and ``after`` ε of all of them composed: what
+    the ledger would record at the last of the planned charges, the value its budget check
+    compares with ``budget``. ``need`` and ``after`` are under the composition target of every
+    release together; all at ``delta``, with ``accountant``.
+    """
+
+    silo: str
+    dataset: str
+    budget: float
+    delta: float
+    accountant: str
+    spent: float
+    need: float
+    after: float
+
+    @property
+    def remaining(self) -> float:
+        """``max(0, budget − spent)``."""
+        return max(0.0, self.budget - self.spent)
+
+    @property
+    def fits(self) -> bool:
+        """Whether every planned release would be accepted (``after <= budget``; NaN never fits)."""
+        return self.after <= self.budget
+
+    def summary(self, what: str = "the job") -> str:
+        """What ``what`` needs and what the silo's ledger has left, e.g. ``silo 'h1': the job
+        needs epsilon=992.6 but its ledger has 9.2 of 10 left (spent 0.8; ...)``."""
+        line = (
+            f"silo {self.silo!r}: {what} needs epsilon={self.need:.4g} but its ledger has "
+            f"{self.remaining:.4g} of {self.budget:.4g} left (spent {self.spent:.4g}"
+        )
+        if self.spent > 0.0:
+            # composition is not a sum: say what the ledger would compare with the budget
+            line += f", composed with it epsilon={self.after:.4g}"
+        return line + f"; dataset {self.dataset!r}, delta={self.delta:g}, accountant {self.accountant!r})"
+
+    def refusal(self, what: str = "the job") -> str:
+        """:meth:`summary` and the remedy: the one-line reason a job is refused with."""
+        return f"{self.summary(what)}; {REMEDY}"
+
+
+class JobBudgetError(BudgetExceededError):
+    """A job refused before its first release: some silo's ledger cannot cover the job's
+    planned releases (:class:`BudgetCheck`); nothing was trained, released or written.
+
+    ``checks`` holds every silo checked that cannot; the inherited fields are the first one's
+    (``requested`` is the total ε its ledger would reach).
+    """
+
+    def __init__(self, checks: Sequence[BudgetCheck], what: str = "the job") -> None:
+        if not checks:
+            raise ValueError("JobBudgetError needs at least one failed check")
+        self.checks = tuple(checks)
+        self.what = what
+        first = self.checks[0]
+        super().__init__(silo=first.silo, dataset=first.dataset, spent=first.spent, requested=first.after,
+                         budget=first.budget, delta=first.delta)
+        self.args = ("; ".join(c.summary(what) for c in self.checks) + f"; {REMEDY}; nothing was trained or charged",)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (JobBudgetError, (self.checks, self.what))
+
+
+def budget_check(
+    *, silo: str, dataset: str, budget: float, delta: float, accountant: str,
+    before: Sequence[tuple[DpEvent, str]] = (), planned: Sequence[tuple[DpEvent, str]],
+) -> BudgetCheck:
+    """:class:`BudgetCheck` of ``planned`` releases on top of ``before`` (both ``(event,
+    relation)`` pairs), composed exactly as :meth:`PrivacyLedger.charge` composes them. Pure:
+    for a ledger that does not exist yet (``before`` empty) as for one that does
+    (:meth:`PrivacyLedger.preview`).
+
+    Raises:
+        PrivacyError: the releases cannot be composed under one relation, or an unsupported
+            event (the charge would refuse them too).
+    """
+    for event, relation in planned:
+        if not isinstance(event, DpEvent) or type(event) is DpEvent:
+            raise PrivacyError(f"not a fedsilo DP event: {event!r}")
+        check_accountable(event, relation)
+    items = [*before, *planned]
+    try:
+        _, events, after = composed_epsilon(items, delta=delta, accountant=accountant)
+    except PrivacyError as exc:
+        earlier = ", ".join(repr(r) for r in sorted({r for _, r in before})) or "none"
+        raise PrivacyError(
+            f"silo {silo!r}, dataset {dataset!r}: the job's releases cannot be composed with the dataset's "
+            f"earlier releases (under {earlier}): {exc}"
+        ) from None
+    spent = composed_epsilon(list(before), delta=delta, accountant=accountant)[2]
+    mine = events[len(before):]
+    need = epsilon(ComposedEvent(mine), delta=delta, accountant=accountant) if mine else 0.0
+    return BudgetCheck(silo, dataset, float(budget), float(delta), accountant, spent, need, after)
 
 
 class Reservation:
@@ -981,10 +1107,8 @@ class PrivacyLedger:
 
     def _composed(self, releases: list[tuple[DpEvent, str]], delta: float) -> tuple[str | None, float]:
         """The composition target and ε of ``releases`` (each converted to the target)."""
-        target, events = to_composition_target(releases)
-        if not events:
-            return None, 0.0
-        return target, epsilon(ComposedEvent(events), delta=delta, accountant=self._accountant)
+        target, _, eps = composed_epsilon(releases, delta=delta, accountant=self._accountant)
+        return target, eps
 
     # ------------------------------------------------------------------ public API
 
@@ -1105,6 +1229,25 @@ class PrivacyLedger:
         eps_budget, delta = self._budget(rows, dataset)
         return max(0.0, eps_budget - self._composed(self._releases(rows, dataset), delta)[1])
 
+    def preview(self, dataset: str, planned: Sequence[tuple[DpEvent, str]]) -> BudgetCheck:
+        """A dry run of ``planned`` releases (``(event, relation)`` pairs, e.g. every charge a job
+        will make) on top of what ``dataset`` already spent: :func:`budget_check` on one read
+        snapshot, composed as :meth:`charge` composes. Writes nothing.
+
+        Whether the last planned charge would be accepted is ``preview(...).fits``, if no other
+        release comes in between (a concurrent job's charge can still make it refuse).
+
+        Raises:
+            ConfigError: unregistered dataset.
+            PrivacyError: the planned releases cannot be composed with the dataset's earlier
+                ones, or an unsupported event.
+            LedgerIntegrityError: the hash chain or its anchor is broken.
+        """
+        rows = self._read()
+        eps_budget, delta = self._budget(rows, dataset)
+        return budget_check(silo=self._silo, dataset=dataset, budget=eps_budget, delta=delta,
+                            accountant=self._accountant, before=self._releases(rows, dataset), planned=list(planned))
+
     def charge(
         self,
         dataset: str,
@@ -1177,7 +1320,8 @@ class PrivacyLedger:
                 eps_budget, delta = self._budget(rows, dataset)
                 before = self._releases(rows, dataset)
                 try:
-                    _, events = to_composition_target(before + [(event, relation)])
+                    # the same composition as budget_check (the pre-check of a job) and reports
+                    after = composed_epsilon(before + [(event, relation)], delta=delta, accountant=self._accountant)[2]
                 except PrivacyError as exc:
                     earlier = ", ".join(repr(r) for r in sorted({r for _, r in before}))
                     raise PrivacyError(
@@ -1185,7 +1329,6 @@ class PrivacyLedger:
                         f"{relation!r} cannot be composed with the dataset's earlier releases "
                         f"under {earlier}: {exc}; nothing was written"
                     ) from None
-                after = epsilon(ComposedEvent(events), delta=delta, accountant=self._accountant)
                 if not after <= eps_budget:  # also refuses NaN
                     raise BudgetExceededError(
                         silo=self._silo,

@@ -29,6 +29,7 @@ __all__ = [
     "ModelSection",
     "PrivacySection",
     "Range",
+    "SECUREBOOST_KEYS",
     "Section",
     "StatisticsSection",
     "TrainingSection",
@@ -78,15 +79,51 @@ class PrivacySection(Section):
     # Each contributing silo knows its own noise share and (shared key) sees the decrypted sum,
     # so shares must be sized for at least one party subtracting its own: 0 is never safe here.
     colluders: Int = Field(1, ge=1)
+    #: horizontal record level: "local" DP-SGD inside each silo (each update noised for its own
+    #: batch), or "distributed" DP-SGD (one joint step per round, noise shares under encryption;
+    #: docs/privacy.md, "Distributed DP-SGD")
+    mode: Literal["local", "distributed"] = "local"
+
+    @model_validator(mode="after")
+    def _mode_is_record_level(self) -> "PrivacySection":
+        if self.mode == "distributed" and self.level != "record":
+            raise ValueError(
+                f'privacy.mode = "distributed" is record-level DP-SGD, but privacy.level = {self.level!r}: set '
+                'privacy.level = "record" (silo-level DP-FedAvg already adds its noise under encryption)'
+            )
+        return self
 
 
 class ModelSection(Section):
     """``[model]``: ``logistic``, ``mlp`` (with ``hidden``) or ``package.module:Class`` (with
-    ``params``, passed to the class as keyword arguments)."""
+    ``params``, passed to the class as keyword arguments); in a vertical job also
+    ``secureboost``, gradient-boosted trees, with the keys of :data:`SECUREBOOST_KEYS`
+    (docs/secureboost.md). A task refuses the keys it does not read when they are set."""
 
     kind: str = "logistic"
     hidden: list[Annotated[Int, Field(ge=1)]] = Field(default_factory=lambda: [32], min_length=1)
     params: dict[str, Any] = Field(default_factory=dict)
+    # -- kind = "secureboost" (vertical): read by fedsilo.protocols.vertical.secureboost --------
+    #: boosting rounds: one tree each
+    trees: Int = Field(10, ge=1, le=1000)
+    #: edges from the root to the deepest leaf (at most 2**depth leaves)
+    depth: Int = Field(3, ge=1, le=12)
+    #: shrinkage of every leaf value
+    learning_rate: Float = Field(0.3, gt=0, le=1)
+    #: bins per feature (each party bins its own columns)
+    bins: Int = Field(32, ge=2, le=255)
+    #: least hessian sum in each child of a split
+    min_child_weight: Float = Field(1.0, ge=0)
+    #: L2 penalty on leaf values (the lambda of XGBoost)
+    l2: Float = Field(1.0, ge=0)
+    #: share of the training rows each tree is grown on (drawn from the public seed)
+    subsample: Float = Field(1.0, gt=0, le=1)
+    #: least rows in each child of a split (scikit-learn's min_samples_leaf)
+    min_leaf_rows: Int = Field(20, ge=1)
+
+
+#: The ``[model]`` keys of ``kind = "secureboost"`` (besides ``kind``).
+SECUREBOOST_KEYS = ("trees", "depth", "learning_rate", "bins", "min_child_weight", "l2", "subsample", "min_leaf_rows")
 
 
 class TrainingSection(Section):

@@ -677,7 +677,7 @@ class Agent:
                         f"but silo {self.name!r}'s ledger accounts with {self.ledger.accountant!r}: set accountant = "
                         f"{self.ledger.accountant!r}"
                     )
-                cap = self._check_budget(cfg, entry, ds, source)
+                cap = self._check_budget(cfg, entry, ds, source, own=coordinator == self.name)
             elif not ds.allow_no_dp:
                 # without [privacy] a job releases exact sums of this dataset, which no ledger
                 # entry accounts for: only the operator may allow that, per dataset
@@ -704,7 +704,13 @@ class Agent:
             listed = ", ".join(f"{c!r} ({why})" for c, why in missing)
             raise _Refused(f"silo {self.name!r}: dataset {dataset!r} has no column {listed}")
 
-    def _check_budget(self, cfg: JobConfig, entry: Any, ds: Any, source: str) -> float | None:
+    def _check_budget(self, cfg: JobConfig, entry: Any, ds: Any, source: str, *, own: bool) -> float | None:
+        """The job's budget cap for this dataset (a job's lower ``[[silos]] budget``), after checking
+        that the whole job fits in it: every release the job plans here, composed on top of the
+        ledger as each charge will compose it. ``own``: the job was submitted through this agent,
+        so the refusal may show the ledger's totals to its own operator; a peer's submitter
+        learns only what the job needs and that it does not fit (the totals stay in the audit
+        log, ``budget_refused``)."""
         assert cfg.privacy is not None
         op = ds.budget
         cap = None
@@ -723,7 +729,23 @@ class Agent:
             if entry.budget.epsilon < op.epsilon:
                 cap = float(entry.budget.epsilon)
         limit = cap if cap is not None else float(op.epsilon)
-        spent = self.ledger.spent(ds.name)
+        check = self._planned_check(cfg, ds)
+        if check is not None:
+            # the job's planned releases composed on top of this ledger, as each charge will compose
+            # them: refused now, before the job starts here or anywhere, if the last would not fit
+            check = dataclasses.replace(check, budget=limit)
+            if not check.fits:
+                self.audit.write("budget_refused", dataset=ds.name, target=cfg.privacy.epsilon, need=check.need,
+                                 spent=check.spent, after=check.after, budget=limit)
+                if own:
+                    raise _Refused(check.refusal())
+                raise _Refused(
+                    f"silo {self.name!r}, dataset {ds.name!r}: the job's target epsilon={cfg.privacy.epsilon:g} does not "
+                    f"fit in the dataset's remaining budget (the job's releases need epsilon={check.need:.4g} here, on "
+                    "top of the dataset's earlier releases); lower privacy.epsilon (--epsilon) or ask the silo's operator"
+                )
+            return cap
+        spent = self.ledger.spent(ds.name)  # a task that does not plan its releases: its target vs what is left
         if cfg.privacy.epsilon > limit - spent + 1e-12:
             # the ledger's totals stay here (the audit log): a submitter learns only that it does not fit
             self.audit.write("budget_refused", dataset=ds.name, target=cfg.privacy.epsilon, spent=spent, budget=limit)
@@ -732,6 +754,27 @@ class Agent:
                 "fit in the dataset's remaining budget"
             )
         return cap
+
+    def _planned_check(self, cfg: JobConfig, ds: Any) -> Any:
+        """The ledger's dry run (:meth:`~fedsilo.privacy.ledger.PrivacyLedger.preview`) of every
+        release this silo would charge in the job (``Task.planned_charges`` on its own dataset,
+        as :func:`~fedsilo.silos.runner.check_job_budgets` does for a simulation); None for a
+        task that does not plan its releases. A dataset that fails the job's checks is refused
+        without quoting its data (the details go to the audit log)."""
+        from fedsilo.silos.runner import get_task, planned_releases
+
+        src = FileSource(self.cfg.resolve(ds.path), self.name)
+        try:
+            planned = planned_releases(get_task(cfg.federation.task), cfg, {self.name: src})
+            if planned is None or self.name not in planned:
+                return None
+            return self.ledger.preview(ds.name, planned[self.name])
+        except DataError as exc:
+            self.audit.write("budget_check_failed", dataset=ds.name, error=type(exc).__name__, message=one_line(exc))
+            raise _Refused(f"silo {self.name!r}: dataset {ds.name!r} failed the job's checks (DataError; the "
+                           "details are in the silo's audit log)") from None
+        except FedsiloError as exc:
+            raise _Refused(one_line(exc)) from None
 
     # -- own-operator RPCs (the coordinator) -------------------------------------------------------------------
     def _rpc_submit(self, caller: str, msg: dict[str, Any]) -> dict[str, Any]:

@@ -8,19 +8,28 @@ own in ``silo.toml``.
 
 A test run with reproducible (seeded) noise is not private: its ledger is wrapped so that every
 entry's mechanism records ``"reproducible_noise": true`` and ``"private": false``.
+
+Before round 1 a job's planned releases are checked against every party's ledger
+(:func:`check_budgets`): the same composition the ledger applies at each charge
+(:meth:`~fedsilo.privacy.ledger.PrivacyLedger.preview`), so a job that cannot finish within a
+silo's budget is refused before any training, release or ledger entry.
 """
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from fedsilo.errors import ConfigError
-from fedsilo.privacy.ledger import PrivacyLedger
+from fedsilo.privacy.events import DpEvent
+from fedsilo.privacy.ledger import BudgetCheck, JobBudgetError, PrivacyLedger, budget_check
 
-__all__ = ["LedgerSpec", "NotPrivateLedger"]
+__all__ = ["LedgerSpec", "NotPrivateLedger", "Release", "check_budgets", "check_planned"]
+
+#: One planned release: its DP event and the neighbouring relation it is charged under.
+Release = tuple[DpEvent, str]
 
 
 class NotPrivateLedger:
@@ -73,6 +82,52 @@ class LedgerSpec:
             yield NotPrivateLedger(ledger) if self.reproducible_noise else ledger
         finally:
             ledger.close()
+
+
+def check_planned(spec: LedgerSpec, planned: Sequence[Release]) -> BudgetCheck:
+    """Dry run of ``planned`` against the ledger ``spec`` names, read-only: an existing ledger
+    is read (nothing is registered or charged), a missing one is not created (its history is
+    empty and its budget the spec's).
+
+    Raises:
+        ConfigError: the ledger holds the dataset at another budget than the spec's (the job
+            would be refused when its party registers it), or another accountant or silo.
+        PrivacyError: the planned releases cannot be composed with the dataset's history.
+        LedgerIntegrityError: the ledger's hash chain or anchor is broken.
+    """
+    eps, delta = float(spec.budget[0]), float(spec.budget[1])
+    if spec.path.is_dir():
+        raise ConfigError(f"ledger {spec.path} is a directory, not a ledger file")
+    if not spec.path.exists():
+        return budget_check(silo=spec.silo, dataset=spec.dataset, budget=eps, delta=delta,
+                            accountant=spec.accountant, planned=planned)
+    with PrivacyLedger(spec.path, silo=spec.silo, accountant=spec.accountant) as ledger:
+        if spec.dataset not in ledger.datasets():
+            return budget_check(silo=spec.silo, dataset=spec.dataset, budget=eps, delta=delta,
+                                accountant=spec.accountant, planned=planned)
+        held = ledger.budget(spec.dataset)
+        if held != (eps, delta):
+            raise ConfigError(
+                f"dataset {spec.dataset!r} of silo {spec.silo!r} is registered in ledger {spec.path} with budget "
+                f"epsilon={held[0]:g}, delta={held[1]:g}, not the job's epsilon={eps:g}, delta={delta:g} "
+                "(a budget never changes)"
+            )
+        return ledger.preview(spec.dataset, planned)
+
+
+def check_budgets(planned: Mapping[str, tuple[LedgerSpec, Sequence[Release]]]) -> list[BudgetCheck]:
+    """Check every party's planned releases against its ledger (:func:`check_planned`) before
+    the job starts; returns the checks.
+
+    Raises:
+        JobBudgetError: some party's ledger cannot cover its planned releases (the message
+            names each such silo, its remaining ε and what the job needs); nothing was written.
+    """
+    checks = [check_planned(spec, releases) for spec, releases in planned.values() if releases]
+    short = [c for c in checks if not c.fits]
+    if short:
+        raise JobBudgetError(short)
+    return checks
 
 
 @contextlib.contextmanager

@@ -149,6 +149,13 @@ class Task(abc.ABC):
         checked."""
         return None
 
+    def planned_charges(self, cfg: JobConfig, sources: Mapping[str, Any]) -> Mapping[str, Sequence[tuple[Any, str]]]:
+        """Every ``(event, relation)`` each data party in ``sources`` charges to its ledger if the
+        job runs all its rounds, in the order charged: what the runner checks against every ledger
+        before round 1, and what an agent checks against its own when offered the job. ``{}``: not
+        planned, each charge is checked as it is made (the default)."""
+        return {}
+
     @abc.abstractmethod
     def plan(self, cfg: JobConfig, ctx: JobContext) -> tuple[Any, Sequence[Party]]:
         """The public job spec every party receives, and the parties. Deterministic in

@@ -18,8 +18,17 @@ An **engine** (:class:`Engine`, found by ``--engine`` name in the registry) star
 with mutual TLS; the silo agents run the same parties as long-lived services.
 
 Path of one job: ``load_config`` (validated sections) → :func:`run_job` → ``task.check`` →
-``task.plan`` → ``engine.run`` → ``task.party`` per party (protocol party functions, ledger
-charges) → ``task.results``.
+``task.plan`` → :func:`check_job_budgets` → ``engine.run`` → ``task.party`` per party (protocol
+party functions, ledger charges) → ``task.results``.
+
+Budgets are checked before round 1, in every engine: a task that knows its releases in advance
+(``planned_charges(cfg, sources) -> {party: [(event, relation), ...]}``, every charge each data
+party makes if the job runs all its rounds, from the config and that party's own table) has them
+composed on top of each party's ledger exactly as the ledger composes its charges
+(:func:`fedsilo.silos.ledgers.check_budgets`), and a job some silo cannot afford is refused
+(:class:`~fedsilo.privacy.ledger.JobBudgetError`) before any party starts. A job that may end
+early (dropouts, withdrawals) still needs its full planned ε. A task without that method is
+checked charge by charge only (its first refused charge stops it).
 """
 from __future__ import annotations
 
@@ -35,7 +44,7 @@ from fedsilo.errors import ConfigError
 from fedsilo.protocols.channel import Channel, InProcessHub, run_parties
 from fedsilo.silos.config import JobConfig, check_insecure_settings
 from fedsilo.silos.data import BuiltinShare, DataSource, FileSource
-from fedsilo.silos.ledgers import LedgerSpec
+from fedsilo.silos.ledgers import LedgerSpec, Release, check_budgets
 from fedsilo.silos.registry import (  # the runner's types and registries, re-exported
     TASKS,
     Engine,
@@ -67,6 +76,7 @@ __all__ = [
     "Task",
     "ThreadsEngine",
     "budgets_for",
+    "check_job_budgets",
     "check_silo_job",
     "check_task",
     "engine_names",
@@ -78,6 +88,7 @@ __all__ = [
     "ledger_specs",
     "party_functions",
     "party_noise_seeds",
+    "planned_releases",
     "refuse_unread",
     "register_engine",
     "register_task",
@@ -196,11 +207,41 @@ def run_job(
         if cfg._source in str(exc):
             raise
         raise ConfigError(f"{cfg._source}: {exc}") from None
+    check_job_budgets(task, cfg, parties)  # before any party starts: nothing trained, released or charged
     results = run_plan(task, plan, parties, job=ctx.job, engine=runner, progress=progress)
     results["notes"] = list(results.get("notes") or []) + notes
     results["private"] = bool(results.get("private", True)) and not cfg.crypto.insecure and noise_seed is None
     results["ledger_dir"] = str(ledger_dir)
     return results
+
+
+def planned_releases(task: Task, cfg: JobConfig, sources: Mapping[str, DataSource]) -> dict[str, list[Release]] | None:
+    """``task.planned_charges(cfg, sources)``: the releases each data party in ``sources`` (its
+    own table) will charge over the whole job; None for a task that does not plan them, or a
+    job without DP."""
+    hook = getattr(task, "planned_charges", None)
+    if hook is None or cfg.privacy is None:
+        return None
+    return {name: list(releases) for name, releases in hook(cfg, sources).items()}
+
+
+def check_job_budgets(task: Task, cfg: JobConfig, parties: Sequence[Party]) -> None:
+    """Refuse the job before any party starts if some party's ledger cannot cover the releases
+    the task plans for it (see the module docstring). Each party's releases are computed from
+    its own source, as the party itself will, one party after the other: the first that cannot
+    afford the job refuses it (planning a record-level party calibrates its DP-SGD, the costly
+    part, so the parties after it are not planned).
+
+    Raises:
+        JobBudgetError: the first silo whose remaining budget cannot cover the job.
+    """
+    for p in parties:
+        if p.ledger is None or not isinstance(p.source, DataSource):
+            continue
+        planned = planned_releases(task, cfg, {p.name: p.source})
+        if not planned:  # not planned (no DP, a task without planned_charges, distributed DP-SGD)
+            return
+        check_budgets({p.name: (p.ledger, planned.get(p.name, []))})
 
 
 def job_id(cfg: JobConfig) -> str:

@@ -506,3 +506,37 @@ def test_ten_agent_processes_complete_a_five_round_job(tmp_path: Path) -> None:
             _verify(c.root / name / "ledger.sqlite")
     finally:
         c.close()
+
+
+@pytest.mark.network
+@pytest.mark.slow
+@pytest.mark.timeout(200)
+def test_budgets_are_checked_when_each_agent_accepts_an_offer(trio: Cluster, tmp_path: Path) -> None:
+    """Issue 17: `epsilon = 1000` against the operators' budgets of 10 is refused by the
+    submitter's own agent, naming the silo, what the job needs and what its ledger has left; a
+    job that fits there but not in h2's budget lowered to 2 is refused by h2 when it is offered
+    the job, with what the job needs there (h2's ledger totals stay in its audit log). No ledger
+    gains a row."""
+    heads = {}
+    for name in ("h1", "h2"):
+        with PrivacyLedger.open(trio.root / name / "ledger.sqlite") as ledger:
+            heads[name] = (ledger.head, len(ledger.entries()))
+    job = tmp_path / "job.toml"
+    job.write_text(job_toml(dp=True).replace("epsilon = 3.0", "epsilon = 1000.0"))
+    res = cli("job", "submit", job, "--silo-config", trio.config("h1"), "-q")
+    assert res.exit_code == 2, res.output
+    assert "silo 'h1': the job needs epsilon=" in res.output and "but its ledger has 10 of 10 left" in res.output
+    assert "lower privacy.epsilon (--epsilon) or raise the budget" in res.output and "Traceback" not in res.output
+
+    job.write_text(job_toml(dp=True, budgets={"h2": 2.0}))
+    res = cli("job", "submit", job, "--silo-config", trio.config("h1"), "-q")
+    assert res.exit_code == 2, res.output
+    line = next(x for x in res.output.splitlines() if x.startswith("error: "))
+    assert "silo 'h2', dataset 'patients': the job's target epsilon=3 does not fit in the dataset's remaining " \
+           "budget (the job's releases need epsilon=" in line, line
+    assert "spent" not in line and "silo 'h1'" not in line  # h1 accepted (its budget covers the job), h2 refused
+    refused = [a for a in trio.audit("h2") if a["event"] == "budget_refused"]
+    assert refused and 2.0 < refused[-1]["need"] <= 3.0 and refused[-1]["budget"] == 2.0
+    for name in ("h1", "h2"):
+        with PrivacyLedger.open(trio.root / name / "ledger.sqlite") as ledger:
+            assert (ledger.head, len(ledger.entries())) == heads[name]

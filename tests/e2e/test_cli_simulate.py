@@ -62,9 +62,9 @@ def test_budget_is_enforced_across_runs_sharing_a_ledger(tmp_path: Path) -> None
     second = run("simulate", HOSPITALS, "--backend", "plain", "--insecure", "--rounds", "2", "--ledger-dir", ledgers, "--quiet")
     assert "Traceback" not in second.output
     # the first job used its 8 (training calibrated so that rounds + the final metrics release
-    # compose to 8): every hospital withdraws before its release would cross 10, and the job stops
+    # compose to 8): the second job's planned releases cannot fit, and it is refused before round 1
     assert second.exit_code == 1, second.output
-    assert "stopped before" in second.output and "(privacy budget exhausted)" in second.output
+    assert "silo 'st_marys': the job needs epsilon=" in second.output and "nothing was trained or charged" in second.output
     for silo in ("st_marys", "city_general", "riverside"):
         rep = run("privacy", "report", "--ledger", ledgers / f"{silo}.sqlite", "--json")
         (ds,) = json.loads(rep.stdout)["datasets"]
@@ -145,15 +145,16 @@ def test_simulate_vertical_example_contract(tmp_path: Path) -> None:
 
 
 def test_a_job_in_which_no_round_completes_is_an_error_not_an_untrained_model(tmp_path: Path) -> None:
-    """Silo level, every hospital's budget spent by a first run: the second run decrypts nothing
-    and says so (exit 1), naming the exhausted budgets, instead of printing an untrained model."""
+    """Silo level, every hospital's budget spent by a first run: the second run is refused before
+    round 1 (exit 1), naming the budget, instead of printing an untrained model (the mid-job "no
+    round completed" path is tested in tests/silos/test_budget_precheck.py)."""
     silo_level = ROOT / "examples" / "hospitals_horizontal" / "silo_level.toml"
     ledgers = tmp_path / "l"
     first = run("simulate", silo_level, "--backend", "plain", "--insecure", "--rounds", "1", "--ledger-dir", ledgers, "--quiet")
     assert first.exit_code == 0, first.output
     second = run("simulate", silo_level, "--backend", "plain", "--insecure", "--rounds", "1", "--ledger-dir", ledgers, "--quiet")
     assert second.exit_code == 1 and "Traceback" not in second.output
-    assert "no round completed, nothing was decrypted" in second.output and "privacy budget" in second.output
+    assert "the job needs epsilon=" in second.output and "nothing was trained or charged" in second.output
 
 
 def test_test_only_noise_seed_and_reserved_silo_names_are_checked(tmp_path: Path) -> None:

@@ -2,9 +2,10 @@
 
 Parties (see ``docs/horizontal.md``):
 
-* :func:`silo` — one per organization: local torch training, DP (silo-level DP-FedAvg or
-  record-level DP-SGD), ledger charge, encryption; also a key holder that decrypts the noised
-  sum and applies the strategy's server step, so every silo holds the same global model;
+* :func:`silo` — one per organization: local torch training, DP (silo-level DP-FedAvg,
+  record-level DP-SGD run locally, or one step of distributed DP-SGD per round), ledger charge,
+  encryption; also a key holder that decrypts the noised sum and applies the strategy's server
+  step, so every silo holds the same global model;
 * :func:`aggregator` — holds no key: counts who is present, adds ciphertexts, returns the sum.
 
 Both are plain functions over a :class:`~fedsilo.protocols.channel.Channel`, so every engine of
@@ -14,6 +15,13 @@ backend's key model selects (:mod:`.sums`): with a shared-key backend round 0 is
 and rounds ``1..R`` are training rounds, each one noised secure sum (:mod:`.secure_aggregation`);
 with a keyless backend (SecAgg+, :mod:`.secagg`) there is no key and each round is one masked sum,
 silo-level DP noise being the session's distributed discrete Gaussian.
+
+Distributed DP-SGD (``[privacy] mode = "distributed"``, :class:`.dp.DistributedDPSGD`): before
+round 1 the silos release their total row count, one noised secure sum on channel round 0
+(:data:`COUNT_ROUND`: the key ceremony's round, whose message kinds are its own, and no other sum
+uses it); every silo then derives the same sample rate and noise multiplier
+(:meth:`HorizontalJob.distributed_plan`), and each round ``1..R`` is one DP-SGD step over the
+pooled rows whose noise the secure sum carries.
 
 Dropout: a silo missing at a deadline is left out of that round; the round completes if at least
 ``min_silos`` contributed, with top-up noise so the total noise never falls below target;
@@ -25,7 +33,9 @@ job, the job stops and the task's results raise
 from __future__ import annotations
 
 import contextlib
+import functools
 import secrets
+import threading
 import zlib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -38,7 +48,7 @@ from fedsilo.errors import ConfigError, DataError, PrivacyParameterError
 from fedsilo.privacy.accounting import epsilon as _epsilon
 from fedsilo.privacy.events import ComposedEvent, DpEvent, GaussianEvent
 from fedsilo.privacy.accounting import noise_multiplier as _noise_multiplier
-from fedsilo.privacy.relations import ADD_REMOVE_RECORD, ZERO_OUT_SILO
+from fedsilo.privacy.relations import ADD_REMOVE_RECORD
 from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.privacy.mechanisms import secure_rng
 from fedsilo.protocols.horizontal import evaluation as fed_eval
@@ -46,10 +56,16 @@ from fedsilo.protocols.channel import Channel
 from fedsilo.protocols.spec import ModelSection, PrivacySection, TrainingSection
 from fedsilo.protocols.policy import require_confidential
 from fedsilo.protocols.horizontal.dp import (
+    RECORD_NEIGHBOURS,
+    DistributedDP,
+    DistributedDPSGD,
     DPFedAvg,
     SessionNoiseDPFedAvg,
+    composed_noise_multiplier,
     gaussian_share,
     gaussian_topup,
+    joint_sample_rate,
+    released_rows,
     silo_noise_multiplier,
 )
 from fedsilo.protocols.horizontal.models import build_model, get_flat_params, predict_scores, set_flat_params
@@ -63,10 +79,20 @@ from fedsilo.protocols.horizontal.secure_aggregation import (
 )
 from fedsilo.protocols.horizontal.sums import SumPlan, ddg_granularity, open_aggregator_sum, open_silo_sum, plan_sums
 from fedsilo.protocols.horizontal.strategies import AggregateResult, Strategy, make_strategy
-from fedsilo.protocols.horizontal.training import LocalConfig, RecordDP, record_dp_plan, train_local
+from fedsilo.protocols.horizontal.training import (
+    LocalConfig,
+    RecordDP,
+    check_per_example_gradients,
+    clipped_gradient_sum,
+    poisson_sample,
+    record_dp_plan,
+    train_local,
+)
 
 __all__ = [
     "AGGREGATOR",
+    "COUNT_ROUND",
+    "COUNT_SHARE",
     "HorizontalJob",
     "RoundReport",
     "SiloReport",
@@ -81,10 +107,13 @@ AGGREGATOR = "aggregator"
 PROTOCOL = "horizontal-fedavg"
 #: the colluders rule of a job without DP: the [privacy] section's default
 _NO_DP_COLLUDERS = PrivacySection(epsilon=1.0)
-#: Neighbouring relation of record-level DP-SGD (Poisson sampling, Opacus), in ledger entries.
-RECORD_NEIGHBOURS = "add/remove one record of the silo"
 #: Share of a record-level job's ε set aside for the one release of federated metrics.
 EVALUATION_SHARE = 0.25
+#: Share of a distributed DP-SGD job's ε set aside for the release of the federation's row count
+#: (which fixes the public sample rate): small, since ``q`` only needs the count to a few percent.
+COUNT_SHARE = 0.02
+#: Channel round of the row-count release of a distributed DP-SGD job (before round 1).
+COUNT_ROUND = 0
 
 
 @dataclass(frozen=True)
@@ -118,14 +147,35 @@ class HorizontalJob:
                 raise TypeError(f"HorizontalJob.{name} must be a {cls.__name__} (fedsilo.protocols.spec), got {type(value).__name__}")
         if self.n_features < 1:
             raise DataError("horizontal training needs at least one feature")
+        if self.distributed:
+            # one joint DP-SGD step per round: the local-training keys would be silently ignored
+            t = self.training
+            for key, value, default in (("local_epochs", t.local_epochs, 1), ("optimizer", t.optimizer, "sgd")):
+                if value != default:
+                    raise ConfigError(
+                        f'training.{key} = {value!r} is not used by privacy.mode = "distributed" (no local training: '
+                        f"each round is one DP-SGD step over the federation's rows, so training.rounds is the number "
+                        f"of steps); remove it"
+                    )
 
     @property
     def rounds(self) -> int:
         return self.training.rounds
 
     @property
+    def keyless(self) -> bool:
+        """Whether the backend's secure sums are keyless (SecAgg+): the aggregator then unmasks
+        each noised sum itself and is one of its recipients (ledger entries name it)."""
+        return get_backend_class(self.backend).capabilities().keyless
+
+    @property
     def level(self) -> str | None:
         return None if self.privacy is None else self.privacy.level
+
+    @property
+    def distributed(self) -> bool:
+        """Record-level DP-SGD in distributed mode (``[privacy] mode = "distributed"``)."""
+        return self.privacy is not None and self.privacy.level == "record" and self.privacy.mode == "distributed"
 
     @property
     def colluders(self) -> int:
@@ -158,7 +208,8 @@ class HorizontalJob:
         return int(get_flat_params(template).shape[0])
 
     def strategy(self, silos: Sequence[str] | None = None) -> Strategy:
-        """The configured strategy, wrapped in :class:`DPFedAvg` for silo-level DP.
+        """The configured strategy, wrapped in :class:`DPFedAvg` for silo-level DP (distributed
+        DP-SGD: each silo wraps it in :class:`DistributedDPSGD` once the row count is released).
 
         With a keyless backend (SecAgg+) the silo-level noise is the session's distributed
         discrete Gaussian (:class:`SessionNoiseDPFedAvg`, which only clips), calibrated so that
@@ -166,10 +217,17 @@ class HorizontalJob:
 
         Raises:
             ConfigError: a keyless backend with ``accountant = "pld"`` (the DDG bound is a Rényi
-                bound: account it with ``rdp``), or ``silos`` missing for a keyless job.
+                bound: account it with ``rdp``), ``silos`` missing for a keyless job, or a
+                strategy with a proximal term under distributed DP-SGD (no local training).
         """
         base = make_strategy(self.training.strategy, self.training.strategy_params)
+        if self.distributed and base.configure_fit(round=1, state=base.initialize(np.zeros(1))).proximal_mu > 0:
+            raise ConfigError(
+                f'training.strategy = {self.training.strategy!r} adds a proximal term to local training, which '
+                'privacy.mode = "distributed" does not run (one DP-SGD step per round); use fedavg, fedadam or fedyogi'
+            )
         if self.privacy is None or self.level != "silo":
+            # distributed DP-SGD wraps the strategy once the row count is released (silo())
             return base
         p = self.privacy
         if get_backend_class(self.backend).capabilities().keyless:
@@ -248,13 +306,14 @@ class HorizontalJob:
         return GaussianEvent(self.evaluation_noise_multiplier, 1.0, 1)
 
     def record_plan(self, n_examples: int) -> RecordDP | None:
-        """This silo's DP-SGD plan, calibrated so that all rounds *and* the final metrics
-        release compose to at most the job's ε: DP-SGD's own target is the largest (to 1 %,
-        by bisection) for which the composition with :meth:`evaluation_event` meets it."""
-        if self.privacy is None or self.level != "record":
+        """This silo's local DP-SGD plan (``mode = "local"``), calibrated so that all rounds *and*
+        the final metrics release compose to at most the job's ε: DP-SGD's own target is the
+        largest (to 1 %, by bisection) for which the composition with :meth:`evaluation_event`
+        meets it. ``None`` without record-level DP or in distributed mode."""
+        if self.privacy is None or self.level != "record" or self.distributed:
             return None
         p, t = self.privacy, self.training
-        target, delta, accountant = p.epsilon, p.delta, p.accountant
+        delta, accountant = p.delta, p.accountant
         extra = self.evaluation_event()
         epochs = t.local_epochs
 
@@ -272,22 +331,96 @@ class HorizontalJob:
             rounds = GaussianEvent(plan.noise_multiplier, plan.sample_rate, self.rounds * epochs * plan.steps_per_epoch)
             return plan, _epsilon(ComposedEvent((rounds, extra)), delta=delta, accountant=accountant)
 
-        start = target * (1.0 - EVALUATION_SHARE)
-        plan, composed = plan_for(start)
-        best: RecordDP | None = plan if composed <= target else None
-        lo, hi = (start, target) if best is not None else (0.0, start)
-        while best is None or hi - lo > 0.01 * target:
-            mid = 0.5 * (lo + hi)
-            if mid < 1e-3 * target:
-                raise ConfigError(
-                    f"privacy.epsilon = {target:g} cannot cover the training rounds and the final metrics release"
-                )
-            plan, composed = plan_for(mid)
-            if composed <= target:
-                lo, best = mid, plan
-            else:
-                hi = mid
-        return best
+        return _largest_training_target(
+            p.epsilon, plan_for, start=p.epsilon * (1.0 - EVALUATION_SHARE),
+            what="the training rounds and the final metrics release",
+        )
+
+    @property
+    def count_noise_multiplier(self) -> float:
+        """``z`` of a distributed DP-SGD job's row-count release (sensitivity 1 under add/remove
+        one record): one Gaussian release costing :data:`COUNT_SHARE` of the job's ε on its own."""
+        assert self.privacy is not None
+        p = self.privacy
+        share = COUNT_SHARE * p.epsilon
+        try:
+            return _noise_multiplier(target_epsilon=share, delta=p.delta, sample_rate=1.0, steps=1, accountant=p.accountant)
+        except PrivacyParameterError:
+            raise ConfigError(
+                f"privacy.epsilon = {p.epsilon:g} is too small for distributed DP-SGD: the release of the "
+                f"federation's row count gets {COUNT_SHARE:.0%} of it (epsilon {share:.3g}), which no noise level "
+                "meets; raise privacy.epsilon"
+            ) from None
+
+    def count_event(self) -> GaussianEvent:
+        """The DP event of the row-count release, charged to each silo before round 1."""
+        return GaussianEvent(self.count_noise_multiplier, 1.0, 1)
+
+    def distributed_plan(self, rows: int) -> DistributedDP:
+        """The distributed DP-SGD plan every silo derives from the released row count ``N̂``:
+        ``q = min(1, batch_size / N̂)`` and the smallest ``z`` (to 0.5 %,
+        :func:`~.dp.composed_noise_multiplier`) for which the composition of the count release,
+        ``rounds`` steps ``GaussianEvent(z, q, 1)`` and the final metrics release meets the job's
+        ε under its accountant. Pure: every silo computes the same plan from public values.
+
+        Raises:
+            ConfigError: not a distributed job, or an ε too small for the three releases.
+        """
+        if not self.distributed:
+            raise ConfigError('distributed_plan needs privacy.level = "record" and privacy.mode = "distributed"')
+        assert self.privacy is not None
+        p = self.privacy
+        steps = self.rounds
+        q = joint_sample_rate(batch_size=self.training.batch_size, rows=rows)
+        try:
+            with _PLAN_LOCK:
+                z = _distributed_noise(p.epsilon, p.delta, p.accountant, q, steps, self.count_event(),
+                                       self.evaluation_event())
+        except PrivacyParameterError:
+            raise ConfigError(
+                f"privacy.epsilon = {p.epsilon:g} cannot cover the row-count release, {steps} training steps "
+                "and the final metrics release; raise privacy.epsilon"
+            ) from None
+        return DistributedDP(
+            noise_multiplier=z, clip=p.clip, sample_rate=q, rows=rows, steps=steps,
+            count_noise_multiplier=self.count_noise_multiplier, capped=self.training.batch_size >= rows,
+        )
+
+
+#: The silos of one process (the threads engine) derive the same distributed plan at the same
+#: moment, just before round 1: one of them computes it, the others wait and reuse it.
+_PLAN_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=64)
+def _distributed_noise(target: float, delta: float, accountant: str, sample_rate: float, steps: int,
+                       count: GaussianEvent, metrics: GaussianEvent) -> float:
+    """``z`` of :meth:`HorizontalJob.distributed_plan` (pure in its arguments, so cached)."""
+    return composed_noise_multiplier(
+        target_epsilon=target, delta=delta, accountant=accountant,
+        event_for=lambda z: ComposedEvent((count, GaussianEvent(z, sample_rate, steps), metrics)),
+    )
+
+
+def _largest_training_target(
+    target: float, plan_for: Callable[[float], tuple[Any, float]], *, start: float, what: str
+) -> Any:
+    """The plan of the largest training target (to 1 % of ``target``, by bisection from
+    ``start``) whose composition with the job's other releases, as ``plan_for`` returns it, is at
+    most ``target``: the side of the bracket that meets it."""
+    plan, composed = plan_for(start)
+    best: Any = plan if composed <= target else None
+    lo, hi = (start, target) if best is not None else (0.0, start)
+    while best is None or hi - lo > 0.01 * target:
+        mid = 0.5 * (lo + hi)
+        if mid < 1e-3 * target:
+            raise ConfigError(f"privacy.epsilon = {target:g} cannot cover {what}")
+        plan, composed = plan_for(mid)
+        if composed <= target:
+            lo, best = mid, plan
+        else:
+            hi = mid
+    return best
 
 
 @dataclass(frozen=True)
@@ -370,6 +503,15 @@ def _noise_rng(noise_seed: int | None, rnd: int) -> np.random.Generator:
     return secure_rng(_derive_seed(noise_seed, rnd, 1))
 
 
+def _sampling_rng(noise_seed: int | None) -> np.random.Generator:
+    """The generator of a distributed DP-SGD silo's Poisson samples, a stream of its own:
+    **secret** (amplification by sampling needs the sample hidden), 256 bits of OS entropy in
+    production (``noise_seed`` only in tests)."""
+    if noise_seed is None:
+        return secure_rng(None)
+    return secure_rng(_derive_seed(noise_seed, 0, 2))
+
+
 def silo(
     channel: Channel,
     *,
@@ -401,14 +543,16 @@ def silo(
             ciphertext leaves the silo; a refused charge makes the silo withdraw.
         noise_seed: **tests only**: seeds the secret randomness (DP noise, DP-SGD sampling) so
             a run can be repeated; such a run is *not private*. ``None`` (always in
-            production): 256 bits of OS entropy for every numpy generator; torch's generators
-            (DP-SGD sampling and noise) take 63 bits of it, their seed limit (see
-            ``docs/horizontal.md``, "Randomness"). Public choices (initial model, batch order
-            outside record-level DP) come from ``job.seed``.
+            production): 256 bits of OS entropy for every numpy generator (distributed DP-SGD
+            samples and noises with numpy only); local DP-SGD's torch generators (sampling and
+            noise) take 63 bits of it, their seed limit (see ``docs/horizontal.md``,
+            "Randomness"). Public choices (initial model, batch order outside record-level DP)
+            come from ``job.seed``.
         drop_rounds: test hook ``{round: phase}`` (phase in ``"hello" | "update" | "topup"``): the
             silo goes silent at that phase of that round, a real missing message (a keyless
             session maps them to SecAgg+'s stages: before its keys, before its masked input,
-            before its unmasking shares).
+            before its unmasking shares). Round :data:`COUNT_ROUND` (0) is a distributed DP-SGD
+            job's row-count release.
         on_round: called with a :class:`RoundReport` after every round (progress).
     """
     me = channel.party
@@ -422,6 +566,16 @@ def silo(
             "cannot survive that many colluding key holders"
         )
     drops = dict(drop_rounds or {})
+    if job.distributed:
+        # refused before the key ceremony and any release: a model torch.func cannot
+        # differentiate row by row, or more rows than the count's encoding carries
+        assert job.privacy is not None
+        check_per_example_gradients(
+            build_model(job.model, n_features=job.n_features, n_classes=job.n_classes, seed=job.seed),
+            n_features=job.n_features, n_classes=job.n_classes, clip=job.privacy.clip,
+        )
+        if len(x) > fed_eval.MAX_ROWS:
+            raise DataError(f"silo {me!r}: {len(x)} training rows; distributed DP-SGD counts at most {fed_eval.MAX_ROWS} per silo")
     sums = open_silo_sum(
         channel, backend, plan=job.sum_plan(silos), aggregator=aggregator, timeout=job.silo_wait,
         allow_exposed=job.allow_exposed, colluders=job.colluders_in(len(silos)), noise_seed=noise_seed,
@@ -436,6 +590,7 @@ def silo(
     status: Literal["completed", "withdrawn", "stopped"] = "completed"
     reason = ""
     noise_rng = _noise_rng(noise_seed, 0)
+    sampling_rng = _sampling_rng(noise_seed) if job.distributed else None
     scale = evaluation_scale(backend)
 
     def evaluate_round(rnd: int, *, dp: bool) -> SiloRoundOutcome:
@@ -455,23 +610,37 @@ def silo(
             evaluation.append({"round": rnd, **m, "silos": list(outcome.contributors)})
         return outcome
 
-    for rnd in range(1, job.rounds + 1):
+    if job.distributed:
+        # round 0: the federation's row count, which fixes every silo's sample rate and noise
+        drop = drops.get(COUNT_ROUND)
+        counted = None if drop == "hello" else _count_contribution(
+            job, len(x), rng=noise_rng, ledger=ledger, dataset=dataset, recipients=silos, aggregator=aggregator,
+            scale=scale,
+        )
+        outcome = sums.sum(round=COUNT_ROUND, contribution=counted, length=1, drop=drop)
+        if outcome.charged:
+            events.append(job.count_event())
+        if outcome.contributed:
+            contributed.append(COUNT_ROUND)
+        if outcome.status == "ok":
+            assert outcome.total is not None
+            plan_dp = job.distributed_plan(released_rows(float(outcome.total[0]) * scale))
+            strategy = DistributedDPSGD(strategy, plan=plan_dp, lr=job.training.lr, colluders=job.colluders_in(len(silos)))
+        elif outcome.status == "withdrawn":
+            status, reason = "withdrawn", f"silo {me!r} stopped participating before round 1 (row count): {outcome.reason}"
+        else:
+            status = "stopped"
+            reason = f"job {job.job!r} stopped before round 1: the federation's row count was not released: {outcome.reason}"
+
+    for rnd in range(1, job.rounds + 1) if status == "completed" else ():
         drop = drops.get(rnd)
         contribution: Contribution | None = None
         if drop != "hello":
-            fit = strategy.configure_fit(round=rnd, state=state)
-            model = build_model(job.model, n_features=job.n_features, n_classes=job.n_classes, seed=job.seed)
-            local = train_local(
-                model,
-                x,
-                y,
-                global_params=state.params,
-                config=job.local_config(proximal_mu=fit.proximal_mu),
-                n_classes=job.n_classes,
-                seed=_training_seed(job, me, noise_seed, rnd),
-                record_dp=plan,
+            update = strategy.prepare_update(
+                _local_update(job, strategy, state, x, y, plan=plan, rnd=rnd, me=me, noise_seed=noise_seed,
+                              sampling_rng=sampling_rng),
+                round=rnd,
             )
-            update = strategy.prepare_update(local.update, round=rnd)
             contribution = _contribution(
                 strategy, update, rng=noise_rng, plan=plan, job=job,
                 ledger=ledger, dataset=dataset, round=rnd, recipients=silos, aggregator=aggregator,
@@ -599,20 +768,101 @@ def _evaluation_contribution(
         "sensitivity": fed_eval.sensitivity(job.n_classes),
         "sigma": sigma,
         "colluders": colluders,
-        **recipients_mechanism(recipients, aggregator=aggregator),
+        **recipients_mechanism(recipients, aggregator=aggregator, keyless=job.keyless),
     }
 
     def charge() -> contextlib.AbstractContextManager[Any]:
         return ledger.charge(
             dataset, job.evaluation_event(), job=job.job, round=round, protocol=PROTOCOL,
-            mechanism=mechanism, recipient=ledger_recipient(recipients), relation=ADD_REMOVE_RECORD,
+            mechanism=mechanism, recipient=ledger_recipient(recipients, keyless=job.keyless, aggregator=aggregator),
+            relation=ADD_REMOVE_RECORD,
+        )
+
+    return Contribution(values=values, topup=topup, charge=charge)
+
+
+def _local_update(
+    job: HorizontalJob, strategy: Strategy, state: Any, x: np.ndarray, y: np.ndarray, *, plan: RecordDP | None,
+    rnd: int, me: str, noise_seed: int | None, sampling_rng: np.random.Generator | None,
+) -> np.ndarray:
+    """What this silo computes from its rows in round ``rnd``, before the strategy's
+    ``prepare_update``: the clipped per-example gradient sum of one secret Poisson sample
+    (distributed DP-SGD), or the update of local training (every other mode)."""
+    model = build_model(job.model, n_features=job.n_features, n_classes=job.n_classes, seed=job.seed)
+    if isinstance(strategy, DistributedDPSGD):
+        assert sampling_rng is not None
+        batch = poisson_sample(rows=len(x), sample_rate=strategy.plan.sample_rate, rng=sampling_rng)
+        return clipped_gradient_sum(model, np.asarray(x)[batch], np.asarray(y)[batch], global_params=state.params,
+                                    clip=strategy.clip, n_classes=job.n_classes)
+    fit = strategy.configure_fit(round=rnd, state=state)
+    local = train_local(
+        model,
+        x,
+        y,
+        global_params=state.params,
+        config=job.local_config(proximal_mu=fit.proximal_mu),
+        n_classes=job.n_classes,
+        seed=_training_seed(job, me, noise_seed, rnd),
+        record_dp=plan,
+    )
+    return local.update
+
+
+def _count_contribution(
+    job: HorizontalJob,
+    rows: int,
+    *,
+    rng: np.random.Generator,
+    ledger: PrivacyLedger | None,
+    dataset: str | None,
+    recipients: Sequence[str],
+    aggregator: str,
+    scale: float,
+) -> Contribution:
+    """This silo's training row count for the secure sum of round :data:`COUNT_ROUND`, with
+    discrete Gaussian noise shares on :data:`.evaluation.GRID` of total ``σ = z_count`` (one
+    record moves the count by 1) that survive ``colluders`` key holders, divided by the public
+    ``scale`` like the metric inputs, and the ledger charge of :meth:`HorizontalJob.count_event`
+    (add/remove one record)."""
+    assert ledger is not None and dataset is not None
+    z = job.count_noise_multiplier
+    sigma = z * 1.0  # sensitivity 1: one record added or removed
+    colluders = job.colluders_in(len(recipients))
+    grid = fed_eval.GRID
+    count = np.array([float(rows)])
+
+    def values(present: int) -> np.ndarray:
+        noise = gaussian_share(sigma=sigma, present=present, colluders=colluders, size=1, rng=rng, granularity=grid)
+        return (count + noise) / scale
+
+    def topup(present: int, contributors: int) -> np.ndarray:
+        return gaussian_topup(sigma=sigma, present=present, contributors=contributors, colluders=colluders,
+                              size=1, rng=rng, granularity=grid) / scale
+
+    mechanism = {
+        "name": "discrete_gaussian",
+        "granularity": grid,
+        "released": "the federation's training row count (fixes distributed DP-SGD's public sample rate)",
+        "neighbours": RECORD_NEIGHBOURS,
+        "noise_multiplier": z,
+        "sensitivity": 1.0,
+        "sigma": sigma,
+        "colluders": colluders,
+        **recipients_mechanism(recipients, aggregator=aggregator, keyless=job.keyless),
+    }
+
+    def charge() -> contextlib.AbstractContextManager[Any]:
+        return ledger.charge(
+            dataset, job.count_event(), job=job.job, round=COUNT_ROUND, protocol=PROTOCOL,
+            mechanism=mechanism, recipient=ledger_recipient(recipients, keyless=job.keyless, aggregator=aggregator),
+            relation=ADD_REMOVE_RECORD,
         )
 
     return Contribution(values=values, topup=topup, charge=charge)
 
 
 def _round_event(strategy: Strategy, plan: RecordDP | None, job: HorizontalJob, rnd: int) -> DpEvent:
-    if isinstance(strategy, DPFedAvg):
+    if isinstance(strategy, (DPFedAvg, DistributedDPSGD)):
         return strategy.event(round=rnd)
     assert plan is not None
     return plan.event(epochs=job.local_config(proximal_mu=0.0).epochs)
@@ -643,10 +893,30 @@ def _dp_info(strategy: Strategy, plan: RecordDP | None, job: HorizontalJob) -> d
                                  "shares": ev.shares, "l2_sensitivity_steps": ev.l2_sensitivity,
                                  "dimension": ev.dimension}
         return info
-    assert plan is not None
+    if isinstance(strategy, DistributedDPSGD):
+        d = strategy.plan
+        return {
+            "level": "record",
+            "mode": "distributed",
+            "noise_multiplier": d.noise_multiplier,
+            "clip": d.clip,
+            "rounds": job.rounds,
+            "sample_rate": d.sample_rate,
+            "steps": d.steps,
+            "delta": delta,
+            "accountant": accountant,
+            # the released (noised) row count the sample rate comes from, and whether
+            # batch_size >= N̂ capped q at 1 (full-batch steps, no amplification by sampling)
+            "rows": d.rows,
+            "sample_rate_capped": d.capped,
+            "count_noise_multiplier": d.count_noise_multiplier,
+        }
+    if plan is None:
+        return None  # distributed DP-SGD, withdrawn or stopped before its row count was released
     epochs = job.local_config(proximal_mu=0.0).epochs
     return {
         "level": "record",
+        "mode": "local",
         "noise_multiplier": plan.noise_multiplier,
         "clip": plan.max_grad_norm,
         "rounds": job.rounds,
@@ -671,8 +941,8 @@ def _contribution(
     aggregator: str,
 ) -> Contribution:
     size = int(update.shape[0])
-    if isinstance(strategy, DPFedAvg):
-        dp = strategy
+    if isinstance(strategy, (DPFedAvg, DistributedDPSGD)):
+        dp: DPFedAvg | DistributedDPSGD = strategy
 
         def values(present: int) -> np.ndarray:
             return update + dp.noise_share(present=present, size=size, rng=rng)
@@ -681,7 +951,7 @@ def _contribution(
             return dp.topup_share(present=present, contributors=contributors, size=size, rng=rng)
 
         mechanism: dict[str, Any] | None = dp.mechanism()
-        relation = ZERO_OUT_SILO
+        relation = dp.relation
     else:
 
         def values(present: int) -> np.ndarray:
@@ -708,12 +978,13 @@ def _contribution(
     event = _round_event(strategy, plan, job, round)
     assert dataset is not None
 
-    mechanism = {**mechanism, **recipients_mechanism(recipients, aggregator=aggregator)}
+    mechanism = {**mechanism, **recipients_mechanism(recipients, aggregator=aggregator, keyless=job.keyless)}
 
     def charge() -> contextlib.AbstractContextManager[Any]:
         return ledger.charge(
             dataset, event, job=job.job, round=round, protocol=PROTOCOL,
-            mechanism=mechanism, recipient=ledger_recipient(recipients), relation=relation,
+            mechanism=mechanism, recipient=ledger_recipient(recipients, keyless=job.keyless, aggregator=aggregator),
+            relation=relation,
         )
 
     return Contribution(values=values, topup=topup, charge=charge, session_noise=session_noise)
@@ -740,7 +1011,7 @@ def aggregator(channel: Channel, *, job: HorizontalJob, silos: Sequence[str]) ->
 
     def secure_sum(rnd: int, channel_round: int, what: str) -> tuple[str, str | None]:
         """One secure sum: its status (``"ok"`` or ``"aborted"``) and the reason the job
-        stops, or None."""
+        stops, or None (an aborted row count stops it: no silo can derive its sample rate)."""
         nonlocal active
         need = required_contributors(min_silos=job.min_silos, colluders=colluders)
         exposed = not job.allow_exposed and 2 <= len(active) <= colluders + 1
@@ -759,10 +1030,12 @@ def aggregator(channel: Channel, *, job: HorizontalJob, silos: Sequence[str]) ->
             return "aborted", reason
         if what == "round":
             out = sums.sum(round=channel_round, silos=active, length=update_length, session_noise=training_noise)
+        elif channel_round == COUNT_ROUND:
+            out = sums.sum(round=channel_round, silos=active, length=1)
         else:
             out = sums.sum(round=channel_round, silos=active, length=fed_eval.input_size(job.n_classes))
         for s in out.withdrawn:
-            left[s] = rnd
+            left[s] = COUNT_ROUND if channel_round == COUNT_ROUND else rnd
         active = [s for s in active if s not in out.withdrawn]
         if what == "round":
             rounds.append(
@@ -776,8 +1049,15 @@ def aggregator(channel: Channel, *, job: HorizontalJob, silos: Sequence[str]) ->
                     "reason": out.reason,
                 }
             )
+        if channel_round == COUNT_ROUND and out.status != "ok":
+            # the silos cannot derive the sample rate: each stops on this round's abort
+            return out.status, f"job {job.job!r} stopped before round 1: the federation's row count was not released: {out.reason}"
         return out.status, None
 
+    if job.distributed:
+        _, stopped = secure_sum(1, COUNT_ROUND, "the row-count release before round")
+        if stopped is not None:
+            return AggregatorReport("stopped", (), stopped)
     for rnd in range(1, job.rounds + 1):
         status, stopped = secure_sum(rnd, rnd, "round")
         # Metrics of a model only after a round that changed it: two evaluations of the same

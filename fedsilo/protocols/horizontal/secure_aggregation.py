@@ -225,23 +225,32 @@ def topup_parties(*, present: int, contributors: int, colluders: int) -> tuple[i
 _RECIPIENT_MAX = 256
 
 
-def ledger_recipient(silos: Sequence[str]) -> str:
+def ledger_recipient(silos: Sequence[str], *, keyless: bool = False, aggregator: str = "aggregator") -> str:
     """The ledger ``recipient`` of a noised secure sum: ``"silos:a,b,c"``.
 
-    The decrypted sum goes to the silos, not the aggregator: every silo of the job holds the
-    shared key, and the aggregator sends the encrypted result to every silo still in the job
-    (also those that sat the round out). The aggregator only relays ciphertexts. Federations too
-    large for the ledger's 256-character column are recorded as ``"silos:<n> key holders"``;
-    :func:`recipients_mechanism` always lists every name.
+    Shared key: the decrypted sum goes to the silos, not the aggregator: every silo of the job
+    holds the shared key, and the aggregator sends the encrypted result to every silo still in
+    the job (also those that sat the round out); it only relays ciphertexts. Keyless (SecAgg+):
+    the aggregator unmasks the noised sum itself, so it is a recipient too:
+    ``"aggregator+silos:a,b,c"``. Federations too large for the ledger's 256-character column
+    are recorded by count; :func:`recipients_mechanism` always lists every name.
     """
     names = sorted(silos)
     full = "silos:" + ",".join(names)
-    return full if len(full) <= _RECIPIENT_MAX else f"silos:{len(names)} key holders"
+    recipient = full if len(full) <= _RECIPIENT_MAX else f"silos:{len(names)} key holders"
+    if not keyless:
+        return recipient
+    both = f"{aggregator}+{full}"
+    return both if len(both) <= _RECIPIENT_MAX else f"{aggregator}+silos:{len(names)} silos"
 
 
-def recipients_mechanism(silos: Sequence[str], *, aggregator: str) -> dict[str, Any]:
-    """Who receives a noised secure sum, for the ledger's mechanism record."""
-    return {"recipients": sorted(silos), "relayed_by": aggregator}
+def recipients_mechanism(silos: Sequence[str], *, aggregator: str, keyless: bool = False) -> dict[str, Any]:
+    """Who receives a noised secure sum, for the ledger's mechanism record (keyless: the
+    aggregator unmasks it, ``unmasked_by``)."""
+    out: dict[str, Any] = {"recipients": sorted(silos), "relayed_by": aggregator}
+    if keyless:
+        out["unmasked_by"] = aggregator
+    return out
 
 
 def required_contributors(*, min_silos: int, colluders: int) -> int:

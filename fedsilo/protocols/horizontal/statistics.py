@@ -155,13 +155,8 @@ def _recipients(sums: SumPlan, silos: Sequence[str], aggregator: str) -> tuple[s
     Shared key: the silos decrypt it, the aggregator only relays ciphertexts. Keyless: the
     aggregator unmasks the (noised) sum itself before sending it to the silos, so it is a
     recipient too."""
-    mechanism = recipients_mechanism(silos, aggregator=aggregator)
-    recipient = ledger_recipient(silos)
-    if sums.keyless:
-        mechanism = {**mechanism, "unmasked_by": aggregator}
-        both = f"{aggregator}+{recipient}"
-        recipient = both if len(both) <= 256 else f"{aggregator}+silos:{len(set(silos))} silos"
-    return recipient, mechanism
+    return (ledger_recipient(silos, keyless=sums.keyless, aggregator=aggregator),
+            recipients_mechanism(silos, aggregator=aggregator, keyless=sums.keyless))
 
 
 def statistics_silo(
@@ -224,12 +219,18 @@ def statistics_silo(
         if event is None:
             return values
         parties = share_parties(present=present, colluders=plan.colluders)
-        noise = _noise(plan, lambda s: noise_share_sigma(sigma=s, parties=parties), rng)
+        drawn: list[float] = []
+
+        def share(sigma: float) -> float:
+            drawn.append(noise_share_sigma(sigma=sigma, parties=parties))
+            return drawn[-1]
+
+        noise = _noise(plan, share, rng)
         # clamp the local block so that block + noise stays within the backend's value bound
         # unless the noise exceeds 12 of its standard deviations: whether a silo fails must not
         # depend on its data (the error would name it). Clamping is 1-Lipschitz, so the
         # sensitivity is unchanged.
-        widest = max((noise_share_sigma(sigma=r.sigma, parties=parties) for r in plan.releases), default=0.0)
+        widest = max(drawn, default=0.0)
         if bound is not None and math.isfinite(bound) and bound > 12.0 * widest:
             return np.clip(values, -(bound - 12.0 * widest), bound - 12.0 * widest) + noise
         return values + noise

@@ -23,6 +23,12 @@ and the result is a small :class:`LocalResult`. Nothing is kept between rounds.
   for some ``m`` (``int(1 / (1 / 93)) == 92``), so the loader here is :class:`PoissonBatchSampler`:
   exactly ``steps_per_epoch`` Poisson batches per epoch at rate ``q``, drawn from the generator
   passed in. Opacus only clips and noises (``poisson_sampling=False``, it does not re-wrap it).
+* **Distributed DP-SGD** (``[privacy] mode = "distributed"``, :class:`.dp.DistributedDPSGD`):
+  no local training at all. Each round a silo draws one Poisson sample of its rows
+  (:func:`poisson_sample`, rate ``q`` public, randomness secret) and computes the sum of the
+  per-example gradients clipped to ``C`` (:func:`clipped_gradient_sum`, torch.func ``vmap`` of
+  ``grad`` over ``functional_call``, flattened in :func:`~.models.get_flat_params` order); the
+  noise is added as shares of the secure sum, not here.
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ from torch.utils.data._utils.collate import default_collate
 from fedsilo.protocols.spec import TrainingSection
 from fedsilo.errors import ConfigError, DataError
 from fedsilo.privacy.accounting import noise_multiplier as _noise_multiplier
+from fedsilo.privacy.mechanisms import clip_rows_l2
 from fedsilo.privacy.events import GaussianEvent
 from fedsilo.protocols.horizontal.models import get_flat_params, loss_fn, set_flat_params
 
@@ -53,7 +60,10 @@ __all__ = [
     "LocalResult",
     "PoissonBatchSampler",
     "RecordDP",
+    "check_per_example_gradients",
+    "clipped_gradient_sum",
     "poisson_loader",
+    "poisson_sample",
     "record_dp_plan",
     "train_local",
 ]
@@ -303,3 +313,89 @@ def _run_epochs(
     return steps, last_epoch_loss
 
 
+
+
+# ---------------------------------------------------------------------------------------------
+# Distributed DP-SGD: one Poisson sample and its clipped per-example gradient sum per round
+# ---------------------------------------------------------------------------------------------
+#: Rows per vmap call of :func:`clipped_gradient_sum`: bounds the per-example gradient matrix
+#: (rows × parameters float32) whatever the batch.
+GRADIENT_CHUNK = 256
+
+
+def poisson_sample(*, rows: int, sample_rate: float, rng: np.random.Generator) -> np.ndarray:
+    """Indices of one Poisson sample: each of ``rows`` rows independently with probability
+    ``q``, from ``rng`` (secret randomness: amplification by sampling needs the sample hidden).
+
+    float64 uniforms, as :class:`PoissonBatchSampler` (a coarser grid would round ``q`` up).
+    """
+    if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+        raise DataError(f"Poisson sampling needs at least one row, got {rows!r}")
+    if not (isinstance(sample_rate, float) and 0.0 < sample_rate <= 1.0):
+        raise ConfigError(f"Poisson sample rate must be a float in (0, 1], got {sample_rate!r}")
+    return np.flatnonzero(rng.random(rows) < sample_rate)
+
+
+def _per_example_gradients(model: nn.Module, x: torch.Tensor, y: torch.Tensor, criterion: nn.Module) -> torch.Tensor:
+    """``(n, P)`` per-example gradients of ``criterion`` at the model's parameters, columns in
+    :func:`~.models.get_flat_params` order (``named_parameters`` order, trainable only)."""
+    from torch.func import functional_call, grad, vmap
+
+    names = [k for k, p in model.named_parameters() if p.requires_grad]
+    params = {k: p.detach() for k, p in model.named_parameters() if p.requires_grad}
+    buffers = {k: b.detach() for k, b in model.named_buffers()}
+
+    def loss_one(p: dict[str, torch.Tensor], xi: torch.Tensor, yi: torch.Tensor) -> torch.Tensor:
+        # a batch of one: the mean loss is this example's loss
+        out = functional_call(model, (p, buffers), (xi.unsqueeze(0),))
+        return criterion(out, yi.unsqueeze(0))
+
+    grads = vmap(grad(loss_one), in_dims=(None, 0, 0))(params, x, y)
+    return torch.cat([grads[k].reshape(x.shape[0], -1) for k in names], dim=1)
+
+
+def clipped_gradient_sum(
+    model: nn.Module, x: np.ndarray, y: np.ndarray, *, global_params: np.ndarray, clip: float, n_classes: int
+) -> np.ndarray:
+    """``Σ_i clip_C(∇ℓ(w; x_i, y_i))`` over the rows given, at ``w = global_params``: a float64
+    vector in :func:`~.models.get_flat_params` order (zeros for no rows).
+
+    Per-example gradients by torch.func (``vmap(grad(...))`` over ``functional_call``; the
+    model is evaluated on one row at a time, so layers that mix rows, such as batch norm, are
+    refused), clipped with :func:`~fedsilo.privacy.mechanisms.clip_rows_l2` (each row's norm
+    ``<= C`` exactly as numpy computes it; Abadi et al., CCS 2016, Algorithm 1).
+
+    Raises:
+        DataError: ``x`` and ``y`` disagree in length or ``x`` is not 2-D.
+        ConfigError: the model cannot give per-example gradients this way.
+    """
+    torch.set_num_threads(1)
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim != 2 or len(x) != len(y):
+        raise DataError(f"rows must be an (n, d) array with n labels, got {x.shape} / {np.shape(y)}")
+    set_flat_params(model, global_params)
+    size = int(np.asarray(global_params).shape[0])
+    total = np.zeros(size)
+    if len(x) == 0:
+        return total
+    criterion = loss_fn(n_classes)
+    targets = _targets(y, n_classes)
+    for start in range(0, len(x), GRADIENT_CHUNK):
+        xb = torch.from_numpy(x[start:start + GRADIENT_CHUNK])
+        try:
+            per_example = _per_example_gradients(model, xb, targets[start:start + GRADIENT_CHUNK], criterion)
+        except (RuntimeError, ValueError) as exc:
+            raise ConfigError(
+                f"the model ({type(model).__name__}) cannot compute per-example gradients with torch.func, which "
+                f'privacy.mode = "distributed" needs ({type(exc).__name__}: {str(exc).splitlines()[0][:200]}); '
+                'use privacy.mode = "local"'
+            ) from None
+        total += clip_rows_l2(per_example.detach().to(torch.float64).numpy(), max_norm=clip).sum(axis=0)
+    return total
+
+
+def check_per_example_gradients(model: nn.Module, *, n_features: int, n_classes: int, clip: float) -> None:
+    """Refuse, before any release, a model :func:`clipped_gradient_sum` cannot run on (two
+    all-zero rows of label 0)."""
+    clipped_gradient_sum(model, np.zeros((2, n_features)), np.zeros(2, dtype=np.int64),
+                         global_params=get_flat_params(model), clip=clip, n_classes=n_classes)

@@ -21,14 +21,16 @@ from fedsilo.crypto.registry import get_backend, get_backend_class
 from fedsilo.errors import ConfigError, DataError, NotEnoughSilosError, ProtocolError
 from fedsilo.privacy.accounting import epsilon as _epsilon
 from fedsilo.privacy.events import ComposedEvent, DpEvent
+from fedsilo.privacy.relations import ADD_REMOVE_RECORD, ZERO_OUT_SILO
 from fedsilo.protocols.channel import Channel
 from fedsilo.protocols.horizontal import protocol as hz
+from fedsilo.protocols.horizontal.dp import DPFedAvg
 from fedsilo.protocols.horizontal.models import BUILTIN_MODELS, build_model, loss_fn, predict_scores, set_flat_params
 from fedsilo.protocols.horizontal.secure_aggregation import check_federation, required_contributors
 from fedsilo.protocols.spec import ModelSection, PrivacySection, TrainingSection, section
 from fedsilo.silos.config import JobConfig
 from fedsilo.silos.data import DataSource, LocalTable, binary_labels, require_columns, require_numeric, scale_with_bounds
-from fedsilo.silos.ledgers import opened
+from fedsilo.silos.ledgers import Release, opened
 from fedsilo.silos.runner import (
     JobContext,
     JobRun,
@@ -50,7 +52,8 @@ from fedsilo.silos.runner import (
 )
 
 __all__ = ["HORIZONTAL", "HorizontalData", "HorizontalPlan", "SiloCharges", "Schema", "SiloRows", "epsilon_per_round",
-           "evaluate", "held_out_rows", "prepare_horizontal", "silo_charges", "silo_rows", "simulate_horizontal"]
+           "evaluate", "held_out_rows", "planned_releases", "prepare_horizontal", "silo_charges", "silo_rows",
+           "simulate_horizontal"]
 
 AGGREGATOR = hz.AGGREGATOR
 
@@ -144,6 +147,16 @@ def silo_rows(schema: Schema, table: LocalTable) -> SiloRows:
     return SiloRows(xs[~held], y[~held], (xs[held], y[held]))
 
 
+def _features_and_bounds(
+    cfg: JobConfig, columns: Sequence[str], public_bounds: Mapping[str, tuple[float, float]],
+) -> tuple[list[str], dict[str, tuple[float, float]]]:
+    """The job's feature columns (every column but the label and the ID) and their public bounds
+    (the data set's published ones, overridden by ``[data] bounds``)."""
+    features = [c for c in columns if c != cfg.data.label and c != cfg.data.id_column]
+    bounds = {**public_bounds, **{k: (float(v[0]), float(v[1])) for k, v in cfg.data.bounds.items()}}
+    return features, bounds
+
+
 def _silo(plan: HorizontalPlan, party: Party, channel: Channel, progress: Progress | None) -> hz.SiloReport:
     source = party.source
     if isinstance(source, SiloRows):
@@ -181,7 +194,7 @@ class HorizontalTask(Task):
         model_keys = ["kind"] + (["hidden"] if kind == "mlp" else ["params"] if kind not in BUILTIN_MODELS else [])
         refuse_unread(cfg, source, self.name, {
             "statistics": None,
-            "privacy": ["epsilon", "delta", "clip", "accountant", "level", "colluders"],
+            "privacy": ["epsilon", "delta", "clip", "accountant", "level", "colluders", "mode"],
             # local training has no L2 penalty and no early stopping (a round count is the budget's)
             "training": ["rounds", "local_epochs", "batch_size", "lr", "optimizer", "strategy", "strategy_params"],
             "model": model_keys,
@@ -204,7 +217,7 @@ class HorizontalTask(Task):
         columns = first.columns()
         if cfg.data.label not in columns:
             raise DataError(f"{first.where}: missing column(s) {[cfg.data.label]}; the file has {columns[:20]}")
-        features = [c for c in columns if c != cfg.data.label and c != cfg.data.id_column]
+        features, bounds = _features_and_bounds(cfg, columns, first.public_bounds())
         for name in names[1:]:  # one feature space: refused at planning (an agent: before any party starts)
             other = sources[name].columns()
             if set(other) != set(columns):
@@ -220,7 +233,6 @@ class HorizontalTask(Task):
                 f"{cfg._source}: key 'data.bounds': {stray} are not feature column(s) of the silos' data "
                 f"(features: {features[:12]}{' ...' if len(features) > 12 else ''})"
             )
-        bounds = {**first.public_bounds(), **{k: (float(v[0]), float(v[1])) for k, v in cfg.data.bounds.items()}}
         notes: list[str] = []
         unbounded = [f for f in features if f not in bounds]
         if unbounded and cfg.privacy is not None:
@@ -252,6 +264,33 @@ class HorizontalTask(Task):
         plan = HorizontalPlan(job, tuple(names), schema, tuple(notes))
         return plan, parties_for(plan, {n: sources[n] for n in names}, ledger_dir=ctx.ledger_dir,
                                  budgets=budgets_for(cfg), noise_seed=ctx.noise_seed)
+
+    def planned_charges(self, cfg: JobConfig, sources: Mapping[str, DataSource]) -> dict[str, list[Release]]:
+        """Every release each silo in ``sources`` charges if it contributes to every round
+        (:func:`planned_releases`), from the config and that silo's own table only (its
+        training-row count, under record-level DP): what the runner checks against each
+        ledger before round 1, and what an agent checks against its own when offered the job.
+        A distributed DP-SGD job is left out (its releases follow the federation's released
+        row count): each of its charges is checked as it is made."""
+        if cfg.privacy is None or not sources:
+            return {}
+        first = next(iter(sources.values()))
+        features, bounds = _features_and_bounds(cfg, first.columns(), first.public_bounds())
+        names = cfg.silo_names()
+        job = make_job(
+            job="planned", silos=names, backend=cfg.crypto.backend, backend_params=cfg.crypto.params,
+            model=cfg.model, training=cfg.training, privacy=cfg.privacy, n_features=len(features), n_classes=2,
+            seed=cfg.federation.seed, min_silos=cfg.federation.min_silos, round_timeout=cfg.federation.round_timeout,
+            insecure=cfg.crypto.insecure,
+        )
+        if getattr(job, "distributed", False):
+            return {}
+        assert cfg.data.label is not None
+        schema = Schema(tuple(features), cfg.data.label, cfg.data.id_column, bounds, cfg.data.test_fraction,
+                        cfg.federation.seed)
+        record = job.level == "record"
+        return {name: planned_releases(job, names, n_examples=len(silo_rows(schema, src.load()).y) if record else None)
+                for name, src in sources.items()}
 
     def party(self, plan: HorizontalPlan, party: Party, channel: Channel, progress: Progress | None = None) -> Any:
         if party.role == "aggregator":
@@ -423,6 +462,15 @@ def _results(plan: HorizontalPlan, parties: Sequence[Party], run: JobRun) -> dic
             "record-level DP: federated metrics are released once, after training, with Gaussian noise "
             f"(z = {job.evaluation_noise_multiplier:.3g}) charged to every silo's ledger"
         )
+    dist = next((r.dp for r in reports.values() if r.dp is not None and r.dp.get("mode") == "distributed"), None)
+    if dist is not None:
+        notes.append(
+            f"distributed DP-SGD: the federation's row count was released once before round 1 (N = {dist['rows']}, "
+            f"Gaussian noise z = {dist['count_noise_multiplier']:.3g}); every round is one DP-SGD step at sample rate "
+            f"q = {dist['sample_rate']:.4g}, z = {dist['noise_multiplier']:.3g}"
+            + ("; training.batch_size >= N capped q at 1: every step uses every row (no amplification by sampling)"
+               if dist["sample_rate_capped"] else "")
+        )
     eps: dict[str, dict[str, float | None]] = {}
     for n in names:
         if job.privacy is None:
@@ -454,8 +502,9 @@ def _results(plan: HorizontalPlan, parties: Sequence[Party], run: JobRun) -> dic
 @dataclass(frozen=True)
 class SiloCharges:
     """One silo's DP events by when they were charged: ``rounds[i]`` is the training round of
-    ``events[i]``; the events after ``len(rounds)`` were charged after training (the final
-    metrics release of a record-level job)."""
+    ``events[i]`` (round 0: the row-count release of a distributed DP-SGD job, before round 1);
+    the events after ``len(rounds)`` were charged after training (the final metrics release of a
+    record-level job)."""
 
     silo: str
     rounds: tuple[int, ...]
@@ -474,22 +523,24 @@ def silo_charges(job: hz.HorizontalJob, report: hz.SiloReport) -> SiloCharges:
     secure_aggregation.silo_secure_sum`: charged ⇔ contributed under DP), and events are kept
     in the order charged. So the report's ``events`` are its ``rounds_contributed`` one for one,
     in order, followed by at most one event charged after training (the final metrics release,
-    record-level DP only). A report that does not fit that shape is refused, not guessed.
+    record-level DP only). Distributed DP-SGD charges its row-count release as round 0. A report
+    that does not fit that shape is refused, not guessed.
 
     Raises:
         ProtocolError: the events do not match the rounds the silo contributed to.
     """
     rounds, events = tuple(report.rounds_contributed), tuple(report.events)
     after = len(events) - len(rounds)
+    first = hz.COUNT_ROUND if job.distributed else 1
     if (
         after < 0
         or after > (1 if job.evaluation == "final" else 0)
-        or any(not 1 <= r <= job.rounds for r in rounds)
+        or any(not first <= r <= job.rounds for r in rounds)
         or any(a >= b for a, b in zip(rounds, rounds[1:]))
     ):
         raise ProtocolError(
             f"malformed report from silo {report.silo!r}: {len(events)} DP event(s) for the rounds it contributed to "
-            f"{list(rounds)[:20]} (expected one per round, in order, of rounds 1..{job.rounds}"
+            f"{list(rounds)[:20]} (expected one per round, in order, of rounds {first}..{job.rounds}"
             + (", plus the final metrics release)" if job.evaluation == "final" else ")")
         )
     return SiloCharges(report.silo, rounds, events)
@@ -532,6 +583,39 @@ def epsilon_per_round(job: hz.HorizontalJob, charges: Mapping[str, SiloCharges])
             curves[key] = curve
         out[name] = list(curves[key])
     return out
+
+
+def planned_releases(job: hz.HorizontalJob, silos: Sequence[str], *, n_examples: int | None) -> list[Release]:
+    """Every ``(event, relation)`` one silo of ``job`` charges to its ledger if it contributes to
+    every round, in the order charged: what :func:`~fedsilo.protocols.horizontal.protocol.silo`
+    charges (its ``_round_event`` per round, then the final metrics release of a record-level
+    job). ``n_examples``: the silo's training rows (needed under record-level DP, whose DP-SGD
+    plan follows them).
+
+    A job that may end early (a dropout, a withdrawal) charges a prefix of these; the pre-check
+    asks for all of them.
+
+    Raises:
+        ConfigError: record-level DP without ``n_examples``, or a distributed DP-SGD job (its
+            releases follow the federation's released row count, unknown before the job).
+    """
+    if job.privacy is None:
+        return []
+    if getattr(job, "distributed", False):
+        raise ConfigError("a distributed DP-SGD job's releases follow its released row count; they are not planned")
+    strategy = job.strategy(list(silos))
+    if isinstance(strategy, DPFedAvg):  # silo level: one noised sum per round
+        relation = getattr(strategy, "relation", ZERO_OUT_SILO)
+        return [(strategy.event(round=r), relation) for r in range(1, job.rounds + 1)]
+    if n_examples is None:
+        raise ConfigError("record-level DP plans each silo's releases from its training rows: n_examples is needed")
+    plan = job.record_plan(int(n_examples))
+    assert plan is not None
+    step = plan.event(epochs=job.local_config(proximal_mu=0.0).epochs)
+    releases: list[Release] = [(step, ADD_REMOVE_RECORD)] * job.rounds
+    if job.evaluation == "final":
+        releases.append((job.evaluation_event(), ADD_REMOVE_RECORD))
+    return releases
 
 
 def _summarize_dp(reports: Mapping[str, hz.SiloReport]) -> dict[str, Any] | None:
@@ -607,6 +691,11 @@ def simulate_horizontal(
     ``budgets``: ``{silo: (epsilon, delta)}``; ``noise_seed``: **tests only** (not private);
     ``faults``: test hook ``{silo: {round: "hello" | "update" | "topup"}}``. Returns the results
     contract of docs/results.md ("simulation_metrics" pools every silo's held-out rows).
+
+    Unlike :func:`~fedsilo.silos.runner.run_job`, budgets are not checked before round 1 here
+    (check them with :func:`planned_releases` and :func:`fedsilo.silos.ledgers.check_budgets`):
+    tests run a silo out of budget mid-job, the withdrawal that protects a job whose budget a
+    concurrent job spent.
     """
     names = list(silos)
     if len(names) < 1:

@@ -20,9 +20,10 @@ import pandas as pd
 from fedsilo.crypto.registry import get_backend
 from fedsilo.errors import ConfigError
 from fedsilo.privacy.mechanisms import secure_rng
+from fedsilo.privacy.relations import REPLACE_RECORD
 from fedsilo.protocols.channel import Channel
 from fedsilo.protocols.spec import PrivacySection, TrainingSection, section
-from fedsilo.protocols.vertical.config import spent_epsilon
+from fedsilo.protocols.vertical.config import dp_plan, spent_epsilon
 from fedsilo.protocols.vertical.data import prepare_table
 from fedsilo.protocols.vertical.job import ROLES, VerticalSpec, backend_params_for, vertical_party
 from fedsilo.protocols.vertical.lr import Topology, TrainingConfig, evaluation_metrics
@@ -30,7 +31,8 @@ from fedsilo.protocols.vertical.taylor import DpPlan
 from fedsilo.silos.config import JobConfig
 from fedsilo.protocols.psi import ids_from_column
 from fedsilo.silos.data import DataSource, FrameSource, LocalTable, require_columns, require_numeric
-from fedsilo.silos.ledgers import opened
+from fedsilo.silos.ledgers import Release, opened
+from fedsilo.silos.tasks.secureboost import KIND as SECUREBOOST_KIND, SECUREBOOST
 from fedsilo.silos.runner import (
     JobContext,
     JobRun,
@@ -46,7 +48,7 @@ from fedsilo.silos.runner import (
     run_plan,
 )
 
-__all__ = ["VERTICAL", "VerticalPlan", "epsilon_per_epoch", "simulate_vertical", "topology_of"]
+__all__ = ["VERTICAL", "VerticalPlan", "epsilon_per_epoch", "planned_releases", "simulate_vertical", "topology_of"]
 
 #: the [model] a vertical job trains: hetero logistic regression only
 _MODEL_KINDS = ("logistic",)
@@ -153,6 +155,8 @@ class VerticalTask(Task):
     roles = ("guest", "host", "arbiter")
 
     def check(self, cfg: JobConfig, source: str) -> None:
+        if cfg.model.kind == SECUREBOOST_KIND:  # gradient-boosted trees: fedsilo.silos.tasks.secureboost
+            return SECUREBOOST.check(cfg, source)
         if cfg.model.kind not in _MODEL_KINDS:
             raise ConfigError(
                 f"{source}: key 'model.kind': a vertical job trains hetero logistic regression "
@@ -169,6 +173,8 @@ class VerticalTask(Task):
             "model": ["kind"],
             "training": ["rounds", "batch_size", "lr", "l2", "early_stopping_tol"],
             "statistics": None,
+            # privacy.mode (distributed DP-SGD) is horizontal only
+            "privacy": ["epsilon", "delta", "clip", "logit_clip", "accountant", "level", "colluders"],
             "data": ["label", "id_column", "test_fraction", "bounds"],
             # every party is needed in every step: there is no quorum
             "federation": ["name", "task", "seed", "round_timeout"],
@@ -180,6 +186,8 @@ class VerticalTask(Task):
             )
 
     def insecure_settings(self, cfg: JobConfig) -> list[tuple[str, str]]:
+        if cfg.model.kind == SECUREBOOST_KIND:
+            return SECUREBOOST.insecure_settings(cfg)
         if cfg.privacy is not None:
             return []
         return [(
@@ -189,7 +197,13 @@ class VerticalTask(Task):
             '[privacy] section (e.g. epsilon = 8, level = "record"), or ',
         )]
 
+    def topology(self, cfg: JobConfig) -> Any:
+        # None: the built-in vertical topology (fedsilo.silos.topology)
+        return SECUREBOOST.topology(cfg) if cfg.model.kind == SECUREBOOST_KIND else None
+
     def plan(self, cfg: JobConfig, ctx: JobContext) -> tuple[VerticalPlan, list[Party]]:
+        if cfg.model.kind == SECUREBOOST_KIND:
+            return SECUREBOOST.plan(cfg, ctx)  # type: ignore[return-value]
         assert cfg.data.label is not None and cfg.data.id_column is not None
         sources = dict(ctx.sources)
         roles = {s.name: s.role for s in cfg.silos}
@@ -203,7 +217,28 @@ class VerticalTask(Task):
         return plan, parties_for(plan, sources, ledger_dir=ctx.ledger_dir, budgets=budgets_for(cfg),
                                  noise_seed=ctx.noise_seed, source=cfg._source, bounds_from_config=True)
 
+    def planned_charges(self, cfg: JobConfig, sources: Mapping[str, DataSource]) -> dict[str, list[Release]]:
+        """Every release each data party in ``sources`` charges over the job
+        (:func:`planned_releases`): from the config alone (the per-epoch event does not depend
+        on the aligned row count), checked against each ledger before PSI and the first epoch."""
+        if cfg.model.kind == SECUREBOOST_KIND:
+            hook = getattr(SECUREBOOST, "planned_charges", None)
+            return {} if hook is None else hook(cfg, sources)
+        if cfg.privacy is None:
+            return {}
+        assert cfg.data.label is not None and cfg.data.id_column is not None
+        spec = make_vertical_spec(
+            roles={s.name: s.role for s in cfg.silos}, id_column=cfg.data.id_column, label=cfg.data.label,
+            backend=cfg.crypto.backend, backend_params=cfg.crypto.params, training=cfg.training,
+            privacy=cfg.privacy, round_timeout=cfg.federation.round_timeout, test_fraction=cfg.data.test_fraction,
+            bounds={k: (float(v[0]), float(v[1])) for k, v in cfg.data.bounds.items()}, insecure=cfg.crypto.insecure,
+        )
+        releases = planned_releases(spec)
+        return {name: list(releases) for name in sources if name in spec.topology.data_parties}
+
     def party(self, plan: VerticalPlan, party: Party, channel: Channel, progress: Progress | None = None) -> Any:
+        if getattr(plan, "kind", None) == SECUREBOOST_KIND:
+            return SECUREBOOST.party(plan, party, channel, progress)  # type: ignore[arg-type]
         top = plan.spec.topology
         names = [*top.data_parties, *([top.arbiter] if top.arbiter else [])]
         index = names.index(party.name)
@@ -224,6 +259,8 @@ class VerticalTask(Task):
         return report
 
     def results(self, plan: VerticalPlan, parties: Sequence[Party], run: JobRun) -> dict[str, Any]:
+        if getattr(plan, "kind", None) == SECUREBOOST_KIND:
+            return SECUREBOOST.results(plan, parties, run)  # type: ignore[arg-type]
         return _results(plan, parties, run)
 
 
@@ -294,6 +331,21 @@ def _simulation_metrics(plan: VerticalPlan, parties: Sequence[Party], out: Mappi
             labels = data.labels[rows]
     assert labels is not None
     return evaluation_metrics(labels, 1.0 / (1.0 + np.exp(-logits)))
+
+
+def planned_releases(spec: VerticalSpec) -> list[Release]:
+    """Every ``(event, relation)`` each data party of a vertical job charges: one
+    :meth:`~fedsilo.protocols.vertical.taylor.DpPlan.epoch_event` per epoch under the
+    replace-one relation (:func:`fedsilo.protocols.vertical.keys.epoch_charge`); under DP every
+    planned epoch runs (no early stopping). The event depends on ε, δ, the epochs, the number of
+    data parties and the accountant, not on the aligned row count, so it is known before PSI
+    (the plan is built here for one row; only its batches per epoch would differ)."""
+    if spec.dp is None:
+        return []
+    top = spec.topology
+    plan = dp_plan(spec.dp, rows=1, config=spec.training, parties=len(top.data_parties), arbiter=top.arbiter is not None)
+    assert plan is not None
+    return [(plan.epoch_event(), REPLACE_RECORD)] * plan.epochs
 
 
 def epsilon_per_epoch(dp_plan: DpPlan, epochs: int) -> list[float]:
@@ -409,7 +461,9 @@ def simulate_vertical(
     DP target) and ``datasets`` (party -> dataset name) for each data party's ledger in
     ``ledger_dir`` (None: a temporary directory); ``seed`` decides the public choices;
     ``noise_seed``: **tests only** (not private); ``timeout``: seconds any party waits for one
-    message."""
+    message. Budgets are not checked before PSI here, as ``run_job`` does (a test may run a
+    party out of budget mid-job): check them with :func:`planned_releases` and
+    :func:`fedsilo.silos.ledgers.check_budgets`."""
     spec = make_vertical_spec(
         roles=roles, id_column=id_column, label=label, backend=backend, backend_params=dict(backend_params or {}),
         training=section(TrainingSection, training, key="training"),

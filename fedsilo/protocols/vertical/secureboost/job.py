@@ -1,0 +1,196 @@
+"""A whole SecureBoost job per party: align (PSI), hold out rows, grow the trees, predict.
+
+:func:`secureboost_party` is what each party runs, over whatever channel its engine gives it
+(the ``vertical`` task with ``[model] kind = "secureboost"`` starts it, in-process or in a silo
+agent). Rounds on the channel: 0 = PSI, 1 = the held-out rows, 2… = training
+(:func:`.parties.rounds_used`), then ``depth`` rounds of joint prediction on the held-out rows.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fedsilo.errors import ConfigError, DataError, ProtocolError
+from fedsilo.privacy.ledger import PrivacyLedger
+from fedsilo.protocols.channel import Channel
+from fedsilo.protocols.policy import require_confidential
+from fedsilo.protocols.psi import align_guest, align_host, psi_executor
+from fedsilo.protocols.spec import PrivacySection
+from fedsilo.protocols.vertical.data import check_bounds, feature_bounds, prepare_table
+from fedsilo.protocols.vertical.prediction import evaluation_metrics
+from fedsilo.protocols.vertical.secureboost.boosting import sigmoid
+from fedsilo.protocols.vertical.secureboost.config import BoostConfig, CryptoSettings
+from fedsilo.protocols.vertical.secureboost.messages import HOLDOUT, int_array
+from fedsilo.protocols.vertical.secureboost.model import fit_binning, refuse_constant
+from fedsilo.protocols.vertical.secureboost.parties import BoostResult, guest_boost, host_boost, rounds_used
+from fedsilo.protocols.vertical.secureboost.prediction import predict_guest, serve_routes
+
+__all__ = ["SecureBoostSpec", "holdout_split", "secureboost_party"]
+
+_HOLDOUT_ROUND = 1
+_TRAIN_ROUND = 2
+
+
+@dataclass(frozen=True, slots=True)
+class SecureBoostSpec:
+    """Everything the parties of one SecureBoost job agree on (public configuration).
+
+    ``bounds``: public feature bounds ``column -> (lo, hi)``; a column with bounds gets
+    equal-width bins over them, one without gets its training rows' quantiles (refused under
+    DP, where every feature needs bounds).
+    """
+
+    guest: str
+    hosts: tuple[str, ...]
+    id_column: str
+    label: str
+    crypto: CryptoSettings
+    config: BoostConfig
+    #: the validated ``[privacy]`` section (record level), or None
+    dp: PrivacySection | None
+    test_fraction: float
+    bounds: Mapping[str, tuple[float, float]]
+    #: ``[crypto] insecure``: allows the plain backend, small keys and training without DP
+    insecure: bool
+    #: processes per party for PSI curve work (a resource, not a config key)
+    psi_workers: int | None = 1
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "hosts", tuple(self.hosts))
+        names = [self.guest, *self.hosts]
+        if not self.hosts:
+            raise ConfigError("SecureBoost needs at least one host")
+        if len(set(names)) != len(names):
+            raise ConfigError(f"SecureBoost roles must name distinct parties, got {names}")
+        if self.dp is not None and not isinstance(self.dp, PrivacySection):
+            raise TypeError(f"SecureBoostSpec.dp must be a PrivacySection, got {type(self.dp).__name__}")
+        object.__setattr__(self, "bounds", check_bounds(self.bounds))
+
+
+def holdout_split(rng: np.random.Generator, n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, test)`` sorted row indices: ``round(fraction · n)`` held out (at least one row
+    each side when ``n >= 2``), drawn from the public ``rng``."""
+    n_test = int(round(fraction * n))
+    if fraction > 0 and n >= 2:
+        n_test = min(max(n_test, 1), n - 1)
+    perm = rng.permutation(n)
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
+
+def secureboost_party(
+    channel: Channel,
+    *,
+    spec: SecureBoostSpec,
+    table: pd.DataFrame,
+    rng: np.random.Generator,
+    public_rng: np.random.Generator,
+    ledger: PrivacyLedger | None = None,
+    dataset: str | None = None,
+    source: str | None = None,
+    progress: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Run this party's role (guest or host, from ``spec``) in a whole SecureBoost job.
+
+    ``rng`` is the party's **secret** randomness (PSI shuffles, DP noise): the OS CSPRNG,
+    :func:`~fedsilo.privacy.mechanisms.secure_rng`, outside tests. ``public_rng`` decides only
+    public choices (the guest's held-out split and tree subsamples). Under DP a host needs
+    ``ledger`` and ``dataset`` (checked before PSI); the guest is never charged (its labels
+    reach no other party in the clear; docs/secureboost.md).
+
+    Returns this party's report: history, metrics and importance (guest), its own features'
+    importance and DP spending (host), PSI sizes, and its local model (never sent).
+
+    Raises:
+        ConfigError: an insecure setting without ``insecure``, DP without a ledger or bounds.
+        DataError: bad tables (missing IDs or labels, NaN, a constant column), too few rows.
+    """
+    me = channel.party
+    src = source or me
+    role = "guest" if me == spec.guest else "host"
+    if me != spec.guest and me not in spec.hosts:
+        raise ConfigError(f"{src}: {me!r} is not a party of this SecureBoost job")
+    require_confidential(spec.crypto.backend_object(), insecure=spec.insecure, who=f"{src}: party {me!r}")
+    if spec.dp is None and not spec.insecure:
+        raise ConfigError(
+            f"{src}: party {me!r}: SecureBoost without DP gives the guest every host's exact histograms (per node, "
+            "feature and bin, sums of the guest's own gradients), from which it narrows down the hosts' feature "
+            "values; add [privacy], or set [crypto] insecure = true (tests and baselines only)"
+        )
+    if role == "host" and spec.dp is not None and (ledger is None or dataset is None):
+        raise ConfigError(f"{src}: differential privacy needs a privacy ledger and the dataset name to charge")
+    cfg, T = spec.config, spec.config.timeout
+    data = prepare_table(table, source=src, id_column=spec.id_column, label=spec.label if role == "guest" else None)
+    if role == "host" and not data.columns:
+        raise DataError(f"{src}: a host needs at least one feature column")
+    refuse_constant(data.features, data.columns, source=src, where="the whole table")
+    feature_bounds(data.columns, spec.bounds, source=src, required=spec.dp is not None)  # before PSI
+    with psi_executor(spec.psi_workers) as ex:
+        if role == "guest":
+            al = align_guest(channel, hosts=spec.hosts, ids=data.ids, rng=rng, round=0, executor=ex, source=src)
+        else:
+            al = align_host(channel, guest=spec.guest, ids=data.ids, rng=rng, round=0, executor=ex, source=src)
+    x = data.features[al.positions]
+    train_rows, test_rows = _holdout(channel, spec, al.size, public_rng, role=role)
+    binning = fit_binning(x, train_rows, data.columns, bins=cfg.bins, bounds=spec.bounds,
+                          required=spec.dp is not None, source=src)
+    predict_round = _TRAIN_ROUND + rounds_used(cfg)
+    if role == "guest":
+        assert data.labels is not None
+        y = data.labels[al.positions]
+        fit = guest_boost(channel, hosts=spec.hosts, x=x, y=y, train_rows=train_rows, test_rows=test_rows,
+                          binning=binning, config=cfg, crypto=spec.crypto, dp=spec.dp, public_rng=public_rng,
+                          start_round=_TRAIN_ROUND, progress=progress)
+        final: dict[str, float] = {}
+        if test_rows.size:
+            raw = predict_guest(channel, hosts=spec.hosts, model=fit.model, x=x, rows=test_rows,  # type: ignore[arg-type]
+                                depth=cfg.depth, round=predict_round, timeout=T)
+            final = evaluation_metrics(y[test_rows], sigmoid(raw))
+        return _report("guest", fit, al, train_rows.size, test_rows.size, final=final,
+                       test_ids=[al.ids[i] for i in test_rows.tolist()])
+    fit = host_boost(channel, guest=spec.guest, x=x, train_rows=train_rows, test_rows=test_rows, binning=binning,
+                     config=cfg, crypto=spec.crypto, dp=spec.dp, ledger=ledger, dataset=dataset, rng=rng,
+                     start_round=_TRAIN_ROUND)
+    if test_rows.size:
+        serve_routes(channel, guest=spec.guest, model=fit.model, x=x, allowed=test_rows,  # type: ignore[arg-type]
+                     trees=fit.trees, depth=cfg.depth, round=predict_round, timeout=T)
+    return _report("host", fit, al, train_rows.size, test_rows.size)
+
+
+def _holdout(channel: Channel, spec: SecureBoostSpec, n: int, public_rng: np.random.Generator, *,
+             role: str) -> tuple[np.ndarray, np.ndarray]:
+    """The guest draws the held-out rows and tells the hosts; a host checks their number."""
+    T = spec.config.timeout
+    if role == "guest":
+        train, test = holdout_split(public_rng, n, spec.test_fraction)
+        channel.broadcast(spec.hosts, HOLDOUT, {"test": test}, round=_HOLDOUT_ROUND)
+        return train, test
+    me = channel.party
+    msg = channel.recv(spec.guest, HOLDOUT, round=_HOLDOUT_ROUND, timeout=T)
+    test = int_array(msg.get("test") if isinstance(msg, dict) else None, who=me, what="held-out rows")
+    expected = holdout_split(np.random.default_rng(0), n, spec.test_fraction)[1].size
+    if test.size != expected or np.unique(test).size != test.size or (test.size and (test.min() < 0 or test.max() >= n)):
+        # the host answers prediction queries for held-out rows: never more of them than agreed
+        raise ProtocolError(f"{me}: the guest held out {test.size} rows, the job's test_fraction means {expected}")
+    return np.setdiff1d(np.arange(n), test), np.sort(test)
+
+
+def _report(role: str, fit: BoostResult, al: Any, n_train: int, n_test: int, **extra: Any) -> dict[str, Any]:
+    # the keys of a vertical report (so agents and results read it alike), plus SecureBoost's own
+    return {
+        "role": role,
+        "history": fit.history,
+        "epochs": fit.trees,
+        "stopped_early": False,
+        "epsilon": fit.epsilon,
+        "dp": fit.dp,
+        "model": fit.model,
+        "importance": fit.importance,
+        "releases": fit.releases,
+        "psi": {"intersection": al.size, "local": al.local_size, "pairwise": dict(al.pairwise)},
+        "rows": {"train": n_train, "test": n_test},
+        **extra,
+    }

@@ -1,0 +1,198 @@
+"""Each party's share of the boosted trees. Nothing here is ever sent.
+
+* :class:`Binning` — one party's bins: thresholds per feature, from its own training rows
+  (quantiles) or from public bounds (equal width; required under DP);
+* :class:`GuestModel` — the guest's trees: the structure, its own splits with their thresholds,
+  for each host's split only **which host** owns it, and every leaf value;
+* :class:`HostModel` — a host's lookup table: ``(tree, node) → (feature, threshold)`` for the
+  splits it won, never shown to anyone.
+
+Nodes are numbered as in a heap: the root is 0, the children of ``i`` are ``2i + 1`` (left:
+``x <= threshold``) and ``2i + 2``.
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from fedsilo.errors import DataError
+from fedsilo.protocols.vertical.data import feature_bounds
+from fedsilo.protocols.vertical.secureboost.boosting import apply_thresholds, quantile_thresholds, uniform_thresholds
+
+__all__ = [
+    "Binning",
+    "GuestModel",
+    "GuestTree",
+    "HostModel",
+    "Importance",
+    "Split",
+    "children",
+    "fit_binning",
+    "joint_scores",
+    "refuse_constant",
+]
+
+
+def children(node: int) -> tuple[int, int]:
+    """``(left, right)`` of ``node``."""
+    return 2 * node + 1, 2 * node + 2
+
+
+def refuse_constant(x: np.ndarray, columns: Sequence[str], *, source: str, where: str) -> None:
+    """A column with one value can never split a node: refused, naming it.
+
+    Raises:
+        DataError: naming ``source``, the column, its value's count and ``where`` it is constant.
+    """
+    if x.shape[0] == 0:
+        return
+    flat = [c for j, c in enumerate(columns) if np.ptp(x[:, j]) == 0]
+    if flat:
+        raise DataError(
+            f"{source}: column {flat[0]!r} is constant over {where} ({x.shape[0]} rows): a tree can never "
+            f"split on it; drop it{f' (also constant: {flat[1:]})' if len(flat) > 1 else ''}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Binning:
+    """One party's bins: ``thresholds[j]`` of column ``columns[j]`` (bin ``i`` holds
+    ``t_{i-1} < x <= t_i``), and for each column whether they came from public bounds."""
+
+    columns: tuple[str, ...]
+    thresholds: tuple[np.ndarray, ...]
+    public: tuple[bool, ...]
+
+    @property
+    def features(self) -> int:
+        return len(self.columns)
+
+    def transform(self, x: np.ndarray) -> np.ndarray:
+        """Bin indices ``(rows, features)`` of the raw rows ``x``."""
+        out = np.empty((x.shape[0], self.features), dtype=np.int64)
+        for j, t in enumerate(self.thresholds):
+            out[:, j] = apply_thresholds(values=x[:, j], thresholds=t)
+        return out
+
+    def threshold(self, feature: int, bin: int) -> float:
+        """The value splitting bins ``0..bin`` from the rest."""
+        return float(self.thresholds[feature][bin])
+
+
+def fit_binning(
+    x: np.ndarray,
+    train_rows: np.ndarray,
+    columns: Sequence[str],
+    *,
+    bins: int,
+    bounds: Mapping[str, tuple[float, float]],
+    required: bool,
+    source: str,
+) -> Binning:
+    """Thresholds of each column: equal-width over its public bounds when it has some (every
+    column must under DP: ``required``), else the quantiles of this party's training rows.
+
+    Raises:
+        ConfigError: ``required`` and some columns have no bounds (all named).
+        DataError: a column constant over the training rows.
+    """
+    cols = tuple(columns)
+    lo, hi = feature_bounds(cols, bounds, source=source, required=required)
+    xt = x[train_rows]
+    refuse_constant(xt, cols, source=source, where="the aligned training rows")
+    thresholds, public = [], []
+    for j in range(len(cols)):
+        if np.isnan(lo[j]):
+            thresholds.append(quantile_thresholds(values=xt[:, j], bins=bins))
+            public.append(False)
+        else:
+            thresholds.append(uniform_thresholds(lo=float(lo[j]), hi=float(hi[j]), bins=bins))
+            public.append(True)
+    return Binning(cols, tuple(thresholds), tuple(public))
+
+
+@dataclass(frozen=True, slots=True)
+class Importance:
+    """Per feature of one party: how many splits it won and their total gain."""
+
+    splits: np.ndarray
+    gain: np.ndarray
+
+    @classmethod
+    def zeros(cls, features: int) -> "Importance":
+        return cls(np.zeros(features, dtype=np.int64), np.zeros(features))
+
+    def add(self, feature: int, gain: float) -> "Importance":
+        splits, total = self.splits.copy(), self.gain.copy()
+        splits[feature] += 1
+        total[feature] += gain
+        return Importance(splits, total)
+
+    def named(self, columns: Sequence[str]) -> dict[str, dict[str, float]]:
+        """``{column: {"splits", "gain"}}`` (only a party's own columns have names)."""
+        return {c: {"splits": int(s), "gain": float(g)} for c, s, g in zip(columns, self.splits, self.gain)}
+
+
+@dataclass(frozen=True, slots=True)
+class Split:
+    """An internal node in the guest's view: the ``owner`` party, and for the guest's own
+    splits its ``feature`` and ``threshold`` (for a host's, the guest knows only the host)."""
+
+    owner: str
+    feature: int | None = None
+    threshold: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class GuestTree:
+    splits: Mapping[int, Split]
+    leaves: Mapping[int, float]
+
+
+@dataclass(frozen=True)
+class GuestModel:
+    """The guest's trees (never sent): base score, trees, its own binning."""
+
+    base: float
+    trees: tuple[GuestTree, ...]
+    binning: Binning
+    guest: str
+
+
+@dataclass(frozen=True)
+class HostModel:
+    """A host's lookup table (never sent): ``(tree, node) → (feature, threshold)``."""
+
+    binning: Binning
+    table: Mapping[tuple[int, int], tuple[int, float]] = field(default_factory=dict)
+
+    def goes_left(self, tree: int, node: int, x: np.ndarray) -> np.ndarray:
+        """Which of the raw rows ``x`` go left at this host's split ``(tree, node)``."""
+        feature, threshold = self.table[(tree, node)]
+        return x[:, feature] <= threshold
+
+
+def joint_scores(guest: GuestModel, guest_x: np.ndarray, hosts: Mapping[str, tuple[HostModel, np.ndarray]]) -> np.ndarray:
+    """Raw scores of rows every party holds, from every party's model: what the joint
+    prediction computes, done in one place — **simulation only** (no party holds all models)."""
+    n = guest_x.shape[0]
+    raw = np.full(n, guest.base)
+    for t, tree in enumerate(guest.trees):
+        node = np.zeros(n, dtype=np.int64)
+        while True:
+            inner = np.isin(node, list(tree.splits))
+            if not inner.any():
+                break
+            for v in np.unique(node[inner]):
+                at = node == v
+                split = tree.splits[int(v)]
+                if split.owner == guest.guest:
+                    left = guest_x[at, split.feature] <= split.threshold
+                else:
+                    model, x = hosts[split.owner]
+                    left = model.goes_left(t, int(v), x[at])
+                node[at] = np.where(left, 2 * v + 1, 2 * v + 2)
+        raw += np.array([tree.leaves[int(v)] for v in node])
+    return raw
