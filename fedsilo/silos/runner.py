@@ -40,11 +40,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from fedsilo.errors import ConfigError
+from fedsilo.errors import BudgetExceededError, ConfigError
 from fedsilo.protocols.channel import Channel, InProcessHub, run_parties
 from fedsilo.silos.config import JobConfig, check_insecure_settings
 from fedsilo.silos.data import BuiltinShare, DataSource, FileSource
-from fedsilo.silos.ledgers import LedgerSpec, Release, check_budgets
+from fedsilo.silos.ledgers import LedgerSpec, Release, check_budgets, check_planned
 from fedsilo.silos.registry import (  # the runner's types and registries, re-exported
     TASKS,
     Engine,
@@ -239,9 +239,22 @@ def check_job_budgets(task: Task, cfg: JobConfig, parties: Sequence[Party]) -> N
         if p.ledger is None or not isinstance(p.source, DataSource):
             continue
         planned = planned_releases(task, cfg, {p.name: p.source})
-        if not planned:  # not planned (no DP, a task without planned_charges, distributed DP-SGD)
-            return
-        check_budgets({p.name: (p.ledger, planned.get(p.name, []))})
+        if planned:
+            check_budgets({p.name: (p.ledger, planned.get(p.name, []))})
+        elif cfg.privacy is not None:
+            # not planned (a task without planned_charges, distributed DP-SGD whose releases
+            # follow the row count it releases): the job's target against what is left, as an
+            # agent checks it (found by the privacy review: such jobs skipped the check)
+            check = check_planned(p.ledger, [])
+            left = check.budget - check.spent
+            if cfg.privacy.epsilon > left + 1e-12:
+                err = BudgetExceededError(silo=p.name, dataset=check.dataset, spent=check.spent,
+                                          requested=check.spent + cfg.privacy.epsilon, budget=check.budget,
+                                          delta=check.delta)
+                err.args = (f"silo {p.name!r}: the job's target epsilon={cfg.privacy.epsilon:g} does not fit in its "
+                            f"ledger's remaining {left:.4g} of {check.budget:g} (spent {check.spent:.4g}); lower "
+                            "privacy.epsilon (--epsilon) or raise the budget; nothing was trained or charged",)
+                raise err
 
 
 def job_id(cfg: JobConfig) -> str:

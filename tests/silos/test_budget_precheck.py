@@ -215,3 +215,32 @@ def test_without_the_pre_check_a_spent_budget_still_decrypts_nothing(tmp_path: P
     for n in silos:
         with PrivacyLedger.open(tmp_path / f"{n}.sqlite") as ledger:
             assert ledger.entries(n) == []  # every refused charge wrote nothing
+
+
+def test_a_distributed_dp_sgd_job_is_checked_by_its_target_before_round_1(tmp_path: Path) -> None:
+    """Found by the privacy review: a job whose releases are not planned up front (distributed
+    DP-SGD follows the row count it releases) skipped the pre-check, charged the count and its
+    steps, and withdrew before the final metrics: budget burnt, no model. Its target is now
+    checked against what is left, before anything is charged."""
+    from fedsilo.errors import BudgetExceededError
+
+    silos = ("st_marys", "city_general", "riverside")
+    cfg = parse_config({
+        "federation": {"name": "hospitals", "task": "horizontal", "seed": 7, "min_silos": 2},
+        "crypto": {"backend": "plain", "insecure": True},
+        "privacy": {"epsilon": 8.0, "delta": 1e-5, "clip": 1.0, "level": "record", "mode": "distributed"},
+        "training": {"rounds": 5, "local_epochs": 1, "batch_size": 32, "lr": 0.5},
+        "data": {"source": "sklearn:breast_cancer", "label": "target", "partition": {"kind": "iid", "silos": 3}},
+        "silos": [{"name": n, "budget": {"epsilon": 10.0, "delta": 1e-5}} for n in silos],
+    }, source="hospitals.toml")
+    for n in silos:
+        with PrivacyLedger(tmp_path / f"{n}.sqlite", silo=n, accountant="rdp") as ledger:
+            ledger.register_dataset(n, epsilon=10.0, delta=1e-5)
+            with ledger.charge(n, GaussianEvent(1.6, 1.0, 4), job="earlier", round=1, protocol="t",
+                               mechanism={"name": "t"}, recipient="x", relation=ADD_REMOVE_RECORD):
+                pass
+    with pytest.raises(BudgetExceededError, match=r"silo 'st_marys': the job's target epsilon=8 does not fit"):
+        run_job(cfg, ledger_dir=tmp_path, noise_seed=1)
+    for n in silos:
+        with PrivacyLedger.open(tmp_path / f"{n}.sqlite") as ledger:
+            assert [e.job for e in ledger.entries(n)] == ["earlier"]  # nothing charged by the refused job

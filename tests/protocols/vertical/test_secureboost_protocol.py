@@ -358,3 +358,70 @@ def test_the_public_key_travels_in_the_backend_s_format_and_histograms_are_whole
     for e in hub.log:
         if e.kind == sb.HIST:
             assert all(len(b) % guest_cipher.width == 0 for b in codec.decode(e.body)["ct"])
+
+
+def _split_oracle_run(split_message: Any) -> None:
+    """A deviating guest: one honest root level, then the SPLIT it chooses (found by the privacy
+    review: a SPLIT naming every (feature, bin) over all rows read every row's bins)."""
+    from fedsilo.protocols.channel import InProcessHub, run_parties
+    from fedsilo.protocols.spec import ModelSection
+    from fedsilo.protocols.vertical.secureboost import BoostConfig, CryptoSettings
+    from fedsilo.protocols.vertical.secureboost import messages as sb
+    from fedsilo.protocols.vertical.secureboost.cipher import PlainHistograms
+    from fedsilo.protocols.vertical.secureboost.model import fit_binning
+    from fedsilo.protocols.vertical.secureboost.packing import encode_rows
+    from fedsilo.protocols.vertical.secureboost.parties import host_boost, layout_for
+
+    rng = np.random.default_rng(3)  # public test data
+    n, F, B = 300, 4, 16
+    x = rng.normal(size=(n, F))
+    cols = [f"c{j}" for j in range(F)]
+    cfg = BoostConfig.from_section(ModelSection(kind="secureboost", trees=2, depth=2, bins=B, min_leaf_rows=20,
+                                                min_child_weight=1e-3), timeout=30.0)
+    crypto = CryptoSettings.from_params("plain", {})
+    train, test = np.arange(n - 30), np.arange(n - 30, n)
+    binning = fit_binning(x, train, cols, bins=B, bounds={c: (-4.0, 4.0) for c in cols}, required=True, source="h0")
+    cipher = PlainHistograms()
+    layout = layout_for(crypto, cipher, None, rows=train.size, features=F)
+    blob = cipher.encrypt_rows(encode_rows(g=np.zeros(train.size), h=np.full(train.size, 0.2), layout=layout,
+                                           modulus=cipher.modulus))
+
+    def guest(ch: Any) -> None:
+        ch.recv("h0", sb.HELLO, round=2, timeout=30)
+        ch.send("h0", sb.SETUP, {"public": b"", "features": F}, round=2)
+        ch.send("h0", sb.TREE, {"stop": False, "tree": 0, "rows": train, "gh": blob}, round=3)
+        ch.send("h0", sb.LEVEL, {"done": False, "nodes": np.array([0]), "rows": [train]}, round=4)
+        ch.recv("h0", sb.HIST, round=4, timeout=30)
+        ch.send("h0", sb.SPLIT, split_message(binning, train), round=4)
+        ch.recv("h0", sb.PARTITION, round=4, timeout=30)
+
+    def host(ch: Any) -> Any:
+        return host_boost(ch, guest="g", x=x, train_rows=train, test_rows=test, binning=binning, config=cfg,
+                          crypto=crypto, dp=None, ledger=None, dataset=None, rng=np.random.default_rng(0),
+                          start_round=2)
+
+    run_parties(InProcessHub("oracle", ["g", "h0"]), {"g": guest, "h0": host})
+
+
+def _every_bin(binning: Any, train: np.ndarray, *, nodes: Any = None) -> dict[str, Any]:
+    pairs = [(f, b) for f in range(binning.features) for b in range(binning.thresholds[f].size)]
+    return {"nodes": np.arange(len(pairs), dtype=np.int64) if nodes is None else nodes(len(pairs)),
+            "feature": np.array([f for f, _ in pairs], dtype=np.int64),
+            "bin": np.array([b for _, b in pairs], dtype=np.int64), "rows": [train] * len(pairs)}
+
+
+@pytest.mark.parametrize(
+    ("message", "match"),
+    [
+        (lambda binning, train: _every_bin(binning, train), "not a node of level 0"),
+        (lambda binning, train: _every_bin(binning, train, nodes=lambda k: np.zeros(k, dtype=np.int64)), "names a node twice"),
+        (lambda binning, train: {"nodes": np.array([0]), "feature": np.array([0]), "bin": np.array([0]),
+                                 "rows": [train[:100]]}, "other rows than that node holds"),
+        (lambda binning, train: {"nodes": np.array([0]), "feature": np.array([0]), "bin": np.array([0]),
+                                 "rows": [train[:10]]}, "fewer than 2·min_leaf_rows"),
+    ],
+    ids=["invented-nodes", "one-node-many-times", "root-with-other-rows", "tiny-node"],
+)
+def test_a_host_answers_only_splits_an_honest_tree_could_ask(message: Any, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        _split_oracle_run(message)

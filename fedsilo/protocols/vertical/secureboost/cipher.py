@@ -14,10 +14,9 @@ plaintext. These five recipes do that on the key types of :mod:`fedsilo.crypto.p
   ciphertext, ``c ← c^(2^W) · c'``, add the host's own plaintext — offsets, counts, DP noise — as
   ``c · (1 + m n)``, re-randomize, serialize).
 
-Every outbound ciphertext a host computed is re-randomized (``c · h^β``): a full-length ``β``
-after packing (the ciphertext was raised to public powers, as the backend does after
-``mul_plain``), a short one otherwise, so the guest, who knows the randomness of every row
-ciphertext it made, learns nothing from a histogram's randomness about which rows it holds.
+Every outbound ciphertext a host computed is re-randomized with phe's ``r^n`` (``r`` uniform,
+drawn by the host), not ``h^β``: the guest chose ``h`` and knows every row's randomness, so the
+guest learns nothing from a histogram's randomness about which rows it holds.
 
 :class:`PlainHistograms` runs the same integers without encryption (the ``plain`` backend:
 tests, and the benchmark's baseline). These recipes belong with the Paillier backend

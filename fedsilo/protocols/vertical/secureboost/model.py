@@ -131,8 +131,10 @@ class Importance:
         return Importance(splits, total)
 
     def named(self, columns: Sequence[str]) -> dict[str, dict[str, float]]:
-        """``{column: {"splits", "gain"}}`` (only a party's own columns have names)."""
-        return {c: {"splits": int(s), "gain": float(g)} for c, s, g in zip(columns, self.splits, self.gain)}
+        """``{column: {"splits", "gain"}}`` (only a party's own columns have names; ``gain`` None
+        where the party does not know it: a host's, which only the guest computes)."""
+        return {c: {"splits": int(s), "gain": None if np.isnan(g) else float(g)}
+                for c, s, g in zip(columns, self.splits, self.gain)}
 
 
 @dataclass(frozen=True, slots=True)

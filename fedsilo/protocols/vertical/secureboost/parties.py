@@ -248,7 +248,9 @@ def guest_boost(
     channel.broadcast(hosts, TREE, {"stop": True}, round=r)
     for hname in hosts:
         imp = importance[hname]
-        channel.send(hname, IMPORTANCE, {"splits": imp.splits, "gain": imp.gain}, round=r)
+        # split counts only: a gain is built from the guest's exact node totals G, H (label
+        # statistics, not noised), so it stays in the guest's results (privacy review)
+        channel.send(hname, IMPORTANCE, {"splits": imp.splits}, round=r)
     named = {me: importance[me].named(binning.columns),
              **{hname: importance[hname].named([f"#{j}" for j in range(features[hname])]) for hname in hosts}}
     model = GuestModel(base, tuple(trees), binning, me)
@@ -503,10 +505,11 @@ def host_boost(
         trees += 1
         r += 1 + config.depth
     imp = channel.recv(guest, IMPORTANCE, round=r, timeout=T)
-    gain = imp.get("gain") if isinstance(imp, dict) else None
-    if not isinstance(gain, np.ndarray) or gain.dtype != np.float64 or gain.shape != (binning.features,):
-        raise ProtocolError(f"{me}: malformed feature importance from the guest")
-    importance = Importance(splits, gain).named(binning.columns)
+    counted = imp.get("splits") if isinstance(imp, dict) else None
+    if not isinstance(counted, np.ndarray) or counted.shape != (binning.features,) or not np.array_equal(counted, splits):
+        raise ProtocolError(f"{me}: malformed feature importance from the guest (its split counts are not this host's)")
+    # the gains are the guest's (label statistics): the host reports its split counts only
+    importance = Importance(splits, np.full(binning.features, np.nan)).named(binning.columns)
     epsilon = plan.spent(releases) if plan is not None else None
     return BoostResult(HostModel(binning, table), [], {me: importance}, plan, trees, {me: releases}, epsilon, r + 1)
 
@@ -523,6 +526,9 @@ def _host_tree(run: _HostRun, msg: Mapping[str, Any], t: int, table: dict[tuple[
     position = np.full(run.x.shape[0], -1, dtype=np.int64)
     position[sample] = np.arange(sample.size)
     released = 0
+    # the rows of every node of this tree the host can vouch for: the root's, and the children of
+    # the splits it won itself (a split query must stay inside them: see _partitions)
+    known: dict[int, np.ndarray] = {0: np.sort(run.train_rows)}
     for d in range(cfg.depth):
         r = round + d
         level = ch.recv(guest, LEVEL, round=r, timeout=cfg.timeout)
@@ -550,7 +556,7 @@ def _host_tree(run: _HostRun, msg: Mapping[str, Any], t: int, table: dict[tuple[
             ch.send(guest, HIST, {"ct": blobs}, round=r)
         released += run.plan is not None
         ch.send(guest, PARTITION, {"left": _partitions(run, ch.recv(guest, SPLIT, round=r, timeout=cfg.timeout),
-                                                        t, table, splits)}, round=r)
+                                                        t, table, splits, depth=d, known=known)}, round=r)
     return released
 
 
@@ -577,8 +583,16 @@ def _histogram(run: _HostRun, cts: Sequence[Any], idx: np.ndarray, rows: np.ndar
 
 
 def _partitions(run: _HostRun, msg: Any, t: int, table: dict[tuple[int, int], tuple[int, float]],
-                splits: np.ndarray) -> list[np.ndarray]:
-    """The splits this host won at a level: each into its lookup table; which rows go left."""
+                splits: np.ndarray, *, depth: int, known: dict[int, np.ndarray]) -> list[np.ndarray]:
+    """The splits this host won at a level: each into its lookup table; which rows go left.
+
+    A split answers ``x_f <= threshold`` for every row it names, so the host answers only what an
+    honest tree could ask (found by the privacy review: a guest naming every (feature, bin) over
+    all rows read every row's bins): nodes of this level (ids ``2^d − 1 .. 2^(d+1) − 2``), each
+    split once, with disjoint row sets of at least ``2·min_leaf_rows`` rows, the root's rows all
+    the training rows, and a node whose parent this host split exactly that split's child.
+    Which (feature, bin) the guest picks is its choice in the protocol anyway (it computes the
+    gains); the rows are what the host can check."""
     me = run.me
     if not isinstance(msg, dict):
         raise ProtocolError(f"{me}: malformed split message from the guest")
@@ -589,12 +603,32 @@ def _partitions(run: _HostRun, msg: Any, t: int, table: dict[tuple[int, int], tu
     if not (nodes.size == feats.size == bins.size) or not isinstance(rows, list) or len(rows) != nodes.size:
         raise ProtocolError(f"{me}: malformed split message from the guest")
     out = []
+    first, last = 2**depth - 1, 2 ** (depth + 1) - 2
+    if np.unique(nodes).size != nodes.size:
+        raise ProtocolError(f"{me}: the guest's split message names a node twice")
+    claimed: list[np.ndarray] = []
     for node, f, b, rr in zip(nodes.tolist(), feats.tolist(), bins.tolist(), rows):
         if not 0 <= f < run.binning.features or not 0 <= b < run.binning.thresholds[f].size or (t, node) in table:
             raise ProtocolError(f"{me}: the guest's split ({node}, feature {f}, bin {b}) does not exist here")
         rr = check_rows(rr, allowed=run.train_rows, who=me, what="split rows")
+        if not first <= node <= last:
+            raise ProtocolError(f"{me}: the guest's split names node {node}, which is not a node of level {depth}")
+        if rr.size < 2 * run.config.min_leaf_rows:
+            raise ProtocolError(f"{me}: the guest's split of node {node} names fewer than 2·min_leaf_rows rows")
+        expected = known.get(node)
+        if expected is not None and not np.array_equal(np.sort(rr), expected):
+            raise ProtocolError(f"{me}: the guest's split of node {node} names other rows than that node holds")
+        parent = (node - 1) // 2
+        if node and expected is None and parent in known and not np.isin(rr, known[parent]).all():
+            raise ProtocolError(f"{me}: the guest's split of node {node} names rows outside its parent")
+        claimed.append(rr)
         threshold = run.binning.threshold(f, b)
+        left = run.x[rr, f] <= threshold
         table[(t, node)] = (f, threshold)
         splits[f] += 1
-        out.append(run.x[rr, f] <= threshold)
+        lid, rid = 2 * node + 1, 2 * node + 2
+        known[lid], known[rid] = np.sort(rr[left]), np.sort(rr[~left])
+        out.append(left)
+    if claimed and sum(c.size for c in claimed) != np.unique(np.concatenate(claimed)).size:
+        raise ProtocolError(f"{me}: the guest's splits of one level overlap (each row is in one node per level)")
     return out
