@@ -627,6 +627,10 @@ def neighbourhood_graph(names: Sequence[str], *, degree: int, seed: bytes) -> di
 # ---------------------------------------------------------------------------------------------
 # Distributed discrete Gaussian: the silo-side steps (Kairouz, Liu & Steinke 2021)
 # ---------------------------------------------------------------------------------------------
+#: Largest σ (grid steps) :func:`discrete_gaussian_integers` draws with: 12σ·√n stays far inside int64.
+MAX_DDG_SIGMA = 2.0**40
+
+
 def discrete_gaussian_integers(*, sigma: float, size: int, stream: SecretStream) -> np.ndarray:
     """``size`` i.i.d. draws of the discrete Gaussian ``N_Z(0, σ²)``: ``P(k) ∝ exp(−k²/(2σ²))``.
 
@@ -640,6 +644,10 @@ def discrete_gaussian_integers(*, sigma: float, size: int, stream: SecretStream)
     :func:`fedsilo.privacy.mechanisms.discrete_gaussian`; outputs are always integers.
     """
     s = _positive("sigma", sigma)
+    if s > MAX_DDG_SIGMA:
+        # beyond it σ² overflows the acceptance test or the draws leave int64 (found by the
+        # bad-input sweep: σ = 1e300 never returned); no 64-bit ring holds such noise anyway
+        raise ConfigError(f"sigma must be at most 2^40 grid steps for the discrete Gaussian sampler, got {sigma!r}")
     n = _int("size", size, low=0)
     if not isinstance(stream, SecretStream):
         raise ConfigError(f"stream must be a SecretStream (fedsilo.crypto.secagg.secret_stream()), got {type(stream).__name__}")

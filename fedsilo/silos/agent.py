@@ -120,6 +120,9 @@ CONTROL_SERVICE = f"fedsilo.agent.v{CONTROL_VERSION}.Control"
 OWN = ("Submit", "Status", "Results", "List")
 #: methods the peers call (each also checks the caller's part in the job)
 PEER = ("Offer", "Start", "Cancel", "Abort", "Missing", "Report", "Progress", "Ping")
+#: Seconds a submitter's agent waits for a peer's answer to an offer (its checks include planning
+#: the job's releases on its own data)
+OFFER_TIMEOUT = 180.0
 #: tasks an agent runs: their party tables are known (party_table)
 AGENT_TASKS = ("horizontal", "statistics", "vertical")
 #: the horizontal/statistics aggregator's party name, :data:`fedsilo.protocols.horizontal.protocol.AGGREGATOR`
@@ -729,6 +732,11 @@ class Agent:
             if entry.budget.epsilon < op.epsilon:
                 cap = float(entry.budget.epsilon)
         limit = cap if cap is not None else float(op.epsilon)
+        if cfg.privacy.epsilon <= limit - self.ledger.spent(ds.name) + 1e-12:
+            # the job's releases are calibrated to compose to at most its target: a target within
+            # what is left fits without planning them (planning a record-level silo calibrates its
+            # DP-SGD). The ledger still checks every charge as it is made.
+            return cap
         check = self._planned_check(cfg, ds)
         if check is not None:
             # the job's planned releases composed on top of this ledger, as each charge will compose
@@ -848,8 +856,10 @@ class Agent:
 
     def _offer(self, peer: str, js: _Job) -> dict[str, Any]:
         try:
+            # a peer may plan its releases to check its budget (a record-level silo calibrates its
+            # DP-SGD, seconds on a loaded host): more time than a control call's 30 s
             reply = self._call(peer, "Offer", {"v": CONTROL_VERSION, "job": js.job, "toml": js.toml,
-                                               "source": js.source})
+                                               "source": js.source}, timeout=OFFER_TIMEOUT)
         except FedsiloError as exc:
             return {"accepted": False, "reason": one_line(exc), "kind": "unreachable"}
         if reply.get("error"):
@@ -1581,7 +1591,7 @@ class AgentClient:
             raise (ConfigError if reply.get("bad_input") else ProtocolError)(str(reply["error"]))
         return reply
 
-    def submit(self, text: str, *, source: str = "JOB.toml", timeout: float = 120.0) -> dict[str, Any]:
+    def submit(self, text: str, *, source: str = "JOB.toml", timeout: float = OFFER_TIMEOUT + 60.0) -> dict[str, Any]:
         return self._checked(self.call("Submit", {"toml": text, "source": source}, timeout=timeout, attempts=1))
 
     def status(self, job: str, *, since: int = 0) -> dict[str, Any]:

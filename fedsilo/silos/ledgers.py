@@ -84,6 +84,24 @@ class LedgerSpec:
             ledger.close()
 
 
+def _check_writable(path: Path) -> None:
+    """An existing ledger the job could not charge is refused before the job starts, naming the
+    file (found by the bad-input sweep: a read-only ledger failed a party at its first charge with
+    sqlite's traceback). The file is opened for writing and closed: nothing changes."""
+    import os
+
+    for target in (path, path.parent):
+        try:
+            if target.is_dir():
+                if not os.access(target, os.W_OK | os.X_OK):
+                    raise PermissionError(f"directory {target} is not writable (sqlite writes its journal there)")
+            else:
+                os.close(os.open(target, os.O_RDWR))
+        except OSError as exc:
+            raise ConfigError(f"ledger {path}: cannot be written ({exc.strerror or exc}); make it writable for the "
+                              "silo, or give another --ledger-dir; nothing was trained or charged") from None
+
+
 def check_planned(spec: LedgerSpec, planned: Sequence[Release]) -> BudgetCheck:
     """Dry run of ``planned`` against the ledger ``spec`` names, read-only: an existing ledger
     is read (nothing is registered or charged), a missing one is not created (its history is
@@ -101,6 +119,7 @@ def check_planned(spec: LedgerSpec, planned: Sequence[Release]) -> BudgetCheck:
     if not spec.path.exists():
         return budget_check(silo=spec.silo, dataset=spec.dataset, budget=eps, delta=delta,
                             accountant=spec.accountant, planned=planned)
+    _check_writable(spec.path)
     with PrivacyLedger(spec.path, silo=spec.silo, accountant=spec.accountant) as ledger:
         if spec.dataset not in ledger.datasets():
             return budget_check(silo=spec.silo, dataset=spec.dataset, budget=eps, delta=delta,

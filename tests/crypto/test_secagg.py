@@ -397,3 +397,13 @@ def test_degree_two_graph_is_one_cycle() -> None:
         prev = walk[-1]
         walk.append(nxt)
     assert walk[-1] == "s0" and len(set(walk[:-1])) == 7
+
+
+def test_the_discrete_gaussian_sampler_refuses_a_sigma_it_cannot_draw() -> None:
+    """Found by the bad-input sweep: σ = 1e300 never returned (σ² overflowed the acceptance test)."""
+    from fedsilo.crypto import secagg as sa_
+    from fedsilo.errors import ConfigError as _ConfigError
+
+    with pytest.raises(_ConfigError, match="sigma must be at most 2\\^40"):
+        sa_.discrete_gaussian_integers(sigma=1e300, size=3, stream=sa_.secret_stream())
+    assert sa_.discrete_gaussian_integers(sigma=2.0**40, size=3, stream=sa_.secret_stream()).dtype == np.int64

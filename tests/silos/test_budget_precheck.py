@@ -244,3 +244,32 @@ def test_a_distributed_dp_sgd_job_is_checked_by_its_target_before_round_1(tmp_pa
     for n in silos:
         with PrivacyLedger.open(tmp_path / f"{n}.sqlite") as ledger:
             assert [e.job for e in ledger.entries(n)] == ["earlier"]  # nothing charged by the refused job
+
+
+def test_a_ledger_that_cannot_be_written_is_refused_before_the_job_naming_it(tmp_path: Path, monkeypatch) -> None:
+    """Found by the bad-input sweep: a read-only (immutable) ledger failed a party at its first
+    charge with sqlite's traceback. The pre-check opens each existing ledger for writing first.
+    (The OS refusal is simulated: the test runs as root, whom chmod does not stop.)"""
+    import os
+
+    from fedsilo.errors import ConfigError
+
+    cfg = parse_config({
+        "federation": {"name": "hospitals", "task": "horizontal", "seed": 7},
+        "crypto": {"backend": "plain", "insecure": True},
+        "privacy": {"epsilon": 2.0, "delta": 1e-5, "clip": 1.0, "level": "silo"},
+        "training": {"rounds": 1},
+        "data": {"source": "sklearn:breast_cancer", "label": "target", "partition": {"kind": "iid", "silos": 3}},
+    }, source="hospitals.toml")
+    run_job(cfg, ledger_dir=tmp_path, noise_seed=1)
+    target = tmp_path / f"{cfg.silo_names()[0]}.sqlite"
+    real_open = os.open
+
+    def refusing(path, flags, *args, **kw):  # the OS's EPERM for an immutable file
+        if Path(path) == target and flags & os.O_RDWR:
+            raise PermissionError(1, "Operation not permitted", str(path))
+        return real_open(path, flags, *args, **kw)
+
+    monkeypatch.setattr(os, "open", refusing)
+    with pytest.raises(ConfigError, match=rf"ledger {re.escape(str(target))}: cannot be written"):
+        run_job(cfg, ledger_dir=tmp_path, noise_seed=1)

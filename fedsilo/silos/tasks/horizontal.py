@@ -321,7 +321,17 @@ def make_job(
         insecure=insecure,
     )
     spec.strategy(list(silos))  # validate strategy / DP settings (and calibrate a session's noise) before any party starts
-    spec.sum_plan(list(silos))  # the secure sums' public parameters (a keyless backend's threshold vs the silos)
+    sums = spec.sum_plan(list(silos))  # the secure sums' public parameters
+    if sums.keyless:
+        # a keyless backend's threshold and degree vs the silos, its ring bits: refused here, not
+        # in a party after local training (found by the bad-input sweep)
+        from fedsilo.protocols.horizontal.evaluation import input_size
+
+        try:
+            sums.spec(spec.update_length)
+            sums.spec(input_size(n_classes))
+        except ConfigError as exc:
+            raise ConfigError(f"key 'crypto.params': {exc}") from None
     try:  # the model every silo will build (an import path that does not load, bad params)
         build_model(model, n_features=n_features, n_classes=n_classes, seed=seed)
     except ConfigError as exc:

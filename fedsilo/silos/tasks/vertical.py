@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fedsilo.crypto.registry import get_backend
+from fedsilo.crypto.registry import get_backend, get_backend_class
 from fedsilo.errors import ConfigError
 from fedsilo.privacy.mechanisms import secure_rng
 from fedsilo.privacy.relations import REPLACE_RECORD
@@ -157,6 +157,14 @@ class VerticalTask(Task):
     def check(self, cfg: JobConfig, source: str) -> None:
         if cfg.model.kind == SECUREBOOST_KIND:  # gradient-boosted trees: fedsilo.silos.tasks.secureboost
             return SECUREBOOST.check(cfg, source)
+        caps = get_backend_class(cfg.crypto.backend).capabilities()
+        if caps.keyless or not caps.plaintext_matmul:
+            # refused here, not in a party at key generation (found by the bad-input sweep)
+            raise ConfigError(
+                f"{source}: key 'crypto.backend': {cfg.crypto.backend!r} has no matmul_plain"
+                f"{' (a keyless secure-sum backend)' if caps.keyless else ''}; vertical logistic regression needs "
+                "one: paillier or ckks"
+            )
         if cfg.model.kind not in _MODEL_KINDS:
             raise ConfigError(
                 f"{source}: key 'model.kind': a vertical job trains hetero logistic regression "
