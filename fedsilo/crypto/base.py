@@ -13,7 +13,13 @@ garbage, and bytes that do not parse raise :class:`~fedsilo.errors.CiphertextFor
 
 Vectors are 1-D float64 numpy arrays. ``matmul_plain(ct, M)`` computes ``v @ M`` for an
 encrypted ``v`` of length n and a plaintext (n, m) matrix: the ``X^T d`` of vertical logistic
-regression.
+regression. ``matmul_repeated(ct, M, repeat=r)`` computes the same product from an encryption of
+``np.repeat(v, r)``, the layout :meth:`CryptoBackend.matmul_repeat` asks a protocol to encrypt in
+when it can choose (a slot-packed scheme then needs one product and a few rotations instead of
+one rotate-and-sum per column); with ``r = 1`` it is ``matmul_plain``.
+
+A party that holds the secret key encrypts with ``encrypt_with_secret``: the same ciphertext for
+every other party, cheaper where the scheme has a secret-key form (CKKS: seeded, half the bytes).
 
 Protocols, the bench and the CLI never compare a backend's name. They ask the backend class:
 :meth:`CryptoBackend.params_for` gives the parameters a :data:`Use` needs (the backend's
@@ -50,6 +56,7 @@ __all__ = [
     "USES",
     "Use",
     "as_matrix",
+    "as_repeated_matrix",
     "as_vector",
     "broadcast_vector",
     "check_lengths",
@@ -130,6 +137,21 @@ def as_matrix(matrix: Any, rows: int) -> np.ndarray:
         raise ConfigError(f"plaintext matrix must have shape ({rows}, m), got {m.shape}")
     if not np.all(np.isfinite(m)):
         raise ConfigError("plaintext matrix contains NaN or infinite values")
+    return m
+
+
+def as_repeated_matrix(matrix: Any, *, length: int, repeat: Any) -> np.ndarray:
+    """The plaintext matrix of ``matmul_repeated`` for a ciphertext of ``length`` values that
+    holds each of ``length / repeat`` values ``repeat`` times: checked to have that many rows and,
+    for ``repeat > 1``, at most ``repeat`` columns (ConfigError naming what is wrong otherwise)."""
+    if isinstance(repeat, bool) or not isinstance(repeat, (int, np.integer)) or repeat < 1:
+        raise ConfigError(f"repeat must be an integer >= 1, got {repeat!r}")
+    repeat = int(repeat)
+    if length % repeat:
+        raise ConfigError(f"a ciphertext of {length} values cannot hold whole repeats of {repeat}")
+    m = as_matrix(matrix, length // repeat)
+    if repeat > 1 and m.shape[1] > repeat:
+        raise ConfigError(f"matmul_repeated gives at most repeat = {repeat} columns, the matrix has {m.shape[1]}")
     return m
 
 
@@ -353,6 +375,16 @@ class CryptoBackend(abc.ABC):
     def encrypt(self, public: PublicContext, values: Any) -> Ciphertext:
         """Encrypt a 1-D float vector."""
 
+    def encrypt_with_secret(self, secret: SecretKey, values: Any) -> Ciphertext:
+        """Encrypt as a holder of the secret key (a key holder's own inputs).
+
+        The result is an ordinary ciphertext under the key pair for every other party: it adds
+        to public-key ciphertexts and any key holder decrypts it. Default: :meth:`encrypt` under
+        ``secret.public()``; a scheme with a cheaper secret-key form overrides it (CKKS: seeded
+        RLWE, half the bytes on the wire).
+        """
+        return self.encrypt(secret.public(), values)
+
     @abc.abstractmethod
     def decrypt(self, secret: SecretKey, ct: Ciphertext) -> np.ndarray:
         """Decrypt to a float64 vector of ``ct.length`` values."""
@@ -373,6 +405,40 @@ class CryptoBackend(abc.ABC):
     @abc.abstractmethod
     def matmul_plain(self, a: Ciphertext, matrix: Any) -> Ciphertext:
         """Enc(v) @ M for plaintext M of shape (len(v), m): an encrypted vector of length m."""
+
+    def matmul_repeat(self, *, rows: int, columns: int) -> int:
+        """How many times :meth:`matmul_repeated` wants each value of ``v`` repeated in its
+        ciphertext for a product with a plaintext matrix of ``rows`` x ``columns``: the layout a
+        protocol encrypts ``v`` in when it can choose (vertical LR's residuals).
+
+        Default 1: no repetition, and ``matmul_repeated`` is ``matmul_plain``. A slot-packed
+        scheme returns a larger value when that makes encrypting the repeated vector and the
+        product cheaper (CKKS: a power of two >= ``columns``). A pure function of the backend's
+        parameters and the arguments, so every party derives the same layout.
+        """
+        return 1
+
+    def matmul_repeated(self, a: Ciphertext, matrix: Any, *, repeat: int) -> Ciphertext:
+        """``v @ M`` from ``a = Enc(np.repeat(v, repeat))``, for a plaintext ``M`` of shape
+        (len(v), m) with ``m <= repeat`` (any ``m`` for ``repeat = 1``): an encrypted vector of
+        length m, as ``matmul_plain`` of ``Enc(v)`` gives.
+
+        Default: ``matmul_plain`` of ``a`` with ``M`` spread over the repeated rows (row
+        ``i * repeat + j`` holds ``M[i, j]`` in column ``j``), correct for every backend with
+        ``matmul_plain``; with ``repeat = 1``, ``matmul_plain(a, M)`` itself. Backends that
+        return a larger :meth:`matmul_repeat` override it with their fast path.
+
+        Raises:
+            ConfigError: ``repeat`` is not an integer >= 1, ``a`` does not hold whole repeats,
+                or ``M`` has the wrong number of rows or more than ``repeat`` columns.
+        """
+        m = as_repeated_matrix(matrix, length=a.length, repeat=repeat)
+        if repeat == 1:
+            return self.matmul_plain(a, m)
+        rows, cols = m.shape
+        spread = np.zeros((rows, repeat, cols))
+        spread[:, np.arange(cols), np.arange(cols)] = m  # row i*repeat + j, column j: M[i, j]
+        return self.matmul_plain(a, spread.reshape(rows * repeat, cols))
 
     def sum(self, cts: Sequence[Ciphertext]) -> Ciphertext:
         """Sum of many ciphertexts (backends may override with something faster)."""

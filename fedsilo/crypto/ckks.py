@@ -14,7 +14,7 @@ profile    N      coeff_mod_bit_sizes scale depth  operations
 ========== ====== ================== ===== ====== =============================================
 aggregate  4096   [60, 49]           2^40  0      add, add_plain, sum (no rescaling needed)
 mul        8192   [60, 40, 60]       2^40  1      + mul_plain (scalar / vector)
-matmul     8192   [60, 40, 40, 60]   2^40  2      + matmul_plain (needs Galois keys)
+matmul     8192   [60, 40, 40, 60]   2^40  2      + matmul_plain, matmul_repeated (Galois keys)
 ========== ====== ================== ===== ====== =============================================
 
 All sit within the 128-bit security bounds of the HE standard (total modulus <= 109 bits for
@@ -71,6 +71,7 @@ from fedsilo.crypto.base import (
     SecretKey,
     Use,
     as_matrix,
+    as_repeated_matrix,
     as_vector,
     broadcast_vector,
     fingerprint_of,
@@ -320,6 +321,12 @@ def _vector_proto(ciphertext: bytes, *, size: int, scale: float) -> bytes:
     return b"".join(
         [b"\x0a", _varint(len(sizes)), sizes, b"\x12", _varint(len(ciphertext)), ciphertext, b"\x19", struct.pack("<d", scale)]
     )
+
+
+def _fold_available() -> bool:
+    """Whether :meth:`CKKSBackend.matmul_repeated`'s fast path can run here: it moves
+    ciphertexts between SEAL and TenSEAL through a Linux ``memfd`` (as seeded encryption does)."""
+    return hasattr(os, "memfd_create") and os.path.isdir("/proc/self/fd")
 
 
 class _MemFile:
@@ -1037,6 +1044,119 @@ class CKKSBackend(CryptoBackend):
             plain_operand=True,
             ops=self,
         )
+
+    # --- the packed product of vertical LR: matmul_repeated ------------------------------------
+    #: Relative costs behind :meth:`matmul_repeat`, in rotations at level 1 (N = 8192, measured,
+    #: docs/crypto.md "Packed product"): a plaintext product at level 0, and one more input chunk
+    #: for the protocol to encrypt, re-randomize, send and load.
+    _PRODUCT_COST: ClassVar[float] = 1.3
+    _CHUNK_COST: ClassVar[float] = 6.0
+
+    def matmul_repeat(self, *, rows: int, columns: int) -> int:
+        """The power of two ``w >= columns`` when :meth:`matmul_repeated` on ``Enc(np.repeat(v,
+        w))`` is cheaper than per-column :meth:`matmul_plain` on ``Enc(v)``, else 1.
+
+        Packed: ``ceil(rows * w / slots)`` products, ``log2(min(slots, rows * w) / w)``
+        rotations and one mask, plus the extra input chunks a protocol encrypts and sends.
+        Per column: ``columns`` rotate-and-sums over the slot ring (``log2(slots)`` rotations
+        each) and masks. 1 without Galois keys or depth 2, for a single column, for more
+        columns than slots, or where the fast path cannot run (no ``os.memfd_create``).
+        """
+        p = self.p
+        if columns < 2 or rows < 1 or not (p.galois and p.depth >= 2) or not _fold_available():
+            return 1
+        w = 1 << (int(columns) - 1).bit_length()
+        s = p.slots
+        if w > s:
+            return 1
+        chunks, plain_chunks = -(-rows * w // s), -(-rows // s)
+        span = min(s, 1 << (rows * w - 1).bit_length())
+        packed = math.log2(span // w) + 1 + chunks * self._PRODUCT_COST + (chunks - plain_chunks) * self._CHUNK_COST
+        per_column = columns * (plain_chunks * self._PRODUCT_COST + math.log2(s) + 1)
+        return w if packed < per_column else 1
+
+    def matmul_repeated(self, a: Ciphertext, matrix: Any, *, repeat: int) -> CKKSCiphertext:
+        """``v @ M`` from ``Enc(np.repeat(v, repeat))``: one plaintext product per chunk, the
+        chunks added, ``log2(span / repeat)`` rotate-and-adds, one mask.
+
+        Slot ``i * repeat + j`` holds ``v_i``; multiplied by ``M[i, j]`` (0 for ``j >= m``)
+        at level 1, the chunks summed, then rotations by ``repeat, 2 repeat, ...`` up to the
+        ``span`` the rows fill (a power of two, at most the slot count) leave
+        ``y_j = sum_i v_i M[i, j]`` in slot ``j``; a plaintext mask keeps slots ``0..m-1``
+        (level 2), so the result is an ordinary ciphertext of ``m`` values with zeros
+        elsewhere, as ``matmul_plain`` gives. ``repeat`` must be a power of two up to the slot
+        count for this path; any other value (and ``repeat = 1``, or no ``os.memfd_create``)
+        takes the interface's generic path. Needs Galois keys and depth 2 (profile 'matmul').
+        """
+        c = self._check_ct(a)
+        m = as_repeated_matrix(matrix, length=c.length, repeat=repeat)
+        r, s = int(repeat), self.p.slots
+        if r == 1 or r > s or r & (r - 1) or not _fold_available():
+            return super().matmul_repeated(c, m, repeat=r)  # type: ignore[return-value]
+        if not self.p.galois:
+            raise UnsupportedOperationError(
+                "ckks: matmul_repeated needs Galois (rotation) keys; create the backend with profile='matmul' "
+                "(galois=True; the public context grows to ~34 MB)"
+            )
+        self._check_depth(c, 2, "matmul_repeated")
+        rows, cols = m.shape
+        col_l1 = float(np.max(np.sum(np.abs(m), axis=0))) if m.size else 0.0
+        bound = c.bound * max(col_l1, 1.0)
+        self._check_capacity(bound, "matmul_repeated")
+        first, second = self._rescale_ratio(c.public, c.depth_used), self._rescale_ratio(c.public, c.depth_used + 1)
+        spread = np.zeros((rows, r))
+        spread[:, :cols] = m * first
+        acc = None
+        for chunk, part in zip(c.chunks, self._padded_chunks(spread.ravel())):
+            if not any(part):
+                continue
+            prod = self._call("matmul_repeated", chunk.mul, part)
+            if acc is None:
+                acc = prod
+            else:
+                self._call("matmul_repeated", acc.add_, prod)
+        if acc is None:  # no rows, no columns or an all-zero matrix
+            zeros = self.encrypt(c.public, np.zeros(cols))
+            return self._wrap(zeros, zeros.chunks, plain_operand=True, depth_used=c.depth_used + 2, bound=bound)
+        span = min(s, 1 << (rows * r - 1).bit_length())
+        folded = self._call("matmul_repeated", self._fold, acc, r, span, c.public)
+        keep = np.zeros(s)
+        keep[:cols] = second
+        out = self._call("matmul_repeated", folded.mul, keep.tolist())
+        return CKKSCiphertext(
+            chunks=[out],
+            length=cols,
+            public=c.public,
+            depth_used=c.depth_used + 2,
+            bound=bound,
+            plain_operand=True,
+            ops=self,
+        )
+
+    def _fold(self, vec: Any, stride: int, span: int, public: CKKSPublic) -> Any:
+        """``vec`` rotated-and-added by ``stride, 2 stride, ..., span / 2``: slot ``j < stride``
+        then holds the sum of slots ``j, j + stride, ... < span``.
+
+        TenSEAL's tensors expose no rotation, so SEAL's evaluator (``tenseal.sealapi``, on the
+        context's own SEAL context and Galois keys) rotates a copy of the chunk's ciphertext,
+        which comes back as a TenSEAL vector through an anonymous in-memory file (as the seeded
+        encryption does): one save and load per product, ~1 ms.
+        """
+        ctx = public.context
+        evaluator = sealapi.Evaluator(ctx.seal_context().data)
+        keys = ctx.galois_keys().data
+        (ct,) = vec.ciphertext()
+        rotated = sealapi.Ciphertext()
+        step = stride
+        while step < span:
+            evaluator.rotate_vector(ct, step, keys, rotated)
+            evaluator.add_inplace(ct, rotated)
+            step *= 2
+        with _MemFile("fedsilo-ckks-fold") as f:
+            ct.save(f.path)
+            raw = f.read()
+        proto = _vector_proto(raw, size=self.p.slots, scale=math.ldexp(1.0, self.p.scale_bits))
+        return ts.CKKSVector(data=_NativeVector(ctx.data, proto))
 
     # --- wire -------------------------------------------------------------------------------
     def _rerandomize(self, c: CKKSCiphertext) -> list[Any]:

@@ -454,3 +454,127 @@ def test_ckks_vs_tenseal_benchmark_rows():
     }
     with pytest.raises(ConfigError):
         measure_ckks_vs_tenseal(size=0)
+
+
+# --- matmul_repeated: the packed product of vertical LR -----------------------------------------
+@pytest.fixture(scope="module")
+def mm(keyset_factory):
+    return keyset_factory("ckks", profile="matmul")
+
+
+def _raw_slots(ks, ct) -> np.ndarray:
+    """Every slot of a one-chunk result, past its length too: what a key holder could read."""
+    (chunk,) = ct.chunks
+    return np.asarray(chunk.decrypt(ks.secret.secret_key()))
+
+
+repeated_cases = st.tuples(
+    st.integers(1, 600),  # rows: one to several ciphertexts of repeated values
+    st.integers(2, 70),  # columns
+    st.sampled_from([1.0, 100.0, 4000.0]),  # |v| up to the profile's value_bound
+    st.integers(0, 2**32 - 1),
+)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(repeated_cases)
+def test_matmul_repeated_stays_within_the_error_bound(mm, case):
+    """|Dec(matmul_repeated) - v @ M| <= error_bound * (1 + column L1 norm of M), slot by slot, and
+    nothing but the m results is in the ciphertext (the repeats of the fold are masked away)."""
+    rows, cols, scale, seed = case
+    b = mm.backend
+    rng = np.random.default_rng(seed)
+    repeat = 1 << (cols - 1).bit_length()
+    v = scale * rng.uniform(-1, 1, rows)
+    m = rng.uniform(-3, 3, (rows, cols)) / rows  # X^T d / n, as vertical LR computes it
+    ct = b.encrypt(mm.public, np.repeat(v, repeat))
+    out = b.matmul_repeated(ct, m, repeat=repeat)
+    assert out.length == cols and out.depth_used == 2 and len(out.chunks) == 1
+    bound = b.info().error_bound * (1 + np.abs(m).sum(axis=0))
+    got = b.decrypt(mm.secret, b.deserialize(mm.public, b.serialize(out)))
+    assert np.all(np.abs(got - v @ m) <= bound + 1e-12 * np.abs(v @ m))
+    assert np.max(np.abs(_raw_slots(mm, out)[cols:])) <= b.info().error_bound
+
+
+def test_matmul_repeat_picks_a_power_of_two_when_packing_pays(mm, mul):
+    b = mm.backend
+    slots = b.p.slots
+    assert b.matmul_repeat(rows=128, columns=7) == 8  # the bank example's guest: 6 features + intercept
+    assert b.matmul_repeat(rows=256, columns=51) == 64
+    assert b.matmul_repeat(rows=256, columns=64) == 64
+    assert b.matmul_repeat(rows=256, columns=1) == 1  # one column: nothing to pack
+    assert b.matmul_repeat(rows=256, columns=slots + 1) == 1  # more columns than slots
+    assert mul.backend.matmul_repeat(rows=256, columns=8) == 1  # no Galois keys, no depth 2
+    for rows in (1, 100, 4096, 10_000):
+        r = b.matmul_repeat(rows=rows, columns=5)
+        assert r in (1, 8)
+
+
+def test_matmul_repeated_is_matmul_plain_of_the_unrepeated_vector(mm):
+    b = mm.backend
+    rng = np.random.default_rng(31)
+    v, m = rng.uniform(-1, 1, 300), rng.uniform(-1, 1, (300, 5)) / 300
+    packed = b.decrypt(mm.secret, b.matmul_repeated(b.encrypt(mm.public, np.repeat(v, 8)), m, repeat=8))
+    plain = b.decrypt(mm.secret, b.matmul_plain(b.encrypt(mm.public, v), m))
+    assert np.max(np.abs(packed - plain)) <= 2 * b.info().error_bound * (1 + np.abs(m).sum(axis=0).max())
+    # repeat 1 is matmul_plain itself; a repeat that is not a power of two takes the generic path
+    one = b.decrypt(mm.secret, b.matmul_repeated(b.encrypt(mm.public, v), m, repeat=1))
+    three = b.decrypt(mm.secret, b.matmul_repeated(b.encrypt(mm.public, np.repeat(v, 6)), m, repeat=6))
+    for got in (one, three):
+        assert np.max(np.abs(got - v @ m)) <= b.info().error_bound * (1 + np.abs(m).sum(axis=0).max())
+
+
+def test_matmul_repeated_results_are_ordinary_ciphertexts(mm):
+    """The result adds to fresh ciphertexts, takes a plaintext offset (the protocol's mask), is
+    re-randomized before it leaves, and works on seeded secret-key input."""
+    b = mm.backend
+    rng = np.random.default_rng(32)
+    v, m = rng.uniform(-1, 1, 200), rng.uniform(-1, 1, (200, 6)) / 200
+    for ct in (b.encrypt(mm.public, np.repeat(v, 8)), b.encrypt_with_secret(mm.secret, np.repeat(v, 8))):
+        g = b.matmul_repeated(ct, m, repeat=8)
+        mask = rng.uniform(-2048, 2048, 6)
+        sent = b.add_plain(b.add(g, b.encrypt(mm.public, np.ones(6))), mask)
+        assert sent.plain_operand and b.serialize(sent) != b.serialize(sent)
+        got = b.decrypt(mm.secret, b.deserialize(mm.public, b.serialize(sent)))
+        assert np.max(np.abs(got - (v @ m + 1 + mask))) < 1e-4
+        assert np.max(np.abs(_raw_slots(mm, sent)[6:])) <= b.info().error_bound
+
+
+def test_matmul_repeated_refuses_bad_shapes_levels_and_magnitudes(mm, mul, keyset_factory):
+    b = mm.backend
+    ct = b.encrypt(mm.public, np.repeat(np.ones(10), 4))
+    with pytest.raises(ConfigError, match="whole repeats"):
+        b.matmul_repeated(ct, np.ones((10, 3)), repeat=3)  # 40 values are not whole repeats of 3
+    with pytest.raises(ConfigError, match="shape"):
+        b.matmul_repeated(ct, np.ones((9, 3)), repeat=4)
+    with pytest.raises(ConfigError, match="at most repeat = 4 columns"):
+        b.matmul_repeated(ct, np.ones((10, 5)), repeat=4)
+    for bad in (0, -2, 2.0, True):
+        with pytest.raises(ConfigError, match="repeat"):
+            b.matmul_repeated(ct, np.ones((10, 1)), repeat=bad)
+    used = b.matmul_repeated(ct, np.ones((10, 2)) / 10, repeat=4)
+    with pytest.raises(UnsupportedOperationError, match="matmul_repeated"):
+        b.matmul_repeated(b.mul_plain(b.encrypt(mm.public, np.ones(8)), 0.5), np.ones((2, 2)), repeat=4)
+    with pytest.raises(UnsupportedOperationError):
+        b.matmul_repeated(used, np.ones((1, 1)), repeat=2)
+    with pytest.raises(UnsupportedOperationError, match="Galois"):
+        mul.backend.matmul_repeated(mul.backend.encrypt(mul.public, np.ones(8)), np.ones((2, 2)), repeat=4)
+    # a column L1 norm that could wrap CKKS is refused, showing powers of two only
+    with pytest.raises(EncodingOverflowError, match=r"2\^") as info:
+        b.matmul_repeated(ct, np.full((10, 2), 1e5 + 0.123), repeat=4)
+    assert "0.123" not in str(info.value) and "100000" not in str(info.value)
+    # zero rows or an all-zero matrix: an encryption of zeros
+    zero = b.matmul_repeated(ct, np.zeros((10, 3)), repeat=4)
+    assert np.max(np.abs(b.decrypt(mm.secret, zero))) <= b.info().error_bound and zero.length == 3
+
+
+def test_matmul_repeated_without_memfd_takes_the_generic_path(mm, monkeypatch):
+    from fedsilo.crypto import ckks
+
+    monkeypatch.setattr(ckks, "_fold_available", lambda: False)
+    b = mm.backend
+    assert b.matmul_repeat(rows=100, columns=5) == 1  # a protocol then sends plain vectors
+    rng = np.random.default_rng(33)
+    v, m = rng.uniform(-1, 1, 50), rng.uniform(-1, 1, (50, 3)) / 50
+    out = b.decrypt(mm.secret, b.matmul_repeated(b.encrypt(mm.public, np.repeat(v, 4)), m, repeat=4))
+    assert np.max(np.abs(out - v @ m)) <= b.info().error_bound * (1 + np.abs(m).sum(axis=0).max())

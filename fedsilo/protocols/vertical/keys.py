@@ -2,6 +2,8 @@
 
 * :class:`Keys` and :func:`setup_keys` — the few recipes on top of the backend, and who holds
   which key (the arbiter's, or in the two-party topology each party's own);
+* :class:`Packing` — how a step's residual vectors are laid out in their ciphertexts, so that
+  each party's ``X_pᵀd`` is one ``matmul_repeated`` (one product and a few rotations on CKKS);
 * :func:`capped_mask_scale` — the scale ``M`` of the uniform masks, and what they leak;
 * :func:`draw_share`, :func:`noise_shares`, :func:`own_share`, :func:`decrypt_for_peer` — every
   party's noise share of every gradient (:meth:`.taylor.DpPlan.share_sigma`), so that no
@@ -32,6 +34,7 @@ __all__ = [
     "Keys",
     "NoiseDraw",
     "NoiseTap",
+    "Packing",
     "PartyKeys",
     "capped_mask_scale",
     "decrypt_for_peer",
@@ -55,28 +58,80 @@ class Keys:
         self.secret = secret
 
     def enc(self, values: np.ndarray) -> Ciphertext:
-        """Encrypt ``values`` (as float64) under this public key."""
-        return self.backend.encrypt(self.public, np.asarray(values, dtype=np.float64))
+        """Encrypt ``values`` (as float64) under this key: with the secret key where this party
+        holds it (two-party, its own inputs; on CKKS a seeded ciphertext of half the bytes), else
+        under the public key. Either way an ordinary ciphertext for its receiver."""
+        values = np.asarray(values, dtype=np.float64)
+        if self.secret is not None:
+            return self.backend.encrypt_with_secret(self.secret, values)
+        return self.backend.encrypt(self.public, values)
 
     def ser(self, ct: Ciphertext) -> bytes:
         """The wire form of ``ct``."""
         return self.backend.serialize(ct)
 
-    def de(self, data: Any, *, sender: str) -> Ciphertext:
-        """A ciphertext under this key from ``sender``'s wire bytes.
+    def de(self, data: Any, *, sender: str, length: int | None = None) -> Ciphertext:
+        """A ciphertext under this key from ``sender``'s wire bytes (of ``length`` values, if given).
 
         Raises:
-            ProtocolError: ``data`` is not bytes.
+            ProtocolError: ``data`` is not bytes, or holds another number of values than ``length``.
         """
         if not isinstance(data, bytes):
             raise ProtocolError(f"expected a ciphertext from {sender!r}, got {type(data).__name__}")
-        return self.backend.deserialize(self.public, data)
+        ct = self.backend.deserialize(self.public, data)
+        if length is not None and ct.length != length:
+            raise ProtocolError(
+                f"the ciphertext from {sender!r} holds {ct.length} values, expected {length} (another batch or layout?)"
+            )
+        return ct
 
     def dec(self, ct: Ciphertext) -> np.ndarray:
         """Decrypt ``ct`` (only the key holder can)."""
         if self.secret is None:  # pragma: no cover - programming error
             raise ProtocolError("this party holds no secret key")
         return self.backend.decrypt(self.secret, ct)
+
+
+@dataclass(frozen=True, slots=True)
+class Packing:
+    """How one step's residual vectors (``[[b_h]]``, ``[[a]]``, ``[[d]]`` and the loss prefix)
+    are laid out in their ciphertexts: each of the batch's ``rows`` values ``repeat`` times in a
+    row, as the backend's ``matmul_repeat`` asks (CKKS: a power of two at least the longest
+    gradient; Paillier and ``plain``: 1, the plain vector), so that each party's ``X_pᵀd`` is one
+    ``matmul_repeated``. Every party derives it from public values, the batch size and the data
+    parties' gradient lengths (:meth:`for_step`), and checks the length of what it receives.
+
+    The layout changes no value anyone decrypts: gradients come out as ``m_p`` values as before,
+    under the same masks and noise shares.
+    """
+
+    rows: int
+    repeat: int = 1
+
+    @classmethod
+    def for_step(cls, backend: CryptoBackend, *, rows: int, dims: Mapping[str, int]) -> "Packing":
+        """The layout of a step of ``rows`` rows, for gradients of the lengths in ``dims``."""
+        return cls(rows, backend.matmul_repeat(rows=rows, columns=max(dims.values())))
+
+    @property
+    def length(self) -> int:
+        """Values in a residual ciphertext of this layout."""
+        return self.rows * self.repeat
+
+    def spread(self, values: np.ndarray) -> np.ndarray:
+        """``values`` (one per row of the batch) in this layout: each repeated ``repeat`` times."""
+        return np.repeat(np.asarray(values, dtype=np.float64), self.repeat)
+
+    def first(self, values: np.ndarray) -> np.ndarray:
+        """``values`` in the first of each row's ``repeat`` slots, zeros elsewhere: a dot product
+        with a ciphertext in this layout counts each row once (the loss terms)."""
+        out = np.zeros(self.length)
+        out[:: self.repeat] = values
+        return out
+
+    def product(self, backend: CryptoBackend, d: Ciphertext, matrix: np.ndarray) -> Ciphertext:
+        """``[[d]] @ matrix`` (``matrix``: one row per row of the batch) for ``[[d]]`` in this layout."""
+        return backend.matmul_repeated(d, matrix, repeat=self.repeat)
 
 
 @dataclass(frozen=True, slots=True)

@@ -61,15 +61,20 @@ KEY = "vlr/key"
 #: sizes only); to both after the last epoch: ``{"stop": True}``
 EPOCH = "vlr/epoch"
 #: host → guest, per step: ``{"ct": [[b_h]], "sq"?: [[‖b_h‖²/R]]}`` (``sq`` only when the loss is
-#: tracked), under the arbiter's key, or (two-party) the host's own
+#: tracked), under the arbiter's key, or (two-party) the host's own. ``[[b_h]]``, like every
+#: residual ciphertext below, holds the batch's ``n_b`` values each repeated ``repeat`` times
+#: (:class:`.keys.Packing`, from the backend's ``matmul_repeat``: 1 for Paillier and ``plain``),
+#: ``n_b · repeat`` values; a receiver refuses any other length
 PARTIAL = "vlr/partial"
-#: guest → host, per step: ``{"ct": [[·]], "prefix"?: [[Σ_{h'<h} b_h']]}``; with an arbiter ``ct``
-#: is the whole residual ``[[d]]`` (and ``prefix``, for the loss, goes to the 2nd host on);
-#: two-party it is the guest's part ``[[a]]`` under the guest's own key (the host adds ``b``)
+#: guest → host, per step: ``{"ct": [[·]], "prefix"?: [[Σ_{h'<h} b_h']]}`` (in the step's layout);
+#: with an arbiter ``ct`` is the whole residual ``[[d]]`` (and ``prefix``, for the loss, goes to
+#: the 2nd host on); two-party it is the guest's part ``[[a]]`` under the guest's own key (the
+#: host adds ``b``)
 RESIDUAL = "vlr/residual"
 #: host → guest, per step (loss tracked, arbiter, 2nd host on): ``[[2 prefix·b_h / R]]``
 CROSS = "vlr/cross"
-#: party → key holder (the arbiter; two-party, the other party), per step: ``[[g_p + m_p (+ n_pp)]]``
+#: party → key holder (the arbiter; two-party, the other party), per step: ``[[g_p + m_p (+ n_pp)]]``,
+#: ``m_p`` values whatever the residuals' layout
 GRAD = "vlr/grad"
 #: party → arbiter, per step (DP, arbiter only): ``{owner: [[n_qp]]}``, one noise share per other
 #: data party (two-party, the key holder adds its share itself before decrypting: no message)

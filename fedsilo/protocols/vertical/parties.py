@@ -27,6 +27,13 @@ encryption under p's key, and each party decrypts only the other's masked gradie
                                                                      -- z_p     -->  p
     party p : g_p = z_p − m_p;  w_p ← w_p − lr_e (g_p + λ w_p)
 
+Every residual ciphertext of a step (``[[b_h]]``, ``[[a]]``, ``[[d]]``) holds the batch's values
+in the layout the backend asks for (:class:`.keys.Packing`: on CKKS each value repeated over a
+power of two of slots at least the longest gradient), and ``[[d]] @ X_p`` is the backend's
+``matmul_repeated``: on CKKS one plaintext product per ciphertext and a few rotations instead of
+one rotate-and-sum per feature. Gradients, masks and noise shares are the plain ``m_p``-value
+vectors whatever the layout.
+
 The message kinds and their payloads are listed in :mod:`.messages`; who learns what, and the
 DP accounting, in :mod:`.lr`.
 """
@@ -57,6 +64,7 @@ from fedsilo.protocols.vertical.data import check_bounds
 from fedsilo.protocols.vertical.keys import (
     Keys,
     NoiseTap,
+    Packing,
     PartyKeys,
     capped_mask_scale,
     decrypt_for_peer,
@@ -133,6 +141,10 @@ class _Run:
     def others(self) -> tuple[str, ...]:
         """The other data parties: whose gradients this party adds noise shares to."""
         return tuple(p for p in self.topology.data_parties if p != self.me)
+
+    def packing(self, rows: int) -> Packing:
+        """The layout of a step's residual ciphertexts (every party derives the same one)."""
+        return Packing.for_step(self.backend, rows=rows, dims=self.dims)
 
     @property
     def own(self) -> Keys:
@@ -367,24 +379,24 @@ def _guest_step_arbiter(
     """The guest's step with an arbiter: ``[[d]] = Σ_h [[b_h]] + a`` to every host, its masked
     gradient (and noise shares) to the arbiter, the loss terms; the arbiter's answer."""
     ch, backend, k = run.channel, run.backend, run.keys.grad
-    hosts, a = run.topology.hosts, part
+    hosts, a, pk = run.topology.hosts, part, run.packing(xb.shape[0])
     parts = gather_all(ch, hosts, PARTIAL, round=round, timeout=run.timeout)
-    cts = [k.de(parts[h].get("ct"), sender=h) for h in hosts]
+    cts = [k.de(parts[h].get("ct"), sender=h, length=pk.length) for h in hosts]
     b_sum = backend.sum(cts)
-    d = backend.add_plain(b_sum, a)
+    d = backend.add_plain(b_sum, pk.spread(a))
     for j, h in enumerate(hosts):
         msg: dict[str, Any] = {"ct": k.ser(d)}
         if run.track_loss and j > 0:
             msg["prefix"] = k.ser(backend.sum(cts[:j]))
         ch.send(h, RESIDUAL, msg, round=round)
-    g = backend.add_plain(backend.matmul_plain(d, xb / norm), offset)
+    g = backend.add_plain(pk.product(backend, d, xb / norm), offset)
     _grad_to_arbiter(run, g, norm=norm, round=round)
     if run.track_loss:
-        term = guest_loss_term(backend, b_sum, a, rows=epoch.rows)
-        term = backend.sum([term] + [k.de(parts[h].get("sq"), sender=h) for h in hosts])
+        term = guest_loss_term(backend, b_sum, pk.first(a), rows=epoch.rows)
+        term = backend.sum([term] + [k.de(parts[h].get("sq"), sender=h, length=1) for h in hosts])
         if len(hosts) > 1:
             cross = gather_all(ch, hosts[1:], CROSS, round=round, timeout=run.timeout)
-            term = backend.sum([term] + [k.de(cross[h], sender=h) for h in hosts[1:]])
+            term = backend.sum([term] + [k.de(cross[h], sender=h, length=1) for h in hosts[1:]])
         accumulate(backend, epoch.loss, term)
     return ch.recv(run.holder, PLAIN, round=round, timeout=run.timeout)
 
@@ -396,15 +408,16 @@ def _guest_step_two_party(
     gradient from ``[[b]]`` under the host's key, the loss terms; then the two decryptions."""
     ch, backend, own, peer = run.channel, run.backend, run.own, run.keys.grad
     (host,) = run.topology.hosts
-    a = part
-    ch.send(host, RESIDUAL, {"ct": own.ser(own.enc(a))}, round=round)
+    a, pk = part, run.packing(xb.shape[0])
+    ch.send(host, RESIDUAL, {"ct": own.ser(own.enc(pk.spread(a)))}, round=round)
     partial_msg = ch.recv(host, PARTIAL, round=round, timeout=run.timeout)
-    b = peer.de(partial_msg.get("ct"), sender=host)
-    d = backend.add_plain(b, a)
-    g = backend.add_plain(backend.matmul_plain(d, xb / norm), offset)
+    b = peer.de(partial_msg.get("ct"), sender=host, length=pk.length)
+    d = backend.add_plain(b, pk.spread(a))
+    g = backend.add_plain(pk.product(backend, d, xb / norm), offset)
     ch.send(host, GRAD, peer.ser(g), round=round)
     if run.track_loss:
-        term = backend.add(guest_loss_term(backend, b, a, rows=epoch.rows), peer.de(partial_msg.get("sq"), sender=host))
+        term = backend.add(guest_loss_term(backend, b, pk.first(a), rows=epoch.rows),
+                           peer.de(partial_msg.get("sq"), sender=host, length=1))
         accumulate(backend, epoch.loss, term)
     return _swap_decryptions(run, peer=host, norm=norm, round=round)
 
@@ -508,11 +521,11 @@ def _host_residual(logits: np.ndarray, idx: np.ndarray) -> np.ndarray:
     return host_residual_part(logits=logits)
 
 
-def _host_partial(run: _Run, k: Keys, b: np.ndarray, epoch: _Epoch, *, round: int) -> dict[str, Any]:
-    """A host's ``[[b]]`` (and, loss tracked, ``[[‖b‖²/R]]``) under ``k`` to the guest; the
-    guest's RESIDUAL in return."""
+def _host_partial(run: _Run, k: Keys, b: np.ndarray, pk: Packing, epoch: _Epoch, *, round: int) -> dict[str, Any]:
+    """A host's ``[[b]]`` in the step's layout ``pk`` (and, loss tracked, ``[[‖b‖²/R]]``) under
+    ``k`` to the guest; the guest's RESIDUAL in return."""
     ch, guest = run.channel, run.topology.guest
-    msg: dict[str, Any] = {"ct": k.ser(k.enc(b))}
+    msg: dict[str, Any] = {"ct": k.ser(k.enc(pk.spread(b)))}
     if run.track_loss:
         msg["sq"] = k.ser(k.enc(square_term(b, rows=epoch.rows)))
     ch.send(guest, PARTIAL, msg, round=round)
@@ -530,13 +543,14 @@ def _host_step_arbiter(
     guest's ``[[d]]`` (and noise shares) to the arbiter, the loss cross term if ``cross``; the
     arbiter's answer."""
     backend, k, guest, b = run.backend, run.keys.grad, run.topology.guest, part
-    res = _host_partial(run, k, b, epoch, round=round)
-    d = k.de(res.get("ct"), sender=guest)
-    g = backend.add_plain(backend.matmul_plain(d, xb / norm), offset)
+    pk = run.packing(xb.shape[0])
+    res = _host_partial(run, k, b, pk, epoch, round=round)
+    d = k.de(res.get("ct"), sender=guest, length=pk.length)
+    g = backend.add_plain(pk.product(backend, d, xb / norm), offset)
     _grad_to_arbiter(run, g, norm=norm, round=round)
     if cross:
-        prefix = k.de(res.get("prefix"), sender=guest)
-        run.channel.send(guest, CROSS, k.ser(cross_term(backend, prefix, b, rows=epoch.rows)), round=round)
+        prefix = k.de(res.get("prefix"), sender=guest, length=pk.length)
+        run.channel.send(guest, CROSS, k.ser(cross_term(backend, prefix, pk.first(b), rows=epoch.rows)), round=round)
     return run.channel.recv(run.holder, PLAIN, round=round, timeout=run.timeout)
 
 
@@ -546,10 +560,11 @@ def _host_step_two_party(
     """The host's step without an arbiter: ``[[b]]`` under its own key to the guest, its masked
     gradient from the guest's ``[[a]]`` (under the guest's key); then the two decryptions."""
     backend, peer, guest, b = run.backend, run.keys.grad, run.topology.guest, part
-    res = _host_partial(run, run.own, b, epoch, round=round)
-    a = peer.de(res.get("ct"), sender=guest)
-    d = backend.add_plain(a, b)
-    g = backend.add_plain(backend.matmul_plain(d, xb / norm), offset)
+    pk = run.packing(xb.shape[0])
+    res = _host_partial(run, run.own, b, pk, epoch, round=round)
+    a = peer.de(res.get("ct"), sender=guest, length=pk.length)
+    d = backend.add_plain(a, pk.spread(b))
+    g = backend.add_plain(pk.product(backend, d, xb / norm), offset)
     run.channel.send(guest, GRAD, peer.ser(g), round=round)
     return _swap_decryptions(run, peer=guest, norm=norm, round=round)
 
