@@ -360,6 +360,7 @@ def test_bad_engine_settings_are_config_errors(kwargs: dict[str, Any], match: st
 
 
 @pytest.mark.slow
+@pytest.mark.exclusive  # run alone by make test (memory)
 @pytest.mark.timeout(900)  # ~4-5 minutes on 2 free cores; the engine's own start-up deadline is 630 s
 def test_fifty_silos_complete_a_horizontal_job_through_the_cli(tmp_path: Path) -> None:
     """The acceptance test of the ray engine: ``fedsilo simulate --engine ray`` with 50 silos
