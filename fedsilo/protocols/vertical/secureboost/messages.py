@@ -13,13 +13,12 @@ for TREE ``{"stop": True}`` and IMPORTANCE; then one round per level of the join
 """
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
-from fedsilo.errors import PeerTimeoutError, ProtocolError
-from fedsilo.protocols.channel import Channel
+from fedsilo.errors import ProtocolError
+from fedsilo.protocols.vertical.messages import gather_all  # one helper for both vertical protocols
 
 __all__ = [
     "HELLO",
@@ -81,19 +80,6 @@ MESSAGE_KINDS = (HOLDOUT, HELLO, SETUP, TREE, LEVEL, HIST, SPLIT, PARTITION, IMP
 # ------------------------------------------------------------------------------ receiving and checking
 
 
-def gather_all(ch: Channel, senders: Sequence[str], kind: str, *, round: int, timeout: float) -> dict[str, Any]:
-    """One ``kind`` message from every one of ``senders`` in ``round``, by sender.
-
-    Raises:
-        PeerTimeoutError: some sender sent nothing within ``timeout`` seconds.
-    """
-    got = ch.gather(senders, kind, round=round, timeout=timeout)
-    missing = sorted(set(senders) - set(got))
-    if missing:
-        raise PeerTimeoutError(
-            f"{ch.party}: no {kind!r} from {', '.join(map(repr, missing))} for round {round} within {timeout:g}s"
-        )
-    return got
 
 
 def int_array(value: Any, *, who: str, what: str) -> np.ndarray:
