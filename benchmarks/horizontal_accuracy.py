@@ -52,7 +52,7 @@ from fedsilo.silos.tasks.horizontal import evaluate  # noqa: E402
 from fedsilo.protocols.horizontal.training import LocalConfig, train_local  # noqa: E402
 from fedsilo.silos.config import JobConfig, apply_overrides, load_config  # noqa: E402
 from fedsilo.silos.runner import budgets_for
-from fedsilo.silos.tasks.horizontal import HorizontalData, prepare_horizontal  # noqa: E402
+from fedsilo.silos.tasks.horizontal import HorizontalData, baselines, prepare_horizontal  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "hospitals_horizontal"
@@ -94,16 +94,9 @@ def _federated(cfg: JobConfig, data: HorizontalData, *, privacy: dict[str, Any] 
 
 
 def _central(cfg: JobConfig, data: HorizontalData) -> dict[str, float]:
-    """The same model and trainer on the pooled training rows (rounds × local_epochs epochs)."""
-    x = np.vstack([x for x, _ in data.silos.values()])
-    y = np.concatenate([y for _, y in data.silos.values()])
-    spec = cfg.model
-    model = build_model(spec, n_features=x.shape[1], n_classes=2, seed=cfg.federation.seed)
-    local = LocalConfig.from_sections(cfg.training, epochs=cfg.training.rounds * cfg.training.local_epochs)
-    p0 = get_flat_params(model)
-    out = train_local(model, x, y, global_params=p0, config=local, n_classes=2, seed=cfg.federation.seed)
-    pooled = (np.vstack([t[0] for t in data.tests.values()]), np.concatenate([t[1] for t in data.tests.values()]))
-    m = evaluate(spec, p0 + out.update, *pooled, n_features=x.shape[1], n_classes=2)
+    """The same model and trainer on the pooled training rows (rounds × local_epochs epochs):
+    the ``central`` row of ``fedsilo simulate``'s baselines block."""
+    m = baselines(cfg.model, cfg.training, data.silos, data.tests, n_classes=2, seed=cfg.federation.seed)["central"]
     return {"accuracy": m["accuracy"], "auc": m["auc"], "epsilon": float("nan")}
 
 
@@ -130,7 +123,7 @@ def rows() -> list[Row]:
 
     def privacy(cfg: JobConfig, **over: Any) -> dict[str, Any]:
         assert cfg.privacy is not None
-        return {**cfg.privacy.model_dump(), **over}
+        return {**cfg.privacy.model_dump(exclude_unset=True), **over}  # keys the file set (unset ones may be refused)
 
     def central(seed: int) -> dict[str, float]:
         return _central(*record_cfg(seed))

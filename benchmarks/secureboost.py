@@ -18,6 +18,7 @@ finding, messages). Bytes: every message of one tree.
     .venv/bin/python benchmarks/secureboost.py              # 10^4 and 10^5 rows; writes the "secureboost" section
     .venv/bin/python benchmarks/secureboost.py --quick      # 2 000 rows, prints only
     .venv/bin/python benchmarks/secureboost.py --rows 100000 --workers 2 --settings "paillier packed"   # the pool, prints only
+    .venv/bin/python benchmarks/secureboost.py --quick --objective squared_error   # regression (y = x·w + noise), prints only
 """
 from __future__ import annotations
 
@@ -83,16 +84,21 @@ class _Clock:
         return saved
 
 
-def one_run(setting: str, *, rows: int, trees: int, workers: int, seed: int = 0) -> dict[str, Any]:
+def one_run(setting: str, *, rows: int, trees: int, workers: int, seed: int = 0,
+            objective: str = "log_loss") -> dict[str, Any]:
     backend, params = SETTINGS[setting]
     if backend == "paillier":
         params = {**params, "workers": workers}
     rng = np.random.default_rng(seed)
     x = rng.normal(size=(rows, FEATURES))
     w = rng.normal(size=FEATURES)
-    y = (rng.random(rows) < 1 / (1 + np.exp(-(x @ w) / 2))).astype(np.float64)
+    if objective == "log_loss":
+        y = (rng.random(rows) < 1 / (1 + np.exp(-(x @ w) / 2))).astype(np.float64)
+    else:
+        y = x @ w + rng.normal(size=rows)
     train, test = np.arange(rows), np.zeros(0, dtype=np.int64)
-    cfg = BoostConfig.from_section(ModelSection(kind="secureboost", trees=trees, depth=DEPTH, bins=BINS), timeout=3600.0)
+    cfg = BoostConfig.from_section(ModelSection(kind="secureboost", trees=trees, depth=DEPTH, bins=BINS, objective=objective),
+                                   timeout=3600.0)
     crypto = CryptoSettings.from_params(backend, params)
     host_bins = fit_binning(x, train, [f"x{j}" for j in range(FEATURES)], bins=BINS, bounds={}, required=False, source="h")
     guest_bins = fit_binning(np.zeros((rows, 0)), train, [], bins=BINS, bounds={}, required=False, source="g")
@@ -137,6 +143,8 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="crypto pool processes (1: CPU times are exact)")
     ap.add_argument("--settings", nargs="*", choices=list(SETTINGS), default=None,
                     help="only these settings (prints only; plain is always run for the ratios)")
+    ap.add_argument("--objective", choices=["log_loss", "squared_error"], default="log_loss",
+                    help="the loss (squared_error: a regression target; prints only)")
     args = ap.parse_args()
     chosen = ["plain", *[s for s in (args.settings or SETTINGS) if s != "plain"]]
     grid = [2000] if args.quick else (args.rows or [10_000, 100_000])
@@ -157,7 +165,7 @@ def main() -> None:
         base: dict[str, float] = {}
         for setting in chosen:
             print(f"{rows} rows, {setting} ...", flush=True)
-            r = one_run(setting, rows=rows, trees=args.trees, workers=args.workers)
+            r = one_run(setting, rows=rows, trees=args.trees, workers=args.workers, objective=args.objective)
             base.setdefault(setting.split()[-1] if setting != "plain" else "plain", r["cpu"])
             st = r["steps"]
             rest = r["cpu"] - sum(st.values())
@@ -175,7 +183,7 @@ def main() -> None:
     ]
     text = "\n".join(lines)
     print(text)
-    if not args.quick and args.settings is None and args.workers == 1:
+    if not args.quick and args.settings is None and args.workers == 1 and args.objective == "log_loss":
         write_section("secureboost", text)
 
 

@@ -11,10 +11,11 @@ Two tables:
 * **before / after** (10^4 rows x 10 and x 100 features, both measured in full in this run):
   ``before`` is CKKS with the residuals as plain vectors and ``X_p^T d`` by per-column
   ``matmul_plain`` (a backend whose ``matmul_repeat`` is 1: exactly the protocol's path before
-  ``matmul_repeated``), ``after`` the packed layout and ``matmul_repeated``; plus ``after`` at
-  larger batches (``--batches``, default 512 — at 10 features the batch whose repeated residuals
-  fill one ciphertext's 4,096 slots — and 2,048), a training setting the user chooses (it changes
-  the steps per epoch, not the DP accounting: docs/vertical.md).
+  ``matmul_repeated``), ``after`` the packed layout and ``matmul_repeated``; plus ``after`` with
+  ``[training] fill_slots = true`` (the batch whose repeated residuals fill one ciphertext's 4,096
+  slots: 512 rows at 10 features, 64 at 100) and at larger batches (``--batches``, default
+  2,048), training settings the user chooses (they change the steps per epoch, not the DP
+  accounting: docs/vertical.md).
 * **grid** (10^3..10^5 rows): plain, CKKS (packed) and Paillier. The cost of an epoch is linear
   in the number of steps (rows / batch) — every step has the same shape — so where a full epoch
   would take minutes it is measured on fewer rows and scaled linearly; such cells are marked "~".
@@ -22,6 +23,7 @@ Two tables:
 
     .venv/bin/python benchmarks/vertical_lr.py            # writes the "vertical_lr" section
     .venv/bin/python benchmarks/vertical_lr.py --quick    # before/after at 10^4 rows only, prints only
+    .venv/bin/python benchmarks/vertical_lr.py --quick --features 10   # the 10-feature row only
 """
 from __future__ import annotations
 
@@ -75,15 +77,17 @@ def build(name: str, params: dict[str, Any]) -> CryptoBackend:
         return get_backend(name, **backend_params_for(name, params))
 
 
-def epoch(backend: CryptoBackend, *, rows: int, features: int, batch: int = BATCH, seed: int = 0) -> dict[str, float]:
-    """Seconds and wire bytes of one epoch (after key set-up), and key set-up seconds."""
+def epoch(backend: CryptoBackend, *, rows: int, features: int, batch: int | str = BATCH, seed: int = 0) -> dict[str, float]:
+    """Seconds and wire bytes of one epoch (after key set-up), and key set-up seconds;
+    ``batch = "fill"``: ``[training] fill_slots = true``."""
     rng = np.random.default_rng(seed)
     fg, fh = features - features // 2, features // 2
     xg, xh = rng.normal(size=(rows, fg)), rng.normal(size=(rows, fh))
     w = rng.normal(size=features) / math.sqrt(features)
     y = (rng.random(rows) < 1 / (1 + np.exp(-(np.hstack([xg, xh]) @ w)))).astype(float)
     top = Topology(guest="g", hosts=("h",), arbiter="a")
-    cfg = TrainingConfig.from_sections(TrainingSection(rounds=1, batch_size=batch, lr=0.3), timeout=3600)
+    section = TrainingSection(rounds=1, lr=0.3, **({"fill_slots": True} if batch == "fill" else {"batch_size": batch}))
+    cfg = TrainingConfig.from_sections(section, timeout=3600)
     hub = InProcessHub("bench", ["g", "h", "a"])
     marks: dict[str, Any] = {}
     start = time.perf_counter()
@@ -120,22 +124,29 @@ def epoch(backend: CryptoBackend, *, rows: int, features: int, batch: int = BATC
 
 
 def before_after(*, rows: int, features: int, batches: list[int], repeats: int) -> dict[str, Any]:
-    """Seconds per epoch: per-column (before), packed (after), packed at each of ``batches``;
+    """Seconds per epoch: per-column (before), packed (after), packed with ``fill_slots`` and at
+    each of ``batches``;
     each the fastest of ``repeats`` runs, the variants alternating (the machine is shared); and
     the epoch's training loss against ``plain`` on the same batches (the masks cancel exactly)."""
     ckks = build("ckks", {})
     before = PerColumnCKKS(**ckks.params())
-    variants = {"before": (before, BATCH), "after": (ckks, BATCH), **{f"batch {b:,}": (ckks, b) for b in batches}}
+    dims = features - features // 2 + 1  # the guest's gradient: its features and the intercept
+    fill = ckks.matmul_fill_rows(columns=dims)
+    variants: dict[str, tuple[CryptoBackend, int | str]] = {
+        "before": (before, BATCH), "after": (ckks, BATCH), "fill_slots": (ckks, "fill"),
+        **{f"batch {b:,}": (ckks, b) for b in batches},
+    }
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in variants}
     for _ in range(repeats):
         for key, (backend, batch) in variants.items():
             runs[key].append(epoch(backend, rows=rows, features=features, batch=batch))
     best = {k: min(v, key=lambda r: r["seconds"]) for k, v in runs.items()}
     plain = epoch(build("plain", {}), rows=rows, features=features)["loss"]
-    dims = features - features // 2 + 1  # the guest's gradient: its features and the intercept
     return {
         "runs": best,
-        "repeat": {k: backend.matmul_repeat(rows=batch, columns=dims) for k, (backend, batch) in variants.items()},
+        "fill": fill,
+        "repeat": {k: backend.matmul_repeat(rows=fill if batch == "fill" else batch, columns=dims)
+                   for k, (backend, batch) in variants.items()},
         "loss_gap": {k: abs(best[k]["loss"] - plain) for k in ("before", "after")},
     }
 
@@ -143,15 +154,17 @@ def before_after(*, rows: int, features: int, batches: list[int], repeats: int) 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="the before/after table only, one run each, print only")
-    ap.add_argument("--batches", type=int, nargs="*", default=[512, 2048],
-                    help="larger batches measured on the packed path (default 512 2048)")
+    ap.add_argument("--batches", type=int, nargs="*", default=[2048],
+                    help="larger batches measured on the packed path, besides fill_slots (default 2048)")
+    ap.add_argument("--features", type=int, nargs="*", default=[10, 100],
+                    help="features of the before/after table (default 10 100)")
     ap.add_argument("--repeats", type=int, default=1, help="runs per before/after cell, the fastest kept (default 1)")
     ap.add_argument("--rows", type=int, default=10_000, help="rows of the before/after table (default 10^4)")
     args = ap.parse_args()
     t0 = time.perf_counter()
     ba_rows, feat_grid = args.rows, [10, 100]
     ba: dict[int, dict[str, Any]] = {}
-    for features in feat_grid:
+    for features in args.features:
         ba[features] = r = before_after(rows=ba_rows, features=features, batches=args.batches, repeats=args.repeats)
         t_before = r["runs"]["before"]["seconds"]
         print(f"before/after rows={ba_rows:,} features={features}: "
@@ -189,7 +202,7 @@ def main() -> None:
         p = res[("plain", rows, features)][0][key]
         return f"{s} ({r[key] / p:,.0f}×)" if p > 0 else s
 
-    extra = [f"batch {b:,}" for b in args.batches]
+    extra = [k for k in next(iter(ba.values()))["runs"] if k not in ("before", "after")]
     lines = [
         "## Vertical logistic regression: seconds per epoch",
         "",
@@ -206,9 +219,10 @@ def main() -> None:
         "4,096-slot ring and a mask per gradient coordinate). **After**: each residual value repeated over "
         "`repeat` slots (`matmul_repeat`) and `X_pᵀd` by `matmul_repeated` (one product per ciphertext, "
         "log2(batch) rotations, one mask). The last columns are the packed path at larger batches, with "
-        "fewer steps per epoch: a training setting rather than a change of the protocol (the DP accounting does "
-        "not depend on it, docs/vertical.md); 512 rows × `repeat` 8 fill one ciphertext's 4,096 slots at 10 "
-        f"features. Their speed-up is against `before` at batch {BATCH}. Same seeds and, per batch size, the same "
+        "fewer steps per epoch: `[training] fill_slots = true` (the batch that fills one ciphertext's 4,096 slots: "
+        "512 rows × `repeat` 8 at 10 features, 64 × 64 at 100) and a fixed larger batch, training settings rather "
+        "than a change of the protocol (the DP accounting does not depend on them, docs/vertical.md). Their "
+        f"speed-up is against `before` at batch {BATCH}. Same seeds and, per batch size, the same "
         "batches in every column; `loss vs plain`: |CKKS − plain| of the epoch's training loss at batch "
         f"{BATCH} (the masks cancel exactly; each step's CKKS error is at most ~1e-5).",
         "",
@@ -217,13 +231,14 @@ def main() -> None:
         + "before MB | after MB | loss vs plain: before / after |",
         "|---|---|---|---|---|" + "---|" * len(extra) + "---|---|---|",
     ]
-    for features in feat_grid:
+    for features in args.features:
         r = ba[features]
         b, a = r["runs"]["before"], r["runs"]["after"]
         lines.append(
             f"| {ba_rows:,} | {features} | {r['repeat']['after']} | {b['seconds']:.2f} | {a['seconds']:.2f} "
             f"({b['seconds'] / a['seconds']:.1f}×) | "
-            + "".join(f"{r['runs'][k]['seconds']:.2f} ({b['seconds'] / r['runs'][k]['seconds']:.1f}×) | " for k in extra)
+            + "".join(f"{r['runs'][k]['seconds']:.2f} ({b['seconds'] / r['runs'][k]['seconds']:.1f}×"
+                      + (f", batch {r['fill']}" if k == "fill_slots" else "") + ") | " for k in extra)
             + f"{b['bytes'] / 1e6:.1f} | {a['bytes'] / 1e6:.1f} | "
             f"{r['loss_gap']['before']:.1e} / {r['loss_gap']['after']:.1e} |"
         )
@@ -257,7 +272,7 @@ def main() -> None:
         "~22 ms on the one-column product of the encrypted Taylor loss (no DP only), ~16 ms on its gradient and "
         "~9 ms re-randomizing the two ciphertexts it sends; the host ~9 ms encrypting its partial logits and "
         "their square and ~16 ms on its gradient. So 10 features at batch 256 gain ~4×, not 10×; a larger batch "
-        "(fewer steps: 512 rows fill one ciphertext at `repeat` 8) lowers it further. The public context "
+        "(fewer steps: `fill_slots` picks 512 rows, one full ciphertext at `repeat` 8) lowers it further. The public context "
         "with Galois keys is ~34 MB, sent once per job to each party. Paillier: per row and step, one encryption "
         "by each host (its partial logits) and one re-randomization of the guest's residual before it leaves, "
         "plus one modular exponentiation per row and feature for the gradient; it scales with rows × features.",

@@ -10,37 +10,62 @@ the input column. ``--json`` writes ``{"left", "right", "intersection", "bytes_s
 from __future__ import annotations
 
 import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any, Optional
 
 import typer
 
 from fedsilo.cli import check_output_path, cli_errors, write_output
 
+if TYPE_CHECKING:
+    from fedsilo.protocols.psi_ids import IdTable
+
 __all__ = ["read_id_csv", "register"]
 
 
-def read_id_csv(path: Path, column: str) -> list[str]:
-    """The IDs of ``column`` in the CSV ``path``, as strings, checked for null/duplicates.
+def read_id_csv(path: Path, column: str, *, chunk_rows: int = 200_000) -> "IdTable":
+    """The IDs of ``column`` in the CSV ``path``, read in chunks of ``chunk_rows`` rows and
+    packed into an :class:`~fedsilo.protocols.psi_ids.IdTable` (16 bytes per short ID, never a
+    Python string per row of the whole file), checked for null, empty and duplicate IDs.
 
     The column is read as text (so ``007`` stays ``007``); only empty cells count as missing.
 
     Raises:
-        DataError: missing or unreadable file, missing column, null or duplicate IDs.
+        DataError: missing or unreadable file, missing column, malformed rows, no IDs, null,
+            empty or duplicate IDs (naming the file, the column and an example).
     """
+    import warnings
+
+    import pandas as pd
+
     from fedsilo.errors import DataError
-    from fedsilo.protocols.psi import ids_from_column
-    from fedsilo.silos.data import csv_header, read_csv_checked
+    from fedsilo.protocols.psi_ids import IdTable
+    from fedsilo.silos.data import csv_header
 
     if not path.exists():
         raise DataError(f"{path}: no such file")
     header = csv_header(path)  # directory, unreadable, empty, repeated column names
     if column not in header:
         raise DataError(f"{path}: no column {column!r} (columns: {', '.join(header)})")
-    frame = read_csv_checked(path, dtype=str, keep_default_na=False, na_values=[""])
-    if frame.empty:
+    try:
+        with warnings.catch_warnings():
+            # rows longer than the header would shift the columns (see read_csv_checked)
+            warnings.simplefilter("error", pd.errors.ParserWarning)
+            # every column is parsed (not usecols): pandas would silently cut a row with more
+            # fields than the header down to the header's columns
+            reader = pd.read_csv(path, dtype=str, keep_default_na=False, na_values=[""],
+                                 index_col=False, chunksize=chunk_rows, encoding="utf-8-sig")
+            with reader:
+                table = IdTable.from_chunks((c[column] for c in reader), source=str(path), column=column)
+    except pd.errors.ParserWarning:
+        raise DataError(f"{path}: rows have more fields than the header's {len(header)} columns") from None
+    except (ValueError, pd.errors.ParserError, UnicodeDecodeError, OSError) as exc:
+        raise DataError(f"{path}: cannot read column {column!r}: {' '.join(str(exc).split())}") from None
+    if len(table) == 0:
         raise DataError(f"{path}: column {column!r} has no IDs (the file has a header but no rows)")
-    return ids_from_column(frame[column], source=str(path), column=column)
+    return table
 
 
 def register(app: typer.Typer) -> None:
@@ -60,12 +85,11 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--cardinality-only", help="Learn only the size of the intersection.")
         ] = False,
         workers: Annotated[
-            Optional[int], typer.Option("--workers", min=1, help="Processes per party for large sets (default: all cores).")
+            Optional[int], typer.Option("--workers", min=1, help="Processes per party for large sets (default: the cores split between the two parties).")
         ] = None,
+        quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; print only the summary.")] = False,
     ) -> None:
         """Private set intersection (ECDH over X25519) of two ID columns; both sides learn only the overlap."""
-        import pandas as pd
-
         from fedsilo.errors import ConfigError
         from fedsilo.protocols.psi import psi_in_process
 
@@ -77,9 +101,11 @@ def register(app: typer.Typer) -> None:
             check_output_path(json_out, "--json")
         left_ids = read_id_csv(left, column)
         right_ids = read_id_csv(right, column)
-        run = psi_in_process(left_ids, right_ids, cardinality_only=cardinality_only, workers=workers)
+        with _progress_bar(quiet) as progress:
+            run = psi_in_process(left_ids, right_ids, cardinality_only=cardinality_only, workers=workers,
+                                 progress=progress)
         if out is not None and not cardinality_only:
-            write_output(out, pd.DataFrame({column: list(run.left.ids)}).to_csv(index=False), "--out")
+            _write_ids(out, column, left_ids.values[run.left.positions])
         stats = {
             "left": len(left_ids),
             "right": len(right_ids),
@@ -96,3 +122,36 @@ def register(app: typer.Typer) -> None:
             f"PSI: {stats['left']} x {stats['right']} IDs, intersection {stats['intersection']}{where} "
             f"({run.seconds:.2f} s, {sum(run.bytes_sent.values()) / 1e6:.2f} MB sent)"
         )
+
+
+@contextmanager
+def _progress_bar(quiet: bool) -> Iterator[Callable[[dict[str, Any]], None] | None]:
+    """A rich progress bar with ETA over the run's curve operations (both parties), or None."""
+    if quiet:
+        yield None
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    bar = Progress(TextColumn("[bold]PSI"), BarColumn(), MofNCompleteColumn(), TextColumn("curve ops"),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), transient=False)
+    task = bar.add_task("psi", total=None)
+    with bar:
+        def show(event: dict[str, Any]) -> None:
+            bar.update(task, completed=event["done"], total=event["total"])
+
+        yield show
+
+
+def _write_ids(path: Path, column: str, ids: Any, rows: int = 1_000_000) -> None:
+    """The aligned IDs as a one-column CSV, written a million rows at a time."""
+    import pandas as pd
+
+    from fedsilo.errors import ConfigError
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as fh:
+            for a in range(0, max(len(ids), 1), rows):
+                pd.DataFrame({column: ids[a : a + rows].tolist()}).to_csv(fh, index=False, header=a == 0)
+    except OSError as exc:
+        raise ConfigError(f"--out {path}: cannot write: {exc.strerror or exc}") from None

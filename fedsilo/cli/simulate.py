@@ -35,6 +35,11 @@ PlotsOpt = Annotated[
     typer.Option("--plots", help="Write metrics.png (metrics per round) and epsilon.png (epsilon per party per round) "
                  "to this directory (created if missing; checked before the job runs)."),
 ]
+NoBaselinesOpt = Annotated[
+    bool,
+    typer.Option("--no-baselines", help="Horizontal jobs: skip the baselines block (central training on the pooled rows "
+                 "and each silo alone, simulation only; costs (silos + 1) local trainings of rounds x local_epochs epochs)."),
+]
 EngineOpt = Annotated[
     str,
     typer.Option("--engine", help="How the parties run: 'threads' (one process, in-process channels) | 'processes' "
@@ -91,6 +96,7 @@ def _print_results(results: dict[str, Any]) -> None:
         for k, v in oracle.items():
             ot.add_row(k, f"{v:.4f}")
         console.print(ot)
+    _print_baselines(console, results)
     eps = {s: e for s, e in (results.get("epsilon") or {}).items() if e and e.get("epsilon") is not None}
     if eps:
         et = Table(title="privacy spent per silo" + (f" (accountant: {results['dp'].get('accountant', 'rdp')})" if results.get("dp") else ""))
@@ -105,6 +111,31 @@ def _print_results(results: dict[str, Any]) -> None:
         console.print("bytes sent: " + ", ".join(f"{p} {n / 1e6:.2f} MB" for p, n in sent.items()))
     for note in results.get("notes", []):
         console.print(f"[yellow]note:[/] {escape(str(note))}")
+
+
+def _print_baselines(console: Any, results: dict[str, Any]) -> None:
+    """The federation's final model against the ``baselines`` block, on the same pooled
+    held-out rows (the results' ``simulation_metrics``)."""
+    from rich.table import Table
+
+    base = results.get("baselines")
+    fed = results.get("simulation_metrics") or {}
+    if not base or not fed:
+        return
+    bt = Table(title=f"did federating pay off? pooled held-out rows ({base['label']})")
+    for col in ("model", "accuracy", "auc"):
+        bt.add_column(col, justify="left" if col == "model" else "right")
+    bt.add_row("federation (this job)", f"{fed['accuracy']:.4f}", f"{fed['auc']:.4f}")
+    bt.add_row(f"central, pooled rows, no DP ({base['epochs']} epochs)", f"{base['central']['accuracy']:.4f}",
+               f"{base['central']['auc']:.4f}")
+    for silo, m in base["alone"].items():
+        bt.add_row(f"{silo} alone, no DP", f"{m['accuracy']:.4f}", f"{m['auc']:.4f}")
+    console.print(bt)
+    best = max(base["alone"], key=lambda n: base["alone"][n]["auc"])
+    console.print(
+        f"federation AUC {fed['auc'] - base['central']['auc']:+.4f} vs central, "
+        f"{fed['auc'] - base['alone'][best]['auc']:+.4f} vs the best silo alone ({best})"
+    )
 
 
 def _progress_printer(quiet: bool):
@@ -148,6 +179,7 @@ def register(app: typer.Typer) -> None:
         insecure: InsecureOpt = False,
         engine: EngineOpt = "threads",
         plots: PlotsOpt = None,
+        no_baselines: NoBaselinesOpt = False,
     ) -> None:
         """Run every silo of a federation on this machine and print per-round metrics and epsilon."""
         from fedsilo.silos.runner import run_job
@@ -158,6 +190,11 @@ def register(app: typer.Typer) -> None:
             check_output_path(json_out, "--json")
         check_plots(plots, json_out)
         results = run_job(cfg, ledger_dir=ledger_dir, progress=_progress_printer(quiet), engine=engine)
+        if cfg.federation.task == "horizontal" and not no_baselines:
+            # simulation only: this process can read every silo's rows (an agent never can)
+            from fedsilo.silos.tasks.horizontal import horizontal_baselines
+
+            results["baselines"] = horizontal_baselines(cfg)
         _save(json_out, results, _print_results)
         _print_results(results)
         write_plots(plots, results)

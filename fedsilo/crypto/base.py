@@ -418,6 +418,17 @@ class CryptoBackend(abc.ABC):
         """
         return 1
 
+    def matmul_fill_rows(self, *, columns: int) -> int | None:
+        """The rows of a batch whose residuals, in :meth:`matmul_repeat`'s layout for a product
+        with ``columns`` columns, fill one ciphertext: the batch a protocol picks when asked to
+        fill the slots (vertical LR's ``training.fill_slots``).
+
+        Default None: the scheme has no slots to fill (one value per ciphertext, or no
+        packing); a slot-packed scheme returns its slot count over the repeat. Like
+        :meth:`matmul_repeat`, a pure function of the parameters and the argument.
+        """
+        return None
+
     def matmul_repeated(self, a: Ciphertext, matrix: Any, *, repeat: int) -> Ciphertext:
         """``v @ M`` from ``a = Enc(np.repeat(v, repeat))``, for a plaintext ``M`` of shape
         (len(v), m) with ``m <= repeat`` (any ``m`` for ``repeat = 1``): an encrypted vector of

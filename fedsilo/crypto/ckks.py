@@ -26,6 +26,10 @@ Magnitudes: a CKKS slot wraps around silently once ``|value| * 2**scale`` approa
 prime, so every ciphertext carries an upper bound on its magnitudes and operations that could
 exceed ``capacity = 2**(q0_bits - scale_bits - 2)`` raise EncodingOverflowError instead.
 
+Slots past a matmul result's length hold uniform junk from the OS CSPRNG, not the data's
+residue that masking leaves there (a key holder decrypts every slot), and the packed layout of
+``matmul_repeat`` depends on the public parameters only, never on the platform.
+
 Key holders encrypt with the secret key (:meth:`CKKSBackend.encrypt_with_secret`): RLWE
 secret-key encryption ``(-a s + m + e, a)`` with ``a`` expanded from a seed, which SEAL serializes
 as ``c0`` plus the seed: half the bytes, about 2x faster than public-key encryption, and an
@@ -76,6 +80,7 @@ from fedsilo.crypto.base import (
     broadcast_vector,
     fingerprint_of,
 )
+from fedsilo.crypto.secagg import secret_stream
 from fedsilo.errors import (
     CiphertextFormatError,
     ConfigError,
@@ -103,7 +108,8 @@ PROFILES: dict[str, dict[str, Any]] = {
 #: (docs/crypto.md): fresh ~9e-9, sum of 10 ~3e-8, product ~1e-8 (with the rescale-prime
 #: correction below; 1.3e-7 * |x f| without it). The rotations of matmul_plain add up to ~2e-6
 #: absolute whatever the inputs, so contexts with Galois keys document 1e-5. Each bound keeps a
-#: >= 3x margin over the measured maxima.
+#: >= 3x margin over the measured maxima. A matmul's error also grows with the input's L1 norm
+#: (the matrix's encoding error times |v|): CKKSBackend.matmul_error_bound.
 _ERROR_BOUND = {False: 1e-7, True: 1e-5}
 
 
@@ -985,7 +991,9 @@ class CKKSBackend(CryptoBackend):
         rotations), then a one-row ``mm`` with the unit vector ``e_(j mod slots)`` keeps it in
         slot j (level 2). Cost: ``chunks * m`` plaintext products + ``m`` rotation sums + ``m``
         masks, instead of one rotation per *row* for TenSEAL's diagonal-method ``mm`` (measured
-        1.9 s for 512 x 16 vs 0.19 s). Needs Galois keys and depth 2: profile 'matmul'.
+        1.9 s for 512 x 16 vs 0.19 s). The slots past ``m`` hold uniform junk
+        (:meth:`_fill_past_length`), never the sums' residue. Needs Galois keys and depth 2:
+        profile 'matmul'. Error: :meth:`matmul_error_bound`.
         """
         c = self._check_ct(a)
         if not self.p.galois:
@@ -1030,11 +1038,10 @@ class CKKSBackend(CryptoBackend):
                 out_chunks[slot] = term
             else:
                 self._call("matmul_plain", out_chunks[slot].add_, term)
-        zero = None
         for i, chunk in enumerate(out_chunks):
             if chunk is None:  # every column of this block was zero
-                zero = zero or self.encrypt(c.public, np.zeros(s)).chunks[0]
-                out_chunks[i] = zero
+                out_chunks[i] = self.encrypt(c.public, np.zeros(s)).chunks[0]
+        self._fill_past_length(out_chunks, n_out, bound)
         return CKKSCiphertext(
             chunks=out_chunks,
             length=n_out,
@@ -1059,11 +1066,16 @@ class CKKSBackend(CryptoBackend):
         Packed: ``ceil(rows * w / slots)`` products, ``log2(min(slots, rows * w) / w)``
         rotations and one mask, plus the extra input chunks a protocol encrypts and sends.
         Per column: ``columns`` rotate-and-sums over the slot ring (``log2(slots)`` rotations
-        each) and masks. 1 without Galois keys or depth 2, for a single column, for more
-        columns than slots, or where the fast path cannot run (no ``os.memfd_create``).
+        each) and masks. 1 without Galois keys or depth 2, for a single column, or for more
+        columns than slots.
+
+        A function of the public parameters and the arguments only, never of the platform:
+        every party derives the same layout. Where the fast path cannot run (no
+        ``os.memfd_create``), :meth:`matmul_repeated` computes the same product on the same
+        layout by the interface's generic path (slower, same result).
         """
         p = self.p
-        if columns < 2 or rows < 1 or not (p.galois and p.depth >= 2) or not _fold_available():
+        if columns < 2 or rows < 1 or not (p.galois and p.depth >= 2):
             return 1
         w = 1 << (int(columns) - 1).bit_length()
         s = p.slots
@@ -1075,6 +1087,63 @@ class CKKSBackend(CryptoBackend):
         per_column = columns * (plain_chunks * self._PRODUCT_COST + math.log2(s) + 1)
         return w if packed < per_column else 1
 
+    def matmul_fill_rows(self, *, columns: int) -> int | None:
+        """The rows of a batch whose residuals, in :meth:`matmul_repeat`'s layout for a product
+        with ``columns`` columns, fill one ciphertext: ``slots // w`` (``w`` the power of two
+        ``>= columns``), or ``slots`` where the product does not pack (one column, or more
+        columns than slots). None without Galois keys or depth 2 (no ``matmul_plain``)."""
+        p = self.p
+        if isinstance(columns, bool) or not isinstance(columns, (int, np.integer)) or columns < 1:
+            raise ConfigError(f"columns must be an integer >= 1, got {columns!r}")
+        if not (p.galois and p.depth >= 2):
+            return None
+        w = 1 << (int(columns) - 1).bit_length()
+        rows = p.slots // w if w <= p.slots else p.slots
+        return rows if self.matmul_repeat(rows=rows, columns=int(columns)) == w else p.slots
+
+    def matmul_error_bound(self, *, input_l1: float, column_l1: Any, repeat: int = 1) -> np.ndarray:
+        """The documented error of ``matmul_plain`` (``repeat = 1``) and ``matmul_repeated`` per
+        output column: ``e (1 + ||M[:, j]||_1) + 6 sqrt(repeat) 2^-scale_bits ||v||_1``
+        (``e = info().error_bound``, ``v`` the unrepeated input vector; docs/crypto.md,
+        "Packed product").
+
+        The second term is the plaintext matrix's encoding error: CKKS rounds the N
+        coefficients of ``2^scale * IDFT(plaintext)`` to integers (Cheon et al. 2017, §3.2),
+        which the product multiplies by ``v_i``; structured inputs (constant or alternating
+        ``v``, constant columns) add those errors up coherently over the rows, more so in the
+        repeated layout (its plaintext has period ``repeat``). Measured maxima of
+        ``err / (||v||_1 2^-40 sqrt(repeat))`` at N = 8192: 0.48 at ``repeat = 1`` (16,384
+        rows), 0.3 to 1.3 for ``repeat`` 2 to 1,024 and 1.78 at ``repeat = slots`` (3.4x under
+        6). At ``|v| = value_bound`` on 4,096 rows this term dominates: measured up to 3.1e-4
+        (``repeat`` 256) where ``e (1 + ||M||_1)`` is 1.5e-5; for vertical LR's residuals
+        (``|d| ~ 1``, a batch of rows) it is below 1e-6.
+        """
+        column = np.abs(np.asarray(column_l1, dtype=np.float64))
+        coherent = 6.0 * math.sqrt(max(1, int(repeat))) * math.ldexp(abs(float(input_l1)), -self.p.scale_bits)
+        return error_bound_for(self.p) * (1.0 + column) + coherent
+
+    def _fill_past_length(self, chunks: list[Any], length: int, bound: float) -> None:
+        """Fill every slot past the first ``length`` (in the last chunk) with uniform junk from
+        the OS CSPRNG, in place.
+
+        A masked product leaves copies or partial sums of its values, times the mask's
+        encoding error (~5e-11), in the slots it masks to "zero"; a key holder decrypts every
+        slot. Uniform junk in ``(-J, J]``, ``J`` the largest power of two ``<= bound``: every
+        such residue is at most ``bound`` times the encoding error (``bound`` bounds every
+        partial sum), so it moves the junk's distribution by a statistical distance of at most
+        that error (~2^-34) per slot, and the rescaling noise is drowned alike. ``J`` reveals
+        only ``floor(log2(bound))``, less than the wire header's ``ceil``, and keeps every slot
+        within the ciphertext's magnitude bound (the capacity checks stay valid).
+        """
+        s = self.p.slots
+        used = length - (len(chunks) - 1) * s
+        if not chunks or used >= s or bound <= 0:
+            return
+        junk_scale = math.ldexp(1.0, math.floor(math.log2(bound)))
+        junk = np.zeros(s)
+        junk[used:] = junk_scale * (2.0 * secret_stream().uniform(s - used) - 1.0)
+        self._call("matmul", chunks[-1].add_, junk.tolist())
+
     def matmul_repeated(self, a: Ciphertext, matrix: Any, *, repeat: int) -> CKKSCiphertext:
         """``v @ M`` from ``Enc(np.repeat(v, repeat))``: one plaintext product per chunk, the
         chunks added, ``log2(span / repeat)`` rotate-and-adds, one mask.
@@ -1083,10 +1152,12 @@ class CKKSBackend(CryptoBackend):
         at level 1, the chunks summed, then rotations by ``repeat, 2 repeat, ...`` up to the
         ``span`` the rows fill (a power of two, at most the slot count) leave
         ``y_j = sum_i v_i M[i, j]`` in slot ``j``; a plaintext mask keeps slots ``0..m-1``
-        (level 2), so the result is an ordinary ciphertext of ``m`` values with zeros
-        elsewhere, as ``matmul_plain`` gives. ``repeat`` must be a power of two up to the slot
-        count for this path; any other value (and ``repeat = 1``, or no ``os.memfd_create``)
-        takes the interface's generic path. Needs Galois keys and depth 2 (profile 'matmul').
+        (level 2), and every slot past ``m`` is filled with uniform junk
+        (:meth:`_fill_past_length`): an ordinary ciphertext of ``m`` values, as ``matmul_plain``
+        gives. ``repeat`` must be a power of two up to the slot count for this path; any other
+        value (and ``repeat = 1``) takes the interface's generic path, as does a platform without
+        ``os.memfd_create`` (same layout, same result, slower). Needs Galois keys and depth 2
+        (profile 'matmul'). Error: :meth:`matmul_error_bound`.
         """
         c = self._check_ct(a)
         m = as_repeated_matrix(matrix, length=c.length, repeat=repeat)
@@ -1123,6 +1194,7 @@ class CKKSBackend(CryptoBackend):
         keep = np.zeros(s)
         keep[:cols] = second
         out = self._call("matmul_repeated", folded.mul, keep.tolist())
+        self._fill_past_length([out], cols, bound)
         return CKKSCiphertext(
             chunks=[out],
             length=cols,

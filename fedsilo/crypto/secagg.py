@@ -85,6 +85,7 @@ __all__ = [
     "hadamard_rotate",
     "hadamard_unrotate",
     "load_public_key",
+    "max_summand_steps",
     "neighbourhood_graph",
     "padded_dimension",
     "public_seed",
@@ -389,9 +390,19 @@ def ring_bits(*, value_bound: int, summands: int, noise_sigma: float = 0.0, tail
         raise ConfigError(
             f"a sum of {n} vectors with coordinates up to {v} grid steps"
             + (f" and noise of {noise_sigma:.4g} steps per summand" if noise_sigma else "")
-            + f" needs {bits} bits, more than the {MAX_RING_BITS} of Z_2^64; use a coarser granularity"
+            + f" needs {bits} bits, more than the {MAX_RING_BITS} of Z_2^64; lower the value bound to at most "
+            f"{max(0, ((1 << (MAX_RING_BITS - 1)) - 1 - math.ceil(float(tail_sigmas) * math.sqrt(n) * float(noise_sigma))) // n)} "
+            "grid steps (or use a coarser granularity), less noise, or fewer summands"
         )
     return bits
+
+
+def max_summand_steps(summands: int) -> int:
+    """The largest ``value_bound`` (grid steps) :func:`ring_bits` accepts for ``summands``
+    noiseless summands within :data:`MAX_RING_BITS`: ``B = summands·v`` must satisfy
+    ``bitlen(B) + 1 <= 64``, i.e. ``v <= (2^63 − 1) // summands``."""
+    n = _int("summands", summands, low=1)
+    return ((1 << (MAX_RING_BITS - 1)) - 1) // n
 
 
 def check_granularity(value: object) -> float:

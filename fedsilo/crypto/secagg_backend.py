@@ -25,6 +25,7 @@ Parameters (``[crypto] params``):
 """
 from __future__ import annotations
 
+import difflib
 import math
 from typing import Any, ClassVar, NoReturn
 
@@ -34,13 +35,15 @@ from fedsilo.crypto import secagg as sa
 from fedsilo.crypto.base import BackendInfo, Capabilities, Ciphertext, CryptoBackend, PublicContext, SecretKey
 from fedsilo.errors import ConfigError, UnsupportedOperationError
 
-__all__ = ["SecAggBackend", "DEFAULT_GRANULARITY", "DEFAULT_VALUE_BOUND"]
+__all__ = ["SecAggBackend", "DEFAULT_GRANULARITY", "DEFAULT_VALUE_BOUND", "PARAMS"]
 
 #: Grid of exact sums: model updates are rounded to it (half an ulp of it per value and silo).
 DEFAULT_GRANULARITY = 2.0**-24
 #: Largest |x| of an exact sum by default: 2^21 >= twice the most held-out rows a silo may
 #: score, so the metric inputs need no scaling (``evaluation.encoding_scale``).
 DEFAULT_VALUE_BOUND = 2.0**21
+#: The ``[crypto] params`` keys of the secagg backend.
+PARAMS = ("threshold", "degree", "granularity", "value_bound", "prg")
 
 
 class SecAggBackend(CryptoBackend):
@@ -58,7 +61,19 @@ class SecAggBackend(CryptoBackend):
         granularity: float = DEFAULT_GRANULARITY,
         value_bound: float = DEFAULT_VALUE_BOUND,
         prg: str = "aes-ctr",
+        **unknown: Any,
     ) -> None:
+        if unknown:
+            # a misspelt key would otherwise be a TypeError naming __init__ (found by the
+            # bad-input sweep: no did-you-mean hint, unlike config keys)
+            lines = []
+            for key in sorted(unknown):
+                near = difflib.get_close_matches(key, PARAMS, n=1, cutoff=0.6)
+                lines.append(f"{key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+            raise ConfigError(
+                f"secagg: unknown parameter{'s' if len(lines) > 1 else ''} {', '.join(lines)} in crypto.params; "
+                f"valid keys: {', '.join(PARAMS)}"
+            )
         for key, value, low in (("threshold", threshold, 2), ("degree", degree, 1)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise ConfigError(f"secagg: {key} must be an integer >= {low}, got {value!r}")

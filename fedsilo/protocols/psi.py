@@ -1,4 +1,4 @@
-"""Private set intersection for vertical alignment: ECDH over Curve25519 (X25519).
+"""Private set intersection for vertical alignment: ECDH over Curve25519 (X25519), streamed.
 
 Protocol (the Diffie–Hellman PSI of Meadows, IEEE S&P 1986, and Huberman, Franklin & Hogg,
 EC 1999; the two-way variant of De Cristofaro & Tsudik, FC 2010). Each party P holds a fresh
@@ -8,38 +8,53 @@ u-coordinate), ``[a]([b]H(x)) = [b]([a]H(x))``, so:
 
 1. both parties send ``[a]H(x)`` for their own IDs, in a secret random order;
 2. both raise what they received to their own scalar and send it back **in the received order**
-   (cardinality-only: in a fresh random order, so the owner cannot map it back to IDs);
+   (cardinality-only: in a fresh random order, so the owner cannot map it back to IDs),
+   truncated to its first :data:`DOUBLE_BYTES` = 16 bytes: a double-masked value is only ever
+   compared, and two distinct ones agree on 128 bits with probability 2^-128 (below 2^-81 over
+   all 10^7 × 10^7 pairs);
 3. each party now holds ``[ab]H(x)`` for its own IDs (it knows its order) and ``[ab]H(y)`` for
-   the peer's (in an order it cannot map to the peer's IDs); the matches are the intersection;
+   the peer's (in an order it cannot map to the peer's IDs); the matches are the intersection
+   (a sort-and-search over 64-bit prefixes, each candidate checked on all 16 bytes: exact);
 4. both sort the intersection by ID (Python string order of the IDs, which both now know) —
    the **agreed order**: independent of either file's row order and reproducible, so seeded
-   simulations are repeatable; each sends SHA-256 of the sorted ``[ab]H(x)`` values and
+   simulations are repeatable; each sends SHA-256 of the sorted double-masked values and
    aborts with :class:`ProtocolError` if they differ.
+
+Streaming: steps 1 and 2 travel in messages of at most ``chunk`` IDs (:data:`CHUNK` by
+default). A party draws its secret order first and hashes and masks its IDs *in that order*,
+so each chunk is sent as soon as it is masked, and the peer answers chunk by chunk while the
+first party is still masking: with sets of n and m IDs each party does n + m scalar
+multiplications and n hashes to the curve, and memory is O(n + m) compact arrays (16 bytes per
+ID of each side plus the IDs themselves, :class:`~fedsilo.protocols.psi_ids.IdTable`), never a
+Python object per ID. ``progress`` gets ``{"stage": "psi", "peer", "done", "total"}`` (curve
+operations of this party) after every chunk.
 
 Who learns what (honest-but-curious, DDH on Curve25519 with ``H`` modelled as a random oracle):
 each party learns the intersection (or only its size) and the size of the other set, nothing
 about the other party's IDs outside the intersection. Multi-host alignment
-(:func:`align_guest` / :func:`align_host`) runs this pairwise with the guest; the guest
-intersects the pairwise results and tells each host which of *its* pairwise matches survive —
-so a host learns which of the IDs it shares with the guest are also held by every other host
+(:func:`align_guest` / :func:`align_host`) runs this pairwise with the guest; the guest masks
+its IDs once, with one scalar and one secret order for all hosts (hosts that pool what they
+received could link the guest's masked values under its one scalar anyway), intersects the
+pairwise results and tells each host which of *its* pairwise matches survive — so a host
+learns which of the IDs it shares with the guest are also held by every other host
 (unavoidable: the rows trained on must be the same rows everywhere).
 
 Hashing to the curve is try-and-increment: ``u = SHA-512(domain ‖ len ‖ id ‖ counter) mod p``
 until ``u³ + 486662u² + u`` is a non-zero square mod p (the u-coordinate of a curve point, not
-the twist); about two tries per ID, a Jacobi symbol each (gmpy2, ~2 µs). The loop leaks the
+the twist); about two tries per ID, a Jacobi symbol each (gmpy2, ~1.7 µs). The loop leaks the
 number of tries of one's *own* IDs through local timing only. X25519 clamps scalars to
 multiples of the cofactor 8, so every masked value is in the prime-order subgroup; a peer that
 sends a low-order point makes X25519 fail, which is raised as :class:`ProtocolError`.
 
 Why not openmined-psi: measured on this 2-core machine (benchmarks/psi.py, docs/benchmarks.md),
 10^5 × 10^5 IDs: openmined-psi 2.0.6 (P-256, RAW set-up, one thread) 25 s, and only its client
-learns the intersection; this module 16 s with one process per party and 8.3 s with a process
-pool per party (``workers``; the X25519 call holds the GIL, so threads do not help), 89 s at
-10^6 × 10^6. It gives both sides the same intersection in the same order and needs only
-``cryptography`` (X25519 from OpenSSL, ~30 µs per scalar multiplication; maintained by PyCA),
-which fedsilo already depends on. Wire: 32 bytes per masked ID, i.e. 64 bytes per own ID (out
-and back; openmined-psi RAW: ~52). pynacl is not a fedsilo dependency and has no ristretto255
-bindings.
+learns the intersection. This module runs the curve work on a process pool per party
+(``workers``; the X25519 call holds the GIL, so threads do not help) within ~1.2× of the bare
+X25519 rate of ``cryptography`` (OpenSSL, ~28 µs per scalar multiplication, the same rate as
+``openssl speed ecdhx25519``), gives both sides the same intersection in the same order and
+needs only ``cryptography`` (maintained by PyCA), which fedsilo already depends on. Wire:
+32 + 16 = 48 bytes per own ID (openmined-psi RAW: ~52). pynacl is not a fedsilo dependency and
+has no ristretto255 bindings.
 """
 from __future__ import annotations
 
@@ -47,26 +62,39 @@ import hashlib
 import math
 import multiprocessing
 import os
+import threading
 import time
-from collections.abc import Iterator, Sequence
-from concurrent.futures import Executor, ProcessPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import Executor, Future, ProcessPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Final
 
-import gmpy2
 import numpy as np
-import pandas as pd
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from fedsilo.errors import ConfigError, DataError, ProtocolError
 from fedsilo.privacy.mechanisms import secure_rng
 from fedsilo.protocols.channel import Channel, InProcessHub, run_parties
+from fedsilo.protocols.psi_curve import (
+    DOUBLE_BYTES,
+    POINT_BYTES,
+    _hash_and_mask,
+    _remask,
+    hash_to_curve,
+    mask_points,
+)
+from fedsilo.protocols.psi_ids import IdTable, ids_from_column
 
 __all__ = [
     "Alignment",
+    "CHUNK",
     "DEFAULT_DOMAIN",
+    "DOUBLE_BYTES",
+    "IdTable",
     "POINT_BYTES",
+    "PsiProgress",
     "PsiResult",
     "align_guest",
     "align_host",
@@ -80,10 +108,11 @@ __all__ = [
     "MESSAGE_KINDS",
 ]
 
-# Message kinds, in the order of one pairwise run (each party plays both sides):
-#: A -> B: ``{"points": bytes (n × 32, shuffled, masked by A), "n": int, "card": bool}``
+# Message kinds, in the order of one pairwise run (each party plays both sides); a masked set
+# travels as one or more messages of at most ``chunk`` IDs, in the sender's secret order:
+#: A -> B: ``{"points": bytes (k × 32, masked by A), "n": int (A's set size), "card": bool}``
 MASKED: Final = "psi/masked"
-#: B -> A: ``{"points": bytes}``, A's masked points masked again by B, in A's order
+#: B -> A: ``{"points": bytes (k × 16)}``, A's masked points masked again by B, truncated, in A's order
 DOUBLE: Final = "psi/double"
 #: A <-> B: ``{"digest": bytes}``, a hash of the intersection each computed (they must agree)
 CONFIRM: Final = "psi/confirm"
@@ -91,162 +120,65 @@ CONFIRM: Final = "psi/confirm"
 FINAL: Final = "psi/final"
 MESSAGE_KINDS: Final = (MASKED, DOUBLE, CONFIRM, FINAL)
 
-#: Bytes of one masked ID on the wire (an X25519 u-coordinate).
-POINT_BYTES: Final = 32
 #: Domain-separation tag of the hash to the curve; the job id is appended by the protocols.
 DEFAULT_DOMAIN: Final = b"fedsilo-psi-v1"
+#: IDs per message and per pool task (1 MB of masked points; ~1 s of curve work).
+CHUNK: Final = 1 << 15
 #: Below this many IDs per pass a process pool costs more (start-up) than it saves.
 POOL_THRESHOLD: Final = 20_000
-#: Default seconds to wait for the peer's message: masking 10^6 IDs takes ~1 minute per pass.
+#: Default seconds to wait for each peer message.
 DEFAULT_TIMEOUT: Final = 3600.0
 
-_P: Final = (1 << 255) - 19
-_P_MPZ: Final = gmpy2.mpz(_P)
-_A: Final = gmpy2.mpz(486662)
-_MAX_TRIES: Final = 128
+#: ``{"stage": "psi", "peer": str, "done": int, "total": int | None}`` after every chunk.
+PsiProgress = Callable[[dict[str, Any]], None]
+
+_MATCH_BLOCK: Final = 1 << 20
 
 
-# ------------------------------------------------------------------------------ pure maths
+def _ordered(executor: Executor | None, fn: Callable[..., bytes], jobs: Iterable[tuple[Any, ...]]) -> Iterator[bytes]:
+    """``fn(*job)`` for every job, in order; on ``executor`` with a few tasks in flight per worker.
 
-
-def hash_to_curve(ids: Sequence[str], *, domain: bytes) -> bytes:
-    """u-coordinates of Curve25519 points for ``ids``: ``len(ids) * 32`` bytes, little-endian.
-
-    Try-and-increment (Boneh, Lynn & Shacham, ASIACRYPT 2001, §3.2, with SHA-512 reduced mod
-    p; the bias of reducing 512 bits mod 2^255 − 19 is below 2^-250): the first counter whose
-    ``u`` has ``u³ + A·u² + u`` a non-zero quadratic residue mod p, i.e. ``u`` is the
-    u-coordinate of a point on the curve (RFC 7748 §4.1) rather than on its twist.
+    Jobs are pulled lazily (a job may wait for the peer's next message) and at most
+    ``2 × workers + 1`` results are pending, so memory stays bounded whatever the set size.
     """
-    out = bytearray(POINT_BYTES * len(ids))
-    dom = len(domain).to_bytes(2, "big") + domain
-    for j, ident in enumerate(ids):
-        data = ident.encode("utf-8")
-        prefix = dom + len(data).to_bytes(4, "big") + data
-        for ctr in range(_MAX_TRIES):
-            digest = hashlib.sha512(prefix + ctr.to_bytes(1, "big")).digest()
-            u = gmpy2.mpz(int.from_bytes(digest, "little")) % _P_MPZ
-            rhs = (u * (u * u + _A * u + 1)) % _P_MPZ
-            if gmpy2.jacobi(rhs, _P_MPZ) == 1:
-                out[POINT_BYTES * j : POINT_BYTES * (j + 1)] = int(u).to_bytes(POINT_BYTES, "little")
-                break
-        else:  # pragma: no cover - probability 2^-128
-            raise ProtocolError(f"could not hash an ID to the curve in {_MAX_TRIES} tries")
-    return bytes(out)
-
-
-def mask_points(points: bytes, *, key: bytes) -> bytes:
-    """``[k]Q`` (X25519, RFC 7748) for every 32-byte u-coordinate ``Q`` in ``points``.
-
-    Args:
-        points: concatenated 32-byte u-coordinates.
-        key: the 32 raw bytes of an X25519 private scalar.
-
-    Raises:
-        ProtocolError: ``points`` is not a whole number of points, or holds a low-order point
-            (X25519 then yields the all-zero value, which OpenSSL refuses).
-    """
-    if len(points) % POINT_BYTES:
-        raise ProtocolError(f"PSI message of {len(points)} bytes is not a whole number of points")
-    sk = X25519PrivateKey.from_private_bytes(key)
-    out = bytearray(len(points))
-    view = memoryview(points)
+    if executor is None:
+        for job in jobs:
+            yield fn(*job)
+        return
+    depth = 2 * (getattr(executor, "_max_workers", 2) or 2) + 1
+    pending: deque[Future[bytes]] = deque()
     try:
-        for off in range(0, len(points), POINT_BYTES):
-            pub = X25519PublicKey.from_public_bytes(bytes(view[off : off + POINT_BYTES]))
-            out[off : off + POINT_BYTES] = sk.exchange(pub)
-    except ValueError as exc:
-        raise ProtocolError(f"PSI peer sent an invalid or low-order curve point ({exc})") from None
-    return bytes(out)
-
-
-def _hash_and_mask(ids: Sequence[str], domain: bytes, key: bytes) -> bytes:
-    return mask_points(hash_to_curve(ids, domain=domain), key=key)
-
-
-def _mask_blob(points: bytes, key: bytes) -> bytes:
-    return mask_points(points, key=key)
-
-
-def _split(n: int, parts: int) -> list[tuple[int, int]]:
-    step = math.ceil(n / parts) if n else 0
-    return [(i, min(n, i + step)) for i in range(0, n, step)] if step else []
-
-
-def _run(executor: Executor | None, fn: Any, items: Sequence[Any], per_item: int, *args: Any) -> bytes:
-    """Apply ``fn(chunk, *args)`` over chunks of ``items`` (on ``executor`` if given), concatenated.
-
-    ``per_item`` is 1 for a sequence of IDs and POINT_BYTES for a byte string of points.
-    """
-    n = len(items) // per_item
-    if executor is None or n < POOL_THRESHOLD:
-        return fn(items, *args)
-    workers = getattr(executor, "_max_workers", 2) or 2
-    spans = _split(n, 4 * workers)
-    futures = [executor.submit(fn, items[a * per_item : b * per_item], *args) for a, b in spans]
-    return b"".join(f.result() for f in futures)
+        for job in jobs:
+            pending.append(executor.submit(fn, *job))
+            while pending and (len(pending) >= depth or pending[0].done()):
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+    finally:
+        for f in pending:
+            f.cancel()
 
 
 @contextmanager
-def psi_executor(workers: int | None = None) -> Iterator[Executor | None]:
-    """A process pool for the curve work, or ``None`` for one worker.
+def psi_executor(workers: int | None = None, *, pool_of_one: bool = False) -> Iterator[Executor | None]:
+    """A process pool for the curve work, or ``None`` for one worker (the calling thread).
 
-    ``workers=None`` uses every core. The pool uses the ``forkserver`` start method: the
-    parties of an in-process simulation are threads, and forking a multi-threaded process can
-    deadlock.
+    ``workers=None`` uses every core; ``pool_of_one`` gives one worker its own process too
+    (parties that share a process and so a GIL). The pool uses the ``forkserver`` start method:
+    the parties of an in-process simulation are threads, and forking a multi-threaded process
+    can deadlock.
     """
     n = (os.cpu_count() or 1) if workers is None else int(workers)
     if n < 1:
         raise ConfigError(f"PSI workers must be >= 1, got {workers!r}")
-    if n == 1:
+    if n == 1 and not pool_of_one:
         yield None
         return
     ctx = multiprocessing.get_context("forkserver")
+    # loaded once in the forkserver (if this starts it), not imported again by every worker
+    ctx.set_forkserver_preload(["fedsilo.protocols.psi"])
     with ProcessPoolExecutor(max_workers=n, mp_context=ctx) as pool:
         yield pool
-
-
-# ------------------------------------------------------------------------------ ID columns
-
-
-def ids_from_column(values: pd.Series | Sequence[Any], *, source: str, column: str) -> list[str]:
-    """IDs of one column as strings, refusing null, empty and duplicate IDs.
-
-    Integers (and floats that are whole numbers, as pandas produces for integer columns read
-    with missing values elsewhere) are rendered without a decimal point, so ``1042`` and
-    ``1042.0`` align. Strings are compared exactly (no case folding or trimming).
-
-    Raises:
-        DataError: naming ``source`` and ``column`` and an example offending value.
-    """
-    series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
-    where = f"{source}: column {column!r}"
-    null = series.isna()
-    if null.any():
-        row = int(np.flatnonzero(null.to_numpy())[0])
-        raise DataError(f"{where} has {int(null.sum())} missing IDs (first at row {row}); IDs must not be null")
-    if pd.api.types.is_bool_dtype(series.dtype):
-        raise DataError(f"{where} holds booleans, not IDs")
-    if pd.api.types.is_integer_dtype(series.dtype):
-        ids = [str(int(v)) for v in series.to_numpy()]
-    elif pd.api.types.is_float_dtype(series.dtype):
-        arr = series.to_numpy(dtype=np.float64)
-        frac = arr != np.round(arr)
-        if frac.any():
-            raise DataError(f"{where} holds non-integral numbers such as {arr[frac][0]!r}; IDs must be strings or integers")
-        ids = [str(int(v)) for v in arr]
-    else:
-        ids = [v if isinstance(v, str) else str(v) for v in series.tolist()]
-    empty = [i for i, v in enumerate(ids) if v == ""]
-    if empty:
-        raise DataError(f"{where} has {len(empty)} empty IDs (first at row {empty[0]}); IDs must not be empty")
-    if len(set(ids)) != len(ids):
-        counts = pd.Series(ids).value_counts()
-        dup = counts[counts > 1]
-        raise DataError(
-            f"{where} has {len(dup)} duplicate IDs (e.g. {dup.index[0]!r} appears {int(dup.iloc[0])} times); "
-            "IDs must be unique"
-        )
-    return ids
 
 
 # ------------------------------------------------------------------------------ results
@@ -256,17 +188,22 @@ def ids_from_column(values: pd.Series | Sequence[Any], *, source: str, column: s
 class PsiResult:
     """One party's outcome of a two-party PSI.
 
-    ``positions[k]`` is the row (index into the party's own ID list) of the k-th ID of the
-    intersection in the agreed order; ``ids`` are those IDs. In cardinality-only mode both are
-    empty and only ``size`` is known.
+    ``positions[k]`` is the row (index into the party's own IDs) of the k-th ID of the
+    intersection in the agreed order; :attr:`ids` are those IDs (built on each access: at
+    10^7 IDs, use ``table.values[positions]``). In cardinality-only mode both are empty and
+    only ``size`` is known.
     """
 
-    ids: tuple[str, ...]
+    table: IdTable = field(repr=False)
     positions: np.ndarray
     size: int
     local_size: int
     peer_size: int
     cardinality_only: bool = False
+
+    @property
+    def ids(self) -> tuple[str, ...]:
+        return tuple(self.table.take(self.positions))
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,162 +228,304 @@ class Alignment:
 # ------------------------------------------------------------------------------ protocol
 
 
-class _Session:
-    """One side of one pairwise PSI; the steps are split so the guest can interleave hosts."""
+class _Counter:
+    """This party's curve operations so far, reported to ``progress`` after every chunk."""
 
-    def __init__(self, channel: Channel, peer: str, *, round: int, timeout: float, cardinality_only: bool) -> None:
-        self.ch = channel
-        self.peer = peer
-        self.round = round
-        self.timeout = timeout
-        self.cardinality_only = cardinality_only
-        self.order: np.ndarray | None = None
-        self.peer_double: set[bytes] = set()
-        self.peer_size = 0
+    def __init__(self, progress: PsiProgress | None, peer: str, own: int) -> None:
+        self.progress, self.peer, self.own = progress, peer, own
+        self.peers: int | None = None
+        self.done = 0
 
-    def send_masked(self, masked: bytes, rng: np.random.Generator) -> None:
-        n = len(masked) // POINT_BYTES
-        self.order = rng.permutation(n)
-        shuffled = _permute(masked, self.order)
-        self.ch.send(self.peer, MASKED, {"points": shuffled, "n": n, "card": self.cardinality_only}, round=self.round)
-
-    def respond(self, key: bytes, executor: Executor | None, rng: np.random.Generator) -> None:
-        msg = self.ch.recv(self.peer, MASKED, round=self.round, timeout=self.timeout)
-        points = _points_of(msg, self.peer)
-        if bool(msg.get("card")) != self.cardinality_only:
-            raise ProtocolError(
-                f"PSI with {self.peer!r}: one side asked for cardinality only and the other for the intersection"
-            )
-        self.peer_size = len(points) // POINT_BYTES
-        double = _run(executor, _mask_blob, points, POINT_BYTES, key)
-        if self.cardinality_only:
-            double = _permute(double, rng.permutation(self.peer_size))
-        self.peer_double = _chunks_set(double)
-        self.ch.send(self.peer, DOUBLE, {"points": double}, round=self.round)
-
-    def finish(self, n_own: int, ids: Sequence[str]) -> tuple[list[int], int]:
-        """Own rows in the intersection, in the agreed order (sorted by ID), and its size."""
-        msg = self.ch.recv(self.peer, DOUBLE, round=self.round, timeout=self.timeout)
-        points = _points_of(msg, self.peer)
-        if len(points) != n_own * POINT_BYTES:
-            raise ProtocolError(
-                f"PSI with {self.peer!r}: got {len(points) // POINT_BYTES} double-masked IDs back, sent {n_own}"
-            )
-        chunks = [points[i : i + POINT_BYTES] for i in range(0, len(points), POINT_BYTES)]
-        if self.cardinality_only:
-            size = sum(c in self.peer_double for c in chunks)
-            self._confirm(str(size).encode())
-            return [], size
-        assert self.order is not None
-        hits = [(c, int(self.order[j])) for j, c in enumerate(chunks) if c in self.peer_double]
-        self._confirm(hashlib.sha256(b"".join(sorted(c for c, _ in hits))).digest())
-        rows = sorted((row for _, row in hits), key=lambda row: ids[row])
-        return rows, len(rows)
-
-    def _confirm(self, digest: bytes) -> None:
-        self.ch.send(self.peer, CONFIRM, {"digest": digest}, round=self.round)
-        theirs = self.ch.recv(self.peer, CONFIRM, round=self.round, timeout=self.timeout)
-        if not isinstance(theirs, dict) or theirs.get("digest") != digest:
-            raise ProtocolError(
-                f"PSI with {self.peer!r}: the two sides computed different intersections "
-                "(different ID rendering or hash domain?)"
-            )
+    def add(self, k: int) -> None:
+        self.done += k
+        if self.progress is not None:
+            total = None if self.peers is None else self.own + self.peers
+            self.progress({"stage": "psi", "peer": self.peer, "done": self.done, "total": total})
 
 
-def _permute(blob: bytes, order: np.ndarray) -> bytes:
-    arr = np.frombuffer(blob, dtype=np.uint8).reshape(-1, POINT_BYTES)
-    return arr[order].tobytes()
+def _send_own(
+    channel: Channel,
+    peers: Sequence[str],
+    table: IdTable,
+    order: np.ndarray,
+    *,
+    key: bytes,
+    domain: bytes,
+    executor: Executor | None,
+    chunk: int,
+    cardinality_only: bool,
+    round: int,
+    counter: _Counter,
+) -> None:
+    """Step 1: hash and mask this party's IDs in its secret ``order``, a chunk per message."""
+    n = len(table)
+    spans = [(i, min(n, i + chunk)) for i in range(0, n, chunk)] or [(0, 0)]
+    jobs = ((table.take(order[a:b]), domain, key) for a, b in spans)
+    for (a, b), masked in zip(spans, _ordered(executor, _hash_and_mask, jobs)):
+        for p in peers:
+            channel.send(p, MASKED, {"points": masked, "n": n, "card": cardinality_only}, round=round)
+        counter.add(b - a)
 
 
-def _chunks_set(blob: bytes) -> set[bytes]:
-    return {blob[i : i + POINT_BYTES] for i in range(0, len(blob), POINT_BYTES)}
+def _answer(
+    channel: Channel,
+    peer: str,
+    *,
+    key: bytes,
+    executor: Executor | None,
+    chunk: int,
+    cardinality_only: bool,
+    rng: np.random.Generator,
+    round: int,
+    timeout: float,
+    counter: _Counter,
+) -> np.ndarray:
+    """Step 2: mask the peer's points again and send them back; the peer's double-masked set.
+
+    Returns the (m, 16) uint8 array of ``[ab]H(y)`` for the peer's IDs, in received order.
+    """
+    first = channel.recv(peer, MASKED, round=round, timeout=timeout)
+    points, m = _masked_of(first, peer, cardinality_only, None)
+    counter.peers = (counter.peers or 0) + m
+    out = np.empty((m, DOUBLE_BYTES), dtype=np.uint8)
+
+    def pieces() -> Iterator[tuple[bytes, bytes]]:
+        # the peer's messages, cut into tasks of at most ``chunk`` points, received lazily
+        blob, got, step = points, 0, chunk * POINT_BYTES
+        while True:
+            got += len(blob) // POINT_BYTES
+            if got > m:
+                raise ProtocolError(f"PSI with {peer!r}: got more than the {m} masked IDs announced")
+            for off in range(0, len(blob), step):
+                yield blob[off : off + step], key
+            if got == m:
+                return
+            blob, _ = _masked_of(channel.recv(peer, MASKED, round=round, timeout=timeout), peer, cardinality_only, m)
+
+    pos = 0
+    for double in _ordered(executor, _remask, pieces()):
+        k = len(double) // DOUBLE_BYTES
+        out[pos : pos + k] = np.frombuffer(double, dtype=np.uint8).reshape(k, DOUBLE_BYTES)
+        pos += k
+        if not cardinality_only:
+            channel.send(peer, DOUBLE, {"points": double}, round=round)
+        counter.add(k)
+    if pos != m:
+        raise ProtocolError(f"PSI with {peer!r}: announced {m} masked IDs, sent {pos}")
+    if cardinality_only:  # back in a fresh secret order: the owner cannot tell which of its IDs matched
+        shuffled = out[rng.permutation(m)]
+        for a in range(0, max(m, 1), chunk):
+            channel.send(peer, DOUBLE, {"points": shuffled[a : a + chunk].tobytes()}, round=round)
+    elif m == 0:
+        channel.send(peer, DOUBLE, {"points": b""}, round=round)
+    return out
 
 
-def _points_of(msg: Any, peer: str) -> bytes:
+def _collect(channel: Channel, peer: str, n: int, *, round: int, timeout: float) -> np.ndarray:
+    """Step 2 for our own IDs: the (n, 16) double-masked values the peer sends back."""
+    out = np.empty((n, DOUBLE_BYTES), dtype=np.uint8)
+    pos = 0
+    while True:
+        msg = channel.recv(peer, DOUBLE, round=round, timeout=timeout)
+        points = msg.get("points") if isinstance(msg, dict) else None
+        if not isinstance(points, bytes) or len(points) % DOUBLE_BYTES:
+            raise ProtocolError(f"malformed PSI message from {peer!r}")
+        k = len(points) // DOUBLE_BYTES
+        if pos + k > n:
+            raise ProtocolError(f"PSI with {peer!r}: got more than the {n} double-masked IDs we sent")
+        out[pos : pos + k] = np.frombuffer(points, dtype=np.uint8).reshape(k, DOUBLE_BYTES)
+        pos += k
+        if pos == n:
+            return out
+
+
+#: the largest set a peer may announce (the int32 order ranks, ~2.1e9 IDs)
+MAX_SET_SIZE = 2**31 - 1
+
+
+def _masked_of(msg: Any, peer: str, cardinality_only: bool, n: int | None) -> tuple[bytes, int]:
     if not isinstance(msg, dict) or not isinstance(msg.get("points"), bytes):
         raise ProtocolError(f"malformed PSI message from {peer!r}")
-    points = msg["points"]
+    points, size = msg["points"], msg.get("n")
     if len(points) % POINT_BYTES:
         raise ProtocolError(f"PSI message from {peer!r} is not a whole number of points")
-    return points
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise ProtocolError(f"malformed PSI message from {peer!r} (set size of type {type(size).__name__})")
+    if n is not None and size != n:
+        raise ProtocolError(f"PSI message from {peer!r} announces a set size other than its first message's")
+    if size > MAX_SET_SIZE:
+        # the size sizes this party's buffers before any point arrives: a peer must not make it
+        # allocate (or fail to allocate) whatever it announces
+        raise ProtocolError(f"PSI message from {peer!r} announces {size} IDs, more than the {MAX_SET_SIZE} supported")
+    if bool(msg.get("card")) != cardinality_only:
+        raise ProtocolError(
+            f"PSI with {peer!r}: one side asked for cardinality only and the other for the intersection"
+        )
+    return points, size
+
+
+def _members(own: np.ndarray, other: np.ndarray) -> np.ndarray:
+    """For each 16-byte row of ``own``: is it a row of ``other``? Exact, O((n + m) log m).
+
+    Sorts ``other`` by its first 64 bits and binary-searches each row of ``own``; candidates
+    are confirmed on both 64-bit words. A 64-bit prefix shared by several rows of ``other``
+    (probability ~m²/2^65) is resolved row by row, so the answer never depends on luck.
+    """
+    n, m = own.shape[0], other.shape[0]
+    hit = np.zeros(n, dtype=bool)
+    if n == 0 or m == 0:
+        return hit
+    words = other.view(np.uint64)
+    order = np.argsort(words[:, 0], kind="stable")
+    lo_sorted = words[order, 0]
+    hi_sorted = words[order, 1]
+    shared = np.flatnonzero(lo_sorted[1:] == lo_sorted[:-1])
+    mine = own.view(np.uint64)
+    for a in range(0, n, _MATCH_BLOCK):
+        block = mine[a : a + _MATCH_BLOCK]
+        idx = np.minimum(np.searchsorted(lo_sorted, block[:, 0]), m - 1)
+        hit[a : a + block.shape[0]] = (lo_sorted[idx] == block[:, 0]) & (hi_sorted[idx] == block[:, 1])
+    if shared.size:  # rows of ``own`` whose prefix several rows of ``other`` share: check them all
+        dup_lo = np.unique(lo_sorted[shared])
+        for i in np.flatnonzero(np.isin(mine[:, 0], dup_lo)).tolist():
+            j = np.searchsorted(lo_sorted, mine[i, 0])
+            run_hi = hi_sorted[j : np.searchsorted(lo_sorted, mine[i, 0], side="right")]
+            hit[i] = bool((run_hi == mine[i, 1]).any())
+    return hit
+
+
+def _digest(values: np.ndarray) -> bytes:
+    """SHA-256 of 16-byte values in a canonical order (both sides hash the same set)."""
+    words = values.view("<u8")  # little-endian on every machine: both sides sort alike
+    order = np.lexsort((words[:, 1], words[:, 0])) if values.shape[0] else np.zeros(0, dtype=np.int64)
+    return hashlib.sha256(values[order].tobytes()).digest()
+
+
+def _confirm(channel: Channel, peer: str, digest: bytes, *, round: int, timeout: float) -> None:
+    channel.send(peer, CONFIRM, {"digest": digest}, round=round)
+    theirs = channel.recv(peer, CONFIRM, round=round, timeout=timeout)
+    if not isinstance(theirs, dict) or theirs.get("digest") != digest:
+        raise ProtocolError(
+            f"PSI with {peer!r}: the two sides computed different intersections "
+            "(different ID rendering or hash domain?)"
+        )
+
+
+def _finish(
+    channel: Channel,
+    peer: str,
+    table: IdTable,
+    order: np.ndarray,
+    peer_double: np.ndarray,
+    *,
+    cardinality_only: bool,
+    round: int,
+    timeout: float,
+) -> tuple[np.ndarray, int]:
+    """Steps 3-4: own rows in the intersection in the agreed order (sorted by ID), and its size."""
+    own_double = _collect(channel, peer, len(table), round=round, timeout=timeout)
+    hit = _members(own_double, peer_double)
+    size = int(np.count_nonzero(hit))
+    if cardinality_only:
+        _confirm(channel, peer, str(size).encode(), round=round, timeout=timeout)
+        return np.zeros(0, dtype=np.int64), size
+    _confirm(channel, peer, _digest(own_double[hit]), round=round, timeout=timeout)
+    return table.sort_rows(order[np.flatnonzero(hit)]), size
 
 
 def _domain(domain: bytes, job: str) -> bytes:
     return domain + b"|" + job.encode("utf-8")
 
 
+def _table(ids: Sequence[str] | IdTable, source: str) -> IdTable:
+    return ids if isinstance(ids, IdTable) else IdTable.from_ids(ids, source=source)
+
+
+def _secret_order(rng: np.random.Generator, n: int) -> np.ndarray:
+    order = rng.permutation(n)
+    return order.astype(np.int32) if n < 2**31 else order
+
+
+def _check_chunk(chunk: int) -> int:
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1:
+        raise ConfigError(f"PSI chunk must be an integer >= 1 (IDs per message), got {chunk!r}")
+    return chunk
+
+
 def psi_party(
     channel: Channel,
     *,
     peer: str,
-    ids: Sequence[str],
+    ids: Sequence[str] | IdTable,
     rng: np.random.Generator,
     cardinality_only: bool = False,
     round: int = 0,
     timeout: float = DEFAULT_TIMEOUT,
     executor: Executor | None = None,
     domain: bytes = DEFAULT_DOMAIN,
+    chunk: int = CHUNK,
+    progress: PsiProgress | None = None,
 ) -> PsiResult:
     """Run one side of a two-party PSI with ``peer``; both sides call this same function.
 
     Args:
         channel: this party's channel.
         peer: the other party.
-        ids: this party's IDs (unique strings; see :func:`ids_from_column`).
+        ids: this party's IDs: unique strings (see :func:`ids_from_column`) or an
+            :class:`IdTable` (e.g. read from disk in chunks).
         rng: draws the secret orders in which masked IDs are sent (the X25519 scalar comes
             from the OS's secure randomness).
         cardinality_only: learn only ``|intersection|`` (both sides must agree).
         round, timeout: channel round and seconds to wait for each peer message.
         executor: a process pool from :func:`psi_executor` for large sets.
         domain: hash domain; the job id is appended so two jobs' masked values never match.
+        chunk: IDs per message and per pool task (the two sides may differ).
+        progress: called after every chunk with this party's curve operations so far.
 
     Returns:
         :class:`PsiResult`, the same intersection in the same order on both sides.
     """
-    ids = _check_ids(ids)
+    table = _table(ids, "PSI")
+    chunk = _check_chunk(chunk)
     key = X25519PrivateKey.generate().private_bytes_raw()
-    dom = _domain(domain, channel.job)
-    session = _Session(channel, peer, round=round, timeout=timeout, cardinality_only=cardinality_only)
-    masked = _run(executor, _hash_and_mask, ids, 1, dom, key)
-    session.send_masked(masked, rng)
-    session.respond(key, executor, rng)
-    rows, size = session.finish(len(ids), ids)
+    order = _secret_order(rng, len(table))
+    counter = _Counter(progress, peer, len(table))
+    _send_own(channel, [peer], table, order, key=key, domain=_domain(domain, channel.job), executor=executor,
+              chunk=chunk, cardinality_only=cardinality_only, round=round, counter=counter)
+    peer_double = _answer(channel, peer, key=key, executor=executor, chunk=chunk, cardinality_only=cardinality_only,
+                          rng=rng, round=round, timeout=timeout, counter=counter)
+    rows, size = _finish(channel, peer, table, order, peer_double, cardinality_only=cardinality_only,
+                         round=round, timeout=timeout)
     return PsiResult(
-        ids=tuple(ids[r] for r in rows),
-        positions=np.asarray(rows, dtype=np.int64),
+        table=table,
+        positions=rows,
         size=size,
-        local_size=len(ids),
-        peer_size=session.peer_size,
+        local_size=len(table),
+        peer_size=peer_double.shape[0],
         cardinality_only=cardinality_only,
     )
-
-
-def _check_ids(ids: Sequence[str]) -> list[str]:
-    out = list(ids)
-    if not all(isinstance(i, str) for i in out):
-        raise DataError("PSI IDs must be strings (use ids_from_column to convert a column)")
-    if len(set(out)) != len(out):
-        raise DataError("PSI IDs must be unique (use ids_from_column to check a column)")
-    return out
 
 
 def align_guest(
     channel: Channel,
     *,
     hosts: Sequence[str],
-    ids: Sequence[str],
+    ids: Sequence[str] | IdTable,
     rng: np.random.Generator,
     round: int = 0,
     timeout: float = DEFAULT_TIMEOUT,
     executor: Executor | None = None,
     domain: bytes = DEFAULT_DOMAIN,
     source: str = "guest",
+    chunk: int = CHUNK,
+    progress: PsiProgress | None = None,
 ) -> Alignment:
     """The guest's side of multi-host alignment: pairwise PSI with every host, then intersect.
 
-    The guest masks its IDs once and runs the pairwise protocol with all hosts interleaved.
-    The aligned order is the agreed order (sorted by ID) restricted to IDs every host holds;
-    each host is sent the indices (into its own pairwise result) of the surviving rows.
+    The guest masks its IDs once and sends each chunk to every host; it then answers and
+    matches the hosts one after the other. The aligned order is the agreed order (sorted by
+    ID) restricted to IDs every host holds; each host is sent the indices (into its own
+    pairwise result) of the surviving rows.
 
     Raises:
         DataError: the intersection over all parties is empty (every host is told first, so
@@ -454,32 +533,33 @@ def align_guest(
     """
     if not hosts:
         raise ConfigError("vertical alignment needs at least one host")
-    ids = _check_ids(ids)
+    table = _table(ids, source)
+    chunk = _check_chunk(chunk)
     key = X25519PrivateKey.generate().private_bytes_raw()
-    dom = _domain(domain, channel.job)
-    masked = _run(executor, _hash_and_mask, ids, 1, dom, key)
-    sessions = {h: _Session(channel, h, round=round, timeout=timeout, cardinality_only=False) for h in hosts}
-    for s in sessions.values():
-        s.send_masked(masked, rng)
-    for s in sessions.values():
-        s.respond(key, executor, rng)
-    pairwise: dict[str, list[int]] = {}
-    for h, s in sessions.items():
-        pairwise[h], _ = s.finish(len(ids), ids)
-    common = set(pairwise[hosts[0]])
-    for h in hosts[1:]:
-        common &= set(pairwise[h])
-    final = [row for row in pairwise[hosts[0]] if row in common]
+    order = _secret_order(rng, len(table))
+    counter = _Counter(progress, ",".join(hosts), len(table))
+    _send_own(channel, list(hosts), table, order, key=key, domain=_domain(domain, channel.job), executor=executor,
+              chunk=chunk, cardinality_only=False, round=round, counter=counter)
+    pairwise: dict[str, np.ndarray] = {}
     for h in hosts:
-        where = {row: k for k, row in enumerate(pairwise[h])}
-        channel.send(h, FINAL, {"index": np.asarray([where[r] for r in final], dtype=np.int64)}, round=round)
-    if not final:
-        raise DataError(_no_overlap(source, {h: len(pairwise[h]) for h in hosts}))
+        peer_double = _answer(channel, h, key=key, executor=executor, chunk=chunk, cardinality_only=False, rng=rng,
+                              round=round, timeout=timeout, counter=counter)
+        pairwise[h], _ = _finish(channel, h, table, order, peer_double, cardinality_only=False, round=round,
+                                 timeout=timeout)
+        del peer_double
+    final = pairwise[hosts[0]]
+    for h in hosts[1:]:
+        final = final[np.isin(final, pairwise[h])]
+    for h in hosts:
+        index = np.searchsorted(table.rank[pairwise[h]], table.rank[final]) if final.size else final
+        channel.send(h, FINAL, {"index": np.asarray(index, dtype=np.int64)}, round=round)
+    if not final.size:
+        raise DataError(_no_overlap(source, {h: int(pairwise[h].size) for h in hosts}))
     return Alignment(
-        ids=tuple(ids[r] for r in final),
+        ids=tuple(table.take(final)),
         positions=np.asarray(final, dtype=np.int64),
-        local_size=len(ids),
-        pairwise={h: len(pairwise[h]) for h in hosts},
+        local_size=len(table),
+        pairwise={h: int(pairwise[h].size) for h in hosts},
     )
 
 
@@ -487,17 +567,20 @@ def align_host(
     channel: Channel,
     *,
     guest: str,
-    ids: Sequence[str],
+    ids: Sequence[str] | IdTable,
     rng: np.random.Generator,
     round: int = 0,
     timeout: float = DEFAULT_TIMEOUT,
     executor: Executor | None = None,
     domain: bytes = DEFAULT_DOMAIN,
     source: str = "host",
+    chunk: int = CHUNK,
+    progress: PsiProgress | None = None,
 ) -> Alignment:
     """A host's side of multi-host alignment (see :func:`align_guest`)."""
     pair = psi_party(
-        channel, peer=guest, ids=ids, rng=rng, round=round, timeout=timeout, executor=executor, domain=domain
+        channel, peer=guest, ids=_table(ids, source), rng=rng, round=round, timeout=timeout, executor=executor,
+        domain=domain, chunk=chunk, progress=progress,
     )
     msg = channel.recv(guest, FINAL, round=round, timeout=timeout)
     index = msg.get("index") if isinstance(msg, dict) else None
@@ -509,7 +592,7 @@ def align_host(
         raise DataError(_no_overlap(source, {guest: pair.size}))
     positions = pair.positions[index]
     return Alignment(
-        ids=tuple(pair.ids[k] for k in index.tolist()),
+        ids=tuple(pair.table.take(positions)),
         positions=positions,
         local_size=pair.local_size,
         pairwise={guest: pair.size},
@@ -535,34 +618,58 @@ class LocalPsiRun:
 
 
 def psi_in_process(
-    left_ids: Sequence[str],
-    right_ids: Sequence[str],
+    left_ids: Sequence[str] | IdTable,
+    right_ids: Sequence[str] | IdTable,
     *,
     cardinality_only: bool = False,
     workers: int | None = 1,
     job: str = "psi",
+    chunk: int = CHUNK,
+    progress: PsiProgress | None = None,
 ) -> LocalPsiRun:
     """Run both roles of :func:`psi_party` as threads over an in-process hub (the real protocol).
 
-    Each party gets its own process pool of ``workers`` processes (``None``: every core) when
-    its set is large enough to profit. The secret send orders come from the OS CSPRNG
+    Each party gets its own process pool of ``workers`` processes when the sets are large
+    enough to profit; ``None`` splits the cores between the two parties (half each, at least
+    one: more processes than cores only adds switching). The secret send orders come from the OS CSPRNG
     (:func:`~fedsilo.privacy.mechanisms.secure_rng`): never from a seed, which would let the
-    peer undo the shuffle.
+    peer undo the shuffle. ``progress`` gets ``{"stage": "psi", "done", "total"}`` summed over
+    both parties (``total`` = 2(n + m) curve operations).
     """
-    rngs = [secure_rng(), secure_rng()]
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"PSI workers must be an integer >= 1, got {workers!r}")
+    per_party = max(1, (os.cpu_count() or 1) // 2) if workers is None else workers
+    tables = {"left": _table(left_ids, "left"), "right": _table(right_ids, "right")}
+    total = 2 * (len(tables["left"]) + len(tables["right"]))
+    rngs = {"left": secure_rng(), "right": secure_rng()}
     hub = InProcessHub(job, ["left", "right"])
+    done = {"left": 0, "right": 0}
+    lock = threading.Lock()
 
-    def side(name: str, peer: str, ids: Sequence[str], rng: np.random.Generator) -> Any:
+    def side(name: str, peer: str) -> Callable[[Channel], PsiResult]:
+        def report(event: dict[str, Any]) -> None:
+            with lock:  # one party's report at a time: ``done`` never goes backwards
+                done[name] = int(event["done"])
+                if progress is not None:
+                    progress({"stage": "psi", "done": done["left"] + done["right"], "total": total})
+
         def run(ch: Channel) -> PsiResult:
-            big = len(ids) >= POOL_THRESHOLD
-            with psi_executor(workers if big else 1) as ex:
-                return psi_party(ch, peer=peer, ids=ids, rng=rng, cardinality_only=cardinality_only, executor=ex)
+            big = max(len(tables["left"]), len(tables["right"])) >= POOL_THRESHOLD
+            with psi_executor(per_party if big else 1, pool_of_one=big) as ex:
+                return psi_party(ch, peer=peer, ids=tables[name], rng=rngs[name], cardinality_only=cardinality_only,
+                                 executor=ex, chunk=_task_chunk(chunk, len(tables[name]), ex),
+                                 progress=report if progress is not None else None)
 
         return run
 
     start = time.perf_counter()
-    out = run_parties(
-        hub,
-        {"left": side("left", "right", left_ids, rngs[0]), "right": side("right", "left", right_ids, rngs[1])},
-    )
+    out = run_parties(hub, {"left": side("left", "right"), "right": side("right", "left")})
     return LocalPsiRun(out["left"], out["right"], hub.bytes_sent(), time.perf_counter() - start)
+
+
+def _task_chunk(chunk: int, n: int, executor: Executor | None) -> int:
+    """``chunk``, made smaller for a set that would otherwise not keep the pool busy."""
+    if executor is None:
+        return chunk
+    workers = getattr(executor, "_max_workers", 2) or 2
+    return max(1, min(chunk, math.ceil(n / (4 * workers)) if n else chunk))

@@ -617,6 +617,11 @@ class Agent:
                 f"{source}: key 'model.kind': {cfg.model.kind!r} names a Python class; an agent runs built-in models "
                 "only (a job would otherwise import code its submitter chose)"
             )
+        if cfg.federation.task in ("horizontal",) and cfg.model.trainer is not None:
+            raise _Refused(
+                f"{source}: key 'model.trainer': {cfg.model.trainer!r} names a Python function; an agent runs the "
+                "built-in training loop only (a job would otherwise run code its submitter chose)"
+            )
         if self.name not in parties:
             raise _Refused(f"silo {self.name!r} is not a party of this job (parties: {', '.join(parties)})")
         if coordinator not in parties:
@@ -650,6 +655,23 @@ class Agent:
                 raise _Refused(
                     f"{source}: [crypto] insecure = true (the plain backend, weak keys, no-DP vertical training or sums "
                     f"of two silos): silo {self.name!r} serves a non-loopback address and refuses insecure jobs"
+                )
+        if self.tls is None:
+            from fedsilo.crypto.registry import get_backend_class
+
+            try:
+                keyless = get_backend_class(cfg.crypto.backend).capabilities().keyless
+            except FedsiloError as exc:
+                raise _Refused(f"{source}: key 'crypto.backend': {one_line(exc)}") from None
+            if keyless:
+                # refused at the offer, not in round 1 (found by the bad-input sweep): SecAgg+
+                # relays keys and survivor sets through the aggregator, so each silo signs them
+                # with its certificate key, which a plaintext transport does not have
+                raise _Refused(
+                    f"{source}: key 'crypto.backend': {cfg.crypto.backend!r} is keyless secure aggregation, which "
+                    f"needs party identities (mTLS certificates) to sign its keys and survivor sets; silo "
+                    f"{self.name!r} runs a plaintext transport (no [tls] in its silo.toml): give it a certificate "
+                    "(fedsilo certs) or use a shared-key backend"
                 )
         role = parties[self.name]
         dataset = cap = schema = None

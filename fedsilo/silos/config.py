@@ -112,6 +112,9 @@ class DataSection(_Section):
     partition: PartitionSpec | None = None
     test_fraction: Float = Field(0.2, gt=0, lt=1)
     bounds: dict[str, Range] = Field(default_factory=dict)
+    #: horizontal: a public typical value per feature (the data dictionary's), inside its bounds;
+    #: each silo shifts the scaled feature so that this value maps to 0 (docs/horizontal.md)
+    center: dict[str, Float] = Field(default_factory=dict)
 
     _bounds_ordered = field_validator("bounds")(_ordered)
 

@@ -476,11 +476,25 @@ repeated_cases = st.tuples(
 )
 
 
+def _junk_scale(bound: float) -> float:
+    """The magnitude of the junk past a matmul result's values: the largest power of two <= bound."""
+    return 2.0 ** np.floor(np.log2(bound))
+
+
+def _assert_uniform_junk(slots: np.ndarray, scale: float) -> None:
+    """``slots`` look like independent draws of U(-scale, scale): within range, and a KS test
+    against that law does not reject at 1e-4 (a copy of the data, or zeros, is rejected)."""
+    from scipy import stats
+
+    assert slots.size >= 100 and np.max(np.abs(slots)) <= scale * (1 + 1e-9)
+    assert stats.kstest(slots, stats.uniform(loc=-scale, scale=2 * scale).cdf).pvalue > 1e-4
+
+
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
 @given(repeated_cases)
 def test_matmul_repeated_stays_within_the_error_bound(mm, case):
-    """|Dec(matmul_repeated) - v @ M| <= error_bound * (1 + column L1 norm of M), slot by slot, and
-    nothing but the m results is in the ciphertext (the repeats of the fold are masked away)."""
+    """|Dec(matmul_repeated) - v @ M| within ``matmul_error_bound``, slot by slot, and nothing
+    but the m results is in the ciphertext: every slot past them is uniform junk."""
     rows, cols, scale, seed = case
     b = mm.backend
     rng = np.random.default_rng(seed)
@@ -490,10 +504,69 @@ def test_matmul_repeated_stays_within_the_error_bound(mm, case):
     ct = b.encrypt(mm.public, np.repeat(v, repeat))
     out = b.matmul_repeated(ct, m, repeat=repeat)
     assert out.length == cols and out.depth_used == 2 and len(out.chunks) == 1
-    bound = b.info().error_bound * (1 + np.abs(m).sum(axis=0))
+    bound = b.matmul_error_bound(input_l1=np.abs(v).sum(), column_l1=np.abs(m).sum(axis=0), repeat=repeat)
     got = b.decrypt(mm.secret, b.deserialize(mm.public, b.serialize(out)))
     assert np.all(np.abs(got - v @ m) <= bound + 1e-12 * np.abs(v @ m))
-    assert np.max(np.abs(_raw_slots(mm, out)[cols:])) <= b.info().error_bound
+    _assert_uniform_junk(_raw_slots(mm, out)[cols:], _junk_scale(out.bound))
+
+
+@pytest.mark.parametrize("path", ["matmul_repeated", "matmul_plain"])
+def test_slots_past_the_result_do_not_depend_on_the_data(mm, monkeypatch, path):
+    """The mask's encoding leaves ~1e-11-relative copies of the fold's partial sums (of the
+    column sums, for matmul_plain) in the slots it zeroes: without the junk those slots are a
+    deterministic linear function of the data (the same in every run, halved with the data),
+    which a key holder could read at large magnitudes. With it they are uniform junk over a
+    power of two, fresh in every product: uncorrelated across runs on the same data, and not
+    halved with the data."""
+    from fedsilo.crypto import ckks
+
+    b = mm.backend
+    rng = np.random.default_rng(41)
+    rows, cols, repeat = 300, 6, 8
+    v = b.p.value_bound * rng.uniform(0.5, 1, rows)  # large partial sums: the worst case for the residue
+    m = rng.uniform(0, 3, (rows, cols)) / rows
+
+    def past(values: np.ndarray) -> tuple[np.ndarray, float]:
+        if path == "matmul_repeated":
+            out = b.matmul_repeated(b.encrypt(mm.public, np.repeat(values, repeat)), m, repeat=repeat)
+        else:
+            out = b.matmul_plain(b.encrypt(mm.public, values), m)
+        return _raw_slots(mm, out)[cols:], out.bound
+
+    with monkeypatch.context() as patch:  # without the junk: the data's residue
+        patch.setattr(ckks.CKKSBackend, "_fill_past_length", lambda self, chunks, length, bound: None)
+        bare, again, half = past(v)[0], past(v)[0], past(v / 2)[0]
+    assert np.max(np.abs(bare)) < 1e-5  # "zeros" to the eye, yet a function of the data:
+    assert np.corrcoef(bare, again)[0, 1] > 0.99 and np.median(half / bare) == pytest.approx(0.5, abs=0.01)
+    (first, bound), (second, _), (halved, _) = past(v), past(v), past(v / 2)
+    for slots in (first, second, halved):
+        _assert_uniform_junk(slots, _junk_scale(bound))
+    assert abs(np.corrcoef(first, second)[0, 1]) < 0.1 and abs(np.corrcoef(first, halved)[0, 1]) < 0.1
+
+
+@pytest.mark.parametrize("repeat", [1, 8, 64])
+@pytest.mark.parametrize("pattern", ["constant", "alternating"])
+def test_matmul_error_bound_holds_at_the_value_bound_with_4096_rows(mm, repeat, pattern):
+    """The worst case of the error model: |v| = value_bound on 4,096 rows with constant or
+    alternating signs and constant columns, where the matrix's encoding errors add up
+    coherently over the rows. ``error_bound * (1 + ||M_j||_1)`` alone (the bound before) is
+    exceeded there; ``matmul_error_bound`` holds."""
+    b = mm.backend
+    rows, cols = 4096, max(1, repeat - 3)
+    sign = np.ones(rows) if pattern == "constant" else (-1.0) ** np.arange(rows)
+    v = b.p.value_bound * sign
+    m = sign[:, None] * np.full((rows, cols), 0.5 / rows)
+    if repeat == 1:
+        out = b.matmul_plain(b.encrypt(mm.public, v), m)
+    else:
+        out = b.matmul_repeated(b.encrypt(mm.public, np.repeat(v, repeat)), m, repeat=repeat)
+    err = np.abs(b.decrypt(mm.secret, out) - v @ m)
+    column_l1 = np.abs(m).sum(axis=0)
+    bound = b.matmul_error_bound(input_l1=np.abs(v).sum(), column_l1=column_l1, repeat=repeat)
+    assert np.all(err <= bound), (err.max(), bound.max())
+    assert bound.max() < 1e-3  # and it is a usable bound: 6 sqrt(repeat) 2^-40 ||v||_1 <= 7.5e-4 here
+    if repeat == 64:
+        assert err.max() > b.info().error_bound * (1 + column_l1.max())  # the old bound did not hold
 
 
 def test_matmul_repeat_picks_a_power_of_two_when_packing_pays(mm, mul):
@@ -537,7 +610,8 @@ def test_matmul_repeated_results_are_ordinary_ciphertexts(mm):
         assert sent.plain_operand and b.serialize(sent) != b.serialize(sent)
         got = b.decrypt(mm.secret, b.deserialize(mm.public, b.serialize(sent)))
         assert np.max(np.abs(got - (v @ m + 1 + mask))) < 1e-4
-        assert np.max(np.abs(_raw_slots(mm, sent)[6:])) <= b.info().error_bound
+        # the slots past the values: the product's junk, plus the fresh ciphertext's zeros
+        assert np.max(np.abs(_raw_slots(mm, sent)[6:])) <= _junk_scale(g.bound) + 1e-6
 
 
 def test_matmul_repeated_refuses_bad_shapes_levels_and_magnitudes(mm, mul, keyset_factory):
@@ -568,13 +642,37 @@ def test_matmul_repeated_refuses_bad_shapes_levels_and_magnitudes(mm, mul, keyse
     assert np.max(np.abs(b.decrypt(mm.secret, zero))) <= b.info().error_bound and zero.length == 3
 
 
-def test_matmul_repeated_without_memfd_takes_the_generic_path(mm, monkeypatch):
+def test_matmul_repeated_without_memfd_computes_the_same_layout_by_the_generic_path(mm, monkeypatch):
+    """The layout follows from public parameters only: a party on a platform without
+    os.memfd_create asks for the same repeat and fill as one with it (so a job across platforms
+    agrees on every residual's length), and computes the same product, slower."""
     from fedsilo.crypto import ckks
 
-    monkeypatch.setattr(ckks, "_fold_available", lambda: False)
     b = mm.backend
-    assert b.matmul_repeat(rows=100, columns=5) == 1  # a protocol then sends plain vectors
+    layouts = [(b.matmul_repeat(rows=r, columns=c), b.matmul_fill_rows(columns=c)) for r in (1, 100, 4096) for c in (2, 5, 11)]
     rng = np.random.default_rng(33)
     v, m = rng.uniform(-1, 1, 50), rng.uniform(-1, 1, (50, 3)) / 50
-    out = b.decrypt(mm.secret, b.matmul_repeated(b.encrypt(mm.public, np.repeat(v, 4)), m, repeat=4))
-    assert np.max(np.abs(out - v @ m)) <= b.info().error_bound * (1 + np.abs(m).sum(axis=0).max())
+    fast = b.decrypt(mm.secret, b.matmul_repeated(b.encrypt(mm.public, np.repeat(v, 4)), m, repeat=4))
+    monkeypatch.setattr(ckks, "_fold_available", lambda: False)
+    assert [(b.matmul_repeat(rows=r, columns=c), b.matmul_fill_rows(columns=c)) for r in (1, 100, 4096) for c in (2, 5, 11)] == layouts
+    assert b.matmul_repeat(rows=100, columns=5) == 8
+    out = b.matmul_repeated(b.encrypt(mm.public, np.repeat(v, 4)), m, repeat=4)
+    slow = b.decrypt(mm.secret, out)
+    tol = b.matmul_error_bound(input_l1=np.abs(v).sum(), column_l1=np.abs(m).sum(axis=0), repeat=4)
+    assert np.all(np.abs(slow - v @ m) <= tol) and np.all(np.abs(fast - v @ m) <= tol)
+    _assert_uniform_junk(_raw_slots(mm, out)[3:], _junk_scale(out.bound))
+
+
+def test_matmul_fill_rows_fill_one_ciphertext(mm, mul):
+    b, s = mm.backend, mm.backend.p.slots
+    assert b.matmul_fill_rows(columns=6) == s // 8 == 512  # the 10-feature benchmark's guest: 5 + intercept
+    assert b.matmul_fill_rows(columns=11) == s // 16
+    assert b.matmul_fill_rows(columns=1) == s  # one column: plain vectors, one value per slot
+    assert b.matmul_fill_rows(columns=s + 1) == s  # more columns than slots: no packing either
+    for columns in (2, 7, 64, 100):
+        rows = b.matmul_fill_rows(columns=columns)
+        assert rows * b.matmul_repeat(rows=rows, columns=columns) == s
+    assert mul.backend.matmul_fill_rows(columns=6) is None  # no matmul without Galois keys
+    for bad in (0, -1, 2.5, True):
+        with pytest.raises(ConfigError, match="columns"):
+            b.matmul_fill_rows(columns=bad)

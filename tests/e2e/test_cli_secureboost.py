@@ -87,6 +87,14 @@ def _blank_utilization_of_row_5(frame: pd.DataFrame) -> None:
     frame["utilization"] = frame["utilization"].where(frame.index != 5)
 
 
+def _bank_with_text_income(tmp: Path) -> Path:
+    frame = pd.read_csv(BANK / "bank.csv", dtype={"customer_id": str, "log_income": str})
+    frame.loc[3, "log_income"] = "unknown"
+    path = tmp / "bank.csv"
+    frame.to_csv(path, index=False)
+    return path
+
+
 def _partner_with(tmp: Path, change) -> Path:
     frame = pd.read_csv(BANK / "partner.csv", dtype={"customer_id": str})
     change(frame)
@@ -108,9 +116,73 @@ def _partner_with(tmp: Path, change) -> Path:
     (lambda tmp: _bank(tmp, silos=_bank_silos() + '[[silos]]\nname = "arbiter"\nrole = "arbiter"\n'),
      "SecureBoost has no arbiter"),
     (lambda tmp: _bank(tmp, model="trees = 2\ndepth = 0\n"), "key 'model.depth': Input should be greater than or equal to 1"),
+    (lambda tmp: _toml(tmp, silos=_bank_silos(bank=_bank_with_text_income(tmp)), label="log_income",
+                       id_column="customer_id", model='trees = 2\nobjective = "squared_error"\n'),
+     "bank.csv: column 'log_income' is not numeric (row 5 of the file has 'unknown')"),
 ])
 def test_bad_input_is_one_clear_line_exit_2(tmp_path: Path, make, message: str) -> None:
     res = _run("simulate", make(tmp_path), "--quiet", "--ledger-dir", tmp_path / "l")
     assert res.exit_code == 2, res.output
     assert message in res.output, res.output
     assert "Traceback" not in res.output
+
+
+# ------------------------------------------------------------------------------ the example configs, new keys
+
+
+def _example(tmp: Path, folder: Path, *, trees: int = 3) -> Path:
+    """The example's own secureboost.toml with fewer trees (to stay fast) and its tables' paths
+    made absolute; everything else (Paillier 2048, DP ε = 8, bounds, guest_trees) as shipped."""
+    text = (folder / "secureboost.toml").read_text()
+    assert "trees = 10\n" in text
+    text = text.replace("trees = 10\n", f"trees = {trees}\n")
+    for csv in folder.glob("*.csv"):
+        text = text.replace(f'data = "{csv.name}"', f'data = "{csv}"')
+    path = tmp / "secureboost.toml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("folder", "hosts", "auc"), [(BANK, ["partner"], 0.70), (HOSPITAL, ["radiology", "pathology"], 0.9)],
+                         ids=["bank", "hospital"])
+def test_the_example_secureboost_configs_run_end_to_end(tmp_path: Path, folder: Path, hosts: list[str], auc: float) -> None:
+    import tomllib
+
+    from fedsilo.privacy.ledger import PrivacyLedger
+
+    shipped = tomllib.loads((folder / "secureboost.toml").read_text())
+    out = tmp_path / "r.json"
+    res = _run("simulate", _example(tmp_path, folder), "--json", out, "--ledger-dir", tmp_path / "l", "--quiet")
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert (data["model"], data["objective"], data["backend"], data["private"]) == ("secureboost", "log_loss", "paillier", True)
+    assert data["final"]["auc"] > auc and data["trees"] == 3
+    joint = 3 - shipped["model"].get("guest_trees", 0)
+    assert data["dp"]["releases"] == joint * shipped["model"]["depth"]
+    for h in hosts:
+        assert 0 < data["epsilon"][h]["epsilon"] <= shipped["privacy"]["epsilon"]
+        with PrivacyLedger(tmp_path / "l" / f"{h}.sqlite", silo=h) as led:
+            assert 0 < len(led.entries(h)) <= data["dp"]["releases"]
+    if shipped["model"].get("guest_trees"):
+        assert all(v == 0 for p, v in data["rounds"][0]["splits"].items() if p in hosts)  # the guest's tree
+
+
+def test_missing_value_bins_run_a_table_the_default_refuses(tmp_path: Path) -> None:
+    partner = _partner_with(tmp_path, _blank_utilization_of_row_5)
+    out = tmp_path / "r.json"
+    res = _run("simulate", _bank(tmp_path, silos=_bank_silos(partner=partner), model="trees = 3\nmissing = \"bin\"\n"),
+               "--json", out, "--ledger-dir", tmp_path / "l", "--quiet")
+    assert res.exit_code == 0, res.output
+    assert json.loads(out.read_text())["final"]["auc"] > 0.7
+
+
+def test_regression_reports_rmse_mae_and_r2(tmp_path: Path) -> None:
+    out = tmp_path / "r.json"
+    toml = _toml(tmp_path, silos=_bank_silos(), label="log_income", id_column="customer_id",
+                 model='trees = 5\nobjective = "squared_error"\n')
+    res = _run("simulate", toml, "--json", out, "--ledger-dir", tmp_path / "l", "--quiet")
+    assert res.exit_code == 0, res.output
+    data = json.loads(out.read_text())
+    assert data["objective"] == "squared_error" and set(data["final"]) == {"rmse", "mae", "r2", "test_loss"}
+    assert 0 < data["final"]["r2"] < 1 and data["final"]["rmse"] < 0.5

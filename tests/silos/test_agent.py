@@ -438,6 +438,14 @@ def test_an_agent_runs_built_in_models_only(fed: Federation) -> None:
 
 
 @pytest.mark.network
+@pytest.mark.timeout(60)
+def test_an_agent_runs_the_built_in_training_loop_only(fed: Federation) -> None:
+    got = fed.run(_job(dp=False, extra='[model]\ntrainer = "os:system"\n'))
+    (r,) = got["reasons"]
+    assert r["silo"] == "h1" and "key 'model.trainer': 'os:system' names a Python function" in r["reason"]
+
+
+@pytest.mark.network
 @pytest.mark.timeout(120)
 def test_a_statistics_job_across_agents_equals_the_threads_engine(fed: Federation, tmp_path: Path) -> None:
     job = """

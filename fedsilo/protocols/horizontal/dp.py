@@ -28,6 +28,11 @@ The wrapper follows Flower's ``DifferentialPrivacyClientSideFixedClipping`` in s
 wrapping a strategy, arguments validated at construction) but keeps no state between phases,
 draws noise only from a generator passed in, and names the DP event each release costs.
 
+:class:`AdaptiveClipDPFedAvg` (``[privacy] adaptive_clip = true``) adapts the clip each round
+towards a quantile of the silos' update norms from their clipped-count bits, noised under
+encryption beside the update (Andrew, Thakkar, McMahan & Ramaswamy, NeurIPS 2021); the pair is
+accounted as one Gaussian of the effective multiplier, the same ε as a fixed clip.
+
 :class:`DistributedDPSGD` is the record-level counterpart (``[privacy] mode = "distributed"``):
 one DP-SGD step (Abadi et al., CCS 2016) over the federation's pooled rows per round, each silo
 contributing its per-example clipped gradient sum plus a noise share, so that the *sum* carries
@@ -36,7 +41,7 @@ the noise of central DP-SGD; see its docstring and docs/privacy.md, "Distributed
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -67,6 +72,10 @@ from fedsilo.protocols.horizontal.strategies import (
 )
 
 __all__ = [
+    "ADAPTIVE_COUNT_SHARE",
+    "AdaptiveClipDPFedAvg",
+    "AdaptiveClipRound",
+    "CLIP_STATE",
     "DPFedAvg",
     "SessionNoiseDPFedAvg",
     "DistributedDP",
@@ -75,7 +84,10 @@ __all__ = [
     "RECORD_NEIGHBOURS",
     "gaussian_share",
     "gaussian_topup",
+    "adaptive_noise_split",
     "composed_noise_multiplier",
+    "effective_noise_multiplier",
+    "geometric_clip_update",
     "joint_sample_rate",
     "released_rows",
     "silo_noise_multiplier",
@@ -241,6 +253,185 @@ class SessionNoiseDPFedAvg(DPFedAvg):
     def mechanism(self) -> dict[str, Any]:
         return {**self._mechanism, "neighbours": NEIGHBOURS, "clip": self.clip, "colluders": self.colluders,
                 "strategy": self.inner.describe()}
+
+
+# ---------------------------------------------------------------------------------------------
+# Silo level, adaptive clipping (Andrew, Thakkar, McMahan & Ramaswamy, NeurIPS 2021)
+# ---------------------------------------------------------------------------------------------
+#: Share of the effective Gaussian's precision ``1/z²`` given to the clipped count when
+#: ``[privacy] count_noise`` is unset: ``(2σ_b)⁻² = 0.1·z⁻²``, so ``σ_b = z / (2·√0.1) ≈ 1.58·z``
+#: and the update noise grows by ``1/√0.9 − 1 ≈ 5.4 %`` over a fixed clip at the same ε.
+ADAPTIVE_COUNT_SHARE = 0.1
+#: Key of the current clip in :attr:`ServerState.extra` (a 1-element array).
+CLIP_STATE = "adaptive_clip"
+
+
+def effective_noise_multiplier(*, update_noise_multiplier: float, count_noise: float) -> float:
+    """``z = (z_Δ⁻² + (2σ_b)⁻²)^(−1/2)``: the one Gaussian mechanism that releasing the sum of
+    clipped updates with noise ``z_Δ·C`` and the sum of centred clipped-count bits ``b − ½``
+    (sensitivity ½) with noise ``σ_b`` together equal (Andrew et al., NeurIPS 2021, §3 / Thm 1:
+    scale the count by ``z_Δ·C/σ_b`` and the pair is one isotropic Gaussian of std ``z_Δ·C`` on
+    a vector of sensitivity ``C·√(1 + (z_Δ/2σ_b)²)``)."""
+    for key, value in (("update_noise_multiplier", update_noise_multiplier), ("count_noise", count_noise)):
+        if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+            raise ConfigError(f"adaptive clipping {key} must be a finite number > 0, got {value!r}")
+    return float((update_noise_multiplier ** -2 + (2.0 * count_noise) ** -2) ** -0.5)
+
+
+def adaptive_noise_split(*, noise_multiplier: float, count_noise: float | None) -> tuple[float, float]:
+    """``(z_Δ, σ_b)`` whose combined mechanism is the Gaussian with multiplier ``z``
+    (:func:`effective_noise_multiplier` inverted: ``z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2)``, Andrew et
+    al. 2021, §3). ``count_noise`` unset: ``σ_b = z / (2·√ADAPTIVE_COUNT_SHARE)``.
+
+    Raises:
+        ConfigError: ``count_noise <= z/2`` (the count alone would cost more than the budget),
+            naming ``privacy.count_noise``.
+    """
+    z = float(noise_multiplier)
+    sigma_b = z / (2.0 * math.sqrt(ADAPTIVE_COUNT_SHARE)) if count_noise is None else float(count_noise)
+    if not 2.0 * sigma_b > z * (1.0 + 1e-9):
+        raise ConfigError(
+            f"privacy.count_noise = {sigma_b:g} is too small: the job's noise multiplier is z = {z:.4g} "
+            f"(privacy.epsilon over training.rounds), and the clipped count alone costs more than that unless "
+            f"count_noise > z/2 = {z / 2:.4g}; raise privacy.count_noise or leave it unset"
+        )
+    return float((z ** -2 - (2.0 * sigma_b) ** -2) ** -0.5), sigma_b
+
+
+def geometric_clip_update(clip: float, *, unclipped_fraction: float, target_quantile: float, lr: float) -> float:
+    """``C_{t+1} = C_t · exp(−η_C · (b̄ − γ))`` (Andrew et al. 2021, Alg. 1, geometric update):
+    ``b̄`` the (noised) fraction of silos whose update norm was at most ``C_t``, ``γ`` the
+    target quantile, ``η_C`` the clip learning rate. Post-processing of the released count."""
+    if not math.isfinite(unclipped_fraction):
+        raise ProtocolError("the decrypted clipped count of the round is not a finite number")
+    return float(clip * math.exp(-lr * (unclipped_fraction - target_quantile)))
+
+
+class AdaptiveClipDPFedAvg(DPFedAvg):
+    """Silo-level DP-FedAvg with adaptive clipping (Andrew, Thakkar, McMahan & Ramaswamy,
+    "Differentially Private Learning with Adaptive Clipping", NeurIPS 2021, Alg. 1).
+
+    Round ``t`` with the public clip ``C_t`` (kept in the server state, the same at every silo):
+    each silo sends, under the secure sum, its update clipped to ``C_t`` with a noise share of
+    ``N(0, (z_Δ·C_t)²)`` and, as one extra coordinate, its centred clipped-count bit
+    ``b − ½`` (``b = [‖update‖ ≤ C_t]``) with a noise share of ``N(0, σ_b²)`` (both sized for
+    ``colluders`` and topped up after dropouts like every share, :func:`gaussian_share`). Every
+    silo decrypts the same sum, steps the inner strategy on the update part and sets
+    ``C_{t+1} = C_t·exp(−η_C(b̄ − γ))`` with ``b̄ = (noised Σ(b − ½))/n + ½`` over the ``n``
+    (public) contributors: :func:`geometric_clip_update`.
+
+    Privacy (zero-out relation, as :class:`DPFedAvg`): the pair is one Gaussian mechanism with
+    multiplier ``z = (z_Δ⁻² + (2σ_b)⁻²)^(−1/2)`` (:func:`effective_noise_multiplier`), so one
+    round costs ``GaussianEvent(z, 1, 1)`` — one event with the effective multiplier, the same as
+    a fixed clip at ``z`` — and ``z_Δ``, ``σ_b`` are split from the ``z`` a fixed clip would use
+    (:func:`adaptive_noise_split`): the job's ε is exactly the fixed-clip job's. The clip is
+    post-processing of released sums, so choosing it costs nothing further.
+
+    Args:
+        strategy: the inner strategy, as :class:`DPFedAvg`.
+        clip: the initial clip ``C_0 > 0``.
+        noise_multiplier: the effective ``z`` (the accounted one).
+        count_noise: ``σ_b`` (None: :data:`ADAPTIVE_COUNT_SHARE` of the precision).
+        target_quantile: ``γ`` in (0, 1).
+        clip_lr: ``η_C > 0``.
+        colluders: as :class:`DPFedAvg`.
+    """
+
+    name: ClassVar[str] = "dp-fedavg-adaptive-clip"
+
+    def __init__(self, strategy: Strategy, *, clip: float, noise_multiplier: float, count_noise: float | None,
+                 target_quantile: float, clip_lr: float, colluders: int = 1) -> None:
+        super().__init__(strategy, clip=clip, noise_multiplier=noise_multiplier, colluders=colluders)
+        if not (isinstance(target_quantile, (int, float)) and 0.0 < target_quantile < 1.0):
+            raise ConfigError(f"privacy.target_quantile must be in (0, 1), got {target_quantile!r}")
+        if not (isinstance(clip_lr, (int, float)) and math.isfinite(clip_lr) and clip_lr > 0):
+            raise ConfigError(f"privacy.clip_lr must be a finite number > 0, got {clip_lr!r}")
+        self.update_noise_multiplier, self.count_noise = adaptive_noise_split(
+            noise_multiplier=self.noise_multiplier, count_noise=count_noise)
+        self.target_quantile = float(target_quantile)
+        self.clip_lr = float(clip_lr)
+
+    def initialize(self, params: np.ndarray) -> ServerState:
+        state = self.inner.initialize(params)
+        return replace(state, extra={**state.extra, CLIP_STATE: np.array([self.clip])})
+
+    def clip_at(self, state: ServerState) -> float:
+        """The public clip ``C_t`` of the round after ``state``."""
+        return float(np.asarray(state.extra[CLIP_STATE])[0])
+
+    def at(self, state: ServerState) -> "AdaptiveClipRound":
+        """This round's silo-side view (clipping, bit, noise shares) at the clip of ``state``."""
+        return AdaptiveClipRound(self, self.clip_at(state))
+
+    def aggregate_fit(self, *, round: int, state: ServerState, result: AggregateResult) -> ServerState:
+        """The inner step on the update part of the sum, and the next clip from its last value
+        (the noised sum of the centred bits)."""
+        total = np.asarray(result.total, dtype=np.float64)
+        n = len(result.contributors)
+        if total.shape[0] != state.params.shape[0] + 1 or n < 1:
+            raise ProtocolError(f"adaptive clipping: a sum of {total.shape[0]} values from {n} silos for "
+                                f"{state.params.shape[0]} parameters and one clipped count")
+        inner = self.inner.aggregate_fit(
+            round=round, state=state, result=AggregateResult(total[:-1], result.contributors, result.failures))
+        clip = geometric_clip_update(self.clip_at(state), unclipped_fraction=float(total[-1]) / n + 0.5,
+                                     target_quantile=self.target_quantile, lr=self.clip_lr)
+        return replace(inner, extra={**inner.extra, CLIP_STATE: np.array([clip])})
+
+    def prepare_update(self, update: np.ndarray, *, round: int) -> np.ndarray:
+        raise ProtocolError("adaptive clipping prepares an update at the round's clip: use .at(state).prepare_update")
+
+    def mechanism(self) -> dict[str, Any]:
+        return {**super().mechanism(), **self._adaptive()}
+
+    def _adaptive(self) -> dict[str, Any]:
+        return {"adaptive_clip": True, "update_noise_multiplier": self.update_noise_multiplier,
+                "count_noise": self.count_noise, "count_sensitivity": 0.5,
+                "target_quantile": self.target_quantile, "clip_lr": self.clip_lr}
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "initial_clip": self.clip, "target_quantile": self.target_quantile,
+                "clip_lr": self.clip_lr, "count_noise": self.count_noise}
+
+
+class AdaptiveClipRound(DPFedAvg):
+    """One round of :class:`AdaptiveClipDPFedAvg` at the public clip ``C_t``: what a silo
+    computes and sends (the update clipped to ``C_t``, then its centred bit ``b − ½``) and the
+    noise shares of each part (``z_Δ·C_t`` on the update, ``σ_b`` on the bit). Its event is the
+    effective Gaussian ``GaussianEvent(z, 1, 1)``."""
+
+    def __init__(self, parent: AdaptiveClipDPFedAvg, clip: float) -> None:
+        super().__init__(parent.inner, clip=clip, noise_multiplier=parent.noise_multiplier, colluders=parent.colluders)
+        self.parent = parent
+
+    @property
+    def sigma(self) -> float:
+        """Standard deviation of the noise on the sum of updates: ``z_Δ · C_t``."""
+        return self.parent.update_noise_multiplier * self.clip
+
+    def prepare_update(self, update: np.ndarray, *, round: int) -> np.ndarray:
+        """``[clip_{C_t}(u), b − ½]`` with ``u`` the inner strategy's transform and
+        ``b = [‖u‖ ≤ C_t]``."""
+        u = np.asarray(self.inner.prepare_update(update, round=round), dtype=np.float64)
+        bit = 1.0 if float(np.linalg.norm(u)) <= self.clip else 0.0
+        return np.concatenate([clip_l2(u, max_norm=self.clip), [bit - 0.5]])
+
+    def noise_share(self, *, present: int, size: int, rng: np.random.Generator) -> np.ndarray:
+        return np.concatenate([
+            gaussian_share(sigma=self.sigma, present=present, colluders=self.colluders, size=size - 1, rng=rng),
+            gaussian_share(sigma=self.parent.count_noise, present=present, colluders=self.colluders, size=1, rng=rng),
+        ])
+
+    def topup_share(self, *, present: int, contributors: int, size: int, rng: np.random.Generator) -> np.ndarray:
+        return np.concatenate([
+            gaussian_topup(sigma=self.sigma, present=present, contributors=contributors, colluders=self.colluders,
+                           size=size - 1, rng=rng),
+            gaussian_topup(sigma=self.parent.count_noise, present=present, contributors=contributors,
+                           colluders=self.colluders, size=1, rng=rng),
+        ])
+
+    def mechanism(self) -> dict[str, Any]:
+        return {**super().mechanism(), "sigma": self.sigma, "initial_clip": self.parent.clip,
+                **self.parent._adaptive()}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -57,6 +57,7 @@ from fedsilo.protocols.spec import ModelSection, PrivacySection, TrainingSection
 from fedsilo.protocols.policy import require_confidential
 from fedsilo.protocols.horizontal.dp import (
     RECORD_NEIGHBOURS,
+    AdaptiveClipDPFedAvg,
     DistributedDP,
     DistributedDPSGD,
     DPFedAvg,
@@ -109,8 +110,11 @@ PROTOCOL = "horizontal-fedavg"
 _NO_DP_COLLUDERS = PrivacySection(epsilon=1.0)
 #: Share of a record-level job's ε set aside for the one release of federated metrics.
 EVALUATION_SHARE = 0.25
-#: Share of a distributed DP-SGD job's ε set aside for the release of the federation's row count
-#: (which fixes the public sample rate): small, since ``q`` only needs the count to a few percent.
+#: Share of a distributed DP-SGD job's ε *and* δ set aside for the release of the federation's
+#: row count (which fixes the public sample rate): small, since ``q`` only needs the count to a
+#: few percent. The rest of the job is calibrated to the remaining ``(1 − COUNT_SHARE)·(ε, δ)``
+#: for whatever count was released, so the two compose by basic composition (Dwork & Roth 2014,
+#: Thm 3.16, adaptive) into an (ε, δ) guarantee that does not depend on the released count.
 COUNT_SHARE = 0.02
 #: Channel round of the row-count release of a distributed DP-SGD job (before round 1).
 COUNT_ROUND = 0
@@ -151,7 +155,8 @@ class HorizontalJob:
             # one joint DP-SGD step per round: the local-training keys would be silently ignored
             t = self.training
             for key, value, default in (("local_epochs", t.local_epochs, 1), ("optimizer", t.optimizer, "sgd")):
-                if value != default:
+                # set by the user, not defaulted (the local-training defaults do not apply here)
+                if key in t.model_fields_set and value != default:
                     raise ConfigError(
                         f'training.{key} = {value!r} is not used by privacy.mode = "distributed" (no local training: '
                         f"each round is one DP-SGD step over the federation's rows, so training.rounds is the number "
@@ -190,7 +195,7 @@ class HorizontalJob:
         return 3 * self.round_timeout + 60.0
 
     def local_config(self, *, proximal_mu: float) -> LocalConfig:
-        return LocalConfig.from_sections(self.training, proximal_mu=proximal_mu)
+        return LocalConfig.from_sections(self.training, proximal_mu=proximal_mu, trainer=self.model.trainer)
 
     def sum_plan(self, silos: Sequence[str]) -> SumPlan:
         """The public parameters of this job's secure sums over ``silos``, chosen by the
@@ -200,6 +205,17 @@ class HorizontalJob:
             colluders=self.colluders_in(len(silos)), allow_exposed=self.allow_exposed,
             backend_params=self.backend_params,
         )
+
+    @property
+    def adaptive_clip(self) -> bool:
+        """Silo-level DP-FedAvg with adaptive clipping (``[privacy] adaptive_clip = true``)."""
+        return self.privacy is not None and self.level == "silo" and self.privacy.adaptive_clip
+
+    @property
+    def round_length(self) -> int:
+        """Values per training round's secure sum: the update, plus the clipped count under
+        adaptive clipping."""
+        return self.update_length + (1 if self.adaptive_clip else 0)
 
     @property
     def update_length(self) -> int:
@@ -231,6 +247,12 @@ class HorizontalJob:
             return base
         p = self.privacy
         if get_backend_class(self.backend).capabilities().keyless:
+            if p.adaptive_clip:
+                raise ConfigError(
+                    f"privacy.adaptive_clip = true needs a shared-key crypto.backend: with {self.backend!r} the "
+                    "secure-sum session adds one distributed discrete Gaussian over the whole update, which cannot "
+                    "give the clipped count its own noise; use a shared-key backend or a fixed privacy.clip"
+                )
             if p.accountant != "rdp":
                 raise ConfigError(
                     f"privacy.accountant = {p.accountant!r} cannot account crypto.backend = {self.backend!r} under "
@@ -257,6 +279,12 @@ class HorizontalJob:
                 colluders=max(1, colluders),
             )
         z = silo_noise_multiplier(epsilon=p.epsilon, delta=p.delta, rounds=self.rounds, accountant=p.accountant)
+        if p.adaptive_clip:
+            # one GaussianEvent(z) per round as with a fixed clip: z splits into the update's z_Δ and
+            # the clipped count's σ_b (Andrew et al. 2021, §3)
+            return AdaptiveClipDPFedAvg(base, clip=p.clip, noise_multiplier=z, count_noise=p.count_noise,
+                                        target_quantile=p.target_quantile, clip_lr=p.clip_lr,
+                                        colluders=self.colluders)
         return DPFedAvg(base, clip=p.clip, noise_multiplier=z, colluders=self.colluders)
 
     def colluders_in(self, silos: int) -> int:
@@ -339,12 +367,14 @@ class HorizontalJob:
     @property
     def count_noise_multiplier(self) -> float:
         """``z`` of a distributed DP-SGD job's row-count release (sensitivity 1 under add/remove
-        one record): one Gaussian release costing :data:`COUNT_SHARE` of the job's ε on its own."""
+        one record): one Gaussian release that is ``(COUNT_SHARE·ε, COUNT_SHARE·δ)``-DP on its
+        own (:data:`COUNT_SHARE`)."""
         assert self.privacy is not None
         p = self.privacy
         share = COUNT_SHARE * p.epsilon
         try:
-            return _noise_multiplier(target_epsilon=share, delta=p.delta, sample_rate=1.0, steps=1, accountant=p.accountant)
+            return _noise_multiplier(target_epsilon=share, delta=COUNT_SHARE * p.delta, sample_rate=1.0, steps=1,
+                                     accountant=p.accountant)
         except PrivacyParameterError:
             raise ConfigError(
                 f"privacy.epsilon = {p.epsilon:g} is too small for distributed DP-SGD: the release of the "
@@ -359,12 +389,16 @@ class HorizontalJob:
     def distributed_plan(self, rows: int) -> DistributedDP:
         """The distributed DP-SGD plan every silo derives from the released row count ``N̂``:
         ``q = min(1, batch_size / N̂)`` and the smallest ``z`` (to 0.5 %,
-        :func:`~.dp.composed_noise_multiplier`) for which the composition of the count release,
-        ``rounds`` steps ``GaussianEvent(z, q, 1)`` and the final metrics release meets the job's
-        ε under its accountant. Pure: every silo computes the same plan from public values.
+        :func:`~.dp.composed_noise_multiplier`) for which the composition of ``rounds`` steps
+        ``GaussianEvent(z, q, 1)`` and the final metrics release is ``((1 − COUNT_SHARE)·ε,
+        (1 − COUNT_SHARE)·δ)``-DP under the job's accountant. That holds for *every* ``N̂``, and
+        the count release is ``(COUNT_SHARE·ε, COUNT_SHARE·δ)``-DP, so by basic composition (which
+        allows the later mechanism to be chosen from the earlier output; Dwork & Roth 2014, Thm
+        3.16) the job is (ε, δ)-DP unconditionally, not only for the ``N̂`` it released. Pure:
+        every silo computes the same plan from public values.
 
         Raises:
-            ConfigError: not a distributed job, or an ε too small for the three releases.
+            ConfigError: not a distributed job, or an ε too small for the releases.
         """
         if not self.distributed:
             raise ConfigError('distributed_plan needs privacy.level = "record" and privacy.mode = "distributed"')
@@ -374,12 +408,12 @@ class HorizontalJob:
         q = joint_sample_rate(batch_size=self.training.batch_size, rows=rows)
         try:
             with _PLAN_LOCK:
-                z = _distributed_noise(p.epsilon, p.delta, p.accountant, q, steps, self.count_event(),
-                                       self.evaluation_event())
+                z = _distributed_noise((1.0 - COUNT_SHARE) * p.epsilon, (1.0 - COUNT_SHARE) * p.delta, p.accountant,
+                                       q, steps, self.evaluation_event())
         except PrivacyParameterError:
             raise ConfigError(
-                f"privacy.epsilon = {p.epsilon:g} cannot cover the row-count release, {steps} training steps "
-                "and the final metrics release; raise privacy.epsilon"
+                f"privacy.epsilon = {p.epsilon:g} cannot cover {steps} training steps and the final metrics release "
+                f"in the {1 - COUNT_SHARE:.0%} left after the row-count release; raise privacy.epsilon"
             ) from None
         return DistributedDP(
             noise_multiplier=z, clip=p.clip, sample_rate=q, rows=rows, steps=steps,
@@ -394,11 +428,12 @@ _PLAN_LOCK = threading.Lock()
 
 @functools.lru_cache(maxsize=64)
 def _distributed_noise(target: float, delta: float, accountant: str, sample_rate: float, steps: int,
-                       count: GaussianEvent, metrics: GaussianEvent) -> float:
-    """``z`` of :meth:`HorizontalJob.distributed_plan` (pure in its arguments, so cached)."""
+                       metrics: GaussianEvent) -> float:
+    """``z`` of :meth:`HorizontalJob.distributed_plan`: the training steps composed with the
+    final metrics release meet ``(target, delta)`` (pure in its arguments, so cached)."""
     return composed_noise_multiplier(
         target_epsilon=target, delta=delta, accountant=accountant,
-        event_for=lambda z: ComposedEvent((count, GaussianEvent(z, sample_rate, steps), metrics)),
+        event_for=lambda z: ComposedEvent((GaussianEvent(z, sample_rate, steps), metrics)),
     )
 
 
@@ -632,20 +667,25 @@ def silo(
             status = "stopped"
             reason = f"job {job.job!r} stopped before round 1: the federation's row count was not released: {outcome.reason}"
 
+    rounds_seen: list[dict[str, Any]] = []  # each round's public outcome, as the aggregator sent it
     for rnd in range(1, job.rounds + 1) if status == "completed" else ():
         drop = drops.get(rnd)
         contribution: Contribution | None = None
+        # adaptive clipping: this round's view at the public clip the last decrypted sum set
+        sender = strategy.at(state) if isinstance(strategy, AdaptiveClipDPFedAvg) else strategy
         if drop != "hello":
-            update = strategy.prepare_update(
+            update = sender.prepare_update(
                 _local_update(job, strategy, state, x, y, plan=plan, rnd=rnd, me=me, noise_seed=noise_seed,
                               sampling_rng=sampling_rng),
                 round=rnd,
             )
             contribution = _contribution(
-                strategy, update, rng=noise_rng, plan=plan, job=job,
+                sender, update, rng=noise_rng, plan=plan, job=job,
                 ledger=ledger, dataset=dataset, round=rnd, recipients=silos, aggregator=aggregator,
             )
-        outcome = sums.sum(round=rnd, contribution=contribution, length=int(state.params.shape[0]), drop=drop)
+        outcome = sums.sum(round=rnd, contribution=contribution, length=int(state.params.shape[0]) + job.adaptive_clip,
+                           drop=drop)
+        rounds_seen.append({"status": outcome.status, "reason": outcome.reason})
         if outcome.charged:
             events.append(_round_event(strategy, plan, job, rnd))
         if outcome.contributed:
@@ -676,6 +716,10 @@ def silo(
                 rnd, "ok" if outcome.status == "ok" else "skipped", state.params.copy(), outcome.contributors,
                 outcome.failures, metrics=metrics, local=_local_metrics(job, state.params, test),
             ))
+    if status == "completed" and not any(r["status"] == "ok" for r in rounds_seen):
+        # every round aborted: the model is the initial one, and the job did not do what it says
+        # (the aggregator derives the same from the same round results and stops too)
+        status, reason = "stopped", no_round_trained(job, rounds_seen[-1]["reason"] if rounds_seen else None)
     if status == "completed" and job.evaluation == "final":
         ev = evaluate_round(job.rounds, dp=True)
         if ev.status == "withdrawn":
@@ -689,7 +733,7 @@ def silo(
         events=tuple(events),
         rounds_contributed=tuple(contributed),
         reason=reason,
-        dp=_dp_info(strategy, plan, job),
+        dp=_dp_info(strategy, plan, job, state),
         evaluation=tuple(evaluation),
         local_evaluation=_local_metrics(job, state.params, test),
     )
@@ -721,6 +765,13 @@ def _local_metrics(
     if test is None or len(test[1]) == 0:
         return None
     return fed_eval.local_metrics(_scores(job, params, test[0]), test[1], n_classes=job.n_classes)
+
+
+def no_round_trained(job: HorizontalJob, last_reason: str | None) -> str:
+    """The stop reason of a job whose every round aborted (no sum was released, the model is the
+    initial one): silos and aggregator derive it from the same public round outcomes."""
+    why = f" (round {job.rounds}: {last_reason})" if last_reason else ""
+    return f"job {job.job!r} trained no round: all {job.rounds} round(s) were aborted{why}"
 
 
 def _evaluation_contribution(
@@ -868,7 +919,7 @@ def _round_event(strategy: Strategy, plan: RecordDP | None, job: HorizontalJob, 
     return plan.event(epochs=job.local_config(proximal_mu=0.0).epochs)
 
 
-def _dp_info(strategy: Strategy, plan: RecordDP | None, job: HorizontalJob) -> dict[str, Any] | None:
+def _dp_info(strategy: Strategy, plan: RecordDP | None, job: HorizontalJob, state: Any) -> dict[str, Any] | None:
     if job.privacy is None:
         return None
     delta = job.privacy.delta
@@ -892,6 +943,12 @@ def _dp_info(strategy: Strategy, plan: RecordDP | None, job: HorizontalJob) -> d
             info["mechanism"] = {"name": "distributed discrete gaussian", "noise_sigma_steps": ev.noise_sigma,
                                  "shares": ev.shares, "l2_sensitivity_steps": ev.l2_sensitivity,
                                  "dimension": ev.dimension}
+        if isinstance(strategy, AdaptiveClipDPFedAvg):
+            # noise_multiplier is the effective (accounted) z; clip the last round's public clip
+            info.update({"clip": strategy.clip_at(state), "adaptive_clip": {
+                "initial_clip": strategy.clip, "final_clip": strategy.clip_at(state),
+                "target_quantile": strategy.target_quantile, "clip_lr": strategy.clip_lr,
+                "update_noise_multiplier": strategy.update_noise_multiplier, "count_noise": strategy.count_noise}})
         return info
     if isinstance(strategy, DistributedDPSGD):
         d = strategy.plan
@@ -1004,7 +1061,7 @@ def aggregator(channel: Channel, *, job: HorizontalJob, silos: Sequence[str]) ->
     )
     strategy = job.strategy(silos)
     training_noise = strategy.session_noise if isinstance(strategy, SessionNoiseDPFedAvg) else None
-    update_length = job.update_length
+    round_length = job.round_length
     active = sorted(silos)
     rounds: list[dict[str, Any]] = []
     left: dict[str, int] = {}
@@ -1029,7 +1086,7 @@ def aggregator(channel: Channel, *, job: HorizontalJob, silos: Sequence[str]) ->
             sums.stop(silos=active, round=channel_round, reason=reason)
             return "aborted", reason
         if what == "round":
-            out = sums.sum(round=channel_round, silos=active, length=update_length, session_noise=training_noise)
+            out = sums.sum(round=channel_round, silos=active, length=round_length, session_noise=training_noise)
         elif channel_round == COUNT_ROUND:
             out = sums.sum(round=channel_round, silos=active, length=1)
         else:
@@ -1066,6 +1123,8 @@ def aggregator(channel: Channel, *, job: HorizontalJob, silos: Sequence[str]) ->
             _, stopped = secure_sum(rnd, job.evaluation_round(rnd), "evaluation of round")
         if stopped is not None:
             return AggregatorReport("stopped", tuple(rounds), stopped)
+    if rounds and not any(r["status"] == "ok" for r in rounds):
+        return AggregatorReport("stopped", tuple(rounds), no_round_trained(job, rounds[-1]["reason"]))
     if job.evaluation == "final":
         _, stopped = secure_sum(job.rounds, job.evaluation_round(job.rounds), "the final evaluation after round")
         if stopped is not None:

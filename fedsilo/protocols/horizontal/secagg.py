@@ -621,11 +621,24 @@ class AggregatorSecAggOutcome:
 def noised_input(spec: SecAggSpec, values: np.ndarray, *, job: str, round: int, stream: sa.SecretStream) -> np.ndarray:
     """The silo's vector in ``Z_{2^b}`` before masking: fixed point, or under DP the rotated,
     scaled, conditionally rounded vector plus the silo's discrete Gaussian share (public so that
-    the privacy audit runs exactly this)."""
+    the privacy audit runs exactly this).
+
+    Raises:
+        ConfigError: ``spec`` is not a :class:`SecAggSpec`, ``values`` not ``spec.length`` finite
+            real numbers, or (under DP) their L2 norm above ``spec.dp.clip``; ``stream`` not a
+            :class:`~fedsilo.crypto.secagg.SecretStream`.
+        EncodingOverflowError: without DP, a value above ``spec.value_bound``.
+    """
+    if not isinstance(spec, SecAggSpec):
+        raise ConfigError(f"noised_input: spec must be a SecAggSpec (secagg_spec(...)), got {type(spec).__name__}")
+    if not isinstance(stream, sa.SecretStream):
+        raise ConfigError(f"noised_input: stream must be a SecretStream (fedsilo.crypto.secagg.secret_stream()), "
+                          f"got {type(stream).__name__}")
+    x = _check_values(spec, values, "noised_input")
     if spec.dp is None:
-        return sa.encode_fixed(values, granularity=spec.granularity, bits=spec.bits)
+        return sa.encode_fixed(x, granularity=spec.granularity, bits=spec.bits)
     assert spec.norm_bound is not None
-    rotated = sa.hadamard_rotate(values, seed=rotation_seed(job=job, round=round)) / spec.granularity
+    rotated = sa.hadamard_rotate(x, seed=rotation_seed(job=job, round=round)) / spec.granularity
     rounded = sa.conditional_round(rotated, norm_bound=spec.norm_bound, stream=stream)
     noise = sa.discrete_gaussian_integers(sigma=spec.dp.noise_sigma, size=rounded.shape[0], stream=stream)
     return sa.encode_integers(rounded + noise, bits=spec.bits)
@@ -652,7 +665,22 @@ def _masked_input(channel: Channel, spec: SecAggSpec, x: np.ndarray, keys: Round
 
 def decode_sum(spec: SecAggSpec, total: np.ndarray, *, job: str, round: int) -> np.ndarray:
     """The released sum from the unmasked total in ``Z_{2^b}`` (reduced in place): exact fixed
-    point, or under DP the signed integers times the grid with the round's rotation undone."""
+    point, or under DP the signed integers times the grid with the round's rotation undone.
+
+    Raises:
+        ConfigError: ``spec`` is not a :class:`SecAggSpec`, or ``total`` is not a writable
+            ``spec.dimension``-long vector of the ring's unsigned dtype (``uint32`` up to 32 bits,
+            else ``uint64``) with every word in ``Z_{2^bits}``.
+    """
+    if not isinstance(spec, SecAggSpec):
+        raise ConfigError(f"decode_sum: spec must be a SecAggSpec (secagg_spec(...)), got {type(spec).__name__}")
+    dt = np.dtype(sa.ring_dtype(spec.bits))
+    if not isinstance(total, np.ndarray) or total.dtype != dt or total.shape != (spec.dimension,):
+        got = f"{total.dtype} array of shape {total.shape}" if isinstance(total, np.ndarray) else type(total).__name__
+        raise ConfigError(f"decode_sum: total must be a {dt} vector of {spec.dimension} ring words "
+                          f"(Z_2^{spec.bits}), got a {got}")
+    if not total.flags.writeable:
+        raise ConfigError("decode_sum: total must be writable (it is reduced in place)")
     sa.ring_reduce(total, bits=spec.bits)
     if spec.dp is None:
         return sa.decode_fixed(total, granularity=spec.granularity, bits=spec.bits)
@@ -661,11 +689,16 @@ def decode_sum(spec: SecAggSpec, total: np.ndarray, *, job: str, round: int) -> 
 
 
 def _check_values(spec: SecAggSpec, values: Any, me: str) -> np.ndarray:
-    """Check the silo's vector before anything is charged or sent."""
+    """Check the silo's vector before anything is charged or sent: ``spec.length`` finite real
+    numbers (bool, complex, object and string arrays refused, not cast), within the clip or the
+    value bound."""
     try:
-        x = np.asarray(values, dtype=np.float64)
-    except (TypeError, ValueError):
-        raise ConfigError(f"{me}: the values of a secure sum must be numeric") from None
+        raw = np.asarray(values) if not isinstance(values, (str, bytes)) else np.asarray(None, dtype=object)
+    except (TypeError, ValueError):  # a ragged sequence
+        raise ConfigError(f"{me}: the values of a secure sum must be a flat vector of numbers") from None
+    if raw.dtype.kind not in "iuf":
+        raise ConfigError(f"{me}: the values of a secure sum must be real numbers (int or float), got dtype {raw.dtype}")
+    x = raw.astype(np.float64, copy=False)
     if x.shape != (spec.length,):
         raise ConfigError(f"{me}: expected {spec.length} values, got shape {x.shape}")
     if not np.all(np.isfinite(x)):
@@ -978,18 +1011,32 @@ def aggregator_secagg_sum(channel: Channel, *, round: int, spec: SecAggSpec, tim
                                        dropped=tuple(sorted(set(silos) - set(contributors))), stage=stage, reason=reason,
                                        withdrawn=tuple(sorted(withdrawn)))
 
+    def who(left: Sequence[str]) -> str:
+        """The silos missing from ``left``, by cause (found by the bad-input sweep: an abort named
+        the silo whose neighbours were short, never the dead or withdrawn one)."""
+        gone = set(silos) - set(left)
+        parts = []
+        if gone & set(absent):
+            parts.append(f"left the job: {', '.join(sorted(gone & set(absent)))}")
+        if gone & set(withdrawn):
+            parts.append(f"withdrew (privacy budget exhausted): {', '.join(sorted(gone & set(withdrawn)))}")
+        silent = sorted(gone - set(absent) - set(withdrawn))
+        if silent:
+            parts.append(f"did not answer in time or sent invalid messages: {', '.join(silent)}")
+        return f" [{'; '.join(parts)}]" if parts else ""
+
     def too_few(stage: str, left: Sequence[str], what: str) -> AggregatorSecAggOutcome | None:
         if len(left) >= t:
             return None
-        return abort(stage, f"round {round}: only {len(left)} of {n} silos {what} (threshold t = {t}); "
+        return abort(stage, f"round {round}: only {len(left)} of {n} silos {what} (threshold t = {t}){who(left)}; "
                             "the round is aborted and nothing was unmasked")
 
     def holders_short(stage: str, owners: Sequence[str], holders: set[str], what: str) -> AggregatorSecAggOutcome | None:
         for u in owners:
             left = sorted(set(graph[u]) & holders)
             if len(left) < t:
-                return abort(stage, f"round {round}: only {len(left)} neighbours of {u!r} {what} (threshold t = {t}); "
-                                    "the round is aborted and nothing was unmasked")
+                return abort(stage, f"round {round}: only {len(left)} neighbours of {u!r} {what} (threshold t = {t})"
+                                    f"{who(sorted(holders))}; the round is aborted and nothing was unmasked")
         return None
 
     # -- advertise keys -------------------------------------------------------------------------------
@@ -1050,10 +1097,12 @@ def aggregator_secagg_sum(channel: Channel, *, round: int, spec: SecAggSpec, tim
         return stop
     if len(u3) < spec.min_contributors:
         return abort("masked", f"round {round}: only {len(u3)} of {n} silos sent their masked input and a released sum "
-                               f"needs {spec.min_contributors} contributions; the round is aborted and nothing was unmasked")
+                               f"needs {spec.min_contributors} contributions (the quorum){who(u3)}; the round is aborted "
+                               "and nothing was unmasked")
     if len(u3) < spec.min_survivors:
         return abort("masked", f"round {round}: only {len(u3)} of {n} silos sent their masked input and the survivor set "
-                               f"must be certified by {spec.min_survivors} of them; the round is aborted and nothing was unmasked")
+                               f"must be certified by {spec.min_survivors} of them{who(u3)}; the round is aborted and "
+                               "nothing was unmasked")
     if not connected(graph, u3):
         return abort("masked", f"round {round}: the {len(u3)} silos that sent their masked input fall apart in the "
                                "neighbourhood graph; the round is aborted and nothing was unmasked")
@@ -1076,7 +1125,7 @@ def aggregator_secagg_sum(channel: Channel, *, round: int, spec: SecAggSpec, tim
     signers = sorted(signatures)
     if len(signers) < spec.min_survivors:
         return abort("consistency", f"round {round}: only {len(signers)} of {n} silos signed the survivor set (it needs "
-                                    f"{spec.min_survivors}); the round is aborted and nothing was unmasked")
+                                    f"{spec.min_survivors}){who(signers)}; the round is aborted and nothing was unmasked")
     for v in signers:
         near = set(graph[v]) & set(u2)
         own = sorted(near & set(u3))

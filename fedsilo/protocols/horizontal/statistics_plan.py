@@ -404,8 +404,15 @@ def check_encoding(plan: StatisticsPlan, backend: CryptoBackend) -> None:
     finest = min(grids)
     if step > finest:
         bits = 1 - math.frexp(finest)[1]
+        params = backend.params()
+        # name the key the backend reads (found by the bad-input sweep: the message named none)
+        if "granularity" in params:
+            fix = f"set crypto.params.granularity = 2**-{bits} or finer (precision to at least {bits} fractional bits)"
+        elif "precision" in params:
+            fix = f"set crypto.params.precision to at least {bits} fractional bits (a grid of 2^-{bits} or finer)"
+        else:
+            fix = f"set its precision to at least {bits} fractional bits (a grid of 2^-{bits} or finer)"
         raise ConfigError(
             f"the {info.name} backend rounds values to a {step:g} grid but the statistics plan needs a "
-            f"{finest:g} grid (2^-{bits}) for its noise; set its precision to at least {bits} fractional bits "
-            f"(a grid of 2^-{bits} or finer)"
+            f"{finest:g} grid (2^-{bits}) for its noise; {fix}"
         )

@@ -54,6 +54,7 @@ __all__ = [
     "yogi_second_moment",
     "first_moment",
     "adaptive_step",
+    "bias_corrected_eta",
 ]
 
 
@@ -89,8 +90,19 @@ def yogi_second_moment(*, v: np.ndarray, delta: np.ndarray, beta2: float) -> np.
 
 
 def adaptive_step(*, params: np.ndarray, m: np.ndarray, v: np.ndarray, eta: float, tau: float) -> np.ndarray:
-    """``x + eta * m / (sqrt(v) + tau)`` (Reddi et al. 2021, Alg. 2; no bias correction)."""
+    """``x + eta * m / (sqrt(v) + tau)`` (Reddi et al. 2021, Alg. 2)."""
     return params + eta * m / (np.sqrt(np.maximum(v, 0.0)) + tau)
+
+
+def bias_corrected_eta(*, eta: float, beta1: float, beta2: float, step: int) -> float:
+    """``eta * sqrt(1 - beta2^t) / (1 - beta1^t)`` at server step ``t >= 1``: Adam's bias
+    correction folded into the step size (Kingma & Ba, ICLR 2015, the line before Sec. 2.1;
+    Flower's FedAdam does the same). With it a coordinate moves by about ``eta`` per round from
+    the first round on, so ``eta`` is in parameter units; without it the step drifts from 1x to
+    about 2x ``eta`` over the first 20 rounds (default betas) and back."""
+    if step < 1:
+        raise ConfigError(f"server step must be >= 1, got {step!r}")
+    return float(eta * math.sqrt(1.0 - beta2**step) / (1.0 - beta1**step))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,9 +202,20 @@ class FedProx(FedAvg):
 
 
 class _Adaptive(Strategy):
-    """Shared body of FedAdam / FedYogi (Reddi et al. 2021, Alg. 2)."""
+    """Shared body of FedAdam / FedYogi (Reddi et al. 2021, Alg. 2) with Adam's bias correction
+    (:func:`bias_corrected_eta`).
 
-    def __init__(self, *, eta: float = 0.1, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3) -> None:
+    Defaults: ``eta = 0.3``, ``beta1 = 0.9``, ``beta2 = 0.99``, ``tau = 1e-3`` and ``v_0 = tau^2``
+    (Reddi et al., Sec. 5, who tune ``eta`` per task on a grid). Each server step moves
+    a coordinate by about ``eta`` whatever the update's scale (the adaptive part), so ``eta`` is
+    in parameter units. Measured (docs/horizontal.md, "Defaults"): Flower's ``eta = 0.1``
+    moves a logistic model on features in [-1, 1] too little in a 20-round job and scores
+    below FedAvg (0.751 vs 0.766 AUC on the synthetic four-site check); ``eta = 0.3`` matches
+    or beats FedAvg on breast_cancer and that check. The step count ``t`` lives in the server
+    state (``extra["t"]``), so a skipped round does not advance it.
+    """
+
+    def __init__(self, *, eta: float = 0.3, beta1: float = 0.9, beta2: float = 0.99, tau: float = 1e-3) -> None:
         for key, value, lo, hi in (("eta", eta, 0.0, math.inf), ("tau", tau, 0.0, math.inf)):
             if not (isinstance(value, (int, float)) and lo < value < hi):
                 raise ConfigError(f"{self.name} {key} must be a number > 0, got {value!r}")
@@ -206,8 +229,9 @@ class _Adaptive(Strategy):
 
     def initialize(self, params: np.ndarray) -> ServerState:
         p = np.asarray(params, dtype=np.float64).copy()
-        # v0 = tau^2 as in Reddi et al.'s experiments (Sec. 5; Flower does the same).
-        return ServerState(params=p, round=0, extra={"m": np.zeros_like(p), "v": np.full_like(p, self.tau**2)})
+        # v0 = tau^2 as in Reddi et al.'s experiments (Sec. 5).
+        return ServerState(params=p, round=0, extra={"m": np.zeros_like(p), "v": np.full_like(p, self.tau**2),
+                                                     "t": np.zeros(1)})
 
     def aggregate_fit(self, *, round: int, state: ServerState, result: AggregateResult) -> ServerState:
         if "m" not in state.extra or "v" not in state.extra:
@@ -215,11 +239,14 @@ class _Adaptive(Strategy):
         delta = uniform_mean(total=result.total, count=len(result.contributors))
         m = first_moment(m=state.extra["m"], delta=delta, beta1=self.beta1)
         v = self._second_moment(state.extra["v"], delta)
-        params = adaptive_step(params=state.params, m=m, v=v, eta=self.eta, tau=self.tau)
-        return ServerState(params=params, round=round, extra={"m": m, "v": v})
+        step = int(np.asarray(state.extra.get("t", np.zeros(1)))[0]) + 1
+        eta = bias_corrected_eta(eta=self.eta, beta1=self.beta1, beta2=self.beta2, step=step)
+        params = adaptive_step(params=state.params, m=m, v=v, eta=eta, tau=self.tau)
+        return replace(state, params=params, round=round, extra={**state.extra, "m": m, "v": v, "t": np.array([float(step)])})
 
     def describe(self) -> dict[str, Any]:
-        return {"name": self.name, "eta": self.eta, "beta1": self.beta1, "beta2": self.beta2, "tau": self.tau}
+        return {"name": self.name, "eta": self.eta, "beta1": self.beta1, "beta2": self.beta2, "tau": self.tau,
+                "bias_correction": True}
 
 
 class FedAdam(_Adaptive):

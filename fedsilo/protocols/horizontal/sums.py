@@ -98,16 +98,33 @@ class SumPlan:
         threshold = p.get("threshold")
         degree = p.get("degree")
         n = len(self.silos)
-        k = sa.secagg_plus_degree(n, bad_fraction=sg.DEFAULT_BAD_FRACTION) if degree is None else int(degree)
-        k = min(k, n - 1)
+        if degree is None:
+            k = sa.secagg_plus_degree(n, bad_fraction=sg.DEFAULT_BAD_FRACTION)
+        else:
+            k = int(degree)
+            # refused, not clamped: a degree the job cannot have does not mean what it says
+            # (found by the bad-input sweep: degree = 7 for 3 silos silently ran with 2)
+            if k > n - 1:
+                raise ConfigError(
+                    f"crypto.params.degree = {degree} but a job of {n} silos gives each at most {n - 1} neighbours; "
+                    f"set crypto.params.degree <= {n - 1} (or leave it unset: the SecAgg+ default for {n} silos)"
+                )
+            if k < n - 1 and k % 2:
+                raise ConfigError(
+                    f"crypto.params.degree = {degree}: below {n - 1} (the complete graph of {n} silos) the SecAgg+ "
+                    f"neighbourhood graph needs an even degree; set crypto.params.degree to an even number below {n - 1}, "
+                    f"or to {n - 1}"
+                )
         if threshold is not None and int(threshold) > k:
             raise ConfigError(
                 f"crypto.params.threshold = {threshold} but each of the {n} silos has only {k} neighbours "
                 f"(threshold must be in [2, {k}])"
             )
+        g = float(granularity if granularity is not None else p["granularity"])
+        if dp is None:
+            _check_ring(value_bound=float(p["value_bound"]), granularity=g, silos=n)
         return sg.secagg_spec(
-            silos=self.silos, length=length,
-            granularity=float(granularity if granularity is not None else p["granularity"]),
+            silos=self.silos, length=length, granularity=g,
             threshold=None if threshold is None else int(threshold), degree=k,
             value_bound=None if dp is not None else float(p["value_bound"]), dp=dp, prg=str(p["prg"]),
             quorum=self.quorum, colluders=self.colluders,
@@ -118,14 +135,51 @@ class SumPlan:
         values clipped to ``clip`` (Kairouz, Liu & Steinke 2021, RDP), ``quorum − colluders``
         shares counted."""
         g = ddg_granularity(clip=clip, length=length)
-        return sg.calibrate_dp(
+        dp = sg.calibrate_dp(
             epsilon=epsilon, delta=delta, rounds=rounds, clip=clip, granularity=g, length=length,
             threshold=self.spec(length, granularity=g).min_contributors, colluders=colluders,
         )
+        if dp.noise_sigma > sa.MAX_DDG_SIGMA:
+            # refused here, when the job is planned, not by a silo's sampler in round 1
+            raise ConfigError(
+                f"privacy.epsilon = {epsilon:g} over {rounds} round(s) needs distributed discrete Gaussian shares of "
+                f"{dp.noise_sigma:.3g} grid steps, more than the 2^40 the secagg ring and sampler hold; raise "
+                "privacy.epsilon or lower training.rounds"
+            )
+        return dp
 
     def ddg_event(self, *, length: int, dp: sg.SecAggDP) -> DistributedDiscreteGaussianEvent:
         """The DP event one round's noised sum costs each contributing silo."""
         return self.spec(length, dp=dp, granularity=ddg_granularity(clip=dp.clip, length=length)).dp_event()
+
+
+def _check_ring(*, value_bound: float, granularity: float, silos: int) -> None:
+    """Refuse exact sums whose ring would need more than 64 bits, naming the ``crypto.params``
+    keys to change and values that fit (:func:`fedsilo.crypto.secagg.ring_bits`: a sum of
+    ``silos`` values of ``ceil(value_bound/granularity)`` grid steps needs
+    ``bitlen(silos·steps) + 1`` bits)."""
+    try:
+        sa.fixed_point_bits(value_bound=value_bound, granularity=granularity, summands=silos)
+        return
+    except ConfigError as exc:
+        if "more than the" not in str(exc):
+            raise
+    steps = sa.max_summand_steps(silos)  # the largest |x| in grid steps that still fits
+    # powers of two, computed exactly (float log2 rounds 2^61 - 1 up to 2^61)
+    fit_bound = float(1 << (steps.bit_length() - 1)) * granularity
+    fit_grid = 2.0 ** math.ceil(math.log2(value_bound / steps))
+    while math.ceil(value_bound / fit_grid) > steps:
+        fit_grid *= 2.0
+    while math.ceil(value_bound / (fit_grid / 2.0)) <= steps:
+        fit_grid /= 2.0
+    fit_silos = sa.max_summand_steps(1) // math.ceil(value_bound / granularity)
+    raise ConfigError(
+        f"crypto.params: exact sums of {silos} silos' values up to value_bound = {value_bound:g} on a granularity = "
+        f"2^{math.log2(granularity):.0f} grid need a ring of more than {sa.MAX_RING_BITS} bits; lower "
+        f"crypto.params.value_bound to <= 2^{math.log2(fit_bound):.0f} (= {fit_bound:g}), or raise "
+        f"crypto.params.granularity to >= 2^{math.log2(fit_grid):.0f} (a coarser grid)"
+        + (f", or run with at most {fit_silos} silos" if fit_silos >= 2 else "")
+    )
 
 
 def ddg_granularity(*, clip: float, length: int) -> float:

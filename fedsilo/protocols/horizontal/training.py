@@ -23,6 +23,9 @@ and the result is a small :class:`LocalResult`. Nothing is kept between rounds.
   for some ``m`` (``int(1 / (1 / 93)) == 92``), so the loader here is :class:`PoissonBatchSampler`:
   exactly ``steps_per_epoch`` Poisson batches per epoch at rate ``q``, drawn from the generator
   passed in. Opacus only clips and noises (``poisson_sampling=False``, it does not re-wrap it).
+* **Your own loop** (``[model] trainer``, :mod:`.trainer`): :func:`train_local` hands the model,
+  the same shuffled loader and a frozen :class:`~.trainer.TrainerSettings` to the user's function
+  instead of running :func:`_run_epochs`, and checks what it returns; refused under local DP-SGD.
 * **Distributed DP-SGD** (``[privacy] mode = "distributed"``, :class:`.dp.DistributedDPSGD`):
   no local training at all. Each round a silo draws one Poisson sample of its rows
   (:func:`poisson_sample`, rate ``q`` public, randomness secret) and computes the sum of the
@@ -65,6 +68,7 @@ __all__ = [
     "poisson_loader",
     "poisson_sample",
     "record_dp_plan",
+    "make_optimizer",
     "train_local",
 ]
 
@@ -79,19 +83,27 @@ class LocalConfig:
     lr: float
     optimizer: str
     proximal_mu: float = 0.0  #: FedProx mu (0 = plain FedAvg local training)
+    #: ``[model] trainer``: a user training loop run instead of the built-in one (:mod:`.trainer`)
+    trainer: str | None = None
+    l2: float = 0.0  #: ``training.l2``: passed to a user trainer only (the built-in loop has no L2 term)
 
     def __post_init__(self) -> None:
         if not (isinstance(self.proximal_mu, (int, float)) and self.proximal_mu >= 0):
             raise ConfigError(f"FedProx mu must be a number >= 0, got {self.proximal_mu!r}")
+        if self.l2 and self.trainer is None:
+            raise ConfigError("training.l2 is read only by a user training loop ([model] trainer); remove it")
 
     @classmethod
-    def from_sections(cls, training: TrainingSection, *, proximal_mu: float = 0.0, epochs: int | None = None) -> "LocalConfig":
+    def from_sections(cls, training: TrainingSection, *, proximal_mu: float = 0.0, epochs: int | None = None,
+                      trainer: str | None = None) -> "LocalConfig":
         """Local training of the validated ``[training]`` section (``epochs``: override of
-        ``local_epochs``, e.g. a centralized baseline's ``rounds × local_epochs``)."""
+        ``local_epochs``, e.g. a centralized baseline's ``rounds × local_epochs``; ``trainer``:
+        the ``[model] trainer`` import path, which alone reads ``training.l2``)."""
         if not isinstance(training, TrainingSection):
             raise TypeError(f"from_sections takes a TrainingSection (fedsilo.protocols.spec), got {type(training).__name__}")
         return cls(epochs=training.local_epochs if epochs is None else int(epochs), batch_size=training.batch_size,
-                   lr=float(training.lr), optimizer=training.optimizer, proximal_mu=float(proximal_mu))
+                   lr=float(training.lr), optimizer=training.optimizer, proximal_mu=float(proximal_mu),
+                   trainer=trainer, l2=float(training.l2) if trainer is not None else 0.0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,7 +215,8 @@ def _targets(y: np.ndarray, n_classes: int) -> torch.Tensor:
     return torch.as_tensor(np.asarray(y), dtype=torch.int64).reshape(-1)
 
 
-def _optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
+def make_optimizer(name: str, params: Any, lr: float) -> torch.optim.Optimizer:
+    """The local optimizer ``training.optimizer`` names (``"sgd"`` or ``"adam"``) at ``lr``."""
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr)
     return torch.optim.Adam(params, lr=lr)
@@ -244,7 +257,10 @@ def train_local(
     g_noise = torch.Generator().manual_seed(int(seeds[1] >> np.uint64(1)))
     criterion = loss_fn(n_classes)
     module: nn.Module = model
-    optimizer = _optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad], config.lr)
+    if config.trainer is not None:
+        return _user_trainer(model, dataset, g_data, global_params=global_params, config=config,
+                             n_classes=n_classes, record_dp=record_dp)
+    optimizer = make_optimizer(config.optimizer, [p for p in model.parameters() if p.requires_grad], config.lr)
     if record_dp is None:
         loader: DataLoader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=g_data)
     else:
@@ -279,6 +295,30 @@ def train_local(
                 module._close()
     update = get_flat_params(model) - np.asarray(global_params, dtype=np.float64)
     return LocalResult(update=update, num_examples=int(len(x)), steps=steps, loss=last_epoch_loss)
+
+
+def _user_trainer(
+    model: nn.Module, dataset: TensorDataset, generator: torch.Generator, *, global_params: np.ndarray,
+    config: LocalConfig, n_classes: int, record_dp: RecordDP | None,
+) -> LocalResult:
+    """The ``[model] trainer`` hook: the user's loop on the loader the built-in one would use
+    (:mod:`.trainer`); refused under local DP-SGD (per-example clipping cannot be verified)."""
+    from fedsilo.protocols.horizontal.trainer import TrainerSettings, run_trainer
+
+    assert config.trainer is not None
+    if record_dp is not None:
+        raise ConfigError(f"key 'model.trainer': {config.trainer!r} cannot run under record-level local DP-SGD "
+                          "(see fedsilo.protocols.horizontal.trainer); use privacy.level = \"silo\"")
+    loader = DataLoader(dataset, batch_size=config.batch_size, shuffle=True, generator=generator)
+    settings = TrainerSettings(
+        epochs=config.epochs, batch_size=config.batch_size, lr=config.lr, optimizer=config.optimizer,  # type: ignore[arg-type]
+        l2=config.l2, proximal_mu=config.proximal_mu, generator=generator, device=torch.device("cpu"),
+        loss=loss_fn(n_classes), n_classes=n_classes, rows=len(dataset),
+    )
+    model.train()
+    update, n = run_trainer(config.trainer, model, loader, settings, global_params=global_params)
+    # steps and loss are the user loop's own: not reported
+    return LocalResult(update=update, num_examples=n, steps=0, loss=float("nan"))
 
 
 def _run_epochs(

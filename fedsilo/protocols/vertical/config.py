@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from fedsilo.crypto.base import CryptoBackend
 from fedsilo.errors import ConfigError
 from fedsilo.privacy.accounting import epsilon
 from fedsilo.privacy.ledger import PrivacyLedger
@@ -54,6 +55,10 @@ class TrainingConfig:
         mask_scale: ``M``, masks are uniform in ``[−M, M]``; larger hides better. Capped at
             half the backend's ``value_bound`` (CKKS: 4096 by default, so ``M`` = 2048).
         track_loss: compute the encrypted Taylor loss each epoch (no DP only).
+        fill_slots: each step's batch is the rows that fill one ciphertext of the backend's
+            packed layout (``backend.matmul_fill_rows`` of the longest gradient: 512 rows at
+            up to 8 coordinates on CKKS) instead of ``batch_size``
+            (``training.fill_slots``; :meth:`batch_rows`).
     """
 
     epochs: int
@@ -65,6 +70,7 @@ class TrainingConfig:
     lr_schedule: str = "sqrt"
     mask_scale: float = 1e4
     track_loss: bool = True
+    fill_slots: bool = False
 
     def __post_init__(self) -> None:
         learning_rate(base=self.lr, epoch=1, schedule=self.lr_schedule)
@@ -76,8 +82,32 @@ class TrainingConfig:
         """The agreed hyper-parameters of a job from its validated ``[training]`` section."""
         if not isinstance(training, TrainingSection):
             raise TypeError(f"from_sections takes a TrainingSection (fedsilo.protocols.spec), got {type(training).__name__}")
+        if training.fill_slots and "batch_size" in training.model_fields_set:
+            raise ConfigError(
+                "key 'training.batch_size': training.fill_slots = true picks the batch (the rows that fill one "
+                "ciphertext); set one of the two"
+            )
         return cls(epochs=training.rounds, batch_size=training.batch_size, lr=float(training.lr), l2=float(training.l2),
-                   tol=training.early_stopping_tol, timeout=float(timeout))
+                   tol=training.early_stopping_tol, timeout=float(timeout), fill_slots=training.fill_slots)
+
+    def batch_rows(self, backend: CryptoBackend, dims: Mapping[str, int]) -> int:
+        """The rows per step: ``batch_size``, or with ``fill_slots`` the rows whose residuals,
+        in the backend's layout for the longest gradient in ``dims``, fill one ciphertext
+        (:meth:`~fedsilo.crypto.base.CryptoBackend.matmul_fill_rows`). Every party derives it
+        from public values (the backend's parameters and SETUP's gradient lengths).
+
+        Raises:
+            ConfigError: ``fill_slots`` on a backend without slots (Paillier, ``plain``).
+        """
+        if not self.fill_slots:
+            return self.batch_size
+        rows = backend.matmul_fill_rows(columns=max(dims.values()))
+        if rows is None:
+            raise ConfigError(
+                f"key 'training.fill_slots': backend {backend.name!r} has no slots to fill (one value per "
+                "ciphertext); use crypto.backend = 'ckks' or set training.batch_size instead"
+            )
+        return rows
 
     def digest(self) -> str:
         """What the parties compare: a hash of every setting but the (local) ``timeout``."""
@@ -150,15 +180,21 @@ def check_dp_ledger(dp: PrivacySection | None, ledger: PrivacyLedger | None, dat
         )
 
 
-def dp_plan(dp: PrivacySection | None, *, rows: int, config: TrainingConfig, parties: int, arbiter: bool) -> DpPlan | None:
-    """The DP plan of a run over ``rows`` training rows (:func:`.taylor.calibrate`), or None without DP."""
+def dp_plan(
+    dp: PrivacySection | None, *, rows: int, config: TrainingConfig, parties: int, arbiter: bool,
+    batch_size: int | None = None,
+) -> DpPlan | None:
+    """The DP plan of a run over ``rows`` training rows in batches of ``batch_size`` (default
+    ``config.batch_size``; :meth:`TrainingConfig.batch_rows` in a run) (:func:`.taylor.calibrate`),
+    or None without DP. The batch size sets only ``steps_per_epoch``: the charged events do not
+    depend on it (disjoint batches, parallel composition)."""
     if dp is None:
         return None
     return calibrate(
         epsilon=dp.epsilon,
         delta=dp.delta,
         rows=rows,
-        batch_size=config.batch_size,
+        batch_size=config.batch_size if batch_size is None else batch_size,
         epochs=config.epochs,
         parties=parties,
         clip=dp.clip,
@@ -169,13 +205,16 @@ def dp_plan(dp: PrivacySection | None, *, rows: int, config: TrainingConfig, par
     )
 
 
-def refuse_exact_gradients(dims: Mapping[str, int], *, rows: int, batch_size: int, who: str) -> None:
+def refuse_exact_gradients(
+    dims: Mapping[str, int], *, rows: int, batch_size: int, who: str, setting: str = "training.batch_size"
+) -> None:
     """Without DP each party receives its exact gradient ``X_pᵀd / n``: with as many gradient
     coordinates (features, plus the guest's intercept) as rows in a batch, ``X_p`` is
     invertible on the batch and ``d`` (hence the labels, or another party's partial logits)
     follows exactly. The batch that counts is the smallest one an epoch really has
     (:func:`.taylor.epoch_partition` splits ``rows`` into ``ceil(rows / batch_size)`` near-equal
-    batches, which may hold fewer rows than ``batch_size``). Refused even under ``insecure``."""
+    batches, which may hold fewer rows than ``batch_size``). Refused even under ``insecure``;
+    ``setting`` names where the batch size came from."""
     smallest = rows // max(1, math.ceil(rows / batch_size)) if rows else 0
     wide = {p: d for p, d in dims.items() if d >= smallest}
     if wide:
@@ -183,7 +222,7 @@ def refuse_exact_gradients(dims: Mapping[str, int], *, rows: int, batch_size: in
         raise ConfigError(
             f"{who}: vertical training without DP reveals each party's exact gradient, and with at least as "
             f"many gradient coordinates (features, plus the guest's intercept) as rows in a batch (the smallest "
-            f"batch has {smallest} of {rows} training rows, training.batch_size = {batch_size}) that gradient gives "
+            f"batch has {smallest} of {rows} training rows, {setting} = {batch_size}) that gradient gives "
             f"away the residuals (the labels): {listed}; give the job more training rows or a larger batch_size, "
             "or enable [privacy]"
         )

@@ -228,6 +228,11 @@ def _swap_decryptions(run: _Run, *, peer: str, norm: float, round: int) -> Any:
     return run.channel.recv(peer, PLAIN, round=round, timeout=run.timeout)
 
 
+def _batch_setting(config: TrainingConfig) -> str:
+    """Where a run's batch size comes from, for error messages."""
+    return "the batch training.fill_slots picks" if config.fill_slots else "training.batch_size"
+
+
 # ------------------------------------------------------------------------------ guest
 
 
@@ -283,10 +288,11 @@ def guest_train(
 
     dims = _hello(channel, hosts, rows=x.shape[0], train=train_rows.size, evaluation=eval_rows.size,
                   dim=model.weights.size, config=config, dp=dp, round=r, timeout=T)
+    batch = config.batch_rows(backend, dims)
     plan = dp_plan(dp, rows=train_rows.size, config=config, parties=len(topology.data_parties),
-                   arbiter=topology.arbiter is not None)
+                   arbiter=topology.arbiter is not None, batch_size=batch)
     if plan is None:
-        refuse_exact_gradients(dims, rows=train_rows.size, batch_size=config.batch_size, who=me)
+        refuse_exact_gradients(dims, rows=train_rows.size, batch_size=batch, who=me, setting=_batch_setting(config))
     setup = {"dims": dims, "plan": plan.to_json() if plan else None, "loss": bool(config.track_loss and plan is None)}
     channel.broadcast([*hosts, *([arb] if arb else [])], SETUP, setup, round=r)
     keys = setup_keys(channel, topology, backend, round=r, timeout=T)
@@ -305,7 +311,7 @@ def guest_train(
     stopped = False
     epochs_run = 0
     for epoch in range(1, config.epochs + 1):
-        batches = epoch_partition(rows=train_rows.size, batch_size=config.batch_size, rng=batch_rng)
+        batches = epoch_partition(rows=train_rows.size, batch_size=batch, rng=batch_rng)
         channel.broadcast(hosts, EPOCH, {"stop": False, "batches": batches}, round=r)
         if arb:
             channel.send(arb, EPOCH, {"stop": False, "sizes": [int(b.size) for b in batches]}, round=r)
@@ -475,15 +481,17 @@ def host_train(
         round=r,
     )
     setup = check_setup(channel.recv(guest, SETUP, round=r, timeout=T), who=me)
-    plan = dp_plan(dp, rows=train_rows.size, config=config, parties=len(topology.data_parties),
-                   arbiter=topology.arbiter is not None)
-    if plan is None:
-        refuse_exact_gradients({me: model.weights.size}, rows=train_rows.size, batch_size=config.batch_size, who=me)
-    if (plan.to_json() if plan else None) != setup.get("plan"):
-        raise ConfigError(f"{me}: the guest's DP plan differs from this host's; refusing to train")
     dims = {str(k): int(v) for k, v in setup["dims"].items()}
     if dims.get(me) != model.weights.size or set(dims) != set(topology.data_parties):
         raise ProtocolError(f"{me}: the guest's setup names other dimensions or parties")
+    batch = config.batch_rows(backend, dims)  # the guest's, from the same public values
+    plan = dp_plan(dp, rows=train_rows.size, config=config, parties=len(topology.data_parties),
+                   arbiter=topology.arbiter is not None, batch_size=batch)
+    if plan is None:
+        refuse_exact_gradients({me: model.weights.size}, rows=train_rows.size, batch_size=batch, who=me,
+                               setting=_batch_setting(config))
+    if (plan.to_json() if plan else None) != setup.get("plan"):
+        raise ConfigError(f"{me}: the guest's DP plan differs from this host's; refusing to train")
     # never trust the guest to keep the loss off under DP: it would be one more release
     track_loss = bool(setup.get("loss")) and plan is None
     keys = setup_keys(channel, topology, backend, round=r, timeout=T)

@@ -25,8 +25,17 @@ from fedsilo.privacy.relations import ADD_REMOVE_RECORD, ZERO_OUT_SILO
 from fedsilo.protocols.channel import Channel
 from fedsilo.protocols.horizontal import protocol as hz
 from fedsilo.protocols.horizontal.dp import DPFedAvg
-from fedsilo.protocols.horizontal.models import BUILTIN_MODELS, build_model, loss_fn, predict_scores, set_flat_params
+from fedsilo.protocols.horizontal.models import (
+    BUILTIN_MODELS,
+    build_model,
+    get_flat_params,
+    loss_fn,
+    predict_scores,
+    set_flat_params,
+)
+from fedsilo.protocols.horizontal.training import LocalConfig, train_local
 from fedsilo.protocols.horizontal.secure_aggregation import check_federation, required_contributors
+from fedsilo.protocols.horizontal.trainer import check_trainer
 from fedsilo.protocols.spec import ModelSection, PrivacySection, TrainingSection, section
 from fedsilo.silos.config import JobConfig
 from fedsilo.silos.data import DataSource, LocalTable, binary_labels, require_columns, require_numeric, scale_with_bounds
@@ -51,8 +60,8 @@ from fedsilo.silos.runner import (
     sources_for,
 )
 
-__all__ = ["HORIZONTAL", "HorizontalData", "HorizontalPlan", "SiloCharges", "Schema", "SiloRows", "epsilon_per_round",
-           "evaluate", "held_out_rows", "planned_releases", "prepare_horizontal", "silo_charges", "silo_rows",
+__all__ = ["BASELINES_LABEL", "HORIZONTAL", "HorizontalData", "HorizontalPlan", "SiloCharges", "Schema", "SiloRows", "baselines",
+           "center_offsets", "epsilon_per_round", "evaluate", "horizontal_baselines", "held_out_rows", "planned_releases", "prepare_horizontal", "silo_charges", "silo_rows",
            "simulate_horizontal"]
 
 AGGREGATOR = hz.AGGREGATOR
@@ -70,6 +79,8 @@ class Schema:
     test_fraction: float
     #: the job's public seed: decides which rows each silo holds out
     split_seed: int
+    #: public typical value per feature (``[data] center``), inside its bounds: maps to 0
+    center: Mapping[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, eq=False)
@@ -115,7 +126,8 @@ def silo_rows(schema: Schema, table: LocalTable) -> SiloRows:
     """One silo's training and held-out rows from its own table, checked against the schema:
     the same columns, numeric features, a 0/1 label; features clipped to the public bounds and
     mapped to [-1, 1] (a feature without public bounds — allowed only without DP — by the
-    silo's own min/max)."""
+    silo's own min/max), then shifted so that its public ``center`` (if any) maps to 0: the
+    same affine map in every silo, from public values only (:func:`center_offsets`)."""
     require_columns(table, [schema.label])
     own = {str(c) for c in table.frame.columns} - {schema.label} - ({schema.id_column} if schema.id_column else set())
     if own != set(schema.features):
@@ -132,7 +144,7 @@ def silo_rows(schema: Schema, table: LocalTable) -> SiloRows:
     hi = np.array([schema.bounds.get(f, nan)[1] for f in features])
     lo = np.where(np.isnan(lo), x.min(axis=0), lo)
     hi = np.where(np.isnan(hi), x.max(axis=0), hi)
-    xs = scale_with_bounds(x, lo, hi)
+    xs = scale_with_bounds(x, lo, hi) - center_offsets(features, schema.bounds, schema.center)
     held = held_out_rows(x, y, seed=schema.split_seed, silo=table.name, fraction=schema.test_fraction)
     if not held.any():
         raise DataError(
@@ -145,6 +157,46 @@ def silo_rows(schema: Schema, table: LocalTable) -> SiloRows:
             f"{schema.test_fraction:g} of its rows; lower test_fraction or give the silo more rows"
         )
     return SiloRows(xs[~held], y[~held], (xs[held], y[held]))
+
+
+def center_offsets(features: Sequence[str], bounds: Mapping[str, tuple[float, float]],
+                   center: Mapping[str, float]) -> np.ndarray:
+    """Per feature, where its public ``center`` lands on the [-1, 1] map of its public bounds
+    (0 for a feature without a center): subtracted from every scaled row, so the typical value
+    maps to 0 and the feature's range to ``[-1 - c, 1 - c]`` within [-2, 2]. A shift, not a
+    re-scaling: a linear model's class is unchanged, only its conditioning (an intercept no
+    longer has to cancel an offset of every feature; LeCun et al., "Efficient BackProp", 1998,
+    Sec. 4.3: inputs with a non-zero mean slow gradient descent)."""
+    out = np.zeros(len(features))
+    for j, f in enumerate(features):
+        if f in center:
+            lo, hi = bounds[f]
+            out[j] = float(scale_with_bounds(np.array([[center[f]]]), np.array([lo]), np.array([hi]))[0, 0])
+    return out
+
+
+def _check_center(cfg: JobConfig, features: Sequence[str], bounds: Mapping[str, tuple[float, float]]) -> dict[str, float]:
+    """``[data] center``, checked: feature columns only, each with public bounds and inside them."""
+    center = {str(k): float(v) for k, v in cfg.data.center.items()}
+    stray = [c for c in center if c not in features]
+    if stray:
+        raise ConfigError(
+            f"{cfg._source}: key 'data.center': {stray} are not feature column(s) of the silos' data "
+            f"(features: {list(features)[:12]}{' ...' if len(features) > 12 else ''})"
+        )
+    for col, value in center.items():
+        if col not in bounds:
+            raise ConfigError(
+                f"{cfg._source}: key 'data.center': {col!r} = {value:g} has no public bounds to place it in; "
+                f"add [data] bounds for {col!r} (the center is a point of the public [lo, hi] map)"
+            )
+        lo, hi = bounds[col]
+        if not lo <= value <= hi:
+            raise ConfigError(
+                f"{cfg._source}: key 'data.center': {col!r} = {value:g} is outside its public bounds "
+                f"[{lo:g}, {hi:g}]; a typical value lies inside them"
+            )
+    return center
 
 
 def _features_and_bounds(
@@ -191,14 +243,17 @@ class HorizontalTask(Task):
 
     def check(self, cfg: JobConfig, source: str) -> None:
         kind = cfg.model.kind
-        model_keys = ["kind"] + (["hidden"] if kind == "mlp" else ["params"] if kind not in BUILTIN_MODELS else [])
+        model_keys = ["kind", "trainer"] + (["hidden"] if kind == "mlp" else ["params"] if kind not in BUILTIN_MODELS else [])
+        # training.l2 is passed to a user training loop ([model] trainer); the built-in one has none
+        l2 = ["l2"] if cfg.model.trainer is not None else []
         refuse_unread(cfg, source, self.name, {
             "statistics": None,
-            "privacy": ["epsilon", "delta", "clip", "accountant", "level", "colluders", "mode"],
+            "privacy": ["epsilon", "delta", "clip", "accountant", "level", "colluders", "mode", "adaptive_clip",
+                        "target_quantile", "clip_lr", "count_noise"],
             # local training has no L2 penalty and no early stopping (a round count is the budget's)
-            "training": ["rounds", "local_epochs", "batch_size", "lr", "optimizer", "strategy", "strategy_params"],
+            "training": ["rounds", "local_epochs", "batch_size", "lr", "optimizer", "strategy", "strategy_params", *l2],
             "model": model_keys,
-            "data": ["source", "label", "id_column", "partition", "test_fraction", "bounds"],
+            "data": ["source", "label", "id_column", "partition", "test_fraction", "bounds", "center"],
         })
         check_silo_job(cfg, source)
         if not cfg.data.label:
@@ -249,7 +304,7 @@ class HorizontalTask(Task):
                 "them with its own min/max, which is weaker when silos differ: add [data] bounds"
             )
         schema = Schema(tuple(features), cfg.data.label, cfg.data.id_column, bounds, cfg.data.test_fraction,
-                        cfg.federation.seed)
+                        cfg.federation.seed, _check_center(cfg, features, bounds))
         if cfg.federation.min_silos > len(names):
             raise ConfigError(
                 f"{cfg._source}: key 'federation.min_silos': {cfg.federation.min_silos} but the job has only "
@@ -287,7 +342,7 @@ class HorizontalTask(Task):
             return {}
         assert cfg.data.label is not None
         schema = Schema(tuple(features), cfg.data.label, cfg.data.id_column, bounds, cfg.data.test_fraction,
-                        cfg.federation.seed)
+                        cfg.federation.seed, _check_center(cfg, features, bounds))
         record = job.level == "record"
         return {name: planned_releases(job, names, n_examples=len(silo_rows(schema, src.load()).y) if record else None)
                 for name, src in sources.items()}
@@ -336,6 +391,7 @@ def make_job(
         build_model(model, n_features=n_features, n_classes=n_classes, seed=seed)
     except ConfigError as exc:
         raise ConfigError(f"key 'model.kind': {exc}") from None
+    check_trainer(model, privacy)  # [model] trainer: loads, and a DP mode that can run it
     check_federation(silos=list(silos), allow_exposed=spec.allow_exposed, colluders=spec.colluders)
     hz.evaluation_scale(get_backend(backend, **params))  # precision vs the metrics' grid, before any ledger
     if spec.privacy is not None and len(silos) <= spec.colluders:
@@ -672,6 +728,60 @@ def prepare_horizontal(cfg: JobConfig) -> HorizontalData:
     return HorizontalData(silos, tests, list(plan.schema.features), list(plan.notes))
 
 
+#: How a ``baselines`` block is labelled in the results (docs/results.md).
+BASELINES_LABEL = ("simulation only, not private: every silo's rows read in one process, no DP; "
+                   "no party computes or sees these")
+
+
+def baselines(
+    model: ModelSection, training: TrainingSection, silos: Mapping[str, tuple[np.ndarray, np.ndarray]],
+    tests: Mapping[str, tuple[np.ndarray, np.ndarray]], *, n_classes: int, seed: int,
+) -> dict[str, Any]:
+    """What federating is measured against (issue 17 item 3), on the same pooled held-out rows
+    as the results' ``simulation_metrics``: ``central``, the same model and local trainer
+    (``[model] trainer`` if set) on every silo's training rows pooled, and ``alone``, each silo
+    trained on its own training rows only; both for ``rounds × local_epochs`` epochs, from the
+    job's initial model, without DP. A simulation helper (it reads every silo's rows): agents and
+    parties never call it.
+
+    Returns ``{"label", "epochs", "central": {accuracy, auc, loss}, "alone": {silo: {accuracy, auc,
+    loss}}}``.
+    """
+    names = list(silos)
+    held = [tests[n] for n in names if n in tests and len(tests[n][1])]
+    if not names or not held:
+        raise DataError("baselines need every silo's training rows and some held-out rows")
+    tx = np.vstack([np.asarray(t[0]) for t in held])
+    ty = np.concatenate([np.asarray(t[1]) for t in held])
+    n_features = int(tx.shape[1])
+    epochs = training.rounds * training.local_epochs
+    local = LocalConfig.from_sections(training, epochs=epochs, trainer=model.trainer)
+
+    def fit(x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        net = build_model(model, n_features=n_features, n_classes=n_classes, seed=seed)
+        p0 = get_flat_params(net)
+        out = train_local(net, np.asarray(x), np.asarray(y), global_params=p0, config=local, n_classes=n_classes,
+                          seed=seed)
+        m = evaluate(model, p0 + out.update, tx, ty, n_features=n_features, n_classes=n_classes)
+        return {k: m[k] for k in ("accuracy", "auc", "loss")}
+
+    pooled_x = np.vstack([np.asarray(silos[n][0]) for n in names])
+    pooled_y = np.concatenate([np.asarray(silos[n][1]) for n in names])
+    return {
+        "label": BASELINES_LABEL,
+        "epochs": epochs,
+        "central": fit(pooled_x, pooled_y),
+        "alone": {n: fit(*silos[n]) for n in names},
+    }
+
+
+def horizontal_baselines(cfg: JobConfig) -> dict[str, Any]:
+    """:func:`baselines` of a horizontal config: each silo's rows exactly as its party prepares
+    them (:func:`prepare_horizontal`). For ``fedsilo simulate`` only."""
+    data = prepare_horizontal(cfg)
+    return baselines(cfg.model, cfg.training, data.silos, data.tests, n_classes=2, seed=cfg.federation.seed)
+
+
 def simulate_horizontal(
     *,
     silos: Mapping[str, tuple[np.ndarray, np.ndarray]],
@@ -692,6 +802,7 @@ def simulate_horizontal(
     progress: Progress | None = None,
     faults: Mapping[str, Mapping[int, str]] | None = None,
     engine: str = "threads",
+    with_baselines: bool = False,
 ) -> dict[str, Any]:
     """Run a horizontal job on silos whose rows are already in memory (tests, benchmarks),
     through the same runner, parties and results as :func:`~fedsilo.silos.runner.run_job`.
@@ -699,8 +810,9 @@ def simulate_horizontal(
     ``silos``: ``{name: (X_train, y_train)}`` (scaled); ``tests``: each silo's own held-out rows;
     ``model``, ``training``, ``privacy``: the sections (or mappings validated as them);
     ``budgets``: ``{silo: (epsilon, delta)}``; ``noise_seed``: **tests only** (not private);
-    ``faults``: test hook ``{silo: {round: "hello" | "update" | "topup"}}``. Returns the results
-    contract of docs/results.md ("simulation_metrics" pools every silo's held-out rows).
+    ``faults``: test hook ``{silo: {round: "hello" | "update" | "topup"}}``; ``with_baselines``:
+    add the ``baselines`` block (:func:`baselines`). Returns the results contract of
+    docs/results.md ("simulation_metrics" pools every silo's held-out rows).
 
     Unlike :func:`~fedsilo.silos.runner.run_job`, budgets are not checked before round 1 here
     (check them with :func:`planned_releases` and :func:`fedsilo.silos.ledgers.check_budgets`):
@@ -734,7 +846,10 @@ def simulate_horizontal(
     rows = {n: SiloRows(np.asarray(x), np.asarray(y), tests.get(n)) for n, (x, y) in silos.items()}
     with ledger_directory(ledger_dir) as directory:
         parties = parties_for(plan, rows, ledger_dir=directory, budgets=budgets, noise_seed=noise_seed)
-        return run_horizontal(plan, parties, engine=engine, progress=progress)
+        results = run_horizontal(plan, parties, engine=engine, progress=progress)
+    if with_baselines:
+        results["baselines"] = baselines(spec.model, spec.training, silos, tests, n_classes=n_classes, seed=int(seed))
+    return results
 
 
 def run_horizontal(plan: HorizontalPlan, parties: Sequence[Party], *, engine: str = "threads",

@@ -28,19 +28,16 @@ from fedsilo.protocols import psi
 from fedsilo.protocols.channel import Channel
 from fedsilo.protocols.psi import ids_from_column
 from fedsilo.protocols.spec import SECUREBOOST_KEYS, ModelSection, PrivacySection, section
-from fedsilo.protocols.vertical.data import prepare_table
-from fedsilo.protocols.vertical.prediction import evaluation_metrics
 from fedsilo.protocols.vertical.secureboost import messages as sb
-from fedsilo.protocols.vertical.secureboost.boosting import sigmoid
 from fedsilo.protocols.vertical.secureboost.config import BoostConfig, CryptoSettings
 from fedsilo.protocols.vertical.secureboost.dp import HistogramDp, calibrate
-from fedsilo.protocols.vertical.secureboost.job import SecureBoostSpec, secureboost_party
+from fedsilo.protocols.vertical.secureboost.job import SecureBoostSpec, party_table, secureboost_party
 from fedsilo.protocols.vertical.secureboost.model import joint_scores
 from fedsilo.silos.config import JobConfig
-from fedsilo.silos.data import DataSource, FrameSource, LocalTable, require_columns, require_numeric
+from fedsilo.silos.data import DataSource, LocalTable, require_columns, require_numeric
 from fedsilo.silos.ledgers import opened
 from fedsilo.silos.registry import JobContext, JobRun, Party, Progress, refuse_unread
-from fedsilo.silos.runner import budgets_for, get_engine, ledger_directory, ledger_specs, run_plan
+from fedsilo.silos.runner import budgets_for, ledger_specs
 from fedsilo.silos.topology import Flow, add_flow, add_party, new_federation
 
 __all__ = ["KIND", "SECUREBOOST", "SecureBoostJob", "SecureBoostPlan", "make_secureboost_spec", "parties_for",
@@ -91,6 +88,9 @@ def make_secureboost_spec(
 ) -> SecureBoostSpec:
     """The typed spec every party receives; crypto parameters checked before any party starts."""
     guest, hosts = _roles(roles, source=source)
+    if privacy is not None and model.guest_trees >= model.trees:
+        raise ConfigError(f"{source}: key 'model.guest_trees': every one of the {model.trees} trees is guest-only, so "
+                          "no host releases anything to account for; lower it or drop [privacy]")
     try:
         crypto = CryptoSettings.from_params(backend, backend_params)
     except ConfigError as exc:
@@ -176,12 +176,13 @@ class SecureBoostJob:
     def planned_charges(self, cfg: JobConfig, sources: Mapping[str, DataSource]) -> dict[str, list[tuple[Any, str]]]:
         """Every release each host in ``sources`` charges if every tree grows to full depth: one
         :meth:`~fedsilo.protocols.vertical.secureboost.dp.HistogramDp.event` per level, ``trees ·
-        depth`` in all, under the replace-one relation (from the config alone; a tree that stops
-        early charges less). The guest charges nothing."""
+        depth`` in all (guest-only trees charge nothing), under the replace-one relation (from the
+        config alone; a tree that stops early charges less). The guest charges nothing."""
         if cfg.privacy is None:
             return {}
         dp = calibrate(epsilon=cfg.privacy.epsilon, delta=cfg.privacy.delta, accountant=cfg.privacy.accountant,
-                       trees=cfg.model.trees, depth=cfg.model.depth, clip=cfg.privacy.clip)
+                       trees=cfg.model.trees - cfg.model.guest_trees, depth=cfg.model.depth, clip=cfg.privacy.clip,
+                       objective=cfg.model.objective)
         hosts = {s.name for s in cfg.silos if s.role == "host"}
         return {name: [(dp.event(), REPLACE_RECORD)] * dp.releases for name in sources if name in hosts}
 
@@ -217,11 +218,19 @@ def _public_rng(seed: int | None, index: int) -> np.random.Generator:
 
 
 def _checked_table(spec: SecureBoostSpec, party: Party, table: LocalTable) -> pd.DataFrame:
-    """The party's own table, checked where its file is known (naming the file's row)."""
+    """The party's own table, checked where its file is known (naming the file's row): numeric
+    features (NaNs allowed with missing-value bins, to be binned), a numeric label for the
+    squared error."""
     guest = party.name == spec.guest
     require_columns(table, [spec.id_column, *([spec.label] if guest else [])])
     ids_from_column(table.frame[spec.id_column], source=table.where, column=spec.id_column)
-    require_numeric(table, [c for c in table.frame.columns if c != spec.id_column and not (guest and c == spec.label)])
+    features = [c for c in table.frame.columns if c != spec.id_column and not (guest and c == spec.label)]
+    # with missing-value bins a NaN is a value; everything else must still be a finite number
+    seen = LocalTable(table.name, table.frame.fillna({c: 0.0 for c in features}), table.where, table.bounds) \
+        if spec.config.missing_bins else table
+    require_numeric(seen, features)
+    if guest and not spec.config.loss.classification:
+        require_numeric(table, [spec.label])
     return table.frame
 
 
@@ -239,6 +248,9 @@ def parties_for(
             raise ConfigError(f"party {p!r} ({'guest' if p == spec.guest else 'host'}) has no table")
     features = {p: [c for c in sources[p].columns() if c != spec.id_column and not (p == spec.guest and c == spec.label)]
                 for p in names}
+    if spec.config.guest_trees and not features[spec.guest]:
+        raise ConfigError(f"{source}: key 'model.guest_trees': the guest {spec.guest!r} holds the labels only, no feature "
+                          "to grow a guest-only tree on; set it to 0")
     every = [c for cols in features.values() for c in cols]
     stray = [c for c in spec.bounds if c not in every]
     if bounds_from_config and stray:
@@ -274,8 +286,8 @@ def _simulation_metrics(plan: SecureBoostPlan, parties: Sequence[Party], out: Ma
     rows_of: dict[str, np.ndarray] = {}
     labels = None
     for p in (spec.guest, *spec.hosts):
-        data = prepare_table(sources[p].load().frame, source=p, id_column=spec.id_column,
-                             label=spec.label if p == spec.guest else None)
+        data = party_table(sources[p].load().frame, source=p, id_column=spec.id_column,
+                           label=spec.label if p == spec.guest else None, config=spec.config)
         where = {i: k for k, i in enumerate(data.ids)}
         rows_of[p] = data.features[np.array([where[i] for i in test_ids], dtype=np.int64)]
         if p == spec.guest:
@@ -284,7 +296,7 @@ def _simulation_metrics(plan: SecureBoostPlan, parties: Sequence[Party], out: Ma
     assert labels is not None
     raw = joint_scores(out[spec.guest]["model"], rows_of[spec.guest],
                        {h: (out[h]["model"], rows_of[h]) for h in spec.hosts})
-    return evaluation_metrics(labels, sigmoid(raw))
+    return spec.config.loss.metrics(labels, raw)
 
 
 def _results(plan: SecureBoostPlan, parties: Sequence[Party], run: JobRun) -> dict[str, Any]:
@@ -315,7 +327,7 @@ def _results(plan: SecureBoostPlan, parties: Sequence[Party], run: JobRun) -> di
             "target_epsilon": dp.epsilon,
             "accountant": dp.accountant,
             "level": "record",
-            "charged": "each host, once per tree level; the guest is not charged",
+            "charged": "each host, once per level of a joint tree (guest-only trees: nothing); the guest is not charged",
         }
         notes.append(
             "DP covers the values of the hosts' histograms only: the node memberships (instance space) and the "
@@ -331,6 +343,7 @@ def _results(plan: SecureBoostPlan, parties: Sequence[Party], run: JobRun) -> di
     return {
         "task": "vertical",
         "model": KIND,
+        "objective": spec.config.objective,
         "backend": spec.crypto.backend,
         "private": not spec.insecure,
         "topology": {"guest": spec.guest, "hosts": list(spec.hosts), "arbiter": None},
@@ -392,10 +405,7 @@ def simulate_secureboost(
         psi_workers=psi_workers,
     )
     plan = SecureBoostPlan(job, spec, seed, tuple(_level_note(spec.dp)))
-    sources = {n: FrameSource(t, n, origin=n) for n, t in tables.items()}
-    from fedsilo.silos.tasks.vertical import VERTICAL  # the task that dispatches to SECUREBOOST
+    from fedsilo.silos.tasks.vertical import run_tables  # the vertical task dispatches to SECUREBOOST
 
-    with ledger_directory(ledger_dir) as directory:
-        parties = parties_for(plan, sources, ledger_dir=directory, budgets=budgets or {}, noise_seed=noise_seed,
-                              datasets=datasets)
-        return run_plan(VERTICAL, plan, parties, job=job, engine=get_engine(engine), progress=progress)
+    return run_tables(plan, tables, parties_for, ledger_dir=ledger_dir, budgets=budgets, noise_seed=noise_seed,
+                      datasets=datasets, job=job, engine=engine, progress=progress)

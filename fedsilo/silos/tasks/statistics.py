@@ -18,6 +18,7 @@ import pandas as pd
 from fedsilo.crypto.registry import get_backend, get_backend_class
 from fedsilo.errors import ConfigError, NotEnoughSilosError
 from fedsilo.privacy.accounting import epsilon as _epsilon
+from fedsilo.privacy.relations import ADD_REMOVE_RECORD
 from fedsilo.protocols.channel import Channel
 from fedsilo.protocols.horizontal.secure_aggregation import check_federation, exposed_sums_allowed
 from fedsilo.protocols.horizontal.statistics import (
@@ -34,7 +35,7 @@ from fedsilo.protocols.horizontal.statistics_plan import AGGREGATOR, unranged_co
 from fedsilo.protocols.spec import PrivacySection, StatisticsSection, section
 from fedsilo.silos.config import JobConfig
 from fedsilo.silos.data import DataSource, FrameSource, require_numeric
-from fedsilo.silos.ledgers import opened
+from fedsilo.silos.ledgers import Release, opened
 from fedsilo.silos.runner import (
     JobContext,
     JobRun,
@@ -131,6 +132,24 @@ class StatisticsTask(Task):
     def insecure_settings(self, cfg: JobConfig) -> list[tuple[str, str]]:
         # DP statistics protect single records, never a whole silo's statistics
         return exposure_settings(cfg, "statistics", "add silos, or ")
+
+    def planned_charges(self, cfg: JobConfig, sources: Mapping[str, DataSource]) -> dict[str, list[Release]]:
+        """The one release each silo in ``sources`` charges: the job's composed event
+        (:meth:`StatisticsPlan.event`, every query of every column in one secure sum) under
+        add/remove-one-record. The plan depends on the config and the silo count only, not on
+        a table, so it is the one :meth:`plan` builds (found by the bad-input sweep: statistics
+        jobs were checked by target ε only, not by their planned charge)."""
+        if cfg.privacy is None or cfg.statistics is None or not sources:
+            return {}
+        job = make_statistics_job(
+            job="planned", silos=cfg.silo_names(), request=cfg.statistics, privacy=cfg.privacy,
+            backend=cfg.crypto.backend, backend_params=cfg.crypto.params, min_silos=cfg.federation.min_silos,
+            round_timeout=cfg.federation.round_timeout, insecure=cfg.crypto.insecure,
+        )
+        event = job.plan.event()
+        if event is None:
+            return {}
+        return {name: [(event, ADD_REMOVE_RECORD)] for name in sources}
 
     def plan(self, cfg: JobConfig, ctx: JobContext) -> tuple[StatisticsJob, list[Party]]:
         assert cfg.statistics is not None

@@ -146,7 +146,9 @@ def make_vertical_spec(
         backend_params=dict(backend_params), training=TrainingConfig.from_sections(training, timeout=round_timeout),
         dp=privacy, test_fraction=test_fraction, psi_workers=psi_workers, bounds=dict(bounds), insecure=insecure,
     )
-    get_backend(backend, **backend_params_for(backend, backend_params))  # fail fast on bad parameters
+    built = get_backend(backend, **backend_params_for(backend, backend_params))  # fail fast on bad parameters
+    # training.fill_slots on a backend without slots: refused before any party starts, not after PSI
+    spec.training.batch_rows(built, {"any gradient": 1})
     return spec
 
 
@@ -179,7 +181,7 @@ class VerticalTask(Task):
             raise ConfigError(f"{source}: task 'vertical' needs exactly one silo with role 'guest' and at least one 'host'")
         refuse_unread(cfg, source, self.name, {
             "model": ["kind"],
-            "training": ["rounds", "batch_size", "lr", "l2", "early_stopping_tol"],
+            "training": ["rounds", "batch_size", "lr", "l2", "early_stopping_tol", "fill_slots"],
             "statistics": None,
             # privacy.mode (distributed DP-SGD) is horizontal only
             "privacy": ["epsilon", "delta", "clip", "logit_clip", "accountant", "level", "colluders"],
@@ -479,8 +481,30 @@ def simulate_vertical(
         test_fraction=test_fraction, bounds=dict(bounds or {}), insecure=insecure, psi_workers=psi_workers,
     )
     plan = VerticalPlan(job, spec, seed, tuple(_level_note(spec.dp)))
+    return run_tables(plan, tables, parties_for, ledger_dir=ledger_dir, budgets=budgets, noise_seed=noise_seed,
+                      datasets=datasets, job=job, engine=engine, progress=progress)
+
+
+def run_tables(
+    plan: Any,
+    tables: Mapping[str, pd.DataFrame],
+    make_parties: Any,
+    *,
+    ledger_dir: str | Path | None,
+    budgets: Mapping[str, tuple[float, float]] | None,
+    noise_seed: int | None,
+    datasets: Mapping[str, str] | None,
+    job: str,
+    engine: str,
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """Run a planned vertical job (logistic regression or SecureBoost: ``make_parties`` is that
+    model's ``parties_for``) on in-memory tables through the runner of
+    :func:`~fedsilo.silos.runner.run_job`: one table source per party, each party's ledger in
+    ``ledger_dir`` (None: a temporary directory). What :func:`simulate_vertical` and
+    :func:`fedsilo.silos.tasks.secureboost.simulate_secureboost` share."""
     sources = {n: FrameSource(t, n, origin=n) for n, t in tables.items()}
     with ledger_directory(ledger_dir) as directory:
-        parties = parties_for(plan, sources, ledger_dir=directory, budgets=budgets or {}, noise_seed=noise_seed,
-                              datasets=datasets)
+        parties = make_parties(plan, sources, ledger_dir=directory, budgets=budgets or {}, noise_seed=noise_seed,
+                               datasets=datasets)
         return run_plan(VERTICAL, plan, parties, job=job, engine=get_engine(engine), progress=progress)

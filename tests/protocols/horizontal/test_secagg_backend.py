@@ -270,11 +270,27 @@ def test_record_level_dp_accuracy_matches_ckks_on_the_same_seed(bc3: Any, tmp_pa
     for backend, r in res.items():
         assert [len(x["silos"]) for x in r["rounds"]] == [3] * 5, (backend, r["rounds"], r.get("notes"))
     a, b = res["ckks"]["simulation_metrics"], res["secagg"]["simulation_metrics"]
-    # measured equal when run alone or module by module; once in a full CI run (2 workers, under
-    # load) they differed by 0.043 with every round complete: a load-dependent nondeterminism not
-    # found yet (recorded in the session note). The acceptance, within a point of the CKKS
-    # run at OS noise, is measured through the CLI (docs/secagg.md)
+    # Sources of difference between the two runs (H7, measured with four of these jobs at once on
+    # 2 cores): the secagg run is bit-for-bit deterministic under load (DP-SGD noise and Poisson
+    # sampling come from per-call torch.Generators seeded from noise_seed, the model from a locked
+    # fork_rng, the update is rounded to the 2^-24 grid by rint; the final loss agreed to all 16
+    # digits across runs); the CKKS run is not, by design: SEAL draws each encryption's noise from
+    # the OS, so its decrypted sums, and the final loss, move by ~1e-8 from run to run (accuracy
+    # unchanged on all runs measured). Neither explains the 0.043 (5 of 127 held-out rows) seen once in
+    # a full CI run: it was not reproduced, so the tolerance stays at 0.05 (the acceptance,
+    # within a point at OS noise, is measured through the CLI, docs/secagg.md) and ε is compared exactly.
     assert abs(a["accuracy"] - b["accuracy"]) <= 0.05
     for n in bc3.silos:
         assert res["secagg"]["epsilon"][n]["epsilon"] == pytest.approx(res["ckks"]["epsilon"][n]["epsilon"], rel=1e-12)
         assert res["secagg"]["epsilon"][n]["epsilon"] <= 8.0
+
+
+def test_a_job_whose_every_round_aborts_is_stopped_not_completed(bc3: Any) -> None:
+    # a silo silent in every round leaves sums of two, each refused: no round trains, and the job
+    # must say so (it reported "completed" with the initial model)
+    _, out = run_direct(bc3, backend="secagg", training={**TRAINING, "rounds": 2},
+                        faults={"site2": {1: "update", 2: "update"}}, round_timeout=5.0)
+    assert [r["status"] for r in out[AGGREGATOR].rounds] == ["aborted", "aborted"]
+    assert out[AGGREGATOR].status == "stopped" and "trained no round" in out[AGGREGATOR].reason
+    for n in ("site0", "site1"):
+        assert out[n].status == "stopped" and "trained no round" in out[n].reason, (n, out[n].status)

@@ -319,7 +319,8 @@ def test_a_silo_whose_budget_is_spent_withdraws_and_the_others_go_on(frames5: di
     assert PrivacyLedger(tmp_path / "h3.sqlite", silo="h3").spent("h3") == 0.0
     # with three silos a withdrawal leaves a sum of two, which would expose each: refused
     three = {n: frames5[n] for n in ("h0", "h1", "h3")}
-    with pytest.raises(NotEnoughSilosError, match="needs 3 contributions; the round is aborted and nothing was unmasked"):
+    with pytest.raises(NotEnoughSilosError, match=r"needs 3 contributions \(the quorum\) \[withdrew \(privacy budget "
+                                                  r"exhausted\): h3\]; the round is aborted and nothing was unmasked"):
         _run(three, privacy=DP, ledger_dir=tmp_path / "three", budgets={n: budgets[n] for n in three}, round_timeout=5.0)
 
 

@@ -62,6 +62,10 @@ def test_the_model_keys_are_typed_with_defaults() -> None:
     ({"model__learning_rate": 2.0}, "key 'model.learning_rate': Input should be less than or equal to 1"),
     ({"model__trees": True}, "key 'model.trees': Input should be a valid integer"),
     ({"model__tree": 3}, "unknown key 'model.tree'; did you mean 'trees'?"),
+    ({"model__objective": "squared"}, "key 'model.objective': Input should be 'log_loss' or 'squared_error'"),
+    ({"model__missing": "impute"}, "key 'model.missing': Input should be 'refuse' or 'bin'"),
+    ({"model__guest_trees": 6}, "model.guest_trees (6) is more than model.trees (5)"),
+    ({"model__guest_trees": -1}, "key 'model.guest_trees': Input should be greater than or equal to 0"),
 ])
 def test_bad_model_values_are_named(changes, message) -> None:
     with pytest.raises(ConfigError) as err:
@@ -78,6 +82,8 @@ def test_bad_model_values_are_named(changes, message) -> None:
     ({"training": {"rounds": 3}}, "[training] is not read by a 'vertical (secureboost)' job"),
     ({"privacy": {"epsilon": 8.0, "colluders": 2}}, "key 'privacy.colluders' is not read"),
     ({"model__hidden": [4]}, "key 'model.hidden' is not read"),
+    ({"model__guest_trees": 5, "privacy": {"epsilon": 8.0}},
+     "key 'model.guest_trees': every one of the 5 trees is guest-only, so no host releases anything"),
 ])
 def test_settings_secureboost_cannot_run_are_refused_before_it_starts(changes, message) -> None:
     with pytest.raises(ConfigError) as err:
@@ -100,3 +106,19 @@ def test_crypto_settings_read_only_what_secureboost_uses() -> None:
         CryptoSettings.from_params("plain", {"packed": False})
     unpacked = CryptoSettings.from_params("paillier", {"packed": False, "key_bits": 3072, "workers": 1})
     assert (unpacked.packed, unpacked.key_bits) == (False, 3072) and unpacked.digest() != plain.digest()
+
+
+def test_the_new_model_keys_reach_the_agreed_config_and_its_digest(tmp_path: Path) -> None:
+    """objective, missing and guest_trees are agreed settings (in the digest every host checks);
+    a guest without features cannot grow a guest-only tree (refused naming the key)."""
+    plan, _ = _plan(_with(model={"kind": "secureboost", "trees": 5, "objective": "squared_error", "missing": "bin",
+                                 "guest_trees": 2}, data={"label": "log_income", "id_column": "customer_id"}))
+    cfg = plan.spec.config
+    assert (cfg.objective, cfg.missing, cfg.guest_trees, cfg.hist_bins, cfg.joint_trees) == ("squared_error", "bin", 2, 33, 3)
+    base = BoostConfig.from_section(section(ModelSection, {"kind": "secureboost", "trees": 5}, key="model"), timeout=1.0)
+    assert base.digest() != cfg.digest() and (base.objective, base.missing, base.guest_trees) == ("log_loss", "refuse", 0)
+    labels_only = tmp_path / "labels.csv"
+    labels_only.write_text("customer_id,default\n" + "".join(f"C{i},{i % 2}\n" for i in range(50)))
+    silos = [{"name": "bank", "data": str(labels_only), "role": "guest"}, BASE["silos"][1]]
+    with pytest.raises(ConfigError, match=r"key 'model.guest_trees': the guest 'bank' holds the labels only"):
+        _plan(_with(model__guest_trees=1, silos=silos))

@@ -123,7 +123,8 @@ def _one_release(nodes: int, *, epsilon: float, seed: int):
         ch.send("h", sb.LEVEL, {"done": False, "nodes": np.arange(nodes), "rows": node_rows}, round=4)
         got["hist"] = ch.recv("h", sb.HIST, round=4, timeout=300)["ct"]
         empty = np.zeros(0, dtype=np.int64)
-        ch.send("h", sb.SPLIT, {"nodes": empty, "feature": empty, "bin": empty, "rows": []}, round=4)
+        ch.send("h", sb.SPLIT, {"nodes": empty, "feature": empty, "bin": empty, "missing_left": np.zeros(0, dtype=bool),
+                               "rows": []}, round=4)
         ch.recv("h", sb.PARTITION, round=4, timeout=300)
         ch.send("h", sb.TREE, {"stop": True}, round=5)
         ch.send("h", sb.IMPORTANCE, {"splits": np.zeros(1, dtype=np.int64)}, round=5)
@@ -224,3 +225,29 @@ def test_a_job_a_host_cannot_afford_is_refused_before_any_party_starts(tmp_path:
         run_job(cfg, ledger_dir=tmp_path)
     with PrivacyLedger(tmp_path / "partner.sqlite", silo="partner") as led:
         assert led.entries("partner") == []
+
+
+def test_regression_under_dp_clips_the_residual_and_guest_only_trees_charge_nothing(tmp_path: Path) -> None:
+    """Squared error at ε = 6 with ``privacy.clip = 2`` and one guest-only tree of three: each
+    host's ledger holds at most (3 − 1)·2 charges, each recording the residual clip and h = 1,
+    and the noise is calibrated for those 4 releases (less noise than for 6)."""
+    tables = breast_cancer_tables(2, guest_cols=4, host_cols=5, seed=2)
+    g = tables["g"].copy()
+    g["target"] = g.pop("mean radius")
+    tables = {**tables, "g": g}
+    bounds = {k: v for k, v in breast_cancer_bounds().items() if k != "mean radius"}
+    res = simulate_secureboost(tables=tables, roles={"g": "guest", "h0": "host", "h1": "host"}, id_column="pid",
+                               label="target", model={**MODEL, "objective": "squared_error", "guest_trees": 1},
+                               backend="plain", insecure=True, bounds=bounds, dp={"epsilon": 6.0, "clip": 2.0},
+                               ledger_dir=tmp_path, job="sb-reg")
+    dp = res["dp"]
+    assert dp["releases"] == 4 and dp["clip"] == 2.0
+    full = calibrate(epsilon=6.0, delta=1e-5, accountant="rdp", trees=3, depth=2, clip=2.0, objective="squared_error")
+    assert dp["noise_multiplier"] < full.noise_multiplier
+    for host in ("h0", "h1"):
+        with PrivacyLedger(tmp_path / f"{host}.sqlite", silo=host) as led:
+            entries = led.entries(host)
+        assert 2 <= len(entries) == dp["released"][host] <= 4
+        assert {x.mechanism["tree"] for x in entries} <= {2, 3}  # 1-based: tree 1 was the guest's alone
+        assert all(x.mechanism["clip"] == 2.0 and x.mechanism["h_bound"] == 1.0 for x in entries)
+    assert set(res["final"]) == {"rmse", "mae", "r2", "test_loss"} and res["final"]["r2"] > 0.5

@@ -211,3 +211,103 @@ def test_noised_gains_are_corrected_so_that_noise_alone_rarely_wins() -> None:
         wins_raw += raw is not None and raw.gain > guest.gain
         wins_corrected += corrected is not None and corrected.gain > guest.gain
     assert wins_raw > 40 and wins_corrected < 10, (wins_raw, wins_corrected)
+
+
+# ------------------------------------------------------------------------------ missing-value bins, regression
+
+
+def _brute_force_missing(bins: np.ndarray, g: np.ndarray, h: np.ndarray, nan_bin: int, *, l2: float, mlr: int):
+    """Every (feature, bin, NaN side) in scikit-learn's order: per feature NaNs right scanning
+    bins upwards (first best), then NaNs left scanning downwards (first best found: the highest
+    bin), which wins only with a strictly larger gain; then the first feature of largest gain."""
+    G, H, n = g.sum(), h.sum(), bins.shape[0]
+    parent = G * G / (H + l2)
+
+    def gain(f: int, b: int, side: bool) -> float | None:
+        nan = bins[:, f] == nan_bin
+        left = (bins[:, f] <= b) & ~nan | (nan & side)
+        gl, hl, cl = g[left].sum(), h[left].sum(), left.sum()
+        gr, hr, cr = G - gl, H - hl, n - cl
+        if hl < 1e-3 or hr < 1e-3 or cl < mlr or cr < mlr:
+            return None
+        v = gl * gl / (hl + l2) + gr * gr / (hr + l2) - parent
+        return v if v > 0 else None
+
+    best = None
+    for f in range(bins.shape[1]):
+        mine = None
+        for b in range(nan_bin):
+            v = gain(f, b, False)
+            if v is not None and (mine is None or v > mine[2] + 1e-12):
+                mine = (f, b, v, False)
+        for b in range(nan_bin - 2, -1, -1):
+            v = gain(f, b, True)
+            if v is not None and (mine is None or v > mine[2] + 1e-12):
+                mine = (f, b, v, True)
+        if mine is not None and (best is None or mine[2] > best[2] + 1e-12):
+            best = mine
+    return best
+
+
+@settings(max_examples=60)
+@given(seed=st.integers(0, 2**31 - 1), l2=st.sampled_from([0.0, 1.0]), mlr=st.sampled_from([1, 5]))
+def test_best_split_with_a_missing_value_bin_tries_both_sides(seed: int, l2: float, mlr: int) -> None:
+    """With missing-value bins the split is the brute-force best over every bin and both sides a
+    NaN can go (XGBoost's default direction), "every value left, NaNs right" included."""
+    rng = np.random.default_rng(seed)
+    rows, features, n_bins = 60, 3, 5
+    bins = rng.integers(0, n_bins + 1, size=(rows, features))  # bin n_bins: NaN
+    g, h = rng.normal(size=rows), np.ones(rows)
+    got = best_split(histogram(bins=bins, g=g, h=h, n_bins=n_bins + 1), g_total=g.sum(), h_total=h.sum(),
+                     rows_total=rows, l2=l2, min_child_weight=1e-3, min_leaf_rows=mlr, missing=True)
+    want = _brute_force_missing(bins, g, h, n_bins, l2=l2, mlr=mlr)
+    if want is None:
+        assert got is None
+    else:
+        assert got is not None and (got.feature, got.bin, got.missing_left) == (want[0], want[1], want[3])
+        assert got.gain == pytest.approx(want[2], rel=1e-9)
+
+
+def test_missing_values_get_their_own_bin_and_a_side_at_each_split() -> None:
+    from fedsilo.protocols.vertical.secureboost.model import fit_binning, goes_left
+
+    x = np.array([[1.0, np.nan], [2.0, 5.0], [np.nan, 5.0], [4.0, np.nan]])
+    b = fit_binning(x, np.arange(4), ["a", "b"], bins=4, bounds={}, required=False, source="t.csv", missing=True)
+    assert b.has_missing == (True, True) and b.missing_bin == 4
+    np.testing.assert_array_equal(b.transform(x), [[0, 4], [1, 0], [4, 0], [2, 4]])
+    np.testing.assert_array_equal(b.thresholds[0], [1.5, 3.0])  # the NaN is not a value
+    assert b.split_bins(1) == 1 and b.threshold(1, 0) == math.inf  # column b: "5.0 left, NaN right" only
+    np.testing.assert_array_equal(goes_left(x[:, 0], 1.5, True), [True, False, True, False])
+    # one value and NaNs can split; no value at all cannot
+    refuse_constant(x[:, 1:], ["b"], source="t.csv", where="the rows")
+    with pytest.raises(DataError, match="column 'c' is constant"):
+        refuse_constant(np.full((3, 1), np.nan), ["c"], source="t.csv", where="the rows")
+
+
+def test_the_squared_error_objective_is_scikit_learns() -> None:
+    from fedsilo.protocols.vertical.secureboost.boosting import objective, regression_metrics
+
+    loss = objective("squared_error")
+    y, raw = np.array([1.0, 3.0, 8.0]), np.array([2.0, 2.0, 2.0])
+    g, h = loss.gradients(raw=raw, labels=y, clip=math.inf)
+    np.testing.assert_array_equal(g, [1.0, -1.0, -6.0])
+    np.testing.assert_array_equal(h, [1.0, 1.0, 1.0])
+    np.testing.assert_array_equal(loss.gradients(raw=raw, labels=y, clip=2.0)[0], [1.0, -1.0, -2.0])  # DP's clip
+    assert loss.base(y) == 4.0 and not loss.classification and loss.h_bound == 1.0
+    m = regression_metrics(y, raw)
+    assert m["rmse"] == pytest.approx(math.sqrt(38 / 3)) and m["mae"] == pytest.approx(8 / 3)
+    assert m["r2"] == pytest.approx(1 - 38 / 26) and m["test_loss"] == pytest.approx(19 / 3)
+
+
+def test_squared_error_sensitivity_is_one_over_z_with_the_residual_clip() -> None:
+    """Under DP the squared error's residual is clipped to ``privacy.clip`` (here 3, not capped at
+    1 as the logistic loss's) and ``h = 1``: a row moving bins still moves the whitened
+    histograms by exactly 1/z."""
+    plan = calibrate(epsilon=8.0, delta=1e-5, accountant="rdp", trees=2, depth=2, clip=3.0, objective="squared_error")
+    assert plan.clip == 3.0 and plan.h_bound == 1.0
+    sg, sh, sc = plan.sigmas(features=2)
+    before, after = np.zeros((1, 2), dtype=np.int64), np.full((1, 2), 3, dtype=np.int64)
+    diff = histogram(bins=after, g=np.array([-3.0]), h=np.ones(1), n_bins=4) - \
+        histogram(bins=before, g=np.array([-3.0]), h=np.ones(1), n_bins=4)
+    assert np.linalg.norm(diff / np.array([sg, sh, sc])) == pytest.approx(1 / plan.noise_multiplier, rel=1e-12)
+    assert calibrate(epsilon=8.0, delta=1e-5, accountant="rdp", trees=2, depth=2, clip=3.0).clip == 1.0  # logistic

@@ -17,13 +17,13 @@ import pandas as pd
 import pytest
 
 from fedsilo.crypto.base import WIRE_MAGIC
-from fedsilo.errors import ProtocolError
+from fedsilo.errors import DataError, ProtocolError
 from fedsilo.protocols import codec
 from fedsilo.protocols.channel import InProcessHub, run_parties
 from fedsilo.protocols.metrics import auc
 from fedsilo.protocols.spec import ModelSection
-from fedsilo.protocols.vertical.data import prepare_table
 from fedsilo.protocols.vertical.secureboost import BoostConfig, CryptoSettings, SecureBoostSpec, holdout_split
+from fedsilo.protocols.vertical.secureboost.job import party_table
 from fedsilo.protocols.vertical.secureboost import messages as sb
 from fedsilo.protocols.vertical.secureboost.boosting import (
     base_score,
@@ -83,7 +83,7 @@ def _aligned(tables: dict[str, pd.DataFrame], spec: SecureBoostSpec):
     ids = sorted(set.intersection(*[set(t["pid"].astype(str)) for t in tables.values()]))
     xs, y = {}, None
     for p in ("g", *spec.hosts):
-        d = prepare_table(tables[p], source=p, id_column="pid", label="target" if p == "g" else None)
+        d = party_table(tables[p], source=p, id_column="pid", label="target" if p == "g" else None, config=spec.config)
         where = {i: k for k, i in enumerate(d.ids)}
         rows = np.array([where[i] for i in ids])
         xs[p] = (d.features[rows], d.columns)
@@ -188,9 +188,8 @@ def test_subsample_grows_each_tree_on_its_announced_share(tables) -> None:
 # ------------------------------------------------------------------------------ who reads what
 
 
-@pytest.fixture(scope="module")
-def paillier_run(tables):
-    """A 1024-bit Paillier run with the guest's key captured (the test may decrypt what the guest could)."""
+def _run_capturing_key(spec: SecureBoostSpec, tables: dict[str, pd.DataFrame]):
+    """A run with the guest's key captured (the test may decrypt what the guest could)."""
     keys: list[Any] = []
     original = CryptoSettings.keygen
 
@@ -201,8 +200,14 @@ def paillier_run(tables):
 
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(CryptoSettings, "keygen", capture)
-        hub, out = _run(_spec("paillier", SMALL_KEYS), tables)
+        hub, out = _run(spec, tables)
     return hub, out, keys[0]
+
+
+@pytest.fixture(scope="module")
+def paillier_run(tables):
+    """A 1024-bit Paillier run with the guest's key captured."""
+    return _run_capturing_key(_spec("paillier", SMALL_KEYS), tables)
 
 
 def _leaves(obj: Any, path: str = ""):
@@ -407,7 +412,8 @@ def _every_bin(binning: Any, train: np.ndarray, *, nodes: Any = None) -> dict[st
     pairs = [(f, b) for f in range(binning.features) for b in range(binning.thresholds[f].size)]
     return {"nodes": np.arange(len(pairs), dtype=np.int64) if nodes is None else nodes(len(pairs)),
             "feature": np.array([f for f, _ in pairs], dtype=np.int64),
-            "bin": np.array([b for _, b in pairs], dtype=np.int64), "rows": [train] * len(pairs)}
+            "bin": np.array([b for _, b in pairs], dtype=np.int64), "missing_left": np.zeros(len(pairs), dtype=bool),
+            "rows": [train] * len(pairs)}
 
 
 @pytest.mark.parametrize(
@@ -416,12 +422,102 @@ def _every_bin(binning: Any, train: np.ndarray, *, nodes: Any = None) -> dict[st
         (lambda binning, train: _every_bin(binning, train), "not a node of level 0"),
         (lambda binning, train: _every_bin(binning, train, nodes=lambda k: np.zeros(k, dtype=np.int64)), "names a node twice"),
         (lambda binning, train: {"nodes": np.array([0]), "feature": np.array([0]), "bin": np.array([0]),
-                                 "rows": [train[:100]]}, "other rows than that node holds"),
+                                 "missing_left": np.zeros(1, dtype=bool), "rows": [train[:100]]}, "other rows than that node holds"),
         (lambda binning, train: {"nodes": np.array([0]), "feature": np.array([0]), "bin": np.array([0]),
-                                 "rows": [train[:10]]}, "fewer than 2·min_leaf_rows"),
+                                 "missing_left": np.zeros(1, dtype=bool), "rows": [train[:10]]}, "fewer than 2·min_leaf_rows"),
     ],
     ids=["invented-nodes", "one-node-many-times", "root-with-other-rows", "tiny-node"],
 )
 def test_a_host_answers_only_splits_an_honest_tree_could_ask(message: Any, match: str) -> None:
     with pytest.raises(ProtocolError, match=match):
         _split_oracle_run(message)
+
+
+# ------------------------------------------------------------------------------ regression, guest-only trees, NaNs
+
+
+def _regression_tables(tables: dict[str, pd.DataFrame]) -> dict[str, pd.DataFrame]:
+    """The same parties with a real-valued target at the guest (a column it does not keep)."""
+    g = tables["g"].copy()
+    target = g.pop("mean radius")
+    g["target"] = target * 10.0 + 3.0  # labels of order 100: nothing like an index or a boolean
+    return {**tables, "g": g}
+
+
+@pytest.fixture(scope="module")
+def regression_run(tables):
+    rt = _regression_tables(tables)
+    return (rt, *_run_capturing_key(_spec("paillier", SMALL_KEYS, objective="squared_error"), rt))
+
+
+def test_regression_no_host_receives_labels_residuals_or_their_size(regression_run) -> None:
+    """Squared error over Paillier: a host receives indices, booleans and ciphertexts only (no
+    float at all: the split counts are integers), and the row ciphertexts decrypt to the
+    residuals divided by the guest's own power-of-two scale, so not even max |y - pred| is
+    public. The joint prediction scores the held-out rows with RMSE/MAE/R²."""
+    rt, hub, out, guest_cipher = regression_run
+    spec = _spec("paillier", SMALL_KEYS, objective="squared_error")
+    xs, y, train, _ = _aligned(rt, spec)
+    assert y.max() > 50  # real-valued labels
+    for host in spec.hosts:
+        for e in hub.received_by(host):
+            for path, v in _leaves(codec.decode(e.body)):
+                where = f"{e.kind}{path}"
+                assert not isinstance(v, float), where
+                if isinstance(v, np.ndarray):
+                    assert v.dtype.kind in "iub" and (v.size == 0 or int(v.max()) < 10**6), where
+                elif isinstance(v, bytes) and e.kind == sb.TREE:
+                    width = guest_cipher.width
+                    cts = [int.from_bytes(v[i : i + width], "big") for i in range(0, len(v), width)]
+                    assert min(c.bit_length() for c in cts) > 1024 + 900, where
+    first = next(codec.decode(e.body) for e in hub.received_by("h0") if e.kind == sb.TREE)
+    layout = layout_for(spec.crypto, guest_cipher, None, rows=first["rows"].size, features=5, loss=spec.config.loss)
+    assert layout.g_bound == 1.0 and layout.h_bound == 1.0  # public bounds of the scaled residual and h = 1
+    g0 = np.full(train.size, y[train].mean()) - y[train]
+    scale = 2.0 ** np.ceil(np.log2(np.abs(g0).max()))
+    plain = guest_cipher.open(first["gh"], count=first["rows"].size, sender="test")
+    assert plain == encode_rows(g=g0 / scale, h=np.ones(train.size), layout=layout, modulus=guest_cipher.modulus)
+    assert set(out["g"]["final"]) == {"rmse", "mae", "r2", "test_loss"} and out["g"]["final"]["r2"] > 0.5
+
+
+def test_regression_federated_trees_are_the_plain_backend_s(tables, regression_run) -> None:
+    rt, _, out, _ = regression_run
+    hub, plain = _run(_spec(objective="squared_error"), rt)
+    assert out["g"]["final"] == pytest.approx(plain["g"]["final"], rel=1e-9)
+    assert out["g"]["importance"] == plain["g"]["importance"]
+
+
+def test_guest_only_trees_send_nothing_to_the_hosts(tables, plain_run) -> None:
+    """``guest_trees = 2``: the first two trees are grown on the guest's columns alone: no row
+    ciphertexts, no level, no split message for them; the hosts' lookup tables start at tree 2."""
+    spec = _spec(guest_trees=2)
+    hub, out = _run(spec, tables)
+    trees = [codec.decode(e.body) for e in hub.log if e.kind == sb.TREE and e.recipient == "h0"]
+    assert [m["tree"] for m in trees if not m.get("stop")] == [2, 3]
+    assert all(codec.decode(e.body)["tree"] >= 2 for e in hub.log if e.kind == sb.TREE and not codec.decode(e.body).get("stop"))
+    model = out["g"]["model"]
+    for t in (0, 1):
+        assert {s.owner for s in model.trees[t].splits.values()} == {"g"}
+    for h in spec.hosts:
+        assert all(t >= 2 for t, _ in out[h]["model"].table)
+    assert [sum(r["splits"][h] for h in spec.hosts) for r in out["g"]["history"]][:2] == [0, 0]
+    # a guest-only first tree is the joint first tree when the guest wins every split there anyway
+    assert out["g"]["final"]["auc"] > 0.9
+
+
+def test_nan_rows_follow_each_split_s_learned_side(tables) -> None:
+    """Missing-value bins over Paillier: NaNs at the guest and at a host are binned, every split
+    records where they go, and the federated model scores every aligned row (NaNs included) as
+    the plain run does."""
+    rng = np.random.default_rng(4)  # public test data
+    t = {p: f.copy() for p, f in tables.items()}
+    for p, c in (("g", "mean texture"), ("h0", t["h0"].columns[1]), ("h1", t["h1"].columns[2])):
+        t[p].loc[rng.random(len(t[p])) < 0.2, c] = np.nan
+    _, plain = _run(_spec(missing="bin"), t)
+    hub, out = _run(_spec("paillier", SMALL_KEYS, missing="bin"), t)
+    assert out["g"]["final"] == plain["g"]["final"] and out["g"]["final"]["auc"] > 0.9
+    splits = [codec.decode(e.body) for e in hub.log if e.kind == sb.SPLIT]
+    assert all(s["missing_left"].dtype == np.bool_ and s["missing_left"].size == s["nodes"].size for s in splits)
+    assert all(isinstance(ml, bool) for h in ("h0", "h1") for (_, _, ml) in out[h]["model"].table.values())
+    with pytest.raises(DataError, match="column '.*' has [0-9]+ missing/NaN/infinite value"):
+        _run(_spec(), t)  # the default refuses a NaN, naming the column

@@ -154,9 +154,12 @@ def test_packed_messages_reveal_no_raw_features_or_labels(packed_backends: None,
 @pytest.mark.parametrize("arbiter", [True, False], ids=["arbiter", "two-party"])
 def test_ckks_key_holders_decrypt_nothing_but_masked_gradients(packed_backends: None, arbiter: bool) -> None:
     """Every slot of every gradient ciphertext a key holder decrypts, past the gradient's length
-    too: the m_p masked values, then zeros (the repeats the fold leaves are masked away before the
-    ciphertext leaves its party). Two-party, the residuals a party encrypts under its own key are
-    seeded (secret-key) ciphertexts, about half the bytes of a public-key one."""
+    too: the m_p masked values, then uniform junk over a power of two, fresh in every step (the
+    repeats and partial sums the fold leaves are masked away, and the mask's encoding residue is
+    drowned, before the ciphertext leaves its party; tests/crypto/test_crypto_ckks.py shows the
+    residue without the junk is a function of the data). Two-party, the residuals a party
+    encrypts under its own key are seeded (secret-key) ciphertexts, about half the bytes of a
+    public-key one."""
     top = Topology(guest="g", hosts=("h0",), arbiter="a" if arbiter else None)
     tables = breast_cancer_tables(1, drop=0.05)
     training = vt_training(epochs=1, batch_size=128, lr=0.3)
@@ -165,15 +168,25 @@ def test_ckks_key_holders_decrypt_nothing_but_masked_gradients(packed_backends: 
     by_fingerprint = {s.fingerprint: s for s in SpyCKKS.secrets}
     grads = _ciphertexts(hub, "vlr/grad", None)
     assert grads
+    from scipy import stats
+
     mask_scale = 0.5 * backend.info().value_bound  # the protocol's M on CKKS (2048)
+    pasts = []
     for blob in grads:
         secret = by_fingerprint[blob[8:40].decode()]
         ct = backend.deserialize(secret.public(), blob)
         assert ct.length in (6, 5)
         (chunk,) = ct.chunks
         slots = np.asarray(chunk.decrypt(secret.secret_key()))
-        assert np.max(np.abs(slots[ct.length :])) < 1e-4
         assert np.median(np.abs(slots[: ct.length])) > 0.05 * mask_scale  # masked: |g| is << 1 here
+        past = slots[ct.length :]
+        # uniform junk over the power of two under the product's bound: [[d]]'s bound (two
+        # value bounds added: 8192) times the largest column L1 norm of X/n (<= 1)
+        junk = 2.0 ** np.ceil(np.log2(np.max(np.abs(past))))
+        assert junk == 2 * backend.p.value_bound and np.max(np.abs(past)) <= ct.bound
+        assert stats.kstest(past, stats.uniform(loc=-junk, scale=2 * junk).cdf).pvalue > 1e-4
+        pasts.append(past[:4000])
+    assert np.max(np.abs(np.corrcoef(pasts) - np.eye(len(pasts)))) < 0.1  # fresh in every gradient
     public_key_size = len(backend.serialize(backend.encrypt(SpyCKKS.secrets[0].public(), np.zeros(8))))
     for blob in _ciphertexts(hub, "vlr/partial"):  # one chunk each: 128 rows x 8 slots
         if arbiter:  # under the arbiter's public key
@@ -196,7 +209,9 @@ def test_bank_example_packed_ckks_matches_plain_within_the_error_bound() -> None
     Tolerances from the CKKS error bound ``e = info().error_bound`` (1e-5). In step t each
     decrypted gradient coordinate errs by at most ``eps_t = e (1 + c_t) + e``:
     ``matmul_repeated``'s bound for the batch's largest column L1 norm ``c_t`` of ``X_p / n_t``,
-    plus the masked value's decryption. The Taylor step is linear, ``w <- (I - lr H_t) w + ...``
+    plus the masked value's decryption, plus ``matmul_error_bound``'s coherent term
+    ``6 sqrt(8) 2^-40 ||d_t||_1`` with ``||d_t||_1 <= sqrt(n_t R mean(d^2))`` (Cauchy-Schwarz
+    and the plain run's epoch loss, below; doubled for the CKKS run's own residuals). The Taylor step is linear, ``w <- (I - lr H_t) w + ...``
     with ``H_t = X_t^T X_t / (4 n_t)``, and non-expansive when ``lr lambda_max(H_t) <= 2``
     (checked for every batch), so the weights, all parties' together, differ by at most
     ``tol_w = sum_t lr_t sqrt(D) eps_t`` in L2 (D gradient coordinates in all). A score then
@@ -232,14 +247,19 @@ def test_bank_example_packed_ckks_matches_plain_within_the_error_bound() -> None
     x_all = np.hstack([xs[p] for p in top.data_parties])
     x_train = x_all[~is_test]
     dims = x_all.shape[1]
+    ckks = get_backend("ckks", profile="matmul")
+    rows = int((~is_test).sum())
     tol_w = 0.0
     for epoch, batches in enumerate(epochs, start=1):
         lr_e = training.lr / math.sqrt(epoch)
+        mean_d2 = (guest["history"][epoch - 1]["loss"] - LOG2_MINUS_HALF) / 2
         for idx in batches:
             xb = x_train[idx]
             assert lr_e * np.linalg.eigvalsh(xb.T @ xb / (4 * idx.size))[-1] <= 2  # non-expansive step
             c_t = max(float(np.abs(xs[p][~is_test][idx]).sum(axis=0).max()) / idx.size for p in top.data_parties)
-            tol_w += lr_e * math.sqrt(dims) * (e * (1 + c_t) + e)
+            d_l1 = 2 * math.sqrt(idx.size * rows * mean_d2)
+            product = float(ckks.matmul_error_bound(input_l1=d_l1, column_l1=c_t, repeat=8))
+            tol_w += lr_e * math.sqrt(dims) * (product + e)
     w_plain = np.concatenate([plain[p]["model"].weights for p in top.data_parties])
     w_enc = np.concatenate([enc[p]["model"].weights for p in top.data_parties])
     assert np.linalg.norm(w_enc - w_plain) <= tol_w, (np.linalg.norm(w_enc - w_plain), tol_w)
@@ -281,7 +301,7 @@ def test_dp_accounting_depends_on_neither_the_layout_nor_the_batch_size(packed_b
     _, packed = run_job(_spec(top, "plain-packed", dp=dp), tables, noise_seed=5)
     for p in top.data_parties:
         assert packed[p]["dp"] == plain[p]["dp"] and packed[p]["epsilon"] == plain[p]["epsilon"]
-        np.testing.assert_allclose(packed[p]["model"].weights, plain[p]["model"].weights, rtol=0, atol=1e-9  # masks: see above)
+        np.testing.assert_allclose(packed[p]["model"].weights, plain[p]["model"].weights, rtol=0, atol=1e-9)  # masks: see above
 
 
 # ------------------------------------------------------------------------------ every backend, Keys

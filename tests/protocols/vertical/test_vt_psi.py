@@ -12,6 +12,7 @@ from fedsilo.errors import DataError, JobAbortedError, ProtocolError
 from fedsilo.protocols import codec, psi
 from fedsilo.protocols.channel import InProcessHub, run_parties
 from fedsilo.protocols.psi import (
+    DOUBLE_BYTES,
     POINT_BYTES,
     align_guest,
     align_host,
@@ -81,10 +82,10 @@ def test_two_party_exact_agreement_and_agreed_order() -> None:
     assert [a[i] for i in g.positions] == list(g.ids)  # positions index each side's own rows
     assert [b[i] for i in h.positions] == list(h.ids)
     assert (g.local_size, g.peer_size, h.local_size, h.peer_size) == (3000, 2500, 2500, 3000)
-    # 32 bytes per masked ID: each side sends its own set once and the peer's set back once
+    # 32 bytes per own masked ID out, 16 per double-masked peer ID back (a truncated u-coordinate)
     sent = hub.bytes_sent()
-    assert sent["g"] == sent["h"]
-    assert 32 * 5500 <= sent["g"] < 32 * 5500 + 2000
+    assert 32 * 3000 + 16 * 2500 <= sent["g"] < 32 * 3000 + 16 * 2500 + 2000
+    assert 32 * 2500 + 16 * 3000 <= sent["h"] < 32 * 2500 + 16 * 3000 + 2000
 
 
 def test_no_party_receives_the_other_s_ids_in_the_clear() -> None:
@@ -98,8 +99,10 @@ def test_no_party_receives_the_other_s_ids_in_the_clear() -> None:
         assert kinds == {"psi/masked", "psi/double", "psi/confirm"}
         for e in hub.received_by(party):
             msg = codec.decode(e.body)
-            if e.kind in ("psi/masked", "psi/double"):
+            if e.kind == "psi/masked":
                 assert len(msg["points"]) % POINT_BYTES == 0
+            if e.kind == "psi/double":
+                assert len(msg["points"]) % DOUBLE_BYTES == 0
 
 
 @settings(max_examples=25, deadline=None)
@@ -173,7 +176,7 @@ def test_no_overlap_is_a_data_error_on_every_side() -> None:
 
 
 def test_ids_from_column_rejects_bad_ids_with_file_column_and_example() -> None:
-    with pytest.raises(DataError, match=r"bank\.csv: column 'id' has 1 duplicate IDs \(e\.g\. '7' appears 2 times\)"):
+    with pytest.raises(DataError, match=r"bank\.csv: column 'id' has 1 duplicate IDs \(the first at rows 0 and 1\)"):
         ids_from_column(pd.Series([7, 7, 8]), source="bank.csv", column="id")
     with pytest.raises(DataError, match=r"bank\.csv: column 'id' has 1 missing IDs \(first at row 1\)"):
         ids_from_column(pd.Series(["a", None, "c"]), source="bank.csv", column="id")
@@ -203,4 +206,4 @@ def test_psi_1e5_by_1e5_half_overlap_exact() -> None:
     run = psi_in_process(a, b, workers=None)
     assert run.left.ids == run.right.ids
     assert set(run.left.ids) == set(a) & set(b) and run.left.size == n // 2
-    assert run.bytes_sent["left"] < 32 * (n + n) * 1.01
+    assert run.bytes_sent["left"] < (32 + 16) * n * 1.01

@@ -1,31 +1,43 @@
 """The maths of gradient-boosted trees on histograms: pure functions on arrays, no state.
 
 Second-order boosting (Chen & Guestrin, "XGBoost: A Scalable Tree Boosting System", KDD 2016,
-eqs. 5-7) with the logistic loss, on binned features (Ke et al., "LightGBM", NeurIPS 2017):
+eqs. 5-7) on binned features (Ke et al., "LightGBM", NeurIPS 2017), for one of two losses
+(:data:`OBJECTIVES`):
 
-* per row ``g = p - y`` and ``h = p (1 - p)`` with ``p = sigmoid(raw score)``;
+* ``log_loss``: per row ``g = p - y`` and ``h = p (1 - p)`` with ``p = sigmoid(raw score)``;
+  ``squared_error`` (half the squared error, scikit-learn's ``HalfSquaredError``): ``g = raw - y``,
+  ``h = 1``;
 * a node's value is ``w = -G / (H + λ)`` (``G``, ``H`` its sums of ``g``, ``h``) and a split's
   gain ``G_L²/(H_L + λ) + G_R²/(H_R + λ) - G²/(H + λ)`` (twice XGBoost's; the factor does not
   change which split wins); a split needs ``gain > 0``, ``H`` and a row count of at least
   ``min_child_weight`` and ``min_leaf_rows`` on each side;
 * a feature is cut into bins by thresholds ``t_0 < t_1 < …``; row value ``x`` falls in bin
-  ``i`` when ``t_{i-1} < x <= t_i``, and "split at bin ``b``" sends bins ``0..b`` left.
+  ``i`` when ``t_{i-1} < x <= t_i``, and "split at bin ``b``" sends bins ``0..b`` left;
+* with missing-value bins (``[model] missing = "bin"``) a NaN falls in one more bin after the
+  last, and a split also says which side it goes to: both sides are tried at every split
+  (XGBoost's learned default direction, its Algorithm 3, "sparsity-aware split finding").
 
-These are the rules scikit-learn's ``HistGradientBoostingClassifier`` follows (its quantile
-thresholds, its baseline, its gain and leaf value), which the acceptance test compares with.
+These are the rules scikit-learn's ``HistGradientBoostingClassifier`` and ``…Regressor`` follow
+(their quantile thresholds, baselines, gain, leaf value and missing-value bin), which the
+acceptance tests compare with.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
 from fedsilo.errors import DataError
+from fedsilo.protocols.vertical.prediction import evaluation_metrics
+from fedsilo.protocols.vertical.taylor import sigmoid  # one logistic function for both vertical models
 
 __all__ = [
     "G_BOUND",
     "H_BOUND",
     "NOISY_GAIN_PENALTY",
+    "OBJECTIVES",
+    "Objective",
     "SplitChoice",
     "apply_thresholds",
     "base_score",
@@ -34,8 +46,11 @@ __all__ = [
     "leaf_value",
     "logistic_gradients",
     "log_loss",
+    "missing_default",
+    "objective",
     "quantile_thresholds",
     "sigmoid",
+    "squared_gradients",
     "uniform_thresholds",
 ]
 
@@ -49,17 +64,6 @@ H_BOUND = 0.25
 #: guest's exact ones; measured on the bank example at ε = 8 (docs/secureboost.md): 0 gives
 #: AUC 0.725, 1 gives 0.763, 2 gives 0.692.
 NOISY_GAIN_PENALTY = 1.0
-
-
-def sigmoid(x: np.ndarray) -> np.ndarray:
-    """``1 / (1 + exp(-x))`` without overflow warnings."""
-    x = np.asarray(x, dtype=np.float64)
-    out = np.empty_like(x)
-    pos = x >= 0
-    out[pos] = 1.0 / (1.0 + np.exp(-x[pos]))
-    e = np.exp(x[~pos])
-    out[~pos] = e / (1.0 + e)
-    return out
 
 
 def base_score(*, labels: np.ndarray) -> float:
@@ -83,6 +87,76 @@ def log_loss(*, raw: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(np.logaddexp(0.0, raw) - labels * raw)) if raw.size else float("nan")
 
 
+def squared_gradients(*, raw: np.ndarray, labels: np.ndarray, clip: float = math.inf) -> tuple[np.ndarray, np.ndarray]:
+    """``(g, h)`` of half the squared error at raw scores ``raw``: ``g = raw - y`` (the residual,
+    clipped to ``[-clip, clip]`` under DP) and ``h = 1``."""
+    raw = np.asarray(raw, dtype=np.float64)
+    return np.clip(raw - labels, -clip, clip), np.ones_like(raw)
+
+
+def squared_loss(*, raw: np.ndarray, labels: np.ndarray) -> float:
+    """Mean of half the squared error (scikit-learn's ``HalfSquaredError``)."""
+    raw = np.asarray(raw, dtype=np.float64)
+    return float(np.mean(0.5 * (raw - labels) ** 2)) if raw.size else float("nan")
+
+
+def regression_metrics(labels: np.ndarray, predictions: np.ndarray) -> dict[str, float]:
+    """RMSE, MAE, R² (1 − SSE/SST; NaN when the labels are constant) and ``test_loss`` (the mean
+    half squared error) of ``predictions``."""
+    y, p = np.asarray(labels, dtype=np.float64), np.asarray(predictions, dtype=np.float64)
+    if y.size == 0:
+        return {}
+    err = p - y
+    sst = float(np.sum((y - y.mean()) ** 2))
+    return {"rmse": float(np.sqrt(np.mean(err**2))), "mae": float(np.mean(np.abs(err))),
+            "r2": 1.0 - float(np.sum(err**2)) / sst if sst > 0 else float("nan"),
+            "test_loss": float(np.mean(0.5 * err**2))}
+
+
+@dataclass(frozen=True, slots=True)
+class Objective:
+    """One loss: its gradients, baseline, training loss, the bounds the packing and DP use, and
+    the held-out metrics of its predictions.
+
+    ``g_cap``: ``|g|`` never exceeds it (1 for the logistic loss; none for the residual, which
+    DP clips with ``privacy.clip``); ``h_bound``: ``0 <= h <= h_bound``.
+    """
+
+    name: str
+    g_cap: float
+    h_bound: float
+    classification: bool
+
+    def base(self, labels: np.ndarray) -> float:
+        """The raw score every row starts from (scikit-learn's baseline)."""
+        return base_score(labels=labels) if self.classification else float(np.mean(labels))
+
+    def gradients(self, *, raw: np.ndarray, labels: np.ndarray, clip: float) -> tuple[np.ndarray, np.ndarray]:
+        if self.classification:
+            return logistic_gradients(raw=raw, labels=labels, clip=clip)
+        return squared_gradients(raw=raw, labels=labels, clip=clip)
+
+    def loss(self, *, raw: np.ndarray, labels: np.ndarray) -> float:
+        return log_loss(raw=raw, labels=labels) if self.classification else squared_loss(raw=raw, labels=labels)
+
+    def metrics(self, labels: np.ndarray, raw: np.ndarray) -> dict[str, float]:
+        """The vertical contract's held-out metrics: AUC, accuracy, KS, log loss for
+        ``log_loss``; RMSE, MAE, R², squared loss for ``squared_error``."""
+        return evaluation_metrics(labels, sigmoid(raw)) if self.classification else regression_metrics(labels, raw)
+
+
+#: ``[model] objective`` -> its :class:`Objective`
+OBJECTIVES = {
+    "log_loss": Objective("log_loss", G_BOUND, H_BOUND, True),
+    "squared_error": Objective("squared_error", math.inf, 1.0, False),
+}
+
+
+def objective(name: str) -> Objective:
+    """The :class:`Objective` of ``[model] objective = name``."""
+    return OBJECTIVES[name]
+
+
 def leaf_value(*, g_sum: float, h_sum: float, l2: float, learning_rate: float) -> float:
     """The shrunk leaf value ``-lr · G / (H + λ)`` (0 when ``H + λ`` is 0)."""
     den = h_sum + l2
@@ -97,9 +171,10 @@ def quantile_thresholds(*, values: np.ndarray, bins: int) -> np.ndarray:
 
     With at most ``bins`` distinct values, the midpoints between consecutive ones; otherwise the
     ``k/bins`` quantiles (``k = 1..bins-1``, the averaged inverse of the empirical CDF), repeated
-    thresholds dropped. A constant column has none.
+    thresholds dropped. A constant column has none. NaNs (missing values) are left out.
     """
-    col = np.sort(np.asarray(values, dtype=np.float64))
+    col = np.asarray(values, dtype=np.float64)
+    col = np.sort(col[~np.isnan(col)])
     distinct = np.unique(col)
     if distinct.size <= 1:
         return np.zeros(0)
@@ -118,9 +193,21 @@ def uniform_thresholds(*, lo: float, hi: float, bins: int) -> np.ndarray:
     return np.linspace(lo, hi, bins + 1)[1:-1]
 
 
-def apply_thresholds(*, values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
-    """Bin index per value: the first ``i`` with ``x <= t_i`` (``len(thresholds)`` past the last)."""
-    return np.searchsorted(thresholds, np.asarray(values, dtype=np.float64), side="left").astype(np.int64)
+def apply_thresholds(*, values: np.ndarray, thresholds: np.ndarray, missing_bin: int | None = None) -> np.ndarray:
+    """Bin index per value: the first ``i`` with ``x <= t_i`` (``len(thresholds)`` past the last);
+    a NaN in bin ``missing_bin`` (missing-value bins; else wherever ``searchsorted`` puts it)."""
+    values = np.asarray(values, dtype=np.float64)
+    out = np.searchsorted(thresholds, values, side="left").astype(np.int64)
+    if missing_bin is not None:
+        out[np.isnan(values)] = missing_bin
+    return out
+
+
+def missing_default(*, has_missing: bool, chosen_left: bool, rows_left: int, rows_right: int) -> bool:
+    """Whether a NaN goes left at a split: the side the split chose when the feature had missing
+    values in the training rows, else the side with more training rows (scikit-learn's rule:
+    a NaN met only in prediction follows the majority)."""
+    return chosen_left if has_missing else rows_left > rows_right
 
 
 def histogram(*, bins: np.ndarray, g: np.ndarray, h: np.ndarray, n_bins: int) -> np.ndarray:
@@ -144,7 +231,7 @@ def histogram(*, bins: np.ndarray, g: np.ndarray, h: np.ndarray, n_bins: int) ->
 @dataclass(frozen=True, slots=True)
 class SplitChoice:
     """The best split of one node over one party's features: ``feature`` index, ``bin`` (bins
-    ``0..bin`` go left), its ``gain`` and the left child's sums."""
+    ``0..bin`` go left), its ``gain``, the left child's sums and where a NaN goes."""
 
     feature: int
     bin: int
@@ -152,6 +239,8 @@ class SplitChoice:
     g_left: float
     h_left: float
     rows_left: float
+    #: missing-value bins: the NaNs go left (else right)
+    missing_left: bool = False
 
 
 def best_split(
@@ -164,6 +253,7 @@ def best_split(
     min_child_weight: float,
     min_leaf_rows: int,
     g_noise_var: float = 0.0,
+    missing: bool = False,
 ) -> SplitChoice | None:
     """The split of largest gain over every feature and bin of ``hist`` (``(features, bins, 3)``
     sums of ``g``, ``h`` and rows), or None when no split is valid.
@@ -171,6 +261,13 @@ def best_split(
     The left child is a cumulative sum over bins; the right child is the node's exact totals
     minus the left (the guest knows its own ``G``, ``H`` and the node's row count exactly, even
     when ``hist`` carries DP noise). Ties go to the first feature, then the first bin.
+
+    ``missing`` (missing-value bins): the last bin of ``hist`` holds the NaNs; every split is
+    tried with them on the right (bins ``0..b`` left, for ``b`` up to the last value bin: "values
+    left, NaNs right" included) and then on the left (bins ``0..b`` and the NaNs), per
+    feature in scikit-learn's scan order: NaNs right from the first bin up (ties to the lower
+    bin), then NaNs left from the last bin down (ties to the higher bin), which wins only with a
+    strictly larger gain; then the first feature of largest gain.
 
     ``g_noise_var`` (DP): the variance of the noise on one bin's ``G``. A left sum over ``b``
     bins then carries variance ``s² = b·g_noise_var`` (and so does the right, the exact total
@@ -182,7 +279,58 @@ def best_split(
     """
     if hist.size == 0 or hist.shape[1] < 2:
         return None
-    left = np.cumsum(hist[:, :-1, :], axis=1)  # splits after bins 0..n_bins-2
+    args = (g_total, h_total, rows_total, l2, min_child_weight, min_leaf_rows, g_noise_var)
+    if not missing:
+        left = np.cumsum(hist[:, :-1, :], axis=1)  # splits after bins 0..n_bins-2
+        gain = _gains(left, np.arange(1, left.shape[1] + 1), *args)
+        return _choice(left, gain, *_first_max(gain), False) if gain is not None else None
+    values, nan = hist[:, :-1, :], hist[:, -1:, :]
+    cum = np.cumsum(values, axis=1)
+    # NaNs right: bins 0..b left for b = 0..B-1; NaNs left: bins 0..b and the NaNs, b = 0..B-2
+    to_right, to_left = cum, cum[:, :-1, :] + nan
+    g_right = _gains(to_right, np.arange(1, cum.shape[1] + 1), *args)
+    g_left = _gains(to_left, np.arange(2, cum.shape[1] + 1), *args) if to_left.shape[1] else None
+    if g_right is None and g_left is None:
+        return None
+    F = hist.shape[0]
+    # per feature as scikit-learn scans: NaNs right left to right (the first best bin), then NaNs
+    # left right to left (the last best bin), which wins only with a strictly larger gain; then
+    # the first feature of largest gain
+    r_bin = np.argmax(g_right, axis=1) if g_right is not None else np.zeros(F, dtype=np.int64)
+    r_val = g_right[np.arange(F), r_bin] if g_right is not None else np.full(F, -np.inf)
+    if g_left is not None:
+        l_bin = g_left.shape[1] - 1 - np.argmax(g_left[:, ::-1], axis=1)
+        l_val = g_left[np.arange(F), l_bin]
+    else:
+        l_bin, l_val = np.zeros(F, dtype=np.int64), np.full(F, -np.inf)
+    use_left = l_val > r_val
+    f = int(np.argmax(np.where(use_left, l_val, r_val)))
+    if use_left[f]:
+        return _choice(to_left, g_left, f, int(l_bin[f]), True)  # type: ignore[arg-type]
+    return _choice(to_right, g_right, f, int(r_bin[f]), False)  # type: ignore[arg-type]
+
+
+def _first_max(gain: np.ndarray) -> tuple[int, int]:
+    """``(feature, bin)`` of the first maximum: feature-major, then bin."""
+    f, b = divmod(int(np.argmax(gain)), gain.shape[1])
+    return f, b
+
+
+def _choice(left: np.ndarray, gain: np.ndarray, f: int, b: int, missing_left: bool) -> SplitChoice | None:
+    """The split at ``(f, b)`` of the candidates ``left``/``gain``, or None when it gains nothing."""
+    best = float(gain[f, b])
+    if not best > 0.0:
+        return None
+    return SplitChoice(f, b, best, float(left[f, b, 0]), float(left[f, b, 1]), float(left[f, b, 2]), missing_left)
+
+
+def _gains(left: np.ndarray, terms: np.ndarray, g_total: float, h_total: float, rows_total: int, l2: float,
+           min_child_weight: float, min_leaf_rows: int, g_noise_var: float) -> np.ndarray | None:
+    """The gain of every candidate split whose left sums are ``left`` (``(features, splits, 3)``;
+    ``terms``: bins summed in each, for the noise); ``-inf`` where invalid, None when none is
+    valid."""
+    if left.shape[1] == 0:
+        return None
     gl, hl, cl = left[..., 0], left[..., 1], left[..., 2]
     gr, hr, cr = g_total - gl, h_total - hl, rows_total - cl
     ok = (
@@ -193,16 +341,10 @@ def best_split(
     if not ok.any():
         return None
     parent = g_total * g_total / (h_total + l2) if h_total + l2 > 0 else 0.0
-    s2 = (np.arange(1, left.shape[1] + 1) * g_noise_var)[None, :]  # noise variance of G_L (and G_R)
+    s2 = (terms * g_noise_var)[None, :]  # noise variance of G_L (and G_R)
     with np.errstate(divide="ignore", invalid="ignore"):
         gain = (gl * gl - s2) / (hl + l2) + (gr * gr - s2) / (hr + l2) - parent
         if g_noise_var > 0:
             var = (4 * gl * gl * s2 + 2 * s2 * s2) / (hl + l2) ** 2 + (4 * gr * gr * s2 + 2 * s2 * s2) / (hr + l2) ** 2
             gain = gain - NOISY_GAIN_PENALTY * np.sqrt(var)
-        gain = np.where(ok, gain, -np.inf)
-    flat = int(np.argmax(gain))  # first maximum: feature-major, then bin
-    f, b = divmod(flat, gain.shape[1])
-    best = float(gain[f, b])
-    if not best > 0.0:
-        return None
-    return SplitChoice(f, b, best, float(gl[f, b]), float(hl[f, b]), float(cl[f, b]))
+        return np.where(ok, gain, -np.inf)

@@ -18,6 +18,7 @@ from fedsilo.crypto.paillier import PaillierBackend
 from fedsilo.crypto.registry import get_backend
 from fedsilo.errors import ConfigError
 from fedsilo.protocols.spec import PrivacySection, ModelSection
+from fedsilo.protocols.vertical.secureboost.boosting import Objective, objective
 from fedsilo.protocols.vertical.secureboost.cipher import HistogramCipher, PaillierHistograms, PlainHistograms
 
 __all__ = ["BACKENDS", "DP_KEYS", "BoostConfig", "CryptoSettings", "digest", "dp_digest"]
@@ -45,8 +46,9 @@ class BoostConfig:
     """The trees every party agrees on (the guest checks a digest of them).
 
     Args:
-        trees, depth, learning_rate, bins, min_child_weight, l2, subsample, min_leaf_rows: the
-            ``[model]`` keys of the same names (docs/secureboost.md).
+        trees, depth, learning_rate, bins, min_child_weight, l2, subsample, min_leaf_rows,
+            objective, missing, guest_trees: the ``[model]`` keys of the same names
+            (docs/secureboost.md).
         timeout: seconds to wait for any one message (``federation.round_timeout``; local,
             not compared).
     """
@@ -60,6 +62,9 @@ class BoostConfig:
     subsample: float
     min_leaf_rows: int
     timeout: float
+    objective: str = "log_loss"
+    missing: str = "refuse"
+    guest_trees: int = 0
 
     @classmethod
     def from_section(cls, model: ModelSection, *, timeout: float) -> "BoostConfig":
@@ -69,7 +74,32 @@ class BoostConfig:
         if model.kind != "secureboost":
             raise ConfigError(f"key 'model.kind': SecureBoost needs kind = \"secureboost\", got {model.kind!r}")
         return cls(model.trees, model.depth, float(model.learning_rate), model.bins, float(model.min_child_weight),
-                   float(model.l2), float(model.subsample), model.min_leaf_rows, float(timeout))
+                   float(model.l2), float(model.subsample), model.min_leaf_rows, float(timeout), model.objective,
+                   model.missing, model.guest_trees)
+
+    @property
+    def loss(self) -> Objective:
+        """The :class:`~.boosting.Objective` of ``objective``."""
+        return objective(self.objective)
+
+    @property
+    def missing_bins(self) -> bool:
+        """Missing-value bins (``missing = "bin"``): NaNs get a bin of their own."""
+        return self.missing == "bin"
+
+    @property
+    def hist_bins(self) -> int:
+        """Bins per feature in a histogram: ``bins``, and one for the NaNs with missing-value bins."""
+        return self.bins + self.missing_bins
+
+    def guest_only(self, tree: int) -> bool:
+        """Tree ``tree`` (0-based) is grown on the guest's features only (the first ``guest_trees``)."""
+        return tree < self.guest_trees
+
+    @property
+    def joint_trees(self) -> int:
+        """Trees the hosts take part in (each releases up to ``depth`` histograms per host)."""
+        return self.trees - self.guest_trees
 
     def sample_size(self, rows: int) -> int:
         """Rows each tree is grown on out of ``rows`` training rows (public)."""

@@ -12,8 +12,10 @@ docs/secureboost.md) held fixed: given the guest's data and those memberships, e
 
 **Sensitivity.** Moving row ``i`` from bin ``a`` to bin ``b`` of one feature changes the ``G``
 histogram by ``-g_i`` at ``a`` and ``+g_i`` at ``b`` (squared L2 ``2 g_i² <= 2 c²`` with ``|g| <= c``,
-the ``privacy.clip`` bound), the ``H`` histogram by at most ``2 h_max²`` (``h <= 1/4``) and the
-counts by 2; staying in its bin changes nothing. Over the host's ``F`` features the noise
+the ``privacy.clip`` bound: for the logistic loss ``|p - y| <= 1`` already, for the squared
+error the guest clips every residual ``raw - y`` to ``[-c, c]``), the ``H`` histogram by at most
+``2 h_max²`` (``h <= 1/4`` logistic, ``h = 1`` squared error) and the counts by 2; staying in its
+bin changes nothing (a NaN's bin, with missing-value bins, is one bin more). Over the host's ``F`` features the noise
 ``σ_G = z·sqrt(6F)·c``, ``σ_H = z·sqrt(6F)·h_max``, ``σ_C = z·sqrt(6F)`` (each quantity's share
 of the budget equal) gives a whitened sensitivity of ``sqrt(F·(2 + 2 + 2)/(6F))/z = 1/z``: one
 release is the Gaussian mechanism with noise multiplier ``z``. The noise is discrete Gaussian on
@@ -24,7 +26,8 @@ accounts it.
 **Composition.** At one level of a tree the nodes whose histograms are requested hold disjoint
 rows (each host checks it), so a customer is in at most one released histogram per level
 (parallel composition, McSherry, SIGMOD 2009): a level is one release. A job of ``T`` trees of
-depth ``d`` makes at most ``T·d`` releases, and ``z`` is calibrated for them with
+depth ``d`` makes at most ``T·d`` releases (``(T - k)·d`` with ``k`` guest-only trees, which
+release nothing of a host), and ``z`` is calibrated for them with
 :func:`fedsilo.privacy.noise_multiplier` (``sample_rate = 1``: tree subsamples are announced,
 no amplification is claimed). Each host charges its own ledger once per level, **before** it
 draws the noise and sends anything derived from its data.
@@ -47,6 +50,7 @@ from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.privacy.mechanisms import discrete_gaussian
 from fedsilo.privacy.relations import REPLACE_RECORD
 from fedsilo.protocols.vertical.secureboost.boosting import H_BOUND
+from fedsilo.protocols.vertical.secureboost.boosting import objective as objective_of
 
 __all__ = ["PROTOCOL", "HistogramDp", "calibrate", "draw_noise", "level_charge"]
 
@@ -60,7 +64,8 @@ class HistogramDp:
 
     ``noise_multiplier`` ``z``: each level's release of a host's histograms is the Gaussian
     mechanism with multiplier ``z`` (whitened sensitivity 1, see the module docstring);
-    ``releases`` = ``trees · depth`` such releases at most; ``clip``: the bound ``c`` on ``|g|``.
+    ``releases`` = ``trees · depth`` such releases at most (guest-only trees excluded);
+    ``clip``: the bound ``c`` on ``|g|``; ``h_bound``: on ``h`` (the objective's).
     """
 
     epsilon: float
@@ -69,6 +74,7 @@ class HistogramDp:
     noise_multiplier: float
     releases: int
     clip: float
+    h_bound: float = H_BOUND
 
     neighbouring: ClassVar[str] = "replace one customer's feature values at the host (released node memberships fixed)"
 
@@ -77,7 +83,7 @@ class HistogramDp:
         if features < 1:
             raise ConfigError(f"a host needs at least one feature, got {features}")
         base = self.noise_multiplier * math.sqrt(6.0 * features)
-        return base * self.clip, base * H_BOUND, base
+        return base * self.clip, base * self.h_bound, base
 
     def event(self) -> GaussianEvent:
         """One level's release (what a host charges per level)."""
@@ -90,18 +96,26 @@ class HistogramDp:
         return epsilon_of(GaussianEvent(self.noise_multiplier, 1.0, releases), delta=self.delta, accountant=self.accountant)
 
 
-def calibrate(*, epsilon: float, delta: float, accountant: str, trees: int, depth: int, clip: float) -> HistogramDp:
-    """The plan for ``trees`` trees of depth ``depth`` at ``(epsilon, delta)`` per host.
+def calibrate(*, epsilon: float, delta: float, accountant: str, trees: int, depth: int, clip: float,
+              objective: str = "log_loss") -> HistogramDp:
+    """The plan for ``trees`` joint trees (guest-only ones not counted) of depth ``depth`` at
+    ``(epsilon, delta)`` per host, for the loss ``objective`` (``[model] objective``: its bounds
+    on ``g`` and ``h``; ``clip`` above the logistic loss's ``|g| <= 1`` changes nothing there).
 
     Raises:
-        ConfigError: ``clip`` not positive (a ``PrivacyParameterError``, also a ConfigError, for
-            an impossible target).
+        ConfigError: ``clip`` not positive, no joint tree (a ``PrivacyParameterError``, also a
+            ConfigError, for an impossible target).
     """
     if not clip > 0:
         raise ConfigError(f"privacy.clip must be > 0 (the bound on |g|), got {clip!r}")
+    if trees < 1:
+        raise ConfigError("key 'model.guest_trees': under DP at least one tree must be grown with the hosts "
+                          "(every tree is guest-only: no release to account for; drop [privacy])")
+    loss = objective_of(objective)
     releases = trees * depth
     z = noise_multiplier(target_epsilon=epsilon, delta=delta, sample_rate=1.0, steps=releases, accountant=accountant)
-    return HistogramDp(float(epsilon), float(delta), accountant, float(z), releases, float(min(clip, 1.0)))
+    return HistogramDp(float(epsilon), float(delta), accountant, float(z), releases, float(min(clip, loss.g_cap)),
+                       loss.h_bound)
 
 
 def draw_noise(plan: HistogramDp, *, features: int, bins: int, precision: int, rng: np.random.Generator) -> np.ndarray:
@@ -146,7 +160,7 @@ def level_charge(
             "neighbours": plan.neighbouring,
             "noise_multiplier": plan.noise_multiplier,
             "clip": plan.clip,
-            "h_bound": H_BOUND,
+            "h_bound": plan.h_bound,
             "releases_planned": plan.releases,
             "composition": "parallel over the level's disjoint nodes: one release per customer per level",
             **dict(detail),

@@ -18,18 +18,23 @@ from fedsilo.errors import ConfigError, DataError, ProtocolError
 from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.protocols.channel import Channel
 from fedsilo.protocols.policy import require_confidential
-from fedsilo.protocols.psi import align_guest, align_host, psi_executor
+from fedsilo.protocols.psi import align_guest, align_host, ids_from_column, psi_executor
 from fedsilo.protocols.spec import PrivacySection
-from fedsilo.protocols.vertical.data import check_bounds, feature_bounds, prepare_table
-from fedsilo.protocols.vertical.prediction import evaluation_metrics
-from fedsilo.protocols.vertical.secureboost.boosting import sigmoid
+from fedsilo.protocols.vertical.data import (
+    PartyTable,
+    check_bounds,
+    check_labels,
+    feature_bounds,
+    feature_matrix,
+    prepare_table,
+)
 from fedsilo.protocols.vertical.secureboost.config import BoostConfig, CryptoSettings
 from fedsilo.protocols.vertical.secureboost.messages import HOLDOUT, int_array
 from fedsilo.protocols.vertical.secureboost.model import fit_binning, refuse_constant
 from fedsilo.protocols.vertical.secureboost.parties import BoostResult, guest_boost, host_boost, rounds_used
 from fedsilo.protocols.vertical.secureboost.prediction import predict_guest, serve_routes
 
-__all__ = ["SecureBoostSpec", "holdout_split", "secureboost_party"]
+__all__ = ["SecureBoostSpec", "holdout_split", "party_table", "secureboost_party"]
 
 _HOLDOUT_ROUND = 1
 _TRAIN_ROUND = 2
@@ -81,6 +86,47 @@ def holdout_split(rng: np.random.Generator, n: int, fraction: float) -> tuple[np
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
+def party_table(frame: pd.DataFrame, *, source: str, id_column: str, label: str | None,
+                config: BoostConfig) -> PartyTable:
+    """One party's table checked for SecureBoost: :func:`~fedsilo.protocols.vertical.data.prepare_table`'s
+    checks, except that with missing-value bins (``missing = "bin"``) a feature's NaNs are kept
+    (anything else non-numeric or infinite is still refused), and for the squared error the
+    label is any finite number.
+
+    Raises:
+        DataError: naming ``source`` and the column.
+    """
+    classification = config.loss.classification
+    if classification and not config.missing_bins:
+        return prepare_table(frame, source=source, id_column=id_column, label=label)
+    if not isinstance(frame, pd.DataFrame) or len(frame) == 0 or id_column not in frame.columns \
+            or (label is not None and label not in frame.columns):
+        prepare_table(frame, source=source, id_column=id_column, label=label)  # raises the same errors
+    cols = [c for c in frame.columns if c not in (id_column, label)]
+    if not cols and label is None:
+        raise DataError(f"{source}: no feature columns besides the ID column {id_column!r}")
+    nan = frame[cols].isna().to_numpy() if config.missing_bins else np.zeros((len(frame), len(cols)), dtype=bool)
+    x = feature_matrix(frame[cols].mask(nan, 0.0) if nan.any() else frame[cols], cols, source=source)
+    x[nan] = np.nan
+    y = None
+    if label is not None:
+        y = check_labels(frame[label], source=source, column=label) if classification else \
+            _real_labels(frame[label], source=source, column=label)
+    return PartyTable(source=source, ids=ids_from_column(frame[id_column], source=source, column=id_column),
+                      columns=tuple(str(c) for c in cols), features=x, labels=y)
+
+
+def _real_labels(series: pd.Series, *, source: str, column: str) -> np.ndarray:
+    """A regression target as finite floats (DataError naming the column otherwise)."""
+    values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise DataError(f"{source}: label column {column!r} has {int(bad.sum())} missing, non-numeric or infinite "
+                        f"value(s) (first at row {int(np.flatnonzero(bad)[0])}); model.objective = \"squared_error\" "
+                        "needs a number in every row")
+    return values
+
+
 def secureboost_party(
     channel: Channel,
     *,
@@ -123,7 +169,8 @@ def secureboost_party(
     if role == "host" and spec.dp is not None and (ledger is None or dataset is None):
         raise ConfigError(f"{src}: differential privacy needs a privacy ledger and the dataset name to charge")
     cfg, T = spec.config, spec.config.timeout
-    data = prepare_table(table, source=src, id_column=spec.id_column, label=spec.label if role == "guest" else None)
+    data = party_table(table, source=src, id_column=spec.id_column, label=spec.label if role == "guest" else None,
+                       config=cfg)
     if role == "host" and not data.columns:
         raise DataError(f"{src}: a host needs at least one feature column")
     refuse_constant(data.features, data.columns, source=src, where="the whole table")
@@ -136,7 +183,7 @@ def secureboost_party(
     x = data.features[al.positions]
     train_rows, test_rows = _holdout(channel, spec, al.size, public_rng, role=role)
     binning = fit_binning(x, train_rows, data.columns, bins=cfg.bins, bounds=spec.bounds,
-                          required=spec.dp is not None, source=src)
+                          required=spec.dp is not None, source=src, missing=cfg.missing_bins)
     predict_round = _TRAIN_ROUND + rounds_used(cfg)
     if role == "guest":
         assert data.labels is not None
@@ -148,7 +195,7 @@ def secureboost_party(
         if test_rows.size:
             raw = predict_guest(channel, hosts=spec.hosts, model=fit.model, x=x, rows=test_rows,  # type: ignore[arg-type]
                                 depth=cfg.depth, round=predict_round, timeout=T)
-            final = evaluation_metrics(y[test_rows], sigmoid(raw))
+            final = cfg.loss.metrics(y[test_rows], raw)
         return _report("guest", fit, al, train_rows.size, test_rows.size, final=final,
                        test_ids=[al.ids[i] for i in test_rows.tolist()])
     fit = host_boost(channel, guest=spec.guest, x=x, train_rows=train_rows, test_rows=test_rows, binning=binning,

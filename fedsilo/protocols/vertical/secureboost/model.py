@@ -4,8 +4,8 @@
   (quantiles) or from public bounds (equal width; required under DP);
 * :class:`GuestModel` — the guest's trees: the structure, its own splits with their thresholds,
   for each host's split only **which host** owns it, and every leaf value;
-* :class:`HostModel` — a host's lookup table: ``(tree, node) → (feature, threshold)`` for the
-  splits it won, never shown to anyone.
+* :class:`HostModel` — a host's lookup table: ``(tree, node) → (feature, threshold, NaN goes
+  left)`` for the splits it won, never shown to anyone.
 
 Nodes are numbered as in a heap: the root is 0, the children of ``i`` are ``2i + 1`` (left:
 ``x <= threshold``) and ``2i + 2``.
@@ -19,7 +19,12 @@ import numpy as np
 
 from fedsilo.errors import DataError
 from fedsilo.protocols.vertical.data import feature_bounds
-from fedsilo.protocols.vertical.secureboost.boosting import apply_thresholds, quantile_thresholds, uniform_thresholds
+from fedsilo.protocols.vertical.secureboost.boosting import (
+    apply_thresholds,
+    missing_default,
+    quantile_thresholds,
+    uniform_thresholds,
+)
 
 __all__ = [
     "Binning",
@@ -30,6 +35,7 @@ __all__ = [
     "Split",
     "children",
     "fit_binning",
+    "goes_left",
     "joint_scores",
     "refuse_constant",
 ]
@@ -40,15 +46,27 @@ def children(node: int) -> tuple[int, int]:
     return 2 * node + 1, 2 * node + 2
 
 
+def goes_left(values: np.ndarray, threshold: float, missing_left: bool) -> np.ndarray:
+    """Which ``values`` go left at a split: ``x <= threshold``, a NaN to the side the split says."""
+    values = np.asarray(values, dtype=np.float64)
+    return np.where(np.isnan(values), missing_left, values <= threshold)
+
+
 def refuse_constant(x: np.ndarray, columns: Sequence[str], *, source: str, where: str) -> None:
-    """A column with one value can never split a node: refused, naming it.
+    """A column that can never split a node is refused, naming it: one value throughout, or
+    (missing-value bins) no value at all; one value and some NaNs can split (NaN or not).
 
     Raises:
         DataError: naming ``source``, the column, its value's count and ``where`` it is constant.
     """
     if x.shape[0] == 0:
         return
-    flat = [c for j, c in enumerate(columns) if np.ptp(x[:, j]) == 0]
+
+    def flat_(col: np.ndarray) -> bool:
+        nan = np.isnan(col)
+        return bool(nan.all()) or (not nan.any() and np.ptp(col) == 0)
+
+    flat = [c for j, c in enumerate(columns) if flat_(x[:, j])]
     if flat:
         raise DataError(
             f"{source}: column {flat[0]!r} is constant over {where} ({x.shape[0]} rows): a tree can never "
@@ -59,11 +77,17 @@ def refuse_constant(x: np.ndarray, columns: Sequence[str], *, source: str, where
 @dataclass(frozen=True, slots=True)
 class Binning:
     """One party's bins: ``thresholds[j]`` of column ``columns[j]`` (bin ``i`` holds
-    ``t_{i-1} < x <= t_i``), and for each column whether they came from public bounds."""
+    ``t_{i-1} < x <= t_i``), and for each column whether they came from public bounds.
+
+    ``missing_bin``: the bin of a NaN (``[model] bins``: after every value bin) with
+    missing-value bins, else None; ``has_missing[j]``: column ``j`` has NaNs in the training rows
+    (this party's own knowledge)."""
 
     columns: tuple[str, ...]
     thresholds: tuple[np.ndarray, ...]
     public: tuple[bool, ...]
+    missing_bin: int | None = None
+    has_missing: tuple[bool, ...] = ()
 
     @property
     def features(self) -> int:
@@ -73,12 +97,31 @@ class Binning:
         """Bin indices ``(rows, features)`` of the raw rows ``x``."""
         out = np.empty((x.shape[0], self.features), dtype=np.int64)
         for j, t in enumerate(self.thresholds):
-            out[:, j] = apply_thresholds(values=x[:, j], thresholds=t)
+            out[:, j] = apply_thresholds(values=x[:, j], thresholds=t, missing_bin=self.missing_bin)
         return out
 
+    def split_bins(self, feature: int) -> int:
+        """Bins a split of ``feature`` may name: after each threshold, and with missing-value bins
+        after the last value bin too ("every value left, NaNs right")."""
+        return self.thresholds[feature].size + (self.missing_bin is not None)
+
+    def split(self, feature: int, bin: int, values: np.ndarray, *, chosen_left: bool) -> tuple[float, bool, np.ndarray]:
+        """A split of ``feature`` after ``bin`` over ``values`` (the column at a node's training
+        rows): its threshold, whether a NaN goes left (:func:`~.boosting.missing_default`: the
+        side the guest chose, or the larger child when this column had no NaN in training) and
+        which values go left. The owner of the split (guest or host) applies it alike."""
+        threshold = self.threshold(feature, bin)
+        le = values <= threshold  # NaN: False
+        n_left = int(le.sum())
+        ml = missing_default(has_missing=bool(self.has_missing and self.has_missing[feature]), chosen_left=chosen_left,
+                             rows_left=n_left, rows_right=int(values.size) - n_left)
+        return threshold, ml, goes_left(values, threshold, ml)
+
     def threshold(self, feature: int, bin: int) -> float:
-        """The value splitting bins ``0..bin`` from the rest."""
-        return float(self.thresholds[feature][bin])
+        """The value splitting bins ``0..bin`` from the rest (``inf`` past the last threshold:
+        every value left)."""
+        t = self.thresholds[feature]
+        return float(t[bin]) if bin < t.size else float("inf")
 
 
 def fit_binning(
@@ -90,9 +133,11 @@ def fit_binning(
     bounds: Mapping[str, tuple[float, float]],
     required: bool,
     source: str,
+    missing: bool = False,
 ) -> Binning:
     """Thresholds of each column: equal-width over its public bounds when it has some (every
-    column must under DP: ``required``), else the quantiles of this party's training rows.
+    column must under DP: ``required``), else the quantiles of this party's training rows;
+    ``missing``: NaNs get bin ``bins`` (missing-value bins).
 
     Raises:
         ConfigError: ``required`` and some columns have no bounds (all named).
@@ -110,7 +155,8 @@ def fit_binning(
         else:
             thresholds.append(uniform_thresholds(lo=float(lo[j]), hi=float(hi[j]), bins=bins))
             public.append(True)
-    return Binning(cols, tuple(thresholds), tuple(public))
+    return Binning(cols, tuple(thresholds), tuple(public), bins if missing else None,
+                   tuple(bool(np.isnan(xt[:, j]).any()) for j in range(len(cols))))
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,11 +186,13 @@ class Importance:
 @dataclass(frozen=True, slots=True)
 class Split:
     """An internal node in the guest's view: the ``owner`` party, and for the guest's own
-    splits its ``feature`` and ``threshold`` (for a host's, the guest knows only the host)."""
+    splits its ``feature``, ``threshold`` and where a NaN goes (for a host's, the guest knows
+    only the host)."""
 
     owner: str
     feature: int | None = None
     threshold: float | None = None
+    missing_left: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -165,15 +213,15 @@ class GuestModel:
 
 @dataclass(frozen=True)
 class HostModel:
-    """A host's lookup table (never sent): ``(tree, node) → (feature, threshold)``."""
+    """A host's lookup table (never sent): ``(tree, node) → (feature, threshold, NaN goes left)``."""
 
     binning: Binning
-    table: Mapping[tuple[int, int], tuple[int, float]] = field(default_factory=dict)
+    table: Mapping[tuple[int, int], tuple[int, float, bool]] = field(default_factory=dict)
 
     def goes_left(self, tree: int, node: int, x: np.ndarray) -> np.ndarray:
         """Which of the raw rows ``x`` go left at this host's split ``(tree, node)``."""
-        feature, threshold = self.table[(tree, node)]
-        return x[:, feature] <= threshold
+        feature, threshold, missing_left = self.table[(tree, node)]
+        return goes_left(x[:, feature], threshold, missing_left)
 
 
 def joint_scores(guest: GuestModel, guest_x: np.ndarray, hosts: Mapping[str, tuple[HostModel, np.ndarray]]) -> np.ndarray:
@@ -191,7 +239,7 @@ def joint_scores(guest: GuestModel, guest_x: np.ndarray, hosts: Mapping[str, tup
                 at = node == v
                 split = tree.splits[int(v)]
                 if split.owner == guest.guest:
-                    left = guest_x[at, split.feature] <= split.threshold
+                    left = goes_left(guest_x[at, split.feature], split.threshold, split.missing_left)
                 else:
                     model, x = hosts[split.owner]
                     left = model.goes_left(t, int(v), x[at])

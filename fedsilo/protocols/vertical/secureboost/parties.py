@@ -4,7 +4,8 @@ The guest holds the labels and the Paillier key; hosts hold features. One tree (
 encryption under the guest's key; :mod:`.packing` for the integers, :mod:`.messages` for the
 payloads)::
 
-    guest : g_i = p_i - y_i, h_i = p_i (1 - p_i) per sampled row;
+    guest : g_i = p_i - y_i, h_i = p_i (1 - p_i) per sampled row (squared error: g_i = raw_i - y_i
+            over the guest's own scale s, h_i = 1; :func:`gradient_scale`);
             m_i = g_i·2^P + (h_i·2^P)·2^Wg                       -- TREE [[m_i]] -->        hosts
     per level d = 0 .. depth - 1:
     guest : the nodes whose histograms it needs, their sampled rows -- LEVEL -->            hosts
@@ -20,6 +21,10 @@ payloads)::
     guest : the children's rows; a node that is not split is a leaf of value -lr·G/(H + λ),
             from its own exact g, h
 
+With missing-value bins each histogram has one more bin per feature (the NaNs) and SPLIT says
+where a split sends them. The first ``guest_trees`` trees are the guest's alone: grown on its
+exact histograms, with no message (the hosts skip their rounds).
+
 Per level the guest asks for one histogram per pair of children: the smaller child's when both
 can split (the larger is derived by subtraction), else that of the one that can. Every node
 asked for has at least ``2·min_leaf_rows`` sampled rows and the nodes of one level are disjoint:
@@ -27,6 +32,7 @@ each host checks both before it answers (and, under DP, before it charges).
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,14 +44,12 @@ from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.protocols.channel import Channel
 from fedsilo.protocols.spec import PrivacySection
 from fedsilo.protocols.vertical.secureboost.boosting import (
-    H_BOUND,
+    OBJECTIVES,
+    Objective,
     SplitChoice,
-    base_score,
     best_split,
     histogram,
     leaf_value,
-    log_loss,
-    logistic_gradients,
 )
 from fedsilo.protocols.vertical.secureboost.cipher import HistogramCipher
 from fedsilo.protocols.vertical.secureboost.config import BoostConfig, CryptoSettings, dp_digest
@@ -100,24 +104,40 @@ def rounds_used(config: BoostConfig) -> int:
 
 
 def layout_for(crypto: CryptoSettings, cipher: HistogramCipher, plan: HistogramDp | None, *, rows: int,
-               features: int) -> HistLayout:
-    """The public encoding of a tree of ``rows`` sampled rows for a host of ``features`` features."""
+               features: int, loss: Objective = OBJECTIVES["log_loss"]) -> HistLayout:
+    """The public encoding of a tree of ``rows`` sampled rows for a host of ``features`` features.
+
+    ``|g|`` is bounded by ``privacy.clip`` under DP, else by the loss's own bound (1 for the
+    logistic loss); the squared error's residual has none, so without DP the guest encodes
+    ``g / s`` with a scale ``s >= max |g|`` it keeps to itself (:func:`gradient_scale`): the
+    bound is then 1 and the hosts learn nothing of the residuals' size."""
     grid = 2.0**-crypto.precision
     margins = (0, 0, 0)
-    clip = 1.0
+    clip = loss.g_cap if math.isfinite(loss.g_cap) else 1.0
     if plan is not None:
         sg, sh, sc = plan.sigmas(features=features)
         margins = (noise_margin(sigma=sg, granularity=grid), noise_margin(sigma=sh, granularity=grid),
                    noise_margin(sigma=sc, granularity=1.0))
         clip = plan.clip
-    return HistLayout(crypto.precision, rows, clip, H_BOUND, margins, cipher.plaintext_bits, crypto.packed)
+    return HistLayout(crypto.precision, rows, clip, loss.h_bound, margins, cipher.plaintext_bits, crypto.packed)
+
+
+def gradient_scale(g: np.ndarray, loss: Objective, plan: HistogramDp | None) -> float:
+    """What the guest divides ``g`` by before encoding (and multiplies the decrypted sums by): 1,
+    except for an unbounded ``g`` without DP (the squared error's residual), where it is the
+    smallest power of two at least ``max |g|`` (exact in floating point; the guest's own, never
+    sent)."""
+    if plan is not None or math.isfinite(loss.g_cap):
+        return 1.0
+    top = float(np.max(np.abs(g))) if g.size else 0.0
+    return 1.0 if top == 0.0 else float(2.0 ** math.ceil(math.log2(top)))
 
 
 def _plan(dp: PrivacySection | None, config: BoostConfig) -> HistogramDp | None:
     if dp is None:
         return None
-    return calibrate(epsilon=dp.epsilon, delta=dp.delta, accountant=dp.accountant, trees=config.trees,
-                     depth=config.depth, clip=dp.clip)
+    return calibrate(epsilon=dp.epsilon, delta=dp.delta, accountant=dp.accountant, trees=config.joint_trees,
+                     depth=config.depth, clip=dp.clip, objective=config.objective)
 
 
 def _check_trainable(n_train: int, config: BoostConfig, *, who: str) -> None:
@@ -200,9 +220,14 @@ def guest_boost(
         ConfigError: a host runs other settings.
     """
     me, hosts, T = channel.party, tuple(hosts), config.timeout
+    loss = config.loss
     y = np.asarray(y, dtype=np.float64)
-    if not np.all((y == 0) | (y == 1)):
+    if loss.classification and not np.all((y == 0) | (y == 1)):
         raise DataError(f"{me}: labels must be 0 or 1")
+    if not np.all(np.isfinite(y)):
+        raise DataError(f"{me}: labels must be finite numbers")
+    if config.guest_trees and binning.features == 0:
+        raise ConfigError(f"{me}: key 'model.guest_trees': the guest holds no feature to grow a guest-only tree on")
     _check_trainable(train_rows.size, config, who=me)
     r = start_round
     features = _hello(channel, hosts, rows=x.shape[0], train=train_rows.size, test=test_rows.size, config=config,
@@ -214,7 +239,7 @@ def guest_boost(
     widest = max(features.values())
     channel.broadcast(hosts, SETUP, {"public": public, "features": widest}, round=r)
     run = _GuestRun(channel, hosts, config, crypto, cipher, plan, features, binning, binning.transform(x), x, train_rows)
-    base = base_score(labels=y[train_rows])
+    base = loss.base(y[train_rows])
     raw = np.full(x.shape[0], base)
     importance = {p: Importance.zeros(features[p] if p != me else binning.features) for p in (me, *hosts)}
     releases = {h: 0 for h in hosts}
@@ -224,19 +249,22 @@ def guest_boost(
     n_sample = config.sample_size(train_rows.size)
     for t in range(config.trees):
         sample = train_rows if n_sample >= train_rows.size else np.sort(public_rng.choice(train_rows, n_sample, replace=False))
-        g, h = logistic_gradients(raw=raw[sample], labels=y[sample], clip=plan.clip if plan else 1.0)
+        g, h = loss.gradients(raw=raw[sample], labels=y[sample], clip=plan.clip if plan else loss.g_cap)
         gvec, hvec = np.zeros(x.shape[0]), np.zeros(x.shape[0])
         gvec[sample], hvec[sample] = g, h
-        layout = layout_for(crypto, cipher, plan, rows=sample.size, features=widest)
-        rows_ct = cipher.encrypt_rows(encode_rows(g=g, h=h, layout=layout, modulus=cipher.modulus))
-        channel.broadcast(hosts, TREE, {"stop": False, "tree": t, "rows": sample, "gh": rows_ct}, round=r)
-        tree, delta, asked = _grow_tree(run, sample, gvec, hvec, importance, layout, round=r + 1)
+        layout = layout_for(crypto, cipher, plan, rows=sample.size, features=widest, loss=loss)
+        scale = gradient_scale(g, loss, plan)
+        joint = hosts if not config.guest_only(t) else ()  # a guest-only tree: no encryption, no message
+        if joint:
+            rows_ct = cipher.encrypt_rows(encode_rows(g=g / scale, h=h, layout=layout, modulus=cipher.modulus))
+            channel.broadcast(hosts, TREE, {"stop": False, "tree": t, "rows": sample, "gh": rows_ct}, round=r)
+        tree, delta, asked = _grow_tree(run, joint, sample, gvec, hvec, importance, layout, scale, round=r + 1)
         for hname, n in asked.items():
             releases[hname] += n
         raw += delta
         trees.append(tree)
         # the training loss is the guest's own (its labels, its scores): no release
-        record: dict[str, Any] = {"round": t + 1, "loss": log_loss(raw=raw[train_rows], labels=y[train_rows]),
+        record: dict[str, Any] = {"round": t + 1, "loss": loss.loss(raw=raw[train_rows], labels=y[train_rows]),
                                   "leaves": len(tree.leaves),
                                   "splits": {p: sum(1 for s in tree.splits.values() if s.owner == p) for p in (me, *hosts)},
                                   "releases": dict(releases)}
@@ -280,14 +308,16 @@ def _hello(channel: Channel, hosts: Sequence[str], *, rows: int, train: int, tes
     return out
 
 
-def _grow_tree(run: _GuestRun, sample: np.ndarray, gvec: np.ndarray, hvec: np.ndarray,
-               importance: dict[str, Importance], layout: HistLayout, *,
+def _grow_tree(run: _GuestRun, hosts: Sequence[str], sample: np.ndarray, gvec: np.ndarray, hvec: np.ndarray,
+               importance: dict[str, Importance], layout: HistLayout, scale: float, *,
                round: int) -> tuple[GuestTree, np.ndarray, dict[str, int]]:
-    """One tree, level by level (rounds ``round .. round + depth - 1``); returns it, its value
-    for every aligned row (0 outside the training rows) and how many levels' histograms each
-    host released."""
-    ch, cfg, me, hosts = run.channel, run.config, run.me, run.hosts
-    B = cfg.bins
+    """One tree over the guest's features and those of ``hosts`` (none: a guest-only tree, the
+    same growth on the guest's exact histograms with no message sent), level by level (rounds
+    ``round .. round + depth - 1``); returns it, its value for every aligned row (0 outside the
+    training rows) and how many levels' histograms each host released. ``scale``: the hosts'
+    ``G`` sums are of ``g / scale`` (:func:`gradient_scale`)."""
+    ch, cfg, me, hosts = run.channel, run.config, run.me, tuple(hosts)
+    B = cfg.hist_bins
     in_sample = np.zeros(run.x.shape[0], dtype=bool)
     in_sample[sample] = True
     splits: dict[int, Split] = {}
@@ -330,12 +360,14 @@ def _grow_tree(run: _GuestRun, sample: np.ndarray, gvec: np.ndarray, hvec: np.nd
             F = run.features[h]
             for n, blob in zip(requested, blobs):
                 plain = run.cipher.open(blob, count=layout.plaintexts_for(F * B), sender=h)
-                level_hist.setdefault(n.id, {})[h] = decode_bins(plain, bins=F * B, layout=layout).reshape(F, B, 3)
+                decoded = decode_bins(plain, bins=F * B, layout=layout).reshape(F, B, 3)
+                decoded[..., 0] *= scale
+                level_hist.setdefault(n.id, {})[h] = decoded
             for nid, (parent, sibling) in derived.items():
                 level_hist[nid][h] = hist[parent][h] - level_hist[sibling][h]
         hist = level_hist
         noise = {**{n.id: 1 for n in requested}, **{nid: noise.get(p, 1) + 1 for nid, (p, _) in derived.items()}}
-        decisions = {n.id: _decide(run, n, hist.get(n.id, {}), gvec, hvec, noise.get(n.id, 1)) for n in frontier}
+        decisions = {n.id: _decide(run, hosts, n, hist.get(n.id, {}), gvec, hvec, noise.get(n.id, 1)) for n in frontier}
         # the splits each host won, with every training row of the node (to partition)
         won: dict[str, list[tuple[_Node, SplitChoice]]] = {h: [] for h in hosts}
         for n in frontier:
@@ -347,6 +379,7 @@ def _grow_tree(run: _GuestRun, sample: np.ndarray, gvec: np.ndarray, hvec: np.nd
             ch.send(h, SPLIT, {"nodes": np.array([n.id for n, _ in mine], dtype=np.int64),
                                "feature": np.array([c.feature for _, c in mine], dtype=np.int64),
                                "bin": np.array([c.bin for _, c in mine], dtype=np.int64),
+                               "missing_left": np.array([c.missing_left for _, c in mine], dtype=bool),
                                "rows": [n.rows for n, _ in mine]}, round=r)
         parts = gather_all(ch, hosts, PARTITION, round=r, timeout=cfg.timeout)
         lefts: dict[int, np.ndarray] = {}
@@ -365,21 +398,11 @@ def _grow_tree(run: _GuestRun, sample: np.ndarray, gvec: np.ndarray, hvec: np.nd
                 continue
             owner, choice = dec
             if owner == me:
-                threshold = run.binning.threshold(choice.feature, choice.bin)
-                left = run.x[n.rows, choice.feature] <= threshold
-                splits[n.id] = Split(me, choice.feature, threshold)
+                left = _guest_split(run, n, choice, splits)
             else:
                 left = lefts[n.id]
                 splits[n.id] = Split(owner)
-            importance[owner] = importance[owner].add(choice.feature, choice.gain)
-            lid, rid = children(n.id)
-            a, b = node(lid, n.depth + 1, n.rows[left]), node(rid, n.depth + 1, n.rows[~left])
-            ok_a, ok_b = run.splittable(a), run.splittable(b)
-            for c, ok in ((a, ok_a), (b, ok_b)):
-                if ok:
-                    frontier_next.append(c)
-                else:
-                    leaf(c)
+            a, b, ok_a, ok_b = _children(run, n, left, choice, owner, importance, node, leaf, frontier_next)
             small, large = (a, b) if a.sample.size <= b.sample.size else (b, a)
             ok_small = ok_a if small is a else ok_b
             ok_large = ok_b if small is a else ok_a
@@ -392,7 +415,32 @@ def _grow_tree(run: _GuestRun, sample: np.ndarray, gvec: np.ndarray, hvec: np.nd
     return GuestTree(splits, leaves), delta, asked
 
 
-def _decide(run: _GuestRun, n: _Node, host_hist: Mapping[str, np.ndarray], gvec: np.ndarray,
+def _guest_split(run: _GuestRun, n: _Node, choice: SplitChoice, splits: dict[int, Split]) -> np.ndarray:
+    """The guest's own split of ``n`` into ``splits``; which of the node's rows go left."""
+    f = choice.feature
+    threshold, ml, left = run.binning.split(f, choice.bin, run.x[n.rows, f], chosen_left=choice.missing_left)
+    splits[n.id] = Split(run.me, f, threshold, ml)
+    return left
+
+
+def _children(run: _GuestRun, n: _Node, left: np.ndarray, choice: SplitChoice, owner: str,
+              importance: dict[str, Importance], node: Callable[[int, int, np.ndarray], _Node],
+              leaf: Callable[[_Node], None], frontier: list[_Node]) -> tuple[_Node, _Node, bool, bool]:
+    """The two children of the split ``n``: importance counted, each into ``frontier`` when it
+    can split, else a leaf."""
+    importance[owner] = importance[owner].add(choice.feature, choice.gain)
+    lid, rid = children(n.id)
+    a, b = node(lid, n.depth + 1, n.rows[left]), node(rid, n.depth + 1, n.rows[~left])
+    ok_a, ok_b = run.splittable(a), run.splittable(b)
+    for c, ok in ((a, ok_a), (b, ok_b)):
+        if ok:
+            frontier.append(c)
+        else:
+            leaf(c)
+    return a, b, ok_a, ok_b
+
+
+def _decide(run: _GuestRun, hosts: Sequence[str], n: _Node, host_hist: Mapping[str, np.ndarray], gvec: np.ndarray,
             hvec: np.ndarray, releases: int) -> tuple[str, SplitChoice] | None:
     """The best split of ``n`` over the guest's own features (exact histograms) and every host's
     (decrypted, under DP noised: ``releases`` noise draws per bin, two for a derived sibling);
@@ -404,16 +452,16 @@ def _decide(run: _GuestRun, n: _Node, host_hist: Mapping[str, np.ndarray], gvec:
     upwards (docs/secureboost.md, "Utility")."""
     cfg = run.config
     kw = dict(g_total=n.g, h_total=n.h, rows_total=int(n.sample.size), l2=cfg.l2,
-              min_child_weight=cfg.min_child_weight, min_leaf_rows=cfg.min_leaf_rows)
+              min_child_weight=cfg.min_child_weight, min_leaf_rows=cfg.min_leaf_rows, missing=cfg.missing_bins)
     best: tuple[str, SplitChoice] | None = None
     if run.bins.shape[1]:
-        own = histogram(bins=run.bins[n.sample], g=gvec[n.sample], h=hvec[n.sample], n_bins=cfg.bins)
-        c = best_split(own, **kw)
+        own = histogram(bins=run.bins[n.sample], g=gvec[n.sample], h=hvec[n.sample], n_bins=cfg.hist_bins)
+        c = best_split(own, **kw)  # type: ignore[arg-type]
         if c is not None:
             best = (run.me, c)
-    for h in run.hosts:
+    for h in hosts:
         var = releases * run.plan.sigmas(features=run.features[h])[0] ** 2 if run.plan is not None else 0.0
-        c = best_split(host_hist[h], g_noise_var=var, **kw)
+        c = best_split(host_hist[h], g_noise_var=var, **kw)  # type: ignore[arg-type]
         if c is not None and (best is None or c.gain > best[1].gain):
             best = (h, c)
     return best
@@ -489,10 +537,11 @@ def host_boost(
     plan = _plan(dp, config)
     run = _HostRun(channel, guest, config, crypto, cipher, plan, binning, binning.transform(x), x, np.sort(train_rows),
                    widest, ledger, dataset, rng)
-    table: dict[tuple[int, int], tuple[int, float]] = {}
+    table: dict[tuple[int, int], tuple[int, float, bool]] = {}
     splits = np.zeros(binning.features, dtype=np.int64)
-    releases, trees = 0, 0
-    r += 1
+    # the first guest_trees trees are the guest's alone: no message, their rounds skipped
+    releases, trees = 0, config.guest_trees
+    r += 1 + config.guest_trees * (1 + config.depth)
     while True:
         msg = channel.recv(guest, TREE, round=r, timeout=T)
         if not isinstance(msg, dict):
@@ -514,14 +563,14 @@ def host_boost(
     return BoostResult(HostModel(binning, table), [], {me: importance}, plan, trees, {me: releases}, epsilon, r + 1)
 
 
-def _host_tree(run: _HostRun, msg: Mapping[str, Any], t: int, table: dict[tuple[int, int], tuple[int, float]],
+def _host_tree(run: _HostRun, msg: Mapping[str, Any], t: int, table: dict[tuple[int, int], tuple[int, float, bool]],
                splits: np.ndarray, *, round: int) -> int:
     """One tree at a host (rounds ``round .. round + depth - 1``); returns the levels it released."""
     ch, cfg, me, guest = run.channel, run.config, run.me, run.guest
     sample = check_rows(msg.get("rows"), allowed=run.train_rows, who=me, what="tree sample")
     if sample.size != cfg.sample_size(run.train_rows.size) or msg.get("tree") != t:
         raise ProtocolError(f"{me}: the guest's sample for tree {t + 1} is not the agreed {cfg.sample_size(run.train_rows.size)} rows")
-    layout = layout_for(run.crypto, run.cipher, run.plan, rows=sample.size, features=run.widest)
+    layout = layout_for(run.crypto, run.cipher, run.plan, rows=sample.size, features=run.widest, loss=cfg.loss)
     cts = run.cipher.load(msg.get("gh"), count=sample.size * layout.row_plaintexts, sender=guest)
     position = np.full(run.x.shape[0], -1, dtype=np.int64)
     position[sample] = np.arange(sample.size)
@@ -550,7 +599,7 @@ def _host_tree(run: _HostRun, msg: Mapping[str, Any], t: int, table: dict[tuple[
         if rows and sum(rr.size for rr in rows) != np.unique(np.concatenate(rows)).size:
             raise ProtocolError(f"{me}: the guest's nodes of one level overlap (each row is in one node per level)")
         detail = {"tree": t + 1, "level": d, "nodes": int(nodes.size), "rows": int(sum(rr.size for rr in rows)),
-                  "features": run.binning.features, "bins": cfg.bins}
+                  "features": run.binning.features, "bins": cfg.hist_bins}
         with level_charge(run.ledger, run.dataset, run.plan, job=ch.job, round=r, guest=guest, detail=detail):
             blobs = [_histogram(run, cts, position[rr], rr, layout) for rr in rows]
             ch.send(guest, HIST, {"ct": blobs}, round=r)
@@ -563,7 +612,7 @@ def _host_tree(run: _HostRun, msg: Mapping[str, Any], t: int, table: dict[tuple[
 def _histogram(run: _HostRun, cts: Sequence[Any], idx: np.ndarray, rows: np.ndarray, layout: HistLayout) -> bytes:
     """One node's encrypted histogram: per feature and bin the sum of its rows' ciphertexts, with
     the offsets, the row counts and (DP) the noise added, packed and re-randomized."""
-    F, B = run.binning.features, run.config.bins
+    F, B = run.binning.features, run.config.hist_bins
     slots = run.bins[rows] + (np.arange(F) * B)[None, :]  # (rows, F): feature f's bin b is slot f·B + b
     counts = np.bincount(slots.ravel(), minlength=F * B)
     noise = None
@@ -582,7 +631,7 @@ def _histogram(run: _HostRun, cts: Sequence[Any], idx: np.ndarray, rows: np.ndar
     return run.cipher.seal(full, additions, shift=0, per=1)
 
 
-def _partitions(run: _HostRun, msg: Any, t: int, table: dict[tuple[int, int], tuple[int, float]],
+def _partitions(run: _HostRun, msg: Any, t: int, table: dict[tuple[int, int], tuple[int, float, bool]],
                 splits: np.ndarray, *, depth: int, known: dict[int, np.ndarray]) -> list[np.ndarray]:
     """The splits this host won at a level: each into its lookup table; which rows go left.
 
@@ -599,6 +648,7 @@ def _partitions(run: _HostRun, msg: Any, t: int, table: dict[tuple[int, int], tu
     nodes = int_array(msg.get("nodes"), who=me, what="split nodes")
     feats = int_array(msg.get("feature"), who=me, what="split features")
     bins = int_array(msg.get("bin"), who=me, what="split bins")
+    nan_left = check_mask(msg.get("missing_left"), length=nodes.size, who=me, what="split NaN sides")
     rows = msg.get("rows")
     if not (nodes.size == feats.size == bins.size) or not isinstance(rows, list) or len(rows) != nodes.size:
         raise ProtocolError(f"{me}: malformed split message from the guest")
@@ -607,8 +657,8 @@ def _partitions(run: _HostRun, msg: Any, t: int, table: dict[tuple[int, int], tu
     if np.unique(nodes).size != nodes.size:
         raise ProtocolError(f"{me}: the guest's split message names a node twice")
     claimed: list[np.ndarray] = []
-    for node, f, b, rr in zip(nodes.tolist(), feats.tolist(), bins.tolist(), rows):
-        if not 0 <= f < run.binning.features or not 0 <= b < run.binning.thresholds[f].size or (t, node) in table:
+    for node, f, b, chosen, rr in zip(nodes.tolist(), feats.tolist(), bins.tolist(), nan_left.tolist(), rows):
+        if not 0 <= f < run.binning.features or not 0 <= b < run.binning.split_bins(f) or (t, node) in table:
             raise ProtocolError(f"{me}: the guest's split ({node}, feature {f}, bin {b}) does not exist here")
         rr = check_rows(rr, allowed=run.train_rows, who=me, what="split rows")
         if not first <= node <= last:
@@ -622,9 +672,8 @@ def _partitions(run: _HostRun, msg: Any, t: int, table: dict[tuple[int, int], tu
         if node and expected is None and parent in known and not np.isin(rr, known[parent]).all():
             raise ProtocolError(f"{me}: the guest's split of node {node} names rows outside its parent")
         claimed.append(rr)
-        threshold = run.binning.threshold(f, b)
-        left = run.x[rr, f] <= threshold
-        table[(t, node)] = (f, threshold)
+        threshold, ml, left = run.binning.split(f, b, run.x[rr, f], chosen_left=bool(chosen))
+        table[(t, node)] = (f, threshold, ml)
         splits[f] += 1
         lid, rid = 2 * node + 1, 2 * node + 2
         known[lid], known[rid] = np.sort(rr[left]), np.sort(rr[~left])

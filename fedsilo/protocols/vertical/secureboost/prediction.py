@@ -19,7 +19,7 @@ import numpy as np
 from fedsilo.errors import ProtocolError
 from fedsilo.protocols.channel import Channel
 from fedsilo.protocols.vertical.secureboost.messages import PREDICT, ROUTE, check_mask, check_rows, gather_all, int_array
-from fedsilo.protocols.vertical.secureboost.model import GuestModel, HostModel, children
+from fedsilo.protocols.vertical.secureboost.model import GuestModel, HostModel, children, goes_left
 
 __all__ = ["predict_guest", "serve_routes"]
 
@@ -42,7 +42,7 @@ def predict_guest(
                     continue  # a leaf
                 sel = np.flatnonzero(at[t] == v)
                 if split.owner == me:
-                    go = x[rows[sel], split.feature] <= split.threshold
+                    go = goes_left(x[rows[sel], split.feature], split.threshold, split.missing_left)
                     left, right = children(v)
                     at[t, sel] = np.where(go, left, right)
                 else:

@@ -1,0 +1,92 @@
+"""The curve work of PSI (:mod:`fedsilo.protocols.psi`): hashing IDs to Curve25519 and X25519 masking.
+
+Kept apart from the protocol so that a process-pool worker, which unpickles these functions by
+module, imports only ``hashlib``, ``gmpy2`` and ``cryptography`` (~30 ms) rather than the
+protocol's dependencies (pandas, the privacy package: ~1.5 s of CPU per worker, which at 10^5
+IDs was a third of the run's overhead).
+"""
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from typing import Final
+
+import gmpy2
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+
+from fedsilo.errors import ProtocolError
+
+__all__ = ["DOUBLE_BYTES", "POINT_BYTES", "hash_to_curve", "mask_points"]
+
+#: Bytes of one masked ID on the wire (an X25519 u-coordinate).
+POINT_BYTES: Final = 32
+#: Bytes of one double-masked ID on the wire: the first 16 bytes of its u-coordinate.
+DOUBLE_BYTES: Final = 16
+
+_P: Final = (1 << 255) - 19
+_P_MPZ: Final = gmpy2.mpz(_P)
+_A: Final = 486662
+_MAX_TRIES: Final = 128
+
+
+def hash_to_curve(ids: Sequence[str], *, domain: bytes) -> bytes:
+    """u-coordinates of Curve25519 points for ``ids``: ``len(ids) * 32`` bytes, little-endian.
+
+    Try-and-increment (Boneh, Lynn & Shacham, ASIACRYPT 2001, §3.2, with SHA-512 reduced mod
+    p; the bias of reducing 512 bits mod 2^255 − 19 is below 2^-250): the first counter whose
+    ``u`` has ``u³ + A·u² + u`` a non-zero quadratic residue mod p, i.e. ``u`` is the
+    u-coordinate of a point on the curve (RFC 7748 §4.1) rather than on its twist.
+    """
+    dom = len(domain).to_bytes(2, "big") + domain
+    sha, from_bytes, jacobi, p, a, pm = hashlib.sha512, int.from_bytes, gmpy2.jacobi, _P, _A, _P_MPZ
+    out: list[bytes] = []
+    append = out.append
+    for ident in ids:
+        data = ident.encode("utf-8")
+        prefix = dom + len(data).to_bytes(4, "big") + data
+        for ctr in range(_MAX_TRIES):
+            u = from_bytes(sha(prefix + _CTR[ctr]).digest(), "little") % p
+            # jacobi(x mod p, p) = jacobi(x, p): the product needs no reduction
+            if jacobi(u * (u * (u + a) + 1), pm) == 1:
+                append(u.to_bytes(POINT_BYTES, "little"))
+                break
+        else:  # pragma: no cover - probability 2^-128
+            raise ProtocolError(f"could not hash an ID to the curve in {_MAX_TRIES} tries")
+    return b"".join(out)
+
+
+_CTR: Final = tuple(bytes((i,)) for i in range(_MAX_TRIES))
+
+
+def mask_points(points: bytes, *, key: bytes, keep: int = POINT_BYTES) -> bytes:
+    """``[k]Q`` (X25519, RFC 7748) for every 32-byte u-coordinate ``Q`` in ``points``.
+
+    Args:
+        points: concatenated 32-byte u-coordinates.
+        key: the 32 raw bytes of an X25519 private scalar.
+        keep: bytes kept of each result (its first ``keep``; :data:`DOUBLE_BYTES` for values
+            that are only compared).
+
+    Raises:
+        ProtocolError: ``points`` is not a whole number of points, or holds a low-order point
+            (X25519 then yields the all-zero value, which OpenSSL refuses).
+    """
+    if len(points) % POINT_BYTES:
+        raise ProtocolError(f"PSI message of {len(points)} bytes is not a whole number of points")
+    exchange = X25519PrivateKey.from_private_bytes(key).exchange
+    public = X25519PublicKey.from_public_bytes
+    pieces = [points[off : off + POINT_BYTES] for off in range(0, len(points), POINT_BYTES)]
+    try:
+        if keep == POINT_BYTES:
+            return b"".join(map(exchange, map(public, pieces)))
+        return b"".join([exchange(public(q))[:keep] for q in pieces])
+    except ValueError as exc:
+        raise ProtocolError(f"PSI peer sent an invalid or low-order curve point ({exc})") from None
+
+
+def _hash_and_mask(ids: Sequence[str], domain: bytes, key: bytes) -> bytes:
+    return mask_points(hash_to_curve(ids, domain=domain), key=key)
+
+
+def _remask(points: bytes, key: bytes) -> bytes:
+    return mask_points(points, key=key, keep=DOUBLE_BYTES)

@@ -1,0 +1,184 @@
+"""One party's IDs for PSI, held compactly: a numpy ``StringDType`` column and its sort ranks.
+
+A Python list of 10^7 short strings costs ~700 MB; the same IDs as a ``StringDType`` array cost
+16 bytes each (IDs of up to 15 UTF-8 bytes are stored inline, longer ones on an arena), so a
+party can hold 10^7 IDs read from disk in chunks (:meth:`IdTable.from_chunks`) well inside a
+1.5 GB budget. One stable sort of the column (code point order, which is Python's ``str``
+order: UTF-8 byte order equals code point order) serves twice: adjacent equal IDs are the
+duplicates, refused with an example; and ``rank`` gives the agreed order of an intersection
+(sorted by ID) as an integer sort of ranks.
+
+The rules for turning a column into IDs (:func:`ids_from_column`) are the same for a whole
+column (a vertical job's table) and for each chunk of a streamed file.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from numpy.dtypes import StringDType
+
+from fedsilo.errors import DataError
+
+__all__ = ["IdTable", "ids_from_column"]
+
+_STR = StringDType()
+
+
+def _render(series: pd.Series, where: str, offset: int) -> list[str]:
+    """The IDs of ``series`` as strings (integers without a decimal point), or DataError."""
+    null = series.isna()
+    if null.any():
+        row = offset + int(np.flatnonzero(null.to_numpy())[0])
+        raise DataError(f"{where} has {int(null.sum())} missing IDs (first at row {row}); IDs must not be null")
+    if pd.api.types.is_bool_dtype(series.dtype):
+        raise DataError(f"{where} holds booleans, not IDs")
+    if pd.api.types.is_integer_dtype(series.dtype):
+        return [str(int(v)) for v in series.to_numpy()]
+    if pd.api.types.is_float_dtype(series.dtype):
+        arr = series.to_numpy(dtype=np.float64)
+        frac = arr != np.round(arr)
+        if frac.any():
+            row = offset + int(np.flatnonzero(frac)[0])
+            raise DataError(f"{where} holds non-integral numbers (first at row {row}); IDs must be strings or integers")
+        return [str(int(v)) for v in arr]
+    return [v if isinstance(v, str) else str(v) for v in series.tolist()]
+
+
+def _check_empty(ids: Sequence[str], where: str, offset: int) -> None:
+    empty = [i for i, v in enumerate(ids) if v == ""]
+    if empty:
+        raise DataError(f"{where} has {len(empty)} empty IDs (first at row {offset + empty[0]}); IDs must not be empty")
+
+
+def ids_from_column(values: pd.Series | Sequence[Any], *, source: str, column: str) -> list[str]:
+    """IDs of one column as strings, refusing null, empty and duplicate IDs.
+
+    Integers (and floats that are whole numbers, as pandas produces for integer columns read
+    with missing values elsewhere) are rendered without a decimal point, so ``1042`` and
+    ``1042.0`` align. Strings are compared exactly (no case folding or trimming).
+
+    Raises:
+        DataError: naming ``source`` and ``column`` and an example offending value.
+    """
+    series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
+    where = f"{source}: column {column!r}"
+    ids = _render(series, where, 0)
+    _check_empty(ids, where, 0)
+    if len(set(ids)) != len(ids):
+        repeated = pd.Series(ids).duplicated(keep=False).to_numpy()
+        groups = int(pd.Series(ids)[repeated].nunique())
+        first = pd.Series(ids)[repeated]
+        rows = [int(i) for i in first.index[first == first.iloc[0]][:2]]
+        raise DataError(
+            f"{where} has {groups} duplicate IDs (the first at rows {rows[0]} and {rows[1]}); IDs must be unique"
+        )
+    return ids
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class IdTable:
+    """A party's unique IDs in row order (``values``, ``StringDType``) and their sort ranks.
+
+    ``rank[row]`` is the position of ``values[row]`` in ID order (Python ``str`` order), so
+    sorting rows by ID is ``rows[np.argsort(rank[rows])]``. Build one with :meth:`from_ids`
+    (IDs in memory) or :meth:`from_chunks` (a column read from disk in chunks).
+    """
+
+    values: np.ndarray
+    rank: np.ndarray
+    source: str = "<ids>"
+    column: str = "id"
+
+    def __len__(self) -> int:
+        return int(self.values.shape[0])
+
+    @classmethod
+    def from_ids(cls, ids: Sequence[str] | np.ndarray, *, source: str = "<ids>", column: str = "id") -> IdTable:
+        """From strings already rendered (:func:`ids_from_column`): non-empty, unique.
+
+        Raises:
+            DataError: an ID is not a string, is empty, or appears twice.
+        """
+        if isinstance(ids, np.ndarray) and isinstance(ids.dtype, StringDType):
+            empty = np.flatnonzero(ids == "")
+            if empty.size:
+                raise DataError(f"{source}: column {column!r} has {empty.size} empty IDs (first at row {int(empty[0])}); "
+                                "IDs must not be empty")
+            return cls._build([ids], source=source, column=column)
+        items = list(ids)
+        if not all(isinstance(i, str) for i in items):
+            raise DataError(f"{source}: PSI IDs must be strings (use ids_from_column to convert a column)")
+        _check_empty(items, f"{source}: column {column!r}", 0)
+        return cls._build([_to_array(items, source)], source=source, column=column)
+
+    @classmethod
+    def from_chunks(cls, chunks: Iterable[pd.Series], *, source: str, column: str) -> IdTable:
+        """From a column delivered in chunks (e.g. ``pd.read_csv(..., chunksize=...)``).
+
+        Each chunk is rendered and checked like :func:`ids_from_column` (null, empty, booleans,
+        fractional numbers; rows are numbered across chunks), then packed, so at no time are
+        more than one chunk's IDs Python strings; duplicates are found over the whole column.
+
+        Raises:
+            DataError: naming ``source``, ``column`` and the first offending row or value.
+        """
+        where = f"{source}: column {column!r}"
+        parts: list[np.ndarray] = []
+        offset = 0
+        for chunk in chunks:
+            ids = _render(chunk, where, offset)
+            _check_empty(ids, where, offset)
+            parts.append(_to_array(ids, source))
+            offset += len(ids)
+        return cls._build(parts, source=source, column=column)
+
+    @classmethod
+    def _build(cls, parts: list[np.ndarray], *, source: str, column: str) -> IdTable:
+        values = np.concatenate(parts) if len(parts) != 1 else parts[0]
+        order = np.argsort(values, kind="stable")
+        n = values.shape[0]
+        if n > 1:
+            ordered = values[order]
+            same = ordered[1:] == ordered[:-1]
+            if same.any():
+                first = int(np.flatnonzero(same)[0])
+                rows = sorted((int(order[first]), int(order[first + 1])))
+                groups = int(np.count_nonzero(same & ~np.concatenate(([False], same[:-1]))))
+                raise DataError(
+                    f"{source}: column {column!r} has {groups} duplicate IDs (the first at rows {rows[0]} and {rows[1]}); "
+                    "IDs must be unique"
+                )
+            del ordered
+        dtype = np.int32 if n < 2**31 else np.int64
+        rank = np.empty(n, dtype=dtype)
+        rank[order] = np.arange(n, dtype=dtype)
+        return cls(values=values, rank=rank, source=source, column=column)
+
+    def take(self, rows: np.ndarray) -> list[str]:
+        """The IDs of ``rows`` as Python strings."""
+        return self.values[rows].tolist()
+
+    def sort_rows(self, rows: np.ndarray) -> np.ndarray:
+        """``rows`` in the agreed order: by ID."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return rows[np.argsort(self.rank[rows], kind="stable")]
+
+
+def _to_array(ids: list[str], source: str) -> np.ndarray:
+    try:
+        return np.array(ids, dtype=_STR)
+    except UnicodeEncodeError:
+        bad = next(i for i in ids if not _utf8(i))
+        raise DataError(f"{source}: the ID {bad!r} is not valid Unicode text (it cannot be UTF-8 encoded)") from None
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
