@@ -770,7 +770,7 @@ def _local_metrics(
 def no_round_trained(job: HorizontalJob, last_reason: str | None) -> str:
     """The stop reason of a job whose every round aborted (no sum was released, the model is the
     initial one): silos and aggregator derive it from the same public round outcomes."""
-    why = f" (round {job.rounds}: {last_reason})" if last_reason else ""
+    why = f" (the last: {last_reason})" if last_reason else ""
     return f"job {job.job!r} trained no round: all {job.rounds} round(s) were aborted{why}"
 
 

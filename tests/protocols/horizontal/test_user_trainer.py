@@ -119,7 +119,7 @@ def test_record_level_dp_refuses_a_user_loop_before_anything_is_charged(tmp_path
         ("_user_trainer:wrong_first", "returned str 'weights' as its first value"),
         ("_user_trainer:nan_update", "returned an update with 31 NaN/inf value(s)"),
         ("_user_trainer:wrong_shape", "returned an update of shape (32,); the job's model needs (31,)"),
-        ("_user_trainer:zero_examples", "returned n_examples = 0; it must be between 1 and the silo's"),
+        ("_user_trainer:zero_examples", "returned n_examples = 0; it must be between 1 and the number of training rows"),
         ("_user_trainer:too_many_examples", "returned n_examples = "),
         ("_user_trainer:float_examples", "returned n_examples = float 5.0; it must be an int"),
         ("_user_trainer:raises", "raised RuntimeError: my loop broke"),
@@ -132,7 +132,7 @@ def test_a_bad_trainer_is_one_clear_line(tmp_path: Path, trainer: str, message: 
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in res.output, res.output
     assert f"key 'model.trainer': {trainer!r}" in lines[0] and message in lines[0], lines[0]
     if trainer.endswith("too_many_examples"):
-        assert "between 1 and the silo's" in lines[0]
+        assert "between 1 and the number of training rows" in lines[0]
     if trainer.endswith("raises"):
         assert "second line" not in res.output  # the exception's first line only
 
