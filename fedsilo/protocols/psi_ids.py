@@ -69,10 +69,10 @@ def ids_from_column(values: pd.Series | Sequence[Any], *, source: str, column: s
     ids = _render(series, where, 0)
     _check_empty(ids, where, 0)
     if len(set(ids)) != len(ids):
-        repeated = pd.Series(ids).duplicated(keep=False).to_numpy()
-        groups = int(pd.Series(ids)[repeated].nunique())
-        first = pd.Series(ids)[repeated]
-        rows = [int(i) for i in first.index[first == first.iloc[0]][:2]]
+        column_ids = pd.Series(ids)
+        repeated = column_ids[column_ids.duplicated(keep=False)]
+        groups = int(repeated.nunique())
+        rows = [int(i) for i in repeated.index[repeated == repeated.iloc[0]][:2]]
         raise DataError(
             f"{where} has {groups} duplicate IDs (the first at rows {rows[0]} and {rows[1]}); IDs must be unique"
         )
