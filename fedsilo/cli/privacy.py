@@ -108,7 +108,14 @@ def _open_ledger(path: Path) -> Any:
 
 def _event_text(event: Any) -> str:
     """A short table cell for a DP event."""
-    from fedsilo.privacy.events import ComposedEvent, GaussianEvent, LaplaceEvent
+    from fedsilo.privacy.events import (
+        ApproxDpEvent,
+        ComposedEvent,
+        CoveredEvent,
+        DistributedDiscreteGaussianEvent,
+        GaussianEvent,
+        LaplaceEvent,
+    )
 
     if isinstance(event, GaussianEvent):
         return f"gaussian z={event.noise_multiplier:.4g} q={event.sample_rate:g} T={event.steps}"
@@ -116,6 +123,12 @@ def _event_text(event: Any) -> str:
         return f"laplace eps={event.epsilon:.4g} T={event.steps}"
     if isinstance(event, ComposedEvent):
         return "composed(" + ", ".join(_event_text(e) for e in event.events) + ")"
+    if isinstance(event, ApproxDpEvent):
+        return f"approx eps={event.epsilon:.4g} delta={event.delta:g} T={event.steps}"
+    if isinstance(event, CoveredEvent):
+        return f"covered({_event_text(event.event)}) by {event.cover}"
+    if isinstance(event, DistributedDiscreteGaussianEvent):
+        return f"distributed discrete gaussian sigma={event.noise_sigma:.4g} shares={event.shares} T={event.steps}"
     return repr(event)  # pragma: no cover - the ledger refuses other events
 
 

@@ -15,7 +15,9 @@ See docs/privacy.md.
 """
 from fedsilo.privacy.accounting import ACCOUNTANTS, epsilon, noise_multiplier
 from fedsilo.privacy.events import (
+    ApproxDpEvent,
     ComposedEvent,
+    CoveredEvent,
     DpEvent,
     GaussianEvent,
     LaplaceEvent,
@@ -60,7 +62,9 @@ __all__ = [
     "RELATIONS",
     "REPLACE_RECORD",
     "ZERO_OUT_SILO",
+    "ApproxDpEvent",
     "ComposedEvent",
+    "CoveredEvent",
     "DatasetReport",
     "DpEvent",
     "GaussianEvent",

@@ -19,6 +19,15 @@ event. The only arithmetic added here is
   parts, and the total is converted with dp-accounting's own ``compute_epsilon``;
 * for compositions made only of pure-DP events, the result is capped at the basic-composition
   bound ``Σ T·ε`` (Dwork & Roth 2014, Thm 3.16), which is valid for every δ;
+* (ε, δ) releases (:class:`~fedsilo.privacy.events.ApproxDpEvent`), which have no RDP curve
+  (δ > 0 makes every Rényi divergence infinite): under ``"rdp"`` the rest composes by RDP at
+  ``δ − Σ T·δᵢ`` and ``Σ T·εᵢ`` is added (basic composition, Dwork & Roth 2014, Thm 3.16, valid
+  for adaptively chosen mechanisms); under ``"pld"`` each is dp-accounting's pessimistic PLD of an
+  (ε, δ)-DP mechanism (``from_privacy_parameters``: mass δ at +∞, ±ε otherwise, which dominates
+  every (ε, δ)-DP mechanism; Kairouz, Oh & Viswanath 2015), composed with the rest's PLD
+  (composition of dominating pairs bounds adaptive composition: Dong, Roth & Su 2022, Thm 3.2).
+  A :class:`~fedsilo.privacy.events.CoveredEvent` costs nothing next to its cover and is refused
+  without it;
 * the distributed discrete Gaussian (:class:`~fedsilo.privacy.events.DistributedDiscreteGaussianEvent`):
   its Proposition 14 RDP curve (Kairouz, Liu & Steinke, ICML 2021;
   :mod:`fedsilo.privacy.distributed`) is added to the same RDP vector. The ``"pld"`` accountant
@@ -66,6 +75,7 @@ from typing import Any
 
 import numpy as np
 from dp_accounting import pld as _pld
+from dp_accounting.pld import common as _pld_common
 from dp_accounting.pld import privacy_loss_distribution as _pld_lib
 from dp_accounting.pld import privacy_loss_mechanism as _pld_mech
 from dp_accounting.privacy_accountant import NeighboringRelation as _NeighboringRelation
@@ -74,7 +84,9 @@ from dp_accounting.rdp import rdp_privacy_accountant as _rdp_mod
 
 from fedsilo.errors import PrivacyError, PrivacyParameterError
 from fedsilo.privacy.events import (
+    ApproxDpEvent,
     ComposedEvent,
+    CoveredEvent,
     DistributedDiscreteGaussianEvent,
     DpEvent,
     GaussianEvent,
@@ -87,6 +99,7 @@ __all__ = [
     "MAX_NOISE_MULTIPLIER",
     "MIN_NOISE_MULTIPLIER",
     "NOISE_MULTIPLIER_RTOL",
+    "check_supported",
     "epsilon",
     "noise_multiplier",
     "normalize",
@@ -137,38 +150,70 @@ def _check_accountant(accountant: str) -> str:
     return accountant
 
 
-Leaf = GaussianEvent | LaplaceEvent | DistributedDiscreteGaussianEvent
+Leaf = GaussianEvent | LaplaceEvent | DistributedDiscreteGaussianEvent | ApproxDpEvent
 
 
-def _leaves(event: DpEvent, depth: int = 0) -> Iterator[Leaf]:
+def _walk(event: DpEvent, depth: int = 0) -> Iterator[Leaf | CoveredEvent]:
     if depth > 64:
         raise PrivacyError("DP event nested too deeply")
     if isinstance(event, ComposedEvent):
         for e in event.events:
-            yield from _leaves(e, depth + 1)
-    elif isinstance(event, (GaussianEvent, LaplaceEvent, DistributedDiscreteGaussianEvent)):
+            yield from _walk(e, depth + 1)
+    elif isinstance(event, (GaussianEvent, LaplaceEvent, DistributedDiscreteGaussianEvent, ApproxDpEvent,
+                            CoveredEvent)):
         yield event
     else:
         # Refuse, never guess: an unknown event has no known privacy cost.
         raise PrivacyError(f"unsupported DP event {event!r}")
 
 
+def check_supported(event: DpEvent) -> None:
+    """Refuse an event with a part no accountant supports, without asking that its covered
+    releases' covers be in it (a ledger charge checks one release; the composition with the
+    dataset's earlier releases then needs each cover)."""
+    if not isinstance(event, DpEvent):
+        raise PrivacyError(f"not a fedsilo DP event: {event!r}")
+    for _ in _walk(event):
+        pass
+
+
+def _leaves(event: DpEvent) -> Iterator[Leaf]:
+    """The leaves that cost something: every :class:`CoveredEvent` is dropped, after checking
+    that the :class:`ApproxDpEvent` it names is in ``event``."""
+    items = list(_walk(event))
+    covers = {e.cover for e in items if isinstance(e, ApproxDpEvent) and e.cover}
+    for e in items:
+        if isinstance(e, CoveredEvent):
+            if e.cover not in covers:
+                raise PrivacyError(
+                    f"a covered release names cover {e.cover!r}, which is not in the composition: the (epsilon, "
+                    "delta) release that pays for it must be charged first (to the same dataset)"
+                )
+        else:
+            yield e
+
+
 def normalize(event: DpEvent) -> tuple[Leaf, ...]:
     """Flatten ``event`` and merge leaves with equal parameters, summing their steps.
 
     The result has the same privacy cost under RDP and PLD (composition does not depend on
-    order), sorted deterministically. Raises :class:`PrivacyError` on unsupported events.
+    order), sorted deterministically. Covered releases are dropped (their cover pays for them;
+    cover labels are dropped too). Raises :class:`PrivacyError` on unsupported events and on a
+    covered release whose cover is not in ``event``.
     """
     if not isinstance(event, DpEvent):
         raise PrivacyError(f"not a fedsilo DP event: {event!r}")
     gauss: Counter[tuple[float, float]] = Counter()
     lap: Counter[float] = Counter()
     ddg: Counter[tuple[float, int, float, float, int]] = Counter()
+    approx: Counter[tuple[float, float]] = Counter()
     for leaf in _leaves(event):
         if isinstance(leaf, GaussianEvent):
             gauss[(leaf.noise_multiplier, leaf.sample_rate)] += leaf.steps
         elif isinstance(leaf, LaplaceEvent):
             lap[leaf.epsilon] += leaf.steps
+        elif isinstance(leaf, ApproxDpEvent):
+            approx[(leaf.epsilon, leaf.delta)] += leaf.steps
         else:
             ddg[(leaf.noise_sigma, leaf.shares, leaf.l2_sensitivity, leaf.l1_sensitivity, leaf.dimension)] += leaf.steps
     out: list[Leaf] = [
@@ -176,6 +221,7 @@ def normalize(event: DpEvent) -> tuple[Leaf, ...]:
     ]
     out.extend(LaplaceEvent(e, t) for e, t in sorted(lap.items()))
     out.extend(DistributedDiscreteGaussianEvent(*key, steps=t) for key, t in sorted(ddg.items()))
+    out.extend(ApproxDpEvent(e, d, t) for (e, d), t in sorted(approx.items()))
     return tuple(out)
 
 
@@ -214,8 +260,21 @@ def _epsilon_rdp(
 
     The RDP vector is what dp-accounting's ``RdpAccountant`` accumulates (``count × curve``
     per event), plus :func:`pure_dp_rdp` for pure-DP events; the conversion to (ε, δ) is
-    dp-accounting's ``compute_epsilon``.
+    dp-accounting's ``compute_epsilon``. (ε, δ) groups (:class:`ApproxDpEvent`) have no RDP curve:
+    the rest is converted at ``δ − Σ T·δᵢ`` and ``Σ T·εᵢ`` added (basic composition, Dwork & Roth
+    2014, Thm 3.16); ``inf`` when ``Σ T·δᵢ`` leaves no δ for a non-empty rest.
     """
+    approx = [g for g in groups if isinstance(g, ApproxDpEvent)]
+    if approx:
+        spent_delta = math.fsum(g.steps * g.delta for g in approx)
+        basic = math.fsum(g.steps * g.epsilon for g in approx)
+        rest = tuple(g for g in groups if not isinstance(g, ApproxDpEvent))
+        if not rest:
+            return (basic, False) if spent_delta <= delta else (math.inf, False)
+        if spent_delta >= delta:
+            return math.inf, False
+        eps, at_edge = _epsilon_rdp(rest, delta - spent_delta)
+        return eps + basic, at_edge
     total = np.zeros_like(_RDP_ORDERS)
     for g in groups:
         if isinstance(g, GaussianEvent):
@@ -237,6 +296,8 @@ def _epsilon_pld(groups: tuple[Leaf, ...], delta: float) -> float:
             "(Kairouz, Liu & Steinke 2021, Prop. 14) is a Renyi-DP bound with no privacy loss distribution; "
             "account secure-aggregation DP with accountant 'rdp'"
         )
+    if any(isinstance(g, ApproxDpEvent) for g in groups):
+        return _epsilon_pld_approx(groups, delta)
     if all(isinstance(g, GaussianEvent) for g in groups):
         return _epsilon_pld_gaussians(groups, delta)
     acc = _pld.PLDAccountant(value_discretization_interval=_PLD_INTERVAL)
@@ -271,6 +332,41 @@ def _epsilon_pld_gaussians(groups: tuple[Leaf, ...], delta: float) -> float:
     if mu2 > 0.0:
         total = total.compose(_unsampled_gaussian_pld(1.0 / math.sqrt(mu2)))
     return float(total.get_epsilon_for_delta(delta))
+
+
+def _epsilon_pld_approx(groups: tuple[Leaf, ...], delta: float) -> float:
+    """PLD ε of groups holding (ε, δ) releases: each :class:`ApproxDpEvent` group is
+    dp-accounting's pessimistic PLD of an (ε, δ)-DP mechanism (``from_privacy_parameters``),
+    self-composed ``T`` times, composed with the other groups' PLDs exactly as the
+    ``PLDAccountant`` builds them (Gaussians: :func:`_gaussian_pld`; pure-DP: the discrete
+    Laplace PLD), all at fedsilo's discretization interval. Deterministic in ``groups``."""
+    total = _pld_lib.identity(value_discretization_interval=_PLD_INTERVAL)
+    mu2 = 0.0
+    for g in groups:
+        if isinstance(g, ApproxDpEvent):
+            part = _approx_dp_pld(g.epsilon, g.delta).self_compose(g.steps)
+        elif isinstance(g, GaussianEvent):
+            if g.sample_rate >= 1.0:
+                mu2 += g.steps / g.noise_multiplier**2  # one Gaussian of mu^2 = sum T/z^2 (see above)
+                continue
+            part = _subsampled_power(g.noise_multiplier, g.sample_rate, g.steps)
+        elif isinstance(g, LaplaceEvent):
+            part = _pld_lib.from_discrete_laplace_mechanism(
+                parameter=g.epsilon, sensitivity=1, value_discretization_interval=_PLD_INTERVAL).self_compose(g.steps)
+        else:  # pragma: no cover - _epsilon_pld refuses the distributed discrete Gaussian first
+            raise PrivacyError(f"the 'pld' accountant cannot compose {g!r}")
+        total = total.compose(part)
+    if mu2 > 0.0:
+        total = total.compose(_unsampled_gaussian_pld(1.0 / math.sqrt(mu2)))
+    return float(total.get_epsilon_for_delta(delta))
+
+
+@functools.lru_cache(maxsize=16)
+def _approx_dp_pld(epsilon: float, delta: float) -> Any:
+    """dp-accounting's pessimistic PLD of one (ε, δ)-DP mechanism, memoized."""
+    return _pld_lib.from_privacy_parameters(
+        _pld_common.DifferentialPrivacyParameters(epsilon=epsilon, delta=delta),
+        value_discretization_interval=_PLD_INTERVAL)
 
 
 #: Relative width to which :func:`_gaussian_epsilon` brackets ε (its upper end is returned).
@@ -343,10 +439,12 @@ def _epsilon_groups(
         eps, at_edge = _epsilon_rdp(groups, delta)
     else:
         eps = _epsilon_pld(groups, delta)
-    if all(isinstance(g, LaplaceEvent) for g in groups):
-        # Basic composition of pure-DP releases (Dwork & Roth 2014, Thm 3.16), valid for any δ.
+    if all(isinstance(g, (LaplaceEvent, ApproxDpEvent)) for g in groups):
+        # Basic composition of pure-DP and (ε, δ) releases (Dwork & Roth 2014, Thm 3.16), valid
+        # for any δ at least the (ε, δ) releases' Σ T·δᵢ.
         basic = math.fsum(g.epsilon * g.steps for g in groups)
-        if basic <= eps:
+        spent_delta = math.fsum(g.delta * g.steps for g in groups if isinstance(g, ApproxDpEvent))
+        if spent_delta <= delta and basic <= eps:
             eps, at_edge = basic, False
     return eps, at_edge
 

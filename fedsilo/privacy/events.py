@@ -41,6 +41,18 @@ Events:
   with the distributed discrete Gaussian; Kairouz, Liu & Steinke, ICML 2021). Accounted with their
   Proposition 14 RDP curve (:mod:`fedsilo.privacy.distributed`); ``to_dp_accounting`` gives the
   zCDP form of the same bound.
+* :class:`ApproxDpEvent` ``(ε, δ, T)`` — ``T`` releases, each ``(ε, δ)``-DP by its own
+  calibration: a guarantee that holds whatever parameters an earlier release made it choose
+  (distributed DP-SGD's training, calibrated for *every* released row count). Composed with the
+  rest by basic composition under RDP (Dwork & Roth 2014, Thm 3.16: the RDP part at ``δ − Σδᵢ``,
+  plus ``Σεᵢ``) and with dp-accounting's pessimistic PLD of an ``(ε, δ)``-DP mechanism under PLD
+  (``from_privacy_parameters``; composing such worst-case pairs is sound adaptively: Dong, Roth
+  & Su 2022, Thm 3.2). An optional ``cover`` label names it for :class:`CoveredEvent`.
+* :class:`CoveredEvent` ``(event, cover)`` — a release already paid for by the
+  :class:`ApproxDpEvent` labelled ``cover`` in the same composition: it costs nothing there,
+  and its ``event`` (what the release would cost on its own, e.g. one DP-SGD step) is kept for
+  the record only. A composition holding a covered release without its cover is refused — never
+  accounted at the inner event's cost, which may have been chosen adaptively.
 * :class:`ComposedEvent` — several events applied to the same dataset (possibly adaptively).
 """
 from __future__ import annotations
@@ -62,6 +74,8 @@ __all__ = [
     "LaplaceEvent",
     "ComposedEvent",
     "DistributedDiscreteGaussianEvent",
+    "ApproxDpEvent",
+    "CoveredEvent",
     "event_from_json",
     "EVENT_KINDS",
 ]
@@ -267,6 +281,109 @@ class DistributedDiscreteGaussianEvent(DpEvent):
         return one if self.steps == 1 else dp_accounting.SelfComposedDpEvent(one, self.steps)
 
 
+#: Longest accepted :class:`ApproxDpEvent` / :class:`CoveredEvent` cover label.
+MAX_COVER_LABEL = 128
+
+
+def _check_cover(value: object, owner: str, *, required: bool) -> str:
+    if not isinstance(value, str):
+        raise PrivacyParameterError(f"{owner}: cover must be a string label, got {value!r}")
+    if required and not value:
+        raise PrivacyParameterError(f"{owner}: cover must name the ApproxDpEvent that pays for it, got ''")
+    if len(value) > MAX_COVER_LABEL or not value.isprintable():
+        raise PrivacyParameterError(
+            f"{owner}: cover must be at most {MAX_COVER_LABEL} printable characters, got {len(value)} character(s)"
+        )
+    return value
+
+
+@dataclass(frozen=True, slots=True)
+class ApproxDpEvent(DpEvent):
+    """``steps`` releases, each ``(epsilon, delta)``-DP by its own calibration.
+
+    For a release whose guarantee is an (ε, δ) pair rather than a mechanism with a known privacy
+    loss profile: e.g. the training part of a distributed DP-SGD job, whose noise is calibrated
+    to (ε, δ) for *every* row count an earlier release can produce (so the guarantee holds
+    however that count came out, where the per-step Gaussians it chose do not compose soundly
+    with it). Accounting (:mod:`fedsilo.privacy.accounting`):
+
+    * RDP: the other events compose by RDP at ``δ − Σ T·δᵢ``, then ``Σ T·εᵢ`` is added (basic
+      composition, Dwork & Roth 2014, Thm 3.16, valid adaptively); ``inf`` if ``Σ T·δᵢ >= δ``;
+    * PLD: dp-accounting's pessimistic PLD of an (ε, δ)-DP mechanism
+      (``privacy_loss_distribution.from_privacy_parameters``), self-composed ``T`` times and
+      composed with the other events' PLDs.
+
+    Args:
+        epsilon: ε > 0 of one release.
+        delta: δ in (0, 1) of one release.
+        steps: ``T >= 1``.
+        cover: an optional label (at most 128 printable characters) that
+            :class:`CoveredEvent` releases paid for by this one name.
+    """
+
+    kind: ClassVar[str] = "approx_dp"
+    epsilon: float
+    delta: float
+    steps: int = 1
+    cover: str = ""
+
+    def __post_init__(self) -> None:
+        owner = "ApproxDpEvent"
+        object.__setattr__(self, "epsilon", _check_positive_finite("epsilon", self.epsilon, owner))
+        d = _check_positive_finite("delta", self.delta, owner)
+        if d >= 1.0:
+            raise PrivacyParameterError(f"{owner}: delta must be in (0, 1), got {self.delta!r}")
+        object.__setattr__(self, "delta", d)
+        object.__setattr__(self, "steps", _check_steps(self.steps, owner))
+        object.__setattr__(self, "cover", _check_cover(self.cover, owner, required=False))
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "epsilon": self.epsilon, "delta": self.delta, "steps": self.steps}
+        if self.cover:
+            out["cover"] = self.cover
+        return out
+
+    def to_dp_accounting(self) -> dp_accounting.DpEvent:
+        """``UnsupportedDpEvent``: dp-accounting has no event for a bare (ε, δ) guarantee (its
+        accountants refuse it); fedsilo's accountants compose it as the class docstring says."""
+        return dp_accounting.UnsupportedDpEvent()
+
+
+@dataclass(frozen=True, slots=True)
+class CoveredEvent(DpEvent):
+    """A release paid for by the :class:`ApproxDpEvent` labelled ``cover``, charged earlier.
+
+    Costs nothing in a composition that holds that cover; a composition without it is refused
+    (:class:`~fedsilo.errors.PrivacyError`). ``event`` is what the release would cost on its
+    own (e.g. one step's ``GaussianEvent(z, q, 1)``), kept for the record and never accounted:
+    its parameters may have been chosen from an earlier release's output, and composing them by
+    RDP would need the worst case over every such output.
+
+    Args:
+        event: the release's own event (not an ApproxDpEvent or CoveredEvent).
+        cover: the paying ApproxDpEvent's non-empty label.
+    """
+
+    kind: ClassVar[str] = "covered"
+    event: DpEvent
+    cover: str
+
+    def __post_init__(self) -> None:
+        owner = "CoveredEvent"
+        if not isinstance(self.event, DpEvent) or type(self.event) is DpEvent:
+            raise PrivacyError(f"{owner}: not a fedsilo DP event: {self.event!r}")
+        if isinstance(self.event, (ApproxDpEvent, CoveredEvent)):
+            raise PrivacyError(f"{owner}: the covered event must be the release's own mechanism, not a {self.event.kind!r} event")
+        object.__setattr__(self, "cover", _check_cover(self.cover, owner, required=True))
+
+    def to_json(self) -> dict[str, Any]:
+        return {"kind": self.kind, "event": self.event.to_json(), "cover": self.cover}
+
+    def to_dp_accounting(self) -> dp_accounting.DpEvent:
+        """``UnsupportedDpEvent``: its cost is its cover's, which dp-accounting cannot state."""
+        return dp_accounting.UnsupportedDpEvent()
+
+
 @dataclass(frozen=True, slots=True)
 class ComposedEvent(DpEvent):
     """Sequential (possibly adaptive) composition of events on one dataset.
@@ -302,6 +419,8 @@ EVENT_KINDS: Mapping[str, type[DpEvent]] = {
     GaussianEvent.kind: GaussianEvent,
     LaplaceEvent.kind: LaplaceEvent,
     DistributedDiscreteGaussianEvent.kind: DistributedDiscreteGaussianEvent,
+    ApproxDpEvent.kind: ApproxDpEvent,
+    CoveredEvent.kind: CoveredEvent,
     ComposedEvent.kind: ComposedEvent,
 }
 
@@ -310,6 +429,8 @@ _FIELDS: Mapping[str, tuple[frozenset[str], frozenset[str]]] = {
     "gaussian": (frozenset({"noise_multiplier"}), frozenset({"sample_rate", "steps"})),
     "laplace": (frozenset({"epsilon"}), frozenset({"steps"})),
     "composed": (frozenset({"events"}), frozenset()),
+    "approx_dp": (frozenset({"epsilon", "delta"}), frozenset({"steps", "cover"})),
+    "covered": (frozenset({"event", "cover"}), frozenset()),
     "distributed_discrete_gaussian": (
         frozenset({"noise_sigma", "shares", "l2_sensitivity", "l1_sensitivity", "dimension"}),
         frozenset({"steps"}),
@@ -348,5 +469,7 @@ def event_from_json(data: Mapping[str, Any], *, _depth: int = 0) -> DpEvent:
         if not isinstance(items, list):
             raise PrivacyError("DP event of kind 'composed': 'events' must be a list")
         return ComposedEvent(tuple(event_from_json(e, _depth=_depth + 1) for e in items))
+    if kind == "covered":
+        return CoveredEvent(event_from_json(data["event"], _depth=_depth + 1), data["cover"])
     kwargs = {k: data[k] for k in keys}
     return EVENT_KINDS[kind](**kwargs)

@@ -15,6 +15,11 @@ budget (ε, δ). Every release goes through :meth:`PrivacyLedger.charge`, which 
 3. *commit* — on leaving the block normally, a ``commit`` row is appended; if the block
    raised, an ``abort`` row is appended instead.
 
+A release paid for by an earlier (ε, δ) charge of the same dataset
+(:class:`~fedsilo.privacy.events.CoveredEvent`, e.g. a distributed DP-SGD step after the charge
+of its row count and training) is recorded like any other and costs nothing beside that cover;
+one whose cover the dataset's history lacks is refused (nothing written).
+
 Reserved rows **always** count, committed or not: a crash (even SIGKILL) between reserve and
 commit, or an exception after a partial release, can over-count ε but never under-count it.
 There is no refund.
@@ -104,7 +109,7 @@ from fedsilo.errors import (
     PrivacyError,
     PrivacyParameterError,
 )
-from fedsilo.privacy.accounting import ACCOUNTANTS, epsilon, normalize
+from fedsilo.privacy.accounting import ACCOUNTANTS, check_supported, epsilon
 from fedsilo.privacy.events import ComposedEvent, DpEvent, event_from_json
 from fedsilo.privacy.relations import LEVELS, RELATIONS, check_accountable, level_of, to_composition_target
 
@@ -485,7 +490,13 @@ class BudgetCheck:
         if self.spent > 0.0:
             # composition is not a sum: say what the ledger would compare with the budget
             line += f", composed with it epsilon={self.after:.4g}"
-        return line + f"; dataset {self.dataset!r}, delta={self.delta:g}, accountant {self.accountant!r})"
+        line += f"; dataset {self.dataset!r}, delta={self.delta:g}, accountant {self.accountant!r})"
+        if math.isinf(self.after) and not math.isinf(self.need):
+            # (epsilon, delta) releases (distributed DP-SGD's calibrated training) compose by
+            # adding their deltas: once they reach the dataset's delta no epsilon is finite
+            line += (" - earlier (epsilon, delta) releases on this dataset (a distributed DP-SGD job) "
+                     f"have used its delta={self.delta:g}: their deltas add up")
+        return line
 
     def refusal(self, what: str = "the job") -> str:
         """:meth:`summary` and the remedy: the one-line reason a job is refused with."""
@@ -1296,7 +1307,9 @@ class PrivacyLedger:
         _name("dataset", dataset)
         if not isinstance(event, DpEvent) or type(event) is DpEvent:
             raise PrivacyError(f"not a fedsilo DP event: {event!r}")
-        normalize(event)  # refuses unsupported events
+        # refuses unsupported events; a covered release's cover is checked against the dataset's
+        # earlier releases by the composition below
+        check_supported(event)
         _name("job", job)
         _name("protocol", protocol)
         _name("recipient", recipient)

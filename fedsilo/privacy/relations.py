@@ -30,7 +30,11 @@ with :class:`~fedsilo.errors.PrivacyError`. The rules, with their reasons:
   and ``LaplaceEvent(ε, T) → LaplaceEvent(2ε, T)`` (group privacy of a pure ε-DP mechanism, valid
   for any ε-DP sampler). The distributed discrete Gaussian (SecAgg+) doubles both its
   sensitivities (``l2_sensitivity``, ``l1_sensitivity``): its RDP bound depends on the data only
-  through them. A silo-level guarantee does **not** imply the same record-level one.
+  through them. An (ε, δ) release (``ApproxDpEvent``) becomes ``(2ε, (1 + e^ε)·δ)`` (group
+  privacy of size 2 for approximate DP, by the two-step argument of Vadhan 2017, Lemma 2.2,
+  which states the looser ``2e^ε·δ``); a ``CoveredEvent`` is unchanged
+  (its cost is its cover's, converted with it). A silo-level guarantee does **not** imply the
+  same record-level one.
 * **add-remove-record → replace-record.** Replacing ``x`` by ``x'`` is removing ``x`` then adding
   ``x'``: a sum's sensitivity doubles (``‖−x + x'‖ ≤ 2C``), group privacy of size 2 again:
   Gaussian ``q = 1`` → ``z/2``, Laplace → ``2ε``.
@@ -51,11 +55,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections.abc import Iterable
 from typing import Final
 
 from fedsilo.errors import PrivacyError, PrivacyParameterError
-from fedsilo.privacy.events import ComposedEvent, DistributedDiscreteGaussianEvent, DpEvent, GaussianEvent, LaplaceEvent
+from fedsilo.privacy.events import (
+    ApproxDpEvent,
+    ComposedEvent,
+    CoveredEvent,
+    DistributedDiscreteGaussianEvent,
+    DpEvent,
+    GaussianEvent,
+    LaplaceEvent,
+)
 
 __all__ = [
     "ZERO_OUT_SILO",
@@ -176,6 +189,18 @@ def _double(event: DpEvent, source: str, target: str, depth: int) -> DpEvent:
             return LaplaceEvent(event.epsilon * 2.0, event.steps)
         except PrivacyParameterError as exc:
             raise _refuse(source, target, f"the converted event is invalid ({exc})") from None
+    if isinstance(event, ApproxDpEvent):
+        # group privacy of size 2: Pr[M(x)∈S] <= e^ε(e^ε Pr[M(z)∈S] + δ) + δ, so (2ε, (1 + e^ε)δ)
+        # (the two-step argument of Vadhan 2017, Lemma 2.2, which states the looser 2e^ε·δ)
+        try:
+            return ApproxDpEvent(2.0 * event.epsilon, (1.0 + math.exp(event.epsilon)) * event.delta, event.steps,
+                                 event.cover)
+        except (PrivacyParameterError, OverflowError) as exc:
+            raise _refuse(source, target, f"the converted (epsilon, delta) is invalid ({exc})") from None
+    if isinstance(event, CoveredEvent):
+        # costs what its cover costs, and the cover is converted with it; the inner event is
+        # kept as recorded (informational, never accounted)
+        return event
     if isinstance(event, DistributedDiscreteGaussianEvent):
         # Proposition 14's bound is a function of the sensitivities alone: a neighbour at distance
         # two moves the rounded vector by at most twice each bound (triangle inequality)

@@ -242,9 +242,8 @@ def check_job_budgets(task: Task, cfg: JobConfig, parties: Sequence[Party]) -> N
         if planned:
             check_budgets({p.name: (p.ledger, planned.get(p.name, []))})
         elif cfg.privacy is not None:
-            # not planned (a task without planned_charges, distributed DP-SGD whose releases
-            # follow the row count it releases): the job's target against what is left, as an
-            # agent checks it (found by the privacy review: such jobs skipped the check)
+            # not planned (a task without planned_charges): the job's target against what is
+            # left, as an agent checks it (found by the privacy review: such jobs skipped it)
             check = check_planned(p.ledger, [])
             left = check.budget - check.spent
             if cfg.privacy.epsilon > left + 1e-12:

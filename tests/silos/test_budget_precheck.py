@@ -218,10 +218,12 @@ def test_without_the_pre_check_a_spent_budget_still_decrypts_nothing(tmp_path: P
 
 
 def test_a_distributed_dp_sgd_job_is_checked_by_its_target_before_round_1(tmp_path: Path) -> None:
-    """Found by the privacy review: a job whose releases are not planned up front (distributed
+    """Found by the privacy review: a job whose releases were not planned up front (distributed
     DP-SGD follows the row count it releases) skipped the pre-check, charged the count and its
-    steps, and withdrew before the final metrics: budget burnt, no model. Its target is now
-    checked against what is left, before anything is charged."""
+    steps, and withdrew before the final metrics: budget burnt, no model. Its whole guarantee is
+    now charged with the row count (the count and the training's (eps, delta)), so it is planned
+    and composed with what the ledger spent, before anything is charged: here the earlier
+    release composes at the delta the training leaves, and the two exceed the budget."""
     from fedsilo.errors import BudgetExceededError
 
     silos = ("st_marys", "city_general", "riverside")
@@ -239,7 +241,8 @@ def test_a_distributed_dp_sgd_job_is_checked_by_its_target_before_round_1(tmp_pa
             with ledger.charge(n, GaussianEvent(1.6, 1.0, 4), job="earlier", round=1, protocol="t",
                                mechanism={"name": "t"}, recipient="x", relation=ADD_REMOVE_RECORD):
                 pass
-    with pytest.raises(BudgetExceededError, match=r"silo 'st_marys': the job's target epsilon=8 does not fit"):
+    with pytest.raises(BudgetExceededError, match=r"silo 'st_marys': the job needs epsilon=8 but its ledger has 3\.877 "
+                       r"of 10 left \(spent 6\.123, composed with it epsilon=14\.97; .*nothing was trained or charged"):
         run_job(cfg, ledger_dir=tmp_path, noise_seed=1)
     for n in silos:
         with PrivacyLedger.open(tmp_path / f"{n}.sqlite") as ledger:

@@ -21,7 +21,11 @@ round 1 the silos release their total row count, one noised secure sum on channe
 (:data:`COUNT_ROUND`: the key ceremony's round, whose message kinds are its own, and no other sum
 uses it); every silo then derives the same sample rate and noise multiplier
 (:meth:`HorizontalJob.distributed_plan`), and each round ``1..R`` is one DP-SGD step over the
-pooled rows whose noise the secure sum carries.
+pooled rows whose noise the secure sum carries. The ledger charge of the row count also charges
+the whole training's ``((1 − COUNT_SHARE)·ε, (1 − COUNT_SHARE)·δ)`` guarantee, as one
+:class:`~fedsilo.privacy.events.ApproxDpEvent` (:meth:`HorizontalJob.count_charge`); each step and
+the final metrics release are then recorded as :class:`~fedsilo.privacy.events.CoveredEvent`
+releases that it pays for (basic composition: see :data:`COUNT_SHARE`).
 
 Dropout: a silo missing at a deadline is left out of that round; the round completes if at least
 ``min_silos`` contributed, with top-up noise so the total noise never falls below target;
@@ -46,7 +50,7 @@ import numpy as np
 from fedsilo.crypto.registry import get_backend, get_backend_class
 from fedsilo.errors import ConfigError, DataError, PrivacyParameterError
 from fedsilo.privacy.accounting import epsilon as _epsilon
-from fedsilo.privacy.events import ComposedEvent, DpEvent, GaussianEvent
+from fedsilo.privacy.events import ApproxDpEvent, ComposedEvent, CoveredEvent, DpEvent, GaussianEvent
 from fedsilo.privacy.accounting import noise_multiplier as _noise_multiplier
 from fedsilo.privacy.relations import ADD_REMOVE_RECORD
 from fedsilo.privacy.ledger import PrivacyLedger
@@ -114,7 +118,11 @@ EVALUATION_SHARE = 0.25
 #: row count (which fixes the public sample rate): small, since ``q`` only needs the count to a
 #: few percent. The rest of the job is calibrated to the remaining ``(1 − COUNT_SHARE)·(ε, δ)``
 #: for whatever count was released, so the two compose by basic composition (Dwork & Roth 2014,
-#: Thm 3.16, adaptive) into an (ε, δ) guarantee that does not depend on the released count.
+#: Thm 3.16, adaptive) into an (ε, δ) guarantee that does not depend on the released count. The
+#: ledger records exactly that: the count's Gaussian and the rest as one (ε, δ) release
+#: (:meth:`HorizontalJob.count_charge`), not the steps' Gaussians, whose parameters follow the
+#: released count (composing them by RDP would need the worst case over every count: an
+#: under-count, 7.82 instead of 8.0 at ε = 8).
 COUNT_SHARE = 0.02
 #: Channel round of the row-count release of a distributed DP-SGD job (before round 1).
 COUNT_ROUND = 0
@@ -383,8 +391,24 @@ class HorizontalJob:
             ) from None
 
     def count_event(self) -> GaussianEvent:
-        """The DP event of the row-count release, charged to each silo before round 1."""
+        """The DP event of the row-count release itself (a part of :meth:`count_charge`)."""
         return GaussianEvent(self.count_noise_multiplier, 1.0, 1)
+
+    def training_cover(self, cover: str) -> ApproxDpEvent:
+        """The guarantee of everything a distributed DP-SGD job releases after its row count
+        (every step and the final metrics): ``((1 − COUNT_SHARE)·ε, (1 − COUNT_SHARE)·δ)``, which
+        :meth:`distributed_plan` meets for *every* released count, labelled ``cover`` for the
+        :class:`~fedsilo.privacy.events.CoveredEvent` releases it pays for."""
+        assert self.privacy is not None
+        p = self.privacy
+        return ApproxDpEvent((1.0 - COUNT_SHARE) * p.epsilon, (1.0 - COUNT_SHARE) * p.delta, 1, cover)
+
+    def count_charge(self, cover: str) -> ComposedEvent:
+        """What each silo's ledger is charged with the row-count release, before round 1: the
+        count's Gaussian and :meth:`training_cover`, i.e. the whole job's guarantee by basic
+        composition (Dwork & Roth 2014, Thm 3.16), known before the count is. Charged up front,
+        it is conservative for a job that stops early: the steps it never ran stay charged."""
+        return ComposedEvent((self.count_event(), self.training_cover(cover)))
 
     def distributed_plan(self, rows: int) -> DistributedDP:
         """The distributed DP-SGD plan every silo derives from the released row count ``N̂``:
@@ -394,7 +418,8 @@ class HorizontalJob:
         (1 − COUNT_SHARE)·δ)``-DP under the job's accountant. That holds for *every* ``N̂``, and
         the count release is ``(COUNT_SHARE·ε, COUNT_SHARE·δ)``-DP, so by basic composition (which
         allows the later mechanism to be chosen from the earlier output; Dwork & Roth 2014, Thm
-        3.16) the job is (ε, δ)-DP unconditionally, not only for the ``N̂`` it released. Pure:
+        3.16) the job is (ε, δ)-DP unconditionally, not only for the ``N̂`` it released. The
+        ledger records that argument, not the steps' Gaussians: :meth:`count_charge`. Pure:
         every silo computes the same plan from public values.
 
         Raises:
@@ -620,6 +645,7 @@ def silo(
     template = build_model(job.model, n_features=job.n_features, n_classes=job.n_classes, seed=job.seed)
     state = strategy.initialize(get_flat_params(template))
     events: list[DpEvent] = []
+    cover: str | None = None  # the label of the charged distributed DP-SGD training cover
     contributed: list[int] = []
     evaluation: list[dict[str, Any]] = []
     status: Literal["completed", "withdrawn", "stopped"] = "completed"
@@ -633,11 +659,11 @@ def silo(
         inputs = _metric_inputs(job, state.params, test)
         contribution = _evaluation_contribution(
             job, inputs, dp=dp, rng=noise_rng, ledger=ledger, dataset=dataset, round=job.evaluation_round(rnd),
-            recipients=silos, aggregator=aggregator, scale=scale,
+            recipients=silos, aggregator=aggregator, scale=scale, cover=cover,
         )
         outcome = sums.sum(round=job.evaluation_round(rnd), contribution=contribution, length=int(inputs.size))
         if outcome.charged:
-            events.append(job.evaluation_event())
+            events.append(_covered(job.evaluation_event(), cover))
         if outcome.status == "ok" and outcome.total is not None:
             m = fed_eval.metrics_from_inputs(
                 outcome.total * scale, n_classes=job.n_classes, merge=fed_eval.DP_BIN_MERGE if dp else 1
@@ -646,15 +672,22 @@ def silo(
         return outcome
 
     if job.distributed:
-        # round 0: the federation's row count, which fixes every silo's sample rate and noise
+        # round 0: the federation's row count, which fixes every silo's sample rate and noise;
+        # its charge pays for the training too (count_charge), labelled so the later releases
+        # can name it (a public label, unique per silo and job)
         drop = drops.get(COUNT_ROUND)
+        label = f"{PROTOCOL}/training/{secrets.token_hex(8)}"
         counted = None if drop == "hello" else _count_contribution(
             job, len(x), rng=noise_rng, ledger=ledger, dataset=dataset, recipients=silos, aggregator=aggregator,
-            scale=scale,
+            scale=scale, cover=label,
         )
         outcome = sums.sum(round=COUNT_ROUND, contribution=counted, length=1, drop=drop)
         if outcome.charged:
-            events.append(job.count_event())
+            events.append(job.count_charge(label))
+            # A silo that did not contribute its count is not charged it: the released count,
+            # and so every step's parameters, do not depend on its rows, and its own releases
+            # compose as plain Gaussians (cover None).
+            cover = label
         if outcome.contributed:
             contributed.append(COUNT_ROUND)
         if outcome.status == "ok":
@@ -681,13 +714,13 @@ def silo(
             )
             contribution = _contribution(
                 sender, update, rng=noise_rng, plan=plan, job=job,
-                ledger=ledger, dataset=dataset, round=rnd, recipients=silos, aggregator=aggregator,
+                ledger=ledger, dataset=dataset, round=rnd, recipients=silos, aggregator=aggregator, cover=cover,
             )
         outcome = sums.sum(round=rnd, contribution=contribution, length=int(state.params.shape[0]) + job.adaptive_clip,
                            drop=drop)
         rounds_seen.append({"status": outcome.status, "reason": outcome.reason})
         if outcome.charged:
-            events.append(_round_event(strategy, plan, job, rnd))
+            events.append(_round_event(strategy, plan, job, rnd, cover))
         if outcome.contributed:
             contributed.append(rnd)
         if outcome.status == "ok":
@@ -786,12 +819,13 @@ def _evaluation_contribution(
     recipients: Sequence[str],
     aggregator: str,
     scale: float,
+    cover: str | None = None,
 ) -> Contribution:
     """This silo's metric inputs for a secure sum, divided by the public ``scale``
     (:func:`.evaluation.encoding_scale`): exact, or (``dp``) with discrete Gaussian noise shares
     on :data:`.evaluation.GRID` of total ``σ = z_eval · sqrt(K + 3)`` that survive ``colluders``
     key holders, and the ledger charge of :meth:`HorizontalJob.evaluation_event` (add/remove one
-    record)."""
+    record), covered by ``cover`` (distributed DP-SGD: :meth:`HorizontalJob.training_cover`)."""
     size = int(inputs.size)
     if not dp:
         return Contribution(values=lambda present: inputs / scale, topup=lambda present, contributors: np.zeros(size))
@@ -824,7 +858,7 @@ def _evaluation_contribution(
 
     def charge() -> contextlib.AbstractContextManager[Any]:
         return ledger.charge(
-            dataset, job.evaluation_event(), job=job.job, round=round, protocol=PROTOCOL,
+            dataset, _covered(job.evaluation_event(), cover), job=job.job, round=round, protocol=PROTOCOL,
             mechanism=mechanism, recipient=ledger_recipient(recipients, keyless=job.keyless, aggregator=aggregator),
             relation=ADD_REMOVE_RECORD,
         )
@@ -869,12 +903,13 @@ def _count_contribution(
     recipients: Sequence[str],
     aggregator: str,
     scale: float,
+    cover: str,
 ) -> Contribution:
     """This silo's training row count for the secure sum of round :data:`COUNT_ROUND`, with
     discrete Gaussian noise shares on :data:`.evaluation.GRID` of total ``σ = z_count`` (one
     record moves the count by 1) that survive ``colluders`` key holders, divided by the public
-    ``scale`` like the metric inputs, and the ledger charge of :meth:`HorizontalJob.count_event`
-    (add/remove one record)."""
+    ``scale`` like the metric inputs, and the ledger charge of :meth:`HorizontalJob.count_charge`
+    (add/remove one record): the count and, labelled ``cover``, the training it fixes."""
     assert ledger is not None and dataset is not None
     z = job.count_noise_multiplier
     sigma = z * 1.0  # sensitivity 1: one record added or removed
@@ -894,6 +929,9 @@ def _count_contribution(
         "name": "discrete_gaussian",
         "granularity": grid,
         "released": "the federation's training row count (fixes distributed DP-SGD's public sample rate)",
+        # the charge also holds the training's (epsilon, delta): basic composition, see COUNT_SHARE
+        "training_cover": {"epsilon": job.training_cover(cover).epsilon, "delta": job.training_cover(cover).delta,
+                           "cover": cover},
         "neighbours": RECORD_NEIGHBOURS,
         "noise_multiplier": z,
         "sensitivity": 1.0,
@@ -904,7 +942,7 @@ def _count_contribution(
 
     def charge() -> contextlib.AbstractContextManager[Any]:
         return ledger.charge(
-            dataset, job.count_event(), job=job.job, round=COUNT_ROUND, protocol=PROTOCOL,
+            dataset, job.count_charge(cover), job=job.job, round=COUNT_ROUND, protocol=PROTOCOL,
             mechanism=mechanism, recipient=ledger_recipient(recipients, keyless=job.keyless, aggregator=aggregator),
             relation=ADD_REMOVE_RECORD,
         )
@@ -912,8 +950,17 @@ def _count_contribution(
     return Contribution(values=values, topup=topup, charge=charge)
 
 
-def _round_event(strategy: Strategy, plan: RecordDP | None, job: HorizontalJob, rnd: int) -> DpEvent:
-    if isinstance(strategy, (DPFedAvg, DistributedDPSGD)):
+def _covered(event: DpEvent, cover: str | None) -> DpEvent:
+    """``event`` as a release paid for by the charged training cover ``cover`` (distributed
+    DP-SGD after its row count), or ``event`` itself without one."""
+    return event if cover is None else CoveredEvent(event, cover)
+
+
+def _round_event(strategy: Strategy, plan: RecordDP | None, job: HorizontalJob, rnd: int,
+                 cover: str | None = None) -> DpEvent:
+    if isinstance(strategy, DistributedDPSGD):
+        return _covered(strategy.event(round=rnd), cover)
+    if isinstance(strategy, DPFedAvg):
         return strategy.event(round=rnd)
     assert plan is not None
     return plan.event(epochs=job.local_config(proximal_mu=0.0).epochs)
@@ -996,6 +1043,7 @@ def _contribution(
     round: int,
     recipients: Sequence[str],
     aggregator: str,
+    cover: str | None = None,
 ) -> Contribution:
     size = int(update.shape[0])
     if isinstance(strategy, (DPFedAvg, DistributedDPSGD)):
@@ -1032,7 +1080,7 @@ def _contribution(
     session_noise = strategy.session_noise if isinstance(strategy, SessionNoiseDPFedAvg) else None
     if ledger is None or mechanism is None:
         return Contribution(values=values, topup=topup, session_noise=session_noise)
-    event = _round_event(strategy, plan, job, round)
+    event = _round_event(strategy, plan, job, round, cover)
     assert dataset is not None
 
     mechanism = {**mechanism, **recipients_mechanism(recipients, aggregator=aggregator, keyless=job.keyless)}

@@ -325,8 +325,9 @@ class HorizontalTask(Task):
         (:func:`planned_releases`), from the config and that silo's own table only (its
         training-row count, under record-level DP): what the runner checks against each
         ledger before round 1, and what an agent checks against its own when offered the job.
-        A distributed DP-SGD job is left out (its releases follow the federation's released
-        row count): each of its charges is checked as it is made."""
+        A distributed DP-SGD job charges its whole guarantee with its row count, which does not
+        depend on the count it releases (:meth:`~fedsilo.protocols.horizontal.protocol.
+        HorizontalJob.count_charge`), so it is planned exactly too."""
         if cfg.privacy is None or not sources:
             return {}
         first = next(iter(sources.values()))
@@ -339,7 +340,7 @@ class HorizontalTask(Task):
             insecure=cfg.crypto.insecure,
         )
         if getattr(job, "distributed", False):
-            return {}
+            return {name: planned_releases(job, names, n_examples=None) for name in sources}
         assert cfg.data.label is not None
         schema = Schema(tuple(features), cfg.data.label, cfg.data.id_column, bounds, cfg.data.test_fraction,
                         cfg.federation.seed, _check_center(cfg, features, bounds))
@@ -533,7 +534,8 @@ def _results(plan: HorizontalPlan, parties: Sequence[Party], run: JobRun) -> dic
         notes.append(
             f"distributed DP-SGD: the federation's row count was released once before round 1 (N = {dist['rows']}, "
             f"Gaussian noise z = {dist['count_noise_multiplier']:.3g}); every round is one DP-SGD step at sample rate "
-            f"q = {dist['sample_rate']:.4g}, z = {dist['noise_multiplier']:.3g}"
+            f"q = {dist['sample_rate']:.4g}, z = {dist['noise_multiplier']:.3g}; each ledger was charged the whole job "
+            "with the row count (basic composition of the count and the training's (epsilon, delta), before round 1)"
             + ("; training.batch_size >= N capped q at 1: every step uses every row (no amplification by sampling)"
                if dist["sample_rate_capped"] else "")
         )
@@ -659,16 +661,17 @@ def planned_releases(job: hz.HorizontalJob, silos: Sequence[str], *, n_examples:
     plan follows them).
 
     A job that may end early (a dropout, a withdrawal) charges a prefix of these; the pre-check
-    asks for all of them.
+    asks for all of them. A distributed DP-SGD job charges everything with its row count
+    (``count_charge``: the count's Gaussian and the training's (ε, δ)); its later charges are
+    covered by it and cost nothing, so that one release is its plan (no ``n_examples`` needed).
 
     Raises:
-        ConfigError: record-level DP without ``n_examples``, or a distributed DP-SGD job (its
-            releases follow the federation's released row count, unknown before the job).
+        ConfigError: record-level DP (local DP-SGD) without ``n_examples``.
     """
     if job.privacy is None:
         return []
     if getattr(job, "distributed", False):
-        raise ConfigError("a distributed DP-SGD job's releases follow its released row count; they are not planned")
+        return [(job.count_charge("planned"), ADD_REMOVE_RECORD)]
     strategy = job.strategy(list(silos))
     if isinstance(strategy, DPFedAvg):  # silo level: one noised sum per round
         relation = getattr(strategy, "relation", ZERO_OUT_SILO)

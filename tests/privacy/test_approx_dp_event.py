@@ -1,0 +1,222 @@
+"""(ε, δ) releases (:class:`ApproxDpEvent`) and the releases they pay for (:class:`CoveredEvent`):
+their ε against dp-accounting (PLD) and against basic composition by hand (RDP), mixed
+compositions, relation conversion, the ledger, and bad parameters (issue 17: distributed DP-SGD's
+sound ledger ε)."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import dp_accounting
+import pytest
+from dp_accounting import rdp
+from dp_accounting.pld import common as pld_common
+from dp_accounting.pld import privacy_loss_distribution as pld_lib
+from dp_accounting.privacy_accountant import NeighboringRelation
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fedsilo.errors import BudgetExceededError, PrivacyError, PrivacyParameterError
+from fedsilo.privacy import ApproxDpEvent, ComposedEvent, CoveredEvent, GaussianEvent, LaplaceEvent, epsilon
+from fedsilo.privacy.events import event_from_json
+from fedsilo.privacy.ledger import PrivacyLedger
+from fedsilo.privacy.relations import ADD_REMOVE_RECORD, ZERO_OUT_SILO, convert
+
+DELTA = 1e-5
+INTERVAL = 1e-4  # fedsilo's PLD discretization (dp-accounting's default)
+
+eps_st = st.floats(min_value=0.01, max_value=20.0, allow_nan=False)
+delta_st = st.floats(min_value=1e-9, max_value=0.5, allow_nan=False)
+label_st = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=1, max_size=40)
+
+
+# --------------------------------------------------------------------------------- JSON
+@settings(max_examples=60, deadline=None)
+@given(e=eps_st, d=delta_st, t=st.integers(1, 50), label=label_st, z=st.floats(0.3, 50.0), q=st.floats(1e-3, 1.0))
+def test_json_round_trip(e: float, d: float, t: int, label: str, z: float, q: float) -> None:
+    cover = ApproxDpEvent(e, d, t, label)
+    covered = CoveredEvent(GaussianEvent(z, q, 1), label)
+    for ev in (cover, ApproxDpEvent(e, d), covered, ComposedEvent((GaussianEvent(z), cover, covered))):
+        assert event_from_json(ev.to_json()) == ev
+        assert type(ev).from_json(ev.to_json()) == ev
+    assert "cover" not in ApproxDpEvent(e, d).to_json()  # the optional key is written only when set
+
+
+def test_json_refuses_unknown_and_missing_keys() -> None:
+    with pytest.raises(PrivacyError, match=r"'approx_dp' lacks delta"):
+        event_from_json({"kind": "approx_dp", "epsilon": 1.0})
+    with pytest.raises(PrivacyError, match=r"'approx_dp' has unknown keys sigma"):
+        event_from_json({"kind": "approx_dp", "epsilon": 1.0, "delta": 1e-6, "sigma": 2})
+    with pytest.raises(PrivacyError, match=r"'covered' lacks cover"):
+        event_from_json({"kind": "covered", "event": GaussianEvent(1.0).to_json()})
+    with pytest.raises(PrivacyError, match=r"must be a JSON object"):
+        event_from_json({"kind": "covered", "event": 3, "cover": "x"})
+
+
+# --------------------------------------------------------------------------------- bad parameters
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"epsilon": 0.0, "delta": 1e-6}, r"ApproxDpEvent: epsilon must be a finite number > 0, got 0\.0"),
+    ({"epsilon": -1.0, "delta": 1e-6}, r"ApproxDpEvent: epsilon must be a finite number > 0"),
+    ({"epsilon": math.nan, "delta": 1e-6}, r"ApproxDpEvent: epsilon must be a finite number > 0, got nan"),
+    ({"epsilon": math.inf, "delta": 1e-6}, r"ApproxDpEvent: epsilon must be a finite number > 0, got inf"),
+    ({"epsilon": True, "delta": 1e-6}, r"ApproxDpEvent: epsilon must be a number, got True"),
+    ({"epsilon": "1", "delta": 1e-6}, r"ApproxDpEvent: epsilon must be a number, got '1'"),
+    ({"epsilon": 1.0, "delta": 0.0}, r"ApproxDpEvent: delta must be a finite number > 0, got 0\.0"),
+    ({"epsilon": 1.0, "delta": 1.0}, r"ApproxDpEvent: delta must be in \(0, 1\), got 1\.0"),
+    ({"epsilon": 1.0, "delta": 2.0}, r"ApproxDpEvent: delta must be in \(0, 1\), got 2\.0"),
+    ({"epsilon": 1.0, "delta": math.nan}, r"ApproxDpEvent: delta must be a finite number > 0, got nan"),
+    ({"epsilon": 1.0, "delta": 1e-6, "steps": 0}, r"ApproxDpEvent: steps must be an integer >= 1, got 0"),
+    ({"epsilon": 1.0, "delta": 1e-6, "cover": 7}, r"ApproxDpEvent: cover must be a string label, got 7"),
+    ({"epsilon": 1.0, "delta": 1e-6, "cover": "a\nb"}, r"ApproxDpEvent: cover must be at most 128 printable"),
+    ({"epsilon": 1.0, "delta": 1e-6, "cover": "x" * 129}, r"ApproxDpEvent: cover must be at most 128 printable"),
+])
+def test_bad_approx_parameters_are_refused(kwargs: dict, match: str) -> None:
+    with pytest.raises(PrivacyParameterError, match=match):
+        ApproxDpEvent(**kwargs)
+    # the same from JSON (a ledger row): one line, the same message
+    with pytest.raises(PrivacyParameterError, match=match):
+        event_from_json({"kind": "approx_dp", **kwargs})
+
+
+def test_bad_covered_parameters_are_refused() -> None:
+    with pytest.raises(PrivacyParameterError, match=r"CoveredEvent: cover must name the ApproxDpEvent"):
+        CoveredEvent(GaussianEvent(1.0), "")
+    with pytest.raises(PrivacyError, match=r"CoveredEvent: not a fedsilo DP event: 3"):
+        CoveredEvent(3, "x")  # type: ignore[arg-type]
+    with pytest.raises(PrivacyError, match=r"CoveredEvent: the covered event must be the release's own mechanism"):
+        CoveredEvent(ApproxDpEvent(1.0, 1e-6, cover="x"), "x")
+
+
+# --------------------------------------------------------------------------------- accounting
+@settings(max_examples=30, deadline=None)
+@given(e=eps_st, d=st.floats(1e-9, 0.9e-5), t=st.integers(1, 4))
+def test_approx_alone_is_basic_composition(e: float, d: float, t: int) -> None:
+    ev = ApproxDpEvent(e, d, t)
+    if t * d <= DELTA:
+        assert epsilon(ev, delta=DELTA, accountant="rdp") == pytest.approx(t * e, rel=1e-12)
+        # PLD of T worst-case (eps, delta) pairs: optimal composition, never above basic
+        assert epsilon(ev, delta=DELTA, accountant="pld") <= t * e + 1e-9
+    else:
+        assert epsilon(ev, delta=DELTA, accountant="rdp") == math.inf
+    # not enough delta for the releases' own delta: no finite bound
+    assert epsilon(ApproxDpEvent(e, 0.5), delta=0.4, accountant="rdp") == math.inf
+    assert epsilon(ApproxDpEvent(e, 0.5), delta=0.4, accountant="pld") == math.inf
+
+
+def test_mixed_rdp_equals_basic_composition_by_hand() -> None:
+    """RDP: the Gaussian parts compose by dp-accounting's RDP at δ − δ₁, then ε₁ is added."""
+    steps = GaussianEvent(1.1, 0.01, 300)
+    count = GaussianEvent(30.0)
+    cover = ApproxDpEvent(3.0, 4e-6, 1, "c")
+    mixed = ComposedEvent((count, steps, cover, CoveredEvent(GaussianEvent(0.5, 0.2, 1), "c")))
+    acc = rdp.RdpAccountant()
+    acc.compose(dp_accounting.GaussianDpEvent(30.0))
+    acc.compose(dp_accounting.SelfComposedDpEvent(dp_accounting.PoissonSampledDpEvent(0.01, dp_accounting.GaussianDpEvent(1.1)), 300))
+    by_hand = acc.get_epsilon(DELTA - 4e-6) + 3.0
+    ours = epsilon(mixed, delta=DELTA, accountant="rdp")
+    assert ours == pytest.approx(by_hand, abs=1e-9)
+    # at least each part on its own: sound
+    for part in (count, steps, cover, ComposedEvent((count, steps))):
+        assert ours >= epsilon(part, delta=DELTA, accountant="rdp")
+
+
+def test_mixed_pld_equals_dp_accounting_by_hand() -> None:
+    """PLD: dp-accounting's pessimistic PLD of an (ε, δ)-DP mechanism composed with the
+    Gaussians' PLDs, as its PLDAccountant builds them."""
+    steps = GaussianEvent(1.1, 0.01, 300)
+    count = GaussianEvent(30.0)
+    lap = LaplaceEvent(0.3, 2)
+    cover = ApproxDpEvent(3.0, 4e-6, 1, "c")
+    mixed = ComposedEvent((count, steps, lap, cover, CoveredEvent(GaussianEvent(0.5, 0.2, 1), "c")))
+    add_remove = NeighboringRelation.ADD_OR_REMOVE_ONE
+    total = pld_lib.from_privacy_parameters(pld_common.DifferentialPrivacyParameters(3.0, 4e-6),
+                                            value_discretization_interval=INTERVAL)
+    total = total.compose(pld_lib.from_gaussian_mechanism(
+        standard_deviation=1.1, sampling_prob=0.01, value_discretization_interval=INTERVAL,
+        neighboring_relation=add_remove).self_compose(300))
+    total = total.compose(pld_lib.from_discrete_laplace_mechanism(
+        parameter=0.3, sensitivity=1, value_discretization_interval=INTERVAL).self_compose(2))
+    total = total.compose(pld_lib.from_gaussian_mechanism(
+        standard_deviation=30.0, value_discretization_interval=INTERVAL, neighboring_relation=add_remove))
+    by_hand = total.get_epsilon_for_delta(DELTA)
+    ours = epsilon(mixed, delta=DELTA, accountant="pld")
+    assert ours == pytest.approx(by_hand, abs=1e-6)
+    for part in (count, steps, lap, cover, ComposedEvent((count, steps, lap))):
+        assert ours >= epsilon(part, delta=DELTA, accountant="pld") - 1e-9
+    # never above basic composition of the parts (the PLD of the pair is the optimal composition)
+    basic = epsilon(ComposedEvent((count, steps, lap)), delta=DELTA - 4e-6, accountant="pld") + 3.0
+    assert ours <= basic + 1e-6
+
+
+def test_distributed_target_is_met_by_basic_composition() -> None:
+    """The shape of a distributed DP-SGD job at ε = 8: the count at (2 % ε, 2 % δ) and the
+    training's cover at (98 % ε, 98 % δ) compose to 8 (within the count's calibration), where
+    the old record (the count with the steps' Gaussians) gave 7.8x."""
+    from fedsilo.privacy.accounting import noise_multiplier
+
+    z_count = noise_multiplier(target_epsilon=0.16, delta=2e-7)
+    whole = ComposedEvent((GaussianEvent(z_count), ApproxDpEvent(7.84, 0.98 * DELTA, 1, "c"),
+                           *[CoveredEvent(GaussianEvent(1.0, 0.05, 1), "c")] * 100))
+    rdp_eps = epsilon(whole, delta=DELTA, accountant="rdp")
+    assert 8.0 - 0.01 * 0.16 <= rdp_eps <= 8.0
+    assert rdp_eps == pytest.approx(epsilon(GaussianEvent(z_count), delta=DELTA - 0.98 * DELTA) + 7.84, abs=1e-12)
+    assert 7.9 < epsilon(whole, delta=DELTA, accountant="pld") <= rdp_eps + 1e-9
+
+
+def test_covered_costs_nothing_beside_its_cover_and_is_refused_without() -> None:
+    cover = ApproxDpEvent(2.0, 1e-6, 1, "job-a")
+    step = GaussianEvent(0.8, 0.5, 1)
+    with_steps = ComposedEvent((cover, *[CoveredEvent(step, "job-a")] * 50))
+    for acc in ("rdp", "pld"):
+        assert epsilon(with_steps, delta=DELTA, accountant=acc) == epsilon(cover, delta=DELTA, accountant=acc)
+        with pytest.raises(PrivacyError, match=r"names cover 'job-a', which is not in the composition"):
+            epsilon(CoveredEvent(step, "job-a"), delta=DELTA, accountant=acc)
+        # another label does not cover it, nor does an unlabelled (eps, delta) release
+        with pytest.raises(PrivacyError, match=r"names cover 'job-a'"):
+            epsilon(ComposedEvent((ApproxDpEvent(2.0, 1e-6, 1, "job-b"), ApproxDpEvent(2.0, 1e-6),
+                                   CoveredEvent(step, "job-a"))), delta=DELTA, accountant=acc)
+
+
+def test_relation_conversion_is_group_privacy_of_two() -> None:
+    cover = ApproxDpEvent(1.0, 1e-6, 2, "c")
+    got = convert(cover, source=ZERO_OUT_SILO, target=ADD_REMOVE_RECORD)
+    assert got == ApproxDpEvent(2.0, (1.0 + math.e) * 1e-6, 2, "c")
+    covered = CoveredEvent(GaussianEvent(1.0, 0.1, 1), "c")
+    assert convert(covered, source=ZERO_OUT_SILO, target=ADD_REMOVE_RECORD) == covered
+    with pytest.raises(PrivacyError, match=r"cannot convert.*the converted \(epsilon, delta\) is invalid"):
+        convert(ApproxDpEvent(5.0, 0.01), source=ZERO_OUT_SILO, target=ADD_REMOVE_RECORD)
+
+
+# --------------------------------------------------------------------------------- ledger
+def _charge(ledger: PrivacyLedger, event, round: int) -> None:  # type: ignore[no-untyped-def]
+    with ledger.charge("d", event, job="j", round=round, protocol="t", mechanism={"name": "t"}, recipient="x",
+                       relation=ADD_REMOVE_RECORD):
+        pass
+
+
+def test_ledger_charges_a_cover_then_its_covered_releases(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite"
+    first = ComposedEvent((GaussianEvent(30.0), ApproxDpEvent(7.84, 0.98 * DELTA, 1, "c1")))
+    with PrivacyLedger(path, silo="s") as ledger:
+        ledger.register_dataset("d", epsilon=8.0, delta=DELTA)
+        planned = ledger.preview("d", [(first, ADD_REMOVE_RECORD)])
+        # a covered release before its cover is refused, nothing written
+        with pytest.raises(PrivacyError, match=r"silo 's', dataset 'd'.*names cover 'c1'.*nothing was written"):
+            _charge(ledger, CoveredEvent(GaussianEvent(1.0, 0.1, 1), "c1"), 1)
+        assert ledger.entries("d") == []
+        _charge(ledger, first, 0)
+        spent = ledger.spent("d")
+        for rnd in range(1, 6):
+            _charge(ledger, CoveredEvent(GaussianEvent(1.0, 0.1, 1), "c1"), rnd)
+        assert ledger.spent("d") == spent == planned.after == planned.need
+        assert spent == pytest.approx(epsilon(GaussianEvent(30.0), delta=DELTA - 0.98 * DELTA) + 7.84, abs=1e-12)
+        ledger.verify()
+    with PrivacyLedger.open(path) as again:
+        again.verify()
+        assert [e.event for e in again.entries("d")][0] == first
+        assert again.spent("d") == spent
+        # a second job at the same delta: the two (eps, delta) releases need more delta than the
+        # dataset's, so no finite epsilon: refused, nothing written
+        with pytest.raises(BudgetExceededError):
+            _charge(again, ComposedEvent((GaussianEvent(30.0), ApproxDpEvent(0.5, 0.98 * DELTA, 1, "c2"))), 0)
+        assert len(again.entries("d")) == 6
