@@ -114,6 +114,7 @@ from fedsilo.errors import (
 __all__ = [
     "FULL_RANDOMNESS_MARGIN",
     "RANDOMNESS_BITS",
+    "SLOT_MASK_BITS",
     "FixedBaseTable",
     "InsecureParametersWarning",
     "PaillierBackend",
@@ -128,6 +129,7 @@ __all__ = [
     "is_nth_residue",
     "random_exponents",
     "randomness_base",
+    "unpack_slots",
 ]
 
 #: Key sizes accepted, with their approximate security level (NIST SP 800-57 part 1, table 2).
@@ -141,6 +143,9 @@ _CT_STRUCT = struct.Struct(">BBHQQI")  # version, packed, scale_bits, length, su
 _MAX_PRECISION = 64
 #: Packed slots' default headroom; the protocol uses never ask for less.
 DEFAULT_MAX_SUMMANDS = 16
+#: Statistical hiding of :meth:`PaillierBackend.pack_slots`'s mask: a masked plaintext is within
+#: ``2**-SLOT_MASK_BITS`` of uniform (the mask is this many bits wider than the packed value).
+SLOT_MASK_BITS = 40
 
 
 class InsecureParametersWarning(UserWarning):
@@ -973,6 +978,121 @@ class PaillierBackend(CryptoBackend):
             multiplied=True,
         )
 
+    # --- BatchCrypt repacking of an unpacked result ------------------------------------------
+    def matmul_bound(self, *, terms: int, rows: int) -> int:
+        """The bound a ciphertext tracks for ``matmul_plain(v, M) + u``: ``v`` a sum of ``terms``
+        fresh (or plaintext-added) vectors, ``M`` of ``rows`` rows, ``u`` one plaintext vector
+        (the same arithmetic as :meth:`sum`, :meth:`add_plain` and :meth:`matmul_plain`, from
+        public parameters only, so that every party derives the same :meth:`slot_layout_for`)."""
+        e = self.encoding
+        f = fixed_point_bound(value_bound=e.value_bound, precision=e.precision)
+        return terms * f * f * max(1, rows) + fixed_point_bound(value_bound=e.value_bound, precision=2 * e.precision)
+
+    def matmul_layout(self, *, terms: int, rows: int, summands: int) -> SlotLayout:
+        """:meth:`slot_layout_for` the result of ``matmul_plain(v, M) + u`` (:meth:`matmul_bound`,
+        at the product's scale ``2**(2 precision)``), ``summands`` packed vectors added up."""
+        return self.slot_layout_for(bound=self.matmul_bound(terms=terms, rows=rows),
+                                    scale_bits=2 * self.encoding.precision, summands=summands)
+
+    def slot_layout_for(self, *, bound: int, scale_bits: int, summands: int) -> SlotLayout:
+        """BatchCrypt slots (Zhang et al., USENIX ATC 2020, §4) for :meth:`pack_slots`: values
+        ``|v| <= bound`` at scale ``2**scale_bits``, ``summands`` packed vectors added up, each
+        slot ``bitlen(summands * 2 * bound)`` bits (the offset ``bound`` per summand keeps it
+        >= 0 and no sum carries into the next slot), and :data:`SLOT_MASK_BITS` + 1 bits of the
+        plaintext left for :meth:`pack_slots`'s mask, the packed value plus its mask staying
+        below ``n / 3``.
+
+        Raises:
+            ConfigError: one slot does not fit in a plaintext (lower precision or value_bound).
+        """
+        if self.encoding.packed:
+            raise self._unsupported_packed("slot repacking")
+        slot_bits = (summands * 2 * bound).bit_length()
+        room = self.key_bits - 3 - SLOT_MASK_BITS - 1
+        if summands < 1 or bound < 1 or slot_bits > room:
+            raise ConfigError(
+                f"paillier: a slot for values up to {bound.bit_length()} bits and {summands} summands needs "
+                f"{slot_bits} bits, a {self.key_bits}-bit plaintext has {room} besides the mask; lower precision or value_bound"
+            )
+        return SlotLayout(precision=scale_bits, value_bound=math.ldexp(float(bound), -scale_bits),
+                          max_summands=summands, offset=bound, slot_bits=slot_bits, slots=room // slot_bits)
+
+    def pack_slots(self, a: Ciphertext, layout: SlotLayout) -> tuple[PaillierCiphertext, list[int]]:
+        """``a`` (unpacked, ``|values| <= layout.offset`` by its tracked bound, at scale
+        ``layout.precision``) repacked into ``layout.plaintexts_for(a.length)`` ciphertexts, each
+        holding ``P = Σ_j (v_j + offset) 2**(j * slot_bits) + R`` for a mask ``R`` uniform on
+        ``[0, 2**(used slot bits + SLOT_MASK_BITS))`` from the OS CSPRNG; and the masks.
+
+        ``Π_j Enc(v_j)**(2**(j b))`` (Horner: ``b`` squarings per slot) is ``Enc(Σ_j v_j 2**(j b))``
+        mod ``n``, negative ``v_j`` included; the offsets and the mask are one plaintext addition.
+        Hiding: the packed value ``V = P - R`` is below ``2**(used bits)``, so ``P`` is within
+        statistical distance ``V / 2**(used + SLOT_MASK_BITS) < 2**-SLOT_MASK_BITS`` of ``R``
+        alone, for the whole plaintext and so for every slot. The result is re-randomized with a
+        full-length exponent when serialized (``multiplied``). Decrypt it with
+        :meth:`decrypt_integers` and open it with :func:`unpack_slots`.
+
+        Raises:
+            EncodingOverflowError: ``a``'s bound exceeds the layout's, or its scale differs.
+        """
+        c = self._check_ct(a)
+        if c.packed:
+            raise self._unsupported_packed("slot repacking")
+        if c.bound > layout.offset or c.scale_bits != layout.precision:
+            raise EncodingOverflowError(
+                f"paillier: a ciphertext of bound {c.bound.bit_length()} bits at scale 2^-{c.scale_bits} does not "
+                f"fit slots for {layout.offset.bit_length()} bits at scale 2^-{layout.precision}"
+            )
+        pub = c.public
+        n, nsq = gmpy2.mpz(pub.n), gmpy2.mpz(pub.nsquare)
+        shift = gmpy2.mpz(1) << layout.slot_bits
+        out: list[Any] = []
+        masks: list[int] = []
+        for start in range(0, c.length, layout.slots):
+            group = c.values[start : start + layout.slots]
+            acc = gmpy2.mpz(group[-1])
+            for v in reversed(group[:-1]):  # most significant slot first: one shift per slot
+                acc = gmpy2.powmod(acc, shift, nsq) * v % nsq
+            mask = secrets.randbits(len(group) * layout.slot_bits + SLOT_MASK_BITS)
+            plain = pack([0] * len(group), layout=layout)[0] + mask  # the offsets, and the mask
+            out.append(acc * (1 + plain * n) % nsq)
+            masks.append(mask)
+        bound = _slot_bound(layout, c.length, masked=True)
+        self._check_bound(pub, bound, "slot repacking")
+        packed = PaillierCiphertext(values=out, length=len(out), public=pub, scale_bits=c.scale_bits, summands=1,
+                                    bound=bound, obfuscated=False, ops=self, multiplied=True)
+        return packed, masks
+
+    def encrypt_slots(self, public: PublicContext, values: Any, layout: SlotLayout) -> PaillierCiphertext:
+        """``values`` (``|x| <= value_bound``) encoded at ``layout.precision`` and packed in
+        ``layout`` (one offset per slot, no mask): what another party adds to a
+        :meth:`pack_slots` result slot by slot (vertical LR's noise shares)."""
+        pub = self._check_public(public)
+        vec = as_vector(values)
+        ints = encode_fixed(vec, precision=layout.precision, value_bound=self.encoding.value_bound)
+        plaintexts = pack(ints, layout=layout)
+        if pub.h is None:
+            cts = parallel_map(encrypt_batch, (pub.n,), plaintexts, self.workers)
+        else:
+            common = (pub.n, pub.h, RANDOMNESS_BITS[self.key_bits])
+            cts = parallel_map(djn_encrypt_batch, common, plaintexts, self._pool_for(len(plaintexts)))
+        return PaillierCiphertext(values=[gmpy2.mpz(v) for v in cts], length=len(plaintexts), public=pub,
+                                  scale_bits=layout.precision, summands=1,
+                                  bound=_slot_bound(layout, int(vec.shape[0]), masked=False), obfuscated=True, ops=self)
+
+    def decrypt_integers(self, secret: SecretKey, ct: Ciphertext) -> list[int]:
+        """The plaintext integers of an unpacked ``ct`` (in ``[0, n)``), checked against its
+        tracked bound: a :meth:`pack_slots` result's masked packed values, exactly."""
+        self._check_kind(secret, PaillierSecret, "the secret key")
+        c = self._check_ct(ct)
+        self._check_same_key(secret, c)
+        if c.packed:
+            raise self._unsupported_packed("decrypt_integers")
+        pub = c.public
+        plain = parallel_map(decrypt_batch, (pub.n, secret.p, secret.q), [int(v) for v in c.values], self.workers)
+        if any(int(m) > c.bound for m in plain):
+            raise EncodingOverflowError("paillier: a decrypted value exceeds the ciphertext's declared bound")
+        return [int(m) for m in plain]
+
     # --- wire -------------------------------------------------------------------------------
     def serialize(self, ct: Ciphertext) -> bytes:
         c = self._check_ct(ct)
@@ -1053,6 +1173,34 @@ class PaillierBackend(CryptoBackend):
         """Exact size of ``serialize(ct)`` without paying for re-randomization."""
         c = self._check_ct(ct)
         return 40 + _CT_STRUCT.size + 2 + len(_int_bytes(c.bound)) + len(c.values) * c.public.ciphertext_bytes
+
+
+def _slot_bound(layout: SlotLayout, length: int, *, masked: bool) -> int:
+    """Public bound on a packed plaintext of ``length`` values in ``layout`` (plus, ``masked``, its mask)."""
+    used = min(length, layout.slots) * layout.slot_bits
+    return (1 << used) + ((1 << (used + SLOT_MASK_BITS)) if masked else 0)
+
+
+def unpack_slots(
+    layout: SlotLayout, plaintexts: Sequence[int], masks: Sequence[int], *, length: int, summands: int
+) -> np.ndarray:
+    """The inverse of :meth:`PaillierBackend.pack_slots` after ``summands`` packed vectors were
+    added (the packed one and ``summands - 1`` from :meth:`PaillierBackend.encrypt_slots`):
+    each decrypted plaintext minus its mask, unpacked to ``length`` signed slot sums and decoded
+    at ``layout.precision``. Exact: no rounding besides the encoding's.
+
+    Raises:
+        EncodingOverflowError: a plaintext does not hold ``summands`` sums in the layout
+            (a wrong mask, count or layout: never a silently wrapped value).
+    """
+    if len(plaintexts) != len(masks) or len(plaintexts) != layout.plaintexts_for(length):
+        raise EncodingOverflowError(
+            f"packing: {len(plaintexts)} plaintexts and {len(masks)} masks for {length} values in slots of {layout.slots}"
+        )
+    values = [int(p) - int(r) for p, r in zip(plaintexts, masks)]
+    if any(v < 0 for v in values):
+        raise EncodingOverflowError("packing: a plaintext is smaller than its mask (another ciphertext or key?)")
+    return decode_fixed(unpack(values, layout=layout, length=length, summands=summands), scale_bits=layout.precision)
 
 
 def _is_int(value: Any) -> bool:

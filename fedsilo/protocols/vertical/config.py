@@ -39,8 +39,8 @@ class TrainingConfig:
     """Hyper-parameters every party must agree on (the guest checks a digest of them).
 
     The first six come from the job's validated ``[training]`` section and its round timeout
-    (:meth:`from_sections`, the one place their defaults and ranges live); the last three are
-    the protocol's own constants.
+    (:meth:`from_sections`, the one place their defaults and ranges live), like ``fill_slots``;
+    ``lr_schedule``, ``mask_scale``, ``track_loss`` and ``batchcrypt`` are the protocol's own constants.
 
     Args:
         epochs: passes over the training rows (``training.rounds``).
@@ -59,6 +59,9 @@ class TrainingConfig:
             packed layout (``backend.matmul_fill_rows`` of the longest gradient: 512 rows at
             up to 8 coordinates on CKKS) instead of ``batch_size``
             (``training.fill_slots``; :meth:`batch_rows`).
+        batchcrypt: on (unpacked) Paillier, each masked gradient goes to its key holder
+            BatchCrypt-packed, many coordinates per ciphertext (:class:`.keys.GradSlots`);
+            off, one ciphertext per coordinate (the path before; the tests compare the two).
     """
 
     epochs: int
@@ -71,6 +74,7 @@ class TrainingConfig:
     mask_scale: float = 1e4
     track_loss: bool = True
     fill_slots: bool = False
+    batchcrypt: bool = True
 
     def __post_init__(self) -> None:
         learning_rate(base=self.lr, epoch=1, schedule=self.lr_schedule)

@@ -17,7 +17,7 @@ import numpy as np
 from fedsilo.crypto.base import Ciphertext, CryptoBackend
 from fedsilo.errors import EncodingOverflowError, ProtocolError
 from fedsilo.protocols.channel import Channel
-from fedsilo.protocols.vertical.keys import Keys
+from fedsilo.protocols.vertical.keys import Keys, Packing
 from fedsilo.protocols.vertical.messages import LOSS, LOSS_VALUE
 from fedsilo.protocols.vertical.taylor import taylor_loss
 
@@ -40,15 +40,20 @@ def square_term(b: np.ndarray, *, rows: int) -> np.ndarray:
     return np.array([float(b @ b) / rows])
 
 
-def cross_term(backend: CryptoBackend, prefix: Ciphertext, b: np.ndarray, *, rows: int) -> Ciphertext:
-    """``[[2 prefix·b_h / R]]``: a later host's cross term with the hosts before it (arbiter only)."""
-    return backend.matmul_plain(prefix, (2.0 * b / rows)[:, None])
+def cross_term(backend: CryptoBackend, prefix: Ciphertext, b: np.ndarray, *, rows: int, packing: Packing) -> Ciphertext:
+    """``[[2 prefix·b_h / R]]``: a later host's cross term with the hosts before it (arbiter
+    only), ``prefix`` in the step's layout ``packing``."""
+    return packing.product(backend, prefix, (2.0 * b / rows)[:, None])
 
 
-def guest_loss_term(backend: CryptoBackend, b_sum: Ciphertext, a: np.ndarray, *, rows: int) -> Ciphertext:
+def guest_loss_term(
+    backend: CryptoBackend, b_sum: Ciphertext, a: np.ndarray, *, rows: int, packing: Packing
+) -> Ciphertext:
     """``[[(Σa² + 2 a·b) / R]]``: the guest's part of ``Σ d² / R = Σ (a + b)² / R`` over the
-    epoch's ``R`` rows (scaled in plaintext so the encrypted sum stays small)."""
-    cross = backend.matmul_plain(b_sum, (2.0 * a / rows)[:, None])
+    epoch's ``R`` rows (scaled in plaintext so the encrypted sum stays small), ``b_sum`` in the
+    step's layout ``packing``: a one-column ``matmul_repeated`` (on CKKS one product and
+    log2(batch) rotations, not a rotate-and-sum over the whole slot ring)."""
+    cross = packing.product(backend, b_sum, (2.0 * a / rows)[:, None])
     return backend.add_plain(cross, np.array([float(a @ a) / rows]))
 
 

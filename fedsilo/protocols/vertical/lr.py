@@ -40,7 +40,9 @@ Who learns what:
   and a lower bound on it). These leaks add up over the steps of a run — up to
   ``Σ_steps |g_p| / (2M)`` per coordinate — so without DP there is no run-level guarantee,
   only a per-step one that a larger ``M`` improves; under DP the decrypted value is already
-  noised and the run-level guarantee is the DP one;
+  noised and the run-level guarantee is the DP one. On Paillier the gradients travel
+  BatchCrypt-packed (:class:`.keys.GradSlots`) under an integer mask 40 bits wider than the
+  packed value: the key holder's view is within ``2**-40`` of uniform per ciphertext and step;
 * without DP, the key holder also decrypts the training loss once per epoch (the mean Taylor
   loss ``log 2 − 1/2 + 2·mean(d²)``, see :mod:`.taylor`; as one scalar, or a few partial sums
   over groups of steps when CKKS's magnitude bound forbids one sum); the guest receives it.

@@ -74,12 +74,15 @@ RESIDUAL = "vlr/residual"
 #: host → guest, per step (loss tracked, arbiter, 2nd host on): ``[[2 prefix·b_h / R]]``
 CROSS = "vlr/cross"
 #: party → key holder (the arbiter; two-party, the other party), per step: ``[[g_p + m_p (+ n_pp)]]``,
-#: ``m_p`` values whatever the residuals' layout
+#: ``m_p`` values whatever the residuals' layout; on Paillier BatchCrypt-packed
+#: (:class:`.keys.GradSlots`): ``ceil(m_p / slots)`` values, each a masked packed plaintext
 GRAD = "vlr/grad"
 #: party → arbiter, per step (DP, arbiter only): ``{owner: [[n_qp]]}``, one noise share per other
-#: data party (two-party, the key holder adds its share itself before decrypting: no message)
+#: data party, packed like the owner's gradient (two-party, the key holder adds its share itself
+#: before decrypting: no message)
 NOISE = "vlr/noise"
-#: key holder → party, per step: the decrypted masked (and noised) gradient, a float vector
+#: key holder → party, per step: the decrypted masked (and noised) gradient, a float vector; for a
+#: packed gradient the masked packed plaintexts, a list of ``ceil(m_p / slots)`` ints
 PLAIN = "vlr/plain"
 #: guest → key holder, per epoch (no DP): ``[[[partial loss sums]]]``, a list of ciphertexts
 LOSS = "vlr/loss"

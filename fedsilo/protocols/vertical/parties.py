@@ -27,6 +27,11 @@ encryption under p's key, and each party decrypts only the other's masked gradie
                                                                      -- z_p     -->  p
     party p : g_p = z_p − m_p;  w_p ← w_p − lr_e (g_p + λ w_p)
 
+On Paillier the masked gradient travels BatchCrypt-packed (:class:`.keys.GradSlots`): party p
+packs ``[[g_p + n_pp]]`` into ``ceil(m_p / slots)`` ciphertexts under an integer mask ``R_p``
+instead of ``m_p``, the noise shares come packed alike, the key holder returns the decrypted
+``V + R_p`` as integers and p subtracts ``R_p`` and unpacks.
+
 Every residual ciphertext of a step (``[[b_h]]``, ``[[a]]``, ``[[d]]``) holds the batch's values
 in the layout the backend asks for (:class:`.keys.Packing`: on CKKS each value repeated over a
 power of two of slots at least the longest gradient), and ``[[d]] @ X_p`` is the backend's
@@ -62,6 +67,7 @@ from fedsilo.protocols.vertical.config import (
 )
 from fedsilo.protocols.vertical.data import check_bounds
 from fedsilo.protocols.vertical.keys import (
+    GradSlots,
     Keys,
     NoiseTap,
     Packing,
@@ -127,6 +133,7 @@ class _Run:
     timeout: float
     tap: NoiseTap | None
     track_loss: bool
+    batchcrypt: bool = True  #: ``TrainingConfig.batchcrypt``
 
     @property
     def me(self) -> str:
@@ -141,6 +148,11 @@ class _Run:
     def others(self) -> tuple[str, ...]:
         """The other data parties: whose gradients this party adds noise shares to."""
         return tuple(p for p in self.topology.data_parties if p != self.me)
+
+    def slots(self, owner: str, norm: float) -> GradSlots | None:
+        """How ``owner``'s masked gradient of a step of ``norm`` rows travels (None: unpacked)."""
+        return GradSlots.for_step(self.backend, enabled=self.batchcrypt, rows=int(norm), owner=owner,
+                                  topology=self.topology, dims=self.dims, dp=self.plan is not None)
 
     def packing(self, rows: int) -> Packing:
         """The layout of a step's residual ciphertexts (every party derives the same one)."""
@@ -157,10 +169,19 @@ class _Run:
 @dataclass(frozen=True, slots=True)
 class _Epoch:
     """What the steps of one epoch share: ``rows``, the epoch's ``R`` training rows (every party
-    scales its loss terms by ``1/R``), and ``loss``, the guest's running encrypted loss sums."""
+    scales its loss terms by ``1/R``), ``loss``, the guest's running encrypted loss sums, and
+    ``pending``, the guest's loss terms of the last step, still to compute (:meth:`flush`)."""
 
     rows: int
     loss: list[Ciphertext] = field(default_factory=list)
+    pending: list[Callable[[], Ciphertext]] = field(default_factory=list)
+
+    def flush(self, backend: CryptoBackend) -> None:
+        """Compute the pending loss terms and add them to ``loss``. The guest defers a step's
+        terms to the start of the next step, where it would otherwise wait for the hosts'
+        partial logits (the host encrypts them meanwhile), and to the end of the epoch."""
+        while self.pending:
+            accumulate(backend, self.loss, self.pending.pop(0)())
 
 
 class _Step(Protocol):
@@ -193,38 +214,54 @@ def _train_epoch(
     ``first_round + s``; empty batches are skipped (the round numbers stay)."""
     for s, idx in enumerate(batches):
         step_round = first_round + s
+        epoch.flush(run.backend)
         if idx.size == 0:
             continue
         norm = float(idx.size)  # public: the batches are known to every party
         xb = xt[idx]
         part = residual(clip_logits(xb @ model.weights, run.plan), idx)
         mask = run.rng.uniform(-mask_scale, mask_scale, size=model.weights.size)
+        if run.slots(run.me, norm) is not None:
+            # BatchCrypt masks each packed ciphertext with an integer instead (GradSlots); the
+            # draw above stays, so that the noise shares drawn after it are the same on every path
+            mask = np.zeros_like(mask)
         mine = own_share(run.plan, me=run.me, topology=run.topology, dims=run.dims, norm=norm, rng=run.rng,
                          round=step_round, tap=run.tap)
         z = step(run, epoch, round=step_round, norm=norm, xb=xb, part=part, offset=mask + mine)
         z = as_float_vector(z, length=model.weights.size, sender=run.holder, what="gradient")
         model = update(model, z - mask, lr=lr, l2=l2)
+    epoch.flush(run.backend)
     return model
 
 
-def _grad_to_arbiter(run: _Run, g: Ciphertext, *, norm: float, round: int) -> None:
+def _grad_to_arbiter(run: _Run, g: Ciphertext, *, norm: float, round: int) -> list[int] | None:
     """Arbiter topology: this party's masked gradient and, under DP, its noise shares of the
-    other data parties' gradients (all under the arbiter's key) to the arbiter."""
+    other data parties' gradients (all under the arbiter's key) to the arbiter; the masks of a
+    packed gradient (:class:`.keys.GradSlots`)."""
     ch, k, arb = run.channel, run.keys.grad, run.holder
-    ch.send(arb, GRAD, k.ser(g), round=round)
+    data, masks = k.seal(g, run.slots(run.me, norm))
+    ch.send(arb, GRAD, data, round=round)
     if run.plan is not None:
         shares = noise_shares(
             {p: k for p in run.others}, plan=run.plan, me=run.me, topology=run.topology, dims=run.dims, norm=norm,
-            rng=run.rng, round=round, tap=run.tap,
+            rng=run.rng, round=round, tap=run.tap, slots={p: run.slots(p, norm) for p in run.others},
         )
         ch.send(arb, NOISE, shares, round=round)
+    return masks
+
+
+def _opened(run: _Run, answer: Any, masks: list[int] | None, *, norm: float) -> Any:
+    """The key holder's answer for this party's gradient: as it came, or unpacked and unmasked."""
+    slots = run.slots(run.me, norm)
+    return answer if slots is None or masks is None else slots.open(answer, masks, sender=run.holder)
 
 
 def _swap_decryptions(run: _Run, *, peer: str, norm: float, round: int) -> Any:
     """Two-party, after this party has sent its masked gradient: decrypt the peer's (adding this
     party's noise share of it), then receive the peer's decryption of this party's."""
     decrypt_for_peer(run.channel, run.own, peer=peer, plan=run.plan, me=run.me, topology=run.topology,
-                     dims=run.dims, norm=norm, rng=run.rng, round=round, timeout=run.timeout, tap=run.tap)
+                     dims=run.dims, norm=norm, rng=run.rng, round=round, timeout=run.timeout, tap=run.tap,
+                     slots=run.slots(peer, norm))
     return run.channel.recv(peer, PLAIN, round=round, timeout=run.timeout)
 
 
@@ -298,7 +335,8 @@ def guest_train(
     keys = setup_keys(channel, topology, backend, round=r, timeout=T)
     r += 1
 
-    run = _Run(channel, topology, backend, keys, plan, dims, rng, T, noise_tap, track_loss=setup["loss"])
+    run = _Run(channel, topology, backend, keys, plan, dims, rng, T, noise_tap, track_loss=setup["loss"],
+               batchcrypt=config.batchcrypt)
     step: _Step = _guest_step_arbiter if arb else _guest_step_two_party
     xt = model.transform(x[train_rows])
     yt = y[train_rows]
@@ -396,15 +434,16 @@ def _guest_step_arbiter(
             msg["prefix"] = k.ser(backend.sum(cts[:j]))
         ch.send(h, RESIDUAL, msg, round=round)
     g = backend.add_plain(pk.product(backend, d, xb / norm), offset)
-    _grad_to_arbiter(run, g, norm=norm, round=round)
+    masks = _grad_to_arbiter(run, g, norm=norm, round=round)
     if run.track_loss:
-        term = guest_loss_term(backend, b_sum, pk.first(a), rows=epoch.rows)
-        term = backend.sum([term] + [k.de(parts[h].get("sq"), sender=h, length=1) for h in hosts])
+        terms = [k.de(parts[h].get("sq"), sender=h, length=1) for h in hosts]
         if len(hosts) > 1:
             cross = gather_all(ch, hosts[1:], CROSS, round=round, timeout=run.timeout)
-            term = backend.sum([term] + [k.de(cross[h], sender=h, length=1) for h in hosts[1:]])
-        accumulate(backend, epoch.loss, term)
-    return ch.recv(run.holder, PLAIN, round=round, timeout=run.timeout)
+            terms += [k.de(cross[h], sender=h, length=1) for h in hosts[1:]]
+        epoch.pending.append(
+            lambda: backend.sum([guest_loss_term(backend, b_sum, a, rows=epoch.rows, packing=pk), *terms])
+        )
+    return _opened(run, ch.recv(run.holder, PLAIN, round=round, timeout=run.timeout), masks, norm=norm)
 
 
 def _guest_step_two_party(
@@ -420,12 +459,14 @@ def _guest_step_two_party(
     b = peer.de(partial_msg.get("ct"), sender=host, length=pk.length)
     d = backend.add_plain(b, pk.spread(a))
     g = backend.add_plain(pk.product(backend, d, xb / norm), offset)
-    ch.send(host, GRAD, peer.ser(g), round=round)
+    data, masks = peer.seal(g, run.slots(run.me, norm))
+    ch.send(host, GRAD, data, round=round)
     if run.track_loss:
-        term = backend.add(guest_loss_term(backend, b, pk.first(a), rows=epoch.rows),
-                           peer.de(partial_msg.get("sq"), sender=host, length=1))
-        accumulate(backend, epoch.loss, term)
-    return _swap_decryptions(run, peer=host, norm=norm, round=round)
+        sq = peer.de(partial_msg.get("sq"), sender=host, length=1)
+        epoch.pending.append(
+            lambda: backend.add(guest_loss_term(backend, b, a, rows=epoch.rows, packing=pk), sq)
+        )
+    return _opened(run, _swap_decryptions(run, peer=host, norm=norm, round=round), masks, norm=norm)
 
 
 # ------------------------------------------------------------------------------ host
@@ -497,7 +538,8 @@ def host_train(
     keys = setup_keys(channel, topology, backend, round=r, timeout=T)
     r += 1
 
-    run = _Run(channel, topology, backend, keys, plan, dims, rng, T, noise_tap, track_loss=track_loss)
+    run = _Run(channel, topology, backend, keys, plan, dims, rng, T, noise_tap, track_loss=track_loss,
+               batchcrypt=config.batchcrypt)
     position = topology.hosts.index(me)
     # with an arbiter, the hosts after the first also send the guest a cross term of the loss
     step: _Step = partial(_host_step_arbiter, cross=track_loss and position > 0) if arb else _host_step_two_party
@@ -555,11 +597,11 @@ def _host_step_arbiter(
     res = _host_partial(run, k, b, pk, epoch, round=round)
     d = k.de(res.get("ct"), sender=guest, length=pk.length)
     g = backend.add_plain(pk.product(backend, d, xb / norm), offset)
-    _grad_to_arbiter(run, g, norm=norm, round=round)
+    masks = _grad_to_arbiter(run, g, norm=norm, round=round)
     if cross:
         prefix = k.de(res.get("prefix"), sender=guest, length=pk.length)
-        run.channel.send(guest, CROSS, k.ser(cross_term(backend, prefix, pk.first(b), rows=epoch.rows)), round=round)
-    return run.channel.recv(run.holder, PLAIN, round=round, timeout=run.timeout)
+        run.channel.send(guest, CROSS, k.ser(cross_term(backend, prefix, b, rows=epoch.rows, packing=pk)), round=round)
+    return _opened(run, run.channel.recv(run.holder, PLAIN, round=round, timeout=run.timeout), masks, norm=norm)
 
 
 def _host_step_two_party(
@@ -573,8 +615,9 @@ def _host_step_two_party(
     a = peer.de(res.get("ct"), sender=guest, length=pk.length)
     d = backend.add_plain(a, pk.spread(b))
     g = backend.add_plain(pk.product(backend, d, xb / norm), offset)
-    run.channel.send(guest, GRAD, peer.ser(g), round=round)
-    return _swap_decryptions(run, peer=guest, norm=norm, round=round)
+    data, masks = peer.seal(g, run.slots(run.me, norm))
+    run.channel.send(guest, GRAD, data, round=round)
+    return _opened(run, _swap_decryptions(run, peer=guest, norm=norm, round=round), masks, norm=norm)
 
 
 # ------------------------------------------------------------------------------ arbiter
@@ -627,8 +670,10 @@ def arbiter_train(
             step_round = r + 1 + s
             if not size:
                 continue
+            slots = {p: GradSlots.for_step(backend, enabled=config.batchcrypt, rows=size, owner=p, topology=topology,
+                                           dims=dims, dp=dp_on) for p in parties}
             _arbiter_step(channel, keys, topology=topology, dims=dims, plan=plan, rng=rng, norm=float(size),
-                          round=step_round, timeout=T, tap=noise_tap)
+                          round=step_round, timeout=T, tap=noise_tap, slots=slots)
         end_round = r + 1 + len(sizes)
         epochs_run += 1
         if track_loss:
@@ -649,20 +694,27 @@ def _arbiter_step(
     round: int,
     timeout: float,
     tap: NoiseTap | None,
+    slots: Mapping[str, GradSlots | None],
 ) -> None:
     """The arbiter's step: every data party's masked gradient, plus (DP) the other parties'
-    noise shares and its own, decrypted and sent back to that party."""
+    noise shares and its own, decrypted and sent back to that party (packed in ``slots[p]``:
+    the masked packed integers, which only ``p`` can unmask)."""
     me, parties, backend = channel.party, topology.data_parties, keys.backend
     grads = gather_all(channel, parties, GRAD, round=round, timeout=timeout)
     noise = gather_all(channel, parties, NOISE, round=round, timeout=timeout) if plan is not None else {}
     for p in parties:
-        ct = keys.de(grads[p], sender=p)
+        sl = slots[p]
+        length = None if sl is None else sl.count
+        ct = keys.de(grads[p], sender=p, length=length)
         if plan is not None:
-            shares = [keys.de(noise[q].get(p), sender=q) for q in parties if q != p]
+            shares = [keys.de(noise[q].get(p), sender=q, length=length) for q in parties if q != p]
             mine = draw_share(plan, owner=p, me=me, topology=topology, dims=dims, norm=norm,
                               rng=rng, round=round, tap=tap)  # type: ignore[arg-type]
-            ct = backend.add_plain(backend.sum([ct, *shares]), mine)
-        z = keys.dec(ct)
-        if z.shape != (dims[p],):
+            if sl is None:
+                ct = backend.add_plain(backend.sum([ct, *shares]), mine)
+            else:
+                ct = backend.sum([ct, *shares, keys.enc_noise(mine, sl)])
+        z = keys.dec_gradient(ct, sl)
+        if sl is None and z.shape != (dims[p],):
             raise ProtocolError(f"{me}: {p!r} sent a gradient of {z.shape[0]} values, expected {dims[p]}")
         channel.send(p, PLAIN, z, round=round)
