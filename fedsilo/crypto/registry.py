@@ -10,13 +10,15 @@ Entry points load lazily (TenSEAL is only imported when ``ckks`` is asked for).
 from __future__ import annotations
 
 import difflib
+import inspect
+from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
 from fedsilo.crypto.base import CryptoBackend
 from fedsilo.errors import BackendNotFoundError, ConfigError
 
-__all__ = ["available_backends", "get_backend", "get_backend_class", "register_backend"]
+__all__ = ["accepted_params", "available_backends", "check_params", "get_backend", "get_backend_class", "register_backend"]
 
 ENTRY_POINT_GROUP = "fedsilo.crypto_backends"
 
@@ -77,9 +79,52 @@ def get_backend_class(name: str) -> type[CryptoBackend]:
     return cls
 
 
+def accepted_params(cls: type[CryptoBackend]) -> tuple[str, ...] | None:
+    """The keyword parameters ``cls(**params)`` accepts, in signature order, or None when its
+    ``__init__`` takes ``**kwargs`` (the backend then checks its keys itself)."""
+    sig = inspect.signature(cls.__init__)
+    if any(p.kind is p.VAR_KEYWORD for p in sig.parameters.values()):
+        return None
+    return tuple(
+        n for i, (n, p) in enumerate(sig.parameters.items())
+        if i > 0 and p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)  # i = 0 is self
+    )
+
+
+def check_params(name: str, cls: type[CryptoBackend], params: Mapping[str, Any]) -> None:
+    """Refuse ``[crypto] params`` keys the backend ``name`` does not take, in one line naming the
+    backend, each unknown key with its nearest accepted key, and every accepted key.
+
+    The one place for this hint: without it an unknown key is the constructor's ``TypeError``
+    ("__init__() got an unexpected keyword argument").
+    """
+    accepted = accepted_params(cls)
+    if accepted is None:
+        return
+    unknown = sorted(set(params) - set(accepted))
+    if not unknown:
+        return
+    named = []
+    for key in unknown:
+        near = difflib.get_close_matches(str(key), accepted, n=1, cutoff=0.6)
+        named.append(f"{key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+    valid = ", ".join(accepted) if accepted else "none (it takes no parameters)"
+    raise ConfigError(
+        f"{name}: unknown parameter{'s' if len(named) > 1 else ''} {', '.join(named)} in crypto.params; "
+        f"valid keys: {valid}"
+    )
+
+
 def get_backend(name: str, **params: Any) -> CryptoBackend:
-    """Build the backend registered as ``name`` with backend-specific ``params``."""
+    """Build the backend registered as ``name`` with backend-specific ``params``.
+
+    Raises:
+        BackendNotFoundError: no backend of that name (with the nearest name).
+        ConfigError: a key the backend does not take (:func:`check_params`), or a bad value
+            (the backend's own check).
+    """
     cls = get_backend_class(name)
+    check_params(name, cls, params)
     try:
         return cls(**params)
     except TypeError as exc:

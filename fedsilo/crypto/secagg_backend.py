@@ -25,7 +25,6 @@ Parameters (``[crypto] params``):
 """
 from __future__ import annotations
 
-import difflib
 import math
 from typing import Any, ClassVar, NoReturn
 
@@ -61,19 +60,8 @@ class SecAggBackend(CryptoBackend):
         granularity: float = DEFAULT_GRANULARITY,
         value_bound: float = DEFAULT_VALUE_BOUND,
         prg: str = "aes-ctr",
-        **unknown: Any,
     ) -> None:
-        if unknown:
-            # a misspelt key would otherwise be a TypeError naming __init__ (found by the
-            # bad-input sweep: no did-you-mean hint, unlike config keys)
-            lines = []
-            for key in sorted(unknown):
-                near = difflib.get_close_matches(key, PARAMS, n=1, cutoff=0.6)
-                lines.append(f"{key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
-            raise ConfigError(
-                f"secagg: unknown parameter{'s' if len(lines) > 1 else ''} {', '.join(lines)} in crypto.params; "
-                f"valid keys: {', '.join(PARAMS)}"
-            )
+        # an unknown key is refused by fedsilo.crypto.registry.check_params (did-you-mean, valid keys)
         for key, value, low in (("threshold", threshold, 2), ("degree", degree, 1)):
             if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
                 raise ConfigError(f"secagg: {key} must be an integer >= {low}, got {value!r}")

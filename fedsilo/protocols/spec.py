@@ -18,7 +18,7 @@ import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, ValidationInfo, field_validator, model_validator
 
 from fedsilo.errors import ConfigError
 
@@ -153,11 +153,15 @@ class ModelSection(Section):
     #: the first trees grown on the guest's own features only, without encryption or hosts
     guest_trees: Int = Field(0, ge=0)
 
-    @model_validator(mode="after")
-    def _guest_trees_fit(self) -> "ModelSection":
-        if self.guest_trees > self.trees:
-            raise ValueError(f"model.guest_trees ({self.guest_trees}) is more than model.trees ({self.trees})")
-        return self
+    @field_validator("guest_trees")
+    @classmethod
+    def _guest_trees_fit(cls, guest_trees: int, info: ValidationInfo) -> int:
+        # a field validator (not a model one) so the error's key is model.guest_trees; trees is
+        # declared first, so it is in info.data unless it failed its own check
+        trees = info.data.get("trees")
+        if trees is not None and guest_trees > trees:
+            raise ValueError(f"must be at most model.trees ({trees})")  # format_errors adds (got ...)
+        return guest_trees
 
 
 #: The ``[model]`` keys of ``kind = "secureboost"`` (besides ``kind``).

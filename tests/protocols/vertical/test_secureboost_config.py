@@ -64,7 +64,8 @@ def test_the_model_keys_are_typed_with_defaults() -> None:
     ({"model__tree": 3}, "unknown key 'model.tree'; did you mean 'trees'?"),
     ({"model__objective": "squared"}, "key 'model.objective': Input should be 'log_loss' or 'squared_error'"),
     ({"model__missing": "impute"}, "key 'model.missing': Input should be 'refuse' or 'bin'"),
-    ({"model__guest_trees": 6}, "model.guest_trees (6) is more than model.trees (5)"),
+    ({"model__guest_trees": 6}, "fed.toml: key 'model.guest_trees': must be at most model.trees (5) (got 6)"),
+    ({"model__guest_trees": 6, "model__trees": 0}, "key 'model.trees': Input should be greater than or equal to 1"),
     ({"model__guest_trees": -1}, "key 'model.guest_trees': Input should be greater than or equal to 0"),
 ])
 def test_bad_model_values_are_named(changes, message) -> None:
@@ -78,6 +79,9 @@ def test_bad_model_values_are_named(changes, message) -> None:
      "SecureBoost has no arbiter (the guest, which holds the labels, holds the Paillier key); remove the silo 'arb'"),
     ({"crypto__backend": "ckks", "crypto__params": {}}, "key 'crypto.backend': SecureBoost sums gradients exactly"),
     ({"crypto__params": {"value_bound": 4.0}}, "key 'crypto.params.value_bound' is not read by SecureBoost"),
+    ({"crypto__params": {"key_bitz": 2048}},
+     "key 'crypto.params.key_bitz' is not read by SecureBoost; did you mean 'key_bits'? (it sizes its slots from "
+     "the rows and bins itself; it reads key_bits, precision, packed, workers); remove it"),
     ({"crypto__params": {"precision": 60}}, "key 'crypto.params.precision': SecureBoost encodes g and h with at most 52"),
     ({"training": {"rounds": 3}}, "[training] is not read by a 'vertical (secureboost)' job"),
     ({"privacy": {"epsilon": 8.0, "colluders": 2}}, "key 'privacy.colluders' is not read"),

@@ -7,6 +7,7 @@ compares a digest of both, and of the DP settings, with every host's before anyt
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 from collections.abc import Mapping
@@ -21,12 +22,14 @@ from fedsilo.protocols.spec import PrivacySection, ModelSection
 from fedsilo.protocols.vertical.secureboost.boosting import Objective, objective
 from fedsilo.protocols.vertical.secureboost.cipher import HistogramCipher, PaillierHistograms, PlainHistograms
 
-__all__ = ["BACKENDS", "DP_KEYS", "BoostConfig", "CryptoSettings", "digest", "dp_digest"]
+__all__ = ["BACKENDS", "DP_KEYS", "READ_PARAMS", "BoostConfig", "CryptoSettings", "digest", "dp_digest"]
 
 #: The backends SecureBoost runs on: exact integer sums under the guest's key (or none at all).
 BACKENDS = ("paillier", "plain")
 #: The ``[privacy]`` keys SecureBoost reads (``level`` is always record).
 DP_KEYS = ("epsilon", "delta", "accountant", "clip")
+#: The ``[crypto] params`` of the Paillier backend SecureBoost reads (the rest it sizes itself).
+READ_PARAMS = ("key_bits", "precision", "packed", "workers")
 #: Largest fixed-point precision: ``g · 2**P`` must stay exact in a float64.
 MAX_PRECISION = 52
 
@@ -144,11 +147,13 @@ class CryptoSettings:
             if params:
                 raise ConfigError(f"key 'crypto.params': the plain backend takes no parameters, got {sorted(params)}")
             return cls("plain", 2048, 32, True, 1)
-        unread = sorted(set(params) - {"key_bits", "precision", "packed", "workers"})
+        unread = sorted(set(params) - set(READ_PARAMS))
         if unread:
+            near = difflib.get_close_matches(str(unread[0]), READ_PARAMS, n=1, cutoff=0.6)
             raise ConfigError(
-                f"key 'crypto.params.{unread[0]}' is not read by SecureBoost (it sizes its slots from the rows and "
-                "bins itself; it reads key_bits, precision, packed, workers); remove it"
+                f"key 'crypto.params.{unread[0]}' is not read by SecureBoost"
+                + (f"; did you mean {near[0]!r}?" if near else "")
+                + f" (it sizes its slots from the rows and bins itself; it reads {', '.join(READ_PARAMS)}); remove it"
             )
         full = {"packed": True, **params}
         be = get_backend("paillier", **full)

@@ -28,9 +28,10 @@ from fedsilo.protocols.vertical.data import (
     feature_matrix,
     prepare_table,
 )
+from fedsilo.protocols.vertical.secureboost.boosting import label_bound
 from fedsilo.protocols.vertical.secureboost.config import BoostConfig, CryptoSettings
 from fedsilo.protocols.vertical.secureboost.messages import HOLDOUT, int_array
-from fedsilo.protocols.vertical.secureboost.model import fit_binning, refuse_constant
+from fedsilo.protocols.vertical.secureboost.model import fit_binning, refuse_constant, refuse_empty
 from fedsilo.protocols.vertical.secureboost.parties import BoostResult, guest_boost, host_boost, rounds_used
 from fedsilo.protocols.vertical.secureboost.prediction import predict_guest, serve_routes
 
@@ -90,13 +91,20 @@ def party_table(frame: pd.DataFrame, *, source: str, id_column: str, label: str 
                 config: BoostConfig) -> PartyTable:
     """One party's table checked for SecureBoost: :func:`~fedsilo.protocols.vertical.data.prepare_table`'s
     checks, except that with missing-value bins (``missing = "bin"``) a feature's NaNs are kept
-    (anything else non-numeric or infinite is still refused), and for the squared error the
-    label is any finite number.
+    (anything else non-numeric or infinite is still refused), a feature with no value at all is
+    refused as such (either ``missing``), a ``log_loss`` label needs exactly two classes, and for
+    the squared error the label is any number within :func:`~.boosting.label_bound`.
 
     Raises:
         DataError: naming ``source`` and the column.
     """
     classification = config.loss.classification
+    if isinstance(frame, pd.DataFrame) and len(frame) and id_column in frame.columns:
+        cols = [c for c in frame.columns if c not in (id_column, label)]
+        refuse_empty(frame[cols].isna().all().tolist(), [str(c) for c in cols], source=source,
+                     where="the whole table")
+        if classification and label is not None and label in frame.columns:
+            _two_classes(frame[label], source=source, column=label)
     if classification and not config.missing_bins:
         return prepare_table(frame, source=source, id_column=id_column, label=label)
     if not isinstance(frame, pd.DataFrame) or len(frame) == 0 or id_column not in frame.columns \
@@ -111,19 +119,43 @@ def party_table(frame: pd.DataFrame, *, source: str, id_column: str, label: str 
     y = None
     if label is not None:
         y = check_labels(frame[label], source=source, column=label) if classification else \
-            _real_labels(frame[label], source=source, column=label)
+            _real_labels(frame[label], source=source, column=label, trees=config.trees)
     return PartyTable(source=source, ids=ids_from_column(frame[id_column], source=source, column=id_column),
                       columns=tuple(str(c) for c in cols), features=x, labels=y)
 
 
-def _real_labels(series: pd.Series, *, source: str, column: str) -> np.ndarray:
-    """A regression target as finite floats (DataError naming the column otherwise)."""
+def _two_classes(series: pd.Series, *, source: str, column: str) -> None:
+    """A ``log_loss`` label holds exactly two classes (DataError naming the column and the
+    objective to use otherwise; no label value or count). Missing labels are left to
+    :func:`~fedsilo.protocols.vertical.data.check_labels`."""
+    if series.isna().any():
+        return
+    k = int(series.nunique())
+    if k != 2:
+        raise DataError(
+            f"{source}: label column {column!r} holds {'one class' if k == 1 else 'more than two distinct values'}; "
+            "SecureBoost's model.objective = \"log_loss\" needs exactly two classes; for a numeric target set "
+            "[model] objective = \"squared_error\""
+        )
+
+
+def _real_labels(series: pd.Series, *, source: str, column: str, trees: int) -> np.ndarray:
+    """A regression target as finite floats within :func:`~.boosting.label_bound` (DataError
+    naming the column, and the bound but not the value, otherwise)."""
     values = pd.to_numeric(series, errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values)
     if bad.any():
         raise DataError(f"{source}: label column {column!r} has {int(bad.sum())} missing, non-numeric or infinite "
                         f"value(s) (first at row {int(np.flatnonzero(bad)[0])}); model.objective = \"squared_error\" "
                         "needs a number in every row")
+    bound = label_bound(trees=trees)
+    if values.size and float(np.max(np.abs(values))) > bound:
+        # refused here, before PSI: nothing is sent or charged for a job whose losses would be inf
+        raise DataError(
+            f"{source}: label column {column!r} has a value of magnitude above {bound:.3g}, the largest "
+            f"model.objective = \"squared_error\" accepts with model.trees = {trees} (its squared residuals must sum "
+            "to a finite float64; boosting.label_bound); rescale the label"
+        )
     return values
 
 

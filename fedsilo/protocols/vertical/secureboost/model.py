@@ -38,6 +38,7 @@ __all__ = [
     "goes_left",
     "joint_scores",
     "refuse_constant",
+    "refuse_empty",
 ]
 
 
@@ -52,24 +53,37 @@ def goes_left(values: np.ndarray, threshold: float, missing_left: bool) -> np.nd
     return np.where(np.isnan(values), missing_left, values <= threshold)
 
 
-def refuse_constant(x: np.ndarray, columns: Sequence[str], *, source: str, where: str) -> None:
-    """A column that can never split a node is refused, naming it: one value throughout, or
-    (missing-value bins) no value at all; one value and some NaNs can split (NaN or not).
+def refuse_empty(all_missing: Sequence[bool], columns: Sequence[str], *, source: str, where: str) -> None:
+    """A column with no value at all (every row missing) is refused, naming it (all such columns).
 
     Raises:
-        DataError: naming ``source``, the column, its value's count and ``where`` it is constant.
+        DataError: naming ``source``, the column and ``where`` it has no value.
+    """
+    empty = [c for c, e in zip(columns, all_missing, strict=True) if e]
+    if empty:
+        raise DataError(
+            f"{source}: column {empty[0]!r} has no value over {where} (every row is missing): a tree can never "
+            f"split on it; drop it{f' (also all missing: {empty[1:]})' if len(empty) > 1 else ''}"
+        )
+
+
+def refuse_constant(x: np.ndarray, columns: Sequence[str], *, source: str, where: str) -> None:
+    """A column that can never split a node is refused, naming it: no value at all
+    (:func:`refuse_empty`, with missing-value bins), or one value throughout; one value and some
+    NaNs can split (NaN or not).
+
+    Raises:
+        DataError: naming ``source``, the column and ``where`` it is empty or constant (never a
+            row count).
     """
     if x.shape[0] == 0:
         return
-
-    def flat_(col: np.ndarray) -> bool:
-        nan = np.isnan(col)
-        return bool(nan.all()) or (not nan.any() and np.ptp(col) == 0)
-
-    flat = [c for j, c in enumerate(columns) if flat_(x[:, j])]
+    nan = np.isnan(x)
+    refuse_empty(nan.all(axis=0).tolist(), columns, source=source, where=where)
+    flat = [c for j, c in enumerate(columns) if not nan[:, j].any() and np.ptp(x[:, j]) == 0]
     if flat:
         raise DataError(
-            f"{source}: column {flat[0]!r} is constant over {where} ({x.shape[0]} rows): a tree can never "
+            f"{source}: column {flat[0]!r} is constant over {where}: a tree can never "
             f"split on it; drop it{f' (also constant: {flat[1:]})' if len(flat) > 1 else ''}"
         )
 
