@@ -37,8 +37,9 @@ PlotsOpt = Annotated[
 ]
 NoBaselinesOpt = Annotated[
     bool,
-    typer.Option("--no-baselines", help="Horizontal jobs: skip the baselines block (central training on the pooled rows "
-                 "and each silo alone, simulation only; costs (silos + 1) local trainings of rounds x local_epochs epochs)."),
+    typer.Option("--no-baselines", help="Skip the baselines block (simulation only, not private): horizontal, central "
+                 "training on the pooled rows and each silo alone ((silos + 1) trainings of rounds x local_epochs epochs); "
+                 "vertical, the same model on every party's columns joined and the guest alone on its own."),
 ]
 EngineOpt = Annotated[
     str,
@@ -106,6 +107,10 @@ def _print_results(results: dict[str, Any]) -> None:
         for silo, e in eps.items():
             et.add_row(silo, f"{e['epsilon']:.4f}", f"{e['delta']:g}")
         console.print(et)
+    adaptive = (results.get("dp") or {}).get("adaptive_clip")
+    if isinstance(adaptive, dict) and adaptive.get("final_clip") is not None:
+        console.print(f"adaptive clipping: clip {adaptive['initial_clip']:.4g} -> {adaptive['final_clip']:.4g} after the "
+                      f"last round (target quantile {adaptive['target_quantile']:g}, clip_lr {adaptive['clip_lr']:g})")
     sent = results.get("bytes_sent") or {}
     if sent:
         console.print("bytes sent: " + ", ".join(f"{p} {n / 1e6:.2f} MB" for p, n in sent.items()))
@@ -114,28 +119,59 @@ def _print_results(results: dict[str, Any]) -> None:
 
 
 def _print_baselines(console: Any, results: dict[str, Any]) -> None:
-    """The federation's final model against the ``baselines`` block, on the same pooled
-    held-out rows (the results' ``simulation_metrics``)."""
+    """The federation's final model against the ``baselines`` block, on the same held-out rows
+    (the results' ``simulation_metrics``): horizontal, every silo's pooled; vertical, the
+    aligned rows the guest held out."""
+    from rich.markup import escape
     from rich.table import Table
 
     base = results.get("baselines")
     fed = results.get("simulation_metrics") or {}
     if not base or not fed:
         return
-    bt = Table(title=f"did federating pay off? pooled held-out rows ({base['label']})")
-    for col in ("model", "accuracy", "auc"):
+    # classification: accuracy and AUC; SecureBoost's squared error: RMSE and R²
+    cols = [k for k in ("accuracy", "auc") if k in fed] or [k for k in ("rmse", "r2") if k in fed]
+    if not cols:
+        return
+    bt = Table(title=f"did federating pay off? {'aligned' if results.get('task') == 'vertical' else 'pooled'} "
+                     f"held-out rows ({escape(base['label'])})")
+    for col in ("model", *cols):
         bt.add_column(col, justify="left" if col == "model" else "right")
-    bt.add_row("federation (this job)", f"{fed['accuracy']:.4f}", f"{fed['auc']:.4f}")
-    bt.add_row(f"central, pooled rows, no DP ({base['epochs']} epochs)", f"{base['central']['accuracy']:.4f}",
-               f"{base['central']['auc']:.4f}")
+
+    def row(name: str, m: dict[str, Any]) -> None:
+        bt.add_row(name, *(f"{m[c]:.4f}" if isinstance(m.get(c), float) else "-" for c in cols))
+
+    row("federation (this job)", fed)
+    length = f"{base['epochs']} epochs" if "epochs" in base else f"{base['trees']} trees"
+    joined = "every party's columns joined" if results.get("task") == "vertical" else "pooled rows"
+    row(f"central, {joined}, no DP ({length})", base["central"])
     for silo, m in base["alone"].items():
-        bt.add_row(f"{silo} alone, no DP", f"{m['accuracy']:.4f}", f"{m['auc']:.4f}")
+        row(f"{silo} alone, no DP", m)
     console.print(bt)
-    best = max(base["alone"], key=lambda n: base["alone"][n]["auc"])
-    console.print(
-        f"federation AUC {fed['auc'] - base['central']['auc']:+.4f} vs central, "
-        f"{fed['auc'] - base['alone'][best]['auc']:+.4f} vs the best silo alone ({best})"
-    )
+    for key in ("hosts", "guest"):
+        if base.get(key):
+            console.print(f"baselines: {escape(str(base[key]))}")
+    key = "auc" if "auc" in cols else "r2" if "r2" in cols else None
+    if key is None or not isinstance(base["central"].get(key), float):
+        return
+    line = f"federation {key.upper()} {fed[key] - base['central'][key]:+.4f} vs central"
+    scored = {n: m for n, m in base["alone"].items() if isinstance(m.get(key), float)}
+    if scored:
+        best = max(scored, key=lambda n: scored[n][key])
+        line += f", {fed[key] - scored[best][key]:+.4f} vs the best silo alone ({best})"
+    console.print(line)
+
+
+def _baselines(cfg: Any) -> dict[str, Any] | None:
+    """The ``baselines`` block of a horizontal or vertical (LR, SecureBoost) config (None: a
+    vertical job that held out no row)."""
+    if cfg.federation.task == "vertical":
+        from fedsilo.silos.tasks.vertical import vertical_baselines
+
+        return vertical_baselines(cfg)
+    from fedsilo.silos.tasks.horizontal import horizontal_baselines
+
+    return horizontal_baselines(cfg)
 
 
 def _progress_printer(quiet: bool):
@@ -182,6 +218,7 @@ def register(app: typer.Typer) -> None:
         no_baselines: NoBaselinesOpt = False,
     ) -> None:
         """Run every silo of a federation on this machine and print per-round metrics and epsilon."""
+        from fedsilo.errors import ConfigError, DataError, FedsiloError
         from fedsilo.silos.runner import run_job
 
         cfg = _load(config, backend=backend, silos=silos, rounds=rounds, epsilon=epsilon, seed=seed,
@@ -190,14 +227,23 @@ def register(app: typer.Typer) -> None:
             check_output_path(json_out, "--json")
         check_plots(plots, json_out)
         results = run_job(cfg, ledger_dir=ledger_dir, progress=_progress_printer(quiet), engine=engine)
-        if cfg.federation.task == "horizontal" and not no_baselines:
+        failed = None
+        if cfg.federation.task in ("horizontal", "vertical") and not no_baselines:
             # simulation only: this process can read every silo's rows (an agent never can)
-            from fedsilo.silos.tasks.horizontal import horizontal_baselines
-
-            results["baselines"] = horizontal_baselines(cfg)
+            try:
+                base = _baselines(cfg)
+            except FedsiloError as exc:  # the job ran and charged its ledgers: never lose its results
+                failed = exc
+            else:
+                if base is not None:
+                    results["baselines"] = base
         _save(json_out, results, _print_results)
         _print_results(results)
         write_plots(plots, results)
+        if failed is not None:
+            kind = DataError if isinstance(failed, DataError) else ConfigError
+            raise kind(f"the job completed (results above), but its baselines failed: {failed} "
+                       "(--no-baselines skips them)") from None
 
     @app.command("stats")
     @cli_errors

@@ -32,7 +32,7 @@ from fedsilo.protocols.vertical.secureboost import messages as sb
 from fedsilo.protocols.vertical.secureboost.config import BoostConfig, CryptoSettings
 from fedsilo.protocols.vertical.secureboost.dp import HistogramDp, calibrate
 from fedsilo.protocols.vertical.secureboost.job import SecureBoostSpec, party_table, secureboost_party
-from fedsilo.protocols.vertical.secureboost.model import joint_scores
+from fedsilo.protocols.vertical.secureboost.model import joint_scores, refuse_empty
 from fedsilo.silos.config import JobConfig
 from fedsilo.silos.data import DataSource, LocalTable, require_columns, require_numeric
 from fedsilo.silos.ledgers import opened
@@ -41,7 +41,7 @@ from fedsilo.silos.runner import budgets_for, ledger_specs
 from fedsilo.silos.topology import Flow, add_flow, add_party, new_federation
 
 __all__ = ["KIND", "SECUREBOOST", "SecureBoostJob", "SecureBoostPlan", "make_secureboost_spec", "parties_for",
-           "simulate_secureboost"]
+           "secureboost_baselines", "simulate_secureboost"]
 
 #: the ``[model] kind`` this module runs
 KIND = "secureboost"
@@ -225,6 +225,9 @@ def _checked_table(spec: SecureBoostSpec, party: Party, table: LocalTable) -> pd
     require_columns(table, [spec.id_column, *([spec.label] if guest else [])])
     ids_from_column(table.frame[spec.id_column], source=table.where, column=spec.id_column)
     features = [c for c in table.frame.columns if c != spec.id_column and not (guest and c == spec.label)]
+    # a column of nothing but NaN is "no value", not "N missing values" nor (with bins) "constant"
+    refuse_empty(table.frame[features].isna().all().tolist(), [str(c) for c in features], source=table.where,
+                 where="the whole table")
     # with missing-value bins a NaN is a value; everything else must still be a finite number
     seen = LocalTable(table.name, table.frame.fillna({c: 0.0 for c in features}), table.where, table.bounds) \
         if spec.config.missing_bins else table
@@ -409,3 +412,54 @@ def simulate_secureboost(
 
     return run_tables(plan, tables, parties_for, ledger_dir=ledger_dir, budgets=budgets, noise_seed=noise_seed,
                       datasets=datasets, job=job, engine=engine, progress=progress)
+
+
+def secureboost_baselines(cfg: JobConfig, frames: Mapping[str, pd.DataFrame]) -> dict[str, Any]:
+    """The ``baselines`` block of a SecureBoost config (simulation only, not private): the
+    job's trees, grown in one place without DP on the same held-out aligned rows. ``frames``:
+    each data party's table restricted to the aligned customers, guest first, row ``i`` the
+    same customer in every frame (:func:`fedsilo.silos.tasks.vertical.aligned_tables`).
+
+    ``central`` grows every tree on the guest's columns joined with every host's; ``alone`` on
+    the guest's own columns. Both run the job's own boosting (:func:`simulate_secureboost`, the
+    ``plain`` backend) with every tree guest-only (``guest_trees = trees``: no histogram
+    leaves the guest, no encryption), so the trees, bins, held-out split and subsamples are the
+    job's (the same seed draws them); a placeholder host holding only the aligned IDs and a row
+    number stands in for the hosts, as the protocol needs one (it never grows a split).
+    Returns ``{"label", "trees", "central", "alone": {guest: metrics}, "hosts"}`` with the
+    metrics of the results' ``simulation_metrics``."""
+    from fedsilo.silos.tasks.horizontal import BASELINES_LABEL
+    from fedsilo.silos.tasks.vertical import HOSTS_ALONE
+
+    assert cfg.data.label is not None and cfg.data.id_column is not None
+    guest, hosts = _roles({s.name: s.role for s in cfg.silos}, source=cfg._source)
+    id_col, label = cfg.data.id_column, cfg.data.label
+    bounds = {k: (float(v[0]), float(v[1])) for k, v in cfg.data.bounds.items()}
+    joined = frames[guest].copy()
+    for h in hosts:
+        for col in (c for c in frames[h].columns if c != id_col):
+            name = col if col not in joined.columns else f"{h}.{col}"  # two parties may share a column name
+            joined[name] = frames[h][col].to_numpy()
+            if name != col and col in bounds:
+                bounds[name] = bounds[col]
+    placeholder = next(n for n in ("host", "host_0", "host_1") if n != guest)
+    stand_in = pd.DataFrame({id_col: frames[guest][id_col].to_numpy(),
+                             "row" if id_col != "row" else "row_number": np.arange(len(joined), dtype=float)})
+    model = {**cfg.model.model_dump(exclude_unset=True), "guest_trees": cfg.model.trees}
+
+    def grow(table: pd.DataFrame) -> dict[str, float]:
+        out = simulate_secureboost(
+            tables={guest: table, placeholder: stand_in}, roles={guest: "guest", placeholder: "host"}, id_column=id_col,
+            label=label, model=model, backend="plain", dp=None, insecure=True, seed=cfg.federation.seed,
+            test_fraction=cfg.data.test_fraction, timeout=cfg.federation.round_timeout,
+            bounds={k: v for k, v in bounds.items() if k in table.columns},
+        )
+        return dict(out["simulation_metrics"])
+
+    own = [c for c in frames[guest].columns if c not in (id_col, label)]
+    alone = {guest: grow(frames[guest])} if own else {}
+    block: dict[str, Any] = {"label": BASELINES_LABEL, "trees": cfg.model.trees, "central": grow(joined), "alone": alone,
+                             "hosts": HOSTS_ALONE}
+    if not own:
+        block["guest"] = f"the guest {guest!r} holds the labels only (no feature): no model of its own"
+    return block

@@ -8,6 +8,7 @@ sections, public feature bounds. Results follow docs/results.md.
 """
 from __future__ import annotations
 
+import copy
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,12 +28,22 @@ from fedsilo.protocols.vertical.config import dp_plan, spent_epsilon
 from fedsilo.protocols.vertical.data import prepare_table
 from fedsilo.protocols.vertical.job import ROLES, VerticalSpec, backend_params_for, vertical_party
 from fedsilo.protocols.vertical.lr import Topology, TrainingConfig, evaluation_metrics
-from fedsilo.protocols.vertical.taylor import DpPlan
+from fedsilo.protocols.vertical.model import fit_model
+from fedsilo.protocols.vertical.secureboost.job import holdout_split
+from fedsilo.protocols.vertical.taylor import (
+    DpPlan,
+    epoch_partition,
+    guest_residual_part,
+    learning_rate,
+    sigmoid,
+    taylor_loss,
+)
 from fedsilo.silos.config import JobConfig
 from fedsilo.protocols.psi import ids_from_column
 from fedsilo.silos.data import DataSource, FrameSource, LocalTable, require_columns, require_numeric
 from fedsilo.silos.ledgers import Release, opened
-from fedsilo.silos.tasks.secureboost import KIND as SECUREBOOST_KIND, SECUREBOOST
+from fedsilo.silos.tasks.horizontal import BASELINES_LABEL
+from fedsilo.silos.tasks.secureboost import KIND as SECUREBOOST_KIND, SECUREBOOST, secureboost_baselines
 from fedsilo.silos.runner import (
     JobContext,
     JobRun,
@@ -46,9 +57,11 @@ from fedsilo.silos.runner import (
     refuse_unread,
     register_task,
     run_plan,
+    sources_for,
 )
 
-__all__ = ["VERTICAL", "VerticalPlan", "epsilon_per_epoch", "planned_releases", "simulate_vertical", "topology_of"]
+__all__ = ["HOSTS_ALONE", "VERTICAL", "AlignedTables", "VerticalPlan", "aligned_tables", "epsilon_per_epoch",
+           "lr_baselines", "planned_releases", "simulate_vertical", "topology_of", "vertical_baselines"]
 
 #: the [model] a vertical job trains: hetero logistic regression only
 _MODEL_KINDS = ("logistic",)
@@ -508,3 +521,127 @@ def run_tables(
         parties = make_parties(plan, sources, ledger_dir=directory, budgets=budgets or {}, noise_seed=noise_seed,
                                datasets=datasets)
         return run_plan(VERTICAL, plan, parties, job=job, engine=get_engine(engine), progress=progress)
+
+
+# ------------------------------------------------------------------------------ baselines (simulation only)
+
+#: What a vertical ``baselines`` block says of the hosts (docs/results.md).
+HOSTS_ALONE = "hosts hold no label, so they have no model of their own and no 'alone' score"
+
+
+@dataclass(frozen=True, eq=False)
+class AlignedTables:
+    """Every data party's table restricted to the aligned customers, read in one process:
+    **baselines only**. ``ids`` are in the order PSI aligns them (sorted by ID, Python ``str``
+    order; :func:`fedsilo.protocols.psi.align_guest`), and row ``i`` of every frame is customer
+    ``ids[i]``; ``train``/``test`` index them as the guest's public split of the job does."""
+
+    ids: list[str]
+    frames: dict[str, pd.DataFrame]
+    train: np.ndarray
+    test: np.ndarray
+    #: the job's public stream after the split (LR: its epochs' batch order)
+    public_rng: np.random.Generator
+
+
+def aligned_tables(cfg: JobConfig) -> AlignedTables:
+    """The aligned rows of a vertical config and the guest's held-out split, recomputed in the
+    clear from every party's file: the intersection of the ID columns in PSI's order, then the
+    split the guest draws from the job seed (its public stream: the guest is data party 0,
+    :func:`_public_rng`). A simulation helper: no party can call it (it reads every table)."""
+    assert cfg.data.id_column is not None
+    # roles, not topology_of: SecureBoost runs several hosts without an arbiter
+    guest = next(s.name for s in cfg.silos if s.role == "guest")
+    hosts = [s.name for s in cfg.silos if s.role == "host"]
+    sources = sources_for(cfg)
+    tables = {p: sources[p].load() for p in (guest, *hosts)}
+    positions: dict[str, dict[str, int]] = {}
+    for p, t in tables.items():
+        ids = ids_from_column(t.frame[cfg.data.id_column], source=t.where, column=cfg.data.id_column)
+        positions[p] = {i: k for k, i in enumerate(ids)}
+    common = set(positions[guest])
+    for p in hosts:
+        common &= positions[p].keys()
+    ids = sorted(common)
+    if not ids:
+        raise ConfigError(f"{cfg._source}: baselines: the parties' tables share no ID")
+    frames = {p: t.frame.iloc[[positions[p][i] for i in ids]].reset_index(drop=True) for p, t in tables.items()}
+    rng = _public_rng(cfg.federation.seed, 0)
+    # the guest's split (fedsilo.protocols.vertical.job draws the same: round(f·n) held out)
+    train, test = holdout_split(rng, len(ids), cfg.data.test_fraction)
+    return AlignedTables(ids, frames, train, test, rng)
+
+
+def vertical_baselines(cfg: JobConfig) -> dict[str, Any] | None:
+    """The ``baselines`` block of a vertical config (logistic regression or SecureBoost) on the
+    job's held-out aligned rows: ``central``, the same model on every party's columns joined,
+    trained in one place with the job's settings and no DP; ``alone``, the guest (the label
+    holder) on its own columns. None when the job holds out no row (``[data] test_fraction =
+    0``: nothing to score on). For ``fedsilo simulate`` only: it reads every party's table."""
+    aligned = aligned_tables(cfg)
+    if not aligned.test.size:
+        return None
+    if cfg.model.kind == SECUREBOOST_KIND:
+        return secureboost_baselines(cfg, aligned.frames)
+    assert cfg.data.label is not None and cfg.data.id_column is not None
+    top = topology_of({s.name: s.role for s in cfg.silos})
+    config = TrainingConfig.from_sections(cfg.training, timeout=cfg.federation.round_timeout)
+    bounds = {k: (float(v[0]), float(v[1])) for k, v in cfg.data.bounds.items()}
+    blocks: list[tuple[str, np.ndarray]] = []
+    labels = None
+    for p in top.data_parties:
+        guest = p == top.guest
+        data = prepare_table(aligned.frames[p], source=p, id_column=cfg.data.id_column,
+                             label=cfg.data.label if guest else None)
+        # the party's own preprocessing without DP: its public bounds, else its training rows' statistics
+        local = fit_model(data.features, aligned.train, data.columns, dp=None, intercept=guest, bounds=bounds, who=p)
+        blocks.append((p, local.transform(data.features)))
+        if guest:
+            labels = data.labels
+    assert labels is not None
+    batch = config.batch_size
+    if config.fill_slots:  # the batch the job ran: the rows that fill one ciphertext of its backend
+        backend = get_backend(cfg.crypto.backend, **backend_params_for(cfg.crypto.backend, cfg.crypto.params))
+        batch = config.batch_rows(backend, {p: x.shape[1] for p, x in blocks})
+    x_all = np.hstack([x for _, x in blocks])
+    guest_x = blocks[0][1]
+    free = np.ones(x_all.shape[1], dtype=bool)
+    free[guest_x.shape[1] - 1] = False  # the guest's intercept (its last column) is not penalized
+    # central and alone draw the same batches as the job: each from a copy of its public stream
+    out = {}
+    for name, x, pen in (("central", x_all, free), ("alone", guest_x, free[: guest_x.shape[1]])):
+        w = lr_baselines(x[aligned.train], labels[aligned.train], config=config, batch=batch,
+                         rng=copy.deepcopy(aligned.public_rng), penalized=pen)
+        out[name] = evaluation_metrics(labels[aligned.test], sigmoid(x[aligned.test] @ w))
+    return {"label": BASELINES_LABEL, "epochs": config.epochs, "central": out["central"],
+            "alone": {top.guest: out["alone"]}, "hosts": HOSTS_ALONE}
+
+
+def lr_baselines(x: np.ndarray, y: np.ndarray, *, config: TrainingConfig, batch: int, rng: np.random.Generator,
+                 penalized: np.ndarray) -> np.ndarray:
+    """Hetero LR's training in one place, in the clear: per epoch a fresh partition into
+    near-equal batches (:func:`~fedsilo.protocols.vertical.taylor.epoch_partition` from ``rng``),
+    per batch the Taylor residual ``d = x·w/4 − y'/2`` (Hardy et al., arXiv:1711.10677, Sec. 3.2;
+    the guest's and the hosts' parts of :mod:`~fedsilo.protocols.vertical.taylor` in one sum), the
+    gradient ``xᵀd / |batch|`` and ``w ← w − lr_e (g + λ w)`` on the ``penalized`` columns, with
+    the job's learning-rate schedule and early stopping on the Taylor loss. Without DP and masks
+    this is the arithmetic the parties run jointly, so a no-DP federation lands on the same
+    weights (up to the backend's encoding error). Returns the weights."""
+    w = np.zeros(x.shape[1])
+    prev: float | None = None
+    for epoch in range(1, config.epochs + 1):
+        batches = epoch_partition(rows=len(y), batch_size=batch, rng=rng)
+        lr = learning_rate(base=config.lr, epoch=epoch, schedule=config.lr_schedule)
+        squares = 0.0
+        for idx in batches:
+            if idx.size == 0:
+                continue
+            # every party's logits in one place: the hosts' parts u_h/4 are the same linear term
+            d = guest_residual_part(logits=x[idx] @ w, labels=y[idx])
+            squares += float(d @ d)
+            w = w - lr * (x[idx].T @ d / idx.size + config.l2 * w * penalized)
+        loss = taylor_loss(sum_squared_residuals=squares, rows=max(1, len(y)))
+        if config.tol is not None and prev is not None and abs(prev - loss) < config.tol:
+            break
+        prev = loss
+    return w
