@@ -12,7 +12,18 @@ import pandas as pd
 from fedsilo.errors import ConfigError, DataError
 from fedsilo.protocols.psi import ids_from_column
 
-__all__ = ["PartyTable", "check_bounds", "check_labels", "feature_bounds", "feature_matrix", "prepare_table"]
+__all__ = ["PartyTable", "check_bounds", "check_labels", "feature_bounds", "feature_matrix", "holdout_split", "prepare_table"]
+
+def holdout_split(rng: np.random.Generator, n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """``(train, test)`` sorted row indices of the aligned rows: ``round(fraction · n)`` held out
+    (at least one row each side when ``n >= 2``), drawn from the public ``rng``; the one split of
+    every vertical job (logistic regression, SecureBoost, their baselines)."""
+    n_test = int(round(fraction * n))
+    if fraction > 0 and n >= 2:
+        n_test = min(max(n_test, 1), n - 1)
+    perm = rng.permutation(n)
+    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
+
 
 #: Where a federation config keeps the public feature bounds (named in error messages).
 BOUNDS_KEY = "[data] bounds"

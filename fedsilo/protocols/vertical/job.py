@@ -22,7 +22,7 @@ from fedsilo.protocols.channel import Channel
 from fedsilo.protocols.policy import require_confidential
 from fedsilo.protocols.psi import align_guest, align_host, psi_executor
 from fedsilo.protocols.spec import PrivacySection
-from fedsilo.protocols.vertical.data import check_bounds, feature_bounds, prepare_table
+from fedsilo.protocols.vertical.data import check_bounds, feature_bounds, holdout_split, prepare_table
 from fedsilo.protocols.vertical.lr import (
     FitResult,
     Topology,
@@ -82,14 +82,6 @@ def backend_params_for(backend: str, params: Mapping[str, Any]) -> dict[str, Any
     return get_backend_class(backend).params_for("matmul", summands=1, params=params)
 
 
-def _split(rng: np.random.Generator, n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    n_test = int(round(fraction * n))
-    if fraction > 0 and n >= 2:
-        n_test = min(max(n_test, 1), n - 1)
-    perm = rng.permutation(n)
-    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
-
-
 def vertical_party(
     channel: Channel,
     *,
@@ -145,7 +137,7 @@ def vertical_party(
         feature_bounds(data.columns, spec.bounds, source=src, required=spec.dp is not None)
         with psi_executor(spec.psi_workers) as ex:
             al = align_guest(channel, hosts=top.hosts, ids=data.ids, rng=rng, round=0, executor=ex, source=src)
-        train_rows, test_rows = _split(public_rng, al.size, spec.test_fraction)
+        train_rows, test_rows = holdout_split(public_rng, al.size, spec.test_fraction)
         channel.broadcast(top.hosts, SPLIT, {"test": test_rows}, round=_SPLIT_ROUND)
         assert data.labels is not None
         x, y = data.features[al.positions], data.labels[al.positions]
@@ -171,7 +163,7 @@ def vertical_party(
         test_rows.size and (test_rows.min() < 0 or test_rows.max() >= al.size)
     ):
         raise ProtocolError(f"{me}: malformed train/test split from the guest")
-    expected = _split(np.random.default_rng(0), al.size, spec.test_fraction)[1].size
+    expected = holdout_split(np.random.default_rng(0), al.size, spec.test_fraction)[1].size
     if test_rows.size != expected or np.unique(test_rows).size != test_rows.size:
         # the host scores held-out rows for the guest: never more of them than the job agreed
         raise ProtocolError(f"{me}: the guest held out {test_rows.size} rows, the job's test_fraction means {expected}")

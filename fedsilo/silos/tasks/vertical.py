@@ -29,7 +29,7 @@ from fedsilo.protocols.vertical.data import prepare_table
 from fedsilo.protocols.vertical.job import ROLES, VerticalSpec, backend_params_for, vertical_party
 from fedsilo.protocols.vertical.lr import Topology, TrainingConfig, evaluation_metrics
 from fedsilo.protocols.vertical.model import fit_model
-from fedsilo.protocols.vertical.secureboost.job import holdout_split
+from fedsilo.protocols.vertical.data import holdout_split
 from fedsilo.protocols.vertical.taylor import (
     DpPlan,
     epoch_partition,

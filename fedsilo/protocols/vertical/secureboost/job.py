@@ -26,6 +26,7 @@ from fedsilo.protocols.vertical.data import (
     check_labels,
     feature_bounds,
     feature_matrix,
+    holdout_split,
     prepare_table,
 )
 from fedsilo.protocols.vertical.secureboost.boosting import label_bound
@@ -75,16 +76,6 @@ class SecureBoostSpec:
         if self.dp is not None and not isinstance(self.dp, PrivacySection):
             raise TypeError(f"SecureBoostSpec.dp must be a PrivacySection, got {type(self.dp).__name__}")
         object.__setattr__(self, "bounds", check_bounds(self.bounds))
-
-
-def holdout_split(rng: np.random.Generator, n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """``(train, test)`` sorted row indices: ``round(fraction · n)`` held out (at least one row
-    each side when ``n >= 2``), drawn from the public ``rng``."""
-    n_test = int(round(fraction * n))
-    if fraction > 0 and n >= 2:
-        n_test = min(max(n_test, 1), n - 1)
-    perm = rng.permutation(n)
-    return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
 
 def party_table(frame: pd.DataFrame, *, source: str, id_column: str, label: str | None,
