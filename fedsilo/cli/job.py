@@ -86,7 +86,7 @@ def _watch(client: Any, job: str, quiet: bool) -> dict[str, Any]:
 @app.command("submit")
 @cli_errors
 def submit(
-    job_file: Annotated[Path, typer.Argument(help="The job: a federation TOML whose [[silos]] data name datasets of the silos' agents.")],
+    job_file: Annotated[Path, typer.Argument(help="The job: a federation TOML whose \\[\\[silos]] data name datasets of the silos' agents.")],
     silo_config: SiloOpt,
     json_out: JsonOpt = None,
     quiet: QuietOpt = False,

@@ -22,7 +22,7 @@ SeedOpt = Annotated[
 ]
 InsecureOpt = Annotated[
     bool,
-    typer.Option("--insecure", help="Set [crypto] insecure = true: allow the plain backend, small keys, vertical training without DP and sums of two silos (tests and baselines only)."),
+    typer.Option("--insecure", help="Set \\[crypto] insecure = true: allow the plain backend, small keys, vertical training without DP and sums of two silos (tests and baselines only)."),
 ]
 JsonOpt = Annotated[Optional[Path], typer.Option("--json", help="Write the results contract as JSON to this file.")]
 LedgerOpt = Annotated[
@@ -46,7 +46,7 @@ EngineOpt = Annotated[
     typer.Option("--engine", help="How the parties run: 'threads' (one process, in-process channels) | 'processes' "
                  "(one OS process per party on 127.0.0.1, gRPC with mutual TLS and a throw-away CA: the agents' path) | "
                  "'ray' (each party a Ray actor with its own gRPC server and certificate, mutual TLS, for 50+ silos; "
-                 "a private local Ray, or the cluster RAY_ADDRESS names; needs pip install 'fedsilo[ray]')."),
+                 "a private local Ray, or the cluster RAY_ADDRESS names; needs pip install 'fedsilo\\[ray]')."),
 ]
 
 
