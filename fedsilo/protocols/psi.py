@@ -17,8 +17,20 @@ u-coordinate), ``[a]([b]H(x)) = [b]([a]H(x))``, so:
    (a sort-and-search over 64-bit prefixes, each candidate checked on all 16 bytes: exact);
 4. both sort the intersection by ID (Python string order of the IDs, which both now know) —
    the **agreed order**: independent of either file's row order and reproducible, so seeded
-   simulations are repeatable; each sends SHA-256 of the sorted double-masked values and
-   aborts with :class:`ProtocolError` if they differ.
+   simulations are repeatable; each sends a SHA-256 digest of the intersection's IDs in the
+   agreed order (their UTF-8 bytes, length-delimited) and of its sorted double-masked values,
+   and aborts with :class:`ProtocolError` if the two differ (:func:`_confirmation`).
+
+What the confirmation detects, and what it cannot: both sides end with the same IDs, in the
+same order, matched on the same double-masked values — so a peer that hashed other bytes than
+it reports (an implementation that trims or case-folds before hashing), sorts differently, maps
+matches to the wrong rows, or another hash domain or version, is caught. An ID *format*
+mismatch between the files ("00123" against "123", "AB1" against "ab1") is not: such IDs hash
+to unrelated points, never match, and are in neither side's intersection, so every digest over
+the intersection agrees; they only make it smaller. Each party already knows both set sizes
+(step 1 announces them) and the intersection's size, so it warns locally, with no extra
+message, when the intersection holds less than :data:`LOW_OVERLAP` of the smaller set
+(:class:`LowOverlapWarning`, with hints from its own IDs: leading zeros, upper case, spaces).
 
 Streaming: steps 1 and 2 travel in messages of at most ``chunk`` IDs (:data:`CHUNK` by
 default). A party draws its secret order first and hashes and masks its IDs *in that order*,
@@ -64,6 +76,7 @@ import multiprocessing
 import os
 import threading
 import time
+import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ProcessPoolExecutor
@@ -105,6 +118,8 @@ __all__ = [
     "psi_in_process",
     "psi_party",
     "LocalPsiRun",
+    "LOW_OVERLAP",
+    "LowOverlapWarning",
     "MESSAGE_KINDS",
 ]
 
@@ -114,7 +129,7 @@ __all__ = [
 MASKED: Final = "psi/masked"
 #: B -> A: ``{"points": bytes (k × 16)}``, A's masked points masked again by B, truncated, in A's order
 DOUBLE: Final = "psi/double"
-#: A <-> B: ``{"digest": bytes}``, a hash of the intersection each computed (they must agree)
+#: A <-> B: ``{"digest": bytes}``, a hash of the intersection's IDs in the agreed order (must agree)
 CONFIRM: Final = "psi/confirm"
 #: guest -> host, once over all hosts: ``{"index": int64 array}``, the host's rows in the final order
 FINAL: Final = "psi/final"
@@ -133,6 +148,14 @@ DEFAULT_TIMEOUT: Final = 3600.0
 PsiProgress = Callable[[dict[str, Any]], None]
 
 _MATCH_BLOCK: Final = 1 << 20
+#: IDs turned into Python strings at a time for the confirmation digest (bounded memory)
+_DIGEST_BLOCK: Final = 1 << 18
+#: Warn when the intersection holds less than this share of the smaller set.
+LOW_OVERLAP: Final = 0.1
+
+
+class LowOverlapWarning(UserWarning):
+    """The intersection is much smaller than both sets: often the parties render IDs differently."""
 
 
 def _ordered(executor: Executor | None, fn: Callable[..., bytes], jobs: Iterable[tuple[Any, ...]]) -> Iterator[bytes]:
@@ -401,14 +424,72 @@ def _digest(values: np.ndarray) -> bytes:
     return hashlib.sha256(values[order].tobytes()).digest()
 
 
+def _id_digest(ids: np.ndarray) -> bytes:
+    """SHA-256 of a sequence of IDs (``StringDType``), in the given order, unambiguously delimited.
+
+    Hashes the count, every ID's length in code points and the UTF-8 bytes of their
+    concatenation: the lengths split the concatenation back into the IDs, so two different
+    sequences never hash the same input ("a", "bc" against "ab", "c").
+    """
+    lengths, text = hashlib.sha256(), hashlib.sha256()
+    for a in range(0, ids.shape[0], _DIGEST_BLOCK):
+        block = ids[a : a + _DIGEST_BLOCK]
+        lengths.update(np.strings.str_len(block).astype("<u8").tobytes())
+        text.update("".join(block.tolist()).encode("utf-8"))
+    head = b"fedsilo-psi-ids-v1" + int(ids.shape[0]).to_bytes(8, "little")
+    return hashlib.sha256(head + lengths.digest() + text.digest()).digest()
+
+
+def _confirmation(ids: np.ndarray, doubles: np.ndarray) -> bytes:
+    """What both sides must agree on: the intersection's IDs in the agreed order, and the
+    double-masked values they were matched on (the same set on both sides)."""
+    return hashlib.sha256(_id_digest(ids) + _digest(doubles)).digest()
+
+
 def _confirm(channel: Channel, peer: str, digest: bytes, *, round: int, timeout: float) -> None:
     channel.send(peer, CONFIRM, {"digest": digest}, round=round)
     theirs = channel.recv(peer, CONFIRM, round=round, timeout=timeout)
     if not isinstance(theirs, dict) or theirs.get("digest") != digest:
         raise ProtocolError(
-            f"PSI with {peer!r}: the two sides computed different intersections "
-            "(different ID rendering or hash domain?)"
+            f"PSI with {peer!r}: the two sides ended with different intersections (other IDs, another "
+            "order or other matched values): the peer hashes or sorts IDs differently (another fedsilo "
+            "version, hash domain or ID normalization?)"
         )
+
+
+def _warn_low_overlap(table: IdTable, peer: str, size: int, peer_size: int) -> None:
+    """:class:`LowOverlapWarning` if the intersection is under :data:`LOW_OVERLAP` of the smaller set.
+
+    Uses only what this party already knows (its own size, the size the peer announced in step
+    1 and the intersection's size): no message, and it names no ID and no count.
+    """
+    smaller = min(len(table), peer_size)
+    if smaller == 0 or size >= LOW_OVERLAP * smaller:
+        return
+    hints = _format_hints(table.values)
+    warnings.warn(
+        f"PSI with {peer!r}: {table.source} column {table.column!r} shares less than {LOW_OVERLAP:.0%} of the "
+        "smaller set with the peer; IDs are compared exactly, so check that both sides render them the same "
+        f"way (leading zeros, case, spaces, number formatting){hints}",
+        LowOverlapWarning,
+        stacklevel=3,
+    )
+
+
+def _format_hints(values: np.ndarray) -> str:
+    """Which risky renderings this party's own IDs use (no ID, no count)."""
+    if values.shape[0] == 0:
+        return ""
+    sample = values[:: max(1, values.shape[0] // 100_000)]  # a bounded sample: hints, not a census
+    found = []
+    digits = np.strings.isdigit(sample)
+    if (digits & np.strings.startswith(sample, "0") & (np.strings.str_len(sample) > 1)).any():
+        found.append("leading zeros")
+    if (np.strings.lower(sample) != sample).any():
+        found.append("upper-case letters")
+    if (np.strings.strip(sample) != sample).any():
+        found.append("leading or trailing spaces")
+    return f"; this side's IDs have {', '.join(found)}" if found else ""
 
 
 def _finish(
@@ -426,11 +507,14 @@ def _finish(
     own_double = _collect(channel, peer, len(table), round=round, timeout=timeout)
     hit = _members(own_double, peer_double)
     size = int(np.count_nonzero(hit))
-    if cardinality_only:
-        _confirm(channel, peer, str(size).encode(), round=round, timeout=timeout)
-        return np.zeros(0, dtype=np.int64), size
-    _confirm(channel, peer, _digest(own_double[hit]), round=round, timeout=timeout)
-    return table.sort_rows(order[np.flatnonzero(hit)]), size
+    if cardinality_only:  # neither side knows which IDs matched: only the matched values compare
+        _confirm(channel, peer, _digest(own_double[hit]), round=round, timeout=timeout)
+        rows = np.zeros(0, dtype=np.int64)
+    else:
+        rows = table.sort_rows(order[np.flatnonzero(hit)])
+        _confirm(channel, peer, _confirmation(table.values[rows], own_double[hit]), round=round, timeout=timeout)
+    _warn_low_overlap(table, peer, size, peer_double.shape[0])
+    return rows, size
 
 
 def _domain(domain: bytes, job: str) -> bytes:
@@ -629,9 +713,11 @@ def psi_in_process(
 ) -> LocalPsiRun:
     """Run both roles of :func:`psi_party` as threads over an in-process hub (the real protocol).
 
-    Each party gets its own process pool of ``workers`` processes when the sets are large
-    enough to profit; ``None`` splits the cores between the two parties (half each, at least
-    one: more processes than cores only adds switching). The secret send orders come from the OS CSPRNG
+    When the sets are large enough to profit, the two parties share one process pool of
+    ``2 × workers`` processes (``None``: half the cores each, at least one; more processes than
+    cores only adds switching): a worker that one party leaves idle while it waits for the
+    other's next message computes the other's chunks (with a pool per party, that core idled).
+    The secret send orders come from the OS CSPRNG
     (:func:`~fedsilo.privacy.mechanisms.secure_rng`): never from a seed, which would let the
     peer undo the shuffle. ``progress`` gets ``{"stage": "psi", "done", "total"}`` summed over
     both parties (``total`` = 2(n + m) curve operations).
@@ -654,16 +740,16 @@ def psi_in_process(
                     progress({"stage": "psi", "done": done["left"] + done["right"], "total": total})
 
         def run(ch: Channel) -> PsiResult:
-            big = max(len(tables["left"]), len(tables["right"])) >= POOL_THRESHOLD
-            with psi_executor(per_party if big else 1, pool_of_one=big) as ex:
-                return psi_party(ch, peer=peer, ids=tables[name], rng=rngs[name], cardinality_only=cardinality_only,
-                                 executor=ex, chunk=_task_chunk(chunk, len(tables[name]), ex),
-                                 progress=report if progress is not None else None)
+            return psi_party(ch, peer=peer, ids=tables[name], rng=rngs[name], cardinality_only=cardinality_only,
+                             executor=pool, chunk=_task_chunk(chunk, len(tables[name]), pool),
+                             progress=report if progress is not None else None)
 
         return run
 
+    big = max(len(tables["left"]), len(tables["right"])) >= POOL_THRESHOLD
     start = time.perf_counter()
-    out = run_parties(hub, {"left": side("left", "right"), "right": side("right", "left")})
+    with psi_executor(2 * per_party if big else 1) as pool:
+        out = run_parties(hub, {"left": side("left", "right"), "right": side("right", "left")})
     return LocalPsiRun(out["left"], out["right"], hub.bytes_sent(), time.perf_counter() - start)
 
 

@@ -4,17 +4,30 @@ Kept apart from the protocol so that a process-pool worker, which unpickles thes
 module, imports only ``hashlib``, ``gmpy2`` and ``cryptography`` (~30 ms) rather than the
 protocol's dependencies (pandas, the privacy package: ~1.5 s of CPU per worker, which at 10^5
 IDs was a third of the run's overhead).
+
+Cost per point beyond the bare X25519 call (profiled 2026-12-02, benchmarks/psi.py): the
+hash to the curve is done in ``gmpy2.mpz`` throughout (~5.8 µs per ID, was ~6.7 µs with Python
+ints converted for every Jacobi symbol), and each received point becomes an OpenSSL public key
+through the Rust constructor itself (~1.3 µs, the public classmethod spends another ~1.7 µs on
+an import and a backend check per call).
 """
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Final
 
 import gmpy2
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from fedsilo.errors import ProtocolError
+
+try:  # the constructor X25519PublicKey.from_public_bytes ends in, minus its per-call checks
+    from cryptography.hazmat.bindings._rust import openssl as _rust_openssl
+
+    _public_key: Callable[[bytes], X25519PublicKey] = _rust_openssl.x25519.from_public_bytes
+except (ImportError, AttributeError):  # pragma: no cover - a cryptography without that layout
+    _public_key = X25519PublicKey.from_public_bytes
 
 __all__ = ["DOUBLE_BYTES", "POINT_BYTES", "hash_to_curve", "mask_points"]
 
@@ -26,6 +39,7 @@ DOUBLE_BYTES: Final = 16
 _P: Final = (1 << 255) - 19
 _P_MPZ: Final = gmpy2.mpz(_P)
 _A: Final = 486662
+_A_MPZ: Final = gmpy2.mpz(_A)
 _MAX_TRIES: Final = 128
 
 
@@ -38,14 +52,16 @@ def hash_to_curve(ids: Sequence[str], *, domain: bytes) -> bytes:
     u-coordinate of a point on the curve (RFC 7748 §4.1) rather than on its twist.
     """
     dom = len(domain).to_bytes(2, "big") + domain
-    sha, from_bytes, jacobi, p, a, pm = hashlib.sha512, int.from_bytes, gmpy2.jacobi, _P, _A, _P_MPZ
+    # all in mpz: int.from_bytes would give a Python int that gmpy2 converts again per Jacobi symbol
+    # (mpz.from_bytes and mpz.to_bytes: gmpy2 >= 2.2)
+    sha, from_bytes, jacobi, a, pm, ctrs = hashlib.sha512, gmpy2.mpz.from_bytes, gmpy2.jacobi, _A_MPZ, _P_MPZ, _CTR
     out: list[bytes] = []
     append = out.append
     for ident in ids:
         data = ident.encode("utf-8")
         prefix = dom + len(data).to_bytes(4, "big") + data
-        for ctr in range(_MAX_TRIES):
-            u = from_bytes(sha(prefix + _CTR[ctr]).digest(), "little") % p
+        for ctr in ctrs:
+            u = from_bytes(sha(prefix + ctr).digest(), "little") % pm
             # jacobi(x mod p, p) = jacobi(x, p): the product needs no reduction
             if jacobi(u * (u * (u + a) + 1), pm) == 1:
                 append(u.to_bytes(POINT_BYTES, "little"))
@@ -74,12 +90,11 @@ def mask_points(points: bytes, *, key: bytes, keep: int = POINT_BYTES) -> bytes:
     if len(points) % POINT_BYTES:
         raise ProtocolError(f"PSI message of {len(points)} bytes is not a whole number of points")
     exchange = X25519PrivateKey.from_private_bytes(key).exchange
-    public = X25519PublicKey.from_public_bytes
     pieces = [points[off : off + POINT_BYTES] for off in range(0, len(points), POINT_BYTES)]
     try:
         if keep == POINT_BYTES:
-            return b"".join(map(exchange, map(public, pieces)))
-        return b"".join([exchange(public(q))[:keep] for q in pieces])
+            return b"".join(map(exchange, map(_public_key, pieces)))
+        return b"".join([exchange(_public_key(q))[:keep] for q in pieces])
     except ValueError as exc:
         raise ProtocolError(f"PSI peer sent an invalid or low-order curve point ({exc})") from None
 

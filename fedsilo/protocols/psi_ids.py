@@ -48,10 +48,13 @@ def _render(series: pd.Series, where: str, offset: int) -> list[str]:
     return [v if isinstance(v, str) else str(v) for v in series.tolist()]
 
 
-def _check_empty(ids: Sequence[str], where: str, offset: int) -> None:
-    empty = [i for i, v in enumerate(ids) if v == ""]
-    if empty:
-        raise DataError(f"{where} has {len(empty)} empty IDs (first at row {offset + empty[0]}); IDs must not be empty")
+def _check_empty(values: np.ndarray, where: str, offset: int) -> None:
+    """The one empty-ID check (whole columns, chunks, IDs given as strings): rows, never values."""
+    empty = np.flatnonzero(values == "")
+    if empty.size:
+        raise DataError(
+            f"{where} has {empty.size} empty IDs (first at row {offset + int(empty[0])}); IDs must not be empty"
+        )
 
 
 def ids_from_column(values: pd.Series | Sequence[Any], *, source: str, column: str) -> list[str]:
@@ -59,23 +62,15 @@ def ids_from_column(values: pd.Series | Sequence[Any], *, source: str, column: s
 
     Integers (and floats that are whole numbers, as pandas produces for integer columns read
     with missing values elsewhere) are rendered without a decimal point, so ``1042`` and
-    ``1042.0`` align. Strings are compared exactly (no case folding or trimming).
+    ``1042.0`` align. Strings are compared exactly (no case folding or trimming). The empty and
+    duplicate checks are :meth:`IdTable.from_ids`'s, so a column and a PSI input fail alike.
 
     Raises:
-        DataError: naming ``source`` and ``column`` and an example offending value.
+        DataError: naming ``source``, ``column`` and the offending rows (never an ID).
     """
     series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
-    where = f"{source}: column {column!r}"
-    ids = _render(series, where, 0)
-    _check_empty(ids, where, 0)
-    if len(set(ids)) != len(ids):
-        column_ids = pd.Series(ids)
-        repeated = column_ids[column_ids.duplicated(keep=False)]
-        groups = int(repeated.nunique())
-        rows = [int(i) for i in repeated.index[repeated == repeated.iloc[0]][:2]]
-        raise DataError(
-            f"{where} has {groups} duplicate IDs (the first at rows {rows[0]} and {rows[1]}); IDs must be unique"
-        )
+    ids = _render(series, f"{source}: column {column!r}", 0)
+    IdTable.from_ids(ids, source=source, column=column)
     return ids
 
 
@@ -104,16 +99,14 @@ class IdTable:
             DataError: an ID is not a string, is empty, or appears twice.
         """
         if isinstance(ids, np.ndarray) and isinstance(ids.dtype, StringDType):
-            empty = np.flatnonzero(ids == "")
-            if empty.size:
-                raise DataError(f"{source}: column {column!r} has {empty.size} empty IDs (first at row {int(empty[0])}); "
-                                "IDs must not be empty")
-            return cls._build([ids], source=source, column=column)
-        items = list(ids)
-        if not all(isinstance(i, str) for i in items):
-            raise DataError(f"{source}: PSI IDs must be strings (use ids_from_column to convert a column)")
-        _check_empty(items, f"{source}: column {column!r}", 0)
-        return cls._build([_to_array(items, source)], source=source, column=column)
+            values = ids
+        else:
+            items = list(ids)
+            if not all(isinstance(i, str) for i in items):
+                raise DataError(f"{source}: PSI IDs must be strings (use ids_from_column to convert a column)")
+            values = _to_array(items, source)
+        _check_empty(values, f"{source}: column {column!r}", 0)
+        return cls._build([values], source=source, column=column)
 
     @classmethod
     def from_chunks(cls, chunks: Iterable[pd.Series], *, source: str, column: str) -> IdTable:
@@ -130,10 +123,10 @@ class IdTable:
         parts: list[np.ndarray] = []
         offset = 0
         for chunk in chunks:
-            ids = _render(chunk, where, offset)
-            _check_empty(ids, where, offset)
-            parts.append(_to_array(ids, source))
-            offset += len(ids)
+            values = _to_array(_render(chunk, where, offset), source)
+            _check_empty(values, where, offset)
+            parts.append(values)
+            offset += values.shape[0]
         return cls._build(parts, source=source, column=column)
 
     @classmethod
@@ -145,9 +138,12 @@ class IdTable:
             ordered = values[order]
             same = ordered[1:] == ordered[:-1]
             if same.any():
-                first = int(np.flatnonzero(same)[0])
-                rows = sorted((int(order[first]), int(order[first + 1])))
-                groups = int(np.count_nonzero(same & ~np.concatenate(([False], same[:-1]))))
+                # groups of equal IDs start where ``same`` does; the stable sort lists each group's
+                # rows in row order, so the group first met in row order has the least first row
+                starts = np.flatnonzero(same & ~np.concatenate(([False], same[:-1])))
+                first = int(starts[np.argmin(order[starts])])
+                rows = (int(order[first]), int(order[first + 1]))
+                groups = int(starts.size)
                 raise DataError(
                     f"{source}: column {column!r} has {groups} duplicate IDs (the first at rows {rows[0]} and {rows[1]}); "
                     "IDs must be unique"
