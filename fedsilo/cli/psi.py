@@ -85,7 +85,7 @@ def register(app: typer.Typer) -> None:
             bool, typer.Option("--cardinality-only", help="Learn only the size of the intersection.")
         ] = False,
         workers: Annotated[
-            Optional[int], typer.Option("--workers", min=1, help="Processes per party for large sets (default: the cores split between the two parties).")
+            Optional[int], typer.Option("--workers", min=1, help="Processes per party for large sets; both parties share one pool of 2 x this (default: half the cores each).")
         ] = None,
         quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar; print only the summary.")] = False,
     ) -> None:
