@@ -177,6 +177,15 @@ def check_supported(event: DpEvent) -> None:
         pass
 
 
+def cover_labels(event: DpEvent) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """``(defined, named)``: the cover labels ``event``'s :class:`ApproxDpEvent` parts define and
+    those its :class:`CoveredEvent` parts name (a ledger ties each named cover to the job that
+    defined it)."""
+    items = list(_walk(event))
+    return (tuple(e.cover for e in items if isinstance(e, ApproxDpEvent) and e.cover),
+            tuple(e.cover for e in items if isinstance(e, CoveredEvent)))
+
+
 def _leaves(event: DpEvent) -> Iterator[Leaf]:
     """The leaves that cost something: every :class:`CoveredEvent` is dropped, after checking
     that the :class:`ApproxDpEvent` it names is in ``event``."""

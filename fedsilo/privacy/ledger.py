@@ -109,7 +109,7 @@ from fedsilo.errors import (
     PrivacyError,
     PrivacyParameterError,
 )
-from fedsilo.privacy.accounting import ACCOUNTANTS, check_supported, epsilon
+from fedsilo.privacy.accounting import ACCOUNTANTS, check_supported, cover_labels, epsilon
 from fedsilo.privacy.events import ComposedEvent, DpEvent, event_from_json
 from fedsilo.privacy.relations import LEVELS, RELATIONS, check_accountable, level_of, to_composition_target
 
@@ -1116,6 +1116,31 @@ class PrivacyLedger:
             if r["kind"] == "reserve" and r["dataset"] == dataset
         ]
 
+    def _check_covers(self, rows: list[dict[str, Any]], dataset: str, event: DpEvent, *, job: str,
+                      protocol: str) -> None:
+        """A cover pays only for its own job's releases: refuse a release that names a cover
+        another job or protocol defined, and one that defines a label the dataset already has
+        (found by the privacy review: any later release could otherwise claim a cover for free)."""
+        defined, named = cover_labels(event)
+        if not defined and not named:
+            return
+        owners: dict[str, tuple[str, str]] = {}
+        for r in rows:
+            if r["kind"] == "reserve" and r["dataset"] == dataset:
+                for label in cover_labels(self._event(r))[0]:
+                    owners[label] = (str(r["job"]), str(r["protocol"]))
+        where = f"silo {self._silo!r}, dataset {dataset!r}"
+        for label in defined:
+            if label in owners:
+                raise PrivacyError(f"{where}: cover {label!r} is already defined by job {owners[label][0]!r}; "
+                                   "nothing was written")
+        for label in named:
+            if label in owners and owners[label] != (job, protocol):
+                raise PrivacyError(
+                    f"{where}: a release of job {job!r} ({protocol}) names cover {label!r} of job "
+                    f"{owners[label][0]!r} ({owners[label][1]}); a cover pays only for its own job; nothing was written"
+                )
+
     def _composed(self, releases: list[tuple[DpEvent, str]], delta: float) -> tuple[str | None, float]:
         """The composition target and ε of ``releases`` (each converted to the target)."""
         target, _, eps = composed_epsilon(releases, delta=delta, accountant=self._accountant)
@@ -1331,6 +1356,7 @@ class PrivacyLedger:
                 self._check_chain(rows)
                 self._check_anchor(self._anchor_state(), len(rows), self._hash_in(rows))
                 eps_budget, delta = self._budget(rows, dataset)
+                self._check_covers(rows, dataset, event, job=job, protocol=protocol)
                 before = self._releases(rows, dataset)
                 try:
                     # the same composition as budget_check (the pre-check of a job) and reports

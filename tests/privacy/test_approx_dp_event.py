@@ -220,3 +220,41 @@ def test_ledger_charges_a_cover_then_its_covered_releases(tmp_path: Path) -> Non
         with pytest.raises(BudgetExceededError):
             _charge(again, ComposedEvent((GaussianEvent(30.0), ApproxDpEvent(0.5, 0.98 * DELTA, 1, "c2"))), 0)
         assert len(again.entries("d")) == 6
+
+
+def _ledger_with_cover(tmp_path: Path) -> PrivacyLedger:
+    led = PrivacyLedger(tmp_path / "l.db", silo="s1")
+    led.register_dataset("ds", epsilon=8.0, delta=1e-5)
+    reserve = ComposedEvent((GaussianEvent(40.0, 1.0, 1), ApproxDpEvent(7.84, 9.8e-6, 1, "training/aaaa")))
+    with led.charge("ds", reserve, job="jobA", round=0, protocol="p", mechanism={"name": "x"}, recipient="agg",
+                    relation=ADD_REMOVE_RECORD):
+        pass
+    return led
+
+
+def test_a_cover_pays_only_for_its_own_job(tmp_path: Path) -> None:
+    """Found by the privacy review: a release of another job (or protocol) naming an existing
+    cover was free. It is refused and nothing is written; the cover's own job still uses it."""
+    led = _ledger_with_cover(tmp_path)
+    spent = led.spent("ds")
+    costly = CoveredEvent(GaussianEvent(0.3, 1.0, 1000), "training/aaaa")
+    for job, protocol in (("jobB", "p"), ("jobA", "other")):
+        with pytest.raises(PrivacyError, match="a cover pays only for its own job; nothing was written"):
+            with led.charge("ds", costly, job=job, round=1, protocol=protocol, mechanism={"name": "x"},
+                            recipient="agg", relation=ADD_REMOVE_RECORD):
+                pass
+    assert led.spent("ds") == spent
+    with led.charge("ds", CoveredEvent(GaussianEvent(1.2, 0.1, 1), "training/aaaa"), job="jobA", round=1,
+                    protocol="p", mechanism={"name": "x"}, recipient="agg", relation=ADD_REMOVE_RECORD):
+        pass
+    assert led.spent("ds") == pytest.approx(spent)
+
+
+def test_a_cover_label_is_defined_once_per_dataset(tmp_path: Path) -> None:
+    led = _ledger_with_cover(tmp_path)
+    spent = led.spent("ds")
+    with pytest.raises(PrivacyError, match="cover 'training/aaaa' is already defined by job 'jobA'"):
+        with led.charge("ds", ApproxDpEvent(0.01, 1e-9, 1, "training/aaaa"), job="jobC", round=0, protocol="p",
+                        mechanism={"name": "x"}, recipient="agg", relation=ADD_REMOVE_RECORD):
+            pass
+    assert led.spent("ds") == spent

@@ -635,7 +635,7 @@ def silo(
             n_features=job.n_features, n_classes=job.n_classes, clip=job.privacy.clip,
         )
         if len(x) > fed_eval.MAX_ROWS:
-            raise DataError(f"silo {me!r}: {len(x)} training rows; distributed DP-SGD counts at most {fed_eval.MAX_ROWS} per silo")
+            raise DataError(f"silo {me!r}: more training rows than distributed DP-SGD counts (at most {fed_eval.MAX_ROWS} per silo)")
     sums = open_silo_sum(
         channel, backend, plan=job.sum_plan(silos), aggregator=aggregator, timeout=job.silo_wait,
         allow_exposed=job.allow_exposed, colluders=job.colluders_in(len(silos)), noise_seed=noise_seed,
