@@ -61,12 +61,16 @@ class LocalTable:
 
 def _descr_bounds(descr: str, columns: list[str]) -> dict[str, tuple[float, float]]:
     """Min/max per feature from a scikit-learn DESCR summary table (public metadata)."""
+    def norm(name: str) -> str:
+        # wine's description writes "Malic Acid" / "Colour Intensity" for malic_acid / color_intensity
+        return re.sub(r"[\s_]+", " ", name.strip().lower()).replace("colour", "color")
+
     rows = {}
-    for m in re.finditer(r"^\s*([A-Za-z][A-Za-z ()/_-]*?):\s+(-?[\d.]+)\s+(-?[\d.]+)", descr, re.M):
-        rows[m.group(1).strip().lower()] = (float(m.group(2)), float(m.group(3)))
+    for m in re.finditer(r"^\s*([A-Za-z][A-Za-z0-9 ()/_-]*?):\s+(-?[\d.]+)\s+(-?[\d.]+)", descr, re.M):
+        rows[norm(m.group(1))] = (float(m.group(2)), float(m.group(3)))
     out = {}
     for col in columns:
-        key = col.lower()
+        key = norm(col)
         # breast_cancer names columns "mean radius" / "radius error" / "worst radius" while its
         # description says "radius (mean)" / "radius (standard error)" / "radius (worst)".
         cands = [key]
