@@ -114,7 +114,6 @@ from fedsilo.errors import (
 __all__ = [
     "FULL_RANDOMNESS_MARGIN",
     "RANDOMNESS_BITS",
-    "SLOT_MASK_BITS",
     "FixedBaseTable",
     "InsecureParametersWarning",
     "PaillierBackend",
@@ -143,9 +142,8 @@ _CT_STRUCT = struct.Struct(">BBHQQI")  # version, packed, scale_bits, length, su
 _MAX_PRECISION = 64
 #: Packed slots' default headroom; the protocol uses never ask for less.
 DEFAULT_MAX_SUMMANDS = 16
-#: Statistical hiding of :meth:`PaillierBackend.pack_slots`'s mask: a masked plaintext is within
-#: ``2**-SLOT_MASK_BITS`` of uniform (the mask is this many bits wider than the packed value).
-SLOT_MASK_BITS = 40
+# (SLOT_MASK_BITS, the 40 extra bits of a statistically hiding mask, is gone: the mask of
+# PaillierBackend.pack_slots is uniform mod n, which hides exactly and needs no room.)
 
 
 class InsecureParametersWarning(UserWarning):
@@ -998,9 +996,9 @@ class PaillierBackend(CryptoBackend):
         """BatchCrypt slots (Zhang et al., USENIX ATC 2020, §4) for :meth:`pack_slots`: values
         ``|v| <= bound`` at scale ``2**scale_bits``, ``summands`` packed vectors added up, each
         slot ``bitlen(summands * 2 * bound)`` bits (the offset ``bound`` per summand keeps it
-        >= 0 and no sum carries into the next slot), and :data:`SLOT_MASK_BITS` + 1 bits of the
-        plaintext left for :meth:`pack_slots`'s mask, the packed value plus its mask staying
-        below ``n / 3``.
+        >= 0 and no sum carries into the next slot), in ``key_bits - 3`` bits of the plaintext:
+        the packed sum stays below ``2**(key_bits - 3) < n / 3`` (``n >= 2**(key_bits - 1)``).
+        :meth:`pack_slots`'s mask is uniform mod ``n`` and takes no room.
 
         Raises:
             ConfigError: one slot does not fit in a plaintext (lower precision or value_bound).
@@ -1008,11 +1006,11 @@ class PaillierBackend(CryptoBackend):
         if self.encoding.packed:
             raise self._unsupported_packed("slot repacking")
         slot_bits = (summands * 2 * bound).bit_length()
-        room = self.key_bits - 3 - SLOT_MASK_BITS - 1
+        room = self.key_bits - 3
         if summands < 1 or bound < 1 or slot_bits > room:
             raise ConfigError(
                 f"paillier: a slot for values up to {bound.bit_length()} bits and {summands} summands needs "
-                f"{slot_bits} bits, a {self.key_bits}-bit plaintext has {room} besides the mask; lower precision or value_bound"
+                f"{slot_bits} bits, a {self.key_bits}-bit plaintext has {room}; lower precision or value_bound"
             )
         return SlotLayout(precision=scale_bits, value_bound=math.ldexp(float(bound), -scale_bits),
                           max_summands=summands, offset=bound, slot_bits=slot_bits, slots=room // slot_bits)
@@ -1020,16 +1018,19 @@ class PaillierBackend(CryptoBackend):
     def pack_slots(self, a: Ciphertext, layout: SlotLayout) -> tuple[PaillierCiphertext, list[int]]:
         """``a`` (unpacked, ``|values| <= layout.offset`` by its tracked bound, at scale
         ``layout.precision``) repacked into ``layout.plaintexts_for(a.length)`` ciphertexts, each
-        holding ``P = Σ_j (v_j + offset) 2**(j * slot_bits) + R`` for a mask ``R`` uniform on
-        ``[0, 2**(used slot bits + SLOT_MASK_BITS))`` from the OS CSPRNG; and the masks.
+        holding ``P = (V + R) mod n`` for the packed value ``V = Σ_j (v_j + offset) 2**(j * slot_bits)``
+        and a mask ``R`` uniform on ``[0, n)`` from the OS CSPRNG (``secrets.randbelow``); and the masks.
 
         ``Π_j Enc(v_j)**(2**(j b))`` (Horner: ``b`` squarings per slot) is ``Enc(Σ_j v_j 2**(j b))``
         mod ``n``, negative ``v_j`` included; the offsets and the mask are one plaintext addition.
-        Hiding: the packed value ``V = P - R`` is below ``2**(used bits)``, so ``P`` is within
-        statistical distance ``V / 2**(used + SLOT_MASK_BITS) < 2**-SLOT_MASK_BITS`` of ``R``
-        alone, for the whole plaintext and so for every slot. The result is re-randomized with a
-        full-length exponent when serialized (``multiplied``). Decrypt it with
-        :meth:`decrypt_integers` and open it with :func:`unpack_slots`.
+        Hiding: ``R`` is uniform on ``Z_n`` and independent of ``V``, so ``P`` is *exactly* uniform
+        on ``Z_n`` whatever ``V`` is (a one-time pad on the group ``Z_n``), also when the decryptor
+        wrote the inputs of ``a`` and lied about their bound (two-party, the key holder's own
+        ``[[b]]``): the mask depends on no tracked bound. The result is re-randomized
+        with a full-length exponent when serialized (``multiplied``), so the ciphertext too is a
+        fresh encryption of ``P``. Its tracked bound is the public bound of the *unmasked* ``V``
+        (:func:`_slot_bound`): what :func:`unpack_slots` checks after ``(P - R) mod n``, where a
+        lie about ``a``'s inputs shows up. Decrypt it with :meth:`decrypt_integers`.
 
         Raises:
             EncodingOverflowError: ``a``'s bound exceeds the layout's, or its scale differs.
@@ -1052,15 +1053,35 @@ class PaillierBackend(CryptoBackend):
             acc = gmpy2.mpz(group[-1])
             for v in reversed(group[:-1]):  # most significant slot first: one shift per slot
                 acc = gmpy2.powmod(acc, shift, nsq) * v % nsq
-            mask = secrets.randbits(len(group) * layout.slot_bits + SLOT_MASK_BITS)
-            plain = pack([0] * len(group), layout=layout)[0] + mask  # the offsets, and the mask
+            mask = secrets.randbelow(int(n))
+            plain = (pack([0] * len(group), layout=layout)[0] + mask) % n  # the offsets, and the mask
             out.append(acc * (1 + plain * n) % nsq)
             masks.append(mask)
-        bound = _slot_bound(layout, c.length, masked=True)
+        bound = _slot_bound(layout, c.length)
         self._check_bound(pub, bound, "slot repacking")
         packed = PaillierCiphertext(values=out, length=len(out), public=pub, scale_bits=c.scale_bits, summands=1,
                                     bound=bound, obfuscated=False, ops=self, multiplied=True)
         return packed, masks
+
+    def check_slots(self, ct: Ciphertext, layout: SlotLayout, *, coordinates: int) -> PaillierCiphertext:
+        """``ct`` (from the wire) if its header is that of :meth:`pack_slots` or
+        :meth:`encrypt_slots` for ``coordinates`` values in ``layout``: unpacked,
+        ``layout.plaintexts_for(coordinates)`` plaintexts, scale ``layout.precision``, one summand,
+        a bound at most the public :func:`_slot_bound`. The key holder checks every packed
+        operand before adding them up, so that a sender's header cannot lift the others' scale
+        or make the sum overflow.
+
+        Raises:
+            CiphertextFormatError: the header differs.
+        """
+        c = self._check_ct(ct)
+        if (c.packed or c.length != layout.plaintexts_for(coordinates) or c.scale_bits != layout.precision
+                or c.summands != 1 or c.bound > _slot_bound(layout, coordinates)):
+            raise CiphertextFormatError(
+                f"paillier: not a packed vector of {coordinates} values in slots of {layout.slot_bits} bits "
+                "(header: packing, count, scale, summands or bound)"
+            )
+        return c
 
     def encrypt_slots(self, public: PublicContext, values: Any, layout: SlotLayout) -> PaillierCiphertext:
         """``values`` (``|x| <= value_bound``) encoded at ``layout.precision`` and packed in
@@ -1077,11 +1098,13 @@ class PaillierBackend(CryptoBackend):
             cts = parallel_map(djn_encrypt_batch, common, plaintexts, self._pool_for(len(plaintexts)))
         return PaillierCiphertext(values=[gmpy2.mpz(v) for v in cts], length=len(plaintexts), public=pub,
                                   scale_bits=layout.precision, summands=1,
-                                  bound=_slot_bound(layout, int(vec.shape[0]), masked=False), obfuscated=True, ops=self)
+                                  bound=_slot_bound(layout, int(vec.shape[0])), obfuscated=True, ops=self)
 
     def decrypt_integers(self, secret: SecretKey, ct: Ciphertext) -> list[int]:
-        """The plaintext integers of an unpacked ``ct`` (in ``[0, n)``), checked against its
-        tracked bound: a :meth:`pack_slots` result's masked packed values, exactly."""
+        """The plaintext integers of an unpacked ``ct``, in ``[0, n)``: a :meth:`pack_slots`
+        result's masked packed values ``(V + R) mod n``, exactly. No bound check is possible
+        here (the mask is uniform mod ``n``, so every value in ``[0, n)`` is legal): the mask's
+        owner checks the unmasked ``V`` against the public layout (:func:`unpack_slots`)."""
         self._check_kind(secret, PaillierSecret, "the secret key")
         c = self._check_ct(ct)
         self._check_same_key(secret, c)
@@ -1089,8 +1112,6 @@ class PaillierBackend(CryptoBackend):
             raise self._unsupported_packed("decrypt_integers")
         pub = c.public
         plain = parallel_map(decrypt_batch, (pub.n, secret.p, secret.q), [int(v) for v in c.values], self.workers)
-        if any(int(m) > c.bound for m in plain):
-            raise EncodingOverflowError("paillier: a decrypted value exceeds the ciphertext's declared bound")
         return [int(m) for m in plain]
 
     # --- wire -------------------------------------------------------------------------------
@@ -1175,31 +1196,38 @@ class PaillierBackend(CryptoBackend):
         return 40 + _CT_STRUCT.size + 2 + len(_int_bytes(c.bound)) + len(c.values) * c.public.ciphertext_bytes
 
 
-def _slot_bound(layout: SlotLayout, length: int, *, masked: bool) -> int:
-    """Public bound on a packed plaintext of ``length`` values in ``layout`` (plus, ``masked``, its mask)."""
-    used = min(length, layout.slots) * layout.slot_bits
-    return (1 << used) + ((1 << (used + SLOT_MASK_BITS)) if masked else 0)
+def _slot_bound(layout: SlotLayout, length: int) -> int:
+    """Public bound on one (unmasked) packed plaintext of ``length`` values in ``layout``: every
+    slot at most ``slot_max(1) = 2 offset``, i.e. ``2 offset Σ_{j<k} 2**(j b)``. Exact, so that
+    ``summands <= layout.max_summands`` such bounds add up to below ``2**(k b)`` (each slot
+    ``<= slot_max(summands) < 2**b``), which :meth:`PaillierBackend.slot_layout_for` keeps below ``n / 3``."""
+    k, b = min(length, layout.slots), layout.slot_bits
+    return layout.slot_max(1) * (((1 << (k * b)) - 1) // ((1 << b) - 1))
 
 
 def unpack_slots(
-    layout: SlotLayout, plaintexts: Sequence[int], masks: Sequence[int], *, length: int, summands: int
+    layout: SlotLayout, plaintexts: Sequence[int], masks: Sequence[int], *, modulus: int, length: int, summands: int
 ) -> np.ndarray:
     """The inverse of :meth:`PaillierBackend.pack_slots` after ``summands`` packed vectors were
     added (the packed one and ``summands - 1`` from :meth:`PaillierBackend.encrypt_slots`):
-    each decrypted plaintext minus its mask, unpacked to ``length`` signed slot sums and decoded
-    at ``layout.precision``. Exact: no rounding besides the encoding's.
+    each decrypted plaintext ``P`` (in ``[0, modulus)``, ``modulus`` the key's ``n``) minus its
+    mask mod ``n``, unpacked to ``length`` signed slot sums and decoded at ``layout.precision``.
+    Exact: no rounding besides the encoding's. The unmasked value must fit the public layout
+    (every slot within ``summands`` sums, nothing above the last slot): a sum below ``n`` never
+    wraps, so a value that does not fit was not formed as the protocol says (a false bound, a
+    wrong ciphertext, count or key).
 
     Raises:
-        EncodingOverflowError: a plaintext does not hold ``summands`` sums in the layout
-            (a wrong mask, count or layout: never a silently wrapped value).
+        EncodingOverflowError: a plaintext is not in ``[0, modulus)``, or does not hold
+            ``summands`` sums in the layout once unmasked (never a silently wrapped value).
     """
     if len(plaintexts) != len(masks) or len(plaintexts) != layout.plaintexts_for(length):
         raise EncodingOverflowError(
             f"packing: {len(plaintexts)} plaintexts and {len(masks)} masks for {length} values in slots of {layout.slots}"
         )
-    values = [int(p) - int(r) for p, r in zip(plaintexts, masks)]
-    if any(v < 0 for v in values):
-        raise EncodingOverflowError("packing: a plaintext is smaller than its mask (another ciphertext or key?)")
+    if any(not 0 <= int(p) < modulus for p in plaintexts):
+        raise EncodingOverflowError("packing: a plaintext is not in [0, n) (another key?)")
+    values = [(int(p) - int(r)) % modulus for p, r in zip(plaintexts, masks)]
     return decode_fixed(unpack(values, layout=layout, length=length, summands=summands), scale_bits=layout.precision)
 
 

@@ -22,8 +22,8 @@ import numpy as np
 
 from fedsilo.crypto.base import Ciphertext, CryptoBackend, PublicContext, SecretKey
 from fedsilo.crypto.encoding import SlotLayout
-from fedsilo.crypto.paillier import PaillierBackend, unpack_slots
-from fedsilo.errors import ConfigError, EncodingOverflowError, ProtocolError
+from fedsilo.crypto.paillier import PaillierBackend, PaillierPublic, unpack_slots
+from fedsilo.errors import ConfigError, CryptoError, ProtocolError
 from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.privacy.mechanisms import gaussian_noise
 from fedsilo.privacy.relations import REPLACE_RECORD
@@ -77,16 +77,37 @@ class Keys:
         """A ciphertext under this key from ``sender``'s wire bytes (of ``length`` values, if given).
 
         Raises:
-            ProtocolError: ``data`` is not bytes, or holds another number of values than ``length``.
+            ProtocolError: ``data`` is not bytes, is not a well-formed ciphertext under this key
+                (truncated, a value outside ``Z*_(n^2)``, an impossible header), or holds another
+                number of values than ``length``; naming ``sender``.
         """
         if not isinstance(data, bytes):
             raise ProtocolError(f"expected a ciphertext from {sender!r}, got {type(data).__name__}")
-        ct = self.backend.deserialize(self.public, data)
+        try:
+            ct = self.backend.deserialize(self.public, data)
+        except CryptoError as exc:
+            raise ProtocolError(f"the ciphertext from {sender!r} is malformed: {exc}") from exc
         if length is not None and ct.length != length:
             raise ProtocolError(
                 f"the ciphertext from {sender!r} holds {ct.length} values, expected {length} (another batch or layout?)"
             )
         return ct
+
+    def de_gradient(self, data: Any, *, sender: str, slots: "GradSlots | None") -> Ciphertext:
+        """:meth:`de` for a masked gradient or a noise share of one: as it is, or packed in
+        ``slots``, its header checked against the public layout (:meth:`PaillierBackend.check_slots`).
+
+        Raises:
+            ProtocolError: as :meth:`de`, or the header is not that of a vector in ``slots``.
+        """
+        if slots is None:
+            return self.de(data, sender=sender)
+        ct = self.de(data, sender=sender, length=slots.count)
+        assert isinstance(self.backend, PaillierBackend)
+        try:
+            return self.backend.check_slots(ct, slots.layout, coordinates=slots.length)
+        except CryptoError as exc:
+            raise ProtocolError(f"the ciphertext from {sender!r} is malformed: {exc}") from exc
 
     def dec(self, ct: Ciphertext) -> np.ndarray:
         """Decrypt ``ct`` (only the key holder can)."""
@@ -110,15 +131,29 @@ class Keys:
         packed, masks = self.backend.pack_slots(g, slots.layout)
         return self.ser(packed), masks
 
-    def dec_gradient(self, ct: Ciphertext, slots: "GradSlots | None") -> Any:
-        """The key holder's answer for a gradient: the decrypted floats, or in ``slots`` the
-        masked packed integers (exact; only their sender can unmask them)."""
-        if slots is None:
-            return self.dec(ct)
+    def dec_gradient(self, ct: Ciphertext, slots: "GradSlots | None", *, sender: str) -> Any:
+        """The key holder's answer for ``sender``'s gradient: the decrypted floats, or in
+        ``slots`` the masked packed integers ``(V + R) mod n`` (exact, uniform on ``[0, n)``;
+        only their sender can unmask them).
+
+        Raises:
+            ProtocolError: the ciphertext does not decrypt within its bounds (naming ``sender``).
+        """
         if self.secret is None:  # pragma: no cover - programming error
             raise ProtocolError("this party holds no secret key")
-        assert isinstance(self.backend, PaillierBackend)
-        return self.backend.decrypt_integers(self.secret, ct)
+        try:
+            if slots is None:
+                return self.dec(ct)
+            assert isinstance(self.backend, PaillierBackend)
+            return self.backend.decrypt_integers(self.secret, ct)
+        except CryptoError as exc:
+            raise ProtocolError(f"the ciphertext from {sender!r} is malformed: {exc}") from exc
+
+    def unseal(self, answer: Any, masks: Sequence[int], slots: "GradSlots", *, sender: str) -> np.ndarray:
+        """The inverse of :meth:`seal` on the key holder's ``answer``: :meth:`GradSlots.open`
+        under this key's modulus."""
+        assert isinstance(self.public, PaillierPublic)
+        return slots.open(answer, masks, sender=sender, modulus=self.public.n)
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,14 +199,18 @@ class GradSlots:
     instead of one per coordinate.
 
     The party packs its ``[[g + n_pp]]`` homomorphically (:meth:`PaillierBackend.pack_slots`),
-    with an integer mask ``R`` per ciphertext uniform on 40 bits more than the packed value
-    (statistical distance ``< 2**-40`` from ``R`` alone, for the whole plaintext and so for every
-    slot; the real-valued mask ``m_p`` of the unpacked path is not needed). Under DP every other
-    noise share of the gradient is packed alike (:meth:`Keys.enc_noise`) and added slot by slot:
-    ``summands`` packed vectors in all, each slot sized with headroom for their offsets. The key
-    holder decrypts the masked packed integers exactly and returns them; the party subtracts its
-    masks and unpacks (:meth:`open`). Every party derives the layout from public values (the
-    batch size, the number of hosts and noise adders, the backend's parameters).
+    with an integer mask ``R`` per ciphertext uniform on ``[0, n)``: the key holder's plaintext
+    ``(V + R) mod n`` is exactly uniform whatever the packed value ``V`` (a one-time pad on
+    ``Z_n``), even when the key holder wrote the inputs and lied about their bound (two-party:
+    its own ``[[b]]``); the real-valued mask ``m_p`` of the unpacked path is not needed. Under DP
+    every other noise share of the gradient is packed alike (:meth:`Keys.enc_noise`) and added
+    slot by slot: ``summands`` packed vectors in all, each slot sized with headroom for their
+    offsets. The key holder checks each packed operand's header (:meth:`Keys.de_gradient`),
+    decrypts the masked packed integers exactly and returns them; the party subtracts its masks
+    mod ``n`` and unpacks (:meth:`open`), which refuses a value outside the public layout (a
+    false bound is caught there, as a :class:`ProtocolError` naming the key holder). Every party
+    derives the layout from public values (the batch size, the number of hosts and noise adders,
+    the backend's parameters), and checks it before round 1 (:meth:`preflight`).
     """
 
     layout: SlotLayout
@@ -192,25 +231,50 @@ class GradSlots:
         layout = backend.matmul_layout(terms=len(topology.hosts) + 1, rows=rows, summands=1 + noise)
         return cls(layout, dims[owner], 1 + noise)
 
+    @classmethod
+    def preflight(
+        cls, backend: CryptoBackend, *, enabled: bool, rows: int, topology: Topology, dims: Mapping[str, int],
+        dp: bool, setting: str = "training.batch_size",
+    ) -> None:
+        """Refuse, before round 1, a step of ``rows`` rows (the largest batch: the slot width
+        grows with it) whose packed gradients would not fit a plaintext, with the keys to change
+        (``setting``: where the batch size comes from), instead of in the first epoch's charge.
+
+        Raises:
+            ConfigError: no slot layout for a batch of ``rows`` rows.
+        """
+        try:
+            for p in topology.data_parties:
+                cls.for_step(backend, enabled=enabled, rows=rows, owner=p, topology=topology, dims=dims, dp=dp)
+        except ConfigError as exc:
+            raise ConfigError(
+                f"key '{setting}': a batch of {rows} rows does not fit the packed (BatchCrypt) gradients of "
+                f"this key: {exc}. Lower {setting} or crypto.params precision/value_bound, or raise "
+                "crypto.params key_bits"
+            ) from exc
+
     @property
     def count(self) -> int:
         """Ciphertexts of the packed gradient."""
         return self.layout.plaintexts_for(self.length)
 
-    def open(self, answer: Any, masks: Sequence[int], *, sender: str) -> np.ndarray:
-        """The key holder's ``answer`` (the decrypted masked packed integers) minus ``masks``,
-        unpacked: the gradient plus the noise shares, exactly.
+    def open(self, answer: Any, masks: Sequence[int], *, sender: str, modulus: int) -> np.ndarray:
+        """The key holder's ``answer`` (the decrypted masked packed integers, in ``[0, modulus)``)
+        minus ``masks`` mod ``modulus`` (the key's ``n``), unpacked: the gradient plus the noise
+        shares, exactly.
 
         Raises:
-            ProtocolError: ``answer`` is not :attr:`count` integers that unpack in this layout.
+            ProtocolError: ``answer`` is not :attr:`count` integers in ``[0, modulus)`` whose
+                unmasked values fit this layout (naming ``sender``, the key holder).
         """
         if not isinstance(answer, list) or len(answer) != self.count or any(
-            isinstance(v, bool) or not isinstance(v, int) or v < 0 for v in answer
+            isinstance(v, bool) or not isinstance(v, int) or not 0 <= v < modulus for v in answer
         ):
-            raise ProtocolError(f"malformed packed gradient from {sender!r} (expected {self.count} integers)")
+            raise ProtocolError(f"malformed packed gradient from {sender!r} (expected {self.count} integers mod n)")
         try:
-            return unpack_slots(self.layout, answer, masks, length=self.length, summands=self.summands)
-        except EncodingOverflowError as exc:
+            return unpack_slots(self.layout, answer, masks, modulus=modulus, length=self.length,
+                                summands=self.summands)
+        except CryptoError as exc:
             raise ProtocolError(f"the packed gradient from {sender!r} does not unpack: {exc}") from exc
 
 
@@ -359,12 +423,15 @@ def decrypt_for_peer(
     """Two-party: decrypt the peer's masked gradient, adding this party's DP noise share first
     (the peer has added its own share under encryption before masking); packed in ``slots``,
     the answer is the masked packed integers (:class:`GradSlots`)."""
-    ct = own.de(ch.recv(peer, GRAD, round=round, timeout=timeout), sender=peer,
-                length=None if slots is None else slots.count)
+    data = ch.recv(peer, GRAD, round=round, timeout=timeout)
+    ct = own.de_gradient(data, sender=peer, slots=slots)
     if plan is not None:
         noise = draw_share(plan, owner=peer, me=me, topology=topology, dims=dims, norm=norm, rng=rng, round=round, tap=tap)
-        ct = own.backend.add(ct, own.enc_noise(noise, slots))
-    ch.send(peer, PLAIN, own.dec_gradient(ct, slots), round=round)
+        try:
+            ct = own.backend.add(ct, own.enc_noise(noise, slots))
+        except CryptoError as exc:  # the unpacked path: a declared bound too large to add to
+            raise ProtocolError(f"the ciphertext from {peer!r} is malformed: {exc}") from exc
+    ch.send(peer, PLAIN, own.dec_gradient(ct, slots, sender=peer), round=round)
 
 
 # ------------------------------------------------------------------------------ ledger charge

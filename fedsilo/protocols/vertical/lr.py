@@ -41,8 +41,9 @@ Who learns what:
   ``Σ_steps |g_p| / (2M)`` per coordinate — so without DP there is no run-level guarantee,
   only a per-step one that a larger ``M`` improves; under DP the decrypted value is already
   noised and the run-level guarantee is the DP one. On Paillier the gradients travel
-  BatchCrypt-packed (:class:`.keys.GradSlots`) under an integer mask 40 bits wider than the
-  packed value: the key holder's view is within ``2**-40`` of uniform per ciphertext and step;
+  BatchCrypt-packed (:class:`.keys.GradSlots`) under an integer mask uniform on ``[0, n)``: the
+  key holder's view ``(V + R) mod n`` is exactly uniform per ciphertext and step, whatever bound
+  its own inputs declared (a false one is caught when the party unmasks);
 * without DP, the key holder also decrypts the training loss once per epoch (the mean Taylor
   loss ``log 2 − 1/2 + 2·mean(d²)``, see :mod:`.taylor`; as one scalar, or a few partial sums
   over groups of steps when CKKS's magnitude bound forbids one sum); the guest receives it.

@@ -29,8 +29,9 @@ encryption under p's key, and each party decrypts only the other's masked gradie
 
 On Paillier the masked gradient travels BatchCrypt-packed (:class:`.keys.GradSlots`): party p
 packs ``[[g_p + n_pp]]`` into ``ceil(m_p / slots)`` ciphertexts under an integer mask ``R_p``
-instead of ``m_p``, the noise shares come packed alike, the key holder returns the decrypted
-``V + R_p`` as integers and p subtracts ``R_p`` and unpacks.
+uniform mod ``n`` instead of ``m_p``, the noise shares come packed alike, the key holder returns
+the decrypted ``(V + R_p) mod n`` as integers and p subtracts ``R_p`` mod ``n``, checks the result
+against the public layout and unpacks. The layout for the largest batch is checked before SETUP.
 
 Every residual ciphertext of a step (``[[b_h]]``, ``[[a]]``, ``[[d]]``) holds the batch's values
 in the layout the backend asks for (:class:`.keys.Packing`: on CKKS each value repeated over a
@@ -253,7 +254,7 @@ def _grad_to_arbiter(run: _Run, g: Ciphertext, *, norm: float, round: int) -> li
 def _opened(run: _Run, answer: Any, masks: list[int] | None, *, norm: float) -> Any:
     """The key holder's answer for this party's gradient: as it came, or unpacked and unmasked."""
     slots = run.slots(run.me, norm)
-    return answer if slots is None or masks is None else slots.open(answer, masks, sender=run.holder)
+    return answer if slots is None or masks is None else run.keys.grad.unseal(answer, masks, slots, sender=run.holder)
 
 
 def _swap_decryptions(run: _Run, *, peer: str, norm: float, round: int) -> Any:
@@ -263,6 +264,17 @@ def _swap_decryptions(run: _Run, *, peer: str, norm: float, round: int) -> Any:
                      dims=run.dims, norm=norm, rng=run.rng, round=round, timeout=run.timeout, tap=run.tap,
                      slots=run.slots(peer, norm))
     return run.channel.recv(peer, PLAIN, round=round, timeout=run.timeout)
+
+
+def _preflight_slots(
+    backend: CryptoBackend, config: TrainingConfig, topology: Topology, dims: Mapping[str, int], *, dp: bool,
+    batch: int, rows: int,
+) -> None:
+    """The packed gradients' layout for the largest batch (``epoch_partition``'s batches have at
+    most ``batch`` rows, and at most the ``rows`` training rows), refused before SETUP, keys or
+    any ledger charge (:meth:`.keys.GradSlots.preflight`)."""
+    GradSlots.preflight(backend, enabled=config.batchcrypt, rows=max(1, min(batch, rows)), topology=topology,
+                        dims=dims, dp=dp, setting=_batch_setting(config))
 
 
 def _batch_setting(config: TrainingConfig) -> str:
@@ -328,6 +340,7 @@ def guest_train(
     batch = config.batch_rows(backend, dims)
     plan = dp_plan(dp, rows=train_rows.size, config=config, parties=len(topology.data_parties),
                    arbiter=topology.arbiter is not None, batch_size=batch)
+    _preflight_slots(backend, config, topology, dims, dp=plan is not None, batch=batch, rows=train_rows.size)
     if plan is None:
         refuse_exact_gradients(dims, rows=train_rows.size, batch_size=batch, who=me, setting=_batch_setting(config))
     setup = {"dims": dims, "plan": plan.to_json() if plan else None, "loss": bool(config.track_loss and plan is None)}
@@ -528,6 +541,7 @@ def host_train(
     batch = config.batch_rows(backend, dims)  # the guest's, from the same public values
     plan = dp_plan(dp, rows=train_rows.size, config=config, parties=len(topology.data_parties),
                    arbiter=topology.arbiter is not None, batch_size=batch)
+    _preflight_slots(backend, config, topology, dims, dp=plan is not None, batch=batch, rows=train_rows.size)
     if plan is None:
         refuse_exact_gradients({me: model.weights.size}, rows=train_rows.size, batch_size=batch, who=me,
                                setting=_batch_setting(config))
@@ -704,17 +718,16 @@ def _arbiter_step(
     noise = gather_all(channel, parties, NOISE, round=round, timeout=timeout) if plan is not None else {}
     for p in parties:
         sl = slots[p]
-        length = None if sl is None else sl.count
-        ct = keys.de(grads[p], sender=p, length=length)
+        ct = keys.de_gradient(grads[p], sender=p, slots=sl)
         if plan is not None:
-            shares = [keys.de(noise[q].get(p), sender=q, length=length) for q in parties if q != p]
+            shares = [keys.de_gradient(noise[q].get(p), sender=q, slots=sl) for q in parties if q != p]
             mine = draw_share(plan, owner=p, me=me, topology=topology, dims=dims, norm=norm,
                               rng=rng, round=round, tap=tap)  # type: ignore[arg-type]
             if sl is None:
                 ct = backend.add_plain(backend.sum([ct, *shares]), mine)
             else:
                 ct = backend.sum([ct, *shares, keys.enc_noise(mine, sl)])
-        z = keys.dec_gradient(ct, sl)
+        z = keys.dec_gradient(ct, sl, sender=p)
         if sl is None and z.shape != (dims[p],):
             raise ProtocolError(f"{me}: {p!r} sent a gradient of {z.shape[0]} values, expected {dims[p]}")
         channel.send(p, PLAIN, z, round=round)
