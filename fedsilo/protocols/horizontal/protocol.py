@@ -92,6 +92,7 @@ from fedsilo.protocols.horizontal.training import (
     poisson_sample,
     record_dp_plan,
     train_local,
+    warm_up_torch,
 )
 
 __all__ = [
@@ -626,6 +627,7 @@ def silo(
             "cannot survive that many colluding key holders"
         )
     drops = dict(drop_rounds or {})
+    warm_up_torch()
     if job.distributed:
         # refused before the key ceremony and any release: a model torch.func cannot
         # differentiate row by row, or more rows than the count's encoding carries

@@ -41,8 +41,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch._dynamo  # noqa: F401 - torch.optim's first optimizer imports it (~3 s): at import, so a
-# long-lived agent pays it once at start-up and a party's first round is not the one that does
 from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 from torch.utils.data._utils.collate import default_collate
@@ -70,7 +68,16 @@ __all__ = [
     "record_dp_plan",
     "make_optimizer",
     "train_local",
+    "warm_up_torch",
 ]
+
+
+def warm_up_torch() -> None:
+    """Import ``torch._dynamo`` now: ``torch.optim``'s first optimizer imports it (~2-3 s), so a
+    silo calls this before its key ceremony and its first round is not the one that pays. Not at
+    module import: a job refused by its pre-flight (a budget, a config key) then never pays it."""
+    import torch._dynamo  # noqa: F401
+
 
 @dataclass(frozen=True, slots=True)
 class LocalConfig:
