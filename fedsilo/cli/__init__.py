@@ -36,15 +36,36 @@ def exit_code_for(exc: BaseException) -> int:
     return 2 if isinstance(exc, (ConfigError, DataError)) else 1
 
 
+def _show_warning(default: Callable[..., None]) -> Callable[..., None]:
+    """A ``warnings.showwarning`` that prints fedsilo's own warnings (classes defined in a
+    ``fedsilo`` module, e.g. ``LowOverlapWarning``) as one ``warning: ...`` line on stderr: the
+    message is written for the user, the file and source line of the ``warn`` call are not.
+    Other libraries' warnings keep Python's format (``default``)."""
+
+    def show(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: Any = None, line: str | None = None) -> None:
+        if category.__module__.split(".")[0] == "fedsilo":
+            typer.echo(f"warning: {' '.join(str(message).split())}", err=True)
+        else:
+            default(message, category, filename, lineno, file, line)
+
+    return show
+
+
 def cli_errors(fn: F) -> F:
-    """Turn fedsilo's errors into one line on stderr and an exit code (no traceback)."""
+    """Turn fedsilo's errors into one line on stderr and an exit code (no traceback), and its
+    warnings into one ``warning:`` line each (:func:`_show_warning`)."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
+        import warnings
+
         from fedsilo.errors import FedsiloError
 
         try:
-            return fn(*args, **kwargs)
+            with warnings.catch_warnings():  # restores the hook when the command ends
+                warnings.showwarning = _show_warning(warnings.showwarning)
+                return fn(*args, **kwargs)
         except FedsiloError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(exit_code_for(exc)) from None

@@ -304,6 +304,9 @@ def report_cmd(
                 out["entries"] = [_entry_json(e) for e in entries]
             _emit_json(out)
             return
+        if not reports:  # an empty table says less than one line
+            typer.echo(f"ledger {ledger_path} of silo {ledger.silo!r} has no datasets yet (nothing charged)")
+            return
         _table(
             f"Privacy ledger of silo {ledger.silo!r}: epsilon ({ledger.accountant.upper()} accountant)",
             ["dataset", "relation", "delta", "budget", "spent", "left", "releases"],

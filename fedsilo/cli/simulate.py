@@ -39,7 +39,8 @@ NoBaselinesOpt = Annotated[
     bool,
     typer.Option("--no-baselines", help="Skip the baselines block (simulation only, not private): horizontal, central "
                  "training on the pooled rows and each silo alone ((silos + 1) trainings of rounds x local_epochs epochs); "
-                 "vertical, the same model on every party's columns joined and the guest alone on its own."),
+                 "vertical, the same model on every party's columns joined and the guest alone on its own; "
+                 "statistics jobs have none (the option does nothing)."),
 ]
 EngineOpt = Annotated[
     str,
@@ -60,8 +61,14 @@ def _load(config: Path, **overrides: Any):
 
 
 def _print_results(results: dict[str, Any]) -> None:
+    """Show a job's results: a statistics job's as ``fedsilo stats`` does (:func:`_print_stats`),
+    a training job's metrics, privacy, baselines and traffic."""
     from rich.console import Console
     from rich.table import Table
+
+    if results.get("task") == "statistics":
+        _print_stats(results)
+        return
 
     from rich.markup import escape
 

@@ -546,7 +546,9 @@ def budget_check(
     try:
         _, events, after = composed_epsilon(items, delta=delta, accountant=accountant)
     except PrivacyError as exc:
-        earlier = ", ".join(repr(r) for r in sorted({r for _, r in before})) or "none"
+        if not before:  # no earlier release: the job's own releases are refused, say only why
+            raise PrivacyError(f"silo {silo!r}, dataset {dataset!r}: {exc}") from None
+        earlier = ", ".join(repr(r) for r in sorted({r for _, r in before}))
         raise PrivacyError(
             f"silo {silo!r}, dataset {dataset!r}: the job's releases cannot be composed with the dataset's "
             f"earlier releases (under {earlier}): {exc}"
@@ -681,6 +683,10 @@ class PrivacyLedger:
     def open(cls, path: str | os.PathLike[str]) -> PrivacyLedger:
         """Open an existing ledger with its stored silo name and accountant (never creates).
 
+        The stored names are read on a read-only connection (SQLite URI ``mode=ro``, no WAL
+        switch), so a file that is not a ledger (an empty file, another database) is refused
+        and left byte for byte as it was.
+
         Raises:
             ConfigError: the file does not exist or is not a fedsilo ledger.
         """
@@ -689,13 +695,14 @@ class PrivacyLedger:
             raise ConfigError(f"{p} is a directory; pass the ledger's .sqlite file (e.g. {p / '<silo>.sqlite'})")
         if not p.is_file():
             raise ConfigError(f"ledger not found: {p}")
-        conn = cls._connect(p, create=False)
         try:
-            meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            conn = sqlite3.connect(p.absolute().as_uri() + "?mode=ro", uri=True, timeout=_BUSY_TIMEOUT_S)
+            try:
+                meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
+            finally:
+                conn.close()
         except sqlite3.DatabaseError as exc:
             raise ConfigError(f"not a fedsilo privacy ledger: {p} ({exc})") from None
-        finally:
-            conn.close()
         if "silo" not in meta or "accountant" not in meta:
             raise ConfigError(f"not a fedsilo privacy ledger: {p} (no silo/accountant in meta)")
         return cls(p, silo=meta["silo"], accountant=meta["accountant"])
@@ -1362,11 +1369,13 @@ class PrivacyLedger:
                     # the same composition as budget_check (the pre-check of a job) and reports
                     after = composed_epsilon(before + [(event, relation)], delta=delta, accountant=self._accountant)[2]
                 except PrivacyError as exc:
+                    where = f"silo {self._silo!r}, dataset {dataset!r}"
+                    if not before:  # nothing earlier to clash with: the release alone is refused
+                        raise PrivacyError(f"{where}: {exc}; nothing was written") from None
                     earlier = ", ".join(repr(r) for r in sorted({r for _, r in before}))
                     raise PrivacyError(
-                        f"silo {self._silo!r}, dataset {dataset!r}: a release under relation "
-                        f"{relation!r} cannot be composed with the dataset's earlier releases "
-                        f"under {earlier}: {exc}; nothing was written"
+                        f"{where}: a release under relation {relation!r} cannot be composed with the "
+                        f"dataset's earlier releases under {earlier}: {exc}; nothing was written"
                     ) from None
                 if not after <= eps_budget:  # also refuses NaN
                     raise BudgetExceededError(

@@ -23,17 +23,36 @@ from numpy.dtypes import StringDType
 
 from fedsilo.errors import DataError
 
-__all__ = ["IdTable", "ids_from_column"]
+__all__ = ["CSV_FIRST_LINE", "IdTable", "ids_from_column", "row_label"]
 
 _STR = StringDType()
 
+#: The file line of a CSV's first data row (its header is line 1): how every data error names a
+#: CSV row (:func:`fedsilo.silos.data.require_numeric` counts the same way).
+CSV_FIRST_LINE = 2
 
-def _render(series: pd.Series, where: str, offset: int) -> list[str]:
+
+def row_label(index: int, first_line: int | None) -> str:
+    """How an error names data row ``index`` (0-based): the file's line number when the IDs were
+    read from a text file whose first data row is line ``first_line``, else the row's 1-based
+    position in the table (a frame held in memory, a Parquet file)."""
+    return f"row {_number(index, first_line)} {_of(first_line)}"
+
+
+def _number(index: int, first_line: int | None) -> int:
+    return first_line + index if first_line is not None else index + 1
+
+
+def _of(first_line: int | None) -> str:
+    return "of the file" if first_line is not None else "of the table"
+
+
+def _render(series: pd.Series, where: str, offset: int, first_line: int | None) -> list[str]:
     """The IDs of ``series`` as strings (integers without a decimal point), or DataError."""
     null = series.isna()
     if null.any():
-        row = offset + int(np.flatnonzero(null.to_numpy())[0])
-        raise DataError(f"{where} has {int(null.sum())} missing IDs (first at row {row}); IDs must not be null")
+        row = row_label(offset + int(np.flatnonzero(null.to_numpy())[0]), first_line)
+        raise DataError(f"{where} has {int(null.sum())} missing IDs (first at {row}); IDs must not be null")
     if pd.api.types.is_bool_dtype(series.dtype):
         raise DataError(f"{where} holds booleans, not IDs")
     if pd.api.types.is_integer_dtype(series.dtype):
@@ -42,35 +61,40 @@ def _render(series: pd.Series, where: str, offset: int) -> list[str]:
         arr = series.to_numpy(dtype=np.float64)
         frac = arr != np.round(arr)
         if frac.any():
-            row = offset + int(np.flatnonzero(frac)[0])
-            raise DataError(f"{where} holds non-integral numbers (first at row {row}); IDs must be strings or integers")
+            row = row_label(offset + int(np.flatnonzero(frac)[0]), first_line)
+            raise DataError(f"{where} holds non-integral numbers (first at {row}); IDs must be strings or integers")
         return [str(int(v)) for v in arr]
     return [v if isinstance(v, str) else str(v) for v in series.tolist()]
 
 
-def _check_empty(values: np.ndarray, where: str, offset: int) -> None:
+def _check_empty(values: np.ndarray, where: str, offset: int, first_line: int | None) -> None:
     """The one empty-ID check (whole columns, chunks, IDs given as strings): rows, never values."""
     empty = np.flatnonzero(values == "")
     if empty.size:
         raise DataError(
-            f"{where} has {empty.size} empty IDs (first at row {offset + int(empty[0])}); IDs must not be empty"
+            f"{where} has {empty.size} empty IDs (first at {row_label(offset + int(empty[0]), first_line)}); "
+            "IDs must not be empty"
         )
 
 
-def ids_from_column(values: pd.Series | Sequence[Any], *, source: str, column: str) -> list[str]:
+def ids_from_column(
+    values: pd.Series | Sequence[Any], *, source: str, column: str, first_line: int | None = None
+) -> list[str]:
     """IDs of one column as strings, refusing null, empty and duplicate IDs.
 
     Integers (and floats that are whole numbers, as pandas produces for integer columns read
     with missing values elsewhere) are rendered without a decimal point, so ``1042`` and
     ``1042.0`` align. Strings are compared exactly (no case folding or trimming). The empty and
     duplicate checks are :meth:`IdTable.from_ids`'s, so a column and a PSI input fail alike.
+    ``first_line``: the file line of the first row when ``source`` is a text file
+    (:data:`CSV_FIRST_LINE` for a CSV), so errors name the file's line (:func:`row_label`).
 
     Raises:
         DataError: naming ``source``, ``column`` and the offending rows (never an ID).
     """
     series = values if isinstance(values, pd.Series) else pd.Series(list(values), dtype=object)
-    ids = _render(series, f"{source}: column {column!r}", 0)
-    IdTable.from_ids(ids, source=source, column=column)
+    ids = _render(series, f"{source}: column {column!r}", 0, first_line)
+    IdTable.from_ids(ids, source=source, column=column, first_line=first_line)
     return ids
 
 
@@ -92,8 +116,14 @@ class IdTable:
         return int(self.values.shape[0])
 
     @classmethod
-    def from_ids(cls, ids: Sequence[str] | np.ndarray, *, source: str = "<ids>", column: str = "id") -> IdTable:
+    def from_ids(
+        cls, ids: Sequence[str] | np.ndarray, *, source: str = "<ids>", column: str = "id",
+        first_line: int | None = None,
+    ) -> IdTable:
         """From strings already rendered (:func:`ids_from_column`): non-empty, unique.
+
+        ``column`` names the IDs' column in errors and warnings; ``first_line`` as in
+        :func:`ids_from_column`.
 
         Raises:
             DataError: an ID is not a string, is empty, or appears twice.
@@ -105,16 +135,20 @@ class IdTable:
             if not all(isinstance(i, str) for i in items):
                 raise DataError(f"{source}: PSI IDs must be strings (use ids_from_column to convert a column)")
             values = _to_array(items, source)
-        _check_empty(values, f"{source}: column {column!r}", 0)
-        return cls._build([values], source=source, column=column)
+        _check_empty(values, f"{source}: column {column!r}", 0, first_line)
+        return cls._build([values], source=source, column=column, first_line=first_line)
 
     @classmethod
-    def from_chunks(cls, chunks: Iterable[pd.Series], *, source: str, column: str) -> IdTable:
+    def from_chunks(
+        cls, chunks: Iterable[pd.Series], *, source: str, column: str, first_line: int | None = CSV_FIRST_LINE
+    ) -> IdTable:
         """From a column delivered in chunks (e.g. ``pd.read_csv(..., chunksize=...)``).
 
         Each chunk is rendered and checked like :func:`ids_from_column` (null, empty, booleans,
         fractional numbers; rows are numbered across chunks), then packed, so at no time are
         more than one chunk's IDs Python strings; duplicates are found over the whole column.
+        ``first_line``: the file line of the first row (default: a CSV with a header line, the
+        chunked reader's source; ``None`` numbers rows of the table).
 
         Raises:
             DataError: naming ``source``, ``column`` and the first offending row or value.
@@ -123,14 +157,14 @@ class IdTable:
         parts: list[np.ndarray] = []
         offset = 0
         for chunk in chunks:
-            values = _to_array(_render(chunk, where, offset), source)
-            _check_empty(values, where, offset)
+            values = _to_array(_render(chunk, where, offset, first_line), source)
+            _check_empty(values, where, offset, first_line)
             parts.append(values)
             offset += values.shape[0]
-        return cls._build(parts, source=source, column=column)
+        return cls._build(parts, source=source, column=column, first_line=first_line)
 
     @classmethod
-    def _build(cls, parts: list[np.ndarray], *, source: str, column: str) -> IdTable:
+    def _build(cls, parts: list[np.ndarray], *, source: str, column: str, first_line: int | None) -> IdTable:
         values = np.concatenate(parts) if len(parts) != 1 else parts[0]
         order = np.argsort(values, kind="stable")
         n = values.shape[0]
@@ -142,10 +176,10 @@ class IdTable:
                 # rows in row order, so the group first met in row order has the least first row
                 starts = np.flatnonzero(same & ~np.concatenate(([False], same[:-1])))
                 first = int(starts[np.argmin(order[starts])])
-                rows = (int(order[first]), int(order[first + 1]))
-                groups = int(starts.size)
+                a, b = (_number(int(order[i]), first_line) for i in (first, first + 1))
+                # how many IDs repeat is not told: a count about the data, and one example suffices
                 raise DataError(
-                    f"{source}: column {column!r} has {groups} duplicate IDs (the first at rows {rows[0]} and {rows[1]}); "
+                    f"{source}: column {column!r} has duplicate IDs (the first at rows {a} and {b} {_of(first_line)}); "
                     "IDs must be unique"
                 )
             del ordered

@@ -201,7 +201,7 @@ CASES = [
      ["stats", "{cfg}"], 2, ["fed.toml", "statistics.range needs [lo, hi] for ['x1']"]),
     # --- vertical -----------------------------------------------------------------------------
     ("vertical-duplicate-ids-name-file", v(host="host_dup.csv"), ["simulate", "{cfg}"], 2,
-     ["host_dup.csv: column 'cid' has 30 duplicate IDs"]),
+     ["host_dup.csv: column 'cid' has duplicate IDs (the first at rows"]),
     ("vertical-non-numeric-names-file-row", v(host="host_str.csv"), ["simulate", "{cfg}"], 2,
      ["host_str.csv: column 'h1' is not numeric (row 2 of the file"]),
     ("vertical-bounds-unknown-column", v(data="bounds = {zz = [0.0, 1.0]}"), ["simulate", "{cfg}"], 2,

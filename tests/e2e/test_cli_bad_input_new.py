@@ -155,3 +155,67 @@ def test_log_loss_with_three_label_values_is_refused(tmp_path: Path) -> None:
         r[1] = str(k % 3)
     bank.write_text("\n".join([lines[0]] + [",".join(r) for r in rows]) + "\n")
     assert "'default'" in _refused(tmp_path, cfg)
+
+
+def _rewrite_column(path: Path, col: int, value) -> None:
+    """Replace column ``col`` of every data row of the CSV ``path`` by ``value(k, old)``."""
+    lines = path.read_text().splitlines()
+    rows = [line.split(",") for line in lines[1:]]
+    for k, r in enumerate(rows):
+        r[col] = value(k, r[col])
+    path.write_text("\n".join([lines[0]] + [",".join(r) for r in rows]) + "\n")
+
+
+def test_low_overlap_warning_is_one_clean_line_naming_the_real_id_column(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, VERTICAL)
+    _rewrite_column(tmp_path / "partner.csv", 0, lambda k, v: f"X{v}")  # no ID in common with the bank
+    out = _refused(tmp_path, cfg, "--rounds", "1")
+    warned = [line for line in out.splitlines() if "shares less than" in line]
+    assert warned and all(line.startswith("warning: PSI with ") for line in warned), out
+    assert all("column 'customer_id'" in line for line in warned)
+    assert "column 'id'" not in out
+    # Python's default format would add the warn call's file, line and source line
+    assert "psi.py" not in out and "LowOverlapWarning" not in out and "_finish(" not in out
+    assert "error: " in out and "share no IDs" in out
+
+
+def test_duplicate_ids_name_the_file_lines_and_no_count(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, VERTICAL)
+    ids = (tmp_path / "partner.csv").read_text().splitlines()[1].split(",")[0]
+    _rewrite_column(tmp_path / "partner.csv", 0, lambda k, v: ids if k in (1, 4, 5) else v)  # data rows 0, 1, 4, 5
+    out = _refused(tmp_path, cfg, "--rounds", "1")
+    assert "partner.csv: column 'customer_id' has duplicate IDs (the first at rows 2 and 3 of the file); " \
+        "IDs must be unique" in " ".join(out.split())
+    assert ids not in out
+
+
+def test_lr_label_with_more_than_two_values_names_the_column_not_the_values(tmp_path: Path) -> None:
+    cfg = _config(tmp_path, VERTICAL)
+    _rewrite_column(tmp_path / "bank.csv", 1, lambda k, v: "secret_label" if k == 3 else "7" if k == 5 else v)
+    out = " ".join(_refused(tmp_path, cfg, "--rounds", "1").split())
+    assert "bank.csv: label column 'default' holds more than two distinct values; logistic regression needs " \
+        "exactly two classes" in out
+    assert "secret_label" not in out and "'7'" not in out and "found" not in out
+
+
+def test_cli_shows_fedsilo_warnings_in_one_line_and_other_warnings_as_python_does(capsys) -> None:
+    import warnings
+
+    from fedsilo.cli import cli_errors
+    from fedsilo.protocols.psi import LowOverlapWarning
+
+    @cli_errors
+    def command() -> None:
+        warnings.warn("ours:\n  two lines", LowOverlapWarning, stacklevel=1)
+        warnings.warn("theirs", UserWarning, stacklevel=1)
+
+    before: list[str] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.showwarning = lambda message, *rest: before.append(str(message))  # whatever was there
+        command()
+        assert before == ["theirs"]  # other libraries' warnings: to the hook that was there
+        command.__wrapped__()  # the hook ends with the command: ours go to the previous hook again
+    assert before == ["theirs", "ours:\n  two lines", "theirs"]
+    err = capsys.readouterr().err
+    assert err == "warning: ours: two lines\n"  # one line, no file, line number or source line

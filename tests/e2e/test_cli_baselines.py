@@ -203,6 +203,26 @@ def test_secureboost_baselines_of_a_guest_with_labels_only(tmp_path: Path) -> No
     assert "vs the best silo alone" not in output and "federation AUC" in output
 
 
+def test_lr_baselines_of_a_guest_with_labels_only(tmp_path: Path) -> None:
+    # as SecureBoost's: a guest without a feature has no model of its own (an intercept-only
+    # "alone" row would be a constant scorer, AUC 0.5, and a meaningless "vs alone" gain)
+    import pandas as pd
+
+    bank = pd.read_csv(BANK.parent / "bank.csv")
+    partner = pd.read_csv(BANK.parent / "partner.csv")
+    bank[["customer_id", "default"]].to_csv(tmp_path / "labels.csv", index=False)
+    partner.merge(bank.drop(columns="default"), on="customer_id").to_csv(tmp_path / "features.csv", index=False)
+    cfg = tmp_path / "lr.toml"
+    cfg.write_text(BANK.read_text().replace('data = "bank.csv"', 'data = "labels.csv"')
+                   .replace('data = "partner.csv"', 'data = "features.csv"'))
+    data, output = _simulate(tmp_path, cfg, "--epsilon", "0", "--insecure", "--backend", "plain", "--rounds", "1")
+    base = data["baselines"]
+    assert base["alone"] == {}
+    assert base["guest"] == "the guest 'bank' holds the labels only (no feature): no model of its own"
+    assert "bank alone" not in output and "vs the best silo alone" not in output
+    assert "holds the labels only" in output and "vs central" in output
+
+
 def test_the_cli_prints_the_final_clip_of_adaptive_clipping(tmp_path: Path) -> None:
     text = (HOSPITALS.parent / "silo_level.toml").read_text().replace('level = "silo"', 'level = "silo"\nadaptive_clip = true')
     cfg = tmp_path / "adaptive.toml"
@@ -211,3 +231,16 @@ def test_the_cli_prints_the_final_clip_of_adaptive_clipping(tmp_path: Path) -> N
     clip = data["dp"]["adaptive_clip"]
     assert clip["initial_clip"] == 0.75 and clip["final_clip"] == data["dp"]["clip"]
     assert f"adaptive clipping: clip 0.75 -> {clip['final_clip']:.4g} after the last round" in output
+
+
+def test_simulate_of_a_statistics_job_prints_what_fedsilo_stats_prints(tmp_path: Path) -> None:
+    # the statistics, not an empty metrics table; --no-baselines is a no-op here (no baselines)
+    stats = ROOT / "examples" / "federated_statistics" / "federation.toml"
+    data, output = _simulate(tmp_path, stats, "--backend", "plain", "--insecure", "--no-baselines")
+    assert data["task"] == "statistics" and "baselines" not in data
+    lines = output.splitlines()
+    assert "federated statistics" in lines[0] and "metric" not in output
+    for col, queries in data["statistics"].items():
+        for q in queries:
+            assert any(col in line and f" {q} " in line for line in lines), (col, q)
+    assert "epsilon spent: " in output

@@ -256,3 +256,23 @@ def test_verify_refuses_a_key_others_can_read(ledger_file: Path) -> None:
     result = run("verify", "--ledger", str(ledger_file))
     assert_one_line_error(result, 2)
     assert "chmod 600" in result.stderr
+
+
+def test_report_of_a_ledger_without_datasets_is_one_line(tmp_path: Path) -> None:
+    path = tmp_path / "new.sqlite"
+    PrivacyLedger(path, silo="site0").close()
+    res = run("report", "--ledger", str(path))
+    assert res.exit_code == 0, res.output
+    assert res.stdout.strip().splitlines() == [f"ledger {path} of silo 'site0' has no datasets yet (nothing charged)"]
+    assert "┏" not in res.stdout  # no empty table
+
+
+@pytest.mark.parametrize("command", ["report", "verify"])
+@pytest.mark.parametrize("content", [b"", b"hello\n"])
+def test_read_commands_leave_a_non_ledger_file_untouched(tmp_path: Path, command: str, content: bytes) -> None:
+    path = tmp_path / "e.sqlite"
+    path.write_bytes(content)
+    res = run(command, "--ledger", str(path))
+    assert_one_line_error(res, 2)
+    assert "not a fedsilo privacy ledger" in res.stderr
+    assert path.read_bytes() == content and [p.name for p in tmp_path.iterdir()] == ["e.sqlite"]

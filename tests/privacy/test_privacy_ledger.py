@@ -750,3 +750,33 @@ def test_key_symlink_or_wrong_size_is_refused(ledger_path: Path, tmp_path: Path)
     os.close(fd)
     with pytest.raises(LedgerIntegrityError, match="expected 32 bytes, found 5"):
         PrivacyLedger(ledger_path, silo="site0")
+
+
+@pytest.mark.parametrize("content", [b"", b"not a database\n", None])
+def test_open_refuses_a_non_ledger_file_and_leaves_it_byte_for_byte(tmp_path: Path, content: bytes | None) -> None:
+    path = tmp_path / "x.sqlite"
+    if content is None:  # a SQLite database that is not a ledger (rollback journal, not WAL)
+        with sqlite3.connect(path) as c:
+            c.execute("CREATE TABLE t (a)")
+        c.close()
+    else:
+        path.write_bytes(content)
+    before = path.read_bytes()
+    with pytest.raises(ConfigError, match=r"^not a fedsilo privacy ledger: .*x\.sqlite \("):
+        PrivacyLedger.open(path)
+    assert path.read_bytes() == before  # no WAL switch, no page written
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.sqlite"]  # no -wal, -shm, key or anchor
+
+
+def test_a_covered_charge_without_its_cover_on_a_fresh_dataset_says_only_why(tmp_path: Path) -> None:
+    from fedsilo.privacy.events import CoveredEvent
+
+    with PrivacyLedger(tmp_path / "l.sqlite", silo="site0") as led:
+        led.register_dataset("ds", epsilon=8.0, delta=1e-5)
+        with pytest.raises(PrivacyError) as err:
+            led.charge("ds", CoveredEvent(GaussianEvent(1.1), cover="sparse-vector"), job="j", round=0,
+                       protocol="p", mechanism={"name": "gaussian"}, recipient="agg", relation=ADD_REMOVE_RECORD)
+        text = str(err.value)
+        assert text.startswith("silo 'site0', dataset 'ds': ") and text.endswith("; nothing was written")
+        assert "earlier releases" not in text and "under :" not in text
+        assert led.entries("ds") == []

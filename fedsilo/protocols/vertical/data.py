@@ -78,16 +78,18 @@ def check_labels(values: np.ndarray | pd.Series, *, source: str, column: str) ->
     Accepts 0/1, booleans, or exactly two distinct values (the larger, in sort order, is 1).
 
     Raises:
-        DataError: missing labels, or not exactly two classes.
+        DataError: missing labels, or not exactly two classes (naming the column and what is
+            needed: never a label value, nor how many classes there are).
     """
     series = pd.Series(values)
     if series.isna().any():
         raise DataError(f"{source}: label column {column!r} has {int(series.isna().sum())} missing values")
     classes = sorted(series.unique().tolist(), key=lambda v: (str(type(v)), v))
     if len(classes) != 2:
+        found = "one class" if len(classes) == 1 else "more than two distinct values"
         raise DataError(
-            f"{source}: label column {column!r} must hold exactly two classes for logistic regression, "
-            f"found {len(classes)}: {classes[:5]}"
+            f"{source}: label column {column!r} holds {found}; logistic regression needs exactly two classes "
+            "(0 and 1, booleans, or two distinct values: the larger is class 1)"
         )
     return (series == classes[1]).to_numpy(dtype=np.float64)
 

@@ -39,8 +39,15 @@ from fedsilo.protocols.vertical.taylor import (
     taylor_loss,
 )
 from fedsilo.silos.config import JobConfig
-from fedsilo.protocols.psi import ids_from_column
-from fedsilo.silos.data import DataSource, FrameSource, LocalTable, require_columns, require_numeric
+from fedsilo.protocols.psi_ids import CSV_FIRST_LINE, ids_from_column
+from fedsilo.silos.data import (
+    PARQUET_SUFFIXES,
+    DataSource,
+    FrameSource,
+    LocalTable,
+    require_columns,
+    require_numeric,
+)
 from fedsilo.silos.ledgers import Release, opened
 from fedsilo.silos.tasks.horizontal import BASELINES_LABEL
 from fedsilo.silos.tasks.secureboost import KIND as SECUREBOOST_KIND, SECUREBOOST, secureboost_baselines
@@ -292,9 +299,18 @@ def _checked_table(spec: VerticalSpec, party: Party, table: LocalTable) -> pd.Da
     repeated IDs), the guest's label, numeric features (naming the file's row)."""
     guest = party.name == spec.topology.guest
     require_columns(table, [spec.id_column, *([spec.label] if guest else [])])
-    ids_from_column(table.frame[spec.id_column], source=table.where, column=spec.id_column)
+    ids_from_column(table.frame[spec.id_column], source=table.where, column=spec.id_column,
+                    first_line=file_first_line(table))
     require_numeric(table, [c for c in table.frame.columns if c != spec.id_column and not (guest and c == spec.label)])
     return table.frame
+
+
+def file_first_line(table: LocalTable) -> int | None:
+    """The file line of ``table``'s first row, for ID errors: a CSV's (its header is line 1, as
+    :func:`~fedsilo.silos.data.require_numeric` counts), else ``None`` (rows of the table: a
+    Parquet file, a built-in data set, a frame in memory)."""
+    path = Path(table.where)
+    return CSV_FIRST_LINE if path.suffix.lower() not in PARQUET_SUFFIXES and path.is_file() else None
 
 
 def parties_for(
@@ -557,7 +573,8 @@ def aligned_tables(cfg: JobConfig) -> AlignedTables:
     tables = {p: sources[p].load() for p in (guest, *hosts)}
     positions: dict[str, dict[str, int]] = {}
     for p, t in tables.items():
-        ids = ids_from_column(t.frame[cfg.data.id_column], source=t.where, column=cfg.data.id_column)
+        ids = ids_from_column(t.frame[cfg.data.id_column], source=t.where, column=cfg.data.id_column,
+                              first_line=file_first_line(t))
         positions[p] = {i: k for k, i in enumerate(ids)}
     common = set(positions[guest])
     for p in hosts:
@@ -589,6 +606,7 @@ def vertical_baselines(cfg: JobConfig) -> dict[str, Any] | None:
     bounds = {k: (float(v[0]), float(v[1])) for k, v in cfg.data.bounds.items()}
     blocks: list[tuple[str, np.ndarray]] = []
     labels = None
+    own = True  # the guest holds a feature (else its "model alone" is an intercept: no model at all)
     for p in top.data_parties:
         guest = p == top.guest
         data = prepare_table(aligned.frames[p], source=p, id_column=cfg.data.id_column,
@@ -598,6 +616,7 @@ def vertical_baselines(cfg: JobConfig) -> dict[str, Any] | None:
         blocks.append((p, local.transform(data.features)))
         if guest:
             labels = data.labels
+            own = bool(data.columns)
     assert labels is not None
     batch = config.batch_size
     if config.fill_slots:  # the batch the job ran: the rows that fill one ciphertext of its backend
@@ -609,12 +628,16 @@ def vertical_baselines(cfg: JobConfig) -> dict[str, Any] | None:
     free[guest_x.shape[1] - 1] = False  # the guest's intercept (its last column) is not penalized
     # central and alone draw the same batches as the job: each from a copy of its public stream
     out = {}
-    for name, x, pen in (("central", x_all, free), ("alone", guest_x, free[: guest_x.shape[1]])):
+    fits = [("central", x_all, free), *([("alone", guest_x, free[: guest_x.shape[1]])] if own else [])]
+    for name, x, pen in fits:
         w = lr_baselines(x[aligned.train], labels[aligned.train], config=config, batch=batch,
                          rng=copy.deepcopy(aligned.public_rng), penalized=pen)
         out[name] = evaluation_metrics(labels[aligned.test], sigmoid(x[aligned.test] @ w))
-    return {"label": BASELINES_LABEL, "epochs": config.epochs, "central": out["central"],
-            "alone": {top.guest: out["alone"]}, "hosts": HOSTS_ALONE}
+    block: dict[str, Any] = {"label": BASELINES_LABEL, "epochs": config.epochs, "central": out["central"],
+                             "alone": {top.guest: out["alone"]} if own else {}, "hosts": HOSTS_ALONE}
+    if not own:  # as SecureBoost's baselines say it (fedsilo.silos.tasks.secureboost.secureboost_baselines)
+        block["guest"] = f"the guest {top.guest!r} holds the labels only (no feature): no model of its own"
+    return block
 
 
 def lr_baselines(x: np.ndarray, y: np.ndarray, *, config: TrainingConfig, batch: int, rng: np.random.Generator,

@@ -72,7 +72,7 @@ def test_cardinality_only(app, files, tmp_path: Path) -> None:
         ("missing", "customer_id", "no such file"),
         ("a", "id", "no column 'id'"),
         ("dup", "customer_id", "duplicate IDs (the first at rows"),
-        ("null", "customer_id", "missing IDs (first at row 1)"),
+        ("null", "customer_id", "missing IDs (first at row 3 of the file)"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(app, files, tmp_path: Path, left: str, column: str, message: str) -> None:

@@ -176,9 +176,9 @@ def test_no_overlap_is_a_data_error_on_every_side() -> None:
 
 
 def test_ids_from_column_rejects_bad_ids_with_file_column_and_example() -> None:
-    with pytest.raises(DataError, match=r"bank\.csv: column 'id' has 1 duplicate IDs \(the first at rows 0 and 1\)"):
+    with pytest.raises(DataError, match=r"bank\.csv: column 'id' has duplicate IDs \(the first at rows 1 and 2 of the table\)"):
         ids_from_column(pd.Series([7, 7, 8]), source="bank.csv", column="id")
-    with pytest.raises(DataError, match=r"bank\.csv: column 'id' has 1 missing IDs \(first at row 1\)"):
+    with pytest.raises(DataError, match=r"bank\.csv: column 'id' has 1 missing IDs \(first at row 2 of the table\)"):
         ids_from_column(pd.Series(["a", None, "c"]), source="bank.csv", column="id")
     with pytest.raises(DataError, match="empty IDs"):
         ids_from_column(pd.Series(["a", ""]), source="f", column="id")

@@ -116,23 +116,46 @@ def test_mask_points_fast_path_equals_the_public_api(ids: list[str], keep: int) 
 
 
 @pytest.mark.parametrize(
-    ("values", "message"),
+    ("values", "first_line", "message"),
     [
-        (["x", "alice@b", "y", "alice@b", "y"], r"b\.csv: column 'id' has 2 duplicate IDs \(the first at rows 1 and 3\)"),
-        (["z", "y", "y", "z"], r"b\.csv: column 'id' has 2 duplicate IDs \(the first at rows 0 and 3\)"),
-        (["x", "", "y", ""], r"b\.csv: column 'id' has 2 empty IDs \(first at row 1\)"),
+        # a CSV (first data row on line 2): rows are the file's lines, as the NaN error counts them
+        (["x", "alice@b", "y", "alice@b", "y"], 2,
+         r"b\.csv: column 'id' has duplicate IDs \(the first at rows 3 and 5 of the file\); IDs must be unique"),
+        (["z", "y", "y", "z"], 2, r"b\.csv: column 'id' has duplicate IDs \(the first at rows 2 and 5 of the file\)"),
+        (["x", "", "y", ""], 2, r"b\.csv: column 'id' has 2 empty IDs \(first at row 3 of the file\)"),
+        # not a file: the row's 1-based position in the table
+        (["x", "alice@b", "y", "alice@b", "y"], None,
+         r"b\.csv: column 'id' has duplicate IDs \(the first at rows 2 and 4 of the table\)"),
+        (["x", "", "y", ""], None, r"b\.csv: column 'id' has 2 empty IDs \(first at row 2 of the table\)"),
     ],
 )
-def test_column_and_table_id_checks_are_one_check_with_one_message(values: list[str], message: str) -> None:
+def test_column_and_table_id_checks_are_one_check_with_one_message(values: list[str], first_line: int | None,
+                                                                   message: str) -> None:
     errors = []
+    kw = dict(source="b.csv", column="id", first_line=first_line)
     for call in (
-        lambda: ids_from_column(pd.Series(values), source="b.csv", column="id"),
-        lambda: IdTable.from_ids(values, source="b.csv", column="id"),
-        lambda: IdTable.from_ids(_arr(values), source="b.csv", column="id"),
-        lambda: IdTable.from_chunks([pd.Series(values[:1]), pd.Series(values[1:])], source="b.csv", column="id"),
+        lambda: ids_from_column(pd.Series(values), **kw),
+        lambda: IdTable.from_ids(values, **kw),
+        lambda: IdTable.from_ids(_arr(values), **kw),
+        lambda: IdTable.from_chunks([pd.Series(values[:1]), pd.Series(values[1:])], **kw),
     ):
         with pytest.raises(DataError, match=message) as err:
             call()
         errors.append(str(err.value))
         assert "alice" not in str(err.value)
     assert len(set(errors)) == 1
+
+
+def test_duplicate_id_error_gives_no_count_and_chunks_count_file_lines_by_default() -> None:
+    values = ["a", "b", "a", "b", "c", "c"]  # three IDs repeat: the message must not say so
+    with pytest.raises(DataError) as err:
+        ids_from_column(pd.Series(values), source="b.csv", column="id")
+    assert str(err.value) == "b.csv: column 'id' has duplicate IDs (the first at rows 1 and 3 of the table); IDs must be unique"
+    assert "3 duplicate" not in str(err.value)
+    # from_chunks reads a CSV with a header line (fedsilo psi): the file's line numbers
+    with pytest.raises(DataError, match=r"rows 2 and 4 of the file"):
+        IdTable.from_chunks([pd.Series(values[:2]), pd.Series(values[2:])], source="b.csv", column="id")
+    with pytest.raises(DataError, match=r"missing IDs \(first at row 4 of the file\)"):
+        IdTable.from_chunks([pd.Series(["a"]), pd.Series(["b", None])], source="b.csv", column="id")
+    with pytest.raises(DataError, match=r"non-integral numbers \(first at row 2 of the table\)"):
+        ids_from_column(pd.Series([1.0, 2.5]), source="b.csv", column="id")

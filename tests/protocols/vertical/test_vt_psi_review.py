@@ -16,9 +16,10 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from numpy.dtypes import StringDType
 
 from fedsilo.errors import DataError, JobAbortedError, PeerTimeoutError, ProtocolError
-from fedsilo.protocols import codec, psi
+from fedsilo.protocols import codec, psi, psi_curve
 from fedsilo.protocols.channel import InProcessHub, run_parties
 from fedsilo.protocols.psi import (
     DOUBLE_BYTES,
@@ -285,10 +286,10 @@ def test_id_errors_name_rows_not_values() -> None:
                  lambda: ids_from_column(pd.Series(["x", "alice@bank", "alice@bank"]), source="b.csv", column="id")):
         with pytest.raises(DataError) as err:
             call()
-        assert "alice" not in str(err.value) and "rows 1 and" in str(err.value)
+        assert "alice" not in str(err.value) and "rows 2 and" in str(err.value) and "of the table" in str(err.value)
     with pytest.raises(DataError) as err:
-        ids_from_column(pd.Series([1.0, 2.5]), source="b.csv", column="id")
-    assert "2.5" not in str(err.value) and "row 1" in str(err.value)
+        ids_from_column(pd.Series([1.0, 2.5]), source="b.csv", column="id", first_line=2)
+    assert "2.5" not in str(err.value) and "row 3 of the file" in str(err.value)
 
 
 def test_a_peer_announcing_a_huge_set_is_a_protocol_error() -> None:
@@ -308,3 +309,121 @@ def test_the_confirmation_digest_does_not_depend_on_byte_order() -> None:
     order = np.lexsort((words[:, 1], words[:, 0]))
     assert psi._digest(values) == hashlib.sha256(values[order].tobytes()).digest()
     assert psi._digest(values[::-1].copy()) == psi._digest(values)
+
+
+# ------------------------------------------------------------------ crypto review of 51373d9 (H10)
+
+
+def _scripted_peer(ids: list[str], *, card: bool, keyed: bool, out: dict):
+    """A peer following the protocol by hand with its own scalar (to check ``g``'s digest bit by bit).
+
+    ``keyed=False`` sends the old unkeyed digest (IDs and matched *wire* values only): ``g`` must
+    refuse it, so the tails really are in the digest.
+    """
+
+    def run(ch) -> None:
+        key = X25519PrivateKey.generate().private_bytes_raw()
+        dom = psi._domain(psi.DEFAULT_DOMAIN, ch.job)
+        ch.send("g", psi.MASKED, {"points": psi._hash_and_mask(ids, dom, key), "n": len(ids), "card": card}, round=0)
+        theirs = ch.recv("g", psi.MASKED, round=0, timeout=30)["points"]
+        full = np.frombuffer(mask_points(theirs, key=key), dtype=np.uint8).reshape(-1, POINT_BYTES)
+        heads, tails = full[:, :DOUBLE_BYTES].copy(), full[:, DOUBLE_BYTES:].copy()
+        ch.send("g", psi.DOUBLE, {"points": heads[::-1].tobytes() if card else heads.tobytes()}, round=0)
+        own = np.frombuffer(ch.recv("g", psi.DOUBLE, round=0, timeout=30)["points"], dtype=np.uint8).reshape(-1, DOUBLE_BYTES)
+        hit = psi._members(own, heads)
+        matched = sorted(np.asarray(ids, dtype=object)[hit].tolist()) if not card else None
+        ids_arr = None if card else np.array(matched, dtype=StringDType())
+        mine_tails = tails[psi._members(heads, own[hit])]
+        if keyed:
+            digest = psi._confirmation(ids_arr, mine_tails)
+        else:
+            wire = psi._digest(own[hit])  # what 51373d9 sent
+            digest = wire if card else hashlib.sha256(psi._id_digest(ids_arr) + wire).digest()
+        ch.send("g", psi.CONFIRM, {"digest": digest}, round=0)
+        out["theirs"] = ch.recv("g", psi.CONFIRM, round=0, timeout=30)["digest"]
+        out["mine"] = digest
+
+    return run
+
+
+@pytest.mark.parametrize("card", [False, True])
+def test_the_confirmation_is_keyed_by_the_unsent_tails_which_both_sides_hold(card: bool) -> None:
+    g_ids = [f"cust-{i}" for i in range(40)]
+    h_ids = [f"cust-{i}" for i in range(30, 70)]
+    out: dict = {}
+    hub = InProcessHub("psi-keyed", ["g", "h"])
+    res = run_parties(hub, {"g": lambda ch: psi_party(ch, peer="h", ids=g_ids, rng=np.random.default_rng(),
+                                                      cardinality_only=card),
+                            "h": _scripted_peer(h_ids, card=card, keyed=True, out=out)})
+    assert res["g"].size == 10 and out["theirs"] == out["mine"]  # same tails, computed independently
+    # the unkeyed digest of the same run is refused: the tails are really hashed
+    hub = InProcessHub("psi-keyed", ["g", "h"])
+    with pytest.raises((ProtocolError, JobAbortedError), match="different intersections"):
+        run_parties(hub, {"g": lambda ch: psi_party(ch, peer="h", ids=g_ids, rng=np.random.default_rng(),
+                                                    cardinality_only=card),
+                          "h": _scripted_peer(h_ids, card=card, keyed=False, out={})})
+
+
+@pytest.mark.filterwarnings("ignore::fedsilo.protocols.psi.LowOverlapWarning")
+@pytest.mark.parametrize("card", [False, True])
+def test_a_reader_of_the_messages_cannot_test_guessed_ids_against_the_confirmation(card: bool) -> None:
+    """/tmp/r4/check_observer.py as a test: everything on the wire, a dictionary of candidate IDs."""
+    g_ids = [f"cust-{i}" for i in range(0, 50)]
+    h_ids = [f"cust-{i}" for i in range(49, 90)]  # share only cust-49
+    hub = InProcessHub("obs", ["g", "h"])
+    run_parties(hub, {"g": lambda ch: psi_party(ch, peer="h", ids=g_ids, rng=np.random.default_rng(), cardinality_only=card),
+                      "h": lambda ch: psi_party(ch, peer="g", ids=h_ids, rng=np.random.default_rng(), cardinality_only=card)})
+    a = np.frombuffer(_masked_from(hub, "h", psi.DOUBLE), dtype=np.uint8).reshape(-1, DOUBLE_BYTES)
+    b = np.frombuffer(_masked_from(hub, "g", psi.DOUBLE), dtype=np.uint8).reshape(-1, DOUBLE_BYTES)
+    matched = a[psi._members(a, b)]
+    assert matched.shape[0] == 1  # the reader does see which wire values matched
+    confirms = {codec.decode(e.body)["digest"] for e in hub.log if e.kind == psi.CONFIRM}
+    assert len(confirms) == 1  # both sides agreed
+    dtype = StringDType()
+    wire = psi._digest(matched)
+    guesses = [None] if card else [np.array([f"cust-{i}"], dtype=dtype) for i in range(100)]
+    for cand in guesses:
+        for tag in (b"", psi._CONFIRM_DOMAIN, psi._CONFIRM_CARD_DOMAIN):
+            head = b"" if cand is None else psi._id_digest(cand)
+            assert hashlib.sha256(tag + head + wire).digest() not in confirms
+        assert psi._confirmation(cand, matched) not in confirms  # the wire values in place of the tails
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("u", LOW_ORDER[:3])
+def test_a_low_order_point_names_the_peer_on_both_paths(u: int, workers: int) -> None:
+    def liar(ch):
+        ch.send("g", psi.MASKED, {"points": u.to_bytes(32, "little"), "n": 1, "card": False}, round=0)
+        ch.recv("g", psi.MASKED, round=0, timeout=30)
+
+    with psi.psi_executor(workers) as ex:
+        hub = InProcessHub("psi-low", ["g", "h"])
+        with pytest.raises((ProtocolError, JobAbortedError), match=r"PSI with 'h': sent an invalid or low-order"):
+            run_parties(hub, {"g": lambda ch: psi_party(ch, peer="h", ids=["1", "2"], rng=np.random.default_rng(),
+                                                        executor=ex, timeout=30),
+                              "h": liar})
+    with pytest.raises(psi_curve.InvalidPointError):  # the curve layer: a ProtocolError subclass
+        mask_points(u.to_bytes(32, "little"), key=X25519PrivateKey.generate().private_bytes_raw())
+    assert issubclass(psi_curve.InvalidPointError, ProtocolError)
+
+
+@pytest.mark.parametrize("broken", ["raises", "differs", "missing"])
+def test_the_private_constructor_is_used_only_if_it_agrees_with_the_public_one(
+    broken: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import types
+
+    import cryptography.hazmat.bindings._rust as rust
+    from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PublicKey
+
+    assert psi_curve._fast_public_key() is not X25519PublicKey.from_public_bytes  # the real layout: fast path
+
+    def raises(b: bytes):
+        raise RuntimeError("moved")
+
+    other = X25519PrivateKey.generate().public_key()
+    fake = {"raises": raises, "differs": lambda b: other}
+    layout = types.SimpleNamespace() if broken == "missing" else types.SimpleNamespace(
+        x25519=types.SimpleNamespace(from_public_bytes=fake[broken]))
+    monkeypatch.setattr(rust, "openssl", layout)
+    assert psi_curve._fast_public_key() == X25519PublicKey.from_public_bytes

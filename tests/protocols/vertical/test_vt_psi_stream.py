@@ -75,7 +75,7 @@ def test_members_is_exact_when_64_bit_prefixes_collide() -> None:
 
 
 def test_id_table_refuses_duplicates_and_empty_ids_naming_the_source() -> None:
-    with pytest.raises(DataError, match=r"bank\.csv: column 'id' has 2 duplicate IDs \(the first at rows 0 and 2\)"):
+    with pytest.raises(DataError, match=r"bank\.csv: column 'id' has duplicate IDs \(the first at rows 1 and 3 of the table\)"):
         IdTable.from_ids(["a", "b", "a", "c", "a", "c"], source="bank.csv")
     with pytest.raises(DataError, match="empty IDs"):
         IdTable.from_ids(["a", ""], source="f")
@@ -84,7 +84,7 @@ def test_id_table_refuses_duplicates_and_empty_ids_naming_the_source() -> None:
 
 
 def test_id_table_from_chunks_numbers_rows_across_chunks_and_sorts_like_python() -> None:
-    with pytest.raises(DataError, match=r"f: column 'id' has 1 missing IDs \(first at row 3\)"):
+    with pytest.raises(DataError, match=r"f: column 'id' has 1 missing IDs \(first at row 5 of the file\)"):
         IdTable.from_chunks([pd.Series(["a", "b"]), pd.Series(["c", None])], source="f", column="id")
     with pytest.raises(DataError, match="duplicate IDs"):  # a duplicate in a later chunk
         IdTable.from_chunks([pd.Series(["a", "b"]), pd.Series(["c", "a"])], source="f", column="id")
@@ -125,7 +125,7 @@ def test_read_id_csv_streams_in_chunks(tmp_path: Path) -> None:
     assert table.take(np.arange(10)) == [f"{i:03d}" for i in range(10)]  # leading zeros kept
     dup = tmp_path / "dup.csv"
     dup.write_text("id\n1\n2\n3\n4\n2\n")
-    with pytest.raises(DataError, match=r"dup\.csv: column 'id' has 1 duplicate IDs \(the first at rows 1 and 4\)"):
+    with pytest.raises(DataError, match=r"dup\.csv: column 'id' has duplicate IDs \(the first at rows 3 and 6 of the file\)"):
         read_id_csv(dup, "id", chunk_rows=2)
 
 
@@ -147,7 +147,7 @@ def app() -> typer.Typer:
         ("id\n1\n2,3\n", "Expected 1 fields in line 3, saw 2"),
         ("id\n", "has no IDs"),
         ("", "is empty"),
-        ("id,x\n1,a\n,b\n2,c\n", "missing IDs (first at row 1)"),
+        ("id,x\n1,a\n,b\n2,c\n", "missing IDs (first at row 3 of the file)"),
         (b"id\n\xff\xfe1\n", "UTF-8"),
     ],
 )

@@ -18,7 +18,7 @@ from fedsilo.errors import ConfigError, DataError, ProtocolError
 from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.protocols.channel import Channel
 from fedsilo.protocols.policy import require_confidential
-from fedsilo.protocols.psi import align_guest, align_host, ids_from_column, psi_executor
+from fedsilo.protocols.psi import IdTable, align_guest, align_host, ids_from_column, psi_executor
 from fedsilo.protocols.spec import PrivacySection
 from fedsilo.protocols.vertical.data import (
     PartyTable,
@@ -198,11 +198,12 @@ def secureboost_party(
         raise DataError(f"{src}: a host needs at least one feature column")
     refuse_constant(data.features, data.columns, source=src, where="the whole table")
     feature_bounds(data.columns, spec.bounds, source=src, required=spec.dp is not None)  # before PSI
+    ids = IdTable.from_ids(data.ids, source=src, column=spec.id_column)  # the column a low-overlap warning names
     with psi_executor(spec.psi_workers) as ex:
         if role == "guest":
-            al = align_guest(channel, hosts=spec.hosts, ids=data.ids, rng=rng, round=0, executor=ex, source=src)
+            al = align_guest(channel, hosts=spec.hosts, ids=ids, rng=rng, round=0, executor=ex, source=src)
         else:
-            al = align_host(channel, guest=spec.guest, ids=data.ids, rng=rng, round=0, executor=ex, source=src)
+            al = align_host(channel, guest=spec.guest, ids=ids, rng=rng, round=0, executor=ex, source=src)
     x = data.features[al.positions]
     train_rows, test_rows = _holdout(channel, spec, al.size, public_rng, role=role)
     binning = fit_binning(x, train_rows, data.columns, bins=cfg.bins, bounds=spec.bounds,
