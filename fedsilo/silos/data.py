@@ -22,12 +22,14 @@ import numpy as np
 import pandas as pd
 
 from fedsilo.errors import ConfigError, DataError
+from fedsilo.protocols.psi_ids import CSV_FIRST_LINE
 from fedsilo.protocols.scaling import scale_with_bounds
 
 __all__ = [
     "BUILTIN_SOURCES",
     "DATASET_SUFFIXES",
     "PARQUET_SUFFIXES",
+    "file_first_line",
     "BuiltinShare",
     "DataSource",
     "FileSource",
@@ -190,6 +192,14 @@ def read_csv_checked(path: Path, *, who: str = "", **kwargs) -> pd.DataFrame:
 #: the file kinds a silo's table may be (anything else is read as CSV by :func:`load_table`)
 PARQUET_SUFFIXES = (".parquet", ".pq")
 DATASET_SUFFIXES = (".csv", *PARQUET_SUFFIXES)
+
+
+def file_first_line(table: LocalTable) -> int | None:
+    """The file line of ``table``'s first row, for ID errors: a CSV's (its header is line 1, as
+    :func:`~fedsilo.silos.data.require_numeric` counts), else ``None`` (rows of the table: a
+    Parquet file, a built-in data set, a frame in memory)."""
+    path = Path(table.where)
+    return CSV_FIRST_LINE if path.suffix.lower() not in PARQUET_SUFFIXES and path.is_file() else None
 
 
 def load_table(path: Path, *, name: str) -> LocalTable:

@@ -34,7 +34,7 @@ from fedsilo.protocols.vertical.secureboost.dp import HistogramDp, calibrate
 from fedsilo.protocols.vertical.secureboost.job import SecureBoostSpec, party_table, secureboost_party
 from fedsilo.protocols.vertical.secureboost.model import joint_scores, refuse_empty
 from fedsilo.silos.config import JobConfig
-from fedsilo.silos.data import DataSource, LocalTable, require_columns, require_numeric
+from fedsilo.silos.data import DataSource, LocalTable, file_first_line, require_columns, require_numeric
 from fedsilo.silos.ledgers import opened
 from fedsilo.silos.registry import JobContext, JobRun, Party, Progress, refuse_unread
 from fedsilo.silos.runner import budgets_for, ledger_specs
@@ -223,7 +223,8 @@ def _checked_table(spec: SecureBoostSpec, party: Party, table: LocalTable) -> pd
     squared error."""
     guest = party.name == spec.guest
     require_columns(table, [spec.id_column, *([spec.label] if guest else [])])
-    ids_from_column(table.frame[spec.id_column], source=table.where, column=spec.id_column)
+    ids_from_column(table.frame[spec.id_column], source=table.where, column=spec.id_column,
+                    first_line=file_first_line(table))
     features = [c for c in table.frame.columns if c != spec.id_column and not (guest and c == spec.label)]
     # a column of nothing but NaN is "no value", not "N missing values" nor (with bins) "constant"
     refuse_empty(table.frame[features].isna().all().tolist(), [str(c) for c in features], source=table.where,

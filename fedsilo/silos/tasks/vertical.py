@@ -39,12 +39,12 @@ from fedsilo.protocols.vertical.taylor import (
     taylor_loss,
 )
 from fedsilo.silos.config import JobConfig
-from fedsilo.protocols.psi_ids import CSV_FIRST_LINE, ids_from_column
+from fedsilo.protocols.psi_ids import ids_from_column
 from fedsilo.silos.data import (
-    PARQUET_SUFFIXES,
     DataSource,
     FrameSource,
     LocalTable,
+    file_first_line,
     require_columns,
     require_numeric,
 )
@@ -303,14 +303,6 @@ def _checked_table(spec: VerticalSpec, party: Party, table: LocalTable) -> pd.Da
                     first_line=file_first_line(table))
     require_numeric(table, [c for c in table.frame.columns if c != spec.id_column and not (guest and c == spec.label)])
     return table.frame
-
-
-def file_first_line(table: LocalTable) -> int | None:
-    """The file line of ``table``'s first row, for ID errors: a CSV's (its header is line 1, as
-    :func:`~fedsilo.silos.data.require_numeric` counts), else ``None`` (rows of the table: a
-    Parquet file, a built-in data set, a frame in memory)."""
-    path = Path(table.where)
-    return CSV_FIRST_LINE if path.suffix.lower() not in PARQUET_SUFFIXES and path.is_file() else None
 
 
 def parties_for(
