@@ -430,7 +430,7 @@ def secureboost_baselines(cfg: JobConfig, frames: Mapping[str, pd.DataFrame]) ->
     Returns ``{"label", "trees", "central", "alone": {guest: metrics}, "hosts"}`` with the
     metrics of the results' ``simulation_metrics``."""
     from fedsilo.silos.tasks.horizontal import BASELINES_LABEL
-    from fedsilo.silos.tasks.vertical import HOSTS_ALONE
+    from fedsilo.silos.tasks.vertical import HOSTS_ALONE, label_only_guest
 
     assert cfg.data.label is not None and cfg.data.id_column is not None
     guest, hosts = _roles({s.name: s.role for s in cfg.silos}, source=cfg._source)
@@ -462,5 +462,5 @@ def secureboost_baselines(cfg: JobConfig, frames: Mapping[str, pd.DataFrame]) ->
     block: dict[str, Any] = {"label": BASELINES_LABEL, "trees": cfg.model.trees, "central": grow(joined), "alone": alone,
                              "hosts": HOSTS_ALONE}
     if not own:
-        block["guest"] = f"the guest {guest!r} holds the labels only (no feature): no model of its own"
+        block["guest"] = label_only_guest(guest)
     return block

@@ -67,7 +67,7 @@ from fedsilo.silos.runner import (
     sources_for,
 )
 
-__all__ = ["HOSTS_ALONE", "VERTICAL", "AlignedTables", "VerticalPlan", "aligned_tables", "epsilon_per_epoch",
+__all__ = ["HOSTS_ALONE", "VERTICAL", "label_only_guest", "AlignedTables", "VerticalPlan", "aligned_tables", "epsilon_per_epoch",
            "lr_baselines", "planned_releases", "simulate_vertical", "topology_of", "vertical_baselines"]
 
 #: the [model] a vertical job trains: hetero logistic regression only
@@ -537,6 +537,11 @@ def run_tables(
 HOSTS_ALONE = "hosts hold no label, so they have no model of their own and no 'alone' score"
 
 
+def label_only_guest(guest: str) -> str:
+    """The baselines block's ``guest`` sentence when the guest holds no feature (no alone score)."""
+    return f"the guest {guest!r} holds the labels only (no feature): no model of its own"
+
+
 @dataclass(frozen=True, eq=False)
 class AlignedTables:
     """Every data party's table restricted to the aligned customers, read in one process:
@@ -628,7 +633,7 @@ def vertical_baselines(cfg: JobConfig) -> dict[str, Any] | None:
     block: dict[str, Any] = {"label": BASELINES_LABEL, "epochs": config.epochs, "central": out["central"],
                              "alone": {top.guest: out["alone"]} if own else {}, "hosts": HOSTS_ALONE}
     if not own:  # as SecureBoost's baselines say it (fedsilo.silos.tasks.secureboost.secureboost_baselines)
-        block["guest"] = f"the guest {top.guest!r} holds the labels only (no feature): no model of its own"
+        block["guest"] = label_only_guest(top.guest)
     return block
 
 
