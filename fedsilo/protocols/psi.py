@@ -18,8 +18,10 @@ u-coordinate), ``[a]([b]H(x)) = [b]([a]H(x))``, so:
 4. both sort the intersection by ID (Python string order of the IDs, which both now know) —
    the **agreed order**: independent of either file's row order and reproducible, so seeded
    simulations are repeatable; each sends a SHA-256 digest of the intersection's IDs in the
-   agreed order (their UTF-8 bytes, length-delimited) and of its sorted double-masked values,
-   and aborts with :class:`ProtocolError` if the two differ (:func:`_confirmation`).
+   agreed order (their UTF-8 bytes, length-delimited) keyed by the last 16 bytes of the
+   matched double-masked values, which each side computed itself and which never travel (so a
+   reader of the messages cannot test guessed ID lists against it), and aborts with
+   :class:`ProtocolError` if the two differ (:func:`_confirmation`).
 
 What the confirmation detects, and what it cannot: both sides end with the same IDs, in the
 same order, matched on the same double-masked values — so a peer that hashed other bytes than
@@ -37,8 +39,9 @@ default). A party draws its secret order first and hashes and masks its IDs *in 
 so each chunk is sent as soon as it is masked, and the peer answers chunk by chunk while the
 first party is still masking: with sets of n and m IDs each party does n + m scalar
 multiplications and n hashes to the curve, and memory is O(n + m) compact arrays (16 bytes per
-ID of each side plus the IDs themselves, :class:`~fedsilo.protocols.psi_ids.IdTable`), never a
-Python object per ID. ``progress`` gets ``{"stage": "psi", "peer", "done", "total"}`` (curve
+ID of each side, another 16 per peer ID until the match, after which only the matched rows'
+confirmation tails are kept, plus the IDs themselves, :class:`~fedsilo.protocols.psi_ids.IdTable`),
+never a Python object per ID. ``progress`` gets ``{"stage": "psi", "peer", "done", "total"}`` (curve
 operations of this party) after every chunk.
 
 Who learns what (honest-but-curious, DDH on Curve25519 with ``H`` modelled as a random oracle):
@@ -56,12 +59,13 @@ until ``u³ + 486662u² + u`` is a non-zero square mod p (the u-coordinate of a 
 the twist); about two tries per ID, a Jacobi symbol each (gmpy2, ~1.7 µs). The loop leaks the
 number of tries of one's *own* IDs through local timing only. X25519 clamps scalars to
 multiples of the cofactor 8, so every masked value is in the prime-order subgroup; a peer that
-sends a low-order point makes X25519 fail, which is raised as :class:`ProtocolError`.
+sends a low-order point makes X25519 fail, which is raised as :class:`ProtocolError` naming that peer.
 
 Why not openmined-psi: measured on this 2-core machine (benchmarks/psi.py, docs/benchmarks.md),
 10^5 × 10^5 IDs: openmined-psi 2.0.6 (P-256, RAW set-up, one thread) 25 s, and only its client
-learns the intersection. This module runs the curve work on a process pool per party
-(``workers``; the X25519 call holds the GIL, so threads do not help) within ~1.2× of the bare
+learns the intersection. This module runs the curve work on a process pool (``workers``; the
+X25519 call holds the GIL, so threads do not help; in-process, :func:`psi_in_process`, both
+parties share one, so a worker one party leaves idle computes the other's chunks) within ~1.2× of the bare
 X25519 rate of ``cryptography`` (OpenSSL, ~28 µs per scalar multiplication, the same rate as
 ``openssl speed ecdhx25519``), gives both sides the same intersection in the same order and
 needs only ``cryptography`` (maintained by PyCA), which fedsilo already depends on. Wire:
@@ -93,6 +97,7 @@ from fedsilo.protocols.channel import Channel, InProcessHub, run_parties
 from fedsilo.protocols.psi_curve import (
     DOUBLE_BYTES,
     POINT_BYTES,
+    InvalidPointError,
     _hash_and_mask,
     _remask,
     hash_to_curve,
@@ -129,7 +134,8 @@ __all__ = [
 MASKED: Final = "psi/masked"
 #: B -> A: ``{"points": bytes (k × 16)}``, A's masked points masked again by B, truncated, in A's order
 DOUBLE: Final = "psi/double"
-#: A <-> B: ``{"digest": bytes}``, a hash of the intersection's IDs in the agreed order (must agree)
+#: A <-> B: ``{"digest": bytes}``, a hash of the intersection's IDs in the agreed order (cardinality-only: of
+#: nothing but the matched values), keyed by the matched values' unsent last 16 bytes (must agree)
 CONFIRM: Final = "psi/confirm"
 #: guest -> host, once over all hosts: ``{"index": int64 array}``, the host's rows in the final order
 FINAL: Final = "psi/final"
@@ -302,15 +308,18 @@ def _answer(
     round: int,
     timeout: float,
     counter: _Counter,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Step 2: mask the peer's points again and send them back; the peer's double-masked set.
 
-    Returns the (m, 16) uint8 array of ``[ab]H(y)`` for the peer's IDs, in received order.
+    Returns two (m, 16) uint8 arrays, in received order: the first 16 bytes of ``[ab]H(y)`` for
+    the peer's IDs (sent back, compared) and their last 16 bytes (never sent: they key the
+    confirmation, :func:`_confirmation`).
     """
     first = channel.recv(peer, MASKED, round=round, timeout=timeout)
     points, m = _masked_of(first, peer, cardinality_only, None)
     counter.peers = (counter.peers or 0) + m
     out = np.empty((m, DOUBLE_BYTES), dtype=np.uint8)
+    tails = np.empty((m, POINT_BYTES - DOUBLE_BYTES), dtype=np.uint8)
 
     def pieces() -> Iterator[tuple[bytes, bytes]]:
         # the peer's messages, cut into tasks of at most ``chunk`` points, received lazily
@@ -326,13 +335,18 @@ def _answer(
             blob, _ = _masked_of(channel.recv(peer, MASKED, round=round, timeout=timeout), peer, cardinality_only, m)
 
     pos = 0
-    for double in _ordered(executor, _remask, pieces()):
-        k = len(double) // DOUBLE_BYTES
-        out[pos : pos + k] = np.frombuffer(double, dtype=np.uint8).reshape(k, DOUBLE_BYTES)
-        pos += k
-        if not cardinality_only:
-            channel.send(peer, DOUBLE, {"points": double}, round=round)
-        counter.add(k)
+    try:
+        for full in _ordered(executor, _remask, pieces()):
+            k = len(full) // POINT_BYTES
+            rows = np.frombuffer(full, dtype=np.uint8).reshape(k, POINT_BYTES)
+            out[pos : pos + k] = rows[:, :DOUBLE_BYTES]
+            tails[pos : pos + k] = rows[:, DOUBLE_BYTES:]
+            if not cardinality_only:
+                channel.send(peer, DOUBLE, {"points": out[pos : pos + k].tobytes()}, round=round)
+            pos += k
+            counter.add(k)
+    except InvalidPointError:  # raised where the sender is unknown: name it here
+        raise ProtocolError(f"PSI with {peer!r}: sent an invalid or low-order curve point") from None
     if pos != m:
         raise ProtocolError(f"PSI with {peer!r}: announced {m} masked IDs, sent {pos}")
     if cardinality_only:  # back in a fresh secret order: the owner cannot tell which of its IDs matched
@@ -341,7 +355,7 @@ def _answer(
             channel.send(peer, DOUBLE, {"points": shuffled[a : a + chunk].tobytes()}, round=round)
     elif m == 0:
         channel.send(peer, DOUBLE, {"points": b""}, round=round)
-    return out
+    return out, tails
 
 
 def _collect(channel: Channel, peer: str, n: int, *, round: int, timeout: float) -> np.ndarray:
@@ -440,10 +454,25 @@ def _id_digest(ids: np.ndarray) -> bytes:
     return hashlib.sha256(head + lengths.digest() + text.digest()).digest()
 
 
-def _confirmation(ids: np.ndarray, doubles: np.ndarray) -> bytes:
-    """What both sides must agree on: the intersection's IDs in the agreed order, and the
-    double-masked values they were matched on (the same set on both sides)."""
-    return hashlib.sha256(_id_digest(ids) + _digest(doubles)).digest()
+#: Domain tags of the confirmation digest (full intersection, cardinality only).
+_CONFIRM_DOMAIN: Final = b"fedsilo-psi-confirm-v2"
+_CONFIRM_CARD_DOMAIN: Final = b"fedsilo-psi-confirm-card-v2"
+
+
+def _confirmation(ids: np.ndarray | None, tails: np.ndarray) -> bytes:
+    """What both sides must agree on: the intersection's IDs in the agreed order (``None`` in
+    cardinality-only mode), keyed by the last 16 bytes of the matched double-masked values.
+
+    Only the first :data:`DOUBLE_BYTES` of a double-masked value travel; its last 16 bytes never
+    do. For a matched ID z each side computed ``[ab]H(z)`` in full itself — A as ``[a]([b]H(z))``
+    from B's masked point, B as ``[b]([a]H(z))`` — so both hold the same tails (X25519 is a
+    function of the point, RFC 7748 §5), while a reader of the messages, who would otherwise test
+    guessed ID lists against the digest offline, must compute them from ``[a]H(z)`` and
+    ``[b]H(z)`` (computational Diffie–Hellman on Curve25519).
+    """
+    if ids is None:
+        return hashlib.sha256(_CONFIRM_CARD_DOMAIN + _digest(tails)).digest()
+    return hashlib.sha256(_CONFIRM_DOMAIN + _id_digest(ids) + _digest(tails)).digest()
 
 
 def _confirm(channel: Channel, peer: str, digest: bytes, *, round: int, timeout: float) -> None:
@@ -498,21 +527,30 @@ def _finish(
     table: IdTable,
     order: np.ndarray,
     peer_double: np.ndarray,
+    peer_tails: np.ndarray,
     *,
     cardinality_only: bool,
     round: int,
     timeout: float,
 ) -> tuple[np.ndarray, int]:
-    """Steps 3-4: own rows in the intersection in the agreed order (sorted by ID), and its size."""
+    """Steps 3-4: own rows in the intersection in the agreed order (sorted by ID), and its size.
+
+    ``peer_double`` / ``peer_tails``: from :func:`_answer`; only the matched rows' tails are kept
+    past the match.
+    """
     own_double = _collect(channel, peer, len(table), round=round, timeout=timeout)
     hit = _members(own_double, peer_double)
     size = int(np.count_nonzero(hit))
+    # our own IDs' tails were computed by the peer and never sent: the same matched values' tails
+    # are those of the peer's rows that match (computed here)
+    tails = peer_tails[_members(peer_double, own_double[hit])]
+    del own_double
     if cardinality_only:  # neither side knows which IDs matched: only the matched values compare
-        _confirm(channel, peer, _digest(own_double[hit]), round=round, timeout=timeout)
+        _confirm(channel, peer, _confirmation(None, tails), round=round, timeout=timeout)
         rows = np.zeros(0, dtype=np.int64)
     else:
         rows = table.sort_rows(order[np.flatnonzero(hit)])
-        _confirm(channel, peer, _confirmation(table.values[rows], own_double[hit]), round=round, timeout=timeout)
+        _confirm(channel, peer, _confirmation(table.values[rows], tails), round=round, timeout=timeout)
     _warn_low_overlap(table, peer, size, peer_double.shape[0])
     return rows, size
 
@@ -576,9 +614,10 @@ def psi_party(
     counter = _Counter(progress, peer, len(table))
     _send_own(channel, [peer], table, order, key=key, domain=_domain(domain, channel.job), executor=executor,
               chunk=chunk, cardinality_only=cardinality_only, round=round, counter=counter)
-    peer_double = _answer(channel, peer, key=key, executor=executor, chunk=chunk, cardinality_only=cardinality_only,
-                          rng=rng, round=round, timeout=timeout, counter=counter)
-    rows, size = _finish(channel, peer, table, order, peer_double, cardinality_only=cardinality_only,
+    peer_double, peer_tails = _answer(channel, peer, key=key, executor=executor, chunk=chunk,
+                                      cardinality_only=cardinality_only, rng=rng, round=round, timeout=timeout,
+                                      counter=counter)
+    rows, size = _finish(channel, peer, table, order, peer_double, peer_tails, cardinality_only=cardinality_only,
                          round=round, timeout=timeout)
     return PsiResult(
         table=table,
@@ -626,11 +665,11 @@ def align_guest(
               chunk=chunk, cardinality_only=False, round=round, counter=counter)
     pairwise: dict[str, np.ndarray] = {}
     for h in hosts:
-        peer_double = _answer(channel, h, key=key, executor=executor, chunk=chunk, cardinality_only=False, rng=rng,
-                              round=round, timeout=timeout, counter=counter)
-        pairwise[h], _ = _finish(channel, h, table, order, peer_double, cardinality_only=False, round=round,
-                                 timeout=timeout)
-        del peer_double
+        peer_double, peer_tails = _answer(channel, h, key=key, executor=executor, chunk=chunk, cardinality_only=False,
+                                          rng=rng, round=round, timeout=timeout, counter=counter)
+        pairwise[h], _ = _finish(channel, h, table, order, peer_double, peer_tails, cardinality_only=False,
+                                 round=round, timeout=timeout)
+        del peer_double, peer_tails
     final = pairwise[hosts[0]]
     for h in hosts[1:]:
         final = final[np.isin(final, pairwise[h])]

@@ -22,14 +22,38 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 
 from fedsilo.errors import ProtocolError
 
-try:  # the constructor X25519PublicKey.from_public_bytes ends in, minus its per-call checks
-    from cryptography.hazmat.bindings._rust import openssl as _rust_openssl
 
-    _public_key: Callable[[bytes], X25519PublicKey] = _rust_openssl.x25519.from_public_bytes
-except (ImportError, AttributeError):  # pragma: no cover - a cryptography without that layout
-    _public_key = X25519PublicKey.from_public_bytes
+def _fast_public_key() -> Callable[[bytes], X25519PublicKey]:
+    """The constructor ``X25519PublicKey.from_public_bytes`` ends in, minus its per-call checks.
 
-__all__ = ["DOUBLE_BYTES", "POINT_BYTES", "hash_to_curve", "mask_points"]
+    A private API: used only if it imports *and* builds the same key as the public method from
+    the base point (u = 9, RFC 7748 §4.1); any failure, of any type, falls back to the public one.
+    """
+    public = X25519PublicKey.from_public_bytes
+    base = bytes([9]) + bytes(31)
+    try:
+        from cryptography.hazmat.bindings._rust import openssl as _rust_openssl
+
+        fast: Callable[[bytes], X25519PublicKey] = _rust_openssl.x25519.from_public_bytes
+        if fast(base).public_bytes_raw() == public(base).public_bytes_raw():
+            return fast
+    except Exception:  # noqa: BLE001 - a moved or changed private layout: the public method is correct
+        pass
+    return public
+
+
+_public_key: Final[Callable[[bytes], X25519PublicKey]] = _fast_public_key()
+
+__all__ = ["DOUBLE_BYTES", "POINT_BYTES", "InvalidPointError", "hash_to_curve", "mask_points"]
+
+
+class InvalidPointError(ProtocolError):
+    """A received value is not a usable curve point (wrong length or low order).
+
+    Raised by :func:`mask_points`, which does not know the sender: the protocol catches it and
+    re-raises a :class:`ProtocolError` naming the peer.
+    """
+
 
 #: Bytes of one masked ID on the wire (an X25519 u-coordinate).
 POINT_BYTES: Final = 32
@@ -84,11 +108,11 @@ def mask_points(points: bytes, *, key: bytes, keep: int = POINT_BYTES) -> bytes:
             that are only compared).
 
     Raises:
-        ProtocolError: ``points`` is not a whole number of points, or holds a low-order point
+        InvalidPointError: ``points`` is not a whole number of points, or holds a low-order point
             (X25519 then yields the all-zero value, which OpenSSL refuses).
     """
     if len(points) % POINT_BYTES:
-        raise ProtocolError(f"PSI message of {len(points)} bytes is not a whole number of points")
+        raise InvalidPointError(f"PSI message of {len(points)} bytes is not a whole number of points")
     exchange = X25519PrivateKey.from_private_bytes(key).exchange
     pieces = [points[off : off + POINT_BYTES] for off in range(0, len(points), POINT_BYTES)]
     try:
@@ -96,7 +120,7 @@ def mask_points(points: bytes, *, key: bytes, keep: int = POINT_BYTES) -> bytes:
             return b"".join(map(exchange, map(_public_key, pieces)))
         return b"".join([exchange(_public_key(q))[:keep] for q in pieces])
     except ValueError as exc:
-        raise ProtocolError(f"PSI peer sent an invalid or low-order curve point ({exc})") from None
+        raise InvalidPointError(f"PSI peer sent an invalid or low-order curve point ({exc})") from None
 
 
 def _hash_and_mask(ids: Sequence[str], domain: bytes, key: bytes) -> bytes:
@@ -104,4 +128,5 @@ def _hash_and_mask(ids: Sequence[str], domain: bytes, key: bytes) -> bytes:
 
 
 def _remask(points: bytes, key: bytes) -> bytes:
-    return mask_points(points, key=key, keep=DOUBLE_BYTES)
+    # all 32 bytes: the first DOUBLE_BYTES go back to the peer, the rest key the confirmation
+    return mask_points(points, key=key)
