@@ -134,7 +134,7 @@ class IdTable:
             items = list(ids)
             if not all(isinstance(i, str) for i in items):
                 raise DataError(f"{source}: PSI IDs must be strings (use ids_from_column to convert a column)")
-            values = _to_array(items, source)
+            values = _to_array(items, f"{source}: column {column!r}", 0, first_line)
         _check_empty(values, f"{source}: column {column!r}", 0, first_line)
         return cls._build([values], source=source, column=column, first_line=first_line)
 
@@ -157,7 +157,7 @@ class IdTable:
         parts: list[np.ndarray] = []
         offset = 0
         for chunk in chunks:
-            values = _to_array(_render(chunk, where, offset, first_line), source)
+            values = _to_array(_render(chunk, where, offset, first_line), where, offset, first_line)
             _check_empty(values, where, offset, first_line)
             parts.append(values)
             offset += values.shape[0]
@@ -198,12 +198,14 @@ class IdTable:
         return rows[np.argsort(self.rank[rows], kind="stable")]
 
 
-def _to_array(ids: list[str], source: str) -> np.ndarray:
+def _to_array(ids: list[str], where: str, offset: int, first_line: int | None) -> np.ndarray:
     try:
         return np.array(ids, dtype=_STR)
     except UnicodeEncodeError:
-        bad = next(i for i in ids if not _utf8(i))
-        raise DataError(f"{source}: the ID {bad!r} is not valid Unicode text (it cannot be UTF-8 encoded)") from None
+        # name the row, never the ID (an agent's failure reason reaches the other silos)
+        bad = next(k for k, i in enumerate(ids) if not _utf8(i))
+        raise DataError(f"{where}: the ID at {row_label(offset + bad, first_line)} is not valid Unicode text "
+                        "(it cannot be UTF-8 encoded)") from None
 
 
 def _utf8(text: str) -> bool:

@@ -427,3 +427,12 @@ def test_the_private_constructor_is_used_only_if_it_agrees_with_the_public_one(
         x25519=types.SimpleNamespace(from_public_bytes=fake[broken]))
     monkeypatch.setattr(rust, "openssl", layout)
     assert psi_curve._fast_public_key() == X25519PublicKey.from_public_bytes
+
+
+def test_an_id_that_is_not_unicode_text_is_named_by_its_row_not_its_value() -> None:
+    """Found by the PSI crypto review: the error quoted the ID itself."""
+    from fedsilo.protocols.psi_ids import IdTable
+
+    with pytest.raises(DataError, match=r"t\.csv: column 'cid': the ID at row 2 of the table is not valid Unicode") as err:
+        IdTable.from_ids(["ok", "secret\ud800"], source="t.csv", column="cid")
+    assert "secret" not in str(err.value)
