@@ -250,4 +250,6 @@ def test_regression_under_dp_clips_the_residual_and_guest_only_trees_charge_noth
         assert 2 <= len(entries) == dp["released"][host] <= 4
         assert {x.mechanism["tree"] for x in entries} <= {2, 3}  # 1-based: tree 1 was the guest's alone
         assert all(x.mechanism["clip"] == 2.0 and x.mechanism["h_bound"] == 1.0 for x in entries)
-    assert set(res["final"]) == {"rmse", "mae", "r2", "test_loss"} and res["final"]["r2"] > 0.5
+    # The noise comes from the OS CSPRNG: over 200 runs r2 ranged 0.468-0.537 (a bound of 0.5
+    # failed 7 % of them); a model that learned nothing scores r2 <= 0.
+    assert set(res["final"]) == {"rmse", "mae", "r2", "test_loss"} and res["final"]["r2"] > 0.35
