@@ -186,17 +186,30 @@ def cover_labels(event: DpEvent) -> tuple[tuple[str, ...], tuple[str, ...]]:
             tuple(e.cover for e in items if isinstance(e, CoveredEvent)))
 
 
+def cover_limits(event: DpEvent) -> dict[str, int]:
+    """``{label: covers}`` of the :class:`ApproxDpEvent` covers ``event`` defines: how many
+    :class:`CoveredEvent` releases each pays for."""
+    return {e.cover: e.covers for e in _walk(event) if isinstance(e, ApproxDpEvent) and e.cover}
+
+
 def _leaves(event: DpEvent) -> Iterator[Leaf]:
     """The leaves that cost something: every :class:`CoveredEvent` is dropped, after checking
     that the :class:`ApproxDpEvent` it names is in ``event``."""
     items = list(_walk(event))
-    covers = {e.cover for e in items if isinstance(e, ApproxDpEvent) and e.cover}
+    covers = cover_limits(event)
+    paid: Counter[str] = Counter()
     for e in items:
         if isinstance(e, CoveredEvent):
             if e.cover not in covers:
                 raise PrivacyError(
                     f"a covered release names cover {e.cover!r}, which is not in the composition: the (epsilon, "
                     "delta) release that pays for it must be charged first (to the same dataset)"
+                )
+            paid[e.cover] += 1
+            if paid[e.cover] > covers[e.cover]:
+                raise PrivacyError(
+                    f"cover {e.cover!r} pays for {covers[e.cover]} release(s), and the composition holds more: "
+                    "its calibration did not compose the extra ones"
                 )
         else:
             yield e

@@ -90,9 +90,9 @@ def _check_positive_finite(name: str, value: object, owner: str) -> float:
     return v
 
 
-def _check_steps(value: object, owner: str) -> int:
+def _check_steps(value: object, owner: str, *, name: str = "steps") -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise PrivacyParameterError(f"{owner}: steps must be an integer >= 1, got {value!r}")
+        raise PrivacyParameterError(f"{owner}: {name} must be an integer >= 1, got {value!r}")
     return int(value)
 
 
@@ -319,6 +319,10 @@ class ApproxDpEvent(DpEvent):
         steps: ``T >= 1``.
         cover: an optional label (at most 128 printable characters) that
             :class:`CoveredEvent` releases paid for by this one name.
+        covers: with a ``cover``, how many :class:`CoveredEvent` releases it pays for (``>= 1``:
+            the releases its calibration composed, e.g. a job's steps and its final metrics);
+            a composition or ledger holding more covered releases than that is refused. Without
+            a ``cover``, 0.
     """
 
     kind: ClassVar[str] = "approx_dp"
@@ -326,6 +330,7 @@ class ApproxDpEvent(DpEvent):
     delta: float
     steps: int = 1
     cover: str = ""
+    covers: int = 0
 
     def __post_init__(self) -> None:
         owner = "ApproxDpEvent"
@@ -336,11 +341,19 @@ class ApproxDpEvent(DpEvent):
         object.__setattr__(self, "delta", d)
         object.__setattr__(self, "steps", _check_steps(self.steps, owner))
         object.__setattr__(self, "cover", _check_cover(self.cover, owner, required=False))
+        # a cover's calibration composed a known number of releases: an uncapped cover would pay
+        # for any number of them
+        if self.cover:
+            object.__setattr__(self, "covers", _check_steps(self.covers, owner, name="covers"))
+        elif self.covers != 0:
+            raise PrivacyParameterError(f"{owner}: covers counts the releases a cover pays for; without a cover it must be 0, "
+                                        f"got {self.covers!r}")
 
     def to_json(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "epsilon": self.epsilon, "delta": self.delta, "steps": self.steps}
         if self.cover:
             out["cover"] = self.cover
+            out["covers"] = self.covers
         return out
 
     def to_dp_accounting(self) -> dp_accounting.DpEvent:
@@ -429,7 +442,7 @@ _FIELDS: Mapping[str, tuple[frozenset[str], frozenset[str]]] = {
     "gaussian": (frozenset({"noise_multiplier"}), frozenset({"sample_rate", "steps"})),
     "laplace": (frozenset({"epsilon"}), frozenset({"steps"})),
     "composed": (frozenset({"events"}), frozenset()),
-    "approx_dp": (frozenset({"epsilon", "delta"}), frozenset({"steps", "cover"})),
+    "approx_dp": (frozenset({"epsilon", "delta"}), frozenset({"steps", "cover", "covers"})),
     "covered": (frozenset({"event", "cover"}), frozenset()),
     "distributed_discrete_gaussian": (
         frozenset({"noise_sigma", "shares", "l2_sensitivity", "l1_sensitivity", "dimension"}),

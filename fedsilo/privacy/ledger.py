@@ -94,6 +94,7 @@ import sqlite3
 import stat
 import threading
 import uuid
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -109,7 +110,7 @@ from fedsilo.errors import (
     PrivacyError,
     PrivacyParameterError,
 )
-from fedsilo.privacy.accounting import ACCOUNTANTS, check_supported, cover_labels, epsilon
+from fedsilo.privacy.accounting import ACCOUNTANTS, check_supported, cover_labels, cover_limits, epsilon
 from fedsilo.privacy.events import ComposedEvent, DpEvent, event_from_json
 from fedsilo.privacy.relations import LEVELS, RELATIONS, check_accountable, level_of, to_composition_target
 
@@ -1125,27 +1126,41 @@ class PrivacyLedger:
 
     def _check_covers(self, rows: list[dict[str, Any]], dataset: str, event: DpEvent, *, job: str,
                       protocol: str) -> None:
-        """A cover pays only for its own job's releases: refuse a release that names a cover
-        another job or protocol defined, and one that defines a label the dataset already has
-        (found by the privacy review: any later release could otherwise claim a cover for free)."""
+        """A cover pays only for its own job's releases, and only for as many as it says
+        (``ApproxDpEvent.covers``): refuse a release that names a cover another job or protocol
+        defined (found by the privacy review: any later release could otherwise claim a cover
+        for free), one that defines a label the dataset already has, and the covered release one
+        past the cover's count (a job releasing more than its calibration composed)."""
         defined, named = cover_labels(event)
         if not defined and not named:
             return
-        owners: dict[str, tuple[str, str]] = {}
+        owners: dict[str, tuple[str, str, int]] = {}  # label -> (job, protocol, covers)
+        paid: Counter[str] = Counter(named)  # covered releases per cover, this one included
         for r in rows:
             if r["kind"] == "reserve" and r["dataset"] == dataset:
-                for label in cover_labels(self._event(r))[0]:
-                    owners[label] = (str(r["job"]), str(r["protocol"]))
+                earlier = self._event(r)
+                for label, covers in cover_limits(earlier).items():
+                    owners[label] = (str(r["job"]), str(r["protocol"]), covers)
+                paid.update(cover_labels(earlier)[1])
         where = f"silo {self._silo!r}, dataset {dataset!r}"
         for label in defined:
             if label in owners:
                 raise PrivacyError(f"{where}: cover {label!r} is already defined by job {owners[label][0]!r}; "
                                    "nothing was written")
-        for label in named:
-            if label in owners and owners[label] != (job, protocol):
+        owners.update({label: (job, protocol, covers) for label, covers in cover_limits(event).items()})
+        for label in dict.fromkeys(named):
+            if label not in owners:
+                continue  # the composition refuses a release whose cover is not charged
+            owner_job, owner_protocol, covers = owners[label]
+            if (owner_job, owner_protocol) != (job, protocol):
                 raise PrivacyError(
                     f"{where}: a release of job {job!r} ({protocol}) names cover {label!r} of job "
-                    f"{owners[label][0]!r} ({owners[label][1]}); a cover pays only for its own job; nothing was written"
+                    f"{owner_job!r} ({owner_protocol}); a cover pays only for its own job; nothing was written"
+                )
+            if paid[label] > covers:
+                raise PrivacyError(
+                    f"{where}: job {job!r} ({protocol}) would make covered release {paid[label]} of cover {label!r}, "
+                    f"which pays for {covers}; nothing was written"
                 )
 
     def _composed(self, releases: list[tuple[DpEvent, str]], delta: float) -> tuple[str | None, float]:

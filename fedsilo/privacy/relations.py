@@ -194,7 +194,7 @@ def _double(event: DpEvent, source: str, target: str, depth: int) -> DpEvent:
         # (the two-step argument of Vadhan 2017, Lemma 2.2, which states the looser 2e^ε·δ)
         try:
             return ApproxDpEvent(2.0 * event.epsilon, (1.0 + math.exp(event.epsilon)) * event.delta, event.steps,
-                                 event.cover)
+                                 event.cover, event.covers)
         except (PrivacyParameterError, OverflowError) as exc:
             raise _refuse(source, target, f"the converted (epsilon, delta) is invalid ({exc})") from None
     if isinstance(event, CoveredEvent):

@@ -34,7 +34,7 @@ label_st = st.text(st.characters(min_codepoint=33, max_codepoint=126), min_size=
 @settings(max_examples=60, deadline=None)
 @given(e=eps_st, d=delta_st, t=st.integers(1, 50), label=label_st, z=st.floats(0.3, 50.0), q=st.floats(1e-3, 1.0))
 def test_json_round_trip(e: float, d: float, t: int, label: str, z: float, q: float) -> None:
-    cover = ApproxDpEvent(e, d, t, label)
+    cover = ApproxDpEvent(e, d, t, label, covers=t)
     covered = CoveredEvent(GaussianEvent(z, q, 1), label)
     for ev in (cover, ApproxDpEvent(e, d), covered, ComposedEvent((GaussianEvent(z), cover, covered))):
         assert event_from_json(ev.to_json()) == ev
@@ -69,6 +69,11 @@ def test_json_refuses_unknown_and_missing_keys() -> None:
     ({"epsilon": 1.0, "delta": 1e-6, "cover": 7}, r"ApproxDpEvent: cover must be a string label, got 7"),
     ({"epsilon": 1.0, "delta": 1e-6, "cover": "a\nb"}, r"ApproxDpEvent: cover must be at most 128 printable"),
     ({"epsilon": 1.0, "delta": 1e-6, "cover": "x" * 129}, r"ApproxDpEvent: cover must be at most 128 printable"),
+    ({"epsilon": 1.0, "delta": 1e-6, "cover": "x"}, r"ApproxDpEvent: covers must be an integer >= 1, got 0"),
+    ({"epsilon": 1.0, "delta": 1e-6, "cover": "x", "covers": -3}, r"ApproxDpEvent: covers must be an integer >= 1"),
+    ({"epsilon": 1.0, "delta": 1e-6, "cover": "x", "covers": 2.0}, r"ApproxDpEvent: covers must be an integer >= 1"),
+    ({"epsilon": 1.0, "delta": 1e-6, "covers": 4}, r"ApproxDpEvent: covers counts the releases a cover pays for; "
+                                                   r"without a cover it must be 0, got 4"),
 ])
 def test_bad_approx_parameters_are_refused(kwargs: dict, match: str) -> None:
     with pytest.raises(PrivacyParameterError, match=match):
@@ -84,7 +89,7 @@ def test_bad_covered_parameters_are_refused() -> None:
     with pytest.raises(PrivacyError, match=r"CoveredEvent: not a fedsilo DP event: 3"):
         CoveredEvent(3, "x")  # type: ignore[arg-type]
     with pytest.raises(PrivacyError, match=r"CoveredEvent: the covered event must be the release's own mechanism"):
-        CoveredEvent(ApproxDpEvent(1.0, 1e-6, cover="x"), "x")
+        CoveredEvent(ApproxDpEvent(1.0, 1e-6, cover="x", covers=1), "x")
 
 
 # --------------------------------------------------------------------------------- accounting
@@ -107,7 +112,7 @@ def test_mixed_rdp_equals_basic_composition_by_hand() -> None:
     """RDP: the Gaussian parts compose by dp-accounting's RDP at δ − δ₁, then ε₁ is added."""
     steps = GaussianEvent(1.1, 0.01, 300)
     count = GaussianEvent(30.0)
-    cover = ApproxDpEvent(3.0, 4e-6, 1, "c")
+    cover = ApproxDpEvent(3.0, 4e-6, 1, "c", covers=1)
     mixed = ComposedEvent((count, steps, cover, CoveredEvent(GaussianEvent(0.5, 0.2, 1), "c")))
     acc = rdp.RdpAccountant()
     acc.compose(dp_accounting.GaussianDpEvent(30.0))
@@ -126,7 +131,7 @@ def test_mixed_pld_equals_dp_accounting_by_hand() -> None:
     steps = GaussianEvent(1.1, 0.01, 300)
     count = GaussianEvent(30.0)
     lap = LaplaceEvent(0.3, 2)
-    cover = ApproxDpEvent(3.0, 4e-6, 1, "c")
+    cover = ApproxDpEvent(3.0, 4e-6, 1, "c", covers=1)
     mixed = ComposedEvent((count, steps, lap, cover, CoveredEvent(GaussianEvent(0.5, 0.2, 1), "c")))
     add_remove = NeighboringRelation.ADD_OR_REMOVE_ONE
     total = pld_lib.from_privacy_parameters(pld_common.DifferentialPrivacyParameters(3.0, 4e-6),
@@ -155,7 +160,7 @@ def test_distributed_target_is_met_by_basic_composition() -> None:
     from fedsilo.privacy.accounting import noise_multiplier
 
     z_count = noise_multiplier(target_epsilon=0.16, delta=2e-7)
-    whole = ComposedEvent((GaussianEvent(z_count), ApproxDpEvent(7.84, 0.98 * DELTA, 1, "c"),
+    whole = ComposedEvent((GaussianEvent(z_count), ApproxDpEvent(7.84, 0.98 * DELTA, 1, "c", covers=100),
                            *[CoveredEvent(GaussianEvent(1.0, 0.05, 1), "c")] * 100))
     rdp_eps = epsilon(whole, delta=DELTA, accountant="rdp")
     assert 8.0 - 0.01 * 0.16 <= rdp_eps <= 8.0
@@ -164,7 +169,7 @@ def test_distributed_target_is_met_by_basic_composition() -> None:
 
 
 def test_covered_costs_nothing_beside_its_cover_and_is_refused_without() -> None:
-    cover = ApproxDpEvent(2.0, 1e-6, 1, "job-a")
+    cover = ApproxDpEvent(2.0, 1e-6, 1, "job-a", covers=50)
     step = GaussianEvent(0.8, 0.5, 1)
     with_steps = ComposedEvent((cover, *[CoveredEvent(step, "job-a")] * 50))
     for acc in ("rdp", "pld"):
@@ -173,14 +178,14 @@ def test_covered_costs_nothing_beside_its_cover_and_is_refused_without() -> None
             epsilon(CoveredEvent(step, "job-a"), delta=DELTA, accountant=acc)
         # another label does not cover it, nor does an unlabelled (eps, delta) release
         with pytest.raises(PrivacyError, match=r"names cover 'job-a'"):
-            epsilon(ComposedEvent((ApproxDpEvent(2.0, 1e-6, 1, "job-b"), ApproxDpEvent(2.0, 1e-6),
+            epsilon(ComposedEvent((ApproxDpEvent(2.0, 1e-6, 1, "job-b", covers=1), ApproxDpEvent(2.0, 1e-6),
                                    CoveredEvent(step, "job-a"))), delta=DELTA, accountant=acc)
 
 
 def test_relation_conversion_is_group_privacy_of_two() -> None:
-    cover = ApproxDpEvent(1.0, 1e-6, 2, "c")
+    cover = ApproxDpEvent(1.0, 1e-6, 2, "c", covers=3)
     got = convert(cover, source=ZERO_OUT_SILO, target=ADD_REMOVE_RECORD)
-    assert got == ApproxDpEvent(2.0, (1.0 + math.e) * 1e-6, 2, "c")
+    assert got == ApproxDpEvent(2.0, (1.0 + math.e) * 1e-6, 2, "c", covers=3)
     covered = CoveredEvent(GaussianEvent(1.0, 0.1, 1), "c")
     assert convert(covered, source=ZERO_OUT_SILO, target=ADD_REMOVE_RECORD) == covered
     with pytest.raises(PrivacyError, match=r"cannot convert.*the converted \(epsilon, delta\) is invalid"):
@@ -196,7 +201,7 @@ def _charge(ledger: PrivacyLedger, event, round: int) -> None:  # type: ignore[n
 
 def test_ledger_charges_a_cover_then_its_covered_releases(tmp_path: Path) -> None:
     path = tmp_path / "s.sqlite"
-    first = ComposedEvent((GaussianEvent(30.0), ApproxDpEvent(7.84, 0.98 * DELTA, 1, "c1")))
+    first = ComposedEvent((GaussianEvent(30.0), ApproxDpEvent(7.84, 0.98 * DELTA, 1, "c1", covers=5)))
     with PrivacyLedger(path, silo="s") as ledger:
         ledger.register_dataset("d", epsilon=8.0, delta=DELTA)
         planned = ledger.preview("d", [(first, ADD_REMOVE_RECORD)])
@@ -218,14 +223,14 @@ def test_ledger_charges_a_cover_then_its_covered_releases(tmp_path: Path) -> Non
         # a second job at the same delta: the two (eps, delta) releases need more delta than the
         # dataset's, so no finite epsilon: refused, nothing written
         with pytest.raises(BudgetExceededError):
-            _charge(again, ComposedEvent((GaussianEvent(30.0), ApproxDpEvent(0.5, 0.98 * DELTA, 1, "c2"))), 0)
+            _charge(again, ComposedEvent((GaussianEvent(30.0), ApproxDpEvent(0.5, 0.98 * DELTA, 1, "c2", covers=5))), 0)
         assert len(again.entries("d")) == 6
 
 
 def _ledger_with_cover(tmp_path: Path) -> PrivacyLedger:
     led = PrivacyLedger(tmp_path / "l.db", silo="s1")
     led.register_dataset("ds", epsilon=8.0, delta=1e-5)
-    reserve = ComposedEvent((GaussianEvent(40.0, 1.0, 1), ApproxDpEvent(7.84, 9.8e-6, 1, "training/aaaa")))
+    reserve = ComposedEvent((GaussianEvent(40.0, 1.0, 1), ApproxDpEvent(7.84, 9.8e-6, 1, "training/aaaa", covers=2)))
     with led.charge("ds", reserve, job="jobA", round=0, protocol="p", mechanism={"name": "x"}, recipient="agg",
                     relation=ADD_REMOVE_RECORD):
         pass
@@ -254,7 +259,35 @@ def test_a_cover_label_is_defined_once_per_dataset(tmp_path: Path) -> None:
     led = _ledger_with_cover(tmp_path)
     spent = led.spent("ds")
     with pytest.raises(PrivacyError, match="cover 'training/aaaa' is already defined by job 'jobA'"):
-        with led.charge("ds", ApproxDpEvent(0.01, 1e-9, 1, "training/aaaa"), job="jobC", round=0, protocol="p",
+        with led.charge("ds", ApproxDpEvent(0.01, 1e-9, 1, "training/aaaa", covers=1), job="jobC", round=0, protocol="p",
                         mechanism={"name": "x"}, recipient="agg", relation=ADD_REMOVE_RECORD):
             pass
     assert led.spent("ds") == spent
+
+
+def test_a_cover_pays_for_its_count_of_releases_no_more() -> None:
+    """A cover's calibration composed ``covers`` releases: one more in a composition is refused
+    (it would cost nothing otherwise), by either accountant."""
+    cover = ApproxDpEvent(2.0, 1e-6, 1, "c", covers=3)
+    step = CoveredEvent(GaussianEvent(0.8, 0.5, 1), "c")
+    for acc in ("rdp", "pld"):
+        assert epsilon(ComposedEvent((cover, *[step] * 3)), delta=DELTA, accountant=acc) == epsilon(
+            cover, delta=DELTA, accountant=acc)
+        with pytest.raises(PrivacyError, match=r"cover 'c' pays for 3 release\(s\), and the composition holds more"):
+            epsilon(ComposedEvent((cover, *[step] * 4)), delta=DELTA, accountant=acc)
+
+
+def test_the_ledger_refuses_the_covered_release_past_its_cover(tmp_path: Path) -> None:
+    led = _ledger_with_cover(tmp_path)  # covers = 2
+    spent = led.spent("ds")
+    for rnd in (1, 2):
+        with led.charge("ds", CoveredEvent(GaussianEvent(1.2, 0.1, 1), "training/aaaa"), job="jobA", round=rnd,
+                        protocol="p", mechanism={"name": "x"}, recipient="agg", relation=ADD_REMOVE_RECORD):
+            pass
+    with pytest.raises(PrivacyError, match=r"silo 's1', dataset 'ds': job 'jobA' \(p\) would make covered release 3 "
+                                           r"of cover 'training/aaaa', which pays for 2; nothing was written"):
+        with led.charge("ds", CoveredEvent(GaussianEvent(1.2, 0.1, 1), "training/aaaa"), job="jobA", round=3,
+                        protocol="p", mechanism={"name": "x"}, recipient="agg", relation=ADD_REMOVE_RECORD):
+            pass
+    assert len(led.entries("ds")) == 3 and led.spent("ds") == pytest.approx(spent)
+    led.verify()

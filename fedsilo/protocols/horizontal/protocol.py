@@ -399,10 +399,12 @@ class HorizontalJob:
         """The guarantee of everything a distributed DP-SGD job releases after its row count
         (every step and the final metrics): ``((1 − COUNT_SHARE)·ε, (1 − COUNT_SHARE)·δ)``, which
         :meth:`distributed_plan` meets for *every* released count, labelled ``cover`` for the
-        :class:`~fedsilo.privacy.events.CoveredEvent` releases it pays for."""
+        :class:`~fedsilo.privacy.events.CoveredEvent` releases it pays for: the ``rounds`` steps
+        and the final metrics, the releases :meth:`distributed_plan` composes."""
         assert self.privacy is not None
         p = self.privacy
-        return ApproxDpEvent((1.0 - COUNT_SHARE) * p.epsilon, (1.0 - COUNT_SHARE) * p.delta, 1, cover)
+        return ApproxDpEvent((1.0 - COUNT_SHARE) * p.epsilon, (1.0 - COUNT_SHARE) * p.delta, 1, cover,
+                             covers=self.rounds + 1)
 
     def count_charge(self, cover: str) -> ComposedEvent:
         """What each silo's ledger is charged with the row-count release, before round 1: the

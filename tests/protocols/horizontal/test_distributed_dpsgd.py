@@ -221,7 +221,7 @@ def test_epsilon_equals_dp_accounting_composed_by_hand(bc3: Any, tmp_path: Path)
     label = report.events[0].events[1].cover
     assert report.events == (job.count_charge(label), *[CoveredEvent(GaussianEvent(z, q, 1), label)] * 5,
                              CoveredEvent(job.evaluation_event(), label))
-    assert report.events[0].events[1] == ApproxDpEvent(0.98 * 8.0, 0.98 * 1e-5, 1, label)
+    assert report.events[0].events[1] == ApproxDpEvent(0.98 * 8.0, 0.98 * 1e-5, 1, label, covers=6)
     entries = ledgers["site1"].entries("site1")
     assert [e.round for e in entries] == [0, 1, 2, 3, 4, 5, 10]
     assert {e.relation for e in entries} == {"add-remove-record"}

@@ -81,7 +81,7 @@ def test_a_completed_job_records_the_basic_composition_bound(tmp_path: Path) -> 
         assert [e.round for e in entries] == [0, 1, 2, 3, 6]  # 6: the final metrics' channel round
         first = entries[0].event
         assert isinstance(first, ComposedEvent) and first.events[1] == ApproxDpEvent(0.98 * 8.0, 0.98 * DELTA, 1,
-                                                                                      first.events[1].cover)
+                                                                                      first.events[1].cover, covers=4)
         z, q = dp["silos"][name]["noise_multiplier"], dp["silos"][name]["sample_rate"]
         for e in entries[1:4]:
             assert e.event == CoveredEvent(GaussianEvent(z, q, 1), first.events[1].cover)
@@ -116,7 +116,7 @@ def test_a_second_distributed_job_at_the_same_delta_is_refused_before_round_1(tm
     for n in SILOS:
         with PrivacyLedger(tmp_path / f"{n}.sqlite", silo=n, accountant="rdp") as ledger:
             ledger.register_dataset(n, epsilon=100.0, delta=DELTA)
-            with ledger.charge(n, ComposedEvent((GaussianEvent(30.0), ApproxDpEvent(0.98, 0.98 * DELTA, 1, "earlier"))),
+            with ledger.charge(n, ComposedEvent((GaussianEvent(30.0), ApproxDpEvent(0.98, 0.98 * DELTA, 1, "earlier", covers=1))),
                                job="earlier", round=0, protocol="t", mechanism={"name": "t"}, recipient="x",
                                relation=ADD_REMOVE_RECORD):
                 pass
