@@ -5,7 +5,11 @@ wrong and where (file, key, silo, dataset), so a user never has to read a librar
 """
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
+
 __all__ = [
+    "did_you_mean",
     "FedsiloError",
     "ConfigError",
     "DataError",
@@ -123,3 +127,17 @@ class PeerTimeoutError(ProtocolError):
 
 class JobAbortedError(ProtocolError):
     """Another party of the job failed; carries that party's error message."""
+
+
+def did_you_mean(name: object, choices: Iterable[str], *, cutoff: float = 0.6,
+                 template: str = "; did you mean {!r}?") -> str:
+    """The "did you mean" hint of an unknown ``name``: ``template`` filled with the one nearest
+    of ``choices``, or ``""`` when none is close enough.
+
+    Nearness is :func:`difflib.get_close_matches`'s (``n=1``): Ratcliff/Obershelp similarity
+    ``2·M / (len(a) + len(b))`` (M matched characters) of at least ``cutoff``; 0.6 is difflib's
+    default. ``name`` is compared as ``str(name)`` (a TOML key or a CLI value may be any type).
+    The default ``template`` appends to a message (``f"unknown task {name!r}{hint} (...)"``).
+    """
+    near = difflib.get_close_matches(str(name), list(choices), n=1, cutoff=cutoff)
+    return template.format(near[0]) if near else ""

@@ -88,6 +88,7 @@ from fedsilo.errors import (
     EncodingOverflowError,
     KeyMismatchError,
     UnsupportedOperationError,
+    did_you_mean,
 )
 
 __all__ = ["CKKSBackend", "CKKSCiphertext", "CKKSParams", "CKKSPublic", "CKKSSecret", "PROFILES"]
@@ -201,10 +202,7 @@ def _validate_params(
 ) -> CKKSParams:
     """Check a parameter set against SEAL's rules and the 128-bit table; ConfigError names the key."""
     if profile not in PROFILES:
-        import difflib
-
-        near = difflib.get_close_matches(str(profile), PROFILES, n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
+        hint = did_you_mean(profile, PROFILES)
         raise ConfigError(f"ckks: unknown profile {profile!r}{hint} (profiles: {', '.join(PROFILES)})")
     base = PROFILES[profile]
     n = base["poly_modulus_degree"] if poly_modulus_degree is None else poly_modulus_degree

@@ -9,14 +9,13 @@ Entry points load lazily (TenSEAL is only imported when ``ckks`` is asked for).
 """
 from __future__ import annotations
 
-import difflib
 import inspect
 from collections.abc import Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
 from fedsilo.crypto.base import CryptoBackend
-from fedsilo.errors import BackendNotFoundError, ConfigError
+from fedsilo.errors import BackendNotFoundError, ConfigError, did_you_mean
 
 __all__ = ["accepted_params", "available_backends", "check_params", "get_backend", "get_backend_class", "register_backend"]
 
@@ -69,10 +68,8 @@ def get_backend_class(name: str) -> type[CryptoBackend]:
             cls = eps[name].load()
         else:
             names = available_backends()
-            near = difflib.get_close_matches(name, names, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
             raise BackendNotFoundError(
-                f"unknown crypto backend {name!r}{hint} (available: {', '.join(names)})"
+                f"unknown crypto backend {name!r}{did_you_mean(name, names)} (available: {', '.join(names)})"
             )
     except ImportError as exc:
         raise BackendNotFoundError(f"crypto backend {name!r} could not be loaded: {exc}") from exc
@@ -106,10 +103,7 @@ def check_params(name: str, cls: type[CryptoBackend], params: Mapping[str, Any])
     unknown = sorted(set(params) - set(accepted))
     if not unknown:
         return
-    named = []
-    for key in unknown:
-        near = difflib.get_close_matches(str(key), accepted, n=1, cutoff=0.6)
-        named.append(f"{key!r}" + (f" (did you mean {near[0]!r}?)" if near else ""))
+    named = [f"{key!r}" + did_you_mean(key, accepted, template=" (did you mean {!r}?)") for key in unknown]
     valid = ", ".join(accepted) if accepted else "none (it takes no parameters)"
     raise ConfigError(
         f"{name}: unknown parameter{'s' if len(named) > 1 else ''} {', '.join(named)} in crypto.params; "

@@ -13,14 +13,13 @@ because the layer rule (``silos -> protocols``) forbids a protocol importing fro
 """
 from __future__ import annotations
 
-import difflib
 import re
 from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, ValidationInfo, field_validator, model_validator
 
-from fedsilo.errors import ConfigError
+from fedsilo.errors import ConfigError, did_you_mean
 
 __all__ = [
     "Bool",
@@ -195,8 +194,7 @@ class TrainingSection(Section):
         from fedsilo.protocols.horizontal.strategies import STRATEGIES
 
         if name not in STRATEGIES:
-            near = difflib.get_close_matches(name, list(STRATEGIES), n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
+            hint = did_you_mean(name, STRATEGIES)
             raise ValueError(f"unknown strategy {name!r}{hint} (registered: {', '.join(STRATEGIES)})")
         return name
 
@@ -289,8 +287,7 @@ def format_errors(exc: ValidationError, source: str, root: type[BaseModel], pref
             model = _model_at(root, loc)
             hint = ""
             if model is not None:
-                near = difflib.get_close_matches(str(loc[-1]), _valid_keys(model), n=1, cutoff=0.5)
-                hint = f"; did you mean {near[0]!r}?" if near else f"; valid keys: {', '.join(_valid_keys(model))}"
+                hint = did_you_mean(loc[-1], _valid_keys(model), cutoff=0.5) or f"; valid keys: {', '.join(_valid_keys(model))}"
             lines.append(f"{source}: unknown key {key!r}{hint}")
         elif err["type"] == "missing":
             lines.append(f"{source}: missing required key {key!r}")

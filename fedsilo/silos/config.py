@@ -20,7 +20,6 @@ compute another's exact contribution). The protocols refuse the same things at r
 """
 from __future__ import annotations
 
-import difflib
 import tomllib
 import warnings
 from collections.abc import Mapping
@@ -29,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 
-from fedsilo.errors import ConfigError
+from fedsilo.errors import ConfigError, did_you_mean
 from fedsilo.protocols.spec import (
     Bool,
     Float,
@@ -87,9 +86,7 @@ class FederationSection(_Section):
     def _registered_task(cls, name: str) -> str:
         names = task_names()
         if name not in names:
-            near = difflib.get_close_matches(name, names, n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ValueError(f"unknown task {name!r}{hint} (registered: {', '.join(names)})")
+            raise ValueError(f"unknown task {name!r}{did_you_mean(name, names)} (registered: {', '.join(names)})")
         return name
 
 

@@ -14,7 +14,6 @@ can validate ``[federation] task`` against the registry without a cycle.
 from __future__ import annotations
 
 import abc
-import difflib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import import_module
@@ -23,7 +22,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from fedsilo.errors import ConfigError
+from fedsilo.errors import ConfigError, did_you_mean
 from fedsilo.protocols.channel import Channel
 from fedsilo.silos.data import DataSource
 from fedsilo.silos.ledgers import LedgerSpec
@@ -218,9 +217,7 @@ def engine_names() -> list[str]:
 
 
 def _unknown(what: str, name: str, names: Sequence[str]) -> ConfigError:
-    near = difflib.get_close_matches(name, list(names), n=1)
-    hint = f"; did you mean {near[0]!r}?" if near else ""
-    return ConfigError(f"unknown {what} {name!r}{hint} (available: {', '.join(names)})")
+    return ConfigError(f"unknown {what} {name!r}{did_you_mean(name, names)} (available: {', '.join(names)})")
 
 
 def get_task(name: str) -> Task:

@@ -10,9 +10,12 @@ import numpy as np
 import pandas as pd
 
 from fedsilo.errors import ConfigError, DataError
-from fedsilo.protocols.psi import ids_from_column
+from fedsilo.protocols.psi import IdTable
 
-__all__ = ["PartyTable", "check_bounds", "check_labels", "feature_bounds", "feature_matrix", "holdout_split", "prepare_table"]
+__all__ = [
+    "PartyTable", "check_bounds", "check_labels", "feature_bounds", "feature_matrix", "holdout_split", "party_ids",
+    "prepare_table",
+]
 
 def holdout_split(rng: np.random.Generator, n: int, fraction: float) -> tuple[np.ndarray, np.ndarray]:
     """``(train, test)`` sorted row indices of the aligned rows: ``round(fraction · n)`` held out
@@ -31,13 +34,31 @@ BOUNDS_KEY = "[data] bounds"
 
 @dataclass(frozen=True, slots=True)
 class PartyTable:
-    """One party's validated data: IDs as strings, numeric features, labels for the guest."""
+    """One party's validated data: its IDs, numeric features, labels for the guest.
+
+    ``id_table`` is the one :class:`~fedsilo.protocols.psi_ids.IdTable` of the ID column, built
+    (rendered, checked, sorted) once and handed to PSI as it is (``align_guest(ids=data.id_table)``).
+    """
 
     source: str
-    ids: list[str]
+    id_table: IdTable  #: row ``i``'s ID is ``id_table.values[i]``; named by the real ID column
     columns: tuple[str, ...]
     features: np.ndarray  #: (rows, len(columns)) float64, finite
     labels: np.ndarray | None  #: 0/1 float64 for the guest, None for hosts
+
+    @property
+    def ids(self) -> list[str]:
+        """The IDs in row order as Python strings: a new list on every call (~65 MB at 10^6
+        short IDs), for lookups by ID; PSI takes :attr:`id_table`."""
+        return self.id_table.values.tolist()
+
+
+def party_ids(frame: pd.DataFrame, *, source: str, id_column: str) -> IdTable:
+    """The ID column of a party's table as an :class:`IdTable`, by
+    :func:`~fedsilo.protocols.psi_ids.ids_from_column`'s rules and errors (rows numbered 1.. of
+    the table). One chunk of :meth:`IdTable.from_chunks`: the rendered strings are packed and
+    dropped, not kept beside the table."""
+    return IdTable.from_chunks([frame[id_column]], source=source, column=id_column, first_line=None)
 
 
 def feature_matrix(frame: pd.DataFrame, columns: Sequence[str], *, source: str) -> np.ndarray:
@@ -118,7 +139,7 @@ def prepare_table(
         raise DataError(f"{source}: no label column {label!r} (columns: {list(frame.columns)})")
     if len(frame) == 0:
         raise DataError(f"{source}: the table is empty")
-    ids = ids_from_column(frame[id_column], source=source, column=id_column)
+    ids = party_ids(frame, source=source, id_column=id_column)
     cols = (
         [c for c in frame.columns if c not in (id_column, label)]
         if features is None
@@ -128,7 +149,7 @@ def prepare_table(
         raise DataError(f"{source}: no feature columns besides the ID column {id_column!r}")
     x = feature_matrix(frame, cols, source=source)
     y = check_labels(frame[label], source=source, column=label) if label is not None else None
-    return PartyTable(source=source, ids=ids, columns=tuple(str(c) for c in cols), features=x, labels=y)
+    return PartyTable(source=source, id_table=ids, columns=tuple(str(c) for c in cols), features=x, labels=y)
 
 
 def check_bounds(bounds: Mapping[str, object] | None) -> dict[str, tuple[float, float]]:

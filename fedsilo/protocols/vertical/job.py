@@ -20,7 +20,7 @@ from fedsilo.errors import ConfigError, DataError, ProtocolError
 from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.protocols.channel import Channel
 from fedsilo.protocols.policy import require_confidential
-from fedsilo.protocols.psi import IdTable, align_guest, align_host, psi_executor
+from fedsilo.protocols.psi import align_guest, align_host, psi_executor
 from fedsilo.protocols.spec import PrivacySection
 from fedsilo.protocols.vertical.data import check_bounds, feature_bounds, holdout_split, prepare_table
 from fedsilo.protocols.vertical.lr import (
@@ -136,7 +136,7 @@ def vertical_party(
         data = prepare_table(table, source=src, id_column=spec.id_column, label=spec.label)
         feature_bounds(data.columns, spec.bounds, source=src, required=spec.dp is not None)
         with psi_executor(spec.psi_workers) as ex:
-            al = align_guest(channel, hosts=top.hosts, ids=_id_table(data.ids, src, spec.id_column), rng=rng, round=0,
+            al = align_guest(channel, hosts=top.hosts, ids=data.id_table, rng=rng, round=0,
                              executor=ex, source=src)
         train_rows, test_rows = holdout_split(public_rng, al.size, spec.test_fraction)
         channel.broadcast(top.hosts, SPLIT, {"test": test_rows}, round=_SPLIT_ROUND)
@@ -157,7 +157,7 @@ def vertical_party(
     data = prepare_table(table, source=src, id_column=spec.id_column, label=None)
     feature_bounds(data.columns, spec.bounds, source=src, required=spec.dp is not None)
     with psi_executor(spec.psi_workers) as ex:
-        al = align_host(channel, guest=top.guest, ids=_id_table(data.ids, src, spec.id_column), rng=rng, round=0,
+        al = align_host(channel, guest=top.guest, ids=data.id_table, rng=rng, round=0,
                         executor=ex, source=src)
     msg = channel.recv(top.guest, SPLIT, round=_SPLIT_ROUND, timeout=T)
     test_rows = msg.get("test") if isinstance(msg, dict) else None
@@ -177,11 +177,6 @@ def vertical_party(
         serve_predictions(channel, guest=top.guest, model=fit.model, x=x, allowed=test_rows, round=fit.next_round,
                           timeout=T)
     return _report("host", fit, al.size, al.local_size, al.pairwise, train_rows.size, test_rows.size)
-
-
-def _id_table(ids: list[str], source: str, column: str) -> IdTable:
-    """The party's IDs for PSI, named by their real column (a low-overlap warning names it)."""
-    return IdTable.from_ids(ids, source=source, column=column)
 
 
 def _report(role: str, fit: FitResult, aligned: int, local: int, pairwise: Mapping[str, int], n_train: int, n_test: int,

@@ -7,7 +7,6 @@ compares a digest of both, and of the DP settings, with every host's before anyt
 """
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from collections.abc import Mapping
@@ -17,7 +16,7 @@ from typing import Any
 from fedsilo.crypto.base import CryptoBackend
 from fedsilo.crypto.paillier import PaillierBackend
 from fedsilo.crypto.registry import get_backend
-from fedsilo.errors import ConfigError
+from fedsilo.errors import ConfigError, did_you_mean
 from fedsilo.protocols.spec import PrivacySection, ModelSection
 from fedsilo.protocols.vertical.secureboost.boosting import Objective, objective
 from fedsilo.protocols.vertical.secureboost.cipher import HistogramCipher, PaillierHistograms, PlainHistograms
@@ -149,11 +148,9 @@ class CryptoSettings:
             return cls("plain", 2048, 32, True, 1)
         unread = sorted(set(params) - set(READ_PARAMS))
         if unread:
-            near = difflib.get_close_matches(str(unread[0]), READ_PARAMS, n=1, cutoff=0.6)
             raise ConfigError(
-                f"key 'crypto.params.{unread[0]}' is not read by SecureBoost"
-                + (f"; did you mean {near[0]!r}?" if near else "")
-                + f" (it sizes its slots from the rows and bins itself; it reads {', '.join(READ_PARAMS)}); remove it"
+                f"key 'crypto.params.{unread[0]}' is not read by SecureBoost{did_you_mean(unread[0], READ_PARAMS)}"
+                f" (it sizes its slots from the rows and bins itself; it reads {', '.join(READ_PARAMS)}); remove it"
             )
         full = {"packed": True, **params}
         be = get_backend("paillier", **full)

@@ -18,7 +18,7 @@ from fedsilo.errors import ConfigError, DataError, ProtocolError
 from fedsilo.privacy.ledger import PrivacyLedger
 from fedsilo.protocols.channel import Channel
 from fedsilo.protocols.policy import require_confidential
-from fedsilo.protocols.psi import IdTable, align_guest, align_host, ids_from_column, psi_executor
+from fedsilo.protocols.psi import align_guest, align_host, psi_executor
 from fedsilo.protocols.spec import PrivacySection
 from fedsilo.protocols.vertical.data import (
     PartyTable,
@@ -27,6 +27,7 @@ from fedsilo.protocols.vertical.data import (
     feature_bounds,
     feature_matrix,
     holdout_split,
+    party_ids,
     prepare_table,
 )
 from fedsilo.protocols.vertical.secureboost.boosting import label_bound
@@ -111,7 +112,7 @@ def party_table(frame: pd.DataFrame, *, source: str, id_column: str, label: str 
     if label is not None:
         y = check_labels(frame[label], source=source, column=label) if classification else \
             _real_labels(frame[label], source=source, column=label, trees=config.trees)
-    return PartyTable(source=source, ids=ids_from_column(frame[id_column], source=source, column=id_column),
+    return PartyTable(source=source, id_table=party_ids(frame, source=source, id_column=id_column),
                       columns=tuple(str(c) for c in cols), features=x, labels=y)
 
 
@@ -198,12 +199,11 @@ def secureboost_party(
         raise DataError(f"{src}: a host needs at least one feature column")
     refuse_constant(data.features, data.columns, source=src, where="the whole table")
     feature_bounds(data.columns, spec.bounds, source=src, required=spec.dp is not None)  # before PSI
-    ids = IdTable.from_ids(data.ids, source=src, column=spec.id_column)  # the column a low-overlap warning names
     with psi_executor(spec.psi_workers) as ex:
         if role == "guest":
-            al = align_guest(channel, hosts=spec.hosts, ids=ids, rng=rng, round=0, executor=ex, source=src)
+            al = align_guest(channel, hosts=spec.hosts, ids=data.id_table, rng=rng, round=0, executor=ex, source=src)
         else:
-            al = align_host(channel, guest=spec.guest, ids=ids, rng=rng, round=0, executor=ex, source=src)
+            al = align_host(channel, guest=spec.guest, ids=data.id_table, rng=rng, round=0, executor=ex, source=src)
     x = data.features[al.positions]
     train_rows, test_rows = _holdout(channel, spec, al.size, public_rng, role=role)
     binning = fit_binning(x, train_rows, data.columns, bins=cfg.bins, bounds=spec.bounds,
