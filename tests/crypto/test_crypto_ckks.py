@@ -483,11 +483,15 @@ def _junk_scale(bound: float) -> float:
 
 def _assert_uniform_junk(slots: np.ndarray, scale: float) -> None:
     """``slots`` look like independent draws of U(-scale, scale): within range, and a KS test
-    against that law does not reject at 1e-4 (a copy of the data, or zeros, is rejected)."""
+    against that law does not reject at 1e-7 (a copy of the data, or zeros, is rejected)."""
     from scipy import stats
 
+    # The junk is fresh OS randomness in every product and a CI run makes ~22 of these tests
+    # (15 hypothesis examples + 6 + 1): at α = 1e-4 the family failed ~2e-3 of runs, at 1e-7
+    # ~2e-6. Zeros or a copy of the data still fail: for n >= 100 slots the KS distance is ~0.5,
+    # p ~ 2·exp(-2·100·0.25) ~ 4e-22.
     assert slots.size >= 100 and np.max(np.abs(slots)) <= scale * (1 + 1e-9)
-    assert stats.kstest(slots, stats.uniform(loc=-scale, scale=2 * scale).cdf).pvalue > 1e-4
+    assert stats.kstest(slots, stats.uniform(loc=-scale, scale=2 * scale).cdf).pvalue > 1e-7
 
 
 @settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
