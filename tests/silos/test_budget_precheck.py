@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 import re
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -84,16 +86,60 @@ def test_the_issue_example_is_refused_from_the_cli_before_anything_is_written(tm
                                    "--ledger-dir", str(ledgers), "-q"])
     seconds = time.perf_counter() - start
     assert res.exit_code == 1, res.output
-    assert "Traceback" not in res.output
-    (line,) = [x for x in res.output.splitlines() if x.startswith("error: ")]
-    # the first silo checked cannot afford the job: it is named, with what the job needs
+    _check_refusal(res.output)
+    assert _rows(ledgers / "city_general.sqlite") == before
+    assert sorted(p.name for p in ledgers.iterdir()) == files  # no ledger created, none charged
+    print(f"\nrefused by the CLI in {seconds:.2f}s (in-process: config, planning and the pre-check)")
+
+
+def _check_refusal(output: str) -> None:
+    """The issue example's refusal: one ``error:`` line naming the first silo checked (it cannot
+    afford the job), its remaining epsilon and what the job needs; no traceback."""
+    assert "Traceback" not in output
+    (line,) = [x for x in output.splitlines() if x.startswith("error: ")]
     need = float(re.search(r"silo 'st_marys': the job needs epsilon=([0-9.e+]+) but its ledger has 10 of 10 left "
                            r"\(spent 0; dataset 'st_marys', delta=1e-05, accountant 'rdp'\)", line).group(1))
     assert 10.0 < need <= 1000.0, line
     assert line.endswith("lower privacy.epsilon (--epsilon) or raise the budget; nothing was trained or charged")
-    assert _rows(ledgers / "city_general.sqlite") == before
-    assert sorted(p.name for p in ledgers.iterdir()) == files  # no ledger created, none charged
-    print(f"\nrefused by the CLI in {seconds:.2f}s (in-process: config, planning and the pre-check)")
+
+
+#: the ``fedsilo`` command in a fresh interpreter, reporting whether torch was ever imported
+_CLI_REPORTING_TORCH = """
+import sys
+from fedsilo.cli import app
+try:
+    app(args=sys.argv[1:], prog_name="fedsilo")
+finally:
+    print(f"torch imported: {'torch' in sys.modules}", flush=True)
+"""
+
+
+@pytest.mark.timeout(180)
+def test_the_issue_example_is_refused_in_a_fresh_process_without_importing_torch(tmp_path: Path) -> None:
+    """Planning a job and its budget pre-check need the config, the silos' data and the
+    accountant, not torch: the refusal of `--epsilon 1000`, run as a user runs it (a new
+    process), never imports torch (about 2 s of a refusal that took 5 s), so a refused job pays
+    neither training nor its imports. It writes no ledger entry: the ledger directory stays
+    empty. A property of the imports, not of the clock: the wall time is only printed."""
+    ledgers = tmp_path / "ledgers"
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _CLI_REPORTING_TORCH, "simulate", str(EXAMPLE), "--epsilon", "1000", "--backend", "plain",
+         "--insecure", "--ledger-dir", str(ledgers), "-q"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=150)
+    finally:
+        if proc.poll() is None:  # timed out (or the test was interrupted): never leave it running
+            proc.kill()
+            proc.wait()
+    seconds = time.perf_counter() - start
+    assert proc.returncode == 1, (out, err)
+    _check_refusal(err)
+    assert out.splitlines()[-1] == "torch imported: False", out
+    assert not ledgers.exists() or list(ledgers.iterdir()) == []  # no ledger created, none charged
+    print(f"\nrefused by `fedsilo simulate` in a new process in {seconds:.2f}s wall, torch not imported")
 
 
 @pytest.mark.parametrize(("level", "accountant"), [("record", "rdp"), ("silo", "pld")])

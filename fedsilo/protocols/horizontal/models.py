@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from fedsilo.errors import ConfigError
+from fedsilo.protocols.horizontal.local_plan import BUILTIN_MODELS  # torch-free: planning reads it
 from fedsilo.protocols.spec import ModelSection
 
 __all__ = [
@@ -39,8 +40,6 @@ __all__ = [
     "predict_scores",
     "BUILTIN_MODELS",
 ]
-
-BUILTIN_MODELS: tuple[str, ...] = ("logistic", "mlp")
 
 # Module construction draws from torch's *global* RNG; parties run as threads in simulation, so
 # seeding and building happen under one lock inside a forked RNG state (nothing leaks out).

@@ -73,7 +73,6 @@ from fedsilo.protocols.horizontal.dp import (
     released_rows,
     silo_noise_multiplier,
 )
-from fedsilo.protocols.horizontal.models import build_model, get_flat_params, predict_scores, set_flat_params
 from fedsilo.protocols.horizontal.secure_aggregation import (
     Contribution,
     SiloRoundOutcome,
@@ -84,16 +83,9 @@ from fedsilo.protocols.horizontal.secure_aggregation import (
 )
 from fedsilo.protocols.horizontal.sums import SumPlan, ddg_granularity, open_aggregator_sum, open_silo_sum, plan_sums
 from fedsilo.protocols.horizontal.strategies import AggregateResult, Strategy, make_strategy
-from fedsilo.protocols.horizontal.training import (
-    LocalConfig,
-    RecordDP,
-    check_per_example_gradients,
-    clipped_gradient_sum,
-    poisson_sample,
-    record_dp_plan,
-    train_local,
-    warm_up_torch,
-)
+# Planning (HorizontalJob, the budget pre-flight) imports no torch: the torch-free half of local
+# training is .local_plan; .models and .training (torch) are imported where a silo builds or trains.
+from fedsilo.protocols.horizontal.local_plan import LocalConfig, RecordDP, record_dp_plan
 
 __all__ = [
     "AGGREGATOR",
@@ -229,6 +221,8 @@ class HorizontalJob:
     @property
     def update_length(self) -> int:
         """Values per model update: the model's parameter count (public)."""
+        from fedsilo.protocols.horizontal.models import build_model, get_flat_params
+
         template = build_model(self.model, n_features=self.n_features, n_classes=self.n_classes, seed=self.seed)
         return int(get_flat_params(template).shape[0])
 
@@ -628,6 +622,9 @@ def silo(
             f"silo {me!r}: privacy.colluders = {job.colluders} but the job has {len(silos)} silo(s): noise shares "
             "cannot survive that many colluding key holders"
         )
+    from fedsilo.protocols.horizontal.models import build_model, get_flat_params
+    from fedsilo.protocols.horizontal.training import check_per_example_gradients, warm_up_torch
+
     drops = dict(drop_rounds or {})
     warm_up_torch()
     if job.distributed:
@@ -785,6 +782,8 @@ def evaluation_scale(backend: Any) -> float:
 
 
 def _scores(job: HorizontalJob, params: np.ndarray, x: np.ndarray) -> np.ndarray:
+    from fedsilo.protocols.horizontal.models import build_model, predict_scores, set_flat_params
+
     model = build_model(job.model, n_features=job.n_features, n_classes=job.n_classes, seed=job.seed)
     set_flat_params(model, params)
     return predict_scores(model, np.asarray(x))
@@ -877,6 +876,9 @@ def _local_update(
     """What this silo computes from its rows in round ``rnd``, before the strategy's
     ``prepare_update``: the clipped per-example gradient sum of one secret Poisson sample
     (distributed DP-SGD), or the update of local training (every other mode)."""
+    from fedsilo.protocols.horizontal.models import build_model
+    from fedsilo.protocols.horizontal.training import clipped_gradient_sum, poisson_sample, train_local
+
     model = build_model(job.model, n_features=job.n_features, n_classes=job.n_classes, seed=job.seed)
     if isinstance(strategy, DistributedDPSGD):
         assert sampling_rng is not None

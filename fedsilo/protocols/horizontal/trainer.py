@@ -44,16 +44,17 @@ import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
-from torch import nn
-from torch.utils.data import DataLoader
 
 from fedsilo.errors import ConfigError
-from fedsilo.protocols.horizontal.models import get_flat_params
 from fedsilo.protocols.spec import ModelSection, PrivacySection
+
+if TYPE_CHECKING:  # torch only where a loop runs: planning calls check_trainer, and imports no torch
+    import torch
+    from torch import nn
+    from torch.utils.data import DataLoader
 
 __all__ = ["KEY", "Trainer", "TrainerSettings", "check_trainer", "resolve_trainer", "run_trainer"]
 
@@ -61,7 +62,7 @@ __all__ = ["KEY", "Trainer", "TrainerSettings", "check_trainer", "resolve_traine
 KEY = "model.trainer"
 
 #: A user training loop (see the module docstring for the contract).
-Trainer = Callable[[nn.Module, DataLoader, "TrainerSettings"], Any]
+Trainer = Callable[["nn.Module", "DataLoader", "TrainerSettings"], Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -158,6 +159,11 @@ def run_trainer(
             int)``, an update of the wrong shape or with NaN/inf, or ``n_examples`` outside
             ``1..settings.rows`` (each naming ``model.trainer`` and the function).
     """
+    import torch
+    from torch import nn
+
+    from fedsilo.protocols.horizontal.models import get_flat_params
+
     fn = resolve_trainer(path)
     where = f"key '{KEY}': {path!r}"
     try:

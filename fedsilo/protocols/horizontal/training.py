@@ -45,11 +45,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Sampler, TensorDataset
 from torch.utils.data._utils.collate import default_collate
 
-from fedsilo.protocols.spec import TrainingSection
 from fedsilo.errors import ConfigError, DataError
-from fedsilo.privacy.accounting import noise_multiplier as _noise_multiplier
 from fedsilo.privacy.mechanisms import clip_rows_l2
-from fedsilo.privacy.events import GaussianEvent
+# the torch-free planning half, re-exported: planning a job (and refusing it) imports no torch
+from fedsilo.protocols.horizontal.local_plan import LocalConfig, RecordDP, record_dp_plan
 from fedsilo.protocols.horizontal.models import get_flat_params, loss_fn, set_flat_params
 
 # Opacus' per-example-gradient hooks make torch warn on every backward pass that the inputs need
@@ -80,54 +79,6 @@ def warm_up_torch() -> None:
 
 
 @dataclass(frozen=True, slots=True)
-class LocalConfig:
-    """What one silo does with the global model in one round: the ``[training]`` section's
-    local keys (:meth:`from_sections`, where their defaults and ranges live) and the strategy's
-    FedProx ``mu``."""
-
-    epochs: int
-    batch_size: int
-    lr: float
-    optimizer: str
-    proximal_mu: float = 0.0  #: FedProx mu (0 = plain FedAvg local training)
-    #: ``[model] trainer``: a user training loop run instead of the built-in one (:mod:`.trainer`)
-    trainer: str | None = None
-    l2: float = 0.0  #: ``training.l2``: passed to a user trainer only (the built-in loop has no L2 term)
-
-    def __post_init__(self) -> None:
-        if not (isinstance(self.proximal_mu, (int, float)) and self.proximal_mu >= 0):
-            raise ConfigError(f"FedProx mu must be a number >= 0, got {self.proximal_mu!r}")
-        if self.l2 and self.trainer is None:
-            raise ConfigError("training.l2 is read only by a user training loop ([model] trainer); remove it")
-
-    @classmethod
-    def from_sections(cls, training: TrainingSection, *, proximal_mu: float = 0.0, epochs: int | None = None,
-                      trainer: str | None = None) -> "LocalConfig":
-        """Local training of the validated ``[training]`` section (``epochs``: override of
-        ``local_epochs``, e.g. a centralized baseline's ``rounds × local_epochs``; ``trainer``:
-        the ``[model] trainer`` import path, which alone reads ``training.l2``)."""
-        if not isinstance(training, TrainingSection):
-            raise TypeError(f"from_sections takes a TrainingSection (fedsilo.protocols.spec), got {type(training).__name__}")
-        return cls(epochs=training.local_epochs if epochs is None else int(epochs), batch_size=training.batch_size,
-                   lr=float(training.lr), optimizer=training.optimizer, proximal_mu=float(proximal_mu),
-                   trainer=trainer, l2=float(training.l2) if trainer is not None else 0.0)
-
-
-@dataclass(frozen=True, slots=True)
-class RecordDP:
-    """Record-level DP-SGD parameters for one silo (see :func:`record_dp_plan`)."""
-
-    noise_multiplier: float
-    max_grad_norm: float
-    sample_rate: float  #: Poisson rate q = 1 / steps_per_epoch
-    steps_per_epoch: int  #: Poisson batches per epoch, exactly (:class:`PoissonBatchSampler`)
-
-    def event(self, *, epochs: int) -> GaussianEvent:
-        """The DP event of one round of local training (``epochs`` passes)."""
-        return GaussianEvent(self.noise_multiplier, self.sample_rate, epochs * self.steps_per_epoch)
-
-
-@dataclass(frozen=True, slots=True)
 class LocalResult:
     """Outcome of one round of local training; only ``update`` ever leaves the silo (encrypted)."""
 
@@ -135,40 +86,6 @@ class LocalResult:
     num_examples: int
     steps: int
     loss: float  #: mean training loss over the last local epoch (stays local)
-
-
-def record_dp_plan(
-    *,
-    n_examples: int,
-    batch_size: int,
-    local_epochs: int,
-    rounds: int,
-    target_epsilon: float,
-    delta: float,
-    max_grad_norm: float,
-    accountant: str = "rdp",
-) -> RecordDP:
-    """Sampling rate and noise multiplier so ``rounds`` rounds of DP-SGD meet ``target_epsilon``.
-
-    ``m = max(1, round(n / batch_size))`` steps per epoch with Poisson rate ``q = 1/m`` (so the
-    expected batch is about ``batch_size``); ``z`` from the accountant for
-    ``T = rounds * local_epochs * m`` steps (Abadi et al. 2016; Mironov, Talwar & Zhang 2019).
-    Computed locally: a silo's row count never leaves it.
-    """
-    if n_examples < 1:
-        raise DataError("a silo with no rows cannot train")
-    if not (isinstance(max_grad_norm, (int, float)) and max_grad_norm > 0):
-        raise ConfigError(f"privacy.clip must be > 0, got {max_grad_norm!r}")
-    m = max(1, int(round(n_examples / batch_size)))
-    q = 1.0 / m
-    z = _noise_multiplier(
-        target_epsilon=target_epsilon,
-        delta=delta,
-        sample_rate=q,
-        steps=rounds * local_epochs * m,
-        accountant=accountant,
-    )
-    return RecordDP(noise_multiplier=z, max_grad_norm=float(max_grad_norm), sample_rate=q, steps_per_epoch=m)
 
 
 class PoissonBatchSampler(Sampler[list[int]]):

@@ -25,15 +25,9 @@ from fedsilo.privacy.relations import ADD_REMOVE_RECORD, ZERO_OUT_SILO
 from fedsilo.protocols.channel import Channel
 from fedsilo.protocols.horizontal import protocol as hz
 from fedsilo.protocols.horizontal.dp import DPFedAvg
-from fedsilo.protocols.horizontal.models import (
-    BUILTIN_MODELS,
-    build_model,
-    get_flat_params,
-    loss_fn,
-    predict_scores,
-    set_flat_params,
-)
-from fedsilo.protocols.horizontal.training import LocalConfig, train_local
+# torch-free (planning, the budget pre-flight); .models and .training (torch) are imported where
+# a model is built or trained
+from fedsilo.protocols.horizontal.local_plan import BUILTIN_MODELS, LocalConfig
 from fedsilo.protocols.horizontal.secure_aggregation import check_federation, required_contributors
 from fedsilo.protocols.horizontal.trainer import check_trainer
 from fedsilo.protocols.spec import ModelSection, PrivacySection, TrainingSection, section
@@ -388,10 +382,16 @@ def make_job(
             sums.spec(input_size(n_classes))
         except ConfigError as exc:
             raise ConfigError(f"key 'crypto.params': {exc}") from None
-    try:  # the model every silo will build (an import path that does not load, bad params)
-        build_model(model, n_features=n_features, n_classes=n_classes, seed=seed)
-    except ConfigError as exc:
-        raise ConfigError(f"key 'model.kind': {exc}") from None
+    if model.kind not in BUILTIN_MODELS:
+        # the model class every silo will build (an import path that does not load, bad params);
+        # a built-in one cannot fail to build from a validated [model] section, and building it
+        # would import torch into every job's planning, a refused one's too
+        from fedsilo.protocols.horizontal.models import build_model
+
+        try:
+            build_model(model, n_features=n_features, n_classes=n_classes, seed=seed)
+        except ConfigError as exc:
+            raise ConfigError(f"key 'model.kind': {exc}") from None
     check_trainer(model, privacy)  # [model] trainer: loads, and a DP mode that can run it
     check_federation(silos=list(silos), allow_exposed=spec.allow_exposed, colluders=spec.colluders)
     hz.evaluation_scale(get_backend(backend, **params))  # precision vs the metrics' grid, before any ledger
@@ -433,6 +433,8 @@ def evaluate(model_spec: ModelSection, params: np.ndarray, x: np.ndarray, y: np.
     A simulation and benchmark helper (rows pooled from several silos): no party calls it."""
     import torch
     from sklearn.metrics import roc_auc_score
+
+    from fedsilo.protocols.horizontal.models import build_model, loss_fn, predict_scores, set_flat_params
 
     model = build_model(model_spec, n_features=n_features, n_classes=n_classes, seed=0)
     set_flat_params(model, params)
@@ -750,6 +752,9 @@ def baselines(
     Returns ``{"label", "epochs", "central": {accuracy, auc, loss}, "alone": {silo: {accuracy, auc,
     loss}}}``.
     """
+    from fedsilo.protocols.horizontal.models import build_model, get_flat_params
+    from fedsilo.protocols.horizontal.training import train_local
+
     names = list(silos)
     held = [tests[n] for n in names if n in tests and len(tests[n][1])]
     if not names or not held:
