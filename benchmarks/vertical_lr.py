@@ -8,14 +8,16 @@ Key set-up (CKKS Galois keys, Paillier key generation) is excluded and reported 
 
 Two tables:
 
-* **before / after** (10^4 rows x 10 and x 100 features, both measured in full in this run):
-  ``before`` is CKKS with the residuals as plain vectors and ``X_p^T d`` by per-column
-  ``matmul_plain`` (a backend whose ``matmul_repeat`` is 1: exactly the protocol's path before
-  ``matmul_repeated``), ``after`` the packed layout and ``matmul_repeated``; plus ``after`` with
-  ``[training] fill_slots = true`` (the batch whose repeated residuals fill one ciphertext's 4,096
-  slots: 512 rows at 10 features, 64 at 100) and at larger batches (``--batches``, default
-  2,048), training settings the user chooses (they change the steps per epoch, not the DP
-  accounting: docs/vertical.md).
+* **before / after** (10^4 rows x 10 and x 100 features, both measured in full in this run, one
+  row per variant): ``before`` is CKKS at batch 256 with the residuals as plain vectors and
+  ``X_p^T d`` by per-column ``matmul_plain`` (a backend whose ``matmul_repeat`` is 1: exactly the
+  protocol's path before ``matmul_repeated``), ``after`` the packed layout and ``matmul_repeated``
+  at batch 256; ``fill_slots`` (``[training] fill_slots = true``: the batch whose repeated
+  residuals fill one ciphertext's 4,096 slots, 512 rows at 10 features, 64 at 100) and larger
+  batches (``--batches``, default 2,048), training settings the user chooses (they change the
+  steps per epoch, not the DP accounting: docs/vertical.md). Wall and CPU speed-ups against
+  ``before``, and each column's model's AUC on held-out rows (and the plain backend's on the
+  same batches).
 * **grid** (10^3..10^5 rows): plain, CKKS (packed) and Paillier. The cost of an epoch is linear
   in the number of steps (rows / batch) — every step has the same shape — so where a full epoch
   would take minutes it is measured on fewer rows and scaled linearly; such cells are marked "~".
@@ -24,6 +26,7 @@ Two tables:
     .venv/bin/python benchmarks/vertical_lr.py            # writes the "vertical_lr" section
     .venv/bin/python benchmarks/vertical_lr.py --quick    # before/after at 10^4 rows only, prints only
     .venv/bin/python benchmarks/vertical_lr.py --quick --features 10   # the 10-feature row only
+    .venv/bin/python benchmarks/vertical_lr.py --features 10 --no-grid # ... and write its section
 """
 from __future__ import annotations
 
@@ -46,6 +49,7 @@ from fedsilo.crypto.base import CryptoBackend  # noqa: E402
 from fedsilo.crypto.ckks import CKKSBackend  # noqa: E402
 from fedsilo.crypto.registry import get_backend  # noqa: E402
 from fedsilo.protocols.channel import InProcessHub, run_parties  # noqa: E402
+from fedsilo.protocols.metrics import auc  # noqa: E402
 from fedsilo.protocols.spec import TrainingSection  # noqa: E402
 from fedsilo.protocols.vertical import Topology, TrainingConfig, arbiter_train, guest_train, host_train  # noqa: E402
 from fedsilo.protocols.vertical.job import backend_params_for  # noqa: E402
@@ -80,17 +84,23 @@ def build(name: str, params: dict[str, Any]) -> CryptoBackend:
 
 
 def epoch(backend: CryptoBackend, *, rows: int, features: int, batch: int | str = BATCH, seed: int = 0,
-          batchcrypt: bool = True) -> dict[str, float]:
+          batchcrypt: bool = True, held_out: int = 0) -> dict[str, float]:
     """Seconds and wire bytes of one epoch (after key set-up), and key set-up seconds;
-    ``batch = "fill"``: ``[training] fill_slots = true``; ``batchcrypt``: the protocol's
-    ``TrainingConfig.batchcrypt`` (Paillier's packed gradients)."""
+    ``batch = "fill"``: ``[training] fill_slots = true``; ``batch = "default"``: neither
+    ``batch_size`` nor ``fill_slots`` set (the default a user gets); ``batchcrypt``: the
+    protocol's ``TrainingConfig.batchcrypt`` (Paillier's packed gradients); ``held_out``: rows
+    drawn from the same model, not trained on, on which the trained model's AUC is measured."""
     rng = np.random.default_rng(seed)
     fg, fh = features - features // 2, features // 2
-    xg, xh = rng.normal(size=(rows, fg)), rng.normal(size=(rows, fh))
+    n = rows + held_out
+    xg, xh = rng.normal(size=(n, fg)), rng.normal(size=(n, fh))
     w = rng.normal(size=features) / math.sqrt(features)
-    y = (rng.random(rows) < 1 / (1 + np.exp(-(np.hstack([xg, xh]) @ w)))).astype(float)
+    y = (rng.random(n) < 1 / (1 + np.exp(-(np.hstack([xg, xh]) @ w)))).astype(float)
+    test = np.arange(rows, n)
+    xg, xh, y, xg_test, xh_test, y_test = xg[:rows], xh[:rows], y[:rows], xg[test], xh[test], y[test]
     top = Topology(guest="g", hosts=("h",), arbiter="a")
-    section = TrainingSection(rounds=1, lr=0.3, **({"fill_slots": True} if batch == "fill" else {"batch_size": batch}))
+    chosen = {"fill": {"fill_slots": True}, "default": {}}.get(batch, {"batch_size": batch})  # type: ignore[call-overload]
+    section = TrainingSection(rounds=1, lr=0.3, **chosen)
     cfg = dataclasses.replace(TrainingConfig.from_sections(section, timeout=3600), batchcrypt=batchcrypt)
     hub = InProcessHub("bench", ["g", "h", "a"])
     marks: dict[str, Any] = {}
@@ -131,20 +141,32 @@ def epoch(backend: CryptoBackend, *, rows: int, features: int, batch: int | str 
                           batch_rng=np.random.default_rng(seed))
         marks["t1"] = time.perf_counter()
         marks["loss"] = out.history[-1]["loss"]
+        marks["guest"] = out.model
+        return out
+
+    def host(ch: Any) -> Any:
+        out = host_train(ch, topology=top, x=xh, train_rows=np.arange(rows), eval_rows=np.arange(0),
+                         backend=backend, config=cfg, rng=np.random.default_rng(2))
+        marks["host"] = out.model
         return out
 
     run_parties(hub, {
         "g": timed("g", guest),
-        "h": timed("h", lambda ch: host_train(ch, topology=top, x=xh, train_rows=np.arange(rows), eval_rows=np.arange(0),
-                                              backend=backend, config=cfg, rng=np.random.default_rng(2))),
+        "h": timed("h", host),
         "a": timed("a", lambda ch: arbiter_train(ch, topology=top, backend=backend, config=cfg)),
     })
+    auc_held_out = float("nan")
+    if held_out:  # the joint model's scores on the held-out rows (a benchmark's view: both shares)
+        scores = marks["guest"].partial_logits(xg_test) + marks["host"].partial_logits(xh_test)
+        auc_held_out = auc(labels=y_test, scores=scores)
     return {
         "seconds": marks["t1"] - marks["t0"],
         "cpu": sum(cpu.values()),  # the main process's threads (a Paillier pool's workers are not counted)
         "bytes": float(sum(hub.bytes_sent().values()) - marks["b0"]),
         "setup": marks["t0"] - start,
         "loss": marks["loss"],
+        "auc": auc_held_out,
+        "batch": float(cfg.batch_rows(backend, {"g": fg + 1, "h": fh})),
     }
 
 
@@ -160,11 +182,14 @@ def grad_ciphertexts(backend: CryptoBackend, features: int) -> tuple[int, int]:
     return sum(dims.values()), packed
 
 
+HELD_OUT = 5_000  #: held-out rows (same model, never trained on) for each before/after column's AUC
+
+
 def before_after(*, rows: int, features: int, batches: list[int], repeats: int) -> dict[str, Any]:
-    """Seconds per epoch: per-column (before), packed (after), packed with ``fill_slots`` and at
-    each of ``batches``;
-    each the fastest of ``repeats`` runs, the variants alternating (the machine is shared); and
-    the epoch's training loss against ``plain`` on the same batches (the masks cancel exactly)."""
+    """Per epoch: per-column at batch 256 (before), packed at batch 256 (after), packed with
+    ``[training] fill_slots = true`` (the batch that fills one ciphertext) and at each of ``batches``; each the fastest of ``repeats`` runs, the variants
+    alternating (the machine is shared); the model's AUC on held-out rows, and the epoch's
+    training loss against ``plain`` on the same batches (the masks cancel exactly)."""
     ckks = build("ckks", {})
     before = PerColumnCKKS(**ckks.params())
     dims = features - features // 2 + 1  # the guest's gradient: its features and the intercept
@@ -176,15 +201,18 @@ def before_after(*, rows: int, features: int, batches: list[int], repeats: int) 
     runs: dict[str, list[dict[str, float]]] = {k: [] for k in variants}
     for _ in range(repeats):
         for key, (backend, batch) in variants.items():
-            runs[key].append(epoch(backend, rows=rows, features=features, batch=batch))
+            runs[key].append(epoch(backend, rows=rows, features=features, batch=batch, held_out=HELD_OUT))
     best = {k: min(v, key=lambda r: r["seconds"]) for k, v in runs.items()}
-    plain = epoch(build("plain", {}), rows=rows, features=features)["loss"]
+    plain_backend = build("plain", {})
+    plain = {k: epoch(plain_backend, rows=rows, features=features, batch=int(best[k]["batch"]), held_out=HELD_OUT)
+             for k in variants}
     return {
         "runs": best,
         "fill": fill,
-        "repeat": {k: backend.matmul_repeat(rows=fill if batch == "fill" else batch, columns=dims)
+        "repeat": {k: backend.matmul_repeat(rows=int(best[k]["batch"]), columns=dims)
                    for k, (backend, batch) in variants.items()},
-        "loss_gap": {k: abs(best[k]["loss"] - plain) for k in ("before", "after")},
+        "loss_gap": {k: abs(best[k]["loss"] - plain[k]["loss"]) for k in variants},
+        "plain_auc": {k: plain[k]["auc"] for k in variants},
     }
 
 
@@ -197,6 +225,8 @@ def main() -> None:
                     help="features of the before/after table (default 10 100)")
     ap.add_argument("--repeats", type=int, default=1, help="runs per before/after cell, the fastest kept (default 1)")
     ap.add_argument("--rows", type=int, default=10_000, help="rows of the before/after table (default 10^4)")
+    ap.add_argument("--no-grid", action="store_true",
+                    help="skip the every-backend grid and Paillier tables, still write the section")
     args = ap.parse_args()
     t0 = time.perf_counter()
     load0 = os.getloadavg()[0]
@@ -204,16 +234,17 @@ def main() -> None:
     ba: dict[int, dict[str, Any]] = {}
     for features in args.features:
         ba[features] = r = before_after(rows=ba_rows, features=features, batches=args.batches, repeats=args.repeats)
-        t_before = r["runs"]["before"]["seconds"]
+        t_before, c_before = r["runs"]["before"]["seconds"], r["runs"]["before"]["cpu"]
         print(f"before/after rows={ba_rows:,} features={features}: "
-              + ", ".join(f"{k} {v['seconds']:.2f} s ({t_before / v['seconds']:.1f}x)" for k, v in r["runs"].items())
-              + f"; loss vs plain: before {r['loss_gap']['before']:.1e}, after {r['loss_gap']['after']:.1e}", flush=True)
+              + ", ".join(f"{k} (batch {v['batch']:,.0f}) {v['seconds']:.2f} s ({t_before / v['seconds']:.1f}x), "
+                          f"CPU {v['cpu']:.2f} s ({c_before / v['cpu']:.1f}x), AUC {v['auc']:.4f}"
+                          for k, v in r["runs"].items()), flush=True)
 
     rows_grid = [1_000, 10_000, 100_000]
     res: dict[tuple[str, int, int], tuple[dict[str, float], bool]] = {}
     setup: dict[str, float] = {}
     pai: dict[int, dict[str, Any]] = {}
-    if not args.quick:
+    if not (args.quick or args.no_grid):
         for features in feat_grid:
             for name, params in BACKENDS.items():
                 backend = build(name, params)
@@ -246,51 +277,51 @@ def main() -> None:
         p = res[("plain", rows, features)][0][key]
         return f"{s} ({r[key] / p:,.0f}×)" if p > 0 else s
 
-    extra = [k for k in next(iter(ba.values()))["runs"] if k not in ("before", "after")]
     lines = [
         "## Vertical logistic regression: seconds per epoch",
         "",
-        f"One epoch of hetero LR (guest + 1 host + arbiter, features split evenly, batch {BATCH}, encrypted Taylor "
-        "loss on, no DP) on synthetic data, all parties as threads of one process (they share the 2 cores, as "
-        "they would not across organizations). `ckks`: profile `matmul` (N = 8192, 4,096 slots, depth 2, Galois "
-        "keys). "
+        f"One epoch of hetero LR (guest + 1 host + arbiter, features split evenly, encrypted Taylor "
+        "loss on, no DP, lr 0.3) on synthetic data, all parties as threads of one process (they share the 2 cores, "
+        "as they would not across organizations). `ckks`: profile `matmul` (N = 8192, 4,096 slots, depth 2, "
+        "Galois keys). "
         f"Machine: {machine_line()}; whole benchmark {total:.0f} s; 1-minute load average {load0:.1f} at the start "
-        f"and {os.getloadavg()[0]:.1f} at the end (other jobs shared the 2 cores: wall times are inflated, the CPU "
-        "columns are the party threads' own CPU seconds).",
+        f"and {os.getloadavg()[0]:.1f} at the end (other jobs may share the 2 cores: wall times are inflated then, "
+        "the CPU columns are the party threads' own CPU seconds).",
         "",
-        "### CKKS: the packed product against the per-column one (issue 16, item 3)",
+        "### CKKS: before (per-column, batch 256) against the packed product (issue 16, item 3)",
         "",
-        f"{ba_rows:,} rows, measured in full, in this run. **Before**: the residuals encrypted as plain vectors and "
-        "each party's `X_pᵀd` by per-column `matmul_plain` (one plaintext product, a rotate-and-sum over the "
-        "4,096-slot ring and a mask per gradient coordinate). **After**: each residual value repeated over "
-        "`repeat` slots (`matmul_repeat`) and `X_pᵀd` by `matmul_repeated` (one product per ciphertext, "
-        "log2(batch) rotations, one mask). The last columns are the packed path at larger batches, with "
-        "fewer steps per epoch: `[training] fill_slots = true` (the batch that fills one ciphertext's 4,096 slots: "
-        "512 rows × `repeat` 8 at 10 features, 64 × 64 at 100) and a fixed larger batch, training settings rather "
-        "than a change of the protocol (the DP accounting does not depend on them, docs/vertical.md). Their "
-        f"speed-up is against `before` at batch {BATCH}. Same seeds and, per batch size, the same "
-        "batches in every column; `loss vs plain`: |CKKS − plain| of the epoch's training loss at batch "
-        f"{BATCH} (the masks cancel exactly; each step's CKKS error is at most ~1e-5).",
+        f"{ba_rows:,} training rows, measured in full, in this run, one row per variant. **before**: batch {BATCH}, "
+        "the residuals encrypted as plain vectors and each party's `X_pᵀd` by per-column `matmul_plain` (one "
+        "plaintext product, a rotate-and-sum over the 4,096-slot ring and a mask per gradient coordinate). "
+        f"**after**: batch {BATCH}, each residual value repeated over `repeat` slots and `X_pᵀd` by "
+        "`matmul_repeated` (one product per ciphertext, log2(batch) rotations, one mask): what a job at batch 256 "
+        "runs today. **fill_slots**: `[training] fill_slots = true`, the batch that fills one "
+        "ciphertext's 4,096 slots (512 rows × `repeat` 8 at 10 features, 64 × 64 at 100), fewer steps per epoch, "
+        "the same DP accounting; opt-in, not the default, since fewer steps per epoch lower the bank example's "
+        "AUC at its 5 epochs (docs/vertical.md, \"Filling the slots\"). "
+        "`batch N`: the packed path at a larger batch of several ciphertexts (their products summed before one "
+        "rotation tree). Speed-ups are against `before`, wall and CPU. AUC: the epoch's joint model on "
+        f"{HELD_OUT:,} held-out rows of the same synthetic model (`plain` AUC: the same training on the plain "
+        "backend, same batches); `loss vs plain`: |CKKS − plain| of the epoch's encrypted Taylor loss on the same "
+        "batches (the masks cancel exactly; each step's CKKS error is at most ~1e-5).",
         "",
-        "| rows | features | repeat | before s | after s (speed-up) | "
-        + "".join(f"after, {k} s (speed-up) | " for k in extra)
-        + "CPU s: before / after / fill_slots (fill speed-up) | before MB | after MB | loss vs plain: before / after |",
-        "|---|---|---|---|---|" + "---|" * len(extra) + "---|---|---|---|",
+        "| features | variant | batch | repeat | steps | wall s (speed-up) | CPU s (speed-up) | MB | AUC held-out "
+        "(plain) | loss vs plain |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for features in args.features:
         r = ba[features]
-        b, a = r["runs"]["before"], r["runs"]["after"]
-        lines.append(
-            f"| {ba_rows:,} | {features} | {r['repeat']['after']} | {b['seconds']:.2f} | {a['seconds']:.2f} "
-            f"({b['seconds'] / a['seconds']:.1f}×) | "
-            + "".join(f"{r['runs'][k]['seconds']:.2f} ({b['seconds'] / r['runs'][k]['seconds']:.1f}×"
-                      + (f", batch {r['fill']}" if k == "fill_slots" else "") + ") | " for k in extra)
-            + f"{b['cpu']:.2f} / {a['cpu']:.2f} / {r['runs']['fill_slots']['cpu']:.2f} "
-            f"({b['cpu'] / r['runs']['fill_slots']['cpu']:.1f}×) | "
-            + f"{b['bytes'] / 1e6:.1f} | {a['bytes'] / 1e6:.1f} | "
-            f"{r['loss_gap']['before']:.1e} / {r['loss_gap']['after']:.1e} |"
-        )
-    if not args.quick:
+        b = r["runs"]["before"]
+        for k, v in r["runs"].items():
+            lines.append(
+                f"| {features} | {k} | {v['batch']:,.0f} | {r['repeat'][k]} | {math.ceil(ba_rows / v['batch'])} | "
+                f"{v['seconds']:.2f} ({b['seconds'] / v['seconds']:.1f}×) | {v['cpu']:.2f} ({b['cpu'] / v['cpu']:.1f}×) | "
+                f"{v['bytes'] / 1e6:.1f} | {v['auc']:.4f} ({r['plain_auc'][k]:.4f}) | {r['loss_gap'][k]:.1e} |"
+            )
+    if args.no_grid:
+        lines += ["", f"This run: `--features {' '.join(map(str, args.features))} --no-grid` (the every-backend grid and "
+                  "the Paillier table were not re-run; the section's earlier copies of them, if any, are kept by hand)."]
+    if not (args.quick or args.no_grid):
         lines += [
             "",
             "### Every backend",
@@ -342,14 +373,15 @@ def main() -> None:
         "rotations, ~24 ms on one core) per output column whatever the batch, so a step costs about (features + "
         "2) of them. After: per step and party one plaintext product per residual ciphertext, log2(batch) "
         "rotations (at most 12, through SEAL's evaluator) and one mask, ~16 ms at batch 256 whatever the features. "
-        "What remains per step is fixed; profiled (thread CPU per step, 10 features, `fill_slots`: 512 rows, 20 "
-        "steps): the guest ~74 ms — its gradient product (one product, 9 rotations of ~1.7 ms, one mask: ~18 ms), "
-        "the encrypted Taylor loss's one-column product (no DP only; now a `matmul_repeated` in the step's layout, "
-        "9 rotations, ~18 ms, where the rotate-and-sum over the whole ring plus a mask cost ~30 ms, and computed "
-        "at the start of the next step, while the host encrypts), ~9 ms re-randomizing the two ciphertexts it "
-        "sends, the rest serialization and plaintext encodings; the host ~52 ms — ~9 ms encrypting its partial "
-        "logits and their square, ~18 ms on its gradient, ~4.5 ms re-randomizing it, ~4 ms serializing. The "
-        "parties wait for each other (the step is a chain: host, guest, both products, arbiter), so an epoch "
+        "What remains per step is fixed (cProfile and micro-timings on this machine, 10 features, `fill_slots`: "
+        "512 rows, 20 steps): per party and step one fold (9 rotations at level 1, ~2.5–3.8 ms each, plus ~3 ms "
+        "moving the SEAL ciphertext back into TenSEAL: ~25 ms), one plaintext product (~3.5 ms), the mask and "
+        "junk; the guest re-randomizes `[[d]]` and its gradient before they leave (~5.7 ms each, a fresh encryption "
+        "of zero), the host encrypts its partial logits (~4.5 ms) and re-randomizes its gradient. The encrypted "
+        "Taylor loss no longer costs a fold per step: the guest's cross terms of up to 32 steps are one "
+        "`matmul_repeated_sum` (a ~3.5 ms product per step, one fold per group), and the host encrypts its "
+        "`Σ‖b‖²/R` once per epoch instead of every step — the same loss, ~30 ms less CPU per step. "
+        "The parties wait for each other (the step is a chain: host, guest, both products, arbiter), so an epoch "
         "takes about the sum of the chain, not the CPU over 2 cores. The public context "
         "with Galois keys is ~34 MB, sent once per job to each party. Paillier: per row and step, one encryption "
         "by each host (its partial logits) and one re-randomization of the guest's residual before it leaves, "

@@ -451,6 +451,26 @@ class CryptoBackend(abc.ABC):
         spread[:, np.arange(cols), np.arange(cols)] = m  # row i*repeat + j, column j: M[i, j]
         return self.matmul_plain(a, spread.reshape(rows * repeat, cols))
 
+    def matmul_repeated_sum(self, terms: Sequence[tuple[Ciphertext, Any]], *, repeat: int) -> Ciphertext:
+        """``sum_t v_t @ M_t`` from ``terms`` of ``(Enc(np.repeat(v_t, repeat)), M_t)``, every
+        ``M_t`` with the same number of columns: one encrypted vector of that length.
+
+        Default: the sum of each term's :meth:`matmul_repeated`. A slot-packed backend
+        overrides it to add the terms' products before one shared rotate-and-sum (CKKS: one
+        product per ciphertext, one fold and one mask whatever the number of terms), which is
+        what makes a running sum of many small products (vertical LR's per-epoch loss) cheap.
+
+        Raises:
+            ConfigError: no terms, matrices of different widths, or any term
+                :meth:`matmul_repeated` refuses.
+        """
+        if not terms:
+            raise ConfigError("matmul_repeated_sum() needs at least one (ciphertext, matrix) term")
+        widths = {np.asarray(m).shape[-1] if np.ndim(m) == 2 else None for _, m in terms}
+        if len(widths) != 1 or None in widths:
+            raise ConfigError(f"matmul_repeated_sum(): every matrix must be 2-D with the same columns, got {sorted(map(str, widths))}")
+        return self.sum([self.matmul_repeated(a, m, repeat=repeat) for a, m in terms])
+
     def sum(self, cts: Sequence[Ciphertext]) -> Ciphertext:
         """Sum of many ciphertexts (backends may override with something faster)."""
         if not cts:

@@ -1157,38 +1157,72 @@ class CKKSBackend(CryptoBackend):
         ``os.memfd_create`` (same layout, same result, slower). Needs Galois keys and depth 2
         (profile 'matmul'). Error: :meth:`matmul_error_bound`.
         """
-        c = self._check_ct(a)
-        m = as_repeated_matrix(matrix, length=c.length, repeat=repeat)
-        r, s = int(repeat), self.p.slots
+        return self.matmul_repeated_sum([(a, matrix)], repeat=repeat)
+
+    def matmul_repeated_sum(self, terms: Sequence[tuple[Ciphertext, Any]], *, repeat: int) -> CKKSCiphertext:
+        """``sum_t v_t @ M_t`` from ``terms`` of ``(Enc(np.repeat(v_t, repeat)), M_t)``: every
+        term's chunk products (level 1) added, then one ``log2(span / repeat)`` fold and one
+        mask for all of them (:meth:`matmul_repeated` is the one-term case), so a sum of ``k``
+        products costs ``k`` plaintext products, not ``k`` folds.
+
+        The terms must be under one key, at one depth (their products are added at one level)
+        and of one width ``m``; the bound is the sum of the terms' ``bound * max(1, ||M_t||_1)``.
+        Error: the sum of the terms' :meth:`matmul_error_bound` (each term's product error, the
+        fold's rotation error once).
+        """
+        if not terms:
+            raise ConfigError("matmul_repeated_sum() needs at least one (ciphertext, matrix) term")
+        checked = [(self._check_ct(a), m) for a, m in terms]
+        r, s = repeat, self.p.slots
+        mats = [as_repeated_matrix(m, length=c.length, repeat=r) for c, m in checked]
+        if len({m.shape[1] for m in mats}) != 1:
+            raise ConfigError(
+                f"matmul_repeated_sum(): every matrix must have the same columns, got {[m.shape[1] for m in mats]}"
+            )
+        r = int(r)
         if r == 1 or r > s or r & (r - 1) or not _fold_available():
-            return super().matmul_repeated(c, m, repeat=r)  # type: ignore[return-value]
+            # the interface's generic path per term (same layout, same result, slower)
+            return self.sum([CryptoBackend.matmul_repeated(self, c, m, repeat=r) for (c, _), m in zip(checked, mats)])
+        first_ct = checked[0][0]
+        self._check_same_key(*(c for c, _ in checked))  # KeyMismatchError for a term under another key
+        if len({c.depth_used for c, _ in checked}) != 1:
+            raise ConfigError(
+                "matmul_repeated_sum(): every ciphertext must be at the same depth, got "
+                f"{sorted({c.depth_used for c, _ in checked})}"
+            )
         if not self.p.galois:
             raise UnsupportedOperationError(
                 "ckks: matmul_repeated needs Galois (rotation) keys; create the backend with profile='matmul' "
                 "(galois=True; the public context grows to ~34 MB)"
             )
-        self._check_depth(c, 2, "matmul_repeated")
-        rows, cols = m.shape
-        col_l1 = float(np.max(np.sum(np.abs(m), axis=0))) if m.size else 0.0
-        bound = c.bound * max(col_l1, 1.0)
+        self._check_depth(first_ct, 2, "matmul_repeated")
+        cols = mats[0].shape[1]
+        bound = 0.0
+        for (c, _), m in zip(checked, mats):
+            col_l1 = float(np.max(np.sum(np.abs(m), axis=0))) if m.size else 0.0
+            bound += c.bound * max(col_l1, 1.0)
         self._check_capacity(bound, "matmul_repeated")
-        first, second = self._rescale_ratio(c.public, c.depth_used), self._rescale_ratio(c.public, c.depth_used + 1)
-        spread = np.zeros((rows, r))
-        spread[:, :cols] = m * first
+        first = self._rescale_ratio(first_ct.public, first_ct.depth_used)
+        second = self._rescale_ratio(first_ct.public, first_ct.depth_used + 1)
         acc = None
-        for chunk, part in zip(c.chunks, self._padded_chunks(spread.ravel())):
-            if not any(part):
-                continue
-            prod = self._call("matmul_repeated", chunk.mul, part)
-            if acc is None:
-                acc = prod
-            else:
-                self._call("matmul_repeated", acc.add_, prod)
-        if acc is None:  # no rows, no columns or an all-zero matrix
-            zeros = self.encrypt(c.public, np.zeros(cols))
-            return self._wrap(zeros, zeros.chunks, plain_operand=True, depth_used=c.depth_used + 2, bound=bound)
-        span = min(s, 1 << (rows * r - 1).bit_length())
-        folded = self._call("matmul_repeated", self._fold, acc, r, span, c.public)
+        span = 1
+        for (c, _), m in zip(checked, mats):
+            rows = m.shape[0]
+            span = max(span, min(s, 1 << (rows * r - 1).bit_length()) if rows else 1)
+            spread = np.zeros((rows, r))
+            spread[:, :cols] = m * first
+            for chunk, part in zip(c.chunks, self._padded_chunks(spread.ravel())):
+                if not any(part):
+                    continue
+                prod = self._call("matmul_repeated", chunk.mul, part)
+                if acc is None:
+                    acc = prod
+                else:
+                    self._call("matmul_repeated", acc.add_, prod)
+        if acc is None:  # no rows, no columns or all-zero matrices
+            zeros = self.encrypt(first_ct.public, np.zeros(cols))
+            return self._wrap(zeros, zeros.chunks, plain_operand=True, depth_used=first_ct.depth_used + 2, bound=bound)
+        folded = self._call("matmul_repeated", self._fold, acc, r, span, first_ct.public)
         keep = np.zeros(s)
         keep[:cols] = second
         out = self._call("matmul_repeated", folded.mul, keep.tolist())
@@ -1196,8 +1230,8 @@ class CKKSBackend(CryptoBackend):
         return CKKSCiphertext(
             chunks=[out],
             length=cols,
-            public=c.public,
-            depth_used=c.depth_used + 2,
+            public=first_ct.public,
+            depth_used=first_ct.depth_used + 2,
             bound=bound,
             plain_operand=True,
             ops=self,

@@ -75,6 +75,40 @@ def test_protocol_equals_centralized_taylor_gradient_descent(name: str) -> None:
     assert guest["final"]["auc"] > 0.95
 
 
+@pytest.mark.parametrize("name", list(TOPOLOGIES))
+def test_the_epoch_loss_is_exact_when_its_products_are_summed_in_groups(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The guest sums an epoch's loss cross terms in groups (one shared fold per group, here of
+    4 steps, so an epoch of 10 flushes mid-epoch and at its end), and each host sends its
+    ``[[Σ‖b‖²/R]]`` once per epoch, with its last step: the losses are still exactly the
+    centralized Taylor losses, and no earlier step carries a host's square term."""
+    from fedsilo.protocols.vertical import parties
+
+    monkeypatch.setattr(parties, "_LOSS_GROUP", 4)
+    top = TOPOLOGIES[name]
+    tables = breast_cancer_tables(len(top.hosts), drop=0.1)
+    hub, out = run_job(_spec(top), tables)
+    guest = out["g"]
+    ids = sorted(set.intersection(*(set(t["pid"]) for t in tables.values())))
+    test_ids = set(guest["test_ids"])
+    train = np.array([i for i, pid in enumerate(ids) if pid not in test_ids])
+    xs = {"g": guest["model"].transform(aligned_matrix(tables, "g", ids, "pid", drop=["target"]))[train]}
+    for h in top.hosts:
+        xs[h] = out[h]["model"].transform(aligned_matrix(tables, h, ids, "pid"))[train]
+    y = tables["g"].set_index("pid").loc[ids, "target"].to_numpy(float)[train]
+    batches = epoch_batches(hub, top.hosts[0])
+    assert all(len(b) > 4 for b in batches)  # more steps per epoch than a group
+    _, losses = reference_fit(xs, y, batches, lr=0.3, l2=0.01)
+    np.testing.assert_allclose([r["loss"] for r in guest["history"]], losses, rtol=1e-9)
+    for h in top.hosts:
+        rounds = [(r, "sq" in p) for sender, _, r, p in payloads(hub, "g", "vlr/partial") if sender == h]
+        with_square = [r for r, sq in rounds if sq]
+        assert len(with_square) == len(batches)  # one per epoch ...
+        per_epoch = len(rounds) // len(batches)
+        assert with_square == [r for i, (r, _) in enumerate(rounds) if i % per_epoch == per_epoch - 1]  # ... the last
+
+
 def test_topologies_give_the_same_model() -> None:
     tables = breast_cancer_tables(1, drop=0.05)
     _, arb = run_job(_spec(TOPOLOGIES["arbiter-1host"]), tables)

@@ -343,3 +343,71 @@ def test_keys_encrypt_with_the_secret_where_the_party_holds_it() -> None:
         assert np.max(np.abs(holder.dec(peer.de(blob, sender="p", length=50)) - x)) < 1e-6
     with pytest.raises(ProtocolError, match="holds 50 values, expected 400"):
         peer.de(mine, sender="h0", length=400)
+
+
+# ------------------------------------------------------------------------------ matmul_repeated_sum
+
+
+def _repeated_terms(backend: Any, public: Any, rows_list: list[int], *, repeat: int, cols: int, seed: int = 0):
+    """Terms ``(Enc(np.repeat(v_t, repeat)), M_t)`` of residual-like ``v_t`` and ``X/n``-like
+    ``M_t``, and their exact sum ``Σ v_t @ M_t``."""
+    rng = np.random.default_rng(seed)
+    terms, want = [], np.zeros(cols)
+    for rows in rows_list:
+        v, m = rng.uniform(-1, 1, rows), rng.normal(size=(rows, cols)) / rows
+        terms.append((backend.encrypt(public, np.repeat(v, repeat)), m))
+        want += v @ m
+    return terms, want
+
+
+def test_ckks_sum_of_repeated_products_is_exact_within_the_documented_bound() -> None:
+    """Several steps' products (batches of 512, 511 and 300 rows, the last one not filling its
+    ciphertext) added before one fold: within the sum of each term's documented bound of the
+    plain ``Σ v_t @ M_t``, and the same as the sum of the one-term products."""
+    ckks = CKKSBackend(profile="matmul")
+    sk = ckks.keygen()
+    terms, want = _repeated_terms(ckks, sk.public(), [512, 511, 300, 2048], repeat=8, cols=7)
+    got = ckks.decrypt(sk, ckks.matmul_repeated_sum(terms, repeat=8))
+    bound = sum(ckks.matmul_error_bound(input_l1=float(np.abs(ckks.decrypt(sk, c)[::8]).sum() + 1e-3),
+                                        column_l1=np.abs(m).sum(axis=0), repeat=8) for c, m in terms)
+    assert got.shape == (7,)
+    assert np.all(np.abs(got - want) <= bound), (np.abs(got - want), bound)
+    one_by_one = sum(ckks.decrypt(sk, ckks.matmul_repeated(c, m, repeat=8)) for c, m in terms)
+    assert np.all(np.abs(got - one_by_one) <= 2 * bound)
+    # a single term is matmul_repeated itself
+    single = ckks.decrypt(sk, ckks.matmul_repeated_sum(terms[:1], repeat=8))
+    assert np.all(np.abs(single - ckks.decrypt(sk, terms[0][0])[::8] @ terms[0][1]) <= bound)
+
+
+def test_ckks_sum_of_repeated_products_refuses_another_key_or_layout() -> None:
+    """A term under another key, a ciphertext that does not hold whole repeats, matrices of
+    different widths and terms at different depths are refused with an error naming the problem,
+    before anything is computed."""
+    from fedsilo.errors import ConfigError, KeyMismatchError
+
+    ckks = CKKSBackend(profile="matmul")
+    sk, other = ckks.keygen(), ckks.keygen()
+    terms, _ = _repeated_terms(ckks, sk.public(), [64, 64], repeat=8, cols=5)
+    foreign, _ = _repeated_terms(ckks, other.public(), [64], repeat=8, cols=5)
+    with pytest.raises(KeyMismatchError):
+        ckks.matmul_repeated_sum([*terms, *foreign], repeat=8)
+    with pytest.raises(ConfigError, match="whole repeats"):
+        ckks.matmul_repeated_sum([(ckks.encrypt(sk.public(), np.ones(63)), np.ones((7, 5)))], repeat=8)
+    with pytest.raises(ConfigError, match="same columns"):
+        ckks.matmul_repeated_sum([terms[0], (terms[1][0], terms[1][1][:, :4])], repeat=8)
+    with pytest.raises(ConfigError, match="at most repeat"):
+        ckks.matmul_repeated_sum([(terms[0][0], np.ones((64, 9)))], repeat=8)
+    deeper = ckks.mul_plain(terms[1][0], 0.5)
+    with pytest.raises(ConfigError, match="same depth"):
+        ckks.matmul_repeated_sum([terms[0], (deeper, terms[1][1])], repeat=8)
+    with pytest.raises(ConfigError, match="at least one"):
+        ckks.matmul_repeated_sum([], repeat=8)
+
+
+def test_generic_sum_of_repeated_products_is_the_sum_of_products() -> None:
+    """The interface's default (plain backend, the generic per-column path) gives exactly the
+    sum of the terms' products."""
+    plain = PlainBackend()
+    sk = plain.keygen()
+    terms, want = _repeated_terms(plain, sk.public(), [10, 7], repeat=4, cols=3)
+    np.testing.assert_allclose(plain.decrypt(sk, plain.matmul_repeated_sum(terms, repeat=4)), want, atol=1e-12)
