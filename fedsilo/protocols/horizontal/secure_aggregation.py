@@ -377,13 +377,20 @@ def silo_secure_sum(
     participating = contribution is not None and drop != "hello"
     if participating:
         channel.send(aggregator, KIND_HELLO, msgs.Hello().wire(), round=round)
-    contributed = charged = False
+    contributed = charged = topped_up = False
     while True:
         msg = _received(channel, KIND_CTL, channel.recv(aggregator, KIND_CTL, round=round, timeout=timeout), aggregator)
         if isinstance(msg, msgs.Present):
             if not participating or drop == "update":
                 continue
             assert contribution is not None
+            if contributed or charged:
+                # one update per round: a second announcement would draw a second charge and a
+                # second freshly noised update of the same data (found by the privacy review)
+                raise ProtocolError(
+                    f"{me}: round {round}: the aggregator {aggregator!r} announced the sum a second time; {me} "
+                    "sends one update per round and nothing more"
+                )
             n = msg.n
             if not allow_exposed and exposes_contribution(contributors=n, other_recipients=0, colluders=colluders):
                 who = "each could compute the other's" if n == 2 else f"{n - 1} colluding silos could compute another's"
@@ -405,6 +412,12 @@ def silo_secure_sum(
             if not contributed or drop == "topup":
                 continue
             assert contribution is not None
+            if topped_up:
+                raise ProtocolError(
+                    f"{me}: round {round}: the aggregator {aggregator!r} asked for a second noise top-up; {me} "
+                    "sends one per round and nothing more"
+                )
+            topped_up = True
             noise = contribution.topup(msg.present, msg.contributors)
             channel.send(aggregator, KIND_TOPUP, msgs.Topup(encrypt_vector(backend, public, noise)).wire(), round=round)
         elif isinstance(msg, msgs.Abort):

@@ -60,8 +60,8 @@ KEY = "vlr/key"
 #: the training rows); guest → arbiter, per epoch: ``{"stop": False, "sizes": [int]}`` (the batch
 #: sizes only); to both after the last epoch: ``{"stop": True}``
 EPOCH = "vlr/epoch"
-#: host → guest, per step: ``{"ct": [[b_h]], "sq"?: [[Σ‖b_h‖²/R]]}`` (``sq`` only when the loss is
-#: tracked, and only with the epoch's last step: the host's squares summed over the epoch), under the arbiter's key, or (two-party) the host's own. ``[[b_h]]``, like every
+#: host → guest, per step: ``{"ct": [[b_h]], "sq"?: [[‖b_h‖²/R]]}`` (``sq`` only when the loss is
+#: tracked), under the arbiter's key, or (two-party) the host's own. ``[[b_h]]``, like every
 #: residual ciphertext below, holds the batch's ``n_b`` values each repeated ``repeat`` times
 #: (:class:`.keys.Packing`, from the backend's ``matmul_repeat``: 1 for Paillier and ``plain``),
 #: ``n_b · repeat`` values; a receiver refuses any other length
