@@ -70,7 +70,7 @@ import math
 import numbers
 import warnings
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -181,22 +181,55 @@ def cover_labels(event: DpEvent) -> tuple[tuple[str, ...], tuple[str, ...]]:
     """``(defined, named)``: the cover labels ``event``'s :class:`ApproxDpEvent` parts define and
     those its :class:`CoveredEvent` parts name (a ledger ties each named cover to the job that
     defined it)."""
-    items = list(_walk(event))
-    return (tuple(e.cover for e in items if isinstance(e, ApproxDpEvent) and e.cover),
-            tuple(e.cover for e in items if isinstance(e, CoveredEvent)))
+    return tuple(e.cover for e in cover_events(event)), tuple(e.cover for e in covered_events(event))
 
 
-def cover_limits(event: DpEvent) -> dict[str, int]:
-    """``{label: covers}`` of the :class:`ApproxDpEvent` covers ``event`` defines: how many
-    :class:`CoveredEvent` releases each pays for."""
-    return {e.cover: e.covers for e in _walk(event) if isinstance(e, ApproxDpEvent) and e.cover}
+def cover_events(event: DpEvent) -> list[ApproxDpEvent]:
+    """The labelled :class:`ApproxDpEvent` covers ``event`` defines, in order."""
+    return [e for e in _walk(event) if isinstance(e, ApproxDpEvent) and e.cover]
+
+
+def covered_events(event: DpEvent) -> list[CoveredEvent]:
+    """The :class:`CoveredEvent` releases in ``event``, in order."""
+    return [e for e in _walk(event) if isinstance(e, CoveredEvent)]
+
+
+def check_cover_pays(cover: ApproxDpEvent, covered: Sequence[DpEvent], *, accountant: str) -> None:
+    """Refuse covered releases their cover does not pay for: more than ``cover.covers`` of them,
+    or releases whose own mechanisms compose (under ``accountant``, at the cover's δ) to more
+    than the cover's ε. The second is the invariant a cover's calibration promises (e.g.
+    ``HorizontalJob.distributed_plan``: the steps and the final metrics at z are
+    ``(ε, δ)``-DP), so a release the calibration did not plan (another kind, a second copy, a
+    costlier one) cannot ride on the cover for free.
+
+    Raises:
+        PrivacyError: naming the cover and what it pays for.
+    """
+    if len(covered) > cover.covers:
+        raise PrivacyError(
+            f"cover {cover.cover!r} pays for {cover.covers} release(s), and the composition holds more: "
+            "its calibration did not compose the extra ones"
+        )
+    if not covered:
+        return
+    own = epsilon(ComposedEvent(tuple(covered)), delta=cover.delta, accountant=accountant)
+    if not own <= cover.epsilon * (1.0 + COVER_RTOL):
+        raise PrivacyError(
+            f"cover {cover.cover!r} pays for epsilon={cover.epsilon:.6g} at delta={cover.delta:.3g}, and the "
+            f"releases it covers compose to epsilon={own:.6g} ({accountant}): its calibration did not plan them"
+        )
+
+
+#: Slack of :func:`check_cover_pays`' ε comparison: the covered releases are composed by the same
+#: code that calibrated them, so only the order of float sums may differ.
+COVER_RTOL: float = 1e-9
 
 
 def _leaves(event: DpEvent) -> Iterator[Leaf]:
     """The leaves that cost something: every :class:`CoveredEvent` is dropped, after checking
     that the :class:`ApproxDpEvent` it names is in ``event``."""
     items = list(_walk(event))
-    covers = cover_limits(event)
+    covers = {e.cover: e for e in items if isinstance(e, ApproxDpEvent) and e.cover}
     paid: Counter[str] = Counter()
     for e in items:
         if isinstance(e, CoveredEvent):
@@ -206,10 +239,10 @@ def _leaves(event: DpEvent) -> Iterator[Leaf]:
                     "delta) release that pays for it must be charged first (to the same dataset)"
                 )
             paid[e.cover] += 1
-            if paid[e.cover] > covers[e.cover]:
+            if paid[e.cover] > covers[e.cover].covers:
                 raise PrivacyError(
-                    f"cover {e.cover!r} pays for {covers[e.cover]} release(s), and the composition holds more: "
-                    "its calibration did not compose the extra ones"
+                    f"cover {e.cover!r} pays for {covers[e.cover].covers} release(s), and the composition holds "
+                    "more: its calibration did not compose the extra ones"
                 )
         else:
             yield e

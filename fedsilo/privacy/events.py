@@ -345,7 +345,7 @@ class ApproxDpEvent(DpEvent):
         # for any number of them
         if self.cover:
             object.__setattr__(self, "covers", _check_steps(self.covers, owner, name="covers"))
-        elif self.covers != 0:
+        elif isinstance(self.covers, bool) or not isinstance(self.covers, numbers.Integral) or self.covers != 0:
             raise PrivacyParameterError(f"{owner}: covers counts the releases a cover pays for; without a cover it must be 0, "
                                         f"got {self.covers!r}")
 
@@ -484,5 +484,9 @@ def event_from_json(data: Mapping[str, Any], *, _depth: int = 0) -> DpEvent:
         return ComposedEvent(tuple(event_from_json(e, _depth=_depth + 1) for e in items))
     if kind == "covered":
         return CoveredEvent(event_from_json(data["event"], _depth=_depth + 1), data["cover"])
+    if kind == "approx_dp" and "covers" not in keys and _check_cover(data.get("cover", ""), "ApproxDpEvent", required=False):
+        raise PrivacyParameterError(
+            "DP event of kind 'approx_dp' has a cover but lacks covers (the number of releases the cover pays for)"
+        )
     kwargs = {k: data[k] for k in keys}
     return EVENT_KINDS[kind](**kwargs)

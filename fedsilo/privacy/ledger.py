@@ -94,7 +94,6 @@ import sqlite3
 import stat
 import threading
 import uuid
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -110,8 +109,16 @@ from fedsilo.errors import (
     PrivacyError,
     PrivacyParameterError,
 )
-from fedsilo.privacy.accounting import ACCOUNTANTS, check_supported, cover_labels, cover_limits, epsilon
-from fedsilo.privacy.events import ComposedEvent, DpEvent, event_from_json
+from fedsilo.privacy.accounting import (
+    ACCOUNTANTS,
+    check_cover_pays,
+    check_supported,
+    cover_events,
+    cover_labels,
+    covered_events,
+    epsilon,
+)
+from fedsilo.privacy.events import ApproxDpEvent, ComposedEvent, DpEvent, event_from_json
 from fedsilo.privacy.relations import LEVELS, RELATIONS, check_accountable, level_of, to_composition_target
 
 __all__ = [
@@ -1126,42 +1133,47 @@ class PrivacyLedger:
 
     def _check_covers(self, rows: list[dict[str, Any]], dataset: str, event: DpEvent, *, job: str,
                       protocol: str) -> None:
-        """A cover pays only for its own job's releases, and only for as many as it says
-        (``ApproxDpEvent.covers``): refuse a release that names a cover another job or protocol
-        defined (found by the privacy review: any later release could otherwise claim a cover
-        for free), one that defines a label the dataset already has, and the covered release one
-        past the cover's count (a job releasing more than its calibration composed)."""
+        """A cover pays only for its own job's releases, and only for those its calibration
+        planned: refuse a release that names a cover another job or protocol defined (found by
+        the privacy review: any later release could otherwise claim a cover for free), one that
+        defines a label the dataset already has or defines it twice, and a covered release past
+        the cover's count or whose mechanism, composed with the cover's earlier covered
+        releases, exceeds the cover's (ε, δ) (:func:`~fedsilo.privacy.accounting.check_cover_pays`)."""
         defined, named = cover_labels(event)
         if not defined and not named:
             return
-        owners: dict[str, tuple[str, str, int]] = {}  # label -> (job, protocol, covers)
-        paid: Counter[str] = Counter(named)  # covered releases per cover, this one included
+        where = f"silo {self._silo!r}, dataset {dataset!r}"
+        if len(set(defined)) != len(defined):
+            raise PrivacyError(f"{where}: a release defines a cover label twice; nothing was written")
+        owners: dict[str, tuple[str, str, ApproxDpEvent]] = {}  # label -> (job, protocol, cover)
+        paid: dict[str, list[DpEvent]] = {}  # label -> the covered releases' own events, in order
         for r in rows:
             if r["kind"] == "reserve" and r["dataset"] == dataset:
                 earlier = self._event(r)
-                for label, covers in cover_limits(earlier).items():
-                    owners[label] = (str(r["job"]), str(r["protocol"]), covers)
-                paid.update(cover_labels(earlier)[1])
-        where = f"silo {self._silo!r}, dataset {dataset!r}"
+                for cover in cover_events(earlier):
+                    owners[cover.cover] = (str(r["job"]), str(r["protocol"]), cover)
+                for c in covered_events(earlier):
+                    paid.setdefault(c.cover, []).append(c.event)
         for label in defined:
             if label in owners:
                 raise PrivacyError(f"{where}: cover {label!r} is already defined by job {owners[label][0]!r}; "
                                    "nothing was written")
-        owners.update({label: (job, protocol, covers) for label, covers in cover_limits(event).items()})
+        owners.update({c.cover: (job, protocol, c) for c in cover_events(event)})
+        for c in covered_events(event):
+            paid.setdefault(c.cover, []).append(c.event)
         for label in dict.fromkeys(named):
             if label not in owners:
                 continue  # the composition refuses a release whose cover is not charged
-            owner_job, owner_protocol, covers = owners[label]
+            owner_job, owner_protocol, cover = owners[label]
             if (owner_job, owner_protocol) != (job, protocol):
                 raise PrivacyError(
                     f"{where}: a release of job {job!r} ({protocol}) names cover {label!r} of job "
                     f"{owner_job!r} ({owner_protocol}); a cover pays only for its own job; nothing was written"
                 )
-            if paid[label] > covers:
-                raise PrivacyError(
-                    f"{where}: job {job!r} ({protocol}) would make covered release {paid[label]} of cover {label!r}, "
-                    f"which pays for {covers}; nothing was written"
-                )
+            try:
+                check_cover_pays(cover, paid[label], accountant=self._accountant)
+            except PrivacyError as exc:
+                raise PrivacyError(f"{where}: job {job!r} ({protocol}): {exc}; nothing was written") from None
 
     def _composed(self, releases: list[tuple[DpEvent, str]], delta: float) -> tuple[str | None, float]:
         """The composition target and ε of ``releases`` (each converted to the target)."""

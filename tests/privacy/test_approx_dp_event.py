@@ -47,6 +47,8 @@ def test_json_refuses_unknown_and_missing_keys() -> None:
         event_from_json({"kind": "approx_dp", "epsilon": 1.0})
     with pytest.raises(PrivacyError, match=r"'approx_dp' has unknown keys sigma"):
         event_from_json({"kind": "approx_dp", "epsilon": 1.0, "delta": 1e-6, "sigma": 2})
+    with pytest.raises(PrivacyError, match=r"'approx_dp' has a cover but lacks covers"):
+        event_from_json({"kind": "approx_dp", "epsilon": 1.0, "delta": 1e-6, "cover": "c"})
     with pytest.raises(PrivacyError, match=r"'covered' lacks cover"):
         event_from_json({"kind": "covered", "event": GaussianEvent(1.0).to_json()})
     with pytest.raises(PrivacyError, match=r"must be a JSON object"):
@@ -69,11 +71,13 @@ def test_json_refuses_unknown_and_missing_keys() -> None:
     ({"epsilon": 1.0, "delta": 1e-6, "cover": 7}, r"ApproxDpEvent: cover must be a string label, got 7"),
     ({"epsilon": 1.0, "delta": 1e-6, "cover": "a\nb"}, r"ApproxDpEvent: cover must be at most 128 printable"),
     ({"epsilon": 1.0, "delta": 1e-6, "cover": "x" * 129}, r"ApproxDpEvent: cover must be at most 128 printable"),
-    ({"epsilon": 1.0, "delta": 1e-6, "cover": "x"}, r"ApproxDpEvent: covers must be an integer >= 1, got 0"),
+    ({"epsilon": 1.0, "delta": 1e-6, "cover": "x"}, r"ApproxDpEvent: covers must be an integer >= 1, got 0|"
+                                           r"'approx_dp' has a cover but lacks covers"),
     ({"epsilon": 1.0, "delta": 1e-6, "cover": "x", "covers": -3}, r"ApproxDpEvent: covers must be an integer >= 1"),
     ({"epsilon": 1.0, "delta": 1e-6, "cover": "x", "covers": 2.0}, r"ApproxDpEvent: covers must be an integer >= 1"),
     ({"epsilon": 1.0, "delta": 1e-6, "covers": 4}, r"ApproxDpEvent: covers counts the releases a cover pays for; "
                                                    r"without a cover it must be 0, got 4"),
+    ({"epsilon": 1.0, "delta": 1e-6, "covers": False}, r"without a cover it must be 0, got False"),
 ])
 def test_bad_approx_parameters_are_refused(kwargs: dict, match: str) -> None:
     with pytest.raises(PrivacyParameterError, match=match):
@@ -284,10 +288,54 @@ def test_the_ledger_refuses_the_covered_release_past_its_cover(tmp_path: Path) -
         with led.charge("ds", CoveredEvent(GaussianEvent(1.2, 0.1, 1), "training/aaaa"), job="jobA", round=rnd,
                         protocol="p", mechanism={"name": "x"}, recipient="agg", relation=ADD_REMOVE_RECORD):
             pass
-    with pytest.raises(PrivacyError, match=r"silo 's1', dataset 'ds': job 'jobA' \(p\) would make covered release 3 "
-                                           r"of cover 'training/aaaa', which pays for 2; nothing was written"):
+    with pytest.raises(PrivacyError, match=r"silo 's1', dataset 'ds': job 'jobA' \(p\): cover 'training/aaaa' pays for "
+                                           r"2 release\(s\), and the composition holds more.*; nothing was written"):
         with led.charge("ds", CoveredEvent(GaussianEvent(1.2, 0.1, 1), "training/aaaa"), job="jobA", round=3,
                         protocol="p", mechanism={"name": "x"}, recipient="agg", relation=ADD_REMOVE_RECORD):
             pass
     assert len(led.entries("ds")) == 3 and led.spent("ds") == pytest.approx(spent)
     led.verify()
+
+
+def test_a_cover_pays_only_for_the_releases_its_calibration_planned(tmp_path: Path) -> None:
+    """Found by the privacy review: the count cap alone let releases of another kind ride on a
+    cover (e.g. 99 steps and two metrics releases where the calibration planned 100 and one).
+    The ledger composes the covered releases' own mechanisms and refuses the one that takes them
+    past the cover's (epsilon, delta), nothing written; a second copy of a planned release too."""
+    from fedsilo.privacy.accounting import epsilon as eps_of
+
+    step = GaussianEvent(1.0, 0.1, 1)
+    metrics = GaussianEvent(2.0, 1.0, 1)
+    planned = eps_of(ComposedEvent((*[step] * 3, metrics)), delta=9.8e-6, accountant="rdp")
+    led = PrivacyLedger(tmp_path / "l.db", silo="s1")
+    led.register_dataset("ds", epsilon=50.0, delta=1e-5)
+    cover = ApproxDpEvent(planned, 9.8e-6, 1, "training/bbbb", covers=4)  # exactly what the calibration met
+
+    def charge(ev, rnd):  # type: ignore[no-untyped-def]
+        with led.charge("ds", ev, job="jobA", round=rnd, protocol="p", mechanism={"name": "x"}, recipient="agg",
+                        relation=ADD_REMOVE_RECORD):
+            pass
+
+    charge(ComposedEvent((GaussianEvent(40.0), cover)), 0)
+    for rnd in (1, 2):
+        charge(CoveredEvent(step, "training/bbbb"), rnd)
+    charge(CoveredEvent(metrics, "training/bbbb"), 3)  # within the count (4) and the cover's epsilon
+    spent = led.spent("ds")
+    # a costlier release in the last planned slot: refused although the count would allow it
+    with pytest.raises(PrivacyError, match=r"cover 'training/bbbb' pays for epsilon=.* and the releases it covers "
+                                           r"compose to epsilon=.*its calibration did not plan them; nothing was written"):
+        charge(CoveredEvent(GaussianEvent(0.3, 1.0, 1), "training/bbbb"), 4)
+    assert len(led.entries("ds")) == 4 and led.spent("ds") == spent
+    charge(CoveredEvent(step, "training/bbbb"), 4)  # the planned one still fits exactly
+    led.verify()
+
+
+def test_a_release_defining_one_cover_label_twice_is_refused(tmp_path: Path) -> None:
+    led = PrivacyLedger(tmp_path / "l.db", silo="s1")
+    led.register_dataset("ds", epsilon=50.0, delta=1e-5)
+    twice = ComposedEvent((ApproxDpEvent(1.0, 1e-7, 1, "c", covers=1), ApproxDpEvent(2.0, 1e-7, 1, "c", covers=50)))
+    with pytest.raises(PrivacyError, match="defines a cover label twice; nothing was written"):
+        with led.charge("ds", twice, job="j", round=0, protocol="p", mechanism={"name": "x"}, recipient="agg",
+                        relation=ADD_REMOVE_RECORD):
+            pass
+    assert led.entries("ds") == []
