@@ -10,6 +10,7 @@ trains.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fedsilo.errors import ConfigError, DataError
@@ -17,11 +18,32 @@ from fedsilo.privacy.accounting import noise_multiplier as _noise_multiplier
 from fedsilo.privacy.events import GaussianEvent
 from fedsilo.protocols.spec import TrainingSection
 
-__all__ = ["BUILTIN_MODELS", "LocalConfig", "RecordDP", "record_dp_plan"]
+__all__ = ["BUILTIN_MODELS", "MAX_MODEL_PARAMETERS", "LocalConfig", "RecordDP", "builtin_parameter_count", "n_outputs_for",
+           "record_dp_plan"]
 
 #: The model kinds fedsilo builds itself (:func:`~.models.build_model`); any other kind is an
 #: import path to a ``torch.nn.Module`` class.
 BUILTIN_MODELS: tuple[str, ...] = ("logistic", "mlp")
+
+#: Most parameters a model may have (2^27, 512 MiB of float32 per copy): a job whose model is
+#: larger is refused at planning, with the key, before any ledger or party exists (a typo in
+#: ``hidden`` would otherwise fail inside torch's allocator, in every silo).
+MAX_MODEL_PARAMETERS: int = 2**27
+
+
+def n_outputs_for(n_classes: int) -> int:
+    """One logit for a binary task, one per class otherwise."""
+    if n_classes < 2:
+        raise ConfigError(f"a classification task needs at least 2 classes, got {n_classes}")
+    return 1 if n_classes == 2 else n_classes
+
+
+def builtin_parameter_count(kind: str, hidden: Sequence[int], *, n_features: int, n_classes: int) -> int:
+    """Trainable parameters of a built-in model (:data:`BUILTIN_MODELS`), without building it:
+    ``logistic`` is one linear layer, ``mlp`` linear layers ``n_features → hidden… → outputs``,
+    each with a bias (:class:`~.models.MLP`)."""
+    widths = [n_features, *([int(h) for h in hidden] if kind == "mlp" else []), n_outputs_for(n_classes)]
+    return sum(a * b + b for a, b in zip(widths, widths[1:]))
 
 
 @dataclass(frozen=True, slots=True)

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from fedsilo.errors import ConfigError
-from fedsilo.protocols.horizontal.local_plan import BUILTIN_MODELS  # torch-free: planning reads it
+from fedsilo.protocols.horizontal.local_plan import BUILTIN_MODELS, n_outputs_for  # torch-free: planning reads them
 from fedsilo.protocols.spec import ModelSection
 
 __all__ = [
@@ -72,13 +72,6 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-
-def n_outputs_for(n_classes: int) -> int:
-    """One logit for a binary task, one per class otherwise."""
-    if n_classes < 2:
-        raise ConfigError(f"a classification task needs at least 2 classes, got {n_classes}")
-    return 1 if n_classes == 2 else n_classes
 
 
 def _import_class(path: str) -> type[nn.Module]:

@@ -85,7 +85,13 @@ from fedsilo.protocols.horizontal.sums import SumPlan, ddg_granularity, open_agg
 from fedsilo.protocols.horizontal.strategies import AggregateResult, Strategy, make_strategy
 # Planning (HorizontalJob, the budget pre-flight) imports no torch: the torch-free half of local
 # training is .local_plan; .models and .training (torch) are imported where a silo builds or trains.
-from fedsilo.protocols.horizontal.local_plan import LocalConfig, RecordDP, record_dp_plan
+from fedsilo.protocols.horizontal.local_plan import (
+    BUILTIN_MODELS,
+    LocalConfig,
+    RecordDP,
+    builtin_parameter_count,
+    record_dp_plan,
+)
 
 __all__ = [
     "AGGREGATOR",
@@ -221,6 +227,9 @@ class HorizontalJob:
     @property
     def update_length(self) -> int:
         """Values per model update: the model's parameter count (public)."""
+        if self.model.kind in BUILTIN_MODELS:  # counted without torch (planning, the pre-flight)
+            return builtin_parameter_count(self.model.kind, self.model.hidden, n_features=self.n_features,
+                                           n_classes=self.n_classes)
         from fedsilo.protocols.horizontal.models import build_model, get_flat_params
 
         template = build_model(self.model, n_features=self.n_features, n_classes=self.n_classes, seed=self.seed)

@@ -27,7 +27,7 @@ from fedsilo.protocols.horizontal import protocol as hz
 from fedsilo.protocols.horizontal.dp import DPFedAvg
 # torch-free (planning, the budget pre-flight); .models and .training (torch) are imported where
 # a model is built or trained
-from fedsilo.protocols.horizontal.local_plan import BUILTIN_MODELS, LocalConfig
+from fedsilo.protocols.horizontal.local_plan import BUILTIN_MODELS, MAX_MODEL_PARAMETERS, LocalConfig
 from fedsilo.protocols.horizontal.secure_aggregation import check_federation, required_contributors
 from fedsilo.protocols.horizontal.trainer import check_trainer
 from fedsilo.protocols.spec import ModelSection, PrivacySection, TrainingSection, section
@@ -370,6 +370,11 @@ def make_job(
         n_features=n_features, n_classes=n_classes, seed=seed, min_silos=min_silos, round_timeout=round_timeout,
         insecure=insecure,
     )
+    if model.kind in BUILTIN_MODELS and spec.update_length > MAX_MODEL_PARAMETERS:
+        raise ConfigError(
+            f"key 'model.hidden': the {model.kind} model would have {spec.update_length:,} parameters on "
+            f"{n_features} features; fedsilo trains and sends at most {MAX_MODEL_PARAMETERS:,} per update"
+        )
     spec.strategy(list(silos))  # validate strategy / DP settings (and calibrate a session's noise) before any party starts
     sums = spec.sum_plan(list(silos))  # the secure sums' public parameters
     if sums.keyless:
