@@ -166,59 +166,68 @@ class _Run:
         return self.keys.own
 
 
-#: The guest's loss products held for one shared fold (:meth:`_Epoch.flush`): at most this many
+#: The guest's loss steps held for one shared fold (:meth:`_Epoch.flush`): at most this many
 #: steps' ``[[b]]`` (one ~0.4 MB ciphertext each on CKKS at N = 8192) wait in memory.
 _LOSS_GROUP = 32
+
+
+@dataclass(frozen=True, slots=True)
+class _LossStep:
+    """One step's whole part of ``Σ d²/R`` as the guest holds it (:mod:`.loss`): the cross term
+    ``[[b]] @ (2a/R)`` still to compute (``b`` = Σ_h [[b_h]] in a layout of ``repeat``), the
+    hosts' encrypted square and cross terms of the step, and ``Σa²/R`` in plaintext."""
+
+    b: Ciphertext
+    column: np.ndarray
+    repeat: int
+    terms: tuple[Ciphertext, ...]
+    plain: float
 
 
 @dataclass(slots=True)
 class _Epoch:
     """What the steps of one epoch share: ``rows``, the epoch's ``R`` training rows (every party
-    scales its loss terms by ``1/R``); ``last_round``, the round of its last non-empty step
-    (where each host sends its whole epoch's ``[[Σ‖b_h‖²/R]]``, accumulated in ``square``);
-    and the guest's encrypted loss: ``loss``, its running sums, ``products``, the steps' cross
-    terms ``(Σ_h [[b_h]], 2a/R, repeat)`` waiting for one shared product (:meth:`flush`),
-    ``plain``, its ``Σ a·a / R``, and ``terms``, the hosts' square and cross terms.
+    scales its loss terms by ``1/R``), and the guest's encrypted loss: ``loss``, its running
+    sums, and ``steps``, the steps whose terms wait for one shared product (:meth:`flush`).
 
-    The guest's cross terms ``2 a·Σ_h b_h / R`` of an epoch are one ``matmul_repeated_sum``
-    (on CKKS one plaintext product per step and one fold for up to :data:`_LOSS_GROUP` steps,
-    where a product per step cost one fold per step); the loss decrypted is the same sum."""
+    The cross terms ``2 a·Σ_h b_h / R`` of up to :data:`_LOSS_GROUP` steps are one
+    ``matmul_repeated_sum`` (on CKKS one plaintext product per step and one fold per group,
+    where a product per step cost one fold per step). Every ciphertext added to ``loss`` holds
+    whole steps' ``Σ d²/R`` (the cross, square and plain terms of the same steps), so the key
+    holder, which decrypts each running sum, sees sums of whole steps' losses only, as it did
+    with one product per step (the crypto review found partial sums of one kind of term
+    alone when the terms were gathered per kind)."""
 
     rows: int
-    last_round: int = -1
     loss: list[Ciphertext] = field(default_factory=list)
-    products: list[tuple[Ciphertext, np.ndarray, int]] = field(default_factory=list)
-    plain: float = 0.0
-    terms: list[Ciphertext] = field(default_factory=list)
-    square: float = 0.0
+    steps: list[_LossStep] = field(default_factory=list)
 
     def flush(self, backend: CryptoBackend, *, force: bool = False) -> None:
-        """Add the waiting loss terms to ``loss``: the cross terms once :data:`_LOSS_GROUP`
-        steps wait (or ``force``, at the end of the epoch), the others at once."""
-        while self.terms:
-            accumulate(backend, self.loss, self.terms.pop(0))
-        if not self.products or (len(self.products) < _LOSS_GROUP and not force):
+        """Add the waiting steps' losses to ``loss`` once :data:`_LOSS_GROUP` steps wait (or
+        ``force``, at the end of the epoch)."""
+        if not self.steps or (len(self.steps) < _LOSS_GROUP and not force):
             return
-        for repeat in sorted({r for _, _, r in self.products}):
-            group = [(ct, col[:, None]) for ct, col, r in self.products if r == repeat]
-            for term in _product_sums(backend, group, repeat=repeat):
+        for repeat in sorted({st.repeat for st in self.steps}):
+            for term in _step_losses(backend, [st for st in self.steps if st.repeat == repeat]):
                 accumulate(backend, self.loss, term)
-        self.products.clear()
-        if force:  # once per epoch: each add_plain at the products' depth adds CKKS's scale error
-            accumulate(backend, self.loss, backend.add_plain(self.loss.pop(), np.array([self.plain])))
-            self.plain = 0.0
+        self.steps.clear()
 
 
-def _product_sums(backend: CryptoBackend, terms: list[tuple[Ciphertext, np.ndarray]], *, repeat: int) -> list[Ciphertext]:
-    """``Σ_t v_t @ M_t`` as few ciphertexts as the backend's magnitude bound allows: one
-    ``matmul_repeated_sum``, or halves of ``terms`` where the sum's bound would overflow."""
+def _step_losses(backend: CryptoBackend, steps: list[_LossStep]) -> list[Ciphertext]:
+    """``Σ_s Σ d_s²/R`` over ``steps`` (one layout) as few ciphertexts as the backend's
+    magnitude bound allows, each the whole loss of a run of consecutive steps: one shared
+    product plus the steps' terms, or the two halves of ``steps`` where that would overflow."""
     try:
-        return [backend.matmul_repeated_sum(terms, repeat=repeat)]
+        total = backend.matmul_repeated_sum([(st.b, st.column[:, None]) for st in steps], repeat=steps[0].repeat)
+        terms = [t for st in steps for t in st.terms]
+        if terms:
+            total = backend.sum([total, *terms])
+        return [backend.add_plain(total, np.array([sum(st.plain for st in steps)]))]
     except EncodingOverflowError:
-        if len(terms) == 1:
+        if len(steps) == 1:
             raise
-        half = len(terms) // 2
-        return _product_sums(backend, terms[:half], repeat=repeat) + _product_sums(backend, terms[half:], repeat=repeat)
+        half = len(steps) // 2
+        return _step_losses(backend, steps[:half]) + _step_losses(backend, steps[half:])
 
 
 class _Step(Protocol):
@@ -271,13 +280,10 @@ def _train_epoch(
     return model
 
 
-def _epoch_state(batches: Sequence[np.ndarray], *, first_round: int) -> _Epoch:
-    """A data party's state for an epoch of ``batches`` whose step ``s`` runs in round
-    ``first_round + s``: every party scales its loss terms by ``1 / rows`` and knows the round
-    of the last non-empty step (the batches are public)."""
-    steps = [s for s, b in enumerate(batches) if int(b.size)]
-    return _Epoch(rows=max(1, sum(int(b.size) for b in batches)),
-                  last_round=first_round + steps[-1] if steps else -1)
+def _epoch_state(batches: Sequence[np.ndarray]) -> _Epoch:
+    """A data party's state for an epoch of ``batches``: every party scales its loss terms by
+    ``1 / rows`` (the batches are public)."""
+    return _Epoch(rows=max(1, sum(int(b.size) for b in batches)))
 
 
 def _grad_to_arbiter(run: _Run, g: Ciphertext, *, norm: float, round: int) -> list[int] | None:
@@ -412,7 +418,7 @@ def guest_train(
         if arb:
             channel.send(arb, EPOCH, {"stop": False, "sizes": [int(b.size) for b in batches]}, round=r)
         lr_e = learning_rate(base=config.lr, epoch=epoch, schedule=config.lr_schedule)
-        state = _epoch_state(batches, first_round=r + 1)
+        state = _epoch_state(batches)
         mask_scale = capped_mask_scale(backend, config)
         with epoch_charge(ledger, dataset, plan, job=channel.job, epoch=epoch, recipients=hosts):
             model = _train_epoch(run, model, xt, batches, first_round=r + 1, lr=lr_e, l2=config.l2,
@@ -494,21 +500,21 @@ def _guest_step_arbiter(
     g = backend.add_plain(pk.product(backend, d, xb / norm), offset)
     masks = _grad_to_arbiter(run, g, norm=norm, round=round)
     if run.track_loss:
-        if round == epoch.last_round:  # each host's Σ‖b_h‖²/R of the whole epoch
-            epoch.terms += [k.de(parts[h].get("sq"), sender=h, length=1) for h in hosts]
+        terms = [k.de(parts[h].get("sq"), sender=h, length=1) for h in hosts]
         if len(hosts) > 1:
             cross = gather_all(ch, hosts[1:], CROSS, round=round, timeout=run.timeout)
-            epoch.terms += [k.de(cross[h], sender=h, length=1) for h in hosts[1:]]
-        _guest_loss_part(epoch, b_sum, a, pk)
+            terms += [k.de(cross[h], sender=h, length=1) for h in hosts[1:]]
+        _guest_loss_step(epoch, b_sum, a, pk, terms)
     return _opened(run, ch.recv(run.holder, PLAIN, round=round, timeout=run.timeout), masks, norm=norm)
 
 
-def _guest_loss_part(epoch: _Epoch, b_sum: Ciphertext, a: np.ndarray, pk: Packing) -> None:
-    """The guest's part of a step's ``Σ d²/R = Σ (a + b)²/R`` (:mod:`.loss`): ``Σa²/R`` in
-    plaintext and the cross term ``[[b]] @ (2a/R)`` (a one-column product in the step's layout
-    ``pk``), left for the epoch's shared product (:meth:`_Epoch.flush`)."""
-    epoch.plain += float(a @ a) / epoch.rows
-    epoch.products.append((b_sum, 2.0 * a / epoch.rows, pk.repeat))
+def _guest_loss_step(epoch: _Epoch, b_sum: Ciphertext, a: np.ndarray, pk: Packing, terms: list[Ciphertext]) -> None:
+    """A step's ``Σ d²/R = Σ (a + b)²/R`` (:mod:`.loss`) as the guest holds it: ``Σa²/R`` in
+    plaintext, the cross term ``[[b]] @ (2a/R)`` (a one-column product in the step's layout
+    ``pk``) left for the epoch's shared product, and the hosts' ``terms`` of the same step
+    (:meth:`_Epoch.flush`)."""
+    epoch.steps.append(_LossStep(b=b_sum, column=2.0 * a / epoch.rows, repeat=pk.repeat, terms=tuple(terms),
+                                 plain=float(a @ a) / epoch.rows))
 
 
 def _guest_step_two_party(
@@ -527,9 +533,7 @@ def _guest_step_two_party(
     data, masks = peer.seal(g, run.slots(run.me, norm))
     ch.send(host, GRAD, data, round=round)
     if run.track_loss:
-        if round == epoch.last_round:  # the host's Σ‖b‖²/R of the whole epoch
-            epoch.terms.append(peer.de(partial_msg.get("sq"), sender=host, length=1))
-        _guest_loss_part(epoch, b, a, pk)
+        _guest_loss_step(epoch, b, a, pk, [peer.de(partial_msg.get("sq"), sender=host, length=1)])
     return _opened(run, _swap_decryptions(run, peer=host, norm=norm, round=round), masks, norm=norm)
 
 
@@ -619,7 +623,7 @@ def host_train(
         epoch = epochs_run + 1
         batches = check_partition(ep.get("batches"), train_rows.size, who=me)
         lr_e = learning_rate(base=config.lr, epoch=epoch, schedule=config.lr_schedule)
-        state = _epoch_state(batches, first_round=r + 1)
+        state = _epoch_state(batches)
         mask_scale = capped_mask_scale(backend, config)
         with epoch_charge(ledger, dataset, plan, job=channel.job, epoch=epoch, recipients=run.others):
             model = _train_epoch(run, model, xt, batches, first_round=r + 1, lr=lr_e, l2=config.l2,
@@ -642,11 +646,7 @@ def _host_partial(run: _Run, k: Keys, b: np.ndarray, pk: Packing, epoch: _Epoch,
     ch, guest = run.channel, run.topology.guest
     msg: dict[str, Any] = {"ct": k.ser(k.enc(pk.spread(b)))}
     if run.track_loss:
-        # the host's ‖b‖²/R summed in plaintext over the epoch, sent once with its last step:
-        # the guest only ever adds the steps' terms up, so the epoch's loss is the same
-        epoch.square += float(square_term(b, rows=epoch.rows)[0])
-        if round == epoch.last_round:
-            msg["sq"] = k.ser(k.enc(np.array([epoch.square])))
+        msg["sq"] = k.ser(k.enc(square_term(b, rows=epoch.rows)))
     ch.send(guest, PARTIAL, msg, round=round)
     res = ch.recv(guest, RESIDUAL, round=round, timeout=run.timeout)
     if not isinstance(res, dict):

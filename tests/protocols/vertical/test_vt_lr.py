@@ -80,9 +80,9 @@ def test_the_epoch_loss_is_exact_when_its_products_are_summed_in_groups(
     name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The guest sums an epoch's loss cross terms in groups (one shared fold per group, here of
-    4 steps, so an epoch of 10 flushes mid-epoch and at its end), and each host sends its
-    ``[[Σ‖b‖²/R]]`` once per epoch, with its last step: the losses are still exactly the
-    centralized Taylor losses, and no earlier step carries a host's square term."""
+    4 steps, so an epoch of 10 flushes mid-epoch and at its end), each with the same steps'
+    square terms, which every host sends with every step: the losses are still exactly the
+    centralized Taylor losses."""
     from fedsilo.protocols.vertical import parties
 
     monkeypatch.setattr(parties, "_LOSS_GROUP", 4)
@@ -102,11 +102,49 @@ def test_the_epoch_loss_is_exact_when_its_products_are_summed_in_groups(
     _, losses = reference_fit(xs, y, batches, lr=0.3, l2=0.01)
     np.testing.assert_allclose([r["loss"] for r in guest["history"]], losses, rtol=1e-9)
     for h in top.hosts:
-        rounds = [(r, "sq" in p) for sender, _, r, p in payloads(hub, "g", "vlr/partial") if sender == h]
-        with_square = [r for r, sq in rounds if sq]
-        assert len(with_square) == len(batches)  # one per epoch ...
-        per_epoch = len(rounds) // len(batches)
-        assert with_square == [r for i, (r, _) in enumerate(rounds) if i % per_epoch == per_epoch - 1]  # ... the last
+        assert all("sq" in p for sender, _, _, p in payloads(hub, "g", "vlr/partial") if sender == h)
+
+
+@pytest.mark.parametrize(("hosts", "steps"), [(1, 20), (1, 96), (2, 25), (2, 32), (2, 40), (3, 20)])
+def test_every_loss_sum_the_key_holder_decrypts_is_whole_steps_losses(hosts: int, steps: int) -> None:
+    """Found by the crypto review: with an epoch's loss gathered per kind of term, a split forced
+    by CKKS's magnitude bound gave the key holder a partial sum of one kind alone (the hosts'
+    squares, or guest x host cross terms: not losses), and 2 hosts at 32 steps overflowed. On
+    real CKKS (the vertical profile and its bound), every decrypted running sum must be the
+    Taylor-loss sum of a run of consecutive whole steps, and together they make the epoch's."""
+    from fedsilo.crypto.ckks import CKKSBackend
+    from fedsilo.protocols.vertical import parties
+    from fedsilo.protocols.vertical.loss import square_term
+
+    ck = CKKSBackend(profile="matmul")
+    sk = ck.keygen()
+    pub = sk.public()
+    rng = np.random.default_rng(1)
+    nb, rep = 8, 8
+    rows = steps * nb
+    epoch = parties._Epoch(rows=rows)
+    per_step = []
+    packing = type("P", (), {"repeat": rep})()
+    for _ in range(steps):
+        epoch.flush(ck)  # at the start of each step, as _train_epoch does
+        a = rng.uniform(-1, 1, nb)
+        bs = [rng.uniform(-1, 1, nb) for _ in range(hosts)]
+        cts = [ck.encrypt(pub, np.repeat(b, rep)) for b in bs]
+        terms = [ck.encrypt(pub, square_term(b, rows=rows)) for b in bs]
+        terms += [ck.matmul_repeated(ck.sum(cts[:h]), (2 * bs[h] / rows)[:, None], repeat=rep) for h in range(1, hosts)]
+        parties._guest_loss_step(epoch, ck.sum(cts), a, packing, terms)
+        d = a + sum(bs)
+        per_step.append(float(d @ d) / rows)
+    epoch.flush(ck, force=True)
+    got = [float(ck.decrypt(sk, c)[0]) for c in epoch.loss]
+    edges = np.concatenate([[0.0], np.cumsum(per_step)])
+    start = 0
+    for value in got:  # each sum is steps start..end-1, the next starts where it ended
+        ends = [e for e in range(start + 1, steps + 1) if abs(edges[e] - edges[start] - value) < 1e-4]
+        assert ends, (value, start)
+        start = ends[-1]
+    assert start == steps
+    assert sum(got) == pytest.approx(edges[-1], abs=1e-4)
 
 
 def test_topologies_give_the_same_model() -> None:
