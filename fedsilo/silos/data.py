@@ -264,7 +264,9 @@ def binary_labels(table: LocalTable, label: str) -> np.ndarray:
     values = set(np.unique(y).tolist())
     if not values <= {0.0, 1.0}:
         raise DataError(
-            f"{table.where}: label column {label!r} must be binary 0/1 for this model, got values {sorted(values)[:10]}"
+            # no values in the message: errors can reach the federation's other parties (as
+            # vertical LR's label error)
+            f"{table.where}: label column {label!r} must be binary 0/1 for this model, and it holds other values"
         )
     return y
 

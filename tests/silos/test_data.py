@@ -57,7 +57,7 @@ def test_csv_errors_name_file_column_and_row(tmp_path: Path) -> None:
         require_numeric(t, ["b"])
     with pytest.raises(DataError, match=r"missing column\(s\) \['zz'\]"):
         require_numeric(t, ["zz"])
-    with pytest.raises(DataError, match="must be binary 0/1"):
+    with pytest.raises(DataError, match=r"must be binary 0/1 for this model, and it holds other values$"):
         binary_labels(t, "y")
     with pytest.raises(DataError, match="data file not found"):
         load_table(tmp_path / "none.csv", name="x")
