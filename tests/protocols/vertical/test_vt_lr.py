@@ -50,6 +50,24 @@ def _spec(top: Topology, **kw) -> VerticalSpec:
     return vt_spec(topology=top, id_column="pid", label="target", backend="plain", insecure=True, training=training, **kw)
 
 
+
+def _aligned_ids(tables):  # type: ignore[no-untyped-def]
+    return sorted(set.intersection(*(set(t["pid"]) for t in tables.values())))
+
+
+def _training_rows(top, tables, hub, out):  # type: ignore[no-untyped-def]
+    """The job's training rows as each party scaled them, their labels and the epochs' batches:
+    what a centralized reference fit needs."""
+    guest = out["g"]
+    ids = _aligned_ids(tables)
+    test_ids = set(guest["test_ids"])
+    train = np.array([i for i, pid in enumerate(ids) if pid not in test_ids])
+    xs = {"g": guest["model"].transform(aligned_matrix(tables, "g", ids, "pid", drop=["target"]))[train]}
+    for h in top.hosts:
+        xs[h] = out[h]["model"].transform(aligned_matrix(tables, h, ids, "pid"))[train]
+    y = tables["g"].set_index("pid").loc[ids, "target"].to_numpy(float)[train]
+    return xs, y, epoch_batches(hub, top.hosts[0])
+
 @pytest.mark.parametrize("name", list(TOPOLOGIES))
 def test_protocol_equals_centralized_taylor_gradient_descent(name: str) -> None:
     top = TOPOLOGIES[name]
@@ -57,15 +75,8 @@ def test_protocol_equals_centralized_taylor_gradient_descent(name: str) -> None:
     spec = _spec(top)
     hub, out = run_job(spec, tables)
     guest = out["g"]
-    ids = sorted(set.intersection(*(set(t["pid"]) for t in tables.values())))
-    assert guest["psi"]["intersection"] == len(ids)
-    test_ids = set(guest["test_ids"])
-    train = np.array([i for i, pid in enumerate(ids) if pid not in test_ids])
-    xs = {"g": guest["model"].transform(aligned_matrix(tables, "g", ids, "pid", drop=["target"]))[train]}
-    for h in top.hosts:
-        xs[h] = out[h]["model"].transform(aligned_matrix(tables, h, ids, "pid"))[train]
-    y = tables["g"].set_index("pid").loc[ids, "target"].to_numpy(float)[train]
-    batches = epoch_batches(hub, top.hosts[0])
+    assert guest["psi"]["intersection"] == len(_aligned_ids(tables))
+    xs, y, batches = _training_rows(top, tables, hub, out)
     assert len(batches) == 3
     w, losses = reference_fit(xs, y, batches, lr=0.3, l2=0.01)
     np.testing.assert_allclose(guest["model"].weights, w["g"], atol=1e-9)
@@ -90,14 +101,7 @@ def test_the_epoch_loss_is_exact_when_its_products_are_summed_in_groups(
     tables = breast_cancer_tables(len(top.hosts), drop=0.1)
     hub, out = run_job(_spec(top), tables)
     guest = out["g"]
-    ids = sorted(set.intersection(*(set(t["pid"]) for t in tables.values())))
-    test_ids = set(guest["test_ids"])
-    train = np.array([i for i, pid in enumerate(ids) if pid not in test_ids])
-    xs = {"g": guest["model"].transform(aligned_matrix(tables, "g", ids, "pid", drop=["target"]))[train]}
-    for h in top.hosts:
-        xs[h] = out[h]["model"].transform(aligned_matrix(tables, h, ids, "pid"))[train]
-    y = tables["g"].set_index("pid").loc[ids, "target"].to_numpy(float)[train]
-    batches = epoch_batches(hub, top.hosts[0])
+    xs, y, batches = _training_rows(top, tables, hub, out)
     assert all(len(b) > 4 for b in batches)  # more steps per epoch than a group
     _, losses = reference_fit(xs, y, batches, lr=0.3, l2=0.01)
     np.testing.assert_allclose([r["loss"] for r in guest["history"]], losses, rtol=1e-9)
