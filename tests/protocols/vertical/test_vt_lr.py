@@ -68,6 +68,7 @@ def _training_rows(top, tables, hub, out):  # type: ignore[no-untyped-def]
     y = tables["g"].set_index("pid").loc[ids, "target"].to_numpy(float)[train]
     return xs, y, epoch_batches(hub, top.hosts[0])
 
+
 @pytest.mark.parametrize("name", list(TOPOLOGIES))
 def test_protocol_equals_centralized_taylor_gradient_descent(name: str) -> None:
     top = TOPOLOGIES[name]
