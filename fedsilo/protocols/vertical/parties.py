@@ -201,31 +201,47 @@ class _Epoch:
     rows: int
     loss: list[Ciphertext] = field(default_factory=list)
     steps: list[_LossStep] = field(default_factory=list)
+    group: int = _LOSS_GROUP  # steps per shared product: lowered to what fitted the bound
 
     def flush(self, backend: CryptoBackend, *, force: bool = False) -> None:
-        """Add the waiting steps' losses to ``loss`` once :data:`_LOSS_GROUP` steps wait (or
-        ``force``, at the end of the epoch)."""
-        if not self.steps or (len(self.steps) < _LOSS_GROUP and not force):
+        """Add the waiting steps' losses to ``loss`` once ``group`` steps wait (or ``force``,
+        at the end of the epoch). A group that overflows the backend's magnitude bound is
+        halved (:func:`_step_losses`), and later groups of the epoch take the size that fitted,
+        so its products are not computed twice again."""
+        if not self.steps or (len(self.steps) < self.group and not force):
             return
         for repeat in sorted({st.repeat for st in self.steps}):
-            for term in _step_losses(backend, [st for st in self.steps if st.repeat == repeat]):
+            runs = _step_losses(backend, [st for st in self.steps if st.repeat == repeat])
+            if len(runs) > 1:
+                self.group = max(1, min(self.group, max(n for _, n in runs)))
+            for term, _ in runs:
                 accumulate(backend, self.loss, term)
         self.steps.clear()
 
 
-def _step_losses(backend: CryptoBackend, steps: list[_LossStep]) -> list[Ciphertext]:
-    """``Σ_s Σ d_s²/R`` over ``steps`` (one layout) as few ciphertexts as the backend's
-    magnitude bound allows, each the whole loss of a run of consecutive steps: one shared
-    product plus the steps' terms, or the two halves of ``steps`` where that would overflow."""
+def _step_losses(backend: CryptoBackend, steps: list[_LossStep]) -> list[tuple[Ciphertext, int]]:
+    """``Σ_s Σ d_s²/R`` over ``steps`` (one layout, in order) as few ciphertexts as the
+    backend's magnitude bound allows, each the whole loss of a run of these steps, with the
+    run's length: one shared product plus the steps' terms, or the two halves of ``steps``
+    where that would overflow.
+
+    Raises:
+        ProtocolError: one step's loss alone overflows the bound (many hosts on CKKS: their
+            square and cross terms add up past its headroom).
+    """
     try:
         total = backend.matmul_repeated_sum([(st.b, st.column[:, None]) for st in steps], repeat=steps[0].repeat)
         terms = [t for st in steps for t in st.terms]
         if terms:
             total = backend.sum([total, *terms])
-        return [backend.add_plain(total, np.array([sum(st.plain for st in steps)]))]
-    except EncodingOverflowError:
+        return [(backend.add_plain(total, np.array([sum(st.plain for st in steps)])), len(steps))]
+    except EncodingOverflowError as exc:
         if len(steps) == 1:
-            raise
+            raise ProtocolError(
+                f"the encrypted training loss of one step, with {len(steps[0].terms)} host term(s), exceeds the "
+                f"{backend.name} backend's magnitude bound ({exc}); run with fewer hosts, or under DP (the loss is "
+                "then not computed)"
+            ) from None
         half = len(steps) // 2
         return _step_losses(backend, steps[:half]) + _step_losses(backend, steps[half:])
 

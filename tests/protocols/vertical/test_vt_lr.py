@@ -110,7 +110,8 @@ def test_the_epoch_loss_is_exact_when_its_products_are_summed_in_groups(
         assert all("sq" in p for sender, _, _, p in payloads(hub, "g", "vlr/partial") if sender == h)
 
 
-@pytest.mark.parametrize(("hosts", "steps"), [(1, 20), (1, 96), (2, 25), (2, 32), (2, 40), (3, 20)])
+@pytest.mark.parametrize(("hosts", "steps"), [(1, 1), (1, 20), (1, 96), (2, 25), (2, 32), (2, 40), (3, 20), (4, 20),
+                                              (10, 2)])
 def test_every_loss_sum_the_key_holder_decrypts_is_whole_steps_losses(hosts: int, steps: int) -> None:
     """Found by the crypto review: with an epoch's loss gathered per kind of term, a split forced
     by CKKS's magnitude bound gave the key holder a partial sum of one kind alone (the hosts'
@@ -140,16 +141,23 @@ def test_every_loss_sum_the_key_holder_decrypts_is_whole_steps_losses(hosts: int
         parties._guest_loss_step(epoch, ck.sum(cts), a, packing, terms)
         d = a + sum(bs)
         per_step.append(float(d @ d) / rows)
+    if hosts >= 10:  # one step's terms alone pass CKKS's headroom: a clear error, nothing decrypted
+        with pytest.raises(ProtocolError, match=r"the encrypted training loss of one step, with 19 host term\(s\), "
+                                                r"exceeds the ckks backend's magnitude bound"):
+            epoch.flush(ck, force=True)
+        return
     epoch.flush(ck, force=True)
     got = [float(ck.decrypt(sk, c)[0]) for c in epoch.loss]
     edges = np.concatenate([[0.0], np.cumsum(per_step)])
     start = 0
+    # CKKS's error on each decrypted sum is ~1e-5..1e-4 (the crypto review measured up to ~1e-4);
+    # a run of steps differs from the next longer one by a whole step's loss (here > 5e-3)
     for value in got:  # each sum is steps start..end-1, the next starts where it ended
-        ends = [e for e in range(start + 1, steps + 1) if abs(edges[e] - edges[start] - value) < 1e-4]
+        ends = [e for e in range(start + 1, steps + 1) if abs(edges[e] - edges[start] - value) < 1e-3]
         assert ends, (value, start)
         start = ends[-1]
     assert start == steps
-    assert sum(got) == pytest.approx(edges[-1], abs=1e-4)
+    assert sum(got) == pytest.approx(edges[-1], abs=1e-3)
 
 
 def test_topologies_give_the_same_model() -> None:
