@@ -205,11 +205,7 @@ def check_cover_pays(cover: ApproxDpEvent, covered: Sequence[DpEvent], *, accoun
     Raises:
         PrivacyError: naming the cover and what it pays for.
     """
-    if len(covered) > cover.covers:
-        raise PrivacyError(
-            f"cover {cover.cover!r} pays for {cover.covers} release(s), and the composition holds more: "
-            "its calibration did not compose the extra ones"
-        )
+    _check_cover_count(cover, len(covered))
     if not covered:
         return
     own = epsilon(ComposedEvent(tuple(covered)), delta=cover.delta, accountant=accountant)
@@ -217,6 +213,16 @@ def check_cover_pays(cover: ApproxDpEvent, covered: Sequence[DpEvent], *, accoun
         raise PrivacyError(
             f"cover {cover.cover!r} pays for epsilon={cover.epsilon:.6g} at delta={cover.delta:.3g}, and the "
             f"releases it covers compose to epsilon={own:.6g} ({accountant}): its calibration did not plan them"
+        )
+
+
+def _check_cover_count(cover: ApproxDpEvent, releases: int) -> None:
+    """Refuse more covered releases than ``cover.covers`` (the accountant's composition and the
+    ledger's charge both ask)."""
+    if releases > cover.covers:
+        raise PrivacyError(
+            f"cover {cover.cover!r} pays for {cover.covers} release(s), and the composition holds more: "
+            "its calibration did not compose the extra ones"
         )
 
 
@@ -228,10 +234,9 @@ COVER_RTOL: float = 1e-9
 def _leaves(event: DpEvent) -> Iterator[Leaf]:
     """The leaves that cost something: every :class:`CoveredEvent` is dropped, after checking
     that the :class:`ApproxDpEvent` it names is in ``event``."""
-    items = list(_walk(event))
-    covers = {e.cover: e for e in items if isinstance(e, ApproxDpEvent) and e.cover}
+    covers = {c.cover: c for c in cover_events(event)}
     paid: Counter[str] = Counter()
-    for e in items:
+    for e in _walk(event):
         if isinstance(e, CoveredEvent):
             if e.cover not in covers:
                 raise PrivacyError(
@@ -239,11 +244,7 @@ def _leaves(event: DpEvent) -> Iterator[Leaf]:
                     "delta) release that pays for it must be charged first (to the same dataset)"
                 )
             paid[e.cover] += 1
-            if paid[e.cover] > covers[e.cover].covers:
-                raise PrivacyError(
-                    f"cover {e.cover!r} pays for {covers[e.cover].covers} release(s), and the composition holds "
-                    "more: its calibration did not compose the extra ones"
-                )
+            _check_cover_count(covers[e.cover], paid[e.cover])
         else:
             yield e
 

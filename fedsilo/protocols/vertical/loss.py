@@ -25,7 +25,6 @@ __all__ = [
     "accumulate",
     "cross_term",
     "decrypt_loss",
-    "guest_loss_term",
     "request_loss",
     "serve_loss",
     "square_term",
@@ -44,17 +43,6 @@ def cross_term(backend: CryptoBackend, prefix: Ciphertext, b: np.ndarray, *, row
     """``[[2 prefix·b_h / R]]``: a later host's cross term with the hosts before it (arbiter
     only), ``prefix`` in the step's layout ``packing``."""
     return packing.product(backend, prefix, (2.0 * b / rows)[:, None])
-
-
-def guest_loss_term(
-    backend: CryptoBackend, b_sum: Ciphertext, a: np.ndarray, *, rows: int, packing: Packing
-) -> Ciphertext:
-    """``[[(Σa² + 2 a·b) / R]]``: the guest's part of ``Σ d² / R = Σ (a + b)² / R`` over the
-    epoch's ``R`` rows (scaled in plaintext so the encrypted sum stays small), ``b_sum`` in the
-    step's layout ``packing``: a one-column ``matmul_repeated`` (on CKKS one product and
-    log2(batch) rotations, not a rotate-and-sum over the whole slot ring)."""
-    cross = packing.product(backend, b_sum, (2.0 * a / rows)[:, None])
-    return backend.add_plain(cross, np.array([float(a @ a) / rows]))
 
 
 def accumulate(backend: CryptoBackend, acc: list[Ciphertext], term: Ciphertext) -> None:
