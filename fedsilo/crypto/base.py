@@ -57,6 +57,7 @@ __all__ = [
     "Use",
     "as_matrix",
     "as_repeated_matrix",
+    "as_repeated_terms",
     "as_vector",
     "broadcast_vector",
     "check_lengths",
@@ -153,6 +154,28 @@ def as_repeated_matrix(matrix: Any, *, length: int, repeat: Any) -> np.ndarray:
     if repeat > 1 and m.shape[1] > repeat:
         raise ConfigError(f"matmul_repeated gives at most repeat = {repeat} columns, the matrix has {m.shape[1]}")
     return m
+
+
+def as_repeated_terms(terms: Sequence[tuple[Ciphertext, Any]], *, repeat: Any) -> list[np.ndarray]:
+    """The plaintext matrices of ``matmul_repeated_sum``'s ``terms``, each checked by
+    :func:`as_repeated_matrix` against its ciphertext's length and all of one width (the terms'
+    products are added slot by slot, so they must have the same columns).
+
+    The one check every backend's ``matmul_repeated_sum`` runs, the generic one and CKKS's fast
+    path alike, so the two refuse the same inputs with the same message.
+
+    Raises:
+        ConfigError: no terms, a matrix :func:`as_repeated_matrix` refuses, or matrices of
+            different widths (the message lists every term's width, in order).
+    """
+    if not terms:
+        raise ConfigError("matmul_repeated_sum() needs at least one (ciphertext, matrix) term")
+    mats = [as_repeated_matrix(m, length=ct.length, repeat=repeat) for ct, m in terms]
+    if len({m.shape[1] for m in mats}) != 1:
+        raise ConfigError(
+            f"matmul_repeated_sum(): every matrix must have the same columns, got {[m.shape[1] for m in mats]}"
+        )
+    return mats
 
 
 @dataclass(frozen=True, slots=True)
@@ -462,14 +485,10 @@ class CryptoBackend(abc.ABC):
 
         Raises:
             ConfigError: no terms, matrices of different widths, or any term
-                :meth:`matmul_repeated` refuses.
+                :meth:`matmul_repeated` refuses (:func:`as_repeated_terms`).
         """
-        if not terms:
-            raise ConfigError("matmul_repeated_sum() needs at least one (ciphertext, matrix) term")
-        widths = {np.asarray(m).shape[-1] if np.ndim(m) == 2 else None for _, m in terms}
-        if len(widths) != 1 or None in widths:
-            raise ConfigError(f"matmul_repeated_sum(): every matrix must be 2-D with the same columns, got {sorted(map(str, widths))}")
-        return self.sum([self.matmul_repeated(a, m, repeat=repeat) for a, m in terms])
+        mats = as_repeated_terms(terms, repeat=repeat)
+        return self.sum([self.matmul_repeated(a, m, repeat=repeat) for (a, _), m in zip(terms, mats)])
 
     def sum(self, cts: Sequence[Ciphertext]) -> Ciphertext:
         """Sum of many ciphertexts (backends may override with something faster)."""

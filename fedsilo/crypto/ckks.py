@@ -75,7 +75,7 @@ from fedsilo.crypto.base import (
     SecretKey,
     Use,
     as_matrix,
-    as_repeated_matrix,
+    as_repeated_terms,
     as_vector,
     broadcast_vector,
     fingerprint_of,
@@ -1170,16 +1170,9 @@ class CKKSBackend(CryptoBackend):
         Error: the sum of the terms' :meth:`matmul_error_bound` (each term's product error, the
         fold's rotation error once).
         """
-        if not terms:
-            raise ConfigError("matmul_repeated_sum() needs at least one (ciphertext, matrix) term")
         checked = [(self._check_ct(a), m) for a, m in terms]
-        r, s = repeat, self.p.slots
-        mats = [as_repeated_matrix(m, length=c.length, repeat=r) for c, m in checked]
-        if len({m.shape[1] for m in mats}) != 1:
-            raise ConfigError(
-                f"matmul_repeated_sum(): every matrix must have the same columns, got {[m.shape[1] for m in mats]}"
-            )
-        r = int(r)
+        mats = as_repeated_terms(checked, repeat=repeat)
+        r, s = int(repeat), self.p.slots
         if r == 1 or r > s or r & (r - 1) or not _fold_available():
             # the interface's generic path per term (same layout, same result, slower)
             return self.sum([CryptoBackend.matmul_repeated(self, c, m, repeat=r) for (c, _), m in zip(checked, mats)])

@@ -18,8 +18,8 @@ from fedsilo.privacy.accounting import noise_multiplier as _noise_multiplier
 from fedsilo.privacy.events import GaussianEvent
 from fedsilo.protocols.spec import TrainingSection
 
-__all__ = ["BUILTIN_MODELS", "MAX_MODEL_PARAMETERS", "LocalConfig", "RecordDP", "builtin_parameter_count", "n_outputs_for",
-           "record_dp_plan"]
+__all__ = ["BUILTIN_MODELS", "MAX_MODEL_PARAMETERS", "LocalConfig", "RecordDP", "builtin_layer_shapes",
+           "builtin_parameter_count", "n_outputs_for", "record_dp_plan"]
 
 #: The model kinds fedsilo builds itself (:func:`~.models.build_model`); any other kind is an
 #: import path to a ``torch.nn.Module`` class.
@@ -38,12 +38,27 @@ def n_outputs_for(n_classes: int) -> int:
     return 1 if n_classes == 2 else n_classes
 
 
+def builtin_layer_shapes(kind: str, hidden: Sequence[int], *, n_features: int, n_outputs: int) -> list[tuple[int, int]]:
+    """The ``(in, out)`` widths of a built-in model's linear layers, in order: ``logistic`` is
+    one layer ``n_features → n_outputs`` (``hidden`` unused), ``mlp`` is ``n_features → hidden… →
+    n_outputs``.
+
+    The one statement of the built-in architectures: :class:`~.models.LogisticRegression` and
+    :class:`~.models.MLP` build their ``nn.Linear`` layers from it and
+    :func:`builtin_parameter_count` counts from it, so the count planning uses cannot drift from
+    the model a silo trains (and it needs no torch).
+    """
+    if kind not in BUILTIN_MODELS:
+        raise ConfigError(f"model kind {kind!r} is not a built-in model ({', '.join(BUILTIN_MODELS)})")
+    widths = [int(n_features), *([int(h) for h in hidden] if kind == "mlp" else []), int(n_outputs)]
+    return list(zip(widths, widths[1:]))
+
+
 def builtin_parameter_count(kind: str, hidden: Sequence[int], *, n_features: int, n_classes: int) -> int:
     """Trainable parameters of a built-in model (:data:`BUILTIN_MODELS`), without building it:
-    ``logistic`` is one linear layer, ``mlp`` linear layers ``n_features → hidden… → outputs``,
-    each with a bias (:class:`~.models.MLP`)."""
-    widths = [n_features, *([int(h) for h in hidden] if kind == "mlp" else []), n_outputs_for(n_classes)]
-    return sum(a * b + b for a, b in zip(widths, widths[1:]))
+    a weight and a bias per layer of :func:`builtin_layer_shapes` (``nn.Linear``)."""
+    shapes = builtin_layer_shapes(kind, hidden, n_features=n_features, n_outputs=n_outputs_for(n_classes))
+    return sum(a * b + b for a, b in shapes)
 
 
 @dataclass(frozen=True, slots=True)

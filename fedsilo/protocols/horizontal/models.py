@@ -26,7 +26,8 @@ import torch
 from torch import nn
 
 from fedsilo.errors import ConfigError
-from fedsilo.protocols.horizontal.local_plan import BUILTIN_MODELS, n_outputs_for  # torch-free: planning reads them
+# torch-free: planning reads them (builtin_layer_shapes also gives the parameter count without torch)
+from fedsilo.protocols.horizontal.local_plan import BUILTIN_MODELS, builtin_layer_shapes, n_outputs_for
 from fedsilo.protocols.spec import ModelSection
 
 __all__ = [
@@ -51,7 +52,8 @@ class LogisticRegression(nn.Module):
 
     def __init__(self, *, n_features: int, n_outputs: int = 1) -> None:
         super().__init__()
-        self.linear = nn.Linear(n_features, n_outputs)
+        ((fan_in, fan_out),) = builtin_layer_shapes("logistic", (), n_features=n_features, n_outputs=n_outputs)
+        self.linear = nn.Linear(fan_in, fan_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.linear(x)
@@ -62,12 +64,11 @@ class MLP(nn.Module):
 
     def __init__(self, *, n_features: int, n_outputs: int = 1, hidden: Sequence[int] = (32,)) -> None:
         super().__init__()
+        *inner, (last_in, last_out) = builtin_layer_shapes("mlp", hidden, n_features=n_features, n_outputs=n_outputs)
         layers: list[nn.Module] = []
-        width = n_features
-        for h in hidden:
-            layers += [nn.Linear(width, int(h)), nn.ReLU()]
-            width = int(h)
-        layers.append(nn.Linear(width, n_outputs))
+        for fan_in, fan_out in inner:
+            layers += [nn.Linear(fan_in, fan_out), nn.ReLU()]
+        layers.append(nn.Linear(last_in, last_out))  # logits: no ReLU after the last layer
         self.net = nn.Sequential(*layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -7,10 +7,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from torch import nn
 from typer.testing import CliRunner
 
 from fedsilo.cli import app
-from fedsilo.protocols.horizontal.local_plan import MAX_MODEL_PARAMETERS, builtin_parameter_count
+from fedsilo.protocols.horizontal.local_plan import (
+    MAX_MODEL_PARAMETERS,
+    builtin_layer_shapes,
+    builtin_parameter_count,
+    n_outputs_for,
+)
 from fedsilo.protocols.horizontal.models import build_model, get_flat_params
 from fedsilo.protocols.spec import ModelSection
 
@@ -24,8 +30,12 @@ EXAMPLE = ROOT / "examples" / "hospitals_horizontal" / "federation.toml"
 ])
 def test_the_count_equals_the_built_models(kind: str, hidden: list[int], n_features: int, n_classes: int) -> None:
     spec = ModelSection(kind=kind, hidden=hidden) if kind == "mlp" else ModelSection(kind=kind)
-    built = get_flat_params(build_model(spec, n_features=n_features, n_classes=n_classes, seed=0)).shape[0]
+    model = build_model(spec, n_features=n_features, n_classes=n_classes, seed=0)
+    built = get_flat_params(model).shape[0]
     assert builtin_parameter_count(kind, spec.hidden, n_features=n_features, n_classes=n_classes) == built
+    # the torch model's linear layers are the torch-free shapes, in order (so the count is the model's)
+    linear = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, nn.Linear)]
+    assert linear == builtin_layer_shapes(kind, spec.hidden, n_features=n_features, n_outputs=n_outputs_for(n_classes))
 
 
 @pytest.mark.timeout(120)
@@ -40,3 +50,11 @@ def test_a_model_past_the_limit_is_refused_before_any_ledger(tmp_path: Path) -> 
     assert "key 'model.hidden': the mlp model would have 35,184,372,088,833 parameters on 30 features" in res.output
     assert f"at most {MAX_MODEL_PARAMETERS:,} per update" in res.output
     assert not ledgers.exists() or not list(ledgers.iterdir())
+
+
+def test_an_import_path_kind_has_no_builtin_shapes() -> None:
+    """Only the built-in kinds have torch-free shapes; a user class is counted by building it."""
+    from fedsilo.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="'mypkg.models:Net' is not a built-in model"):
+        builtin_parameter_count("mypkg.models:Net", [], n_features=3, n_classes=2)
