@@ -41,7 +41,9 @@ from _report import machine_line  # noqa: E402
 
 from fedsilo.privacy import accounting as A  # noqa: E402
 from fedsilo.privacy.accounting import epsilon, noise_multiplier, normalize  # noqa: E402
-from fedsilo.privacy.events import ComposedEvent, DpEvent, GaussianEvent  # noqa: E402
+from fedsilo.privacy.events import ApproxDpEvent, ComposedEvent, CoveredEvent, DpEvent, GaussianEvent  # noqa: E402
+from fedsilo.protocols.horizontal.dp import composed_noise_multiplier  # noqa: E402
+from fedsilo.protocols.horizontal.protocol import COUNT_SHARE, EVALUATION_SHARE  # noqa: E402
 from fedsilo.privacy.ledger import PrivacyLedger  # noqa: E402
 from fedsilo.privacy.relations import ADD_REMOVE_RECORD, ZERO_OUT_SILO  # noqa: E402
 
@@ -50,6 +52,9 @@ TARGET = 8.0
 #: record level as examples/hospitals_horizontal/federation.toml runs it: Poisson rate 1/5
 #: (about 160 training rows, batch 32), 2 local epochs of 5 steps each per round
 RECORD_Q, RECORD_STEPS = 0.2, 10
+#: distributed DP-SGD as the hospitals example runs it in ``mode = "distributed"``: expected joint
+#: batch 64 of 455 pooled rows, one step per round
+DISTRIBUTED_Q = 64 / 455
 
 
 @dataclass(frozen=True)
@@ -122,6 +127,45 @@ def run(s: Scenario, rounds: int, every: int) -> dict[str, object]:
     return {"before": before, "after": after, "ledger": ledger_ms, "check": check}
 
 
+def run_distributed(accountant: str, rounds: int) -> dict[str, list[tuple[float, float]]]:
+    """Per-round ledger charges of a distributed DP-SGD job, calibrated as
+    ``HorizontalJob.distributed_plan`` does: the round-0 charge (the count's Gaussian and the
+    training's cover), then one covered step per round, each charge checking that the cover pays
+    for the covered steps so far (``accounting.check_cover_pays``). ``shortcut``: as fedsilo runs
+    it (under PLD, RDP first); ``pld only``: the same charges with the RDP shortcut turned off,
+    i.e. a PLD self-composition of the steps so far on every charge."""
+    z_metrics = noise_multiplier(target_epsilon=EVALUATION_SHARE * TARGET, delta=DELTA, accountant=accountant)
+    metrics = GaussianEvent(z_metrics, 1.0, 1)
+    target, delta = (1.0 - COUNT_SHARE) * TARGET, (1.0 - COUNT_SHARE) * DELTA
+    z = composed_noise_multiplier(target_epsilon=target, delta=delta, accountant=accountant,
+                                  event_for=lambda z: ComposedEvent((GaussianEvent(z, DISTRIBUTED_Q, rounds), metrics)))
+    z_count = noise_multiplier(target_epsilon=COUNT_SHARE * TARGET, delta=COUNT_SHARE * DELTA, accountant=accountant)
+    cover = ApproxDpEvent(target, delta, 1, "training/bench", covers=rounds + 1)
+    step = CoveredEvent(GaussianEvent(z, DISTRIBUTED_Q, 1), "training/bench")
+    out: dict[str, list[tuple[float, float]]] = {}
+    real_shortcut = A._rdp_shows_cover_pays
+    for name, shortcut in (("pld only", lambda *_: False), ("shortcut", real_shortcut)):
+        if accountant == "rdp" and name == "pld only":
+            continue  # an RDP ledger checks by RDP: there is no shortcut to turn off
+        A._rdp_shows_cover_pays = shortcut
+        clear_caches()
+        try:
+            with tempfile.TemporaryDirectory() as tmp, PrivacyLedger(Path(tmp) / "s.sqlite", silo="s",
+                                                                     accountant=accountant) as ledger:
+                ledger.register_dataset("s", epsilon=TARGET, delta=DELTA)
+
+                def charge(event: DpEvent, r: int) -> None:
+                    with ledger.charge("s", event, job="bench", round=r, protocol="bench",
+                                       mechanism={"name": "bench"}, recipient="aggregator", relation=ADD_REMOVE_RECORD):
+                        pass
+
+                charge(ComposedEvent((GaussianEvent(z_count, 1.0, 1), cover)), 0)
+                out[name] = [timed(lambda r=r: charge(step, r)) for r in range(1, rounds + 1)]
+        finally:
+            A._rdp_shows_cover_pays = real_shortcut
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=100)
@@ -149,6 +193,13 @@ def main() -> None:
         print(f"{s.name:22s} {mean(list(before.values())):>18s} {one(before[last]):>18s} "  # type: ignore[union-attr]
               f"{mean(list(after.values())):>16s} {one(after[last]):>16s} {mean(ledger):>20s}   "  # type: ignore[union-attr,arg-type]
               f"{plain_eps:.6f} / {ours:.6f}")
+    print(f"\ndistributed DP-SGD ({args.rounds} covered steps, q = 64/455): ledger charge per round, "
+          "ms of CPU (wall), mean over the rounds and at the last round")
+    for accountant in ("rdp", "pld"):
+        for name, values in run_distributed(accountant, args.rounds).items():
+            label = f"distributed, {accountant}, {name}"
+            print(f"{label:34s} mean {statistics.fmean(v[0] for v in values):8.1f} "
+                  f"({statistics.fmean(v[1] for v in values):6.1f})   last {values[-1][0]:8.1f} ({values[-1][1]:6.1f})")
     print("\nbefore: dp-accounting's accountant on the whole history each round (fedsilo's PLD path before the "
           "fast paths; its RDP path already cached curves). after: fedsilo.privacy.accounting.epsilon. "
           "ledger+results: PrivacyLedger.charge + commit and the results' epsilon of the round.")

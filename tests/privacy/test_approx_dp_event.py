@@ -5,6 +5,7 @@ sound ledger ε)."""
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import dp_accounting
@@ -339,3 +340,57 @@ def test_a_release_defining_one_cover_label_twice_is_refused(tmp_path: Path) -> 
                         relation=ADD_REMOVE_RECORD):
             pass
     assert led.entries("ds") == []
+
+
+def test_a_pld_cover_check_builds_the_pld_only_when_rdp_cannot_show_the_cover_pays(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Per-round cost of a distributed job under PLD: a cover that RDP alone shows paid for is
+    accepted without building a PLD; between the PLD's and RDP's epsilon the PLD decides (and
+    accepts); below the PLD's epsilon it refuses, naming the PLD's figure."""
+    from fedsilo.privacy import accounting as acc_mod
+
+    built: list[object] = []
+    real = acc_mod._epsilon_pld
+    monkeypatch.setattr(acc_mod, "_epsilon_pld", lambda *a: built.append(a) or real(*a))
+    acc_mod._epsilon_groups.cache_clear()
+    steps = [GaussianEvent(1.15, 0.0703, 1)] * 37  # parameters no other test caches
+    both = ComposedEvent(tuple(steps))
+    rdp_eps = epsilon(both, delta=DELTA, accountant="rdp")
+    built.clear()
+    pld_eps = epsilon(both, delta=DELTA, accountant="pld")
+    assert built and pld_eps < rdp_eps
+    acc_mod._epsilon_groups.cache_clear()
+    built.clear()
+
+    acc_mod.check_cover_pays(ApproxDpEvent(rdp_eps, DELTA, 1, "c", covers=40), steps, accountant="pld")
+    assert built == []  # RDP showed it
+    acc_mod.check_cover_pays(ApproxDpEvent((rdp_eps + pld_eps) / 2, DELTA, 1, "c", covers=40), steps,
+                             accountant="pld")
+    assert len(built) == 1  # the PLD decided, and it fits
+    with pytest.raises(PrivacyError, match=rf"releases it covers compose to epsilon={pld_eps:.6g} \(pld\)"):
+        acc_mod.check_cover_pays(ApproxDpEvent(pld_eps * 0.99, DELTA, 1, "c", covers=40), steps, accountant="pld")
+
+
+@settings(max_examples=25, deadline=None)
+@given(z=st.floats(0.6, 4.0), q=st.floats(0.01, 1.0), t=st.integers(1, 30), where=st.floats(0.5, 1.5))
+def test_a_pld_cover_check_accepts_exactly_what_one_valid_bound_fits(z: float, q: float, t: int, where: float) -> None:
+    """The RDP shortcut never accepts releases that no accountant shows to fit the cover, and it
+    never refuses what the PLD alone accepts: accepted iff RDP's epsilon fits or the PLD's does
+    (each an upper bound of the releases' true epsilon)."""
+    from fedsilo.privacy.accounting import COVER_RTOL, check_cover_pays
+
+    steps = [GaussianEvent(z, q, 1)] * t + [GaussianEvent(2.0 * z, 1.0, 1)]
+    both = ComposedEvent(tuple(steps))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an RDP optimum at the grid's edge: looser, still valid
+        rdp_eps = epsilon(both, delta=DELTA, accountant="rdp")
+    pld_eps = epsilon(both, delta=DELTA, accountant="pld")
+    cover = ApproxDpEvent(pld_eps * where, DELTA, 1, "c", covers=t + 1)
+    fits = rdp_eps <= cover.epsilon or pld_eps <= cover.epsilon * (1.0 + COVER_RTOL)
+    try:
+        check_cover_pays(cover, steps, accountant="pld")
+        accepted = True
+    except PrivacyError:
+        accepted = False
+    assert accepted == fits
+
