@@ -182,10 +182,10 @@ class JobConfig(_Section):
 
 def _check_backend(name: str, where: str) -> None:
     """A registered crypto backend name, or BackendNotFoundError naming where it came from."""
-    from fedsilo.crypto.registry import available_backends, get_backend_class
+    from fedsilo.crypto.registry import get_backend_class, has_backend
     from fedsilo.errors import BackendNotFoundError
 
-    if name in available_backends():
+    if has_backend(name):
         return
     try:
         get_backend_class(name)
