@@ -28,11 +28,8 @@ def simulate(
     """Run a federation config like ``fedsilo simulate`` and return the results contract
     (docs/results.md). Keyword overrides match the command-line flags; ``engine`` is
     ``--engine`` (``"threads"`` or ``"processes"``)."""
-    from fedsilo.silos.config import apply_overrides, load_config
+    from fedsilo.silos.config import load_config
     from fedsilo.silos.runner import run_job
 
-    cfg = load_config(config)
-    overrides = dict(backend=backend, silos=silos, rounds=rounds, epsilon=epsilon, seed=seed)
-    if any(v is not None for v in overrides.values()):
-        cfg = apply_overrides(cfg, **overrides)
+    cfg = load_config(config, overrides=dict(backend=backend, silos=silos, rounds=rounds, epsilon=epsilon, seed=seed))
     return run_job(cfg, ledger_dir=Path(ledger_dir) if ledger_dir is not None else None, engine=engine)

@@ -52,12 +52,9 @@ EngineOpt = Annotated[
 
 
 def _load(config: Path, **overrides: Any):
-    from fedsilo.silos.config import apply_overrides, load_config
+    from fedsilo.silos.config import load_config
 
-    cfg = load_config(config, insecure=bool(overrides.get("insecure")))
-    if any(v is not None for v in overrides.values()):
-        cfg = apply_overrides(cfg, **overrides)
-    return cfg
+    return load_config(config, insecure=bool(overrides.get("insecure")), overrides=overrides)
 
 
 def _print_results(results: dict[str, Any]) -> None:

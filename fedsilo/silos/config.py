@@ -257,7 +257,7 @@ def parse_config(data: dict[str, Any], *, source: str = "<config>", base_dir: Pa
 
 def _parse(
     data: dict[str, Any], *, source: str, base_dir: Path | None, flags: Mapping[str, str] | None = None,
-    origin: str | None = None,
+    origin: str | None = None, check_insecure: bool = True,
 ) -> JobConfig:
     try:
         cfg = JobConfig.model_validate({**data, "base_dir": base_dir or Path(".")})
@@ -267,7 +267,8 @@ def _parse(
     cfg._flags = dict(flags or {})
     _check_backend(cfg.crypto.backend, f"{source}: key 'crypto.backend'")
     check_task(cfg, source)
-    _check_insecure(cfg, source, flags)
+    if check_insecure:
+        _check_insecure(cfg, source, flags)
     return cfg
 
 
@@ -288,11 +289,16 @@ def read_toml(p: Path, *, what: str) -> dict[str, Any]:
         raise ConfigError(f"{p}: cannot read the {what}: {exc.strerror or exc}") from None
 
 
-def load_config(path: str | Path, *, insecure: bool = False) -> JobConfig:
-    """Read and validate a federation TOML file.
+def load_config(path: str | Path, *, insecure: bool = False, overrides: Mapping[str, Any] | None = None) -> JobConfig:
+    """Read and validate a federation TOML file, then apply command-line ``overrides``.
 
     ``insecure=True`` (the ``--insecure`` flag) sets ``[crypto] insecure = true`` before the file
-    is validated, so it also allows the insecure settings written in the file itself."""
+    is validated, so it also allows the insecure settings written in the file itself.
+    ``overrides`` are :func:`apply_overrides`' keywords (``None`` values are flags not given).
+    When ``overrides["backend"]`` replaces the file's backend, the file's backend is not built:
+    the flag replaces it and its ``[crypto] params``, and the insecure settings are checked once,
+    on the result, naming the flags that set them (building the file's CKKS backend only to drop
+    it imported TenSEAL into every ``--backend plain`` run, the budget pre-flight's included)."""
     p = Path(path)
     data = read_toml(p, what="config file")
     if insecure:
@@ -300,7 +306,12 @@ def load_config(path: str | Path, *, insecure: bool = False) -> JobConfig:
         if crypto is not None and not isinstance(crypto, dict):
             raise ConfigError(f"{p}: [crypto] must be a table")
         data = {**data, "crypto": {**(crypto or {}), "insecure": True}}
-    return parse_config(data, source=str(p), base_dir=p.resolve().parent)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    crypto = data.get("crypto", {})
+    file_backend = crypto.get("backend", CryptoSection.model_fields["backend"].default) if isinstance(crypto, dict) else None
+    replaced = "backend" in given and given["backend"] != file_backend
+    cfg = _parse(data, source=str(p), base_dir=p.resolve().parent, check_insecure=not replaced)
+    return apply_overrides(cfg, **given) if given else cfg
 
 
 def apply_overrides(cfg: JobConfig, *, source: str = "<command line>", **overrides: Any) -> JobConfig:

@@ -231,3 +231,42 @@ partition = { silos = 3 }
     assert apply_overrides(out, rounds=1).crypto.insecure is True  # kept through later overrides
     with pytest.raises(ConfigError, match="insecure must be true or false"):
         apply_overrides(cfg, insecure="yes")
+
+
+def test_load_config_applies_overrides_and_builds_only_the_backend_that_runs(tmp_path: Path) -> None:
+    """``load_config(overrides=)`` is ``load_config`` then ``apply_overrides``, except that a
+    ``--backend`` naming another backend replaces the file's unbuilt: a refusal still names the
+    flag that made the job insecure, a file's insecure backend replaced by a secure one is no
+    longer refused, and the file's params for the replaced backend are neither checked nor kept."""
+    path = write(tmp_path, """
+[federation]
+task = "horizontal"
+[privacy]
+epsilon = 8.0
+[data]
+source = "sklearn:breast_cancer"
+label = "target"
+partition = { silos = 3 }
+[crypto]
+backend = "plain"
+params = { no_such_param = 1 }
+""")
+    with pytest.raises(ConfigError, match=r"key 'crypto.params'"):
+        load_config(path, insecure=True)  # the file's own backend, built: its params are refused
+    cfg = load_config(path, overrides={"backend": "paillier", "rounds": 2, "epsilon": None})
+    assert (cfg.crypto.backend, dict(cfg.crypto.params), cfg.training.rounds) == ("paillier", {}, 2)
+    (tmp_path / "same").mkdir()
+    same = write(tmp_path / "same", """
+[federation]
+task = "horizontal"
+[privacy]
+epsilon = 8.0
+[data]
+source = "sklearn:breast_cancer"
+label = "target"
+partition = { silos = 3 }
+""")
+    with pytest.raises(ConfigError, match=r"^--backend plain: 'plain' does not encrypt; "):
+        load_config(same, overrides={"backend": "plain"})
+    assert load_config(same, overrides={"backend": "ckks"}).crypto.backend == "ckks"  # the file's default, built once
+    assert load_config(same, overrides={"rounds": None}).model_dump() == load_config(same).model_dump()
