@@ -19,6 +19,19 @@ BASE = {
 }
 
 
+#: a horizontal job with silo-level DP (the default level) over 3 built-in shares, no [crypto]
+HORIZONTAL_DP_3 = """
+[federation]
+task = "horizontal"
+[privacy]
+epsilon = 8.0
+[data]
+source = "sklearn:breast_cancer"
+label = "target"
+partition = { silos = 3 }
+"""
+
+
 def write(tmp_path: Path, text: str) -> Path:
     p = tmp_path / "federation.toml"
     p.write_text(text)
@@ -205,16 +218,7 @@ def test_two_silo_statistics_needs_insecure() -> None:
 
 
 def test_overrides_that_make_a_job_insecure_name_the_flag(tmp_path: Path) -> None:
-    cfg = load_config(write(tmp_path, """
-[federation]
-task = "horizontal"
-[privacy]
-epsilon = 8.0
-[data]
-source = "sklearn:breast_cancer"
-label = "target"
-partition = { silos = 3 }
-"""))
+    cfg = load_config(write(tmp_path, HORIZONTAL_DP_3))
     where = f"set [crypto] insecure = true in {tmp_path / 'federation.toml'} (or pass --insecure) to run it"
     with pytest.raises(ConfigError, match=r"^--backend plain: 'plain' does not encrypt; ") as err:
         apply_overrides(cfg, backend="plain")
@@ -238,34 +242,13 @@ def test_load_config_applies_overrides_and_builds_only_the_backend_that_runs(tmp
     ``--backend`` naming another backend replaces the file's unbuilt: a refusal still names the
     flag that made the job insecure, a file's insecure backend replaced by a secure one is no
     longer refused, and the file's params for the replaced backend are neither checked nor kept."""
-    path = write(tmp_path, """
-[federation]
-task = "horizontal"
-[privacy]
-epsilon = 8.0
-[data]
-source = "sklearn:breast_cancer"
-label = "target"
-partition = { silos = 3 }
-[crypto]
-backend = "plain"
-params = { no_such_param = 1 }
-""")
+    path = write(tmp_path, HORIZONTAL_DP_3 + '[crypto]\nbackend = "plain"\nparams = { no_such_param = 1 }\n')
     with pytest.raises(ConfigError, match=r"key 'crypto.params'"):
         load_config(path, insecure=True)  # the file's own backend, built: its params are refused
     cfg = load_config(path, overrides={"backend": "paillier", "rounds": 2, "epsilon": None})
     assert (cfg.crypto.backend, dict(cfg.crypto.params), cfg.training.rounds) == ("paillier", {}, 2)
     (tmp_path / "same").mkdir()
-    same = write(tmp_path / "same", """
-[federation]
-task = "horizontal"
-[privacy]
-epsilon = 8.0
-[data]
-source = "sklearn:breast_cancer"
-label = "target"
-partition = { silos = 3 }
-""")
+    same = write(tmp_path / "same", HORIZONTAL_DP_3)
     with pytest.raises(ConfigError, match=r"^--backend plain: 'plain' does not encrypt; "):
         load_config(same, overrides={"backend": "plain"})
     assert load_config(same, overrides={"backend": "ckks"}).crypto.backend == "ckks"  # the file's default, built once
