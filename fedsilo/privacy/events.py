@@ -387,6 +387,13 @@ class CoveredEvent(DpEvent):
             raise PrivacyError(f"{owner}: not a fedsilo DP event: {self.event!r}")
         if isinstance(self.event, (ApproxDpEvent, CoveredEvent)):
             raise PrivacyError(f"{owner}: the covered event must be the release's own mechanism, not a {self.event.kind!r} event")
+        # nor a composition holding one (found by a privacy review): the composition skips a
+        # CoveredEvent's own event, so a cover nested inside it would pay for its covered parts
+        # unchecked, and whatever it hid would cost nothing
+        nested = _nested_kind(self.event, (ApproxDpEvent, CoveredEvent))
+        if nested is not None:
+            raise PrivacyError(f"{owner}: the covered event must be the release's own mechanism, not a composition "
+                               f"holding a {nested!r} event")
         object.__setattr__(self, "cover", _check_cover(self.cover, owner, required=True))
 
     def to_json(self) -> dict[str, Any]:
@@ -395,6 +402,20 @@ class CoveredEvent(DpEvent):
     def to_dp_accounting(self) -> dp_accounting.DpEvent:
         """``UnsupportedDpEvent``: its cost is its cover's, which dp-accounting cannot state."""
         return dp_accounting.UnsupportedDpEvent()
+
+
+def _nested_kind(event: DpEvent, kinds: tuple[type[DpEvent], ...], depth: int = 0) -> str | None:
+    """The ``kind`` of the first event of one of ``kinds`` inside ``event``'s compositions, if any."""
+    if depth > _MAX_DEPTH:
+        raise PrivacyError(f"DP event nested deeper than {_MAX_DEPTH} levels")
+    if isinstance(event, kinds):
+        return event.kind
+    if isinstance(event, ComposedEvent):
+        for part in event.events:
+            found = _nested_kind(part, kinds, depth + 1)
+            if found is not None:
+                return found
+    return None
 
 
 @dataclass(frozen=True, slots=True)

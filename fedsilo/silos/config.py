@@ -185,6 +185,8 @@ def _check_backend(name: str, where: str) -> None:
     from fedsilo.crypto.registry import get_backend_class, has_backend
     from fedsilo.errors import BackendNotFoundError
 
+    if not isinstance(name, str):  # e.g. fedsilo.simulate(..., backend=["ckks"])
+        raise ConfigError(f"{where}: a backend name is a string, got {name!r}")
     if has_backend(name):
         return
     try:
@@ -236,7 +238,9 @@ def _check_insecure(cfg: JobConfig, source: str, flags: Mapping[str, str] | None
     if flag:
         where, in_file = flag, f" in {cfg._source}"
     else:
-        where, in_file = f"{source}: key {key!r}", ""
+        # a key no flag set is the file's, also when the flags' re-parse checks it (the first
+        # parse skips this check when --backend replaces the file's backend)
+        where, in_file = f"{cfg._source}: key {key!r}", ""
     raise ConfigError(f"{where}: {message}{_INSECURE_HINT.format(where=in_file)}")
 
 

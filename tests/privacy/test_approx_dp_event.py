@@ -394,3 +394,38 @@ def test_a_pld_cover_check_accepts_exactly_what_one_valid_bound_fits(z: float, q
         accepted = False
     assert accepted == fits
 
+
+
+def test_a_covered_event_cannot_hide_a_cover_inside_a_composition() -> None:
+    """Found by a privacy review: the composition never looks inside a CoveredEvent's own event,
+    so a cover nested there paid for its covered parts unchecked (a Gaussian of epsilon ~ 95
+    rode on a cover of epsilon 1). Refused when built, from code and from JSON."""
+    inner = ComposedEvent((ApproxDpEvent(0.5, 1e-6, 1, "inner", covers=1),
+                           CoveredEvent(GaussianEvent(0.1, 1.0, 1), "inner")))
+    with pytest.raises(PrivacyError, match="not a composition holding a 'approx_dp' event"):
+        CoveredEvent(inner, "c")
+    with pytest.raises(PrivacyError, match="not a composition holding a 'covered' event"):
+        CoveredEvent(ComposedEvent((GaussianEvent(2.0), ComposedEvent((CoveredEvent(GaussianEvent(2.0), "x"),)))), "c")
+    forged = {"kind": "covered", "cover": "c", "event": inner.to_json()}
+    with pytest.raises(PrivacyError, match="not a composition holding"):
+        event_from_json(forged)
+    assert CoveredEvent(ComposedEvent((GaussianEvent(1.0, 0.1, 1), LaplaceEvent(1.0))), "c").cover == "c"
+
+
+def test_the_cover_check_refuses_an_unknown_accountant_and_leaves_warning_filters_alone(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Found by a review: the RDP shortcut accepted before the accountant was checked; and a
+    ``catch_warnings`` per charge would swap the process's warning filters under other silo
+    threads (the threads engine), so the check must not use one."""
+    from fedsilo.privacy.accounting import check_cover_pays
+
+    cover = ApproxDpEvent(50.0, DELTA, 1, "c", covers=2)
+    for bad in ("bogus", "PLD"):
+        with pytest.raises(PrivacyParameterError, match="unknown accountant"):
+            check_cover_pays(cover, [GaussianEvent(1.0, 0.1, 1)], accountant=bad)
+
+    def no_catch(*a: object, **k: object) -> None:
+        raise AssertionError("catch_warnings swaps the process-wide filters")
+
+    monkeypatch.setattr(warnings, "catch_warnings", no_catch)
+    check_cover_pays(cover, [GaussianEvent(0.6, 0.9, 1)] * 2, accountant="pld")  # RDP's optimum may sit at the grid's edge

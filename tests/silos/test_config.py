@@ -1,6 +1,7 @@
 """The config contract: valid files load, every mistake names the file and the key."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -253,3 +254,17 @@ def test_load_config_applies_overrides_and_builds_only_the_backend_that_runs(tmp
         load_config(same, overrides={"backend": "plain"})
     assert load_config(same, overrides={"backend": "ckks"}).crypto.backend == "ckks"  # the file's default, built once
     assert load_config(same, overrides={"rounds": None}).model_dump() == load_config(same).model_dump()
+
+
+def test_a_file_problem_found_after_a_backend_flag_names_the_file(tmp_path: Path) -> None:
+    """Found by a review: with --backend replacing the file's backend, the insecure settings are
+    checked once, after the flags; one that only the file set must still name the file, not the
+    command line. A backend that is not a name is refused, not a TypeError."""
+    path = write(tmp_path, HORIZONTAL_DP_3.replace("partition = { silos = 3 }", "partition = { silos = 2 }")
+                 .replace("epsilon = 8.0", 'epsilon = 8.0\nlevel = "record"') + '[crypto]\nbackend = "plain"\n')
+    with pytest.raises(ConfigError, match=rf"^{re.escape(str(path))}: key 'data.partition.silos': a horizontal job "
+                                          "with exactly 2 silos"):
+        load_config(path, overrides={"backend": "paillier"})
+    for bad in (["ckks"], {"name": "ckks"}, 3):
+        with pytest.raises(ConfigError, match=r"^--backend: a backend name is a string"):
+            load_config(path, overrides={"backend": bad})
