@@ -44,6 +44,9 @@ __all__ = [
 
 # Module construction draws from torch's *global* RNG; parties run as threads in simulation, so
 # seeding and building happen under one lock inside a forked RNG state (nothing leaks out).
+# The lock excludes only other builds: code on other silo threads must not draw from the global
+# RNG (pass a torch.Generator, as training.py does), or a draw between ``manual_seed`` and the
+# init changes this silo's initial weights (tests/protocols/horizontal/test_global_rng.py).
 _BUILD_LOCK = threading.Lock()
 
 

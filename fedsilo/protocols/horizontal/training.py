@@ -130,7 +130,13 @@ def poisson_loader(dataset: TensorDataset, *, sample_rate: float, steps: int, ge
         return [t.clone() for t in empty] if not batch else default_collate(batch)
 
     sampler = PoissonBatchSampler(num_samples=len(dataset), sample_rate=sample_rate, steps=steps, generator=generator)
-    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate)
+    # A private generator: each iteration of a DataLoader draws its worker base seed (unused
+    # with num_workers=0) from ``generator``, else from torch's process-wide RNG. On the
+    # threads engine that draw could fall between another silo's ``manual_seed`` and its
+    # weight init in models.build_model, giving that silo different initial weights (seen in
+    # 8 of 200 record-DP runs; tests/protocols/horizontal/test_global_rng.py). Not ``generator``
+    # itself: the extra draw would shift the Poisson samples the seed reproduces.
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, generator=torch.Generator())
 
 
 def _targets(y: np.ndarray, n_classes: int) -> torch.Tensor:

@@ -55,7 +55,7 @@ from fedsilo.silos.runner import (
 )
 
 __all__ = ["BASELINES_LABEL", "HORIZONTAL", "HorizontalData", "HorizontalPlan", "SiloCharges", "Schema", "SiloRows", "baselines",
-           "center_offsets", "epsilon_per_round", "evaluate", "horizontal_baselines", "held_out_rows", "planned_releases", "prepare_horizontal", "silo_charges", "silo_rows",
+           "center_offsets", "check_same_final_model", "epsilon_per_round", "evaluate", "horizontal_baselines", "held_out_rows", "planned_releases", "prepare_horizontal", "silo_charges", "silo_rows",
            "simulate_horizontal"]
 
 AGGREGATOR = hz.AGGREGATOR
@@ -461,6 +461,45 @@ def evaluate(model_spec: ModelSection, params: np.ndarray, x: np.ndarray, y: np.
     return {"accuracy": float(np.mean(pred == y)), "auc": auc, "loss": loss}
 
 
+def check_same_final_model(reports: Mapping[str, hz.SiloReport], *, job: str) -> None:
+    """Refuse a job whose completed silos hold different final models.
+
+    Every silo starts from ``build_model(seed=job.seed)`` and applies the same released sums
+    with the same strategy code, so the silos that completed hold one model, bit for bit (every
+    backend, silo- and record-level DP, distributed DP-SGD, FedAdam, a dropped round, the threads
+    and processes engines: measured; test_dropout_after_announcing_gets_topup_noise pins one).
+    The comparison is exact on purpose: no tolerance to hide a drift. Anything else means a
+    silo trained a different model all job long and its updates pulled the aggregate off
+    unseen. Reports that carry no model (a silo run by another agent reports no parameters)
+    are not compared.
+
+    Raises:
+        ProtocolError: two completed silos' parameters differ; names the silos of each model
+            and the largest absolute difference.
+    """
+    held = [(n, np.asarray(r.params)) for n, r in reports.items() if r.status == "completed" and np.size(r.params)]
+    groups: list[tuple[np.ndarray, list[str]]] = []  # distinct final models, first holder's order
+    for name, params in held:
+        for ref, names in groups:
+            if params.shape == ref.shape and np.array_equal(params, ref):
+                names.append(name)
+                break
+        else:
+            groups.append((params, [name]))
+    if len(groups) < 2:
+        return
+    ref = groups[0][0]
+    gaps = [float(np.max(np.abs(p - ref))) if p.shape == ref.shape else float("inf") for p, _ in groups[1:]]
+    models = "; ".join(f"{', '.join(names)} hold{'s' if len(names) == 1 else ''} {'one' if i == 0 else 'another'}"
+                       for i, (_, names) in enumerate(groups))
+    raise ProtocolError(
+        f"job {job!r}: the silos that completed hold different final models ({models}; largest parameter "
+        f"difference {max(gaps):.3g}), although all applied the same released sums: they most likely started "
+        "from different initial models (different torch builds or versions at the silos, or a draw from "
+        "torch's global RNG racing a silo's model build on the threads engine); the results are not reported"
+    )
+
+
 def _simulation_metrics(plan: HorizontalPlan, parties: Sequence[Party], reports: Mapping[str, hz.SiloReport]) -> dict[str, float]:
     """The final model on every silo's held-out rows pooled: computed by the *simulation*, which
     can read every silo's data; not private, seen by no party."""
@@ -491,6 +530,7 @@ def _results(plan: HorizontalPlan, parties: Sequence[Party], run: JobRun) -> dic
     reports: dict[str, hz.SiloReport] = {n: run.reports[n] for n in names}
     if agg.status == "stopped":
         raise NotEnoughSilosError(agg.reason)
+    check_same_final_model(reports, job=job.job)
     if agg.rounds and all(r["status"] != "ok" for r in agg.rounds):
         # nothing was ever decrypted: reporting a trained model (and epsilon 0) would mislead
         reasons = "; ".join(dict.fromkeys(r["reason"] for r in agg.rounds if r["reason"]))
