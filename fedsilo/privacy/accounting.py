@@ -221,6 +221,11 @@ def check_cover_pays(cover: ApproxDpEvent, covered: Sequence[DpEvent], *, accoun
         )
 
 
+#: What dp-accounting raises on parameters it cannot represent (an overflowing exponent, a PLD too
+#: large to allocate); :func:`epsilon` turns them into a :class:`PrivacyError`.
+_UNREPRESENTABLE: tuple[type[Exception], ...] = (OverflowError, MemoryError, ValueError, FloatingPointError)
+
+
 def _rdp_shows_cover_pays(cover: ApproxDpEvent, releases: ComposedEvent) -> bool:
     """Whether RDP alone already shows ``releases`` to be ``(cover.epsilon, cover.delta)``-DP.
 
@@ -239,7 +244,10 @@ def _rdp_shows_cover_pays(cover: ApproxDpEvent, releases: ComposedEvent) -> bool
     leaves = normalize(releases)
     if not all(isinstance(g, (GaussianEvent, LaplaceEvent, ApproxDpEvent)) for g in leaves):
         return False
-    rdp_eps, _ = _epsilon_groups(leaves, _check_delta(cover.delta), "rdp")
+    try:
+        rdp_eps, _ = _epsilon_groups(leaves, _check_delta(cover.delta), "rdp")
+    except _UNREPRESENTABLE:
+        return False  # the PLD path decides, and refuses what it cannot represent
     return bool(rdp_eps <= cover.epsilon)  # NaN: not shown, the PLD decides
 
 
@@ -549,7 +557,16 @@ def epsilon(event: DpEvent, *, delta: float, accountant: str = "rdp") -> float:
     """
     d = _check_delta(delta)
     acc = _check_accountant(accountant)
-    eps, at_edge = _epsilon_groups(normalize(event), d, acc)
+    groups = normalize(event)
+    try:
+        eps, at_edge = _epsilon_groups(groups, d, acc)
+    except _UNREPRESENTABLE as exc:
+        # parameters dp-accounting cannot represent (found by a review: z >= ~1e155 overflows;
+        # under "pld" a tiny z asks for a PLD of terabytes): refused, never a library traceback
+        raise PrivacyError(
+            f"the {acc!r} accountant cannot compose these releases ({len(groups)} kind(s)): their parameters are "
+            f"outside what it can represent ({type(exc).__name__}: {str(exc)[:120]})"
+        ) from None
     if at_edge:
         warnings.warn(
             f"RDP optimum at the largest order of the grid; epsilon={eps:.4g} may be loose "

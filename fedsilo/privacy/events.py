@@ -84,10 +84,19 @@ __all__ = [
 def _check_positive_finite(name: str, value: object, owner: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise PrivacyParameterError(f"{owner}: {name} must be a number, got {value!r}")
-    v = float(value)
+    try:
+        v = float(value)
+    except OverflowError:  # an int past float's range (e.g. 10**400 from JSON)
+        v = math.inf
     if not math.isfinite(v) or v <= 0.0:
-        raise PrivacyParameterError(f"{owner}: {name} must be a finite number > 0, got {value!r}")
+        raise PrivacyParameterError(f"{owner}: {name} must be a finite number > 0, got {_short(value)}")
     return v
+
+
+def _short(value: object) -> str:
+    """``repr`` of a refused value, cut: a 400-digit integer need not be printed whole."""
+    text = repr(value)
+    return text if len(text) <= 40 else f"{text[:37]}..."
 
 
 def _check_steps(value: object, owner: str, *, name: str = "steps") -> int:

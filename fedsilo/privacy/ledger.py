@@ -1132,43 +1132,53 @@ class PrivacyLedger:
         ]
 
     def _check_covers(self, rows: list[dict[str, Any]], dataset: str, event: DpEvent, *, job: str,
-                      protocol: str) -> None:
+                      protocol: str, relation: str) -> None:
         """A cover pays only for its own job's releases, and only for those its calibration
         planned: refuse a release that names a cover another job or protocol defined (found by
-        the privacy review: any later release could otherwise claim a cover for free), one that
-        defines a label the dataset already has or defines it twice, and a covered release past
-        the cover's count or whose mechanism, composed with the cover's earlier covered
-        releases, exceeds the cover's (ε, δ) (:func:`~fedsilo.privacy.accounting.check_cover_pays`)."""
+        the privacy review: any later release could otherwise claim a cover for free), or that
+        is charged under another relation than its cover (found by a later review: the check
+        below compares the release's own mechanism with the cover's ε as the two were stated, so
+        a release stated under a weaker relation, e.g. ``zero-out-silo`` beside a record-level
+        cover, would be under-counted up to twofold), one that defines a label the dataset
+        already has or defines it twice, and a covered release past the cover's count or whose
+        mechanism, composed with the cover's earlier covered releases, exceeds the cover's
+        (ε, δ) (:func:`~fedsilo.privacy.accounting.check_cover_pays`)."""
         defined, named = cover_labels(event)
         if not defined and not named:
             return
         where = f"silo {self._silo!r}, dataset {dataset!r}"
         if len(set(defined)) != len(defined):
             raise PrivacyError(f"{where}: a release defines a cover label twice; nothing was written")
-        owners: dict[str, tuple[str, str, ApproxDpEvent]] = {}  # label -> (job, protocol, cover)
+        # label -> (job, protocol, relation, cover)
+        owners: dict[str, tuple[str, str, str, ApproxDpEvent]] = {}
         paid: dict[str, list[DpEvent]] = {}  # label -> the covered releases' own events, in order
         for r in rows:
             if r["kind"] == "reserve" and r["dataset"] == dataset:
                 earlier = self._event(r)
                 for cover in cover_events(earlier):
-                    owners[cover.cover] = (str(r["job"]), str(r["protocol"]), cover)
+                    owners[cover.cover] = (str(r["job"]), str(r["protocol"]), str(r["relation"]), cover)
                 for c in covered_events(earlier):
                     paid.setdefault(c.cover, []).append(c.event)
         for label in defined:
             if label in owners:
                 raise PrivacyError(f"{where}: cover {label!r} is already defined by job {owners[label][0]!r}; "
                                    "nothing was written")
-        owners.update({c.cover: (job, protocol, c) for c in cover_events(event)})
+        owners.update({c.cover: (job, protocol, relation, c) for c in cover_events(event)})
         for c in covered_events(event):
             paid.setdefault(c.cover, []).append(c.event)
         for label in dict.fromkeys(named):
             if label not in owners:
                 continue  # the composition refuses a release whose cover is not charged
-            owner_job, owner_protocol, cover = owners[label]
+            owner_job, owner_protocol, owner_relation, cover = owners[label]
             if (owner_job, owner_protocol) != (job, protocol):
                 raise PrivacyError(
                     f"{where}: a release of job {job!r} ({protocol}) names cover {label!r} of job "
                     f"{owner_job!r} ({owner_protocol}); a cover pays only for its own job; nothing was written"
+                )
+            if owner_relation != relation:
+                raise PrivacyError(
+                    f"{where}: a release under relation {relation!r} names cover {label!r}, charged under "
+                    f"{owner_relation!r}; a covered release must be stated under its cover's relation; nothing was written"
                 )
             try:
                 check_cover_pays(cover, paid[label], accountant=self._accountant)
@@ -1383,6 +1393,11 @@ class PrivacyLedger:
         except (TypeError, ValueError) as exc:
             raise ConfigError(f"mechanism must be JSON-serializable without NaN: {exc}") from None
         event_json = _canonical(event.to_json())
+        try:  # every read re-parses it: an event the ledger cannot read back would break it for good
+            event_from_json(json.loads(event_json))
+        except PrivacyError as exc:
+            raise PrivacyError(f"silo {self._silo!r}, dataset {dataset!r}: the release's event cannot be stored "
+                               f"({exc}); nothing was written") from None
 
         with self._lock:
             with self._write():
@@ -1390,7 +1405,7 @@ class PrivacyLedger:
                 self._check_chain(rows)
                 self._check_anchor(self._anchor_state(), len(rows), self._hash_in(rows))
                 eps_budget, delta = self._budget(rows, dataset)
-                self._check_covers(rows, dataset, event, job=job, protocol=protocol)
+                self._check_covers(rows, dataset, event, job=job, protocol=protocol, relation=relation)
                 before = self._releases(rows, dataset)
                 try:
                     # the same composition as budget_check (the pre-check of a job) and reports

@@ -429,3 +429,59 @@ def test_the_cover_check_refuses_an_unknown_accountant_and_leaves_warning_filter
 
     monkeypatch.setattr(warnings, "catch_warnings", no_catch)
     check_cover_pays(cover, [GaussianEvent(0.6, 0.9, 1)] * 2, accountant="pld")  # RDP's optimum may sit at the grid's edge
+
+
+def test_a_covered_release_is_stated_under_its_covers_relation(tmp_path: Path) -> None:
+    """Found by a review: the cover check compared a release's own mechanism with the cover's
+    epsilon as each was stated, so a covered release stated under zero-out-silo beside a
+    record-level cover was under-counted twofold. Refused, nothing written; the same relation
+    is accepted."""
+    led = PrivacyLedger(tmp_path / "l.db", silo="s1")
+    led.register_dataset("ds", epsilon=50.0, delta=1e-5)
+
+    def charge(ev, rnd, relation):  # type: ignore[no-untyped-def]
+        with led.charge("ds", ev, job="jobA", round=rnd, protocol="p", mechanism={"name": "x"}, recipient="agg",
+                        relation=relation):
+            pass
+
+    charge(ComposedEvent((GaussianEvent(40.0), ApproxDpEvent(1.0, 1e-6, 1, "c", covers=3))), 0, ADD_REMOVE_RECORD)
+    spent = led.spent("ds")
+    with pytest.raises(PrivacyError, match=r"a release under relation 'zero-out-silo' names cover 'c', charged under "
+                                           r"'add-remove-record'.*; nothing was written"):
+        charge(CoveredEvent(GaussianEvent(4.6), "c"), 1, ZERO_OUT_SILO)
+    assert len(led.entries("ds")) == 1 and led.spent("ds") == spent
+    charge(CoveredEvent(GaussianEvent(4.6), "c"), 1, ADD_REMOVE_RECORD)
+    led.verify()
+
+
+def test_an_event_the_ledger_could_not_read_back_is_refused_and_nothing_breaks(tmp_path: Path) -> None:
+    """Found by a review: the composition accepted deeper nesting than the ledger's reader, so
+    one charge made every later read fail for good. Refused before writing; the ledger stays
+    readable and chargeable."""
+    led = PrivacyLedger(tmp_path / "l.db", silo="s1")
+    led.register_dataset("ds", epsilon=50.0, delta=1e-5)
+    deep: object = GaussianEvent(30.0)
+    for _ in range(40):
+        deep = ComposedEvent((deep,))
+    with pytest.raises(PrivacyError, match=r"the release's event cannot be stored \(DP event nested deeper than "
+                                           r"\d+ levels\); nothing was written"):
+        with led.charge("ds", deep, job="j", round=1, protocol="p", mechanism={"name": "x"}, recipient="agg",
+                        relation=ADD_REMOVE_RECORD):
+            pass
+    with led.charge("ds", GaussianEvent(30.0), job="j", round=1, protocol="p", mechanism={"name": "x"},
+                    recipient="agg", relation=ADD_REMOVE_RECORD):
+        pass
+    assert len(led.entries("ds")) == 1
+    led.verify()
+
+
+@pytest.mark.parametrize(("event", "accountant"), [
+    (GaussianEvent(1e200), "rdp"), (GaussianEvent(1e200), "pld"), (GaussianEvent(1e-6, 0.01), "pld"),  # 35 PiB
+    (ApproxDpEvent(800.0, 1e-6, 1), "pld"),
+])
+def test_parameters_the_accountant_cannot_represent_are_a_privacy_error(event: object, accountant: str) -> None:
+    """Found by a review: dp-accounting's OverflowError / MemoryError reached the caller."""
+    with pytest.raises(PrivacyError, match=f"the '{accountant}' accountant cannot compose these releases"):
+        epsilon(event, delta=DELTA, accountant=accountant)  # type: ignore[arg-type]
+    with pytest.raises(PrivacyParameterError, match=r"must be a finite number > 0, got 1000.*\.\.\.$"):
+        event_from_json({"kind": "gaussian", "noise_multiplier": 10**400, "sample_rate": 1.0, "steps": 1})

@@ -481,7 +481,7 @@ def check_same_final_model(reports: Mapping[str, hz.SiloReport], *, job: str) ->
     groups: list[tuple[np.ndarray, list[str]]] = []  # distinct final models, first holder's order
     for name, params in held:
         for ref, names in groups:
-            if params.shape == ref.shape and np.array_equal(params, ref):
+            if params.shape == ref.shape and np.array_equal(params, ref, equal_nan=True):
                 names.append(name)
                 break
         else:
