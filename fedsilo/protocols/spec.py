@@ -177,7 +177,9 @@ class TrainingSection(Section):
     rounds: Int = Field(20, ge=1)
     local_epochs: Int = Field(2, ge=1)
     batch_size: Int = Field(32, ge=1)
-    lr: Float = Field(0.5, gt=0)
+    #: at most 1e6: no model trains at more, and past float32's range (~3.4e38) torch's own step
+    #: fails with a traceback deep inside it (found by a review)
+    lr: Float = Field(0.5, gt=0, le=1e6)
     optimizer: Literal["sgd", "adam"] = "sgd"
     strategy: str = "fedavg"  # a registered strategy (fedsilo.protocols.horizontal.strategies.STRATEGIES)
     strategy_params: dict[str, Float] = Field(default_factory=dict)

@@ -268,3 +268,12 @@ def test_a_file_problem_found_after_a_backend_flag_names_the_file(tmp_path: Path
     for bad in (["ckks"], {"name": "ckks"}, 3):
         with pytest.raises(ConfigError, match=r"^--backend: a backend name is a string"):
             load_config(path, overrides={"backend": bad})
+
+
+def test_a_learning_rate_past_any_model_is_refused_naming_the_key(tmp_path: Path) -> None:
+    """Found by a review: lr = 1e39 overflowed float32 inside torch's optimizer step (a
+    traceback after the job started); refused by the config, naming file and key."""
+    path = write(tmp_path, HORIZONTAL_DP_3 + "[training]\nlr = 1e39\n")
+    with pytest.raises(ConfigError, match=r"federation\.toml.*training\.lr"):
+        load_config(path)
+    assert load_config(write(tmp_path, HORIZONTAL_DP_3 + "[training]\nlr = 1e6\n")).training.lr == 1e6
