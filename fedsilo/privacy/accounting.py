@@ -575,7 +575,7 @@ def epsilon(event: DpEvent, *, delta: float, accountant: str = "rdp") -> float:
             stacklevel=2,
         )
     if math.isnan(eps):  # max(0.0, nan) is 0.0: never let a failed computation read as free
-        raise PrivacyError(f"the {acc!r} accountant gave no epsilon (NaN) for {event!r}")
+        raise PrivacyError(f"the {acc!r} accountant gave no epsilon (NaN) for these releases ({len(groups)} kind(s))")
     return max(0.0, eps)
 
 
