@@ -311,10 +311,9 @@ def load_config(path: str | Path, *, insecure: bool = False, overrides: Mapping[
             raise ConfigError(f"{p}: [crypto] must be a table")
         data = {**data, "crypto": {**(crypto or {}), "insecure": True}}
     given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    crypto = data.get("crypto", {})
-    file_backend = crypto.get("backend", CryptoSection.model_fields["backend"].default) if isinstance(crypto, dict) else None
-    replaced = "backend" in given and given["backend"] != file_backend
-    cfg = _parse(data, source=str(p), base_dir=p.resolve().parent, check_insecure=not replaced)
+    cfg = _parse(data, source=str(p), base_dir=p.resolve().parent, check_insecure=False)
+    if given.get("backend", cfg.crypto.backend) == cfg.crypto.backend:  # the file's backend runs: check it
+        _check_insecure(cfg, str(p))
     return apply_overrides(cfg, **given) if given else cfg
 
 
